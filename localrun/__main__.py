@@ -1,0 +1,3 @@
+from localrun.cli import entry_point
+
+entry_point()

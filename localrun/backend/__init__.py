@@ -1,0 +1,121 @@
+"""The inference backend interface.
+
+A backend loads a model and turns a list of prompt tokens into a stream of events:
+first one :class:`Prefilled` (how many prompt tokens were actually evaluated and how
+long that took), then one :class:`Token` per sampled token. Everything above this
+line (prompts, stop strings, UTF-8, statistics) is backend-independent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a model."""
+
+    path: Path
+    n_ctx: int | None = None  # None: the smaller of the trained context and 4096
+    n_threads: int = 1
+    n_gpu_layers: int = 0
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings; the defaults are Ollama's."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    repeat_penalty: float = 1.1
+    repeat_last_n: int = 64
+    seed: int | None = None  # None: a fresh random seed
+
+
+@dataclass(frozen=True)
+class Prefilled:
+    """The prompt has been evaluated; ``evaluated`` excludes tokens reused from the KV cache."""
+
+    evaluated: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Token:
+    """One sampled token: its id, its raw bytes, and whether it ends generation."""
+
+    id: int
+    piece: bytes
+    end_of_generation: bool
+
+
+BackendEvent = Prefilled | Token
+
+
+class Model(Protocol):
+    """A loaded model with its context (KV cache)."""
+
+    @property
+    def n_ctx(self) -> int:
+        """Context size actually allocated (llama.cpp may round the request up)."""
+
+    @property
+    def n_ctx_train(self) -> int:
+        """Context length the model was trained with."""
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """GGUF metadata as strings."""
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's Jinja chat template, if it has one."""
+
+    def token_text(self, token: int) -> str:
+        """The text of a (special) token, for template variables such as ``bos_token``."""
+
+    @property
+    def bos_token(self) -> int | None:
+        """The beginning-of-sequence token id, if the model has one."""
+
+    @property
+    def eos_token(self) -> int | None:
+        """The end-of-sequence token id, if the model has one."""
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """Turn text into token ids."""
+
+    def generate(
+        self, prompt: list[int], sampling: SamplingParams
+    ) -> Generator[BackendEvent, None, None]:
+        """Evaluate ``prompt`` (reusing the cached prefix) and sample until the caller stops.
+
+        The iterator ends by itself only when the context is full or after an
+        end-of-generation token.
+        """
+
+    def close(self) -> None:
+        """Free the model and its context."""
+
+
+def load(options: LoadOptions) -> Model:
+    """Load a model with the llama.cpp backend (imported only now: it is slow to import)."""
+    from localrun.backend.llamacpp import LlamaCppModel
+
+    return LlamaCppModel(options)
+
+
+__all__ = [
+    "BackendEvent",
+    "LoadOptions",
+    "Model",
+    "Prefilled",
+    "SamplingParams",
+    "Token",
+    "load",
+]

@@ -1,0 +1,102 @@
+"""Render a model's Jinja chat template, safely.
+
+Templates come inside downloaded files, so they are untrusted: they render in Jinja's
+``ImmutableSandboxedEnvironment`` (what llama-cpp-python adopted after CVE-2024-34359),
+which refuses attribute access to internals and mutation of objects.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from localrun.errors import LocalrunError
+
+
+class TemplateError(LocalrunError):
+    """The chat template could not be rendered."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message."""
+
+    role: str
+    content: str
+
+
+def _raise_exception(message: str) -> NoReturn:
+    raise jinja2.TemplateError(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.datetime.now().strftime(fmt)
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+def render(
+    template: str,
+    messages: Sequence[Message],
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+    add_generation_prompt: bool = True,
+) -> str:
+    """Render ``messages`` with ``template``.
+
+    A template that rejects the system role gets the system prompt folded into the
+    first user message instead, as chat front ends commonly do.
+    """
+    env = _environment()
+    try:
+        compiled = env.from_string(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(
+            f"the model's chat template is not valid Jinja (line {e.lineno}: {e.message})",
+            "override it with a Modelfile TEMPLATE, or run the file as plain completion",
+        ) from None
+
+    def attempt(msgs: Sequence[Message]) -> str:
+        variables: dict[str, Any] = {
+            "messages": [{"role": m.role, "content": m.content} for m in msgs],
+            "bos_token": bos_token,
+            "eos_token": eos_token,
+            "add_generation_prompt": add_generation_prompt,
+        }
+        return compiled.render(**variables)
+
+    try:
+        return attempt(messages)
+    except jinja2.TemplateError as first:
+        folded = _fold_system(messages)
+        if folded is not None:
+            try:
+                return attempt(folded)
+            except jinja2.TemplateError:
+                pass
+        raise TemplateError(
+            f"the model's chat template failed: {first}",
+            "override it with a Modelfile TEMPLATE",
+        ) from None
+
+
+def _fold_system(messages: Sequence[Message]) -> list[Message] | None:
+    if not messages or messages[0].role != "system":
+        return None
+    system, rest = messages[0].content, list(messages[1:])
+    for i, m in enumerate(rest):
+        if m.role == "user":
+            rest[i] = Message("user", f"{system}\n\n{m.content}")
+            return rest
+    return [Message("user", system), *rest]

@@ -1,0 +1,113 @@
+"""The ``localrun`` command line: one small module per command, one catch in :func:`main`."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import traceback
+
+import typer
+
+from localrun import __version__
+from localrun.errors import CacheError, LocalrunError
+
+app = typer.Typer(
+    name="localrun",
+    help="Run large language models on your own machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"localrun {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Run large language models on your own machine."""
+
+
+# Registering the commands; each module adds itself to ``app``.
+from localrun.cli import run as _run  # noqa: E402,F401
+
+# Errors that come from outside localrun, translated into its own hierarchy.
+_OS_ERRORS: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("no space left on the device", "free some disk space and try again"),
+    errno.EROFS: (
+        "the file system is read-only",
+        "set LOCALRUN_HOME to a writable directory",
+    ),
+    errno.EACCES: ("permission denied", "check the permissions, or set LOCALRUN_HOME"),
+}
+
+
+def _as_localrun_error(exc: BaseException) -> LocalrunError | None:
+    if isinstance(exc, LocalrunError):
+        return exc
+    if isinstance(exc, typer.TyperException):  # click's exceptions, vendored by typer
+        # typer validates through pydantic, whose messages start with "Value error, ".
+        message = exc.format_message().replace("Value error, ", "")
+        error = LocalrunError(message, _usage_hint(exc))
+        error.exit_code = exc.exit_code
+        return error
+    if isinstance(exc, OSError) and exc.errno in _OS_ERRORS:
+        message, hint = _OS_ERRORS[exc.errno]
+        where = f": {exc.filename}" if exc.filename else ""
+        return CacheError(message + where, hint)
+    return None
+
+
+def _usage_hint(exc: typer.TyperException) -> str:
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if ctx is not None else "localrun"
+    return f"see '{path} --help'"
+
+
+def _print_error(error: LocalrunError) -> None:
+    line = f"Error: {error.message.rstrip('.')}"
+    if error.hint:
+        line += f". Hint: {error.hint}"
+    print(line, file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    command = typer.main.get_command(app)
+    debug = os.environ.get("LOCALRUN_DEBUG") == "1"
+    try:
+        result = command.main(args=argv, prog_name="localrun", standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):
+        if debug:
+            traceback.print_exc()
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`localrun run ... | head`): not an error of ours.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        error = _as_localrun_error(exc)
+        if error is None:
+            error = LocalrunError(
+                f"unexpected {type(exc).__name__}: {exc}",
+                "this is a bug in localrun; run again with LOCALRUN_DEBUG=1 and report it",
+            )
+        _print_error(error)
+        return error.exit_code
+    return result if isinstance(result, int) else 0
+
+
+def entry_point() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

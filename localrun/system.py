@@ -1,0 +1,37 @@
+"""Facts about this machine that choose good defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def physical_cores() -> int:
+    """The number of physical CPU cores this process may run on.
+
+    Decode speed peaks at one thread per physical core: hyper-threads share the
+    core's execution units and only add contention. psutil knows this too, but is
+    not worth a dependency for ten lines of /proc parsing; elsewhere we fall back to
+    the number of usable logical CPUs.
+    """
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    logical = usable or os.cpu_count() or 1
+    cores: set[tuple[str, str]] = set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return logical
+    physical = core = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            physical = value.strip()
+        elif key == "core id":
+            core = value.strip()
+        elif not line.strip() and core:
+            cores.add((physical, core))
+            physical = core = ""
+    if core:
+        cores.add((physical, core))
+    return max(1, min(len(cores), logical)) if cores else logical

@@ -1,0 +1,98 @@
+"""Write tiny llama-architecture GGUF models with random weights, for fast real runs.
+
+The models are real to llama.cpp (a sentencepiece-style vocabulary with byte fallback,
+two transformer blocks) and about 300 KB, so loading and generating take milliseconds.
+What they say is noise, which is all the tests need.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+N_EMBD = 64
+N_FF = 128
+N_HEAD = 4
+N_LAYER = 2
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _vocab() -> tuple[list[str], list[float], list[int]]:
+    normal, control, byte = (
+        gguf.TokenType.NORMAL,
+        gguf.TokenType.CONTROL,
+        gguf.TokenType.BYTE,
+    )
+    tokens = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    types = [gguf.TokenType.UNKNOWN, control, control, control, control]
+    scores = [0.0] * len(tokens)
+    for b in range(256):
+        tokens.append(f"<0x{b:02X}>")
+        types.append(byte)
+        scores.append(0.0)
+    words = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    words += ["▁" + w for w in words]
+    words += ["▁the", "▁sky", "▁is", "▁blue", "▁why", "▁hello", "▁world", "é", "日", "本"]
+    for i, w in enumerate(words):
+        tokens.append(w)
+        types.append(normal)
+        scores.append(-float(i))
+    return tokens, scores, [int(t) for t in types]
+
+
+def write_tiny_model(
+    path: Path, *, chat_template: str | None = None, seed: int = 0, n_ctx_train: int = 2048
+) -> Path:
+    """Write a tiny random llama model to ``path`` and return it."""
+    rng = np.random.default_rng(seed)
+    tokens, scores, types = _vocab()
+    n_vocab = len(tokens)
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny-test-model")
+    w.add_context_length(n_ctx_train)
+    w.add_embedding_length(N_EMBD)
+    w.add_block_count(N_LAYER)
+    w.add_feed_forward_length(N_FF)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_HEAD)
+    w.add_rope_dimension_count(N_EMBD // N_HEAD)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
+
+    def tensor(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.5).astype(np.float32))
+
+    tensor("token_embd.weight", n_vocab, N_EMBD)
+    w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+    tensor("output.weight", n_vocab, N_EMBD)
+    for i in range(N_LAYER):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            tensor(f"blk.{i}.{part}.weight", N_EMBD, N_EMBD)
+        tensor(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
+        tensor(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
+        tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
