@@ -1,0 +1,217 @@
+"""CLI tests: the engine is patched, and the tests check what the CLI hands it and prints."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localrun import engine
+from localrun.engine import Finished, LoadedModel, Request, Stats, TextDelta
+from localrun.errors import InvalidModelError
+from tests.scripted import ScriptedModel
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.load_calls: list[dict[str, Any]] = []
+        self.requests: list[Request] = []
+        self.model = ScriptedModel([])
+
+
+@pytest.fixture
+def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    rec = Recorder()
+
+    def load_model(ref: str, **kwargs: Any) -> LoadedModel:
+        rec.load_calls.append({"ref": ref, **kwargs})
+        return LoadedModel(name=ref, path=Path(ref), model=rec.model, load_s=0.25)
+
+    def generate(loaded: LoadedModel, request: Request) -> Iterator[engine.Event]:
+        rec.requests.append(request)
+        yield TextDelta("Hello")
+        yield TextDelta(" there")
+        yield Finished(Stats(load_s=0.25, prompt_tokens=5, prompt_evaluated=5, completion_tokens=2))
+
+    monkeypatch.setattr(engine, "load_model", load_model)
+    monkeypatch.setattr(engine, "generate", generate)
+    monkeypatch.setattr("localrun.cli.run.physical_cores", lambda: 6)
+    return rec
+
+
+def test_prompt_from_arguments(cli: Any, fake_engine: Recorder) -> None:
+    result = cli(["run", "m.gguf", "why", "is", "it"])
+    assert result.exit_code == 0
+    assert result.stdout == "Hello there\n"
+    assert result.stderr == ""
+    assert fake_engine.requests[0].prompt == "why is it"
+    assert fake_engine.load_calls == [{"ref": "m.gguf", "n_ctx": None, "n_threads": 6}]
+    assert fake_engine.model.closed
+
+
+def test_stdin_comes_before_arguments(cli: Any, fake_engine: Recorder) -> None:
+    result = cli(["run", "m.gguf", "Summarize:"], input=b"notes line\n")
+    assert result.exit_code == 0
+    assert fake_engine.requests[0].prompt == "notes line\n\nSummarize:"
+
+
+def test_stdin_alone(cli: Any, fake_engine: Recorder) -> None:
+    cli(["run", "m.gguf"], input="Why is the sky blue?\n")
+    assert fake_engine.requests[0].prompt == "Why is the sky blue?"
+
+
+def test_invalid_utf8_is_replaced_with_a_warning(cli: Any, fake_engine: Recorder) -> None:
+    result = cli(["run", "m.gguf"], input=b"caf\xe9 ok")
+    assert result.exit_code == 0
+    assert fake_engine.requests[0].prompt == "caf\ufffd ok"
+    assert "not valid UTF-8" in result.stderr
+
+
+def test_no_prompt_is_a_usage_error_before_loading(cli: Any, fake_engine: Recorder) -> None:
+    result = cli(["run", "m.gguf"], input=b"  \n")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: no prompt")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert fake_engine.load_calls == []
+
+
+def test_flags_reach_the_engine(cli: Any, fake_engine: Recorder) -> None:
+    args = ["run", "m.gguf", "hi", "--system", "be brief", "--temperature", "0.2"]
+    args += ["--top-k", "5", "--top-p", "0.5", "--min-p", "0.05", "--repeat-penalty", "1.3"]
+    args += ["--seed", "42", "--max-tokens", "9", "--stop", "END", "--stop", "###"]
+    args += ["--ctx", "1024", "--threads", "3"]
+    assert cli(args).exit_code == 0
+    request = fake_engine.requests[0]
+    assert request.system == "be brief"
+    assert request.max_tokens == 9
+    assert request.stop == ("END", "###")
+    s = request.sampling
+    assert (s.temperature, s.top_k, s.top_p, s.min_p, s.repeat_penalty, s.seed) == (
+        0.2,
+        5,
+        0.5,
+        0.05,
+        1.3,
+        42,
+    )
+    assert fake_engine.load_calls[0] == {"ref": "m.gguf", "n_ctx": 1024, "n_threads": 3}
+
+
+def test_defaults_are_ollamas(cli: Any, fake_engine: Recorder) -> None:
+    cli(["run", "m.gguf", "hi"])
+    s = fake_engine.requests[0].sampling
+    assert (s.temperature, s.top_k, s.top_p, s.repeat_penalty, s.seed) == (0.8, 40, 0.9, 1.1, None)
+
+
+def test_json_format(cli: Any, fake_engine: Recorder) -> None:
+    result = cli(["run", "m.gguf", "hi", "--format", "json"])
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["model"] == "m.gguf"
+    assert data["response"] == "Hello there"
+    assert data["stats"]["prompt_tokens"] == 5
+    assert data["stats"]["completion_tokens"] == 2
+    expected = {
+        "load_s",
+        "prompt_tokens",
+        "prefill_s",
+        "prefill_tokens_per_s",
+        "ttft_s",
+        "completion_tokens",
+        "decode_s",
+        "decode_tokens_per_s",
+        "total_s",
+        "finish_reason",
+    }
+    assert expected <= set(data["stats"])
+
+
+def test_verbose_prints_named_stats_to_stderr(cli: Any, fake_engine: Recorder) -> None:
+    result = cli(["run", "m.gguf", "hi", "--verbose"])
+    assert result.stdout == "Hello there\n"
+    for name in (
+        "mode:",
+        "completion",
+        "load time:",
+        "prompt tokens:",
+        "prefill:",
+        "TTFT:",
+        "generated tokens:",
+        "decode:",
+        "tok/s",
+        "total time:",
+    ):
+        assert name in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--format", "xml"], "'--format'"),
+        (["--top-p", "1.5"], "'--top-p'"),
+        (["--temperature", "-1"], "'--temperature'"),
+        (["--max-tokens", "0"], "'--max-tokens'"),
+        (["--threads", "many"], "'--threads'"),
+        (["--bogus"], "--bogus"),
+    ],
+)
+def test_bad_flag_values_are_one_line_usage_errors(
+    cli: Any, fake_engine: Recorder, args: list[str], needle: str
+) -> None:
+    result = cli(["run", "m.gguf", "hi", *args])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0]
+    assert "Hint: see 'localrun run --help'" in lines[0]
+    assert fake_engine.load_calls == []
+
+
+def test_handled_error_is_one_line_exit_1(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(ref: str, **kwargs: Any) -> LoadedModel:
+        raise InvalidModelError("x.gguf is not a GGUF model file", "pass a .gguf model file")
+
+    monkeypatch.setattr(engine, "load_model", fail)
+    result = cli(["run", "x.gguf", "hi"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: x.gguf is not a GGUF model file. Hint: pass a .gguf model file\n"
+    )
+
+
+def test_unexpected_error_has_no_traceback_unless_debug(
+    cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(ref: str, **kwargs: Any) -> LoadedModel:
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(engine, "load_model", crash)
+    result = cli(["run", "x.gguf", "hi"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr and "kaboom" in result.stderr
+    monkeypatch.setenv("LOCALRUN_DEBUG", "1")
+    assert "Traceback" in cli(["run", "x.gguf", "hi"]).stderr
+
+
+def test_interrupt_ends_the_line_and_exits_130(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = Recorder()
+
+    def load_model(ref: str, **kwargs: Any) -> LoadedModel:
+        return LoadedModel(name=ref, path=Path(ref), model=rec.model, load_s=0.1)
+
+    def generate(loaded: LoadedModel, request: Request) -> Iterator[engine.Event]:
+        yield TextDelta("partial answ")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "load_model", load_model)
+    monkeypatch.setattr(engine, "generate", generate)
+    result = cli(["run", "m.gguf", "hi"])
+    assert result.exit_code == 130
+    assert result.stdout == "partial answ\n"
+    assert "Traceback" not in result.stderr
+    assert rec.model.closed
+
+
+def test_version(cli: Any) -> None:
+    result = cli(["--version"])
+    assert result.exit_code == 0 and result.stdout.startswith("localrun 0.")

@@ -1,0 +1,102 @@
+"""The llama.cpp adapter on a tiny generated model: real llama.cpp, milliseconds per test."""
+
+from pathlib import Path
+
+import pytest
+
+from localrun.backend import LoadOptions, Prefilled, SamplingParams, Token, load
+from localrun.errors import InvalidModelError, ModelLoadError
+
+
+def test_loads_and_reports_its_context(tiny_model: Path) -> None:
+    model = load(LoadOptions(tiny_model, n_ctx=512, n_threads=1))
+    try:
+        assert model.n_ctx == 512
+        assert model.n_ctx_train == 2048
+        assert model.chat_template is None
+        assert model.metadata["general.architecture"] == "llama"
+        assert model.token_text(model.bos_token or 0) == "<s>"
+    finally:
+        model.close()
+
+
+def test_default_context_is_the_smaller_of_trained_and_4096(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    from tests.tinygguf import write_tiny_model
+
+    big = write_tiny_model(tmp_path / "big.gguf", n_ctx_train=32768)
+    for path, expected in ((tiny_model, 2048), (big, 4096)):
+        model = load(LoadOptions(path, n_threads=1))
+        assert model.n_ctx == expected
+        model.close()
+
+
+def generate(model: object, prompt: list[int], n: int) -> tuple[Prefilled, list[Token]]:
+    events = model.generate(prompt, SamplingParams(seed=5))  # type: ignore[attr-defined]
+    prefilled = next(events)
+    tokens = [next(events) for _ in range(n)]
+    events.close()
+    return prefilled, tokens
+
+
+def test_second_turn_reuses_the_cached_prefix(tiny_model: Path) -> None:
+    model = load(LoadOptions(tiny_model, n_threads=1))
+    try:
+        prompt = model.tokenize("the sky is blue", add_special=True, parse_special=False)
+        first, answer = generate(model, prompt, 4)
+        assert first.evaluated == len(prompt)
+        # The next turn extends the conversation: only the new tokens are evaluated.
+        turn2 = (
+            prompt
+            + [t.id for t in answer[:3]]
+            + model.tokenize(" why", add_special=False, parse_special=False)
+        )
+        second, _ = generate(model, turn2, 2)
+        assert second.evaluated == len(turn2) - len(prompt) - 3
+        # A prompt that diverges early drops the rest of the cache.
+        other = model.tokenize("hello world", add_special=True, parse_special=False)
+        third, _ = generate(model, other, 1)
+        assert third.evaluated == len(other) - 1  # only BOS was shared
+    finally:
+        model.close()
+
+
+def test_identical_prompt_gives_identical_tokens_after_reuse(tiny_model: Path) -> None:
+    model = load(LoadOptions(tiny_model, n_threads=1))
+    try:
+        prompt = model.tokenize("hello", add_special=True, parse_special=False)
+        _, a = generate(model, prompt, 8)
+        again, b = generate(model, prompt, 8)
+        assert again.evaluated == 1  # the last prompt token is evaluated for its logits
+        assert [t.id for t in a] == [t.id for t in b]
+    finally:
+        model.close()
+
+
+def test_truncated_file_names_the_damage(tmp_path: Path, tiny_model: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_model.read_bytes()[:-50_000])
+    with pytest.raises(InvalidModelError, match="truncated or corrupted") as e:
+        load(LoadOptions(cut, n_threads=1))
+    assert "not within the file bounds" in e.value.message
+
+
+def test_header_cut_inside_metadata(tmp_path: Path, tiny_model: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_model.read_bytes()[:2000])
+    with pytest.raises(InvalidModelError, match="truncated or corrupted"):
+        load(LoadOptions(cut, n_threads=1))
+
+
+def test_unsupported_architecture_is_a_load_error(tmp_path: Path) -> None:
+    import gguf
+
+    path = tmp_path / "weird.gguf"
+    w = gguf.GGUFWriter(str(path), "no-such-arch")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelLoadError, match="no-such-arch"):
+        load(LoadOptions(path, n_threads=1))
