@@ -88,10 +88,10 @@ def run(
     ),
     stop: list[str] = typer.Option(None, "--stop", help="Stop at this text (repeatable)."),
     ctx: int | None = typer.Option(
-        None, "--ctx", min=1, help="Context size in tokens [default: model's, at most 4096]."
+        None, "--ctx", min=1, help="Context size in tokens (default: the model's, at most 4096)."
     ),
     threads: int | None = typer.Option(
-        None, "--threads", min=1, help="CPU threads [default: physical cores]."
+        None, "--threads", min=1, help="CPU threads (default: the physical cores)."
     ),
     verbose: bool = typer.Option(False, "--verbose", help="Print timings to stderr."),
     output_format: OutputFormat = typer.Option(
