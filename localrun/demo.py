@@ -33,6 +33,11 @@ def _package() -> ModuleType:
     return pkg
 
 
+def expected_sha256() -> str:
+    """The sha256 the demo package publishes for its GGUF."""
+    return str(_package().EXPECTED_SHA256)
+
+
 def _stamp_for(path: Path) -> dict[str, object]:
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}

@@ -10,12 +10,17 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from localrun import backend
+from localrun import backend, store
 from localrun.backend import LoadOptions, Model, Prefilled, SamplingParams
 from localrun.chat_template import Message, render
 from localrun.errors import ModelNotFoundError, PromptTooLongError
 from localrun.ggufcheck import check_model_file
+from localrun.refs import is_hub_ref
+
+if TYPE_CHECKING:
+    from localrun.pull import Reporter
 
 CHAT = "chat"
 COMPLETION = "completion"
@@ -89,27 +94,43 @@ class LoadedModel:
         self.model.close()
 
 
-def resolve_model(ref: str) -> Path:
-    """Turn what the user typed (a path, or ``demo``) into a GGUF file path."""
+def resolve_model(ref: str, reporter: Reporter | None = None) -> Path:
+    """Turn what the user typed into a GGUF file path.
+
+    ``ref`` is ``demo``, a Hub reference (pulled first if it is not in the store), the
+    name of a pulled model, or a path to a ``.gguf`` file.
+    """
     if ref == "demo":
         from localrun.demo import demo_model_path
 
         return demo_model_path()
+    if is_hub_ref(ref):
+        from localrun.pull import pull
+
+        return pull(ref, reporter=reporter, refresh=False).manifest.model_path
+    manifest = store.load(ref)
+    if manifest is not None:
+        return manifest.model_path
     path = Path(ref).expanduser()
     if path.exists() or path.suffix == ".gguf" or "/" in ref:
         check_model_file(path)
         return path
     raise ModelNotFoundError(
-        f"unknown model '{ref}': it is neither a file nor a known model name",
-        "pass the path of a .gguf file, or 'demo' for the packaged demo model",
+        f"unknown model '{ref}': it is not a file, a pulled model, or a Hub reference",
+        "see pulled models with: localrun list; pull one with: localrun pull hf.co/ORG/REPO",
     )
 
 
 def load_model(
-    ref: str, *, n_ctx: int | None = None, n_threads: int, n_gpu_layers: int = 0
+    ref: str,
+    *,
+    n_ctx: int | None = None,
+    n_threads: int,
+    n_gpu_layers: int = 0,
+    path: Path | None = None,
 ) -> LoadedModel:
-    """Resolve and load a model."""
-    path = resolve_model(ref)
+    """Load a model; ``path`` skips resolving ``ref`` again when the caller already did."""
+    path = path or resolve_model(ref)
     start = time.perf_counter()
     model = backend.load(
         LoadOptions(path=path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)

@@ -34,6 +34,7 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Recorder:
         yield TextDelta(" there")
         yield Finished(Stats(load_s=0.25, prompt_tokens=5, prompt_evaluated=5, completion_tokens=2))
 
+    monkeypatch.setattr(engine, "resolve_model", lambda ref, reporter=None: Path("/m") / ref)
     monkeypatch.setattr(engine, "load_model", load_model)
     monkeypatch.setattr(engine, "generate", generate)
     monkeypatch.setattr("localrun.cli.run.physical_cores", lambda: 6)
@@ -46,7 +47,9 @@ def test_prompt_from_arguments(cli: Any, fake_engine: Recorder) -> None:
     assert result.stdout == "Hello there\n"
     assert result.stderr == ""
     assert fake_engine.requests[0].prompt == "why is it"
-    assert fake_engine.load_calls == [{"ref": "m.gguf", "n_ctx": None, "n_threads": 6}]
+    assert fake_engine.load_calls == [
+        {"ref": "m.gguf", "n_ctx": None, "n_threads": 6, "path": Path("/m/m.gguf")}
+    ]
     assert fake_engine.model.closed
 
 
@@ -95,7 +98,12 @@ def test_flags_reach_the_engine(cli: Any, fake_engine: Recorder) -> None:
         1.3,
         42,
     )
-    assert fake_engine.load_calls[0] == {"ref": "m.gguf", "n_ctx": 1024, "n_threads": 3}
+    assert fake_engine.load_calls[0] == {
+        "ref": "m.gguf",
+        "n_ctx": 1024,
+        "n_threads": 3,
+        "path": Path("/m/m.gguf"),
+    }
 
 
 def test_defaults_are_ollamas(cli: Any, fake_engine: Recorder) -> None:
@@ -171,6 +179,7 @@ def test_handled_error_is_one_line_exit_1(cli: Any, monkeypatch: pytest.MonkeyPa
     def fail(ref: str, **kwargs: Any) -> LoadedModel:
         raise InvalidModelError("x.gguf is not a GGUF model file", "pass a .gguf model file")
 
+    monkeypatch.setattr(engine, "resolve_model", lambda ref, reporter=None: Path(ref))
     monkeypatch.setattr(engine, "load_model", fail)
     result = cli(["run", "x.gguf", "hi"])
     assert result.exit_code == 1
@@ -185,6 +194,7 @@ def test_unexpected_error_has_no_traceback_unless_debug(
     def crash(ref: str, **kwargs: Any) -> LoadedModel:
         raise RuntimeError("kaboom")
 
+    monkeypatch.setattr(engine, "resolve_model", lambda ref, reporter=None: Path(ref))
     monkeypatch.setattr(engine, "load_model", crash)
     result = cli(["run", "x.gguf", "hi"])
     assert result.exit_code == 1
@@ -203,6 +213,7 @@ def test_interrupt_ends_the_line_and_exits_130(cli: Any, monkeypatch: pytest.Mon
         yield TextDelta("partial answ")
         raise KeyboardInterrupt
 
+    monkeypatch.setattr(engine, "resolve_model", lambda ref, reporter=None: Path(ref))
     monkeypatch.setattr(engine, "load_model", load_model)
     monkeypatch.setattr(engine, "generate", generate)
     result = cli(["run", "m.gguf", "hi"])

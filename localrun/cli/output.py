@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from localrun.engine import CHAT, Stats
 
 
@@ -31,3 +33,19 @@ def format_stats(stats: Stats, *, mode: str, threads: int) -> str:
     ]
     width = max(len(name) for name, _ in rows) + 1
     return "\n".join(f"{name + ':':<{width}} {value}" for name, value in rows)
+
+
+def human_size(n: int) -> str:
+    """Sizes as Ollama shows them: decimal units."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}" if n < 10 * size else f"{n / size:.0f} {unit}"
+    return f"{n} B"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, separated by three spaces, like `ollama list`."""
+    everything = [header, *rows]
+    widths = [max(len(r[i]) for r in everything) for i in range(len(header))]
+    lines = ["   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in everything]
+    return "\n".join(line.rstrip() for line in lines)

@@ -14,6 +14,7 @@ from localrun import engine
 from localrun.backend import SamplingParams
 from localrun.cli import app
 from localrun.cli.output import format_stats
+from localrun.cli.progress import reporter
 from localrun.errors import UsageError
 from localrun.system import physical_cores
 
@@ -120,8 +121,9 @@ def run(
         from rich.console import Console
 
         spinner = Console(stderr=True).status(f"Loading {model}…")
+    path = engine.resolve_model(model, reporter())  # pulls a Hub model not yet pulled
     with spinner:
-        loaded = engine.load_model(model, n_ctx=ctx, n_threads=n_threads)
+        loaded = engine.load_model(model, n_ctx=ctx, n_threads=n_threads, path=path)
     stream = _Stream(sys.stdout)
     answer: list[str] = []
     try:

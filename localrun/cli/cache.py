@@ -1,0 +1,67 @@
+"""``localrun cache du|verify|prune``: look after the model cache."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+from localrun import paths, store
+from localrun.cli import app
+from localrun.cli.output import human_size, table
+
+cache_app = typer.Typer(help="Inspect and repair the model cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command()
+def du(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Disk space used by each model and by the cache as a whole."""
+    usage = store.disk_usage()
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "cache_dir": str(paths.cache_dir()),
+                    "models": [{"name": n, "size": s} for n, s in usage.models],
+                    "blobs_bytes": usage.blobs_bytes,
+                    "partial_bytes": usage.partial_bytes,
+                    "total_bytes": usage.total_bytes,
+                },
+                indent=2,
+            )
+        )
+        return
+    rows = [(name, human_size(size)) for name, size in usage.models]
+    rows.append(("(partial downloads)", human_size(usage.partial_bytes)))
+    rows.append((f"total in {paths.cache_dir()}", human_size(usage.total_bytes)))
+    print(table(("NAME", "SIZE"), rows))
+
+
+@cache_app.command()
+def verify() -> None:
+    """Re-hash every model file; remove the corrupt ones (pull again to repair)."""
+    result = store.verify()
+    for name, path in result.corrupt:
+        print(f"corrupt: {name}: {path} (removed; pull it again)", file=sys.stderr)
+    for name, path in result.missing:
+        print(f"missing: {name}: {path} (pull it again)", file=sys.stderr)
+    print(
+        f"checked {result.checked} files: {len(result.corrupt)} corrupt, "
+        f"{len(result.missing)} missing",
+        file=sys.stderr,
+    )
+    if result.corrupt or result.missing:
+        raise typer.Exit(1)
+
+
+@cache_app.command()
+def prune() -> None:
+    """Delete interrupted downloads and files no model uses."""
+    result = store.prune()
+    print(
+        f"removed {result.partial_files} partial downloads and {result.unreferenced_blobs} "
+        f"unused files ({human_size(result.freed_bytes)} freed)",
+        file=sys.stderr,
+    )

@@ -1,0 +1,22 @@
+"""``localrun cp SRC DST``: another name for the same model."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from localrun import store
+from localrun.cli import app
+from localrun.pull import resolve_local
+
+
+@app.command()
+def cp(
+    src: str = typer.Argument(..., help="A pulled model."),
+    dst: str = typer.Argument(..., help="The new name."),
+) -> None:
+    """Give a pulled model another name (no files are copied)."""
+    manifest = resolve_local(src) or store.require(src)
+    store.copy(manifest, dst)
+    print(f"copied {manifest.name} to {dst}", file=sys.stderr)

@@ -1,0 +1,55 @@
+"""``localrun list``: the models in the local store."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import typer
+
+from localrun import store
+from localrun.cli import app
+from localrun.cli.output import human_size, table
+
+
+def _ago(when: float) -> str:
+    seconds = max(0, int(time.time() - when))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n > 1 else ''} ago"
+    return "just now"
+
+
+@app.command("list")
+def list_models(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List pulled models."""
+    manifests = store.all_manifests()
+    if as_json:
+        entries = [
+            {
+                "name": m.name,
+                "id": m.id,
+                "size": m.size,
+                "quant": m.quant,
+                "modified": m.pulled_at,
+                "repo": m.repo,
+                "commit": m.commit,
+                "path": str(m.model_path),
+            }
+            for m in manifests
+        ]
+        print(json.dumps(entries, indent=2))
+        return
+    header = ("NAME", "ID", "SIZE", "QUANT", "MODIFIED")
+    print(
+        table(
+            header,
+            [
+                (m.name, m.id, human_size(m.size), m.quant or "-", _ago(m.pulled_at))
+                for m in manifests
+            ],
+        )
+    )

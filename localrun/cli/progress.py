@@ -1,0 +1,93 @@
+"""Download progress on stderr: a rich bar on a terminal, a few plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from localrun.pull import Reporter
+
+
+class RichReporter:
+    """A live progress bar (bytes, speed, ETA) per file."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task: TaskID | None = None
+
+    def note(self, text: str) -> None:
+        self.console.print(text)
+
+    def start_file(self, name: str, total: int, done: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task(name, total=total, completed=done)
+
+    def advance(self, n: int) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, n)
+
+    def end_file(self) -> None:
+        self.progress.stop()
+        self.task = None
+
+
+class PlainReporter:
+    """A line when a file starts, every quarter, and at most every 10 s: no redraw storm."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.name = ""
+        self.total = self.done = 0
+        self.next_quarter = 1
+        self.last_line = 0.0
+
+    def note(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def start_file(self, name: str, total: int, done: int) -> None:
+        self.name, self.total, self.done = name, max(total, 1), done
+        self.next_quarter = done * 4 // self.total + 1
+        resumed = f", resuming at {done / 1e6:.0f} MB" if done else ""
+        self.note(f"pulling {name} ({total / 1e6:.0f} MB{resumed})")
+        self.last_line = time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        quarter = self.done * 4 // self.total
+        if (quarter >= self.next_quarter and quarter < 4) or now - self.last_line >= 10:
+            self.next_quarter = quarter + 1
+            self.last_line = now
+            self.note(f"pulling {self.name}: {self.done * 100 // self.total}%")
+
+    def end_file(self) -> None:
+        if self.done >= self.total:
+            self.note(f"pulling {self.name}: 100%")
+
+
+def reporter() -> Reporter:
+    """The reporter that suits stderr."""
+    if sys.stderr.isatty():
+        return RichReporter(Console(stderr=True))
+    return PlainReporter(sys.stderr)

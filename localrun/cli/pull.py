@@ -1,0 +1,38 @@
+"""``localrun pull REF...``: download models from the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from localrun.cli import app
+from localrun.cli.progress import reporter
+from localrun.pull import pull as pull_model
+
+
+@app.command()
+def pull(
+    refs: list[str] = typer.Argument(
+        ..., help="hf.co/ORG/REPO[:QUANT][@REVISION], or hf.co/ORG/REPO/FILE.gguf."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Pull even if the model cannot fit in this machine's memory."
+    ),
+) -> None:
+    """Download models from the Hugging Face Hub, verified and resumable."""
+    for ref in refs:
+        result = pull_model(ref, force=force, reporter=reporter())
+        m = result.manifest
+        if result.up_to_date:
+            print(f"{m.name}: up to date ({m.quant or m.files[0].path})", file=sys.stderr)
+            continue
+        rate = result.downloaded_bytes / result.seconds / 1e6 if result.seconds else 0.0
+        resumed = (
+            f", resumed after {result.resumed_bytes / 1e6:.0f} MB" if result.resumed_bytes else ""
+        )
+        print(
+            f"{m.name}: pulled {m.size / 1e6:.0f} MB in {result.seconds:.1f} s "
+            f"({rate:.0f} MB/s{resumed}), sha256 verified",
+            file=sys.stderr,
+        )

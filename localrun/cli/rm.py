@@ -1,0 +1,21 @@
+"""``localrun rm REF...``: remove models and free their space."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from localrun import store
+from localrun.cli import app
+from localrun.cli.output import human_size
+from localrun.pull import resolve_local
+
+
+@app.command()
+def rm(refs: list[str] = typer.Argument(..., help="Names or references of pulled models.")) -> None:
+    """Remove models; files no other model uses are deleted."""
+    for ref in refs:
+        manifest = resolve_local(ref) or store.require(ref)
+        freed = store.remove(manifest.name)
+        print(f"removed {manifest.name} ({human_size(freed)} freed)", file=sys.stderr)

@@ -1,0 +1,77 @@
+"""What `localrun show` reports about a model, read from its GGUF header."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from localrun import store
+from localrun.gguf_meta import file_type_name, read_gguf
+from localrun.pull import resolve_local
+from localrun.refs import is_hub_ref
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    name: str
+    path: str
+    size: int
+    sha256: str
+    architecture: str
+    parameters: int
+    quantization: str | None
+    context_length: int | None
+    embedding_length: int | None
+    layers: int | None
+    chat_template: bool
+    license: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _locate(ref: str) -> tuple[str, list[Path], str]:
+    """(name, files, sha256 of the first file) without touching the network."""
+    if ref == "demo":
+        from localrun.demo import demo_model_path, expected_sha256
+
+        return "demo", [demo_model_path()], expected_sha256()
+    manifest = resolve_local(ref)
+    if manifest is None and is_hub_ref(ref):
+        manifest = store.require(ref)  # raises "not pulled" with the hint to pull
+    if manifest is not None:
+        files = [manifest.file_path(f) for f in manifest.files]
+        return manifest.name, files, manifest.files[0].sha256
+    from localrun.engine import resolve_model
+
+    path = resolve_model(ref)
+    return ref, [path], store.sha256_of(path)
+
+
+def model_facts(ref: str) -> ModelFacts:
+    """Describe a model: a pulled name, a Hub reference, ``demo`` or a path."""
+    name, files, sha256 = _locate(ref)
+    info = read_gguf(files[0])
+    meta = info.metadata
+    # A split model keeps its metadata in the first shard and tensors in all of them.
+    parameters = info.parameters + sum(read_gguf(f).parameters for f in files[1:])
+    template = meta.get("tokenizer.chat_template")
+    file_type = meta.get("general.file_type")
+    return ModelFacts(
+        name=name,
+        path=str(files[0]),
+        size=sum(f.stat().st_size for f in files),
+        sha256=sha256,
+        architecture=info.architecture,
+        parameters=parameters,
+        quantization=file_type_name(int(file_type)) if file_type is not None else None,
+        context_length=_int(info.arch_value("context_length")),
+        embedding_length=_int(info.arch_value("embedding_length")),
+        layers=_int(info.arch_value("block_count")),
+        chat_template=isinstance(template, str) and bool(template.strip()),
+        license=meta.get("general.license"),
+    )
+
+
+def _int(value: object) -> int | None:
+    return int(value) if isinstance(value, int) else None

@@ -1,0 +1,443 @@
+"""Pull models from the Hugging Face Hub into the local store.
+
+huggingface_hub does the Hub's work: repository metadata (``HfApi.model_info``), URLs,
+auth headers, and the HTTP download itself with its retries and ``Range`` resumes
+within one run (``http_get``). What it lacks, and this module adds:
+
+- resuming across runs: huggingface_hub 2.x deletes its partial file on any error,
+  Ctrl-C included; here the partial file stays in ``<cache>/partial`` under a stable
+  name and the next pull continues from its last byte;
+- the sha256 check against the hash the Hub publishes for LFS files (huggingface_hub
+  checks only the size);
+- refusing to start when the disk cannot hold the download, and warning when the model
+  cannot fit in memory.
+
+The verified file is then placed in huggingface_hub's cache layout (blob, snapshot
+link, ref) and a manifest records the model under its name.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from localrun import paths, store
+from localrun.errors import CacheError, LocalrunError
+from localrun.ggufcheck import GGUF_MAGIC
+from localrun.refs import HubRef, NotGGUFError, choose, is_hub_ref, parse_hub_ref
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+DISK_MARGIN = 256 * 1024 * 1024
+
+
+class HubError(LocalrunError):
+    """The Hub refused or failed a request."""
+
+
+class NetworkError(LocalrunError):
+    """The Hub cannot be reached."""
+
+
+class CorruptDownloadError(LocalrunError):
+    """A downloaded file does not match the sha256 the Hub publishes."""
+
+
+class InsufficientSpaceError(LocalrunError):
+    """The disk (or memory) cannot hold the model."""
+
+
+class Reporter(Protocol):
+    """Receives progress; the CLI draws it, tests record it."""
+
+    def note(self, text: str) -> None: ...
+
+    def start_file(self, name: str, total: int, done: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+    def end_file(self) -> None: ...
+
+
+class SilentReporter:
+    """A reporter that shows nothing."""
+
+    def note(self, text: str) -> None:
+        pass
+
+    def start_file(self, name: str, total: int, done: int) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def end_file(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class PullResult:
+    manifest: store.Manifest
+    downloaded_bytes: int  # transferred in this run
+    resumed_bytes: int  # already on disk from an interrupted pull
+    seconds: float
+    up_to_date: bool  # nothing needed downloading
+
+
+def endpoint() -> str:
+    """The Hub's base URL (``HF_ENDPOINT`` points it elsewhere, as for huggingface_hub)."""
+    return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def find_local(ref: HubRef) -> store.Manifest | None:
+    """A pulled model matching ``ref``, found without the network."""
+    exact = store.load(ref.name)
+    if exact is not None:
+        return exact
+    for m in store.all_manifests():
+        if m.repo != ref.repo or (ref.revision and ref.revision not in (m.revision, m.commit)):
+            continue
+        if ref.filename and m.files[0].path != ref.filename:
+            continue
+        if ref.quant and m.quant != ref.quant:
+            continue
+        return m
+    return None
+
+
+def resolve_local(name: str) -> store.Manifest | None:
+    """The pulled model called ``name`` (a Hub reference or a name given by ``cp``)."""
+    if is_hub_ref(name):
+        return find_local(parse_hub_ref(name))
+    return store.load(name)
+
+
+def pull(
+    text: str, *, force: bool = False, reporter: Reporter | None = None, refresh: bool = True
+) -> PullResult:
+    """Pull the model ``text`` names; with ``refresh=False`` a local copy is used as is."""
+    reporter = reporter or SilentReporter()
+    ref = parse_hub_ref(text)
+    local = find_local(ref)
+    if local is not None and (offline() or not refresh):
+        return PullResult(local, 0, 0, 0.0, up_to_date=True)
+    if offline():
+        raise NetworkError(
+            f"{ref.name} is not pulled and HF_HUB_OFFLINE is set",
+            "unset HF_HUB_OFFLINE and pull it, or use a model from: localrun list",
+        )
+    start = time.perf_counter()
+    try:
+        return _pull(ref, force, reporter, start)
+    except LocalrunError:
+        raise
+    except Exception as e:
+        translated = _translate(e, ref)
+        if translated is None:
+            raise
+        raise translated from e
+
+
+def _pull(ref: HubRef, force: bool, reporter: Reporter, start: float) -> PullResult:
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import logging as hf_logging
+    from huggingface_hub.utils.tqdm import disable_progress_bars
+
+    disable_progress_bars()  # progress is ours to draw, on stderr, once
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call] # its retry warnings are multi-line; errors reach us anyway
+
+    info = HfApi(endpoint=endpoint()).model_info(
+        ref.repo, revision=ref.revision, files_metadata=True
+    )
+    siblings = {s.rfilename: s for s in (info.siblings or [])}
+    choice, note = choose(ref, sorted(siblings))
+    if note:
+        reporter.note(note)
+    commit = str(info.sha)
+    files = []
+    for name in choice.files:
+        sibling = siblings[name]
+        lfs = sibling.lfs
+        if lfs is None:
+            raise NotGGUFError(
+                f"'{name}' in {ref.repo} is not stored as a large file, so it is not a real GGUF",
+                "pick a .gguf file that the repository stores with Git LFS",
+            )
+        files.append(store.ModelFile(name, int(lfs.size), lfs.sha256, lfs.sha256))
+    manifest = store.Manifest(
+        name=ref.name,
+        repo=ref.repo,
+        revision=ref.revision,
+        commit=commit,
+        quant=choice.quant,
+        files=tuple(files),
+    )
+    needed = [f for f in files if not manifest.blob_path(f).exists()]
+    _check_space(manifest, needed, force)
+    downloaded = resumed = 0
+    for f in needed:
+        got, had = _download(manifest, f, reporter)
+        downloaded += got
+        resumed += had
+    for f in files:
+        _link(manifest, f)
+    store.save(manifest)
+    return PullResult(
+        manifest, downloaded, resumed, time.perf_counter() - start, up_to_date=not needed
+    )
+
+
+def _ensure_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CacheError(
+            f"cannot write to the cache directory {folder}: {e.strerror}",
+            "make it writable, or set LOCALRUN_HOME to a writable directory",
+        ) from None
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _check_space(manifest: store.Manifest, needed: list[store.ModelFile], force: bool) -> None:
+    cache = paths.cache_dir()
+    have = sum(_partial_size(f) for f in needed)
+    want = sum(f.size for f in needed) - have
+    free = shutil.disk_usage(_existing_ancestor(cache)).free
+    if want > 0 and free < want + DISK_MARGIN:
+        raise InsufficientSpaceError(
+            f"not enough disk space for {manifest.name}: it needs {_mb(want)} plus a "
+            f"{_mb(DISK_MARGIN)} margin, and {_mb(free)} is free under {cache}",
+            "free some space, or set LOCALRUN_HOME to a disk with more room",
+        )
+    memory = _physical_memory()
+    if memory and manifest.size > memory and not force:
+        raise InsufficientSpaceError(
+            f"{manifest.name} is {_mb(manifest.size)}, more than this machine's "
+            f"{_mb(memory)} of memory: it cannot run here",
+            "pick a smaller quant, or pass --force to pull it anyway",
+        )
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def _partial_path(f: store.ModelFile) -> Path:
+    return store.partial_dir() / f"{f.blob}.part"
+
+
+def _partial_size(f: store.ModelFile) -> int:
+    try:
+        return _partial_path(f).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+class _HashingFile:
+    """A file wrapper that hashes what is written, for huggingface_hub's ``http_get``.
+
+    If the server ignores ``Range``, ``http_get`` rewinds the file and starts over;
+    the hash then starts over too.
+    """
+
+    def __init__(self, f: BinaryIO, digest: Any, advance: Callable[[int], None]) -> None:
+        self._f = f
+        self.digest = digest
+        self._advance = advance
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self._advance(len(data))
+        return self._f.write(data)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position = self._f.seek(offset, whence)
+        if position == 0:
+            self.digest = hashlib.sha256()
+        else:  # never done by http_get; keep the hash honest anyway
+            raise OSError(errno.ESPIPE, "unexpected seek inside a partial download")
+        return position
+
+    def truncate(self, size: int | None = None) -> int:
+        return self._f.truncate(size)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def _download(manifest: store.Manifest, f: store.ModelFile, reporter: Reporter) -> tuple[int, int]:
+    """Download one file into its blob, resuming a partial one; return (new, resumed) bytes."""
+    from filelock import FileLock
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+    blob = manifest.blob_path(f)
+    part = _partial_path(f)
+    _ensure_dir(part.parent)
+    _ensure_dir(blob.parent)
+    # One download per file, however many pulls run at once: the others wait here,
+    # then find the blob in place.
+    with FileLock(str(part.with_suffix(".lock"))):
+        if blob.exists():
+            return 0, 0
+        have = _partial_size(f)
+        if have > f.size:
+            part.unlink()
+            have = 0
+        digest = hashlib.sha256()
+        if have:
+            with part.open("rb") as existing:
+                while chunk := existing.read(store.HASH_CHUNK):
+                    digest.update(chunk)
+        reporter.start_file(f.path, f.size, have)
+        url = hf_hub_url(manifest.repo, f.path, revision=manifest.commit, endpoint=endpoint())
+        with part.open("r+b" if have else "wb") as raw:
+            raw.seek(have)
+            writer = _HashingFile(raw, digest, reporter.advance)
+            try:
+                http_get(
+                    url,
+                    writer,  # type: ignore[arg-type]
+                    resume_size=have,
+                    headers=build_hf_headers(),
+                    expected_size=f.size,
+                    displayed_filename=f.path,
+                )
+            finally:
+                raw.flush()
+                reporter.end_file()
+        got = part.stat().st_size - have
+        if writer.digest.hexdigest() != f.sha256:
+            part.unlink()
+            raise CorruptDownloadError(
+                f"corrupted download of {f.path}: its sha256 does not match the Hub's "
+                "(the file was deleted)",
+                "pull again",
+            )
+        with part.open("rb") as check:
+            if check.read(4) != GGUF_MAGIC:
+                part.unlink()
+                raise NotGGUFError(
+                    f"{f.path} in {manifest.repo} is not a GGUF file (wrong magic bytes)",
+                    "pick another file; localrun runs GGUF models only",
+                )
+        os.replace(part, blob)
+    part.with_suffix(".lock").unlink(missing_ok=True)
+    return got, have
+
+
+def _link(manifest: store.Manifest, f: store.ModelFile) -> None:
+    """Place the file in huggingface_hub's layout: a relative snapshot link and the ref.
+
+    (huggingface_hub writes these only from inside its own download, which cannot resume.)
+    """
+    link = manifest.file_path(f)
+    _ensure_dir(link.parent)
+    target = os.path.relpath(manifest.blob_path(f), link.parent)
+    if not (link.is_symlink() and os.readlink(link) == target):
+        tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        os.replace(tmp, link)
+    refs = store.repo_dir(manifest.repo) / "refs"
+    _ensure_dir(refs)
+    ref_file = refs / (manifest.revision or "main")
+    _ensure_dir(ref_file.parent)
+    ref_file.write_text(manifest.commit)
+
+
+def _translate(e: Exception, ref: HubRef) -> LocalrunError | None:
+    """Map huggingface_hub's and the network's errors to one line with a hint."""
+    from huggingface_hub import errors as hf
+
+    auth_hint = "set HF_TOKEN, or log in with: hf auth login"
+    if isinstance(e, hf.GatedRepoError):
+        return HubError(
+            f"{ref.repo} is gated: its licence must be accepted on the Hub, by a logged-in user",
+            f"accept it on the model's page, then {auth_hint}",
+        )
+    if isinstance(e, hf.RepositoryNotFoundError):
+        return HubError(
+            f"repository {ref.repo} not found on the Hub (or it is private)",
+            f"check the name; for a private repository, {auth_hint}",
+        )
+    if isinstance(e, hf.RevisionNotFoundError):
+        return HubError(
+            f"revision '{ref.revision}' not found in {ref.repo}",
+            "use a branch, tag or commit of that repository",
+        )
+    if isinstance(e, hf.RemoteEntryNotFoundError):
+        return HubError(f"file not found in {ref.repo}: {e}", "check the file name")
+    if isinstance(e, hf.HfHubHTTPError) and e.response is not None:
+        status = e.response.status_code
+        if status in (401, 403):
+            return HubError(
+                f"the Hub refused access to {ref.repo} (HTTP {status}): bad or missing token",
+                auth_hint,
+            )
+        if status == 429:
+            return HubError(
+                "the Hub is rate-limiting requests (HTTP 429)",
+                "wait a minute and pull again (downloaded parts are kept); logging in raises the "
+                "limit",
+            )
+        if status >= 500:
+            return HubError(
+                f"the Hub failed with HTTP {status}",
+                "try again later; downloaded parts are kept and the pull resumes",
+            )
+        return HubError(f"the Hub answered HTTP {status} for {ref.repo}", "try again later")
+    if isinstance(e, hf.OfflineModeIsEnabled):
+        return NetworkError(
+            f"{ref.name} is not pulled and offline mode is on", "unset HF_HUB_OFFLINE"
+        )
+    module = type(e).__module__.split(".")[0]
+    if module in ("httpx", "httpx2", "httpcore", "httpcore2") or isinstance(e, ConnectionError):
+        return NetworkError(
+            f"cannot reach the Hub at {endpoint()} ({type(e).__name__}: {e})",
+            "check the network or HF_ENDPOINT; what was downloaded is kept, and pulled models "
+            "run offline",
+        )
+    if isinstance(e, OSError):
+        if e.errno == errno.ENOSPC:
+            return InsufficientSpaceError(
+                f"the disk filled up while pulling {ref.name}",
+                "free some space and pull again: the download resumes where it stopped",
+            )
+        if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            return CacheError(
+                f"cannot write to {e.filename or paths.cache_dir()}: {e.strerror}",
+                "make it writable, or set LOCALRUN_HOME to a writable directory",
+            )
+        if "Consistency check failed" in str(e):
+            return NetworkError(
+                f"the download of {ref.name} ended early: the connection dropped",
+                "pull again: it resumes from what was received",
+            )
+    return None

@@ -1,0 +1,325 @@
+"""The local model store: huggingface_hub's cache plus one manifest per model name.
+
+Files live in huggingface_hub's cache layout under ``<cache>/hub`` (``blobs/`` named by
+their hash, ``snapshots/<commit>/`` with the real file names, ``refs/``), so the Hub's
+own tools understand it. A manifest (``<cache>/manifests/<name>.json``) records which
+files make up a named model and their published sha256; it is written only after
+every file is verified, so a listed model is always complete. Partial downloads wait in
+``<cache>/partial`` to be resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from localrun import paths
+from localrun.errors import LocalrunError, UsageError
+
+HASH_CHUNK = 8 * 1024 * 1024
+
+
+class NotPulledError(LocalrunError):
+    """The named model is not in the local store."""
+
+
+def hub_dir() -> Path:
+    """The huggingface_hub cache directory localrun uses."""
+    return paths.cache_dir() / "hub"
+
+
+def manifest_dir() -> Path:
+    return paths.cache_dir() / "manifests"
+
+
+def partial_dir() -> Path:
+    """Where downloads in progress (and interrupted ones) are kept for resuming."""
+    return paths.cache_dir() / "partial"
+
+
+def repo_dir(repo: str) -> Path:
+    """huggingface_hub's folder for a model repo: ``models--ORG--REPO``."""
+    return hub_dir() / ("models--" + repo.replace("/", "--"))
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One file of a model, as published on the Hub."""
+
+    path: str  # inside the repo
+    size: int
+    sha256: str
+    blob: str  # the blob's name in the cache (the Hub's ETag: the sha256 for LFS files)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A named model: its source and its files."""
+
+    name: str
+    repo: str
+    revision: str | None
+    commit: str
+    quant: str | None
+    files: tuple[ModelFile, ...]
+    pulled_at: float = field(default_factory=time.time)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def id(self) -> str:
+        """A short digest that identifies the weights, whatever the name."""
+        return self.files[0].sha256[:12]
+
+    def file_path(self, f: ModelFile) -> Path:
+        """Where the file is, under its real name, in the snapshot folder."""
+        return repo_dir(self.repo) / "snapshots" / self.commit / f.path
+
+    def blob_path(self, f: ModelFile) -> Path:
+        return repo_dir(self.repo) / "blobs" / f.blob
+
+    @property
+    def model_path(self) -> Path:
+        """The path to give llama.cpp (the first shard of a split model)."""
+        return self.file_path(self.files[0])
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        data["files"] = tuple(ModelFile(**f) for f in data["files"])
+        return cls(**data)
+
+
+def _manifest_file(name: str) -> Path:
+    return manifest_dir() / (urllib.parse.quote(name, safe="") + ".json")
+
+
+def validate_name(name: str) -> None:
+    """Refuse names that are empty, control characters, or path tricks."""
+    if not name or len(name) > 300 or any(ord(c) < 32 for c in name):
+        raise UsageError(f"'{name}' is not a valid model name", "use letters, digits and ./:_-")
+    if name.startswith("/") or any(part == ".." for part in name.split("/")):
+        raise UsageError(
+            f"'{name}' is not a valid model name: it must not be absolute or contain '..'",
+            "use letters, digits and ./:_-",
+        )
+
+
+def save(manifest: Manifest) -> None:
+    """Write a manifest atomically (a crash leaves the old one or the new one)."""
+    validate_name(manifest.name)
+    target = _manifest_file(manifest.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(manifest.to_json())
+    os.replace(tmp, target)
+
+
+def load(name: str) -> Manifest | None:
+    """The manifest called ``name``, if there is one."""
+    path = _manifest_file(name)
+    try:
+        return Manifest.from_json(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError, KeyError):
+        raise LocalrunError(
+            f"the manifest of '{name}' is damaged ({path})",
+            f"remove it with: localrun rm {name}, then pull again",
+        ) from None
+
+
+def all_manifests() -> list[Manifest]:
+    """Every model in the store, sorted by name."""
+    folder = manifest_dir()
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.glob("*.json"):
+        try:
+            found.append(Manifest.from_json(path.read_text()))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # shown by `cache verify`; one bad file must not hide the rest
+    return sorted(found, key=lambda m: m.name)
+
+
+def require(name: str) -> Manifest:
+    """The manifest called ``name``, or an error that says how to get it."""
+    manifest = load(name)
+    if manifest is None:
+        raise NotPulledError(
+            f"model '{name}' is not pulled",
+            "see what is here with: localrun list; get it with: localrun pull NAME",
+        )
+    return manifest
+
+
+def copy(src: Manifest, dst: str) -> Manifest:
+    """Give the same files another name."""
+    validate_name(dst)
+    if load(dst) is not None:
+        raise UsageError(
+            f"a model called '{dst}' already exists", f"remove it first: localrun rm {dst}"
+        )
+    copied = replace(src, name=dst, pulled_at=time.time())
+    save(copied)
+    return copied
+
+
+def _referenced(exclude: str | None = None) -> tuple[set[Path], set[Path]]:
+    """Snapshot paths and blob paths used by every manifest except ``exclude``."""
+    files: set[Path] = set()
+    blobs: set[Path] = set()
+    for m in all_manifests():
+        if m.name == exclude:
+            continue
+        for f in m.files:
+            files.add(m.file_path(f))
+            blobs.add(m.blob_path(f))
+    return files, blobs
+
+
+def remove(name: str) -> int:
+    """Forget a model and delete the files no other model uses; return the bytes freed."""
+    manifest = require(name)
+    used_files, used_blobs = _referenced(exclude=name)
+    freed = 0
+    for f in manifest.files:
+        link, blob = manifest.file_path(f), manifest.blob_path(f)
+        if link not in used_files:
+            link.unlink(missing_ok=True)
+            _remove_empty_parents(link.parent, stop=hub_dir())
+        if blob not in used_blobs and blob.exists():
+            freed += blob.stat().st_size
+            blob.unlink()
+            _remove_empty_parents(blob.parent, stop=hub_dir())
+    _manifest_file(name).unlink(missing_ok=True)
+    return freed
+
+
+def _remove_empty_parents(folder: Path, stop: Path) -> None:
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def sha256_of(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    """The sha256 of a file, read in large chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
+    return digest.hexdigest()
+
+
+def _tree_size(folder: Path) -> int:
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    models: list[tuple[str, int]]  # (name, size) per model
+    blobs_bytes: int  # what the hub cache holds on disk (shared files counted once)
+    partial_bytes: int  # interrupted downloads, kept for resuming
+    total_bytes: int
+
+
+def disk_usage() -> DiskUsage:
+    """What the store uses on disk."""
+    blobs = _tree_size(hub_dir())
+    partial = _tree_size(partial_dir())
+    demo = _tree_size(paths.cache_dir() / "demo")
+    models = [(m.name, m.size) for m in all_manifests()]
+    return DiskUsage(models, blobs, partial, blobs + partial + demo)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    checked: int
+    corrupt: list[tuple[str, str]]  # (model name, file path in repo)
+    missing: list[tuple[str, str]]
+
+
+def verify(on_bytes: Callable[[int], None] | None = None) -> VerifyResult:
+    """Re-hash every file of every model; delete the corrupt ones (pull again to repair)."""
+    checked = 0
+    corrupt: list[tuple[str, str]] = []
+    missing: list[tuple[str, str]] = []
+    hashed: dict[Path, str] = {}
+    for m in all_manifests():
+        for f in m.files:
+            blob = m.blob_path(f)
+            if not blob.exists() or not m.file_path(f).exists():
+                missing.append((m.name, f.path))
+                continue
+            if blob not in hashed:
+                hashed[blob] = sha256_of(blob, on_bytes)
+                checked += 1
+            if hashed[blob] != f.sha256:
+                corrupt.append((m.name, f.path))
+                blob.unlink(missing_ok=True)
+                m.file_path(f).unlink(missing_ok=True)
+    return VerifyResult(checked, corrupt, missing)
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    partial_files: int
+    unreferenced_blobs: int
+    freed_bytes: int
+
+
+def _hub_blobs() -> Iterator[Path]:
+    root = hub_dir()
+    if root.is_dir():
+        yield from (p for p in root.glob("models--*/blobs/*") if p.is_file())
+
+
+def prune() -> PruneResult:
+    """Delete interrupted downloads and blobs that no model uses."""
+    from filelock import FileLock, Timeout
+
+    freed = partial_count = blob_count = 0
+    folder = partial_dir()
+    if folder.is_dir():
+        for part in folder.glob("*.part"):
+            lock = FileLock(str(part.with_suffix(".lock")))
+            try:
+                lock.acquire(timeout=0)  # a pull in progress holds it: leave that one alone
+            except Timeout:
+                continue
+            try:
+                freed += part.stat().st_size
+                part.unlink()
+                partial_count += 1
+            finally:
+                lock.release()
+    _, used_blobs = _referenced()
+    for blob in _hub_blobs():
+        if blob not in used_blobs:
+            freed += blob.stat().st_size
+            blob.unlink()
+            blob_count += 1
+    # Snapshot links left pointing at deleted blobs.
+    for link in hub_dir().glob("models--*/snapshots/*/**/*"):
+        if link.is_symlink() and not link.exists():
+            link.unlink()
+    return PruneResult(partial_count, blob_count, freed)
