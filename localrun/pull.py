@@ -19,16 +19,14 @@ link, ref) and a manifest records the model under its name.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Protocol
 
-from localrun import paths, store
+from localrun import download, paths, store
 from localrun.errors import CacheError, LocalrunError
 from localrun.ggufcheck import GGUF_MAGIC
 from localrun.refs import HubRef, NotGGUFError, choose, is_hub_ref, parse_hub_ref
@@ -86,7 +84,8 @@ class PullResult:
     manifest: store.Manifest
     downloaded_bytes: int  # transferred in this run
     resumed_bytes: int  # already on disk from an interrupted pull
-    seconds: float
+    seconds: float  # the whole pull: metadata, transfer, verification, placement
+    transfer_seconds: float  # moving and hashing the bytes alone
     up_to_date: bool  # nothing needed downloading
 
 
@@ -130,13 +129,15 @@ def pull(
     ref = parse_hub_ref(text)
     local = find_local(ref)
     if local is not None and (offline() or not refresh):
-        return PullResult(local, 0, 0, 0.0, up_to_date=True)
+        return PullResult(local, 0, 0, 0.0, 0.0, up_to_date=True)
     if offline():
         raise NetworkError(
             f"{ref.name} is not pulled and HF_HUB_OFFLINE is set",
             "unset HF_HUB_OFFLINE and pull it, or use a model from: localrun list",
         )
     start = time.perf_counter()
+    for folder in (store.partial_dir(), store.hub_dir(), store.manifest_dir()):
+        _ensure_dir(folder)  # fail before any download if the cache is not writable
     try:
         return _pull(ref, force, reporter, start)
     except LocalrunError:
@@ -185,16 +186,17 @@ def _pull(ref: HubRef, force: bool, reporter: Reporter, start: float) -> PullRes
     needed = [f for f in files if not manifest.blob_path(f).exists()]
     _check_space(manifest, needed, force)
     downloaded = resumed = 0
+    transfer_s = 0.0
     for f in needed:
-        got, had = _download(manifest, f, reporter)
-        downloaded += got
-        resumed += had
+        transfer = _download(manifest, f, reporter)
+        downloaded += transfer.received
+        resumed += f.size - transfer.received
+        transfer_s += transfer.seconds
     for f in files:
         _link(manifest, f)
     store.save(manifest)
-    return PullResult(
-        manifest, downloaded, resumed, time.perf_counter() - start, up_to_date=not needed
-    )
+    elapsed = time.perf_counter() - start
+    return PullResult(manifest, downloaded, resumed, elapsed, transfer_s, up_to_date=not needed)
 
 
 def _ensure_dir(folder: Path) -> None:
@@ -255,85 +257,37 @@ def _partial_size(f: store.ModelFile) -> int:
         return 0
 
 
-class _HashingFile:
-    """A file wrapper that hashes what is written, for huggingface_hub's ``http_get``.
-
-    If the server ignores ``Range``, ``http_get`` rewinds the file and starts over;
-    the hash then starts over too.
-    """
-
-    def __init__(self, f: BinaryIO, digest: Any, advance: Callable[[int], None]) -> None:
-        self._f = f
-        self.digest = digest
-        self._advance = advance
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        self._advance(len(data))
-        return self._f.write(data)
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        position = self._f.seek(offset, whence)
-        if position == 0:
-            self.digest = hashlib.sha256()
-        else:  # never done by http_get; keep the hash honest anyway
-            raise OSError(errno.ESPIPE, "unexpected seek inside a partial download")
-        return position
-
-    def truncate(self, size: int | None = None) -> int:
-        return self._f.truncate(size)
-
-    def flush(self) -> None:
-        self._f.flush()
-
-
-def _download(manifest: store.Manifest, f: store.ModelFile, reporter: Reporter) -> tuple[int, int]:
-    """Download one file into its blob, resuming a partial one; return (new, resumed) bytes."""
+def _download(
+    manifest: store.Manifest, f: store.ModelFile, reporter: Reporter
+) -> download.Transfer:
+    """Download one file into its blob, resuming a partial one."""
     from filelock import FileLock
-    from huggingface_hub import hf_hub_url
-    from huggingface_hub.file_download import http_get
+    from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
     blob = manifest.blob_path(f)
     part = _partial_path(f)
-    _ensure_dir(part.parent)
     _ensure_dir(blob.parent)
     # One download per file, however many pulls run at once: the others wait here,
     # then find the blob in place.
     with FileLock(str(part.with_suffix(".lock"))):
-        if blob.exists():
-            return 0, 0
+        if blob.exists():  # another pull finished it while this one waited
+            return download.Transfer(f.sha256, 0, 0.0)
         have = _partial_size(f)
-        if have > f.size:
-            part.unlink()
-            have = 0
-        digest = hashlib.sha256()
-        if have:
-            with part.open("rb") as existing:
-                while chunk := existing.read(store.HASH_CHUNK):
-                    digest.update(chunk)
-        reporter.start_file(f.path, f.size, have)
+        reporter.start_file(f.path, f.size, have if have <= f.size else 0)
         url = hf_hub_url(manifest.repo, f.path, revision=manifest.commit, endpoint=endpoint())
-        with part.open("r+b" if have else "wb") as raw:
-            raw.seek(have)
-            writer = _HashingFile(raw, digest, reporter.advance)
-            try:
-                http_get(
-                    url,
-                    writer,  # type: ignore[arg-type]
-                    resume_size=have,
-                    headers=build_hf_headers(),
-                    expected_size=f.size,
-                    displayed_filename=f.path,
-                )
-            finally:
-                raw.flush()
-                reporter.end_file()
-        got = part.stat().st_size - have
-        if writer.digest.hexdigest() != f.sha256:
+        try:
+            transfer = download.fetch(
+                url,
+                part,
+                size=f.size,
+                headers=build_hf_headers(),
+                timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+                on_bytes=reporter.advance,
+            )
+        finally:
+            reporter.end_file()
+        if transfer.sha256 != f.sha256:
             part.unlink()
             raise CorruptDownloadError(
                 f"corrupted download of {f.path}: its sha256 does not match the Hub's "
@@ -349,7 +303,7 @@ def _download(manifest: store.Manifest, f: store.ModelFile, reporter: Reporter) 
                 )
         os.replace(part, blob)
     part.with_suffix(".lock").unlink(missing_ok=True)
-    return got, have
+    return transfer
 
 
 def _link(manifest: store.Manifest, f: store.ModelFile) -> None:
@@ -377,6 +331,13 @@ def _translate(e: Exception, ref: HubRef) -> LocalrunError | None:
     from huggingface_hub import errors as hf
 
     auth_hint = "set HF_TOKEN, or log in with: hf auth login"
+    if isinstance(e, download.TransferError):
+        return NetworkError(
+            f"the connection to the Hub dropped while pulling {ref.name} ({e})",
+            "pull again: it resumes from what was received",
+        )
+    if isinstance(e, download.HTTPStatusError):
+        return _status_error(e.status, ref, auth_hint)
     if isinstance(e, hf.GatedRepoError):
         return HubError(
             f"{ref.repo} is gated: its licence must be accepted on the Hub, by a logged-in user",
@@ -395,34 +356,21 @@ def _translate(e: Exception, ref: HubRef) -> LocalrunError | None:
     if isinstance(e, hf.RemoteEntryNotFoundError):
         return HubError(f"file not found in {ref.repo}: {e}", "check the file name")
     if isinstance(e, hf.HfHubHTTPError) and e.response is not None:
-        status = e.response.status_code
-        if status in (401, 403):
-            return HubError(
-                f"the Hub refused access to {ref.repo} (HTTP {status}): bad or missing token",
-                auth_hint,
-            )
-        if status == 429:
-            return HubError(
-                "the Hub is rate-limiting requests (HTTP 429)",
-                "wait a minute and pull again (downloaded parts are kept); logging in raises the "
-                "limit",
-            )
-        if status >= 500:
-            return HubError(
-                f"the Hub failed with HTTP {status}",
-                "try again later; downloaded parts are kept and the pull resumes",
-            )
-        return HubError(f"the Hub answered HTTP {status} for {ref.repo}", "try again later")
+        return _status_error(e.response.status_code, ref, auth_hint)
     if isinstance(e, hf.OfflineModeIsEnabled):
         return NetworkError(
             f"{ref.name} is not pulled and offline mode is on", "unset HF_HUB_OFFLINE"
         )
     module = type(e).__module__.split(".")[0]
     if module in ("httpx", "httpx2", "httpcore", "httpcore2") or isinstance(e, ConnectionError):
+        if "Connect" in type(e).__name__ or isinstance(e, ConnectionRefusedError):
+            return NetworkError(
+                f"cannot reach the Hub at {endpoint()} ({type(e).__name__}: {e})",
+                "check the network or HF_ENDPOINT; pulled models run offline",
+            )
         return NetworkError(
-            f"cannot reach the Hub at {endpoint()} ({type(e).__name__}: {e})",
-            "check the network or HF_ENDPOINT; what was downloaded is kept, and pulled models "
-            "run offline",
+            f"the connection to the Hub dropped while pulling {ref.name} ({type(e).__name__})",
+            "pull again: it resumes from what was received",
         )
     if isinstance(e, OSError):
         if e.errno == errno.ENOSPC:
@@ -435,9 +383,23 @@ def _translate(e: Exception, ref: HubRef) -> LocalrunError | None:
                 f"cannot write to {e.filename or paths.cache_dir()}: {e.strerror}",
                 "make it writable, or set LOCALRUN_HOME to a writable directory",
             )
-        if "Consistency check failed" in str(e):
-            return NetworkError(
-                f"the download of {ref.name} ended early: the connection dropped",
-                "pull again: it resumes from what was received",
-            )
     return None
+
+
+def _status_error(status: int, ref: HubRef, auth_hint: str) -> LocalrunError:
+    if status in (401, 403):
+        return HubError(
+            f"the Hub refused access to {ref.repo} (HTTP {status}): bad or missing token",
+            auth_hint,
+        )
+    if status == 429:
+        return HubError(
+            "the Hub is rate-limiting requests (HTTP 429)",
+            "wait a minute and pull again (downloaded parts are kept); logging in raises the limit",
+        )
+    if status >= 500:
+        return HubError(
+            f"the Hub failed with HTTP {status}",
+            "try again later; downloaded parts are kept and the pull resumes",
+        )
+    return HubError(f"the Hub answered HTTP {status} for {ref.repo}", "try again later")

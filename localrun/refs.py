@@ -90,7 +90,7 @@ def parse_hub_ref(text: str) -> HubRef:
             revision, quant = revision.split(":", 1)
     if ":" in rest:
         rest, quant = rest.rsplit(":", 1)
-    parts = rest.strip("/").split("/")
+    parts = rest.rstrip("/").split("/")
     if len(parts) < 2:
         raise UsageError(
             f"'{text}' does not name a repository",

@@ -131,7 +131,7 @@ def load(name: str) -> Manifest | None:
     path = _manifest_file(name)
     try:
         return Manifest.from_json(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (ValueError, TypeError, KeyError):
         raise LocalrunError(
@@ -244,7 +244,7 @@ class DiskUsage:
 
 def disk_usage() -> DiskUsage:
     """What the store uses on disk."""
-    blobs = _tree_size(hub_dir())
+    blobs = sum(p.stat().st_size for p in _hub_blobs())
     partial = _tree_size(partial_dir())
     demo = _tree_size(paths.cache_dir() / "demo")
     models = [(m.name, m.size) for m in all_manifests()]

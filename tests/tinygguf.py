@@ -47,14 +47,23 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
 
 
 def write_tiny_model(
-    path: Path, *, chat_template: str | None = None, seed: int = 0, n_ctx_train: int = 2048
+    path: Path,
+    *,
+    chat_template: str | None = None,
+    seed: int = 0,
+    n_ctx_train: int = 2048,
+    split_max_tensors: int = 0,
 ) -> Path:
-    """Write a tiny random llama model to ``path`` and return it."""
+    """Write a tiny random llama model to ``path`` and return it.
+
+    With ``split_max_tensors``, the model is split into shards named
+    ``<stem>-0000N-of-0000M.gguf`` beside ``path`` (the form llama.cpp loads as one).
+    """
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocab()
     n_vocab = len(tokens)
 
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
     w.add_name("tiny-test-model")
     w.add_context_length(n_ctx_train)
     w.add_embedding_length(N_EMBD)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import typer
@@ -19,20 +20,35 @@ def pull(
     force: bool = typer.Option(
         False, "--force", help="Pull even if the model cannot fit in this machine's memory."
     ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per model."),
 ) -> None:
     """Download models from the Hugging Face Hub, verified and resumable."""
     for ref in refs:
         result = pull_model(ref, force=force, reporter=reporter())
         m = result.manifest
+        if as_json:
+            record = {
+                "name": m.name,
+                "path": str(m.model_path),
+                "size": m.size,
+                "quant": m.quant,
+                "up_to_date": result.up_to_date,
+                "downloaded_bytes": result.downloaded_bytes,
+                "resumed_bytes": result.resumed_bytes,
+                "transfer_s": result.transfer_seconds,
+                "total_s": result.seconds,
+            }
+            print(json.dumps(record))
         if result.up_to_date:
             print(f"{m.name}: up to date ({m.quant or m.files[0].path})", file=sys.stderr)
             continue
-        rate = result.downloaded_bytes / result.seconds / 1e6 if result.seconds else 0.0
+        seconds = result.transfer_seconds
+        rate = result.downloaded_bytes / seconds / 1e6 if seconds else 0.0
         resumed = (
             f", resumed after {result.resumed_bytes / 1e6:.0f} MB" if result.resumed_bytes else ""
         )
         print(
             f"{m.name}: pulled {m.size / 1e6:.0f} MB in {result.seconds:.1f} s "
-            f"({rate:.0f} MB/s{resumed}), sha256 verified",
+            f"(transfer {rate:.0f} MB/s{resumed}), sha256 verified",
             file=sys.stderr,
         )
