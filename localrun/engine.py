@@ -59,10 +59,27 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class PromptEvaluated:
+    """The prompt has been prefilled (``evaluated`` excludes tokens reused from the cache)."""
+
+    prompt_tokens: int
+    evaluated: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class FirstToken:
+    """The first token was sampled, ``ttft_s`` after the request."""
+
+    ttft_s: float
+
+
+@dataclass(frozen=True)
 class TextDelta:
-    """A piece of the answer, ready to print."""
+    """A piece of the answer, ready to print (may be empty while a character is incomplete)."""
 
     text: str
+    tokens: int = 0  # answer tokens so far
 
 
 @dataclass(frozen=True)
@@ -72,7 +89,7 @@ class Finished:
     stats: Stats
 
 
-Event = TextDelta | Finished
+Event = PromptEvaluated | FirstToken | TextDelta | Finished
 
 
 @dataclass
@@ -139,15 +156,28 @@ def load_model(
 
 
 def prompt_tokens(loaded: LoadedModel, request: Request) -> list[int]:
-    """Tokenize the request: through the chat template if the model has one."""
-    model = loaded.model
-    template = model.chat_template
-    if template is None:
-        text = f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
-        return model.tokenize(text, add_special=True, parse_special=False)
+    """Tokenize a one-shot request: through the chat template if the model has one."""
     messages = [Message("user", request.prompt)]
     if request.system:
         messages.insert(0, Message("system", request.system))
+    return conversation_tokens(loaded, messages)
+
+
+def conversation_tokens(loaded: LoadedModel, messages: Sequence[Message]) -> list[int]:
+    """Tokenize a conversation, ready for the model's next answer.
+
+    Chat models get their own template. Base models get the conversation as one text to
+    continue: the system prompt, then each message, a blank line before each user turn.
+    """
+    model = loaded.model
+    template = model.chat_template
+    if template is None:
+        parts: list[str] = []
+        for m in messages:
+            if parts and m.role in ("system", "user"):
+                parts.append("\n\n")
+            parts.append(m.content)
+        return model.tokenize("".join(parts), add_special=True, parse_special=False)
     bos, eos = model.bos_token, model.eos_token
     text = render(
         template,
@@ -211,51 +241,73 @@ class _StopMatcher:
 
 
 def generate(loaded: LoadedModel, request: Request) -> Iterator[Event]:
-    """Answer ``request``, yielding text as it is produced and the statistics last.
-
-    TTFT runs from this call to the first sampled token; the decode rate is
-    (sampled tokens - 1) / (time from the first to the last sampled token).
-    """
+    """Answer a one-shot ``request``: text as it is produced, the statistics last."""
     start = time.perf_counter()
     tokens = prompt_tokens(loaded, request)
     check_fits(loaded, len(tokens))
+    return generate_tokens(
+        loaded,
+        tokens,
+        request.sampling,
+        max_tokens=request.max_tokens,
+        stop=request.stop,
+        start=start,
+    )
+
+
+def generate_tokens(
+    loaded: LoadedModel,
+    tokens: list[int],
+    sampling: SamplingParams,
+    *,
+    max_tokens: int | None = None,
+    stop: Sequence[str] = (),
+    start: float | None = None,
+) -> Iterator[Event]:
+    """Generate after ``tokens``, yielding events and the statistics last.
+
+    TTFT runs from ``start`` (the request) to the first sampled token; the decode rate is
+    (sampled tokens - 1) / (time from the first to the last sampled token).
+    """
+    start = time.perf_counter() if start is None else start
     stats = Stats(load_s=loaded.load_s, prompt_tokens=len(tokens))
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    matcher = _StopMatcher(request.stop)
+    matcher = _StopMatcher(stop)
     first_at = last_at = 0.0
     sampled = 0
     stopped_by_string = False
     stats.finish_reason = "length"  # unless the model or a stop string ends it
-    events = loaded.model.generate(tokens, request.sampling)
+    events = loaded.model.generate(tokens, sampling)
     try:
         for event in events:
             if isinstance(event, Prefilled):
                 stats.prompt_evaluated = event.evaluated
                 stats.prefill_s = event.seconds
+                yield PromptEvaluated(len(tokens), event.evaluated, event.seconds)
                 continue
             last_at = time.perf_counter()
             sampled += 1
             if sampled == 1:
                 first_at = last_at
+                yield FirstToken(first_at - start)
             if event.end_of_generation:
                 stats.finish_reason = "stop"
                 break
             stats.completion_tokens += 1
             text, stopped = matcher.feed(decoder.decode(event.piece))
-            if text:
-                yield TextDelta(text)
+            yield TextDelta(text, stats.completion_tokens)
             if stopped:
                 stats.finish_reason = "stop"
                 stopped_by_string = True
                 break
-            if request.max_tokens is not None and stats.completion_tokens >= request.max_tokens:
+            if max_tokens is not None and stats.completion_tokens >= max_tokens:
                 break
     finally:
         events.close()
     if not stopped_by_string:
         tail = matcher.flush() + decoder.decode(b"", final=True)
         if tail:
-            yield TextDelta(tail)
+            yield TextDelta(tail, stats.completion_tokens)
     end = time.perf_counter()
     stats.ttft_s = (first_at - start) if sampled else 0.0
     stats.decode_s = last_at - first_at if sampled else 0.0

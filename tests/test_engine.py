@@ -18,8 +18,16 @@ def answer(model: ScriptedModel, request: Request) -> tuple[str, Stats]:
     events = list(engine.generate(loaded(model), request))
     finished = events[-1]
     assert isinstance(finished, Finished)
-    assert all(isinstance(e, TextDelta) for e in events[:-1])
-    return "".join(e.text for e in events[:-1] if isinstance(e, TextDelta)), finished.stats
+    # Order: the prompt, the first token, the text, the statistics.
+    assert isinstance(events[0], engine.PromptEvaluated)
+    assert events[0].prompt_tokens == finished.stats.prompt_tokens
+    assert isinstance(events[1], engine.FirstToken)
+    assert events[1].ttft_s == finished.stats.ttft_s
+    deltas = events[2:-1]
+    assert all(isinstance(e, TextDelta) for e in deltas)
+    counts = [e.tokens for e in deltas if isinstance(e, TextDelta)]
+    assert counts == sorted(counts) and (not counts or counts[-1] == finished.stats.completion_tokens)
+    return "".join(e.text for e in deltas if isinstance(e, TextDelta)), finished.stats
 
 
 def test_streams_text_and_counts_tokens() -> None:

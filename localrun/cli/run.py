@@ -133,7 +133,7 @@ def run(
                     answer.append(event.text)
                 else:
                     stream.write(event.text)
-            else:
+            elif isinstance(event, engine.Finished):
                 stats = event.stats
     finally:
         stream.end_line()
