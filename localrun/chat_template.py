@@ -8,8 +8,12 @@ which refuses attribute access to internals and mutation of objects.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, NoReturn
 
 import jinja2
@@ -17,9 +21,39 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from localrun.errors import LocalrunError
 
+RENDER_LIMIT_S = 2.0  # real templates render in milliseconds
+
 
 class TemplateError(LocalrunError):
     """The chat template could not be rendered."""
+
+
+class _TemplateTimeout(Exception):
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Stop a render that runs too long: the sandbox bounds one ``range`` but not nesting.
+
+    A timer signal interrupts the template's Python code wherever it loops. Signals reach
+    only the main thread, so elsewhere the render runs unbounded (the CLI renders on the
+    main thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise _TemplateTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass(frozen=True)
@@ -73,9 +107,24 @@ def render(
             "bos_token": bos_token,
             "eos_token": eos_token,
             "add_generation_prompt": add_generation_prompt,
+            # As transformers renders them: templates test `tools is none` for no tools.
+            "tools": None,
         }
         return compiled.render(**variables)
 
+    try:
+        with _time_limit(RENDER_LIMIT_S):
+            return _render_or_fold(attempt, messages)
+    except _TemplateTimeout:
+        raise TemplateError(
+            f"the model's chat template did not finish rendering in {RENDER_LIMIT_S:.0f} s",
+            "the template loops without end: override it with a Modelfile TEMPLATE",
+        ) from None
+
+
+def _render_or_fold(
+    attempt: Callable[[Sequence[Message]], str], messages: Sequence[Message]
+) -> str:
     try:
         return attempt(messages)
     except jinja2.TemplateError as first:

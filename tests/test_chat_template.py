@@ -53,3 +53,24 @@ def test_template_cannot_reach_python_internals() -> None:
 def test_template_cannot_mutate_objects() -> None:
     with pytest.raises(TemplateError):
         render("{% set l = [] %}{{ l.append(1) }}", [Message("user", "x")])
+
+
+def test_endless_template_is_stopped() -> None:
+    import time
+
+    endless = (
+        "{% for a in range(99999) %}{% for b in range(99999) %}{% for c in range(99999) %}"
+        "{{ c }}{% endfor %}{% endfor %}{% endfor %}"
+    )
+    start = time.monotonic()
+    with pytest.raises(TemplateError, match="did not finish rendering") as e:
+        render(endless, [Message("user", "x")])
+    assert time.monotonic() - start < 5
+    assert e.value.hint and "TEMPLATE" in e.value.hint
+    # The timer is gone afterwards: a normal render is unaffected.
+    assert render(CHATML_TEMPLATE, [Message("user", "x")]).endswith("assistant\n")
+
+
+def test_tools_is_none_for_templates_that_test_it() -> None:
+    template = "{% if tools is not none %}TOOLS{% endif %}{{ messages[0]['content'] }}"
+    assert render(template, [Message("user", "hi")]) == "hi"

@@ -26,7 +26,9 @@ def answer(model: ScriptedModel, request: Request) -> tuple[str, Stats]:
     deltas = events[2:-1]
     assert all(isinstance(e, TextDelta) for e in deltas)
     counts = [e.tokens for e in deltas if isinstance(e, TextDelta)]
-    assert counts == sorted(counts) and (not counts or counts[-1] == finished.stats.completion_tokens)
+    assert counts == sorted(counts) and (
+        not counts or counts[-1] == finished.stats.completion_tokens
+    )
     return "".join(e.text for e in deltas if isinstance(e, TextDelta)), finished.stats
 
 

@@ -80,6 +80,10 @@ class Model(Protocol):
         """The text of a (special) token, for template variables such as ``bos_token``."""
 
     @property
+    def placement(self) -> str:
+        """Where the layers run, for people: "CPU", or "GPU 18/18"."""
+
+    @property
     def bos_token(self) -> int | None:
         """The beginning-of-sequence token id, if the model has one."""
 

@@ -135,6 +135,10 @@ class LlamaCppModel:
         return self._chat_template
 
     @property
+    def placement(self) -> str:
+        return "CPU"
+
+    @property
     def bos_token(self) -> int | None:
         token = int(lc.llama_vocab_bos(self._vocab))
         return token if token >= 0 else None

@@ -9,10 +9,14 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TextIO
 
 import typer
+from rich.console import Console
 
 from localrun import engine
 from localrun.backend import SamplingParams
+from localrun.chat import ChatSession, Options
 from localrun.cli import app
+from localrun.cli.chat import ChatUI, reattach_terminal, setup_history
+from localrun.cli.chatview import AnswerState, AnswerView
 from localrun.cli.output import format_stats
 from localrun.cli.progress import reporter
 from localrun.errors import UsageError
@@ -43,11 +47,6 @@ def read_prompt(args: list[str], stdin: TextIO) -> str:
         parts.append(" ".join(args))
     if parts:
         return "\n\n".join(parts)
-    if stdin.isatty():
-        raise UsageError(
-            "interactive chat is not available yet: give a prompt",
-            "pass it as arguments, or pipe it in: echo 'question' | localrun run MODEL",
-        )
     raise UsageError(
         "no prompt: the arguments are empty and standard input was empty",
         "localrun run MODEL 'your question', or pipe text in",
@@ -71,9 +70,13 @@ class _Stream:
             self.write("\n")
 
 
+@app.command("chat", help="Chat with a model: the same as run, always interactive.")
 @app.command()
 def run(
-    model: str = typer.Argument(..., help="A .gguf file, or 'demo' for the packaged demo model."),
+    ctx: typer.Context,
+    model: str = typer.Argument(
+        ..., help="A pulled model, a Hub reference (pulled if needed), a .gguf file, or 'demo'."
+    ),
     prompt: list[str] = typer.Argument(None, help="The prompt; piped stdin comes before it."),
     system: str | None = typer.Option(None, "--system", help="System prompt."),
     temperature: float = typer.Option(0.8, min=0.0, help="Sampling temperature; 0 is greedy."),
@@ -88,63 +91,143 @@ def run(
         None, "--max-tokens", min=1, help="Stop after this many tokens."
     ),
     stop: list[str] = typer.Option(None, "--stop", help="Stop at this text (repeatable)."),
-    ctx: int | None = typer.Option(
+    ctx_size: int | None = typer.Option(
         None, "--ctx", min=1, help="Context size in tokens (default: the model's, at most 4096)."
     ),
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="CPU threads (default: the physical cores)."
     ),
-    verbose: bool = typer.Option(False, "--verbose", help="Print timings to stderr."),
+    verbose: bool = typer.Option(False, "--verbose", help="Print timings after each answer."),
     output_format: OutputFormat = typer.Option(
         OutputFormat.text, "--format", help="text: stream the answer; json: one JSON object."
     ),
+    interactive: bool = typer.Option(
+        False, "-i", "--interactive", help="Keep chatting after answering the prompt."
+    ),
+    nowordwrap: bool = typer.Option(
+        False, "--nowordwrap", help="Print the answer as it comes, without Markdown or wrapping."
+    ),
 ) -> None:
-    """Answer a prompt with a model."""
-    text = read_prompt(prompt or [], sys.stdin)
+    """Answer a prompt with a model; with no prompt on a terminal, chat."""
+    args = prompt or []
+    piped = not sys.stdin.isatty()
+    chat_mode = interactive or ctx.info_name == "chat" or (not args and not piped)
+    if chat_mode and (output_format is OutputFormat.json or not sys.stdout.isatty()):
+        raise UsageError(
+            "interactive chat needs a terminal on stdout and --format text",
+            "give a prompt for a one-shot answer, or run it in a terminal",
+        )
+    text = read_prompt(args, sys.stdin) if (args or piped or not chat_mode) else None
     n_threads = threads or physical_cores()
-    request = engine.Request(
-        prompt=text,
-        system=system,
-        sampling=SamplingParams(
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            seed=seed,
-        ),
-        max_tokens=max_tokens,
-        stop=tuple(stop or ()),
+    sampling = SamplingParams(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repeat_penalty=repeat_penalty,
+        seed=seed,
     )
-    spinner: AbstractContextManager[object] = nullcontext()
-    if sys.stderr.isatty() and sys.stdout.isatty() and output_format is OutputFormat.text:
-        from rich.console import Console
-
-        spinner = Console(stderr=True).status(f"Loading {model}…")
+    terminal = sys.stdout.isatty() and output_format is OutputFormat.text
     path = engine.resolve_model(model, reporter())  # pulls a Hub model not yet pulled
+    spinner: AbstractContextManager[object] = nullcontext()
+    if terminal and sys.stderr.isatty():
+        spinner = Console(stderr=True).status(f"Loading {model}…")
     with spinner:
-        loaded = engine.load_model(model, n_ctx=ctx, n_threads=n_threads, path=path)
+        loaded = engine.load_model(model, n_ctx=ctx_size, n_threads=n_threads, path=path)
+    try:
+        if chat_mode:
+            _chat(
+                loaded,
+                text,
+                piped,
+                system,
+                Options(sampling, max_tokens, tuple(stop or ())),
+                verbose=verbose,
+                wordwrap=not nowordwrap,
+            )
+            return
+        assert text is not None
+        request = engine.Request(text, system, sampling, max_tokens, tuple(stop or ()))
+        if output_format is OutputFormat.json:
+            _json(loaded, request, model, verbose, n_threads)
+        elif terminal:
+            _live(loaded, request, verbose, n_threads, wordwrap=not nowordwrap)
+        else:
+            _plain(loaded, request, verbose, n_threads)
+    finally:
+        loaded.close()
+
+
+def _chat(
+    loaded: engine.LoadedModel,
+    text: str | None,
+    piped: bool,
+    system: str | None,
+    options: Options,
+    *,
+    verbose: bool,
+    wordwrap: bool,
+) -> None:
+    session = ChatSession(loaded, system=system, options=options)
+    ui = ChatUI(
+        session, Console(), placement=loaded.model.placement, verbose=verbose, wordwrap=wordwrap
+    )
+    ui.greet()
+    if text:
+        ui.answer(lambda: session.ask(text))
+    if piped:
+        reattach_terminal()
+    ui.run(setup_history())
+
+
+def _plain(
+    loaded: engine.LoadedModel, request: engine.Request, verbose: bool, threads: int
+) -> None:
     stream = _Stream(sys.stdout)
-    answer: list[str] = []
     try:
         for event in engine.generate(loaded, request):
-            if isinstance(event, engine.TextDelta):
-                if output_format is OutputFormat.json:
-                    answer.append(event.text)
-                else:
-                    stream.write(event.text)
+            if isinstance(event, engine.TextDelta) and event.text:
+                stream.write(event.text)
             elif isinstance(event, engine.Finished):
                 stats = event.stats
     finally:
         stream.end_line()
-        loaded.close()
-    if output_format is OutputFormat.json:
-        result = {
-            "model": model,
-            "mode": loaded.mode,
-            "response": "".join(answer),
-            "stats": stats.as_dict(),
-        }
-        print(json.dumps(result, ensure_ascii=False))
     if verbose:
-        print(format_stats(stats, mode=loaded.mode, threads=n_threads), file=sys.stderr)
+        print(format_stats(stats, mode=loaded.mode, threads=threads), file=sys.stderr)
+
+
+def _live(
+    loaded: engine.LoadedModel,
+    request: engine.Request,
+    verbose: bool,
+    threads: int,
+    *,
+    wordwrap: bool,
+) -> None:
+    state = AnswerState(loaded.model.placement, loaded.model.n_ctx)
+    view = AnswerView(Console(), state, markdown=wordwrap, live=wordwrap)
+    with view:
+        for event in engine.generate(loaded, request):
+            view.handle(event)
+    if verbose and view.stats is not None:
+        print(format_stats(view.stats, mode=loaded.mode, threads=threads), file=sys.stderr)
+
+
+def _json(
+    loaded: engine.LoadedModel, request: engine.Request, model: str, verbose: bool, threads: int
+) -> None:
+    answer: list[str] = []
+    for event in engine.generate(loaded, request):
+        if isinstance(event, engine.TextDelta):
+            answer.append(event.text)
+        elif isinstance(event, engine.Finished):
+            stats = event.stats
+    result = {
+        "model": model,
+        "mode": loaded.mode,
+        "response": "".join(answer),
+        "stats": stats.as_dict(),
+    }
+    print(json.dumps(result, ensure_ascii=False))
+    if verbose:
+        print(format_stats(stats, mode=loaded.mode, threads=threads), file=sys.stderr)

@@ -1,0 +1,268 @@
+"""A multi-turn chat with a loaded model: history, parameters, context management.
+
+The engine side of ``localrun run``'s interactive mode; the terminal view lives in the
+CLI. Each turn renders the whole conversation, and the backend reuses the KV cache
+for the prefix it has already evaluated, so only the new tokens are prefilled.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from localrun.backend import SamplingParams
+from localrun.chat_template import Message
+from localrun.engine import (
+    Event,
+    Finished,
+    LoadedModel,
+    Stats,
+    TextDelta,
+    check_fits,
+    conversation_tokens,
+    generate_tokens,
+)
+from localrun.errors import LocalrunError, PromptTooLongError, UsageError
+
+# Room kept free for the answer when old turns must be dropped.
+MIN_ANSWER_ROOM = 512
+HISTORY_FORMAT = "localrun-chat/1"
+
+
+@dataclass(frozen=True)
+class Trimmed:
+    """Old messages were dropped so the conversation fits the context."""
+
+    dropped: int
+    kept: int
+
+
+ChatEvent = Event | Trimmed
+
+
+@dataclass
+class Options:
+    """Generation settings a chat can change with ``/set parameter``."""
+
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+# /set parameter NAME VALUE: run-flag names, with Ollama's Modelfile names as aliases.
+_ALIASES = {
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "repeat_penalty": "repeat_penalty",
+    "repeat_last_n": "repeat_last_n",
+    "seed": "seed",
+    "max_tokens": "max_tokens",
+    "num_predict": "max_tokens",
+    "stop": "stop",
+}
+_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 100.0),
+    "top_k": (0, 1_000_000),
+    "top_p": (0.0, 1.0),
+    "min_p": (0.0, 1.0),
+    "repeat_penalty": (0.0, 100.0),
+    "repeat_last_n": (-1, 1_000_000),
+    "max_tokens": (-1, 10_000_000),
+}
+
+
+def parameter_names() -> list[str]:
+    return sorted(_ALIASES)
+
+
+class ChatSession:
+    """A conversation: a system prompt, messages, and the options of the next answer."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        system: str | None = None,
+        options: Options | None = None,
+        messages: list[Message] | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.system = system
+        self.options = options or Options()
+        self.messages: list[Message] = list(messages or [])
+        self.last_stats: Stats | None = None
+
+    # -- the conversation ------------------------------------------------------------
+
+    def _conversation(self, messages: list[Message]) -> list[Message]:
+        return ([Message("system", self.system)] if self.system else []) + messages
+
+    def _fit(self) -> tuple[list[int], list[Message]]:
+        """Tokens of the conversation, without the oldest turns if an answer would not fit."""
+        n_ctx = self.loaded.model.n_ctx
+        room = min(MIN_ANSWER_ROOM, n_ctx // 4)
+        kept = list(self.messages)
+        while True:
+            tokens = conversation_tokens(self.loaded, self._conversation(kept))
+            if len(tokens) + room <= n_ctx or len(kept) <= 1:
+                return tokens, kept
+            # Drop the oldest exchange (a user message and the answer to it).
+            del kept[: 2 if len(kept) > 2 and kept[1].role == "assistant" else 1]
+
+    def ask(self, text: str) -> Iterator[ChatEvent]:
+        """Add a user message and answer it; the answer joins the history, even if cut short."""
+        self.messages.append(Message("user", text))
+        return self._answer()
+
+    def retry(self) -> Iterator[ChatEvent]:
+        """Answer the last user message again."""
+        if self.messages and self.messages[-1].role == "assistant":
+            self.messages.pop()
+        if not self.messages or self.messages[-1].role != "user":
+            raise UsageError("there is no message to answer again", "ask something first")
+        return self._answer()
+
+    def _answer(self) -> Iterator[ChatEvent]:
+        start = time.perf_counter()
+        try:
+            tokens, kept = self._fit()
+            check_fits(self.loaded, len(tokens))
+        except PromptTooLongError as e:
+            self.messages.pop()  # the chat goes on, without the message that cannot fit
+            raise PromptTooLongError(
+                f"that message is too long for the context: {e.message}", e.hint
+            ) from None
+        except LocalrunError:
+            self.messages.pop()
+            raise
+        dropped = len(self.messages) - len(kept)
+        self.messages = kept
+        return self._stream(tokens, dropped, start)
+
+    def _stream(self, tokens: list[int], dropped: int, start: float) -> Iterator[ChatEvent]:
+        if dropped:
+            yield Trimmed(dropped, len(self.messages))
+        parts: list[str] = []
+        try:
+            for event in generate_tokens(
+                self.loaded,
+                tokens,
+                self.options.sampling,
+                max_tokens=self.options.max_tokens,
+                stop=self.options.stop,
+                start=start,
+            ):
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                elif isinstance(event, Finished):
+                    self.last_stats = event.stats
+                yield event
+        finally:
+            # Ctrl-C keeps what was written: it is part of the conversation now.
+            self.messages.append(Message("assistant", "".join(parts)))
+
+    def clear(self) -> None:
+        """Forget the messages (the system prompt stays)."""
+        self.messages.clear()
+
+    # -- settings ----------------------------------------------------------------------
+
+    def set_parameter(self, name: str, value: str) -> str:
+        """Change one generation setting; return its canonical name."""
+        key = _ALIASES.get(name.lower().replace("-", "_"))
+        if key is None:
+            raise UsageError(
+                f"unknown parameter '{name}'",
+                "parameters: " + ", ".join(parameter_names()),
+            )
+        if key == "stop":
+            self.options.stop = (*self.options.stop, value)
+            return key
+        number: float | int | None
+        try:
+            if key == "seed":
+                number = None if value.lower() in ("random", "none", "-1") else int(value)
+            elif key in ("top_k", "repeat_last_n", "max_tokens"):
+                number = int(value)
+            else:
+                number = float(value)
+        except ValueError:
+            raise UsageError(
+                f"'{value}' is not a number for {key}", f"/set parameter {key} N"
+            ) from None
+        if key in _RANGES and number is not None:
+            low, high = _RANGES[key]
+            if not low <= number <= high:
+                raise UsageError(
+                    f"{key} must be between {low:g} and {high:g}", f"/set parameter {key} N"
+                )
+        if key == "max_tokens":
+            self.options.max_tokens = None if number is None or number < 0 else int(number)
+        else:
+            changes: dict[str, Any] = {key: number}
+            self.options.sampling = replace(self.options.sampling, **changes)
+        return key
+
+    def parameters(self) -> dict[str, object]:
+        """The current generation settings, by name."""
+        result: dict[str, object] = {
+            f.name: getattr(self.options.sampling, f.name) for f in fields(SamplingParams)
+        }
+        result["max_tokens"] = self.options.max_tokens
+        result["stop"] = list(self.options.stop)
+        return result
+
+    # -- saving ------------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        """Write the conversation as JSON (atomically: a crash leaves the old file whole)."""
+        data = {
+            "format": HISTORY_FORMAT,
+            "model": self.loaded.name,
+            "system": self.system,
+            "parameters": self.parameters(),
+            "messages": [asdict(m) for m in self.messages],
+        }
+        path = path.expanduser()
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            tmp.replace(path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise LocalrunError(
+                f"cannot save to {path}: {e.strerror}", "choose another file"
+            ) from None
+
+    def load(self, path: Path) -> None:
+        """Replace the conversation with one saved by :meth:`save`."""
+        path = path.expanduser()
+        try:
+            data = json.loads(path.read_text())
+            messages = [Message(str(m["role"]), str(m["content"])) for m in data["messages"]]
+            system = data.get("system")
+            params = data.get("parameters", {})
+        except FileNotFoundError:
+            raise LocalrunError(f"no such file: {path}", "give the path of a saved chat") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise LocalrunError(
+                f"{path} is not a saved localrun chat ({type(e).__name__})",
+                "load a file written by /save",
+            ) from None
+        options = Options()
+        session = ChatSession(self.loaded, options=options)
+        for name, value in params.items():
+            if name == "stop":
+                for s in value or []:
+                    session.set_parameter("stop", str(s))
+            elif value is not None and name in _ALIASES:
+                session.set_parameter(name, str(value))
+        self.messages = messages
+        self.system = system if isinstance(system, str) else None
+        self.options = session.options

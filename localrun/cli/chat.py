@@ -1,0 +1,274 @@
+"""Interactive chat: ``localrun chat MODEL``, and ``localrun run MODEL`` on a terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from rich.console import Console
+from rich.text import Text
+
+from localrun import paths
+from localrun.chat import ChatEvent, ChatSession
+from localrun.cli.chatview import AnswerState, AnswerView, summary_line
+from localrun.cli.output import format_stats
+from localrun.engine import CHAT
+from localrun.errors import LocalrunError
+from localrun.gguf_meta import file_type_name
+
+HELP = """Commands:
+  /set parameter NAME VALUE   change a generation setting (see /show parameters)
+  /set system TEXT            set the system prompt
+  /set verbose | quiet        full statistics after each answer, or one summary line
+  /show info | parameters | system | template | stats
+  /save FILE, /load FILE      write or read the conversation as JSON
+  /retry                      answer the last message again
+  /clear                      forget the conversation (the system prompt stays)
+  /bye, /exit                 leave (Ctrl-D too)
+Start and end a message with \"\"\" to write several lines."""
+
+ReadLine = Callable[[str], str]
+
+
+def setup_history() -> ReadLine:
+    """Line editing and a history kept across runs (readline, in the data directory)."""
+    try:
+        import readline
+    except ImportError:  # not on every platform; plain input still works
+        return input
+    history = paths.data_dir() / "history"
+    try:
+        history.parent.mkdir(parents=True, exist_ok=True)
+        if history.exists():
+            readline.read_history_file(history)
+        readline.set_history_length(1000)
+    except OSError:
+        return input
+
+    def read(prompt: str) -> str:
+        line = input(prompt)
+        if line.strip():
+            # A read-only data directory costs the history, not the chat.
+            with contextlib.suppress(OSError):
+                readline.append_history_file(1, history)
+        return line
+
+    return read
+
+
+def read_message(read: ReadLine) -> str:
+    """One message: a line, or several between triple quotes."""
+    line = read(">>> ")
+    if not line.lstrip().startswith('"""'):
+        return line
+    text = line.lstrip()[3:]
+    if text.endswith('"""') and len(text) >= 3:
+        return text[:-3]
+    lines = [text] if text else []
+    while True:
+        more = read("... ")
+        if more.rstrip().endswith('"""'):
+            lines.append(more.rstrip()[:-3])
+            return "\n".join(lines)
+        lines.append(more)
+
+
+class ChatUI:
+    """The read-answer loop around a :class:`ChatSession`."""
+
+    def __init__(
+        self,
+        session: ChatSession,
+        console: Console,
+        *,
+        placement: str = "CPU",
+        verbose: bool = False,
+        wordwrap: bool = True,
+        live: bool = True,
+    ) -> None:
+        self.session = session
+        self.console = console
+        self.placement = placement
+        self.verbose = verbose
+        self.wordwrap = wordwrap
+        self.live = live
+
+    # -- answers -----------------------------------------------------------------------
+
+    def answer(self, events: Callable[[], Iterator[ChatEvent]]) -> None:
+        """Draw one answer; Ctrl-C stops it and keeps what was written."""
+        state = AnswerState(self.placement, self.session.loaded.model.n_ctx)
+        view = AnswerView(
+            self.console, state, markdown=self.wordwrap, live=self.live and self.wordwrap
+        )
+        interrupted = False
+        try:
+            with view:
+                for event in events():
+                    view.handle(event)
+        except KeyboardInterrupt:
+            interrupted = True
+        except LocalrunError as e:
+            self.error(e)
+            return
+        stats = view.stats or self.session.last_stats
+        if interrupted:
+            self.console.print(Text("(stopped: the answer so far is kept)", style="yellow"))
+        if stats is None:
+            return
+        if self.verbose and not interrupted:
+            self.console.print(Text(format_stats(stats, mode=self._mode(), threads=0)))
+        elif not interrupted:
+            self.console.print(summary_line(stats))
+
+    def error(self, e: LocalrunError) -> None:
+        hint = f" Hint: {e.hint}" if e.hint else ""
+        self.console.print(Text(f"Error: {e.message.rstrip('.')}.{hint}", style="red"))
+
+    def _mode(self) -> str:
+        return self.session.loaded.mode
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def greet(self) -> None:
+        loaded = self.session.loaded
+        self.console.print(
+            Text(f"{loaded.name} loaded in {loaded.load_s:.2f} s ({self.placement})", style="dim")
+        )
+        if self._mode() != CHAT:
+            self.console.print(
+                Text(
+                    "This model has no chat template: completion mode, your text is continued "
+                    "rather than answered.",
+                    style="yellow",
+                )
+            )
+        self.console.print(Text("Type /? for help, /bye to leave.", style="dim"))
+
+    def run(self, read: ReadLine) -> None:
+        """Read messages until /bye, Ctrl-D, or Ctrl-C at the prompt."""
+        while True:
+            try:
+                text = read_message(read)
+            except (EOFError, KeyboardInterrupt):
+                self.console.print()
+                return
+            if not text.strip():
+                continue
+            if text.lstrip().startswith("/"):
+                if self.command(text.strip()) == "exit":
+                    return
+                continue
+            self.answer(functools.partial(self.session.ask, text))
+
+    # -- slash commands ----------------------------------------------------------------
+
+    def command(self, line: str) -> str | None:
+        """Run a slash command; return "exit" to leave."""
+        words = line.split(maxsplit=3)
+        name, args = words[0].lower(), words[1:]
+        try:
+            if name in ("/bye", "/exit", "/quit"):
+                return "exit"
+            if name in ("/help", "/?"):
+                self.console.print(HELP, highlight=False, markup=False)
+            elif name == "/clear":
+                self.session.clear()
+                self.console.print("Cleared the conversation.")
+            elif name == "/retry":
+                self.answer(self.session.retry)
+            elif name == "/set":
+                self._set(line, args)
+            elif name == "/show":
+                self._show(args[0].lower() if args else "")
+            elif name in ("/save", "/load"):
+                self._file(name, line)
+            else:
+                self.console.print(f"Unknown command '{name}'. Type /help for the commands.")
+        except LocalrunError as e:
+            self.error(e)
+        return None
+
+    def _set(self, line: str, args: list[str]) -> None:
+        what = args[0].lower() if args else ""
+        if what == "parameter" and len(args) == 3:
+            name = self.session.set_parameter(args[1], args[2])
+            self.console.print(f"Set parameter '{name}' to '{args[2]}'.")
+        elif what == "system" and len(args) >= 2:
+            self.session.system = line.split(maxsplit=2)[2]
+            self.console.print("Set system message.")
+        elif what in ("verbose", "quiet") and len(args) == 1:
+            self.verbose = what == "verbose"
+            self.console.print(f"Set '{what}' mode.")
+        else:
+            self.console.print(
+                "Usage: /set parameter NAME VALUE, /set system TEXT, /set verbose, /set quiet"
+            )
+
+    def _show(self, what: str) -> None:
+        session, loaded = self.session, self.session.loaded
+        if what == "info":
+            meta = loaded.model.metadata
+            file_type = meta.get("general.file_type")
+            quant = file_type_name(int(file_type)) if file_type else "?"
+            rows = [
+                ("model", loaded.name),
+                ("path", str(loaded.path)),
+                ("architecture", meta.get("general.architecture", "?")),
+                ("quantization", quant or "?"),
+                ("context", f"{loaded.model.n_ctx} (trained {loaded.model.n_ctx_train})"),
+                ("mode", loaded.mode),
+                ("layers", self.placement),
+            ]
+            for key, value in rows:
+                self.console.print(f"  {key:<13} {value}", highlight=False)
+        elif what == "parameters":
+            for name, setting in session.parameters().items():
+                self.console.print(f"  {name:<15} {setting}", highlight=False)
+        elif what == "system":
+            self.console.print(session.system or "(no system prompt)", highlight=False)
+        elif what == "template":
+            template = loaded.model.chat_template
+            self.console.print(
+                template or "(none: the model has no chat template, completion mode)",
+                highlight=False,
+                markup=False,
+            )
+        elif what == "stats":
+            if session.last_stats is None:
+                self.console.print("No answer yet.")
+            else:
+                text = format_stats(session.last_stats, mode=loaded.mode, threads=0)
+                self.console.print(text, highlight=False)
+        else:
+            self.console.print("Usage: /show info | parameters | system | template | stats")
+
+    def _file(self, name: str, line: str) -> None:
+        parts = line.split(maxsplit=1)
+        if len(parts) < 2:
+            self.console.print(f"Usage: {name} FILE")
+            return
+        path = Path(parts[1].strip())
+        if name == "/save":
+            self.session.save(path)
+            self.console.print(f"Saved the conversation to {path}.")
+        else:
+            self.session.load(path)
+            n = len(self.session.messages)
+            self.console.print(f"Loaded {n} messages from {path}.")
+
+
+def reattach_terminal() -> None:
+    """After reading a piped prompt, read the keyboard: put the terminal on fd 0.
+
+    Putting it on fd 0 (rather than opening a new file object) keeps readline's line
+    editing, which Python enables only when stdin is fd 0 and a terminal.
+    """
+    fd = os.open("/dev/tty", os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the process

@@ -1,0 +1,182 @@
+"""The live answer view: Markdown as it streams, and a status line with TTFT and tok/s.
+
+Renderables are pure functions of state (tested with capture consoles). The answer is
+split into finished Markdown blocks, printed once above the live region, and the block
+still growing, re-rendered with the status line a few times a second: a long answer
+costs no more to draw than a short one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from types import TracebackType
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.text import Text
+
+from localrun import engine
+from localrun.chat import ChatEvent, Trimmed
+from localrun.engine import Stats
+
+REFRESH_PER_SECOND = 8
+
+
+@dataclass
+class AnswerState:
+    """What the status line shows."""
+
+    placement: str
+    n_ctx: int
+    phase: str = "prefill"
+    prompt_tokens: int = 0
+    ttft_s: float | None = None
+    tokens: int = 0
+    first_token_at: float = 0.0
+    now: float = 0.0
+
+    @property
+    def rate(self) -> float | None:
+        elapsed = self.now - self.first_token_at
+        if self.ttft_s is None or self.tokens < 2 or elapsed <= 0:
+            return None
+        return (self.tokens - 1) / elapsed
+
+
+def status_line(state: AnswerState) -> Text:
+    """One line: phase, TTFT, live tok/s, tokens, context used, where the layers run."""
+    parts = [state.phase]
+    if state.ttft_s is not None:
+        parts.append(f"TTFT {state.ttft_s:.2f} s")
+    rate = state.rate
+    if state.phase == "decode":
+        parts.append(f"{rate:.1f} tok/s" if rate is not None else "… tok/s")
+        parts.append(f"{state.tokens} tokens")
+    else:
+        parts.append(f"{state.prompt_tokens} prompt tokens")
+    parts.append(f"ctx {state.prompt_tokens + state.tokens}/{state.n_ctx}")
+    parts.append(state.placement)
+    return Text(" · ".join(parts), style="dim")
+
+
+def summary_line(stats: Stats, *, interrupted: bool = False) -> Text:
+    """After an answer: TTFT, prefill and decode rates, tokens, prompt tokens evaluated."""
+    parts = [
+        f"TTFT {stats.ttft_s:.2f} s",
+        f"prefill {stats.prefill_tokens_per_s:.1f} tok/s",
+        f"decode {stats.decode_tokens_per_s:.1f} tok/s",
+        f"{stats.completion_tokens} tokens",
+        f"{stats.prompt_evaluated} of {stats.prompt_tokens} prompt tokens evaluated",
+    ]
+    if interrupted:
+        parts.append("interrupted")
+    return Text(" · ".join(parts), style="dim")
+
+
+def split_markdown(text: str) -> tuple[str, str]:
+    """Split streamed Markdown into (finished blocks, the block still growing).
+
+    A block ends at a blank line outside a code fence; a fence stays in the growing
+    part until it closes, so a code block is never cut in two.
+    """
+    cut = -1
+    in_fence = False
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        stripped = line.lstrip()
+        if stripped.startswith(("```", "~~~")):
+            in_fence = not in_fence
+        pos += len(line)
+        if not in_fence and line.strip() == "" and line.endswith("\n") and pos < len(text):
+            cut = pos
+    if cut < 0:
+        return "", text
+    return text[:cut], text[cut:]
+
+
+class AnswerView:
+    """Draws one answer: finished Markdown blocks printed once, the rest live."""
+
+    def __init__(
+        self, console: Console, state: AnswerState, *, markdown: bool = True, live: bool = True
+    ) -> None:
+        self.console = console
+        self.state = state
+        self.markdown = markdown
+        self.pending = ""
+        self.text_parts: list[str] = []
+        self.stats: Stats | None = None
+        self._live = (
+            Live(
+                self,
+                console=console,
+                auto_refresh=True,
+                refresh_per_second=REFRESH_PER_SECOND,
+                transient=True,
+                vertical_overflow="visible",
+            )
+            if live
+            else None
+        )
+
+    def __rich__(self) -> RenderableType:
+        self.state.now = time.perf_counter()
+        status = status_line(self.state)
+        if self.markdown and self.pending.strip():
+            return Group(Markdown(self.pending), status)
+        return status
+
+    def __enter__(self) -> AnswerView:
+        if self._live is not None:
+            self._live.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._live is not None:
+            self._live.stop()
+        if self.markdown and self.pending.strip():
+            self.console.print(Markdown(self.pending))
+        elif not self.markdown and self.text_parts and not "".join(self.text_parts).endswith("\n"):
+            self.console.out("")
+        self.pending = ""
+
+    def handle(self, event: ChatEvent) -> None:
+        """Take one event from the engine or the chat session."""
+        state = self.state
+        if isinstance(event, engine.PromptEvaluated):
+            state.prompt_tokens = event.prompt_tokens
+        elif isinstance(event, engine.FirstToken):
+            state.phase = "decode"
+            state.ttft_s = event.ttft_s
+            state.first_token_at = time.perf_counter()
+        elif isinstance(event, engine.TextDelta):
+            state.tokens = event.tokens
+            if event.text:
+                self.text_parts.append(event.text)
+                self._write(event.text)
+        elif isinstance(event, engine.Finished):
+            self.stats = event.stats
+        elif isinstance(event, Trimmed):
+            self.console.print(
+                Text(
+                    f"(the conversation outgrew the context: the {event.dropped} oldest "
+                    f"messages were dropped, {event.kept} kept, the system prompt stays)",
+                    style="yellow",
+                )
+            )
+
+    def _write(self, text: str) -> None:
+        if not self.markdown:
+            self.console.out(text, end="", highlight=False)
+            return
+        self.pending += text
+        done, self.pending = split_markdown(self.pending)
+        if done.strip():
+            self.console.print(Markdown(done))
