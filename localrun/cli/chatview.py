@@ -15,6 +15,7 @@ from types import TracebackType
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markdown import Markdown
+from rich.segment import Segment, Segments
 from rich.text import Text
 
 from localrun import engine
@@ -108,6 +109,7 @@ class AnswerView:
         self.pending = ""
         self.text_parts: list[str] = []
         self.stats: Stats | None = None
+        self._blocks = 0
         self._live = (
             Live(
                 self,
@@ -142,7 +144,7 @@ class AnswerView:
         if self._live is not None:
             self._live.stop()
         if self.markdown and self.pending.strip():
-            self.console.print(Markdown(self.pending))
+            self._print_block(self.pending)
         elif not self.markdown and self.text_parts and not "".join(self.text_parts).endswith("\n"):
             self.console.out("")
         self.pending = ""
@@ -179,4 +181,22 @@ class AnswerView:
         self.pending += text
         done, self.pending = split_markdown(self.pending)
         if done.strip():
-            self.console.print(Markdown(done))
+            self._print_block(done)
+
+    def _print_block(self, text: str) -> None:
+        """Print one finished block, one blank line from the block before it.
+
+        Rendered one by one, blocks lose Markdown's spacing, and rich starts a list with
+        a blank line of its own: trim the block's blank edges and space blocks evenly.
+        """
+        lines = self.console.render_lines(Markdown(text.strip()), pad=False)
+        while lines and not "".join(seg.text for seg in lines[0]).strip():
+            lines.pop(0)
+        if self._blocks:
+            self.console.print()
+        self._blocks += 1
+        segments: list[Segment] = []
+        for line in lines:
+            segments.extend(line)
+            segments.append(Segment.line())
+        self.console.print(Segments(segments), end="")
