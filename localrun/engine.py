@@ -8,15 +8,26 @@ from __future__ import annotations
 import codecs
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from localrun import backend, store
+from localrun import backend, offload, store
 from localrun.backend import LoadOptions, Model, Prefilled, SamplingParams
 from localrun.chat_template import Message, render
-from localrun.errors import ModelNotFoundError, PromptTooLongError
+from localrun.errors import ModelNotFoundError, OutOfMemoryError, PromptTooLongError
+from localrun.gguf_meta import read_gguf
 from localrun.ggufcheck import check_model_file
+from localrun.offload import (
+    AUTO,
+    GPU,
+    ModelSizes,
+    Plan,
+    memory_key,
+    model_sizes,
+    remember,
+    remembered,
+)
 from localrun.refs import is_hub_ref
 
 if TYPE_CHECKING:
@@ -100,6 +111,13 @@ class LoadedModel:
     path: Path
     model: Model
     load_s: float
+    plan: Plan = field(default_factory=lambda: Plan(0, 0, (), None, 0, "no GPU requested"))
+    notes: list[str] = field(default_factory=list)  # what loading had to adjust, for people
+
+    @property
+    def placement(self) -> str:
+        """Where the layers run, in short: "CPU" or "GPU 18/19"."""
+        return self.plan.placement
 
     @property
     def mode(self) -> str:
@@ -143,16 +161,62 @@ def load_model(
     *,
     n_ctx: int | None = None,
     n_threads: int,
-    n_gpu_layers: int = 0,
+    gpu_layers: str | int = AUTO,
     path: Path | None = None,
 ) -> LoadedModel:
-    """Load a model; ``path`` skips resolving ``ref`` again when the caller already did."""
+    """Load a model with as many layers on the GPU(s) as fit (``gpu_layers``: auto, all, N).
+
+    ``path`` skips resolving ``ref`` again when the caller already did. If a device runs
+    out of memory, the load is retried with half the GPU layers, and the count that
+    worked is remembered for this model, context and device.
+    """
     path = path or resolve_model(ref)
     start = time.perf_counter()
-    model = backend.load(
-        LoadOptions(path=path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
-    )
-    return LoadedModel(name=ref, path=path, model=model, load_s=time.perf_counter() - start)
+    plan, memory = _plan(path, n_ctx, gpu_layers)
+    notes: list[str] = []
+    layers = plan.n_gpu_layers
+    while True:
+        options = LoadOptions(
+            path=path,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_gpu_layers=layers,
+            tensor_split=plan.split if layers else None,
+        )
+        try:
+            model = backend.load(options)
+            break
+        except OutOfMemoryError:
+            if layers == 0:
+                raise
+            layers //= 2
+            notes.append(f"out of GPU memory: retried with {layers} GPU layers")
+    if layers != plan.n_gpu_layers:
+        plan = replace(plan, n_gpu_layers=layers, reason="after an out-of-memory retry")
+        if memory is not None:
+            remember(memory, layers)
+            notes.append(f"remembered {layers} GPU layers for this model, context and device")
+    return LoadedModel(ref, path, model, time.perf_counter() - start, plan, notes)
+
+
+def _plan(path: Path, n_ctx: int | None, request: str | int) -> tuple[Plan, str | None]:
+    """The offload plan, and the key under which a working count is remembered."""
+    from localrun import gpu
+
+    supported = gpu.supports_offload() if request != 0 else False
+    devices = gpu.gpus() if supported else []
+    if not devices:
+        empty = ModelSizes((), (), 0, 0)
+        return offload.plan(empty, [], request, offload_supported=supported or request == 0), None
+    info = read_gguf(path)
+    trained = int(info.arch_value("context_length") or 4096)
+    ctx = n_ctx or min(trained, 4096)
+    targets = [GPU(d.description or d.name, d.free_bytes, d.total_bytes) for d in devices]
+    key = memory_key(path, ctx, tuple(t.name for t in targets))
+    if request == AUTO and (count := remembered(key)) is not None:
+        found = offload.plan(model_sizes(info, ctx), targets, count)
+        return replace(found, reason="remembered from an earlier out-of-memory retry"), key
+    return offload.plan(model_sizes(info, ctx), targets, request), key
 
 
 def prompt_tokens(loaded: LoadedModel, request: Request) -> list[int]:

@@ -38,6 +38,10 @@ class ModelLoadError(LocalrunError):
     """llama.cpp refused to load a file that looked like a valid GGUF."""
 
 
+class OutOfMemoryError(ModelLoadError):
+    """A device had too little memory for the weights, the KV cache or the buffers."""
+
+
 class DemoUnavailableError(LocalrunError):
     """The demo model package is not installed or produced a bad file."""
 

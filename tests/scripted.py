@@ -42,10 +42,6 @@ class ScriptedModel:
         return self._chat_template
 
     @property
-    def placement(self) -> str:
-        return "CPU"
-
-    @property
     def bos_token(self) -> int | None:
         return 1
 

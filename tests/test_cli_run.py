@@ -48,7 +48,13 @@ def test_prompt_from_arguments(cli: Any, fake_engine: Recorder) -> None:
     assert result.stderr == ""
     assert fake_engine.requests[0].prompt == "why is it"
     assert fake_engine.load_calls == [
-        {"ref": "m.gguf", "n_ctx": None, "n_threads": 6, "path": Path("/m/m.gguf")}
+        {
+            "ref": "m.gguf",
+            "n_ctx": None,
+            "n_threads": 6,
+            "gpu_layers": "auto",
+            "path": Path("/m/m.gguf"),
+        }
     ]
     assert fake_engine.model.closed
 
@@ -83,7 +89,7 @@ def test_flags_reach_the_engine(cli: Any, fake_engine: Recorder) -> None:
     args = ["run", "m.gguf", "hi", "--system", "be brief", "--temperature", "0.2"]
     args += ["--top-k", "5", "--top-p", "0.5", "--min-p", "0.05", "--repeat-penalty", "1.3"]
     args += ["--seed", "42", "--max-tokens", "9", "--stop", "END", "--stop", "###"]
-    args += ["--ctx", "1024", "--threads", "3"]
+    args += ["--ctx", "1024", "--threads", "3", "--gpu-layers", "7"]
     assert cli(args).exit_code == 0
     request = fake_engine.requests[0]
     assert request.system == "be brief"
@@ -102,8 +108,14 @@ def test_flags_reach_the_engine(cli: Any, fake_engine: Recorder) -> None:
         "ref": "m.gguf",
         "n_ctx": 1024,
         "n_threads": 3,
+        "gpu_layers": 7,
         "path": Path("/m/m.gguf"),
     }
+
+
+def test_gpu_layers_all(cli: Any, fake_engine: Recorder) -> None:
+    assert cli(["run", "m.gguf", "hi", "--gpu-layers", "ALL"]).exit_code == 0
+    assert fake_engine.load_calls[0]["gpu_layers"] == "all"
 
 
 def test_defaults_are_ollamas(cli: Any, fake_engine: Recorder) -> None:
@@ -162,6 +174,8 @@ def test_verbose_prints_named_stats_to_stderr(cli: Any, fake_engine: Recorder) -
         (["--max-tokens", "0"], "'--max-tokens'"),
         (["--threads", "many"], "'--threads'"),
         (["--bogus"], "--bogus"),
+        (["--gpu-layers", "most"], "'--gpu-layers'"),
+        (["--gpu-layers", "-3"], "'--gpu-layers'"),
     ],
 )
 def test_bad_flag_values_are_one_line_usage_errors(

@@ -22,6 +22,7 @@ class LoadOptions:
     n_ctx: int | None = None  # None: the smaller of the trained context and 4096
     n_threads: int = 1
     n_gpu_layers: int = 0
+    tensor_split: tuple[float, ...] | None = None  # share of layers per GPU
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,6 @@ class Model(Protocol):
 
     def token_text(self, token: int) -> str:
         """The text of a (special) token, for template variables such as ``bos_token``."""
-
-    @property
-    def placement(self) -> str:
-        """Where the layers run, for people: "CPU", or "GPU 18/18"."""
 
     @property
     def bos_token(self) -> int | None:

@@ -20,7 +20,13 @@ from typing import Any
 import llama_cpp as lc
 
 from localrun.backend import BackendEvent, LoadOptions, Prefilled, SamplingParams, Token
-from localrun.errors import GenerationError, InvalidModelError, LocalrunError, ModelLoadError
+from localrun.errors import (
+    GenerationError,
+    InvalidModelError,
+    LocalrunError,
+    ModelLoadError,
+    OutOfMemoryError,
+)
 
 DEFAULT_MAX_CTX = 4096
 N_BATCH = 512  # prompt chunk size: also bounds how long Ctrl-C waits during a prefill
@@ -49,6 +55,8 @@ def recent_log_errors() -> list[str]:
     return [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
 
 
+# Log text that means a device ran out of memory (CUDA, Metal, Vulkan, ggml allocators).
+_OOM_MARKERS = ("out of memory", "failed to allocate", "unable to allocate", "cudaMalloc failed")
 # Log text that means the file ends too early or its offsets point outside it.
 _DAMAGE_MARKERS = ("not within the file bounds", "failed to read", "unexpectedly reached end")
 
@@ -56,6 +64,11 @@ _DAMAGE_MARKERS = ("not within the file bounds", "failed to read", "unexpectedly
 def _load_failure(path: Path) -> LocalrunError:
     """Turn llama.cpp's log of a failed load into one error that names the cause."""
     errors = recent_log_errors()
+    if any(m in line.lower() for line in errors for m in _OOM_MARKERS):
+        return OutOfMemoryError(
+            f"not enough device memory to load {path}",
+            "use fewer GPU layers (--gpu-layers N) or a smaller context (--ctx)",
+        )
     # The first error is the cause; the later ones are each caller giving up in turn.
     cause = errors[0].split(": ")[-1] if errors else "llama.cpp gave no reason"
     for marker in _DAMAGE_MARKERS:
@@ -79,12 +92,16 @@ class LlamaCppModel:
         _LOG.clear()
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
+        if options.tensor_split:
+            self._split = (ctypes.c_float * len(options.tensor_split))(*options.tensor_split)
+            mparams.tensor_split = self._split
         model = lc.llama_model_load_from_file(str(options.path).encode(), mparams)
         if not model:
             raise _load_failure(options.path)
         self._model = model
         self._vocab = lc.llama_model_get_vocab(model)
         self._n_ctx_train = int(lc.llama_model_n_ctx_train(model))
+        self.n_layer = int(lc.llama_model_n_layer(model))
 
         requested = options.n_ctx or min(self._n_ctx_train or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
         cparams = lc.llama_context_default_params()
@@ -98,6 +115,11 @@ class LlamaCppModel:
         if not ctx:
             lc.llama_model_free(model)
             errors = recent_log_errors()
+            if any(m in line.lower() for line in errors for m in _OOM_MARKERS):
+                raise OutOfMemoryError(
+                    f"not enough memory for a context of {requested} tokens",
+                    "use fewer GPU layers (--gpu-layers N) or a smaller context (--ctx)",
+                )
             raise ModelLoadError(
                 f"llama.cpp could not create a context of {requested} tokens"
                 + (f": {errors[-1]}" if errors else ""),
@@ -133,10 +155,6 @@ class LlamaCppModel:
     @property
     def chat_template(self) -> str | None:
         return self._chat_template
-
-    @property
-    def placement(self) -> str:
-        return "CPU"
 
     @property
     def bos_token(self) -> int | None:

@@ -85,14 +85,13 @@ class ChatUI:
         session: ChatSession,
         console: Console,
         *,
-        placement: str = "CPU",
         verbose: bool = False,
         wordwrap: bool = True,
         live: bool = True,
     ) -> None:
         self.session = session
         self.console = console
-        self.placement = placement
+        self.placement = session.loaded.placement
         self.verbose = verbose
         self.wordwrap = wordwrap
         self.live = live
@@ -121,7 +120,7 @@ class ChatUI:
         if stats is None:
             return
         if self.verbose and not interrupted:
-            self.console.print(Text(format_stats(stats, mode=self._mode(), threads=0)))
+            self.console.print(Text(format_stats(stats, self.session.loaded)))
         elif not interrupted:
             self.console.print(summary_line(stats))
 
@@ -222,7 +221,7 @@ class ChatUI:
                 ("quantization", quant or "?"),
                 ("context", f"{loaded.model.n_ctx} (trained {loaded.model.n_ctx_train})"),
                 ("mode", loaded.mode),
-                ("layers", self.placement),
+                ("layers", loaded.plan.describe()),
             ]
             for key, value in rows:
                 self.console.print(f"  {key:<13} {value}", highlight=False)
@@ -242,7 +241,7 @@ class ChatUI:
             if session.last_stats is None:
                 self.console.print("No answer yet.")
             else:
-                text = format_stats(session.last_stats, mode=loaded.mode, threads=0)
+                text = format_stats(session.last_stats, loaded)
                 self.console.print(text, highlight=False)
         else:
             self.console.print("Usage: /show info | parameters | system | template | stats")

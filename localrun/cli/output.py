@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from localrun.engine import CHAT, Stats
+from localrun.engine import CHAT, LoadedModel, Stats
 
 
-def format_stats(stats: Stats, *, mode: str, threads: int) -> str:
+def format_stats(stats: Stats, loaded: LoadedModel, threads: int | None = None) -> str:
     """The ``--verbose`` block: every figure named plainly, one per line."""
+    mode = loaded.mode
     mode_text = (
         "chat (the model's chat template)"
         if mode == CHAT
@@ -21,7 +22,8 @@ def format_stats(stats: Stats, *, mode: str, threads: int) -> str:
     )
     rows = [
         ("mode", mode_text),
-        ("threads", str(threads)),
+        ("threads", str(threads) if threads else "-"),
+        ("layers", loaded.plan.describe()),
         ("load time", f"{stats.load_s:.3f} s"),
         ("prompt tokens", f"{stats.prompt_tokens}{evaluated}"),
         ("prefill", f"{stats.prefill_s:.3f} s, {stats.prefill_tokens_per_s:.1f} tok/s"),

@@ -20,7 +20,20 @@ from localrun.cli.chatview import AnswerState, AnswerView
 from localrun.cli.output import format_stats
 from localrun.cli.progress import reporter
 from localrun.errors import UsageError
+from localrun.offload import ALL, AUTO
 from localrun.system import physical_cores
+
+
+def parse_gpu_layers(value: str) -> str:
+    """auto, all, or a whole number of layers: anything else is a usage error."""
+    value = value.strip().lower()
+    if value in (AUTO, ALL) or (value.isdigit() and int(value) < 100_000):
+        return value
+    raise typer.BadParameter(f"'{value}' is not auto, all or a number of layers")
+
+
+def gpu_layers_value(value: str) -> str | int:
+    return int(value) if value.isdigit() else value
 
 
 class OutputFormat(str, enum.Enum):
@@ -97,6 +110,12 @@ def run(
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="CPU threads (default: the physical cores)."
     ),
+    gpu_layers: str = typer.Option(
+        "auto",
+        "--gpu-layers",
+        callback=parse_gpu_layers,
+        help="Layers on the GPU: auto (as many as fit), all, or a number (0: CPU only).",
+    ),
     verbose: bool = typer.Option(False, "--verbose", help="Print timings after each answer."),
     output_format: OutputFormat = typer.Option(
         OutputFormat.text, "--format", help="text: stream the answer; json: one JSON object."
@@ -133,7 +152,15 @@ def run(
     if terminal and sys.stderr.isatty():
         spinner = Console(stderr=True).status(f"Loading {model}…")
     with spinner:
-        loaded = engine.load_model(model, n_ctx=ctx_size, n_threads=n_threads, path=path)
+        loaded = engine.load_model(
+            model,
+            n_ctx=ctx_size,
+            n_threads=n_threads,
+            gpu_layers=gpu_layers_value(gpu_layers),
+            path=path,
+        )
+    for note in loaded.notes:
+        print(note, file=sys.stderr)
     try:
         if chat_mode:
             _chat(
@@ -169,9 +196,7 @@ def _chat(
     wordwrap: bool,
 ) -> None:
     session = ChatSession(loaded, system=system, options=options)
-    ui = ChatUI(
-        session, Console(), placement=loaded.model.placement, verbose=verbose, wordwrap=wordwrap
-    )
+    ui = ChatUI(session, Console(), verbose=verbose, wordwrap=wordwrap)
     ui.greet()
     if text:
         ui.answer(lambda: session.ask(text))
@@ -193,7 +218,7 @@ def _plain(
     finally:
         stream.end_line()
     if verbose:
-        print(format_stats(stats, mode=loaded.mode, threads=threads), file=sys.stderr)
+        print(format_stats(stats, loaded, threads), file=sys.stderr)
 
 
 def _live(
@@ -204,13 +229,13 @@ def _live(
     *,
     wordwrap: bool,
 ) -> None:
-    state = AnswerState(loaded.model.placement, loaded.model.n_ctx)
+    state = AnswerState(loaded.placement, loaded.model.n_ctx)
     view = AnswerView(Console(), state, markdown=wordwrap, live=wordwrap)
     with view:
         for event in engine.generate(loaded, request):
             view.handle(event)
     if verbose and view.stats is not None:
-        print(format_stats(view.stats, mode=loaded.mode, threads=threads), file=sys.stderr)
+        print(format_stats(view.stats, loaded, threads), file=sys.stderr)
 
 
 def _json(
@@ -230,4 +255,4 @@ def _json(
     }
     print(json.dumps(result, ensure_ascii=False))
     if verbose:
-        print(format_stats(stats, mode=loaded.mode, threads=threads), file=sys.stderr)
+        print(format_stats(stats, loaded, threads), file=sys.stderr)

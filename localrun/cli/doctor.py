@@ -1,0 +1,36 @@
+"""``localrun doctor``: can this machine offload, what devices, which versions."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from localrun.cli import app
+from localrun.cli.output import human_size
+from localrun.doctor import report
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Check the llama.cpp build, the GPU devices, threads, the cache and the versions."""
+    r = report()
+    if as_json:
+        print(json.dumps(r.as_dict(), indent=2))
+        return
+    offload = "yes" if r.gpu_offload else "no: this build has no GPU backend (see docs/gpu.md)"
+    print(f"localrun          {r.localrun}")
+    print(f"llama-cpp-python  {r.llama_cpp}")
+    print(f"llama.cpp build   {r.system_info}")
+    print(f"GPU offload       {offload}")
+    print("devices")
+    for d in r.devices:
+        free, total = int(str(d["free_bytes"])), int(str(d["total_bytes"]))
+        print(
+            f"  {d['name']:<10} {d['type']:<5} {d['description']}: "
+            f"{human_size(free)} free of {human_size(total)}"
+        )
+    print(f"threads           {r.threads} (physical cores; {r.logical_cpus} logical CPUs)")
+    print(f"cache             {r.cache_dir} ({human_size(r.cache_bytes)})")
+    for name, version in r.packages.items():
+        print(f"  {name:<17} {version}")

@@ -1,0 +1,61 @@
+"""What `localrun doctor` reports: the llama.cpp build, devices, threads, cache, versions."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import asdict, dataclass
+
+from localrun import __version__, gpu, paths, store
+from localrun.system import physical_cores
+
+PACKAGES = ("llama-cpp-python", "huggingface-hub", "typer", "rich", "platformdirs", "jinja2")
+
+
+@dataclass(frozen=True)
+class Report:
+    localrun: str
+    llama_cpp: str
+    system_info: str
+    gpu_offload: bool
+    devices: list[dict[str, object]]
+    threads: int
+    logical_cpus: int
+    cache_dir: str
+    cache_bytes: int
+    packages: dict[str, str]
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def report() -> Report:
+    """Inspect this machine and this installation."""
+    return Report(
+        localrun=__version__,
+        llama_cpp=_version("llama-cpp-python"),
+        system_info=gpu.system_info(),
+        gpu_offload=gpu.supports_offload(),
+        devices=[
+            {
+                "name": d.name,
+                "description": d.description,
+                "type": d.type,
+                "free_bytes": d.free_bytes,
+                "total_bytes": d.total_bytes,
+            }
+            for d in gpu.devices()
+        ],
+        threads=physical_cores(),
+        logical_cpus=os.cpu_count() or 1,
+        cache_dir=str(paths.cache_dir()),
+        cache_bytes=store.disk_usage().total_bytes,
+        packages={p: _version(p) for p in PACKAGES},
+    )

@@ -1,0 +1,211 @@
+"""Decide how many layers go to the GPU(s), from the model's tensor table and free memory.
+
+llama.cpp offloads the *last* ``n_gpu_layers`` repeating layers; a count of
+``n_layer + 1`` also offloads the output layer. The cost of a layer on a GPU is its
+weights plus its share of the KV cache; each GPU also needs a compute buffer and a
+safety margin. The plan fills the GPUs with as many layers as fit, all when they all
+fit, none without a GPU backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from localrun import paths
+from localrun.gguf_meta import GGUFInfo
+
+GiB = 1 << 30
+MiB = 1 << 20
+COMPUTE_RESERVE = 384 * MiB  # graph buffers for a 512-token micro-batch
+MIN_MARGIN = 256 * MiB
+MARGIN_FRACTION = 0.05  # of each device's total memory: drivers and other processes
+N_UBATCH = 512
+KV_BYTES = 2  # f16 keys and values
+_LAYER = re.compile(r"^blk\.(\d+)\.")
+
+AUTO, ALL = "auto", "all"
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """Bytes a model needs on a device, per part."""
+
+    layers: tuple[int, ...]  # weights of each repeating layer
+    kv_per_layer: tuple[int, ...]  # KV cache of each layer for the planned context
+    output: int  # output layer (its weights; a tied embedding is duplicated there)
+    n_vocab: int
+
+    @property
+    def n_layer(self) -> int:
+        return len(self.layers)
+
+
+def model_sizes(info: GGUFInfo, n_ctx: int) -> ModelSizes:
+    """Per-layer weight and KV sizes from a GGUF's tensor table and hyper-parameters."""
+    n_layer = int(info.arch_value("block_count") or 0)
+    layers = [0] * n_layer
+    output = 0
+    embedding = 0
+    for t in info.tensors:
+        match = _LAYER.match(t.name)
+        if match and int(match.group(1)) < n_layer:
+            layers[int(match.group(1))] += t.n_bytes
+        elif t.name.startswith("output"):
+            output += t.n_bytes
+        elif t.name.startswith("token_embd."):
+            embedding += t.n_bytes
+    if not any(t.name == "output.weight" for t in info.tensors):
+        output += embedding  # tied embeddings: llama.cpp loads a copy for the output layer
+    n_embd = int(info.arch_value("embedding_length") or 0)
+    n_head = _per_layer(info.arch_value("attention.head_count"), n_layer, 1)
+    n_head_kv = _per_layer(info.arch_value("attention.head_count_kv"), n_layer, 0)
+    kv = []
+    for i in range(n_layer):
+        heads = n_head[i] or 1
+        kv_heads = n_head_kv[i] or heads
+        key = int(info.arch_value("attention.key_length") or n_embd // heads)
+        value = int(info.arch_value("attention.value_length") or n_embd // heads)
+        kv.append(n_ctx * kv_heads * (key + value) * KV_BYTES)
+    tokens = info.metadata.get("tokenizer.ggml.tokens")
+    n_vocab = int(getattr(tokens, "length", 0) or (len(tokens) if isinstance(tokens, list) else 0))
+    return ModelSizes(tuple(layers), tuple(kv), output, n_vocab)
+
+
+def _per_layer(value: object, n_layer: int, default: int) -> list[int]:
+    if isinstance(value, list):
+        return [int(v) for v in value][:n_layer] + [default] * (n_layer - len(value))
+    return [int(value) if isinstance(value, int) else default] * n_layer
+
+
+@dataclass(frozen=True)
+class GPU:
+    """What the planner needs to know of a device."""
+
+    name: str
+    free_bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    n_gpu_layers: int  # llama.cpp's count: n_layer + 1 includes the output layer
+    n_layer: int
+    devices: tuple[str, ...]
+    split: tuple[float, ...] | None  # share of layers per device when there are several
+    gpu_bytes: int
+    reason: str  # why, in words
+
+    @property
+    def offloaded(self) -> int:
+        """Layers on the GPU, counting the output layer as one of n_layer + 1."""
+        return min(self.n_gpu_layers, self.n_layer + 1)
+
+    @property
+    def placement(self) -> str:
+        """Short form for the status line."""
+        if self.n_gpu_layers == 0:
+            return "CPU"
+        return f"GPU {self.offloaded}/{self.n_layer + 1}"
+
+    def describe(self) -> str:
+        """Long form for --verbose and doctor."""
+        if self.n_gpu_layers == 0:
+            return f"CPU: {self.reason}"
+        where = " + ".join(self.devices)
+        return (
+            f"GPU: {self.offloaded}/{self.n_layer + 1} layers on {where}, "
+            f"{self.gpu_bytes / 1e6:.0f} MB ({self.reason})"
+        )
+
+
+def usable_bytes(gpu: GPU) -> int:
+    """What a device can give the model: free memory less the margin."""
+    margin = max(MIN_MARGIN, int(gpu.total_bytes * MARGIN_FRACTION))
+    return max(0, gpu.free_bytes - margin)
+
+
+def _cost(sizes: ModelSizes, k: int) -> int:
+    """Bytes on the GPUs for the last ``k`` layers (``n_layer + 1`` adds the output layer)."""
+    n = sizes.n_layer
+    layers = min(k, n)
+    total = sum(sizes.layers[n - layers :]) + sum(sizes.kv_per_layer[n - layers :])
+    if k > n:
+        # The output layer also brings its logits buffer (n_vocab floats per token).
+        total += sizes.output + sizes.n_vocab * 4 * N_UBATCH
+    return total
+
+
+def plan(
+    sizes: ModelSizes,
+    gpus: list[GPU],
+    request: str | int = AUTO,
+    *,
+    offload_supported: bool = True,
+) -> Plan:
+    """How many layers to put on ``gpus`` for ``request`` (auto, all, or a count)."""
+    n = sizes.n_layer
+    names = tuple(g.name for g in gpus)
+    if request == 0:
+        return Plan(0, n, (), None, 0, "--gpu-layers 0 keeps every layer on the CPU")
+    if not offload_supported:
+        return Plan(0, n, (), None, 0, "this llama.cpp build has no GPU backend, see docs/gpu.md")
+    if not gpus:
+        return Plan(0, n, (), None, 0, "no GPU found by llama.cpp's backends, see docs/gpu.md")
+    capacity = [max(0, usable_bytes(g) - COMPUTE_RESERVE) for g in gpus]
+    if request == ALL or isinstance(request, int):
+        k = n + 1 if request == ALL else min(int(request), n + 1)
+        reason = "as asked" if request == ALL else f"--gpu-layers {request}"
+    else:
+        k = max((k for k in range(n + 2) if _cost(sizes, k) <= sum(capacity)), default=0)
+        if k == n + 1:
+            reason = "everything fits"
+        elif k == 0:
+            reason = "not even one layer fits in the free GPU memory"
+        else:
+            reason = f"{k} of {n + 1} fit in the free GPU memory"
+    if k == 0:
+        return Plan(0, n, (), None, 0, reason)
+    split = None
+    if len(gpus) > 1:
+        total = sum(capacity) or 1
+        split = tuple(c / total for c in capacity)
+    return Plan(k, n, names, split, _cost(sizes, k), reason)
+
+
+# -- remembering what worked ---------------------------------------------------------
+
+
+def _memory_file() -> Path:
+    return paths.cache_dir() / "offload.json"
+
+
+def memory_key(model: Path, n_ctx: int, devices: tuple[str, ...]) -> str:
+    st = model.stat()
+    return f"{model.resolve()}|{st.st_size}|{st.st_mtime_ns}|{n_ctx}|{','.join(devices)}"
+
+
+def remembered(key: str) -> int | None:
+    """A layer count that loaded after an out-of-memory retry, if one was recorded."""
+    try:
+        value = json.loads(_memory_file().read_text()).get(key)
+    except (OSError, ValueError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
+def remember(key: str, n_gpu_layers: int) -> None:
+    """Record the count that worked, so the next load starts there."""
+    path = _memory_file()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data[key] = n_gpu_layers
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
