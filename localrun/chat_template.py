@@ -17,6 +17,8 @@ from types import FrameType
 from typing import Any, NoReturn
 
 import jinja2
+import jinja2.ext
+from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from localrun.errors import LocalrunError
@@ -72,8 +74,27 @@ def _strftime_now(fmt: str) -> str:
     return datetime.datetime.now().strftime(fmt)
 
 
+class _GenerationBlock(jinja2.ext.Extension):
+    """``{% generation %}...{% endgeneration %}``, as transformers defines it.
+
+    Templates mark the assistant's text with it (for training masks); rendering a prompt,
+    the block is just its body.
+    """
+
+    tags = {"generation"}  # noqa: RUF012 (jinja2 declares it without ClassVar)
+
+    def parse(self, parser: Parser) -> list[jinja2.nodes.Node]:
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    # As transformers renders templates: `break` and `continue`, and `generation` blocks.
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[jinja2.ext.loopcontrols, _GenerationBlock],
+    )
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env
@@ -90,7 +111,9 @@ def render(
     """Render ``messages`` with ``template``.
 
     A template that rejects the system role gets the system prompt folded into the
-    first user message instead, as chat front ends commonly do.
+    first user message instead, as chat front ends commonly do. ``tools`` is none, as
+    transformers passes it without tools; a template that fails on that (a tool-use
+    template that iterates ``tools``) gets an empty list instead.
     """
     env = _environment()
     try:
@@ -101,14 +124,14 @@ def render(
             "override it with a Modelfile TEMPLATE, or run the file as plain completion",
         ) from None
 
-    def attempt(msgs: Sequence[Message]) -> str:
+    def attempt(msgs: Sequence[Message], tools: list[Any] | None) -> str:
         variables: dict[str, Any] = {
             "messages": [{"role": m.role, "content": m.content} for m in msgs],
             "bos_token": bos_token,
             "eos_token": eos_token,
             "add_generation_prompt": add_generation_prompt,
             # As transformers renders them: templates test `tools is none` for no tools.
-            "tools": None,
+            "tools": tools,
         }
         return compiled.render(**variables)
 
@@ -123,21 +146,25 @@ def render(
 
 
 def _render_or_fold(
-    attempt: Callable[[Sequence[Message]], str], messages: Sequence[Message]
+    attempt: Callable[[Sequence[Message], list[Any] | None], str], messages: Sequence[Message]
 ) -> str:
-    try:
-        return attempt(messages)
-    except jinja2.TemplateError as first:
-        folded = _fold_system(messages)
-        if folded is not None:
+    folded = _fold_system(messages)
+    variants = [messages] if folded is None else [messages, folded]
+    first: Exception | None = None
+    no_tools: tuple[list[Any] | None, ...] = (None, [])
+    for tools in no_tools:
+        for msgs in variants:
             try:
-                return attempt(folded)
-            except jinja2.TemplateError:
-                pass
-        raise TemplateError(
-            f"the model's chat template failed: {first}",
-            "override it with a Modelfile TEMPLATE",
-        ) from None
+                return attempt(msgs, tools)
+            except _TemplateTimeout:
+                raise
+            # Not only jinja2's errors: a template's own code raises TypeError and the like.
+            except Exception as e:
+                first = first or e
+    raise TemplateError(
+        f"the model's chat template failed: {first}",
+        "override it with a Modelfile TEMPLATE",
+    ) from None
 
 
 def _fold_system(messages: Sequence[Message]) -> list[Message] | None:

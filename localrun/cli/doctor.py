@@ -8,12 +8,13 @@ import typer
 
 from localrun.cli import app
 from localrun.cli.output import human_size
-from localrun.doctor import report
 
 
 @app.command()
 def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Check the llama.cpp build, the GPU devices, threads, the cache and the versions."""
+    from localrun.doctor import report  # loads llama.cpp: only when asked
+
     r = report()
     if as_json:
         print(json.dumps(r.as_dict(), indent=2))

@@ -1,0 +1,229 @@
+"""Real chat templates of many model families, in tiny GGUFs, through the engine.
+
+The templates are the ones llama.cpp tests itself with (``models/templates`` in its
+source). They are third-party text, so this repository does not carry them: the fixture
+takes them from the sdist of the installed llama-cpp-python on PyPI, which vendors
+llama.cpp, and caches them. ``LOCALRUN_TEST_TEMPLATES`` names a directory of them instead.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from localrun import engine
+from localrun.backend import SamplingParams
+from localrun.chat_template import Message, render
+from tests.tinygguf import write_tiny_model
+
+TEMPLATES_ENV = "LOCALRUN_TEST_TEMPLATES"
+TEMPLATES_IN_SDIST = ("vendor", "llama.cpp", "models", "templates")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_TEMPLATE_BYTES = 1 << 20
+
+BOS, EOS = "<s>", "</s>"  # the tiny model's special tokens (ids 1 and 2)
+SYSTEM = "SYSMARK-7"
+Q1, A1, Q2, A2, Q3 = "QUESTION-ONE", "ANSWER-ONE", "QUESTION-TWO", "ANSWER-TWO", "QUESTION-THREE"
+MESSAGES = [
+    Message("system", SYSTEM),
+    Message("user", Q1),
+    Message("assistant", A1),
+    Message("user", Q2),
+    Message("assistant", A2),
+    Message("user", Q3),
+]
+
+# Where the system prompt lands in the rendered conversation.
+SYSTEM_FIRST = "first"  # before the first user message
+SYSTEM_FOLDED = "folded"  # the template rejects it: folded into the first user message
+SYSTEM_LAST = "last"  # the template itself puts it in the last user message
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str
+    id: str
+    file: str
+    system: str = SYSTEM_FIRST
+
+
+CASES = [
+    Case("llama", "llama-3.1", "meta-llama-Llama-3.1-8B-Instruct.jinja"),
+    Case("llama", "llama-3.2", "meta-llama-Llama-3.2-3B-Instruct.jinja"),
+    Case("qwen", "qwen-2.5", "Qwen-Qwen2.5-7B-Instruct.jinja"),
+    Case("qwen", "qwen-3", "Qwen-Qwen3-0.6B.jinja"),
+    Case("gemma", "gemma-2", "google-gemma-2-2b-it.jinja", SYSTEM_FOLDED),
+    Case("gemma", "gemma-4", "google-gemma-4-31B-it.jinja"),
+    Case("phi", "phi-3.5", "microsoft-Phi-3.5-mini-instruct.jinja"),
+    Case("mistral", "mistral-nemo", "mistralai-Mistral-Nemo-Instruct-2407.jinja", SYSTEM_LAST),
+    Case("mistral", "mistral-small-3.2", "Mistral-Small-3.2-24B-Instruct-2506.jinja"),
+    Case("deepseek", "deepseek-r1", "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"),
+    Case("deepseek", "deepseek-v3.1", "deepseek-ai-DeepSeek-V3.1.jinja"),
+    Case("granite", "granite-3.3", "ibm-granite-granite-3.3-2B-Instruct.jinja"),
+    Case("smollm", "smollm-3", "HuggingFaceTB-SmolLM3-3B.jinja"),
+    Case("command-r", "command-r-plus-tool-use", "CohereForAI-c4ai-command-r-plus-tool_use.jinja"),
+    Case(
+        "command-r", "command-r7b-tool-use", "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja"
+    ),
+    Case("hermes", "hermes-3-tool-use", "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja"),
+    Case("gpt-oss", "gpt-oss", "openai-gpt-oss-120b.jinja"),
+    Case("lfm", "lfm-2.5", "LFM2.5-8B-A1B.jinja"),
+    Case("kimi", "kimi-k2", "moonshotai-Kimi-K2.jinja"),
+    Case("glm", "glm-4.6", "GLM-4.6.jinja"),
+]
+
+
+def _has_templates(directory: Path) -> bool:
+    return directory.is_dir() and any(directory.glob("*.jinja"))
+
+
+def _template_name(member: tarfile.TarInfo) -> str | None:
+    """The file name of a chat template in the sdist, or None for any other member."""
+    parts = member.name.split("/")
+    if len(parts) != 2 + len(TEMPLATES_IN_SDIST) or tuple(parts[1:-1]) != TEMPLATES_IN_SDIST:
+        return None
+    top, name = parts[0], parts[-1]
+    if not (SAFE_NAME.fullmatch(top) and SAFE_NAME.fullmatch(name) and name.endswith(".jinja")):
+        return None
+    if not member.isfile() or member.size > MAX_TEMPLATE_BYTES:  # no links, devices, giants
+        return None
+    return name
+
+
+def _extract_templates(sdist: Path, into: Path) -> int:
+    """Copy the sdist's chat templates into ``into``; return how many there were."""
+    count = 0
+    with tarfile.open(sdist, "r:gz") as tar:
+        for member in tar:
+            name = _template_name(member)
+            if name is None:
+                continue
+            source = tar.extractfile(member)
+            if source is None:
+                continue
+            with source:
+                (into / name).write_bytes(source.read())
+            count += 1
+    return count
+
+
+def _fetch_templates(version: str, dest: Path) -> None:
+    """Download the llama-cpp-python sdist and put its chat templates at ``dest``.
+
+    pip still prepares the sdist's metadata (scikit-build-core, in an isolated build
+    environment) but builds nothing. ``--no-binary`` names only llama-cpp-python: with
+    ``:all:``, a machine without CMake would build the cmake and ninja packages from source.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
+        work = Path(tmp)
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            "llama-cpp-python",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+            f"llama-cpp-python=={version}",
+            "-d",
+            str(work / "sdist"),
+        ]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        if run.returncode != 0:
+            tail = " | ".join(run.stderr.strip().splitlines()[-3:])
+            raise OSError(f"pip download failed ({run.returncode}): {tail}")
+        sdists = sorted((work / "sdist").glob("*.tar.gz"))
+        if len(sdists) != 1:
+            raise OSError(f"pip download left {len(sdists)} sdists, not one")
+        extracted = work / "templates"
+        extracted.mkdir()
+        if _extract_templates(sdists[0], extracted) == 0:
+            raise ValueError(f"{sdists[0].name} has no {'/'.join(TEMPLATES_IN_SDIST)}/*.jinja")
+        try:
+            extracted.rename(dest)  # atomic: a reader sees all the templates or none
+        except OSError:
+            if not _has_templates(dest):  # else another session put them there first
+                raise
+
+
+@pytest.fixture(scope="session")
+def real_templates() -> Path:
+    """A directory of real chat templates (``<org>-<model>.jinja``)."""
+    given = os.environ.get(TEMPLATES_ENV)
+    if given:
+        if not _has_templates(Path(given)):
+            pytest.fail(f"{TEMPLATES_ENV}={given} is not a directory of .jinja templates")
+        return Path(given)
+    version = importlib.metadata.version("llama-cpp-python")
+    cache = Path.home() / ".cache" / "localrun-tests" / f"llama-cpp-python-{version}"
+    templates = cache / "templates"
+    if not _has_templates(templates):
+        try:
+            _fetch_templates(version, templates)
+        except (OSError, subprocess.SubprocessError, tarfile.TarError, ValueError) as e:
+            reason = f"no real chat templates from the llama-cpp-python {version} sdist: {e}"
+            if os.environ.get("CI"):
+                pytest.fail(reason)
+            pytest.skip(reason)
+    return templates
+
+
+def test_cases_cover_enough_families() -> None:
+    assert len({case.family for case in CASES}) >= 12
+    assert len({case.id for case in CASES}) == len(CASES)
+
+
+def check_rendered(text: str, case: Case) -> None:
+    """The conversation is all there, in order, with a generation prompt after it."""
+    turns = [Q1, A1, Q2, A2, Q3]
+    for marker in [SYSTEM, *turns]:
+        assert text.count(marker) == 1, f"{marker} appears {text.count(marker)} times"
+    positions = [text.index(m) for m in turns]
+    assert positions == sorted(positions)
+    system = text.index(SYSTEM)
+    if case.system == SYSTEM_LAST:
+        assert text.index(A2) < system < text.index(Q3)
+    else:
+        assert system < text.index(Q1)
+    if case.system == SYSTEM_FOLDED:
+        assert f"{SYSTEM}\n\n{Q1}" in text
+    assert text[text.index(Q3) + len(Q3) :].strip(), "no generation prompt after the question"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_real_template_renders_and_runs(case: Case, real_templates: Path, tmp_path: Path) -> None:
+    template = (real_templates / case.file).read_text(encoding="utf-8")
+    check_rendered(render(template, MESSAGES, bos_token=BOS, eos_token=EOS), case)
+
+    # Tool-use preambles run to ~3,000 tokens: a trained context of 8192 loads as 4096.
+    path = write_tiny_model(tmp_path / "model.gguf", chat_template=template, n_ctx_train=8192)
+    loaded = engine.load_model(str(path), n_threads=1)
+    try:
+        assert loaded.mode == engine.CHAT
+        assert loaded.model.chat_template == template  # as llama.cpp read it from the file
+        tokens = engine.conversation_tokens(loaded, MESSAGES)
+        bos = loaded.model.bos_token
+        assert bos is not None
+        assert tokens[0] == bos and tokens[1] != bos  # once, whether the template wrote it
+        engine.check_fits(loaded, len(tokens))
+
+        events = list(engine.generate_tokens(loaded, tokens, SamplingParams(seed=1), max_tokens=2))
+        finished = events[-1]
+        assert isinstance(finished, engine.Finished)
+        assert finished.stats.prompt_tokens == len(tokens)
+        assert finished.stats.completion_tokens <= 2
+    finally:
+        loaded.close()
