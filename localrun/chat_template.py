@@ -132,6 +132,10 @@ def render(
             "add_generation_prompt": add_generation_prompt,
             # As transformers renders them: templates test `tools is none` for no tools.
             "tools": tools,
+            # What templates translated from Ollama's Go templates read.
+            "system": next((m.content for m in msgs if m.role == "system"), ""),
+            "prompt": next((m.content for m in reversed(msgs) if m.role == "user"), ""),
+            "response": "",
         }
         return compiled.render(**variables)
 

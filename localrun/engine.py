@@ -10,9 +10,9 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from localrun import backend, offload, store
+from localrun import backend, offload, recipes, store
 from localrun.backend import LoadOptions, Model, Prefilled, SamplingParams
 from localrun.chat_template import Message, render
 from localrun.errors import ModelNotFoundError, OutOfMemoryError, PromptTooLongError
@@ -46,6 +46,7 @@ class Request:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int | None = None  # None: until the model stops or the context is full
     stop: tuple[str, ...] = ()
+    history: tuple[Message, ...] = ()  # earlier messages (a Modelfile's MESSAGE lines)
 
 
 @dataclass
@@ -113,6 +114,12 @@ class LoadedModel:
     load_s: float
     plan: Plan = field(default_factory=lambda: Plan(0, 0, (), None, 0, "no GPU requested"))
     notes: list[str] = field(default_factory=list)  # what loading had to adjust, for people
+    template_override: str | None = None  # a Modelfile's TEMPLATE, as Jinja
+
+    @property
+    def template(self) -> str | None:
+        """The chat template in use: the Modelfile's, else the GGUF's own."""
+        return self.template_override or self.model.chat_template
 
     @property
     def placement(self) -> str:
@@ -122,38 +129,146 @@ class LoadedModel:
     @property
     def mode(self) -> str:
         """``chat`` when the model has a chat template, else plain ``completion``."""
-        return CHAT if self.model.chat_template else COMPLETION
+        return CHAT if self.template else COMPLETION
 
     def close(self) -> None:
         """Free the model."""
         self.model.close()
 
 
-def resolve_model(ref: str, reporter: Reporter | None = None) -> Path:
-    """Turn what the user typed into a GGUF file path.
+@dataclass(frozen=True)
+class Settings:
+    """What a Modelfile (or a chain of them) says about running a model."""
 
-    ``ref`` is ``demo``, a Hub reference (pulled first if it is not in the store), the
-    name of a pulled model, or a path to a ``.gguf`` file.
+    parameters: dict[str, float | int | str] = field(default_factory=dict)
+    stop: tuple[str, ...] = ()
+    system: str | None = None
+    template: str | None = None  # Jinja
+    messages: tuple[Message, ...] = ()
+    adapters: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A model reference resolved to a file, with the settings its recipes give it."""
+
+    path: Path
+    settings: Settings = field(default_factory=Settings)
+
+
+def resolve(ref: str, reporter: Reporter | None = None, _seen: tuple[str, ...] = ()) -> Resolved:
+    """Turn what the user typed into a GGUF file and its settings.
+
+    ``ref`` is ``demo``, a Hub reference (pulled first if it is not in the store), a pulled
+    model's name, a created or library model (a Modelfile, whose FROM is resolved in
+    turn), or a path to a ``.gguf`` file.
     """
     if ref == "demo":
         from localrun.demo import demo_model_path
 
-        return demo_model_path()
+        return Resolved(demo_model_path())
     if is_hub_ref(ref):
         from localrun.pull import pull
 
-        return pull(ref, reporter=reporter, refresh=False).manifest.model_path
+        return Resolved(pull(ref, reporter=reporter, refresh=False).manifest.model_path)
     manifest = store.load(ref)
     if manifest is not None:
-        return manifest.model_path
+        return Resolved(manifest.model_path)
+    recipe = recipes.find(ref)
+    if recipe is not None:
+        if ref in _seen:
+            raise ModelNotFoundError(
+                f"the models {' -> '.join((*_seen, ref))} are each FROM the next, in a loop",
+                "change one FROM to a model file or a Hub reference",
+            )
+        base = resolve(recipe.modelfile.from_, reporter, (*_seen, ref))
+        return Resolved(base.path, _merge(base.settings, recipe))
     path = Path(ref).expanduser()
     if path.exists() or path.suffix == ".gguf" or "/" in ref:
         check_model_file(path)
-        return path
+        return Resolved(path)
     raise ModelNotFoundError(
-        f"unknown model '{ref}': it is not a file, a pulled model, or a Hub reference",
-        "see pulled models with: localrun list; pull one with: localrun pull hf.co/ORG/REPO",
+        f"unknown model '{ref}': not a file, a pulled or created model, or a Hub reference",
+        "see models with: localrun list and localrun library; pull one with: localrun pull",
     )
+
+
+def _merge(base: Settings, recipe: recipes.Recipe) -> Settings:
+    """The recipe's settings over its base's."""
+    mf = recipe.modelfile
+    return Settings(
+        parameters={**base.parameters, **mf.parameters},
+        stop=tuple(mf.stop) or base.stop,
+        system=mf.system if mf.system is not None else base.system,
+        template=recipe.jinja_template or base.template,
+        messages=tuple(Message(r, t) for r, t in mf.messages) or base.messages,
+        adapters=base.adapters + tuple(Path(a) for a in mf.adapters),
+    )
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything that shapes a run, after layering the defaults, the Modelfile, the flags."""
+
+    sampling: SamplingParams
+    max_tokens: int | None
+    stop: tuple[str, ...]
+    system: str | None
+    n_ctx: int | None
+    gpu_layers: str | int
+    threads: int | None
+    history: tuple[Message, ...]
+
+
+def run_options(
+    settings: Settings,
+    *,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repeat_penalty: float | None = None,
+    repeat_last_n: int | None = None,
+    seed: int | None = None,
+    max_tokens: int | None = None,
+    stop: tuple[str, ...] = (),
+    system: str | None = None,
+    n_ctx: int | None = None,
+    gpu_layers: str | int | None = None,
+    threads: int | None = None,
+) -> RunOptions:
+    """Flags (not None) over the Modelfile's parameters over the defaults (Ollama's)."""
+    p = settings.parameters
+    d = SamplingParams()
+
+    def pick(flag: Any, key: str, default: Any) -> Any:
+        return flag if flag is not None else p.get(key, default)
+
+    predict = pick(max_tokens, "num_predict", None)
+    gpu = pick(gpu_layers, "num_gpu", AUTO)
+    return RunOptions(
+        sampling=SamplingParams(
+            temperature=float(pick(temperature, "temperature", d.temperature)),
+            top_k=int(pick(top_k, "top_k", d.top_k)),
+            top_p=float(pick(top_p, "top_p", d.top_p)),
+            min_p=float(pick(min_p, "min_p", d.min_p)),
+            repeat_penalty=float(pick(repeat_penalty, "repeat_penalty", d.repeat_penalty)),
+            repeat_last_n=int(pick(repeat_last_n, "repeat_last_n", d.repeat_last_n)),
+            seed=pick(seed, "seed", d.seed),
+        ),
+        max_tokens=None if predict is None or int(predict) < 0 else int(predict),
+        stop=stop or settings.stop,
+        system=system if system is not None else settings.system,
+        n_ctx=pick(n_ctx, "num_ctx", None),
+        gpu_layers=AUTO if gpu == -1 else gpu,
+        threads=pick(threads, "num_thread", None),
+        history=settings.messages,
+    )
+
+
+def resolve_model(ref: str, reporter: Reporter | None = None) -> Path:
+    """The GGUF file ``ref`` names (see :func:`resolve`)."""
+    return resolve(ref, reporter).path
 
 
 def load_model(
@@ -163,6 +278,7 @@ def load_model(
     n_threads: int,
     gpu_layers: str | int = AUTO,
     path: Path | None = None,
+    settings: Settings | None = None,
 ) -> LoadedModel:
     """Load a model with as many layers on the GPU(s) as fit (``gpu_layers``: auto, all, N).
 
@@ -170,7 +286,10 @@ def load_model(
     out of memory, the load is retried with half the GPU layers, and the count that
     worked is remembered for this model, context and device.
     """
-    path = path or resolve_model(ref)
+    if path is None:
+        resolved = resolve(ref)
+        path, settings = resolved.path, settings or resolved.settings
+    settings = settings or Settings()
     start = time.perf_counter()
     plan, memory = _plan(path, n_ctx, gpu_layers)
     notes: list[str] = []
@@ -182,6 +301,7 @@ def load_model(
             n_threads=n_threads,
             n_gpu_layers=layers,
             tensor_split=plan.split if layers else None,
+            lora=settings.adapters,
         )
         try:
             model = backend.load(options)
@@ -196,7 +316,8 @@ def load_model(
         if memory is not None:
             remember(memory, layers)
             notes.append(f"remembered {layers} GPU layers for this model, context and device")
-    return LoadedModel(ref, path, model, time.perf_counter() - start, plan, notes)
+    elapsed = time.perf_counter() - start
+    return LoadedModel(ref, path, model, elapsed, plan, notes, settings.template)
 
 
 def _plan(path: Path, n_ctx: int | None, request: str | int) -> tuple[Plan, str | None]:
@@ -221,7 +342,7 @@ def _plan(path: Path, n_ctx: int | None, request: str | int) -> tuple[Plan, str 
 
 def prompt_tokens(loaded: LoadedModel, request: Request) -> list[int]:
     """Tokenize a one-shot request: through the chat template if the model has one."""
-    messages = [Message("user", request.prompt)]
+    messages = [*request.history, Message("user", request.prompt)]
     if request.system:
         messages.insert(0, Message("system", request.system))
     return conversation_tokens(loaded, messages)
@@ -234,7 +355,7 @@ def conversation_tokens(loaded: LoadedModel, messages: Sequence[Message]) -> lis
     continue: the system prompt, then each message, a blank line before each user turn.
     """
     model = loaded.model
-    template = model.chat_template
+    template = loaded.template
     if template is None:
         parts: list[str] = []
         for m in messages:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from localrun import store
+from localrun import recipes, store
 from localrun.gguf_meta import file_type_name, read_gguf
+from localrun.modelfile import Modelfile
 from localrun.pull import resolve_local
 from localrun.refs import is_hub_ref
+from localrun.store import NotPulledError
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,18 @@ class ModelFacts:
         return asdict(self)
 
 
-def _locate(ref: str) -> tuple[str, list[Path], str]:
+def _locate(ref: str, _seen: tuple[str, ...] = ()) -> tuple[str, list[Path], str]:
     """(name, files, sha256 of the first file) without touching the network."""
+    recipe = recipes.find(ref) if ref != "demo" and not is_hub_ref(ref) else None
+    if recipe is not None and store.load(ref) is None and ref not in _seen:
+        try:
+            _, files, sha256 = _locate(recipe.modelfile.from_, (*_seen, ref))
+        except NotPulledError:
+            raise NotPulledError(
+                f"model '{ref}' is not pulled (it is FROM {recipe.modelfile.from_})",
+                f"pull it with: localrun pull {ref}",
+            ) from None
+        return ref, files, sha256
     if ref == "demo":
         from localrun.demo import demo_model_path, expected_sha256
 
@@ -75,3 +87,31 @@ def model_facts(ref: str) -> ModelFacts:
 
 def _int(value: object) -> int | None:
     return int(value) if isinstance(value, int) else None
+
+
+def modelfile_of(ref: str) -> Modelfile:
+    """The Modelfile of a created or library model; for any other model, one that names it.
+
+    A model without a recipe gets ``FROM`` itself, plus the GGUF's own chat template and
+    licence when they can be read locally.
+    """
+    recipe = recipes.find(ref)
+    if recipe is not None and store.load(ref) is None:
+        return recipe.modelfile
+    mf = Modelfile(from_=ref)
+    manifest = resolve_local(ref) if ref != "demo" else None
+    if manifest is None and is_hub_ref(ref):
+        manifest = store.require(ref)
+    if manifest is not None:
+        path = manifest.model_path
+    else:
+        from localrun.engine import resolve_model
+
+        path = resolve_model(ref)
+    meta = read_gguf(path).metadata
+    template = meta.get("tokenizer.chat_template")
+    if isinstance(template, str):
+        mf.template = template
+    if isinstance(meta.get("general.license"), str):
+        mf.license = [meta["general.license"]]
+    return mf

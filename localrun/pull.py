@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from localrun import download, paths, store
-from localrun.errors import CacheError, LocalrunError
+from localrun.errors import CacheError, LocalrunError, UsageError
 from localrun.ggufcheck import GGUF_MAGIC
 from localrun.refs import HubRef, NotGGUFError, choose, is_hub_ref, parse_hub_ref
 
@@ -119,6 +119,27 @@ def resolve_local(name: str) -> store.Manifest | None:
     if is_hub_ref(name):
         return find_local(parse_hub_ref(name))
     return store.load(name)
+
+
+def hub_ref_of(name: str) -> str:
+    """A Hub reference as is; a library or created model's name gives its FROM (if on the Hub)."""
+    if is_hub_ref(name):
+        return name
+    from localrun import recipes
+
+    seen = [name]
+    recipe = recipes.find(name)
+    while recipe is not None and not is_hub_ref(recipe.modelfile.from_):
+        if recipe.modelfile.from_ in seen:
+            break
+        seen.append(recipe.modelfile.from_)
+        recipe = recipes.find(recipe.modelfile.from_)
+    if recipe is not None and is_hub_ref(recipe.modelfile.from_):
+        return recipe.modelfile.from_
+    raise UsageError(
+        f"'{name}' is not a Hub reference or a library model on the Hub",
+        "pull hf.co/ORG/REPO[:QUANT], or a name from: localrun library",
+    )
 
 
 def pull(

@@ -34,7 +34,9 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Recorder:
         yield TextDelta(" there")
         yield Finished(Stats(load_s=0.25, prompt_tokens=5, prompt_evaluated=5, completion_tokens=2))
 
-    monkeypatch.setattr(engine, "resolve_model", lambda ref, reporter=None: Path("/m") / ref)
+    monkeypatch.setattr(
+        engine, "resolve", lambda ref, reporter=None: engine.Resolved(Path("/m") / ref)
+    )
     monkeypatch.setattr(engine, "load_model", load_model)
     monkeypatch.setattr(engine, "generate", generate)
     monkeypatch.setattr("localrun.cli.run.physical_cores", lambda: 6)
@@ -54,6 +56,7 @@ def test_prompt_from_arguments(cli: Any, fake_engine: Recorder) -> None:
             "n_threads": 6,
             "gpu_layers": "auto",
             "path": Path("/m/m.gguf"),
+            "settings": engine.Settings(),
         }
     ]
     assert fake_engine.model.closed
@@ -110,6 +113,7 @@ def test_flags_reach_the_engine(cli: Any, fake_engine: Recorder) -> None:
         "n_threads": 3,
         "gpu_layers": 7,
         "path": Path("/m/m.gguf"),
+        "settings": engine.Settings(),
     }
 
 
@@ -193,7 +197,7 @@ def test_handled_error_is_one_line_exit_1(cli: Any, monkeypatch: pytest.MonkeyPa
     def fail(ref: str, **kwargs: Any) -> LoadedModel:
         raise InvalidModelError("x.gguf is not a GGUF model file", "pass a .gguf model file")
 
-    monkeypatch.setattr(engine, "resolve_model", lambda ref, reporter=None: Path(ref))
+    monkeypatch.setattr(engine, "resolve", lambda ref, reporter=None: engine.Resolved(Path(ref)))
     monkeypatch.setattr(engine, "load_model", fail)
     result = cli(["run", "x.gguf", "hi"])
     assert result.exit_code == 1
@@ -208,7 +212,7 @@ def test_unexpected_error_has_no_traceback_unless_debug(
     def crash(ref: str, **kwargs: Any) -> LoadedModel:
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(engine, "resolve_model", lambda ref, reporter=None: Path(ref))
+    monkeypatch.setattr(engine, "resolve", lambda ref, reporter=None: engine.Resolved(Path(ref)))
     monkeypatch.setattr(engine, "load_model", crash)
     result = cli(["run", "x.gguf", "hi"])
     assert result.exit_code == 1
@@ -227,7 +231,7 @@ def test_interrupt_ends_the_line_and_exits_130(cli: Any, monkeypatch: pytest.Mon
         yield TextDelta("partial answ")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "resolve_model", lambda ref, reporter=None: Path(ref))
+    monkeypatch.setattr(engine, "resolve", lambda ref, reporter=None: engine.Resolved(Path(ref)))
     monkeypatch.setattr(engine, "load_model", load_model)
     monkeypatch.setattr(engine, "generate", generate)
     result = cli(["run", "m.gguf", "hi"])

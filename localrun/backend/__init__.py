@@ -23,6 +23,7 @@ class LoadOptions:
     n_threads: int = 1
     n_gpu_layers: int = 0
     tensor_split: tuple[float, ...] | None = None  # share of layers per GPU
+    lora: tuple[Path, ...] = ()  # LoRA adapters (GGUF) applied at load
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,11 @@ class LlamaCppModel:
                 "try a smaller context with --ctx",
             )
         self._ctx = ctx
+        self._adapters = [self._lora(model, path) for path in options.lora]
+        if self._adapters:
+            arr = (lc.llama_adapter_lora_p_ctypes * len(self._adapters))(*self._adapters)
+            scales = (ctypes.c_float * len(self._adapters))(*([1.0] * len(self._adapters)))
+            lc.llama_set_adapters_lora(ctx, arr, len(self._adapters), scales)
         self._mem = lc.llama_get_memory(ctx)
         # llama.cpp rounds the context up (to a multiple of 256): read what it made.
         self._n_ctx = int(lc.llama_n_ctx(ctx))
@@ -135,6 +140,18 @@ class LlamaCppModel:
         self._one = (lc.llama_token * 1)()
         raw = lc.llama_model_chat_template(model, None)
         self._chat_template = raw.decode("utf-8", errors="replace") if raw else None
+
+    def _lora(self, model: Any, path: Path) -> Any:
+        _LOG.clear()
+        adapter = lc.llama_adapter_lora_init(model, str(path).encode())
+        if not adapter:
+            errors = recent_log_errors()
+            raise ModelLoadError(
+                f"cannot apply the LoRA adapter {path}"
+                + (f": {errors[0].split(': ')[-1]}" if errors else ""),
+                "ADAPTER needs a LoRA in GGUF made for this base model",
+            )
+        return adapter
 
     # -- properties -------------------------------------------------------------
 

@@ -38,7 +38,18 @@ def _root(
 
 
 # Registering the commands; each module adds itself to ``app``.
-from localrun.cli import cache, cp, doctor, listing, pull, rm, run, show  # noqa: E402,F401
+from localrun.cli import (  # noqa: E402,F401
+    cache,
+    cp,
+    create,
+    doctor,
+    library,
+    listing,
+    pull,
+    rm,
+    run,
+    show,
+)
 
 # Errors that come from outside localrun, translated into its own hierarchy.
 _OS_ERRORS: dict[int, tuple[str, str]] = {

@@ -7,9 +7,11 @@ import time
 
 import typer
 
-from localrun import store
+from localrun import recipes, store
 from localrun.cli import app
 from localrun.cli.output import human_size, table
+from localrun.pull import resolve_local
+from localrun.refs import is_hub_ref
 
 
 def _ago(when: float) -> str:
@@ -21,12 +23,18 @@ def _ago(when: float) -> str:
     return "just now"
 
 
+def _base(ref: str) -> store.Manifest | None:
+    """The pulled model a created one stands on, if it is a pulled one."""
+    return resolve_local(ref) if is_hub_ref(ref) else store.load(ref)
+
+
 @app.command("list")
 def list_models(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """List pulled models."""
+    """List pulled and created models."""
     manifests = store.all_manifests()
+    made = recipes.created()
     if as_json:
         entries = [
             {
@@ -41,6 +49,18 @@ def list_models(
             }
             for m in manifests
         ]
+        for r in made:
+            base = _base(r.modelfile.from_)
+            entries.append(
+                {
+                    "name": r.name,
+                    "id": base.id if base else None,
+                    "size": base.size if base else None,
+                    "quant": base.quant if base else None,
+                    "modified": r.created_at,
+                    "from": r.modelfile.from_,
+                }
+            )
         print(json.dumps(entries, indent=2))
         return
     header = ("NAME", "ID", "SIZE", "QUANT", "MODIFIED")

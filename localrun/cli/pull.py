@@ -9,13 +9,15 @@ import typer
 
 from localrun.cli import app
 from localrun.cli.progress import reporter
+from localrun.pull import hub_ref_of
 from localrun.pull import pull as pull_model
 
 
 @app.command()
 def pull(
     refs: list[str] = typer.Argument(
-        ..., help="hf.co/ORG/REPO[:QUANT][@REVISION], or hf.co/ORG/REPO/FILE.gguf."
+        ...,
+        help="hf.co/ORG/REPO[:QUANT][@REVISION], hf.co/ORG/REPO/FILE.gguf, or a library name.",
     ),
     force: bool = typer.Option(
         False, "--force", help="Pull even if the model cannot fit in this machine's memory."
@@ -24,7 +26,7 @@ def pull(
 ) -> None:
     """Download models from the Hugging Face Hub, verified and resumable."""
     for ref in refs:
-        result = pull_model(ref, force=force, reporter=reporter())
+        result = pull_model(hub_ref_of(ref), force=force, reporter=reporter())
         m = result.manifest
         if as_json:
             record = {

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from localrun import store
+from localrun import recipes, store
 from localrun.cli import app
 from localrun.cli.output import human_size
 from localrun.pull import resolve_local
@@ -16,6 +16,9 @@ from localrun.pull import resolve_local
 def rm(refs: list[str] = typer.Argument(..., help="Names or references of pulled models.")) -> None:
     """Remove models; files no other model uses are deleted."""
     for ref in refs:
+        if store.load(ref) is None and recipes.remove(ref):
+            print(f"removed {ref} (its base model is kept)", file=sys.stderr)
+            continue
         manifest = resolve_local(ref) or store.require(ref)
         freed = store.remove(manifest.name)
         print(f"removed {manifest.name} ({human_size(freed)} freed)", file=sys.stderr)

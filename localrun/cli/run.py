@@ -12,7 +12,6 @@ import typer
 from rich.console import Console
 
 from localrun import engine
-from localrun.backend import SamplingParams
 from localrun.chat import ChatSession, Options
 from localrun.cli import app
 from localrun.cli.chat import ChatUI, reattach_terminal, setup_history
@@ -24,16 +23,18 @@ from localrun.offload import ALL, AUTO
 from localrun.system import physical_cores
 
 
-def parse_gpu_layers(value: str) -> str:
+def parse_gpu_layers(value: str | None) -> str | None:
     """auto, all, or a whole number of layers: anything else is a usage error."""
+    if value is None:
+        return None
     value = value.strip().lower()
     if value in (AUTO, ALL) or (value.isdigit() and int(value) < 100_000):
         return value
     raise typer.BadParameter(f"'{value}' is not auto, all or a number of layers")
 
 
-def gpu_layers_value(value: str) -> str | int:
-    return int(value) if value.isdigit() else value
+def gpu_layers_value(value: str | None) -> str | int | None:
+    return int(value) if value is not None and value.isdigit() else value
 
 
 class OutputFormat(str, enum.Enum):
@@ -92,12 +93,23 @@ def run(
     ),
     prompt: list[str] = typer.Argument(None, help="The prompt; piped stdin comes before it."),
     system: str | None = typer.Option(None, "--system", help="System prompt."),
-    temperature: float = typer.Option(0.8, min=0.0, help="Sampling temperature; 0 is greedy."),
-    top_k: int = typer.Option(40, "--top-k", min=0, help="Keep the K most likely tokens (0: all)."),
-    top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
-    min_p: float = typer.Option(0.0, "--min-p", min=0.0, max=1.0, help="Minimum probability."),
-    repeat_penalty: float = typer.Option(
-        1.1, "--repeat-penalty", min=0.0, help="Penalty for repeated tokens (1: none)."
+    temperature: float | None = typer.Option(
+        None, min=0.0, help="Sampling temperature; 0 is greedy. [default: 0.8]"
+    ),
+    top_k: int | None = typer.Option(
+        None, "--top-k", min=0, help="Keep the K most likely tokens (0: all). [default: 40]"
+    ),
+    top_p: float | None = typer.Option(
+        None, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass. [default: 0.9]"
+    ),
+    min_p: float | None = typer.Option(
+        None, "--min-p", min=0.0, max=1.0, help="Minimum probability. [default: 0.0]"
+    ),
+    repeat_penalty: float | None = typer.Option(
+        None,
+        "--repeat-penalty",
+        min=0.0,
+        help="Penalty for repeated tokens (1: none). [default: 1.1]",
     ),
     seed: int | None = typer.Option(None, "--seed", help="Random seed, for repeatable output."),
     max_tokens: int | None = typer.Option(
@@ -110,11 +122,12 @@ def run(
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="CPU threads (default: the physical cores)."
     ),
-    gpu_layers: str = typer.Option(
-        "auto",
+    gpu_layers: str | None = typer.Option(
+        None,
         "--gpu-layers",
         callback=parse_gpu_layers,
-        help="Layers on the GPU: auto (as many as fit), all, or a number (0: CPU only).",
+        help="Layers on the GPU: auto (as many as fit), all, or a number (0: CPU only). "
+        "[default: auto]",
     ),
     verbose: bool = typer.Option(False, "--verbose", help="Print timings after each answer."),
     output_format: OutputFormat = typer.Option(
@@ -137,44 +150,46 @@ def run(
             "give a prompt for a one-shot answer, or run it in a terminal",
         )
     text = read_prompt(args, sys.stdin) if (args or piped or not chat_mode) else None
-    n_threads = threads or physical_cores()
-    sampling = SamplingParams(
+    terminal = sys.stdout.isatty() and output_format is OutputFormat.text
+    resolved = engine.resolve(model, reporter())  # pulls a Hub model not yet pulled
+    opts = engine.run_options(
+        resolved.settings,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
         min_p=min_p,
         repeat_penalty=repeat_penalty,
         seed=seed,
+        max_tokens=max_tokens,
+        stop=tuple(stop or ()),
+        system=system,
+        n_ctx=ctx_size,
+        gpu_layers=gpu_layers_value(gpu_layers),
+        threads=threads,
     )
-    terminal = sys.stdout.isatty() and output_format is OutputFormat.text
-    path = engine.resolve_model(model, reporter())  # pulls a Hub model not yet pulled
+    n_threads = opts.threads or physical_cores()
     spinner: AbstractContextManager[object] = nullcontext()
     if terminal and sys.stderr.isatty():
         spinner = Console(stderr=True).status(f"Loading {model}…")
     with spinner:
         loaded = engine.load_model(
             model,
-            n_ctx=ctx_size,
+            n_ctx=opts.n_ctx,
             n_threads=n_threads,
-            gpu_layers=gpu_layers_value(gpu_layers),
-            path=path,
+            gpu_layers=opts.gpu_layers,
+            path=resolved.path,
+            settings=resolved.settings,
         )
     for note in loaded.notes:
         print(note, file=sys.stderr)
     try:
         if chat_mode:
-            _chat(
-                loaded,
-                text,
-                piped,
-                system,
-                Options(sampling, max_tokens, tuple(stop or ())),
-                verbose=verbose,
-                wordwrap=not nowordwrap,
-            )
+            _chat(loaded, text, piped, opts, verbose=verbose, wordwrap=not nowordwrap)
             return
         assert text is not None
-        request = engine.Request(text, system, sampling, max_tokens, tuple(stop or ()))
+        request = engine.Request(
+            text, opts.system, opts.sampling, opts.max_tokens, opts.stop, opts.history
+        )
         if output_format is OutputFormat.json:
             _json(loaded, request, model, verbose, n_threads)
         elif terminal:
@@ -189,13 +204,17 @@ def _chat(
     loaded: engine.LoadedModel,
     text: str | None,
     piped: bool,
-    system: str | None,
-    options: Options,
+    opts: engine.RunOptions,
     *,
     verbose: bool,
     wordwrap: bool,
 ) -> None:
-    session = ChatSession(loaded, system=system, options=options)
+    session = ChatSession(
+        loaded,
+        system=opts.system,
+        options=Options(opts.sampling, opts.max_tokens, opts.stop),
+        messages=list(opts.history),
+    )
     ui = ChatUI(session, Console(), verbose=verbose, wordwrap=wordwrap)
     ui.greet()
     if text:

@@ -8,7 +8,8 @@ import typer
 
 from localrun.cli import app
 from localrun.cli.output import human_size, table
-from localrun.inspect import model_facts
+from localrun.errors import UsageError
+from localrun.inspect import model_facts, modelfile_of
 
 
 def _count(n: int) -> str:
@@ -20,10 +21,35 @@ def _count(n: int) -> str:
 
 @app.command()
 def show(
-    ref: str = typer.Argument(..., help="A pulled model, a Hub reference, 'demo' or a path."),
+    ref: str = typer.Argument(
+        ..., help="A pulled, created or library model, a Hub reference, 'demo' or a path."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    modelfile: bool = typer.Option(False, "--modelfile", help="Print the Modelfile."),
+    parameters: bool = typer.Option(False, "--parameters", help="Print the parameters."),
+    system: bool = typer.Option(False, "--system", help="Print the system prompt."),
+    template: bool = typer.Option(False, "--template", help="Print the template."),
+    license_: bool = typer.Option(False, "--license", help="Print the licence."),
 ) -> None:
-    """Show a model's architecture, size, quantization and where it is."""
+    """Show a model's architecture, size, quantization and where it is, or its Modelfile."""
+    if sum((modelfile, parameters, system, template, license_)) > 1:
+        raise UsageError(
+            "show takes one of --modelfile, --parameters, --system, --template, --license",
+            "ask for one at a time",
+        )
+    if modelfile or parameters or system or template or license_:
+        mf = modelfile_of(ref)
+        if modelfile:
+            print(mf.to_text(), end="")
+        elif parameters:
+            for name, setting in mf.parameters.items():
+                print(f"{name:<16} {setting}")
+            for stop in mf.stop:
+                print(f"{'stop':<16} {json.dumps(stop)}")
+        else:
+            value = mf.system if system else mf.template if template else "\n".join(mf.license)
+            print(value if value else "(none)")
+        return
     facts = model_facts(ref)
     if as_json:
         print(json.dumps(facts.as_dict(), indent=2))

@@ -1,0 +1,29 @@
+"""``localrun create NAME -f Modelfile``: a named model from a Modelfile."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from localrun import engine, recipes
+from localrun.cli import app
+from localrun.cli.progress import reporter
+
+
+@app.command()
+def create(
+    name: str = typer.Argument(..., help="The new model's name."),
+    file: Path = typer.Option(
+        Path("Modelfile"), "-f", "--file", help="The Modelfile. [default: ./Modelfile]"
+    ),
+) -> None:
+    """Create a model from a Modelfile (its FROM is pulled if it is a Hub reference)."""
+    recipe = recipes.create(name, file)
+    try:
+        engine.resolve(recipe.modelfile.from_, reporter())  # the base must exist, or be pulled
+    except BaseException:
+        recipes.remove(name)  # no half-made model left behind
+        raise
+    print(f"created {name} (FROM {recipe.modelfile.from_})", file=sys.stderr)

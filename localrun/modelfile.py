@@ -1,0 +1,228 @@
+"""Modelfiles: Ollama's recipe format (FROM, PARAMETER, SYSTEM, TEMPLATE, MESSAGE, ...).
+
+Parsing and writing back. Instructions are case-insensitive, ``#`` starts a comment
+line, values may be bare, "quoted", or in triple quotes spanning lines. Every error
+names the line and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localrun.errors import LocalrunError
+
+
+class ModelfileError(LocalrunError):
+    """A Modelfile that cannot be used as written."""
+
+
+INSTRUCTIONS = ("FROM", "PARAMETER", "SYSTEM", "TEMPLATE", "MESSAGE", "ADAPTER", "LICENSE")
+ROLES = ("system", "user", "assistant")
+
+# Parameter -> type; the same settings as the run flags, under Ollama's names.
+PARAMETERS: dict[str, type] = {
+    "num_ctx": int,
+    "temperature": float,
+    "top_k": int,
+    "top_p": float,
+    "min_p": float,
+    "repeat_penalty": float,
+    "repeat_last_n": int,
+    "seed": int,
+    "stop": str,
+    "num_predict": int,
+    "num_gpu": int,
+    "num_thread": int,
+}
+_RANGES: dict[str, tuple[float, float]] = {
+    "num_ctx": (1, 10_000_000),
+    "temperature": (0, 100),
+    "top_k": (0, 1_000_000),
+    "top_p": (0, 1),
+    "min_p": (0, 1),
+    "repeat_penalty": (0, 100),
+    "repeat_last_n": (-1, 1_000_000),
+    "num_predict": (-2, 10_000_000),
+    "num_gpu": (-1, 100_000),
+    "num_thread": (1, 4096),
+}
+
+
+@dataclass
+class Modelfile:
+    """A parsed Modelfile."""
+
+    from_: str = ""
+    parameters: dict[str, float | int | str] = field(default_factory=dict)
+    stop: list[str] = field(default_factory=list)
+    system: str | None = None
+    template: str | None = None
+    messages: list[tuple[str, str]] = field(default_factory=list)
+    adapters: list[str] = field(default_factory=list)
+    license: list[str] = field(default_factory=list)
+
+    def to_text(self) -> str:
+        """The Modelfile as text; parsing it gives this Modelfile back."""
+        lines = [f"FROM {self.from_}"]
+        for name, value in self.parameters.items():
+            lines.append(f"PARAMETER {name} {_number_text(value)}")
+        lines += [f"PARAMETER stop {_quote(s)}" for s in self.stop]
+        lines += [f"ADAPTER {_quote(a)}" for a in self.adapters]
+        if self.system is not None:
+            lines.append(f"SYSTEM {_quote(self.system)}")
+        if self.template is not None:
+            lines.append(f"TEMPLATE {_quote(self.template)}")
+        lines += [f"MESSAGE {role} {_quote(text)}" for role, text in self.messages]
+        lines += [f"LICENSE {_quote(text)}" for text in self.license]
+        return "\n".join(lines) + "\n"
+
+
+def _number_text(value: float | int | str) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _quote(text: str) -> str:
+    """A value written so that the parser reads exactly ``text`` back."""
+    if '"""' not in text and ("\n" in text or '"' in text or text != text.strip() or not text):
+        return f'"""{text}"""'
+    if '"""' in text:
+        return json.dumps(text)  # a quoted string with escapes
+    return text if " " not in text and "#" not in text else json.dumps(text)
+
+
+_LINE = re.compile(r"^\s*([A-Za-z]+)(?:\s+(.*))?$", re.DOTALL)
+
+
+def parse(text: str, source: str = "Modelfile") -> Modelfile:
+    """Parse a Modelfile; ``source`` names it in errors."""
+    mf = Modelfile()
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        number = i + 1
+        raw = lines[i]
+        i += 1
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        match = _LINE.match(raw)
+        if not match:
+            raise _error(source, number, f"cannot read '{raw.strip()}'", "write INSTRUCTION value")
+        word, rest = match.group(1).upper(), (match.group(2) or "").strip()
+        if word not in INSTRUCTIONS:
+            raise _error(
+                source,
+                number,
+                f"unknown instruction '{match.group(1)}'",
+                "use one of " + ", ".join(INSTRUCTIONS),
+            )
+        if word in ("PARAMETER", "MESSAGE"):
+            key, _, rest = rest.partition(" ")
+            rest = rest.strip()
+            value, i = _value(rest, lines, i, source, number)
+            if word == "PARAMETER":
+                _parameter(mf, key, value, source, number)
+            else:
+                role = key.lower()
+                if role not in ROLES:
+                    raise _error(
+                        source,
+                        number,
+                        f"unknown MESSAGE role '{key}'",
+                        "use system, user or assistant",
+                    )
+                mf.messages.append((role, value))
+            continue
+        value, i = _value(rest, lines, i, source, number)
+        if word == "FROM":
+            if not value:
+                raise _error(source, number, "FROM needs a model", "FROM hf.co/ORG/REPO or a path")
+            mf.from_ = value
+        elif word == "SYSTEM":
+            mf.system = value
+        elif word == "TEMPLATE":
+            mf.template = value
+        elif word == "ADAPTER":
+            mf.adapters.append(value)
+        else:
+            mf.license.append(value)
+    if not mf.from_:
+        raise ModelfileError(
+            f"{source} has no FROM instruction", "start it with FROM and the base model"
+        )
+    return mf
+
+
+def _value(rest: str, lines: list[str], i: int, source: str, number: int) -> tuple[str, int]:
+    """The value after an instruction: bare, "quoted", or in triple quotes over lines."""
+    if rest.startswith('"""'):
+        body = rest[3:]
+        if body.endswith('"""') and len(body) >= 3:
+            return body[:-3], i
+        parts = [body]
+        while i < len(lines):
+            line = lines[i]
+            i += 1
+            if line.rstrip().endswith('"""'):
+                parts.append(line.rstrip()[:-3])
+                return "\n".join(parts), i
+            parts.append(line)
+        raise _error(
+            source, number, 'the """ opened here is never closed', 'end the value with """'
+        )
+    if rest.startswith('"'):
+        try:
+            value, end = json.JSONDecoder().raw_decode(rest)
+        except ValueError:
+            raise _error(
+                source, number, "an unterminated quoted value", 'close it with "'
+            ) from None
+        if rest[end:].strip():
+            raise _error(source, number, "text after the quoted value", "remove it or quote all")
+        return str(value), i
+    return rest, i
+
+
+def _parameter(mf: Modelfile, key: str, value: str, source: str, number: int) -> None:
+    name = key.lower()
+    if name not in PARAMETERS:
+        raise _error(
+            source,
+            number,
+            f"unknown parameter '{key}'",
+            "parameters: " + ", ".join(sorted(PARAMETERS)),
+        )
+    if name == "stop":
+        mf.stop.append(value)
+        return
+    kind = PARAMETERS[name]
+    try:
+        parsed: float | int = kind(value)
+    except ValueError:
+        article = "a whole number" if kind is int else "a number"
+        raise _error(
+            source, number, f"{name} must be {article}, not '{value}'", f"PARAMETER {name} N"
+        ) from None
+    low, high = _RANGES.get(name, (float("-inf"), float("inf")))
+    if not low <= parsed <= high and not (name == "seed"):
+        raise _error(
+            source, number, f"{name} must be between {low:g} and {high:g}", f"PARAMETER {name} N"
+        )
+    mf.parameters[name] = parsed
+
+
+def _error(source: str, number: int, what: str, hint: str) -> ModelfileError:
+    return ModelfileError(f"{source}, line {number}: {what}", hint)
+
+
+def read(path: Path) -> Modelfile:
+    """Parse the Modelfile at ``path``."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ModelfileError(f"no Modelfile at {path}", "give its path with -f") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelfileError(f"cannot read {path}: {e}", "check the file") from None
+    return parse(text, str(path))

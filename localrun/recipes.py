@@ -1,0 +1,166 @@
+"""Named models made from Modelfiles: created ones (``localrun create``) and the library.
+
+A recipe is a Modelfile under a name. Created recipes live in the data directory as
+JSON (their FROM and ADAPTER paths made absolute when created); the library is the
+``*.Modelfile`` files shipped with localrun, whose short names (``qwen2.5:0.5b``)
+resolve for ``pull``, ``run`` and ``show``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.parse
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from localrun import paths
+from localrun.errors import LocalrunError, UsageError
+from localrun.gotemplate import is_go_template, to_jinja
+from localrun.modelfile import Modelfile, ModelfileError, parse
+from localrun.refs import is_hub_ref
+
+LIBRARY_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A Modelfile with a name, ready to run."""
+
+    name: str
+    modelfile: Modelfile
+    source: str  # "created" or "library"
+    description: str = ""
+    created_at: float = 0.0
+
+    @property
+    def jinja_template(self) -> str | None:
+        """The TEMPLATE as Jinja (Ollama's Go templates are translated)."""
+        template = self.modelfile.template
+        if template is None:
+            return None
+        return to_jinja(template) if is_go_template(template) else template
+
+
+def _created_dir() -> Path:
+    return paths.data_dir() / "models"
+
+
+def _created_file(name: str) -> Path:
+    return _created_dir() / (urllib.parse.quote(name, safe="") + ".json")
+
+
+def _header(text: str, key: str) -> str:
+    """A ``# key: value`` comment at the top of a library recipe."""
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        k, _, value = line[1:].partition(":")
+        if k.strip().lower() == key:
+            return value.strip()
+    return ""
+
+
+@cache
+def library() -> dict[str, Recipe]:
+    """The bundled recipes, by short name."""
+    found = {}
+    for path in sorted(LIBRARY_DIR.glob("*.Modelfile")):
+        text = path.read_text()
+        name = _header(text, "name") or path.stem
+        found[name] = Recipe(name, parse(text, path.name), "library", _header(text, "description"))
+    return found
+
+
+def created() -> list[Recipe]:
+    """Models made with ``localrun create``, by name."""
+    folder = _created_dir()
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            mf = parse(data["modelfile"], data["name"])
+        except (OSError, ValueError, KeyError, ModelfileError):
+            continue  # one damaged record must not hide the others
+        found.append(Recipe(data["name"], mf, "created", created_at=data.get("created_at", 0.0)))
+    return sorted(found, key=lambda r: r.name)
+
+
+def find(name: str) -> Recipe | None:
+    """The recipe called ``name``: a created model first, then the library."""
+    path = _created_file(name)
+    if path.exists():
+        for recipe in created():
+            if recipe.name == name:
+                return recipe
+    return library().get(name)
+
+
+def _resolve_from(value: str, base_dir: Path) -> str:
+    """FROM as it will be stored: a Hub reference or name as is, a path made absolute."""
+    looks_like_path = value.startswith((".", "/", "~")) or value.lower().endswith(".gguf")
+    if looks_like_path and not is_hub_ref(value):
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = (base_dir / path).resolve()
+        if not path.exists():
+            raise ModelfileError(f"FROM {value}: no file at {path}", "check the path in FROM")
+        return str(path)
+    return value
+
+
+def create(name: str, modelfile_path: Path) -> Recipe:
+    """Record a model called ``name`` from a Modelfile (its base must exist or be pullable)."""
+    from localrun.store import validate_name
+
+    validate_name(name)
+    if name in library() or name == "demo":
+        raise UsageError(
+            f"'{name}' is the name of a library model", "choose another name for yours"
+        )
+    try:
+        text = modelfile_path.read_text()
+    except FileNotFoundError:
+        raise ModelfileError(f"no Modelfile at {modelfile_path}", "give its path with -f") from None
+    mf = parse(text, str(modelfile_path))
+    base_dir = modelfile_path.resolve().parent
+    mf.from_ = _resolve_from(mf.from_, base_dir)
+    mf.adapters = [_resolve_from(a, base_dir) for a in mf.adapters]
+    if mf.from_ == name:
+        raise ModelfileError(f"{name} cannot be FROM itself", "name another model in FROM")
+    recipe = Recipe(name, mf, "created", created_at=time.time())
+    recipe.jinja_template  # noqa: B018 - a template that cannot translate fails now, not at run
+    _save(recipe)
+    return recipe
+
+
+def _save(recipe: Recipe) -> None:
+    path = _created_file(recipe.name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        record = {
+            "name": recipe.name,
+            "modelfile": recipe.modelfile.to_text(),
+            "created_at": recipe.created_at,
+        }
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, path)
+    except OSError as e:
+        raise LocalrunError(
+            f"cannot save the model in {path.parent}: {e.strerror}",
+            "set LOCALRUN_HOME to a writable directory",
+        ) from None
+
+
+def remove(name: str) -> bool:
+    """Forget a created model; False if there was none by that name."""
+    path = _created_file(name)
+    if not path.exists():
+        return False
+    path.unlink()
+    return True
