@@ -267,3 +267,36 @@ def test_library_json_and_short_names(cli: Any) -> None:
     assert hub_ref_of("qwen2.5:0.5b") == "hf.co/Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M"
     result = cli(["show", "qwen2.5:0.5b"])
     assert result.exit_code == 1 and "pull it with: localrun pull qwen2.5:0.5b" in result.stderr
+
+
+def test_adapter_is_applied_at_load(cli: Any, tmp_path: Path, tiny_model: Path) -> None:
+    from tests.tinygguf import write_tiny_lora
+
+    write_tiny_lora(tmp_path / "lora.gguf")
+    (tmp_path / "Modelfile").write_text(f"FROM {tiny_model}\nADAPTER ./lora.gguf\n")
+    assert cli(["create", "tuned", "-f", str(tmp_path / "Modelfile")]).exit_code == 0
+    greedy = ["--temperature", "0", "--max-tokens", "12", "--format", "json", "hello"]
+    tuned = json.loads(cli(["run", "tuned", *greedy]).stdout)["response"]
+    base = json.loads(cli(["run", str(tiny_model), *greedy]).stdout)["response"]
+    assert tuned != base
+    (tmp_path / "Bad").write_text(f"FROM {tiny_model}\nADAPTER {tiny_model}\n")
+    assert cli(["create", "broken", "-f", str(tmp_path / "Bad")]).exit_code == 0
+    result = cli(["run", "broken", "--max-tokens", "1", "hi"])
+    assert result.exit_code == 1 and "cannot apply the LoRA adapter" in result.stderr
+
+
+def test_hub_from_is_pulled_on_create(cli: Any, tmp_path: Path, tiny_model: Path) -> None:
+    from tests.hub import FakeHub
+
+    with FakeHub() as hub, pytest.MonkeyPatch.context() as m:
+        m.setenv("HF_ENDPOINT", hub.url)
+        hub.add_repo("org/tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny_model.read_bytes()})
+        (tmp_path / "Modelfile").write_text("FROM hf.co/org/tiny-GGUF\nSYSTEM be brief\n")
+        result = cli(["create", "brief", "-f", str(tmp_path / "Modelfile")])
+        assert result.exit_code == 0, result.stderr
+        names = [e["name"] for e in json.loads(cli(["list", "--json"]).stdout)]
+        assert names == ["hf.co/org/tiny-GGUF", "brief"]
+        (tmp_path / "Nope").write_text("FROM hf.co/org/absent-GGUF\n")
+        failed = cli(["create", "nope", "-f", str(tmp_path / "Nope")])
+        assert failed.exit_code == 1 and "not found on the Hub" in failed.stderr
+        assert [r.name for r in recipes.created()] == ["brief"]  # nothing half-made

@@ -105,3 +105,22 @@ def write_tiny_model(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_tiny_lora(path: Path, *, rank: int = 4, seed: int = 1) -> Path:
+    """A LoRA adapter (GGUF) for the tiny model's attention queries."""
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_string("general.type", "adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", float(rank * 2))
+    for i in range(N_LAYER):
+        a = rng.standard_normal((rank, N_EMBD)).astype(np.float32)
+        b = rng.standard_normal((N_EMBD, rank)).astype(np.float32)
+        w.add_tensor(f"blk.{i}.attn_q.weight.lora_a", a)
+        w.add_tensor(f"blk.{i}.attn_q.weight.lora_b", b)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
