@@ -448,6 +448,7 @@ def generate_tokens(
     max_tokens: int | None = None,
     stop: Sequence[str] = (),
     start: float | None = None,
+    stop_at_eog: bool = True,
 ) -> Iterator[Event]:
     """Generate after ``tokens``, yielding events and the statistics last.
 
@@ -462,7 +463,7 @@ def generate_tokens(
     sampled = 0
     stopped_by_string = False
     stats.finish_reason = "length"  # unless the model or a stop string ends it
-    events = loaded.model.generate(tokens, sampling)
+    events = loaded.model.generate(tokens, sampling, stop_at_eog=stop_at_eog)
     try:
         for event in events:
             if isinstance(event, Prefilled):

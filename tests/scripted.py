@@ -59,8 +59,12 @@ class ScriptedModel:
         tokens = [b + 3 if b != 1 else 1 for b in text.encode()]
         return ([1] if add_special else []) + tokens
 
+    @property
+    def n_vocab(self) -> int:
+        return 259
+
     def generate(
-        self, prompt: list[int], sampling: SamplingParams
+        self, prompt: list[int], sampling: SamplingParams, *, stop_at_eog: bool = True
     ) -> Generator[BackendEvent, None, None]:
         self.prompts.append(prompt)
         yield Prefilled(evaluated=len(prompt), seconds=0.001)

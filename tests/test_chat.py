@@ -67,7 +67,7 @@ def test_retry_replaces_the_last_answer() -> None:
 
 class Interrupting(ScriptedModel):
     def generate(
-        self, prompt: list[int], sampling: SamplingParams
+        self, prompt: list[int], sampling: SamplingParams, *, stop_at_eog: bool = True
     ) -> Generator[BackendEvent, None, None]:
         yield Prefilled(len(prompt), 0.001)
         yield Token(100, b"partial", False)

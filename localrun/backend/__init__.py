@@ -92,13 +92,17 @@ class Model(Protocol):
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         """Turn text into token ids."""
 
+    @property
+    def n_vocab(self) -> int:
+        """Tokens in the vocabulary."""
+
     def generate(
-        self, prompt: list[int], sampling: SamplingParams
+        self, prompt: list[int], sampling: SamplingParams, *, stop_at_eog: bool = True
     ) -> Generator[BackendEvent, None, None]:
         """Evaluate ``prompt`` (reusing the cached prefix) and sample until the caller stops.
 
-        The iterator ends by itself only when the context is full or after an
-        end-of-generation token.
+        The iterator ends by itself only when the context is full or, with
+        ``stop_at_eog``, after an end-of-generation token.
         """
 
     def close(self) -> None:

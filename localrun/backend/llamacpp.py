@@ -286,8 +286,12 @@ class LlamaCppModel:
                 lc.llama_sampler_accept(chain, token)
         return chain
 
+    @property
+    def n_vocab(self) -> int:
+        return int(lc.llama_vocab_n_tokens(self._vocab))
+
     def generate(
-        self, prompt: list[int], sampling: SamplingParams
+        self, prompt: list[int], sampling: SamplingParams, *, stop_at_eog: bool = True
     ) -> Generator[BackendEvent, None, None]:
         if not prompt:
             raise GenerationError("the prompt has no tokens", "give a non-empty prompt")
@@ -302,7 +306,7 @@ class LlamaCppModel:
         try:
             while True:
                 token = int(lc.llama_sampler_sample(chain, self._ctx, -1))
-                eog = bool(lc.llama_vocab_is_eog(self._vocab, token))
+                eog = stop_at_eog and bool(lc.llama_vocab_is_eog(self._vocab, token))
                 yield Token(token, b"" if eog else self._piece(token), eog)
                 if eog or len(self._cached) >= self._n_ctx:
                     return

@@ -39,6 +39,7 @@ def _root(
 
 # Registering the commands; each module adds itself to ``app``.
 from localrun.cli import (  # noqa: E402,F401
+    bench,
     cache,
     cp,
     create,
