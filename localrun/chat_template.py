@@ -7,19 +7,13 @@ which refuses attribute access to internals and mutation of objects.
 
 from __future__ import annotations
 
-import datetime
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, NoReturn
-
-import jinja2
-import jinja2.ext
-from jinja2.parser import Parser
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import Any
 
 from localrun.errors import LocalrunError
 
@@ -66,40 +60,6 @@ class Message:
     content: str
 
 
-def _raise_exception(message: str) -> NoReturn:
-    raise jinja2.TemplateError(message)
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.datetime.now().strftime(fmt)
-
-
-class _GenerationBlock(jinja2.ext.Extension):
-    """``{% generation %}...{% endgeneration %}``, as transformers defines it.
-
-    Templates mark the assistant's text with it (for training masks); rendering a prompt,
-    the block is just its body.
-    """
-
-    tags = {"generation"}  # noqa: RUF012 (jinja2 declares it without ClassVar)
-
-    def parse(self, parser: Parser) -> list[jinja2.nodes.Node]:
-        next(parser.stream)
-        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
-
-
-def _environment() -> ImmutableSandboxedEnvironment:
-    # As transformers renders templates: `break` and `continue`, and `generation` blocks.
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True,
-        lstrip_blocks=True,
-        extensions=[jinja2.ext.loopcontrols, _GenerationBlock],
-    )
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    return env
-
-
 def render(
     template: str,
     messages: Sequence[Message],
@@ -115,7 +75,11 @@ def render(
     transformers passes it without tools; a template that fails on that (a tool-use
     template that iterates ``tools``) gets an empty list instead.
     """
-    env = _environment()
+    import jinja2  # imported on first use: the CLI starts faster without it
+
+    from localrun.jinja_env import environment
+
+    env = environment()
     try:
         compiled = env.from_string(template)
     except jinja2.TemplateSyntaxError as e:

@@ -24,12 +24,15 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from localrun import download, paths, store
+from localrun import paths, store
 from localrun.errors import CacheError, LocalrunError, UsageError
 from localrun.ggufcheck import GGUF_MAGIC
 from localrun.refs import HubRef, NotGGUFError, choose, is_hub_ref, parse_hub_ref
+
+if TYPE_CHECKING:
+    from localrun import download
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DISK_MARGIN = 256 * 1024 * 1024
@@ -286,6 +289,8 @@ def _download(
     from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
+    from localrun import download
+
     blob = manifest.blob_path(f)
     part = _partial_path(f)
     _ensure_dir(blob.parent)
@@ -350,6 +355,8 @@ def _link(manifest: store.Manifest, f: store.ModelFile) -> None:
 def _translate(e: Exception, ref: HubRef) -> LocalrunError | None:
     """Map huggingface_hub's and the network's errors to one line with a hint."""
     from huggingface_hub import errors as hf
+
+    from localrun import download
 
     auth_hint = "set HF_TOKEN, or log in with: hf auth login"
     if isinstance(e, download.TransferError):

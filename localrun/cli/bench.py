@@ -7,7 +7,6 @@ import sys
 
 import typer
 
-from localrun.bench import BenchConfig, run
 from localrun.cli import app
 from localrun.cli.output import table
 from localrun.cli.run import gpu_layers_value, parse_gpu_layers
@@ -40,6 +39,8 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Measure prefill and decode tokens/s, TTFT and load time (mean and deviation)."""
+    from localrun.bench import BenchConfig, run
+
     config = BenchConfig(
         model=model,
         prefill=_sizes(prefill),

@@ -11,7 +11,9 @@ from localrun import paths, store
 from localrun.cli import app
 from localrun.cli.output import human_size, table
 
-cache_app = typer.Typer(help="Inspect and repair the model cache.", no_args_is_help=True)
+cache_app = typer.Typer(
+    help="Inspect and repair the model cache.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(cache_app, name="cache")
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from localrun.engine import CHAT, LoadedModel, Stats
+if TYPE_CHECKING:
+    from localrun.engine import LoadedModel, Stats
 
 
 def format_stats(stats: Stats, loaded: LoadedModel, threads: int | None = None) -> str:
@@ -12,7 +14,7 @@ def format_stats(stats: Stats, loaded: LoadedModel, threads: int | None = None) 
     mode = loaded.mode
     mode_text = (
         "chat (the model's chat template)"
-        if mode == CHAT
+        if mode == "chat"
         else "completion (the model has no chat template)"
     )
     evaluated = (

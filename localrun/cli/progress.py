@@ -4,37 +4,37 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
-from localrun.pull import Reporter
+if TYPE_CHECKING:
+    from localrun.pull import Reporter
 
 
 class RichReporter:
     """A live progress bar (bytes, speed, ETA) per file."""
 
-    def __init__(self, console: Console) -> None:
-        self.console = console
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.console = Console(stderr=True)
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=console,
+            console=self.console,
             transient=False,
         )
-        self.task: TaskID | None = None
+        self.task: Any = None
 
     def note(self, text: str) -> None:
         self.console.print(text)
@@ -89,5 +89,5 @@ class PlainReporter:
 def reporter() -> Reporter:
     """The reporter that suits stderr."""
     if sys.stderr.isatty():
-        return RichReporter(Console(stderr=True))
+        return RichReporter()
     return PlainReporter(sys.stderr)

@@ -9,13 +9,9 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TextIO
 
 import typer
-from rich.console import Console
 
 from localrun import engine
-from localrun.chat import ChatSession, Options
 from localrun.cli import app
-from localrun.cli.chat import ChatUI, reattach_terminal, setup_history
-from localrun.cli.chatview import AnswerState, AnswerView
 from localrun.cli.output import format_stats
 from localrun.cli.progress import reporter
 from localrun.errors import UsageError
@@ -170,6 +166,8 @@ def run(
     n_threads = opts.threads or physical_cores()
     spinner: AbstractContextManager[object] = nullcontext()
     if terminal and sys.stderr.isatty():
+        from rich.console import Console
+
         spinner = Console(stderr=True).status(f"Loading {model}…")
     with spinner:
         loaded = engine.load_model(
@@ -209,6 +207,11 @@ def _chat(
     verbose: bool,
     wordwrap: bool,
 ) -> None:
+    from rich.console import Console
+
+    from localrun.chat import ChatSession, Options
+    from localrun.cli.chat import ChatUI, reattach_terminal, setup_history
+
     session = ChatSession(
         loaded,
         system=opts.system,
@@ -248,6 +251,10 @@ def _live(
     *,
     wordwrap: bool,
 ) -> None:
+    from rich.console import Console
+
+    from localrun.cli.chatview import AnswerState, AnswerView
+
     state = AnswerState(loaded.placement, loaded.model.n_ctx)
     view = AnswerView(Console(), state, markdown=wordwrap, live=wordwrap)
     with view:

@@ -9,7 +9,6 @@ import typer
 from localrun.cli import app
 from localrun.cli.output import human_size, table
 from localrun.errors import UsageError
-from localrun.inspect import model_facts, modelfile_of
 
 
 def _count(n: int) -> str:
@@ -32,6 +31,8 @@ def show(
     license_: bool = typer.Option(False, "--license", help="Print the licence."),
 ) -> None:
     """Show a model's architecture, size, quantization and where it is, or its Modelfile."""
+    from localrun.inspect import model_facts, modelfile_of
+
     if sum((modelfile, parameters, system, template, license_)) > 1:
         raise UsageError(
             "show takes one of --modelfile, --parameters, --system, --template, --license",
