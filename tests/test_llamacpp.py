@@ -1,6 +1,7 @@
 """The llama.cpp adapter on a tiny generated model: real llama.cpp, milliseconds per test."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +101,49 @@ def test_unsupported_architecture_is_a_load_error(tmp_path: Path) -> None:
     w.close()
     with pytest.raises(ModelLoadError, match="no-such-arch"):
         load(LoadOptions(path, n_threads=1))
+
+
+def _reference_chain(self: object, sampling: SamplingParams, history: list[int]) -> object:
+    """The textbook order: penalties over the whole vocabulary, then the usual cuts."""
+    import llama_cpp as lc
+
+    model: Any = self
+    chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+    penalties = lc.llama_sampler_init_penalties(
+        model.n_vocab, sampling.repeat_last_n, sampling.repeat_penalty, 0.0, 0.0
+    )
+    lc.llama_sampler_chain_add(chain, penalties)
+    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(sampling.top_k))
+    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(sampling.top_p, 1))
+    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(sampling.temperature))
+    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(sampling.seed))
+    for token in history[-sampling.repeat_last_n :]:
+        lc.llama_sampler_accept(chain, token)
+    return chain
+
+
+def test_cheap_penalty_order_samples_exactly_as_the_textbook_order(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localrun.backend.llamacpp import LlamaCppModel
+
+    def tokens(seed: int) -> list[int]:
+        model = load(LoadOptions(tiny_model, n_threads=1))
+        try:
+            prompt = model.tokenize(
+                "the sky is blue the sky", add_special=True, parse_special=False
+            )
+            sampling = SamplingParams(temperature=1.2, top_k=8, repeat_penalty=3.0, seed=seed)
+            events = model.generate(prompt, sampling, stop_at_eog=False)
+            next(events)
+            out = [next(events).id for _ in range(80)]  # type: ignore[union-attr]
+            events.close()
+            return out
+        finally:
+            model.close()
+
+    ours = {seed: tokens(seed) for seed in (1, 2, 3)}
+    monkeypatch.setattr(LlamaCppModel, "_sampler", _reference_chain)
+    reference = {seed: tokens(seed) for seed in (1, 2, 3)}
+    assert ours == reference
+    assert len(set(ours[1])) > 10  # the penalty is doing something: no single-token loops
