@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from localrun import engine, recipes
+from localrun import recipes
 from localrun.cli import app
 from localrun.cli.progress import reporter
 
@@ -20,6 +20,8 @@ def create(
     ),
 ) -> None:
     """Create a model from a Modelfile (its FROM is pulled if it is a Hub reference)."""
+    from localrun import engine
+
     recipe = recipes.create(name, file)
     try:
         engine.resolve(recipe.modelfile.from_, reporter())  # the base must exist, or be pulled

@@ -6,17 +6,18 @@ import enum
 import json
 import sys
 from contextlib import AbstractContextManager, nullcontext
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import typer
 
-from localrun import engine
 from localrun.cli import app
 from localrun.cli.output import format_stats
 from localrun.cli.progress import reporter
 from localrun.errors import UsageError
-from localrun.offload import ALL, AUTO
 from localrun.system import physical_cores
+
+if TYPE_CHECKING:
+    from localrun import engine
 
 
 def parse_gpu_layers(value: str | None) -> str | None:
@@ -24,7 +25,7 @@ def parse_gpu_layers(value: str | None) -> str | None:
     if value is None:
         return None
     value = value.strip().lower()
-    if value in (AUTO, ALL) or (value.isdigit() and int(value) < 100_000):
+    if value in ("auto", "all") or (value.isdigit() and int(value) < 100_000):
         return value
     raise typer.BadParameter(f"'{value}' is not auto, all or a number of layers")
 
@@ -137,6 +138,8 @@ def run(
     ),
 ) -> None:
     """Answer a prompt with a model; with no prompt on a terminal, chat."""
+    from localrun import engine  # loaded on use: --help and the other commands stay fast
+
     args = prompt or []
     piped = not sys.stdin.isatty()
     chat_mode = interactive or ctx.info_name == "chat" or (not args and not piped)
@@ -230,6 +233,8 @@ def _chat(
 def _plain(
     loaded: engine.LoadedModel, request: engine.Request, verbose: bool, threads: int
 ) -> None:
+    from localrun import engine
+
     stream = _Stream(sys.stdout)
     try:
         for event in engine.generate(loaded, request):
@@ -253,6 +258,7 @@ def _live(
 ) -> None:
     from rich.console import Console
 
+    from localrun import engine
     from localrun.cli.chatview import AnswerState, AnswerView
 
     state = AnswerState(loaded.placement, loaded.model.n_ctx)
@@ -267,6 +273,8 @@ def _live(
 def _json(
     loaded: engine.LoadedModel, request: engine.Request, model: str, verbose: bool, threads: int
 ) -> None:
+    from localrun import engine
+
     answer: list[str] = []
     for event in engine.generate(loaded, request):
         if isinstance(event, engine.TextDelta):
