@@ -27,6 +27,7 @@ from localrun.engine import (
     generate_tokens,
 )
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
+from localrun.modelfile import coerce_parameter
 
 # Room kept free for the answer when old turns must be dropped.
 MIN_ANSWER_ROOM = 512
@@ -65,15 +66,6 @@ _ALIASES = {
     "max_tokens": "max_tokens",
     "num_predict": "max_tokens",
     "stop": "stop",
-}
-_RANGES: dict[str, tuple[float, float]] = {
-    "temperature": (0.0, 100.0),
-    "top_k": (0, 1_000_000),
-    "top_p": (0.0, 1.0),
-    "min_p": (0.0, 1.0),
-    "repeat_penalty": (0.0, 100.0),
-    "repeat_last_n": (-1, 1_000_000),
-    "max_tokens": (-1, 10_000_000),
 }
 
 
@@ -184,24 +176,14 @@ class ChatSession:
         if key == "stop":
             self.options.stop = (*self.options.stop, value)
             return key
-        number: float | int | None
-        try:
-            if key == "seed":
-                number = None if value.lower() in ("random", "none", "-1") else int(value)
-            elif key in ("top_k", "repeat_last_n", "max_tokens"):
-                number = int(value)
-            else:
-                number = float(value)
-        except ValueError:
-            raise UsageError(
-                f"'{value}' is not a number for {key}", f"/set parameter {key} N"
-            ) from None
-        if key in _RANGES and number is not None:
-            low, high = _RANGES[key]
-            if not low <= number <= high:
-                raise UsageError(
-                    f"{key} must be between {low:g} and {high:g}", f"/set parameter {key} N"
-                )
+        number: float | int | None = None
+        if not (key == "seed" and value.lower() in ("random", "none", "-1")):
+            # The same types and ranges as a Modelfile's PARAMETER (max_tokens: num_predict).
+            try:
+                number = coerce_parameter("num_predict" if key == "max_tokens" else key, value)
+            except ValueError as e:
+                message = str(e).replace("num_predict", "max_tokens")
+                raise UsageError(message, f"/set parameter {key} N") from None
         if key == "max_tokens":
             self.options.max_tokens = None if number is None or number < 0 else int(number)
         else:

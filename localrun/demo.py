@@ -57,13 +57,7 @@ def demo_model_path() -> Path:
             recorded = None
         if recorded == {**expected, **_stamp_for(target)}:
             return target
-    try:
-        target_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CacheError(
-            f"cannot create the cache directory {target_dir}: {e.strerror}",
-            "set LOCALRUN_HOME to a writable directory",
-        ) from None
+    paths.ensure_dir(target_dir)
     # Assemble beside the target and rename, so that a crash or a concurrent run never
     # leaves a half-written model under the final name.
     partial = target_dir / f".{target.name}.{os.getpid()}.partial"

@@ -197,20 +197,24 @@ def _parameter(mf: Modelfile, key: str, value: str, source: str, number: int) ->
     if name == "stop":
         mf.stop.append(value)
         return
+    try:
+        mf.parameters[name] = coerce_parameter(name, value)
+    except ValueError as e:
+        raise _error(source, number, str(e), f"PARAMETER {name} N") from None
+
+
+def coerce_parameter(name: str, value: str) -> float | int:
+    """A numeric parameter's value, typed and range-checked (ValueError says what is wrong)."""
     kind = PARAMETERS[name]
     try:
         parsed: float | int = kind(value)
     except ValueError:
         article = "a whole number" if kind is int else "a number"
-        raise _error(
-            source, number, f"{name} must be {article}, not '{value}'", f"PARAMETER {name} N"
-        ) from None
+        raise ValueError(f"{name} must be {article}, not '{value}'") from None
     low, high = _RANGES.get(name, (float("-inf"), float("inf")))
-    if not low <= parsed <= high and not (name == "seed"):
-        raise _error(
-            source, number, f"{name} must be between {low:g} and {high:g}", f"PARAMETER {name} N"
-        )
-    mf.parameters[name] = parsed
+    if not low <= parsed <= high:
+        raise ValueError(f"{name} must be between {low:g} and {high:g}")
+    return parsed
 
 
 def _error(source: str, number: int, what: str, hint: str) -> ModelfileError:

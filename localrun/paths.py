@@ -35,3 +35,17 @@ def config_dir() -> Path:
     """Directory for the configuration file."""
     home = _home()
     return home / "config" if home else Path(platformdirs.user_config_dir(APP_NAME))
+
+
+def ensure_dir(folder: Path) -> Path:
+    """Create ``folder`` (and its parents), or say which directory cannot be written."""
+    from localrun.errors import CacheError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CacheError(
+            f"cannot write to the directory {folder}: {e.strerror}",
+            "make it writable, or set LOCALRUN_HOME to a writable directory",
+        ) from None
+    return folder

@@ -161,7 +161,7 @@ def pull(
         )
     start = time.perf_counter()
     for folder in (store.partial_dir(), store.hub_dir(), store.manifest_dir()):
-        _ensure_dir(folder)  # fail before any download if the cache is not writable
+        paths.ensure_dir(folder)  # fail before any download if the cache is not writable
     try:
         return _pull(ref, force, reporter, start)
     except LocalrunError:
@@ -221,16 +221,6 @@ def _pull(ref: HubRef, force: bool, reporter: Reporter, start: float) -> PullRes
     store.save(manifest)
     elapsed = time.perf_counter() - start
     return PullResult(manifest, downloaded, resumed, elapsed, transfer_s, up_to_date=not needed)
-
-
-def _ensure_dir(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CacheError(
-            f"cannot write to the cache directory {folder}: {e.strerror}",
-            "make it writable, or set LOCALRUN_HOME to a writable directory",
-        ) from None
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -293,7 +283,7 @@ def _download(
 
     blob = manifest.blob_path(f)
     part = _partial_path(f)
-    _ensure_dir(blob.parent)
+    paths.ensure_dir(blob.parent)
     # One download per file, however many pulls run at once: the others wait here,
     # then find the blob in place.
     with FileLock(str(part.with_suffix(".lock"))):
@@ -338,7 +328,7 @@ def _link(manifest: store.Manifest, f: store.ModelFile) -> None:
     (huggingface_hub writes these only from inside its own download, which cannot resume.)
     """
     link = manifest.file_path(f)
-    _ensure_dir(link.parent)
+    paths.ensure_dir(link.parent)
     target = os.path.relpath(manifest.blob_path(f), link.parent)
     if not (link.is_symlink() and os.readlink(link) == target):
         tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
@@ -346,9 +336,9 @@ def _link(manifest: store.Manifest, f: store.ModelFile) -> None:
         tmp.symlink_to(target)
         os.replace(tmp, link)
     refs = store.repo_dir(manifest.repo) / "refs"
-    _ensure_dir(refs)
+    paths.ensure_dir(refs)
     ref_file = refs / (manifest.revision or "main")
-    _ensure_dir(ref_file.parent)
+    paths.ensure_dir(ref_file.parent)
     ref_file.write_text(manifest.commit)
 
 

@@ -121,7 +121,7 @@ def test_set_parameter_validates_and_accepts_ollama_names() -> None:
     )  # fmt: skip
     for name, value, needle in [
         ("warmth", "1", "unknown parameter"),
-        ("temperature", "hot", "not a number"),
+        ("temperature", "hot", "temperature must be a number, not 'hot'"),
         ("top_p", "1.5", "between 0 and 1"),
     ]:
         with pytest.raises(UsageError, match=needle):
