@@ -38,7 +38,10 @@ def bench(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Measure prefill and decode tokens/s, TTFT and load time (mean and deviation)."""
+    """Measure prefill and decode speed.
+
+    Prefill and decode tokens/s, TTFT and load time, as mean and standard deviation.
+    """
     from localrun.bench import BenchConfig, run
 
     config = BenchConfig(

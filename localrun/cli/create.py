@@ -19,7 +19,10 @@ def create(
         Path("Modelfile"), "-f", "--file", help="The Modelfile. [default: ./Modelfile]"
     ),
 ) -> None:
-    """Create a model from a Modelfile (its FROM is pulled if it is a Hub reference)."""
+    """Create a model from a Modelfile.
+
+    Its FROM is pulled first if it is a Hub reference.
+    """
     from localrun import engine
 
     recipe = recipes.create(name, file)

@@ -12,7 +12,10 @@ from localrun.cli.output import human_size
 
 @app.command()
 def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Check the llama.cpp build, the GPU devices, threads, the cache and the versions."""
+    """Check the installation and the GPUs.
+
+    The llama.cpp build, GPU devices, threads, the cache and the versions.
+    """
     from localrun.doctor import report  # loads llama.cpp: only when asked
 
     r = report()

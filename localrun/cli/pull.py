@@ -24,7 +24,10 @@ def pull(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per model."),
 ) -> None:
-    """Download models from the Hugging Face Hub, verified and resumable."""
+    """Download models from the Hugging Face Hub.
+
+    Every file is checked against the Hub's sha256; interrupted pulls resume.
+    """
     for ref in refs:
         result = pull_model(hub_ref_of(ref), force=force, reporter=reporter())
         m = result.manifest

@@ -137,7 +137,10 @@ def run(
         False, "--nowordwrap", help="Print the answer as it comes, without Markdown or wrapping."
     ),
 ) -> None:
-    """Answer a prompt with a model; with no prompt on a terminal, chat."""
+    """Answer a prompt, or chat.
+
+    With no prompt on a terminal, open a chat.
+    """
     from localrun import engine  # loaded on use: --help and the other commands stay fast
 
     args = prompt or []

@@ -30,7 +30,10 @@ def show(
     template: bool = typer.Option(False, "--template", help="Print the template."),
     license_: bool = typer.Option(False, "--license", help="Print the licence."),
 ) -> None:
-    """Show a model's architecture, size, quantization and where it is, or its Modelfile."""
+    """Show a model's details or its Modelfile.
+
+    Architecture, size, quantization and where it is; or parts of its Modelfile.
+    """
     from localrun.inspect import model_facts, modelfile_of
 
     if sum((modelfile, parameters, system, template, license_)) > 1:
