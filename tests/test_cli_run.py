@@ -244,3 +244,10 @@ def test_interrupt_ends_the_line_and_exits_130(cli: Any, monkeypatch: pytest.Mon
 def test_version(cli: Any) -> None:
     result = cli(["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("localrun 0.")
+
+
+def test_bare_command_prints_help(cli: Any) -> None:
+    result = cli([])
+    assert result.exit_code == 0
+    assert result.stdout.startswith("Usage: localrun") and "run " in result.stdout
+    assert result.stderr == ""

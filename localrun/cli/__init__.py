@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return 0
     except Exception as exc:
+        # A bare `localrun` (or `localrun cache`) asks for help: give it, as a success.
+        if type(exc).__name__ == "NoArgsIsHelpError" and isinstance(exc, typer.TyperException):
+            print(exc.format_message())
+            return 0
         if debug:
             traceback.print_exc()
         error = _as_localrun_error(exc)
