@@ -166,18 +166,20 @@ def main() -> int:
         finally:
             tmux.kill()
     median = statistics.median
-    verdict = "met" if median(ratios) >= 0.95 else "NOT met"
+    # How much the redirected runs alone vary (10-15% on a quiet two-core VM): beyond 20%,
+    # something else is using the CPU and the ratio says nothing.
+    spread = max(plain_rate) / min(plain_rate) - 1
+    if spread > 0.20:
+        verdict = f"not measured: the redirected runs alone vary by {spread:.0%}"
+    else:
+        verdict = "met" if median(ratios) >= 0.95 else "NOT met"
     print(
         f"median over {args.rounds} rounds (--threads {args.threads}, {args.max_tokens} tokens): "
         f"decode tok/s terminal {median(term_rate):.1f}, redirected {median(plain_rate):.1f}; "
         f"ratio terminal / redirected = {median(ratios):.3f} (target >= 0.95: {verdict})"
     )
-    spread = max(plain_rate) / min(plain_rate) - 1
     if spread > 0.20:
-        print(
-            f"warning: the redirected runs alone vary by {spread:.0%}: something else is using "
-            "the CPU, and the ratio is noise; run again on a quiet machine"
-        )
+        print("warning: something else is using the CPU; run again on a quiet machine")
     return 0
 
 
