@@ -152,3 +152,14 @@ def test_multi_line_message() -> None:
     read = script('"""first', "second", 'third"""')
     assert read_message(read) == "first\nsecond\nthird"  # type: ignore[arg-type]
     assert read_message(script('"""one line"""')) == "one line"  # type: ignore[arg-type]
+
+
+def test_control_characters_from_the_model_never_reach_the_terminal() -> None:
+    for markdown in (True, False):
+        c = Console(width=120, record=True, force_terminal=True, color_system=None)
+        view = AnswerView(c, AnswerState("CPU", 256), markdown=markdown, live=False)
+        with view:
+            view.handle(TextDelta("hi \x1b]0;pwned\x07 and \x1b[2J cleared\ttab\x00\n", 1))
+        out = c.export_text()
+        assert "\x1b" not in out and "\x07" not in out and "\x00" not in out
+        assert "hi ]0;pwned and [2J cleared" in out

@@ -8,6 +8,7 @@ costs no more to draw than a short one.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -23,6 +24,7 @@ from localrun.chat import ChatEvent, Trimmed
 from localrun.engine import Stats
 
 REFRESH_PER_SECOND = 8
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 @dataclass
@@ -62,7 +64,7 @@ def status_line(state: AnswerState) -> Text:
     return Text(" · ".join(parts), style="dim")
 
 
-def summary_line(stats: Stats, *, interrupted: bool = False) -> Text:
+def summary_line(stats: Stats) -> Text:
     """After an answer: TTFT, prefill and decode rates, tokens, prompt tokens evaluated."""
     parts = [
         f"TTFT {stats.ttft_s:.2f} s",
@@ -71,8 +73,6 @@ def summary_line(stats: Stats, *, interrupted: bool = False) -> Text:
         f"{stats.completion_tokens} tokens",
         f"{stats.prompt_evaluated} of {stats.prompt_tokens} prompt tokens evaluated",
     ]
-    if interrupted:
-        parts.append("interrupted")
     return Text(" · ".join(parts), style="dim")
 
 
@@ -175,6 +175,9 @@ class AnswerView:
             )
 
     def _write(self, text: str) -> None:
+        # Model output is untrusted: escape sequences in it must not drive the terminal
+        # (clear the screen, retitle the window, fake a prompt). Keep newlines and tabs.
+        text = _CONTROL.sub("", text)
         if not self.markdown:
             self.console.out(text, end="", highlight=False)
             return
