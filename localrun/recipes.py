@@ -74,29 +74,30 @@ def library() -> dict[str, Recipe]:
     return found
 
 
+def _read_created(path: Path) -> Recipe | None:
+    """One created model's record, or None if it is missing or damaged."""
+    try:
+        data = json.loads(path.read_text())
+        mf = parse(data["modelfile"], data["name"])
+    except (OSError, ValueError, KeyError, ModelfileError):
+        return None  # one damaged record must not hide the others
+    return Recipe(data["name"], mf, "created", created_at=data.get("created_at", 0.0))
+
+
 def created() -> list[Recipe]:
     """Models made with ``localrun create``, by name."""
     folder = _created_dir()
     if not folder.is_dir():
         return []
-    found = []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-            mf = parse(data["modelfile"], data["name"])
-        except (OSError, ValueError, KeyError, ModelfileError):
-            continue  # one damaged record must not hide the others
-        found.append(Recipe(data["name"], mf, "created", created_at=data.get("created_at", 0.0)))
+    found = [r for p in folder.glob("*.json") if (r := _read_created(p)) is not None]
     return sorted(found, key=lambda r: r.name)
 
 
 def find(name: str) -> Recipe | None:
     """The recipe called ``name``: a created model first, then the library."""
-    path = _created_file(name)
-    if path.exists():
-        for recipe in created():
-            if recipe.name == name:
-                return recipe
+    recipe = _read_created(_created_file(name))
+    if recipe is not None and recipe.name == name:
+        return recipe
     return library().get(name)
 
 
