@@ -44,7 +44,7 @@ def test_pull_passes_force(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         seen.append((ref, force))
         raise pull.HubError("stop here", "nothing")
 
-    monkeypatch.setattr("localrun.cli.pull.pull_model", fake_pull)
+    monkeypatch.setattr("localrun.pull.pull", fake_pull)
     assert cli(["pull", "hf.co/a/b", "--force"]).exit_code == 1
     assert seen == [("hf.co/a/b", True)]
 

@@ -69,9 +69,7 @@ def _as_localrun_error(exc: BaseException) -> LocalrunError | None:
     if isinstance(exc, LocalrunError):
         return exc
     if isinstance(exc, typer.TyperException):  # click's exceptions, vendored by typer
-        # typer validates through pydantic, whose messages start with "Value error, ".
-        message = exc.format_message().replace("Value error, ", "")
-        error = LocalrunError(message, _usage_hint(exc))
+        error = LocalrunError(exc.format_message(), _usage_hint(exc))
         error.exit_code = exc.exit_code
         return error
     if isinstance(exc, OSError) and exc.errno in _OS_ERRORS:

@@ -7,7 +7,6 @@ import sys
 
 import typer
 
-from localrun import paths, store
 from localrun.cli import app
 from localrun.cli.output import human_size, table
 
@@ -20,6 +19,8 @@ app.add_typer(cache_app, name="cache")
 @cache_app.command()
 def du(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Disk space used by each model and by the cache as a whole."""
+    from localrun import paths, store
+
     usage = store.disk_usage()
     if as_json:
         print(
@@ -44,6 +45,8 @@ def du(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
 @cache_app.command()
 def verify() -> None:
     """Re-hash every model file; remove the corrupt ones (pull again to repair)."""
+    from localrun import store
+
     result = store.verify()
     for name, path in result.corrupt:
         print(f"corrupt: {name}: {path} (removed; pull it again)", file=sys.stderr)
@@ -61,6 +64,8 @@ def verify() -> None:
 @cache_app.command()
 def prune() -> None:
     """Delete interrupted downloads and files no model uses."""
+    from localrun import store
+
     result = store.prune()
     print(
         f"removed {result.partial_files} partial downloads and {result.unreferenced_blobs} "

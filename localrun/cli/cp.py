@@ -6,9 +6,7 @@ import sys
 
 import typer
 
-from localrun import store
 from localrun.cli import app
-from localrun.pull import resolve_local
 
 
 @app.command()
@@ -17,6 +15,9 @@ def cp(
     dst: str = typer.Argument(..., help="The new name."),
 ) -> None:
     """Give a pulled model another name (no files are copied)."""
+    from localrun import store
+    from localrun.pull import resolve_local
+
     manifest = resolve_local(src) or store.require(src)
     store.copy(manifest, dst)
     print(f"copied {manifest.name} to {dst}", file=sys.stderr)

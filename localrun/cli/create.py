@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-from localrun import recipes
 from localrun.cli import app
 from localrun.cli.progress import reporter
 
@@ -23,7 +22,7 @@ def create(
 
     Its FROM is pulled first if it is a Hub reference.
     """
-    from localrun import engine
+    from localrun import engine, recipes
 
     recipe = recipes.create(name, file)
     try:

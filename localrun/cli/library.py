@@ -6,7 +6,6 @@ import json
 
 import typer
 
-from localrun import recipes
 from localrun.cli import app
 from localrun.cli.output import table
 
@@ -14,6 +13,8 @@ from localrun.cli.output import table
 @app.command()
 def library(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the bundled recipes: pull or run them by their short names."""
+    from localrun import recipes
+
     entries = [
         {
             "name": r.name,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import typer
 
-from localrun import recipes, store
 from localrun.cli import app
 from localrun.cli.output import human_size, table
-from localrun.pull import resolve_local
-from localrun.refs import is_hub_ref
+
+if TYPE_CHECKING:
+    from localrun import store
 
 
 def _ago(when: float) -> str:
@@ -25,6 +26,10 @@ def _ago(when: float) -> str:
 
 def _base(ref: str) -> store.Manifest | None:
     """The pulled model a created one stands on, if it is a pulled one."""
+    from localrun import store
+    from localrun.pull import resolve_local
+    from localrun.refs import is_hub_ref
+
     return resolve_local(ref) if is_hub_ref(ref) else store.load(ref)
 
 
@@ -33,6 +38,8 @@ def list_models(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List pulled and created models."""
+    from localrun import recipes, store
+
     manifests = store.all_manifests()
     made = recipes.created()
     if as_json:

@@ -9,8 +9,6 @@ import typer
 
 from localrun.cli import app
 from localrun.cli.progress import reporter
-from localrun.pull import hub_ref_of
-from localrun.pull import pull as pull_model
 
 
 @app.command()
@@ -28,6 +26,9 @@ def pull(
 
     Every file is checked against the Hub's sha256; interrupted pulls resume.
     """
+    from localrun.pull import hub_ref_of
+    from localrun.pull import pull as pull_model
+
     for ref in refs:
         result = pull_model(hub_ref_of(ref), force=force, reporter=reporter())
         m = result.manifest

@@ -6,15 +6,16 @@ import sys
 
 import typer
 
-from localrun import recipes, store
 from localrun.cli import app
 from localrun.cli.output import human_size
-from localrun.pull import resolve_local
 
 
 @app.command()
 def rm(refs: list[str] = typer.Argument(..., help="Names or references of pulled models.")) -> None:
     """Remove models; files no other model uses are deleted."""
+    from localrun import recipes, store
+    from localrun.pull import resolve_local
+
     for ref in refs:
         if store.load(ref) is None and recipes.remove(ref):
             print(f"removed {ref} (its base model is kept)", file=sys.stderr)
