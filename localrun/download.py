@@ -27,6 +27,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 BUFFER = 1 << 20  # reads of 1 MiB: large enough for few syscalls, small enough for the caches
+# Writes of 32 KiB: the page cache takes memory for a write in one block of the write's size
+# (large folios), and blocks of 64 KiB and up come from memory that a virtual machine's host may
+# have reclaimed, where each first touch costs a host page fault. Pulling 250 MB here, alternately
+# with each size in one run, took 1.16 s with 1 MiB writes and 0.41 s with 32 KiB ones (curl,
+# which writes 4-16 KiB, 0.55 s). Blocks up to 32 KiB come from per-CPU lists of recently freed
+# memory. The cost is 32 syscalls per MiB.
+WRITE = 1 << 15
 N_BUFFERS = 8  # how far the hashing thread may lag behind the network
 MAX_TRIES = 5
 RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
@@ -221,7 +228,9 @@ def _copy_body(
         if not n:
             hasher.free.put(buf)
             return copied, None
-        out.write(memoryview(buf)[:n])  # disk errors (ENOSPC) propagate: retrying cannot help
+        view = memoryview(buf)
+        for at in range(0, n, WRITE):  # disk errors (ENOSPC) propagate: retrying cannot help
+            out.write(view[at : min(n, at + WRITE)])
         hasher.work.put((buf, n))
         copied += n
         on_bytes(n)

@@ -1,14 +1,17 @@
 """Pull models from the Hugging Face Hub into the local store.
 
-huggingface_hub does the Hub's work: repository metadata (``HfApi.model_info``), URLs,
-auth headers, and the HTTP download itself with its retries and ``Range`` resumes
-within one run (``http_get``). What it lacks, and this module adds:
+huggingface_hub does the Hub's work: repository metadata (``HfApi.model_info``), file URLs,
+auth headers (``HF_TOKEN``, ``hf auth login``), its timeouts, its error types, and the file
+lock (filelock, which it uses too). What it lacks, and this module (with
+:mod:`localrun.download`) adds:
 
 - resuming across runs: huggingface_hub 2.x deletes its partial file on any error,
   Ctrl-C included; here the partial file stays in ``<cache>/partial`` under a stable
   name and the next pull continues from its last byte;
 - the sha256 check against the hash the Hub publishes for LFS files (huggingface_hub
-  checks only the size);
+  checks only the size), computed while the bytes stream;
+- a transfer fast enough to keep up with the network (huggingface_hub's ``http_get``
+  moved bytes at a third of curl's speed over loopback; see :mod:`localrun.download`);
 - refusing to start when the disk cannot hold the download, and warning when the model
   cannot fit in memory.
 
