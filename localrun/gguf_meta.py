@@ -198,7 +198,10 @@ def file_type_name(file_type: int | None) -> str | None:
     """The quantization label of ``general.file_type`` (15 gives ``Q4_K_M``)."""
     if file_type is None:
         return None
-    import llama_cpp
+    from localrun.backend import bindings
+
+    bindings.register()
+    import llama_cpp.llama_cpp as llama_cpp
 
     for attr in dir(llama_cpp):
         if attr.startswith("LLAMA_FTYPE_") and getattr(llama_cpp, attr) == file_type:

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import llama_cpp
+from localrun.backend import bindings
+
+bindings.register()
+
+import llama_cpp.llama_cpp as llama_cpp  # noqa: E402
 
 _TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
 

@@ -35,3 +35,36 @@ def test_help_loads_nothing_heavy() -> None:
 def test_list_loads_nothing_heavy() -> None:
     # typer 0.29 pulled in pydantic for every option (0.1-0.2 s); the pin keeps it out.
     assert _loaded_by(["list"], HEAVY) == []
+
+
+def _run(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_backend_loads_llama_cpp_bindings_alone() -> None:
+    # llama_cpp's __init__ imports the high-level Llama, numpy and the chat formats (0.13-0.3 s).
+    code = (
+        "import sys, localrun.backend.llamacpp as b;"
+        "print(sorted(m for m in ('numpy', 'llama_cpp.llama', 'jinja2') if m in sys.modules),"
+        " b.lc.llama_max_devices() >= 1)"
+    )
+    assert _run(code) == "[] True"
+
+
+def test_rest_of_llama_cpp_still_imports_after_the_backend() -> None:
+    code = (
+        "import localrun.backend.llamacpp, localrun.gpu;"
+        "from llama_cpp import Llama, __version__;"
+        "import llama_cpp; print(Llama.__name__, __version__ == llama_cpp.__version__)"
+    )
+    assert _run(code) == "Llama True"
+
+
+def test_bindings_leave_an_imported_llama_cpp_alone() -> None:
+    code = (
+        "import llama_cpp; full = llama_cpp;"
+        "from localrun.backend import bindings; bindings.register();"
+        "import llama_cpp; print(llama_cpp is full, type(llama_cpp).__name__)"
+    )
+    assert _run(code) == "True module"
