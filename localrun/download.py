@@ -31,8 +31,8 @@ BUFFER = 1 << 20  # reads of 1 MiB: large enough for few syscalls, small enough 
 # (large folios), and blocks of 64 KiB and up come from memory that a virtual machine's host may
 # have reclaimed, where each first touch costs a host page fault. Pulling 250 MB here, alternately
 # with each size in one run, took 1.16 s with 1 MiB writes and 0.41 s with 32 KiB ones (curl,
-# which writes 4-16 KiB, 0.55 s). Blocks up to 32 KiB come from per-CPU lists of recently freed
-# memory. The cost is 32 syscalls per MiB.
+# which writes 4-16 KiB, 0.55 s). The likely reason: blocks up to 32 KiB are served from per-CPU
+# lists of recently freed memory. The cost is 32 syscalls per MiB.
 WRITE = 1 << 15
 N_BUFFERS = 8  # how far the hashing thread may lag behind the network
 MAX_TRIES = 5
@@ -228,9 +228,9 @@ def _copy_body(
         if not n:
             hasher.free.put(buf)
             return copied, None
-        view = memoryview(buf)
+        view = memoryview(buf)[:n]
         for at in range(0, n, WRITE):  # disk errors (ENOSPC) propagate: retrying cannot help
-            out.write(view[at : min(n, at + WRITE)])
+            out.write(view[at : at + WRITE])
         hasher.work.put((buf, n))
         copied += n
         on_bytes(n)
