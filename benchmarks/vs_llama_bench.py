@@ -2,8 +2,9 @@
 
 Builds ``llama-bench`` once from the llama.cpp source inside the pinned llama-cpp-python
 sdist (the same source, built with the flags llama-cpp-python's CMakeLists sets: Release,
-no curl), cached in ``benchmarks/.cache``. Then runs it and ``localrun bench`` alternately,
-and prints the ratios of prefill (pp) and decode (tg) tokens/s, with the targets.
+no curl, and localrun's own from ``scripts/cmake_args.py``), cached in
+``benchmarks/.cache``. Then runs it and ``localrun bench`` alternately, and prints the
+ratios of prefill (pp) and decode (tg) tokens/s, with the targets.
 
 Usage: python benchmarks/vs_llama_bench.py [--model demo] [--threads 2] [--rounds 3]
 """
@@ -30,7 +31,7 @@ TARGETS = {"pp": 0.98, "tg": 0.97}
 def llama_bench() -> Path:
     """The llama-bench binary built from the pinned sdist's llama.cpp (built once)."""
     version = importlib.metadata.version("llama-cpp-python")
-    build = CACHE / f"llama.cpp-{version}" / "build"
+    build = CACHE / f"llama.cpp-{version}" / "build-no-amx"
     binary = build / "bin" / "llama-bench"
     if binary.exists():
         return binary
@@ -56,6 +57,7 @@ def llama_bench() -> Path:
         "-DLLAMA_BUILD_TESTS=OFF",
         "-DLLAMA_BUILD_EXAMPLES=OFF",
         "-DLLAMA_BUILD_SERVER=OFF",
+        *_localrun_cmake_flags(),
     ]
     subprocess.run(["cmake", "-S", str(source), "-B", str(build), *flags], check=True)
     jobs = str(os.cpu_count() or 2)
@@ -63,6 +65,14 @@ def llama_bench() -> Path:
         ["cmake", "--build", str(build), "--target", "llama-bench", "-j", jobs], check=True
     )
     return binary
+
+
+def _localrun_cmake_flags() -> list[str]:
+    """The flags localrun's own install builds llama.cpp with (scripts/cmake_args.py)."""
+    import runpy
+
+    flags: list[str] = runpy.run_path(str(ROOT / "scripts" / "cmake_args.py"))["cmake_flags"]()
+    return flags
 
 
 def run_llama_bench(binary: Path, model: Path, threads: int, p: int, n: int) -> dict[str, float]:
