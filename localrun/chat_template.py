@@ -2,54 +2,117 @@
 
 Templates come inside downloaded files, so they are untrusted: they render in Jinja's
 ``ImmutableSandboxedEnvironment`` (what llama-cpp-python adopted after CVE-2024-34359),
-which refuses attribute access to internals and mutation of objects.
+which refuses attribute access to internals and mutation of objects, extended in
+:mod:`localrun.jinja_env` to bound the memory a template can ask for. A watchdog thread
+bounds the time and the number of objects a render makes, in any thread.
 """
 
 from __future__ import annotations
 
-import signal
+import ctypes
+import functools
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from types import FrameType
+from dataclasses import dataclass, field
 from typing import Any
 
 from localrun.errors import LocalrunError
 
 RENDER_LIMIT_S = 2.0  # real templates render in milliseconds
+MAX_TEMPLATE_CHARS = 1_000_000  # real templates are 1-40 KB
+# Objects a render may add before it is stopped (a loop making small strings): about 200 MB.
+MAX_NEW_OBJECTS = 2_000_000
+# The largest value (and the rendered prompt) a template may make: the messages it was given,
+# twice over, and a megabyte for its own text.
+BASE_VALUE_CHARS = 1_000_000
 
 
 class TemplateError(LocalrunError):
     """The chat template could not be rendered."""
 
 
-class _TemplateTimeout(Exception):
-    pass
+class _Stopped(BaseException):
+    """Raised inside a render by the watchdog (BaseException: templates cannot catch it)."""
 
 
-@contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """Stop a render that runs too long: the sandbox bounds one ``range`` but not nesting.
+@dataclass
+class _Watch:
+    deadline: float
+    objects_at_start: int
+    reason: str | None = None  # why the watchdog stopped it
 
-    A timer signal interrupts the template's Python code wherever it loops. Signals reach
-    only the main thread, so elsewhere the render runs unbounded (the CLI renders on the
-    main thread).
+
+@dataclass
+class _Watchdog:
+    """One thread that stops renders that run too long or make too many objects.
+
+    A render runs Python code (Jinja compiles templates to Python), so an exception set
+    with ``PyThreadState_SetAsyncExc`` stops it at its next step in whichever thread it
+    runs; a timer signal would reach only the main thread. Single C-level operations
+    cannot be interrupted; :mod:`localrun.jinja_env` bounds those before they start.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
-    def expire(signum: int, frame: FrameType | None) -> None:
-        raise _TemplateTimeout
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    active: dict[int, _Watch] = field(default_factory=dict)
+    thread: threading.Thread | None = None
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    @contextmanager
+    def watch(self, seconds: float) -> Iterator[_Watch]:
+        tid = threading.get_ident()
+        entry = _Watch(time.monotonic() + seconds, sys.getallocatedblocks())
+        with self.lock:
+            self.active[tid] = entry
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="template-watchdog")
+                self.thread.daemon = True
+                self.thread.start()
+            self.lock.notify()
+        try:
+            yield entry
+        finally:
+            self._end(tid)
+
+    def _end(self, tid: int) -> None:
+        # A stop may land while leaving, even inside this method: retry until it is
+        # unregistered and no stop is pending.
+        while True:
+            try:
+                with self.lock:
+                    entry = self.active.pop(tid, None)
+                    if entry is not None and entry.reason is not None:
+                        _set_async_exc(tid, None)
+                return
+            except _Stopped:
+                continue
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                while not self.active:
+                    self.lock.wait()
+                now = time.monotonic()
+                blocks = sys.getallocatedblocks()
+                for tid, entry in self.active.items():
+                    if entry.reason is not None:
+                        continue
+                    if now > entry.deadline:
+                        entry.reason = "time"
+                    elif blocks - entry.objects_at_start > MAX_NEW_OBJECTS:
+                        entry.reason = "memory"
+                    if entry.reason is not None:
+                        _set_async_exc(tid, _Stopped)
+                self.lock.wait(0.01)
+
+
+def _set_async_exc(tid: int, exc: type[BaseException] | None) -> None:
+    obj = ctypes.py_object(exc) if exc is not None else None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), obj)
+
+
+_WATCHDOG = _Watchdog()
 
 
 @dataclass(frozen=True)
@@ -77,16 +140,17 @@ def render(
     """
     import jinja2  # imported on first use: the CLI starts faster without it
 
-    from localrun.jinja_env import environment
+    from localrun.jinja_env import Budget, TemplateTooLarge, environment, set_budget
 
-    env = environment()
-    try:
-        compiled = env.from_string(template)
-    except jinja2.TemplateSyntaxError as e:
+    if len(template) > MAX_TEMPLATE_CHARS:
         raise TemplateError(
-            f"the model's chat template is not valid Jinja (line {e.lineno}: {e.message})",
-            "override it with a Modelfile TEMPLATE, or run the file as plain completion",
-        ) from None
+            f"the model's chat template is {len(template):,} characters long "
+            f"(at most {MAX_TEMPLATE_CHARS:,})",
+            "override it with a Modelfile TEMPLATE",
+        )
+    given = sum(len(m.content) for m in messages) + len(bos_token) + len(eos_token)
+    max_chars = BASE_VALUE_CHARS + 2 * given
+    env = environment()
 
     def attempt(msgs: Sequence[Message], tools: list[Any] | None) -> str:
         variables: dict[str, Any] = {
@@ -101,21 +165,57 @@ def render(
             "prompt": next((m.content for m in reversed(msgs) if m.role == "user"), ""),
             "response": "",
         }
-        return compiled.render(**variables)
+        set_budget(Budget(max_chars, 16 * max_chars))
+        # Streamed, so that the prompt's length is checked as it grows.
+        parts: list[str] = []
+        made = 0
+        for part in compiled.generate(**variables):
+            made += len(part)
+            if made > max_chars:
+                raise TemplateTooLarge(f"the prompt grew past {max_chars:,} characters")
+            parts.append(part)
+        return "".join(parts)
 
     try:
-        with _time_limit(RENDER_LIMIT_S):
+        with _WATCHDOG.watch(RENDER_LIMIT_S) as watch:
+            try:
+                compiled = _compile(env, template)
+            except jinja2.TemplateSyntaxError as e:
+                raise TemplateError(
+                    f"the model's chat template is not valid Jinja (line {e.lineno}: {e.message})",
+                    "override it with a Modelfile TEMPLATE, or run the file as plain completion",
+                ) from None
             return _render_or_fold(attempt, messages)
-    except _TemplateTimeout:
+    except _Stopped:
+        if watch.reason == "memory":
+            raise TemplateError(
+                "the model's chat template made too many objects while rendering",
+                "override it with a Modelfile TEMPLATE",
+            ) from None
         raise TemplateError(
             f"the model's chat template did not finish rendering in {RENDER_LIMIT_S:.0f} s",
             "the template loops without end: override it with a Modelfile TEMPLATE",
         ) from None
+    except TemplateTooLarge as e:
+        raise TemplateError(
+            f"the model's chat template asked for too much memory: {e}",
+            "override it with a Modelfile TEMPLATE",
+        ) from None
+    finally:
+        set_budget(None)
+
+
+@functools.lru_cache(maxsize=8)
+def _compile(env: Any, template: str) -> Any:
+    """Compile once per template: a chat renders the same template every turn."""
+    return env.from_string(template)
 
 
 def _render_or_fold(
     attempt: Callable[[Sequence[Message], list[Any] | None], str], messages: Sequence[Message]
 ) -> str:
+    from localrun.jinja_env import TemplateTooLarge
+
     folded = _fold_system(messages)
     variants = [messages] if folded is None else [messages, folded]
     first: Exception | None = None
@@ -124,7 +224,7 @@ def _render_or_fold(
         for msgs in variants:
             try:
                 return attempt(msgs, tools)
-            except _TemplateTimeout:
+            except TemplateTooLarge:
                 raise
             # Not only jinja2's errors: a template's own code raises TypeError and the like.
             except Exception as e:
