@@ -94,12 +94,12 @@ def _one(
         path=path,
     )
     try:
+        engine.check_fits(loaded, prompt_len + gen_len)  # before making the tokens
         n_vocab = loaded.model.n_vocab
         bos = loaded.model.bos_token
         tokens = [rng.randrange(n_vocab) for _ in range(prompt_len)]
         if bos is not None:
             tokens[0] = bos
-        engine.check_fits(loaded, len(tokens) + gen_len)
         stats = None
         for event in engine.generate_tokens(
             loaded,

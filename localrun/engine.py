@@ -36,6 +36,14 @@ if TYPE_CHECKING:
 CHAT = "chat"
 COMPLETION = "completion"
 
+# A prompt is refused unread when it has more characters than this per token of context: no
+# real text averages 64 characters a token (long runs of spaces make about 31).
+MAX_CHARS_PER_TOKEN = 64
+# Tokenizing stops early once a prompt passes this many contexts' worth of tokens.
+TOKENIZE_LIMIT_FACTOR = 2
+# A text longer than this many characters per allowed token is counted in slices first.
+PROBE_CHARS_PER_TOKEN = 8
+
 
 @dataclass(frozen=True)
 class Request:
@@ -163,6 +171,10 @@ def resolve(ref: str, reporter: Reporter | None = None, _seen: tuple[str, ...] =
     model's name, a created or library model (a Modelfile, whose FROM is resolved in
     turn), or a path to a ``.gguf`` file.
     """
+    if not ref.strip():
+        raise ModelNotFoundError(
+            "the model name is empty", "name a model: see localrun list and localrun library"
+        )
     if ref == "demo":
         from localrun.demo import demo_model_path
 
@@ -173,6 +185,7 @@ def resolve(ref: str, reporter: Reporter | None = None, _seen: tuple[str, ...] =
         return Resolved(pull(ref, reporter=reporter, refresh=False).manifest.model_path)
     manifest = store.load(ref)
     if manifest is not None:
+        manifest.require_files()
         return Resolved(manifest.model_path)
     recipe = recipes.find(ref)
     if recipe is not None:
@@ -184,7 +197,11 @@ def resolve(ref: str, reporter: Reporter | None = None, _seen: tuple[str, ...] =
         base = resolve(recipe.modelfile.from_, reporter, (*_seen, ref))
         return Resolved(base.path, _merge(base.settings, recipe))
     path = Path(ref).expanduser()
-    if path.exists() or path.suffix == ".gguf" or "/" in ref:
+    try:
+        exists = path.exists()
+    except OSError:  # a name too long to be a file name, for one
+        exists = False
+    if exists or path.suffix == ".gguf" or "/" in ref:
         check_model_file(path)
         return Resolved(path)
     raise ModelNotFoundError(
@@ -240,12 +257,28 @@ def run_options(
     """Flags (not None) over the Modelfile's parameters over the defaults (Ollama's)."""
     p = settings.parameters
     d = SamplingParams()
+    flags = {
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "min_p": min_p,
+        "repeat_penalty": repeat_penalty,
+        "repeat_last_n": repeat_last_n,
+        "seed": seed,
+        "num_predict": max_tokens,
+        "num_ctx": n_ctx,
+        "num_thread": threads,
+    }
+    for name, value in flags.items():
+        if value is not None:
+            _check_flag(name, value)
 
     def pick(flag: Any, key: str, default: Any) -> Any:
         return flag if flag is not None else p.get(key, default)
 
     predict = pick(max_tokens, "num_predict", None)
     gpu = pick(gpu_layers, "num_gpu", AUTO)
+    chosen_seed = pick(seed, "seed", d.seed)
     return RunOptions(
         sampling=SamplingParams(
             temperature=float(pick(temperature, "temperature", d.temperature)),
@@ -254,7 +287,7 @@ def run_options(
             min_p=float(pick(min_p, "min_p", d.min_p)),
             repeat_penalty=float(pick(repeat_penalty, "repeat_penalty", d.repeat_penalty)),
             repeat_last_n=int(pick(repeat_last_n, "repeat_last_n", d.repeat_last_n)),
-            seed=pick(seed, "seed", d.seed),
+            seed=None if chosen_seed is None or int(chosen_seed) < 0 else int(chosen_seed),
         ),
         max_tokens=None if predict is None or int(predict) < 0 else int(predict),
         stop=stop or settings.stop,
@@ -264,6 +297,34 @@ def run_options(
         threads=pick(threads, "num_thread", None),
         history=settings.messages,
     )
+
+
+# The run flags under their Modelfile parameter names: one set of ranges for both.
+FLAG_NAMES = {
+    "temperature": "--temperature",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "min_p": "--min-p",
+    "repeat_penalty": "--repeat-penalty",
+    "repeat_last_n": "--repeat-last-n",
+    "seed": "--seed",
+    "num_predict": "--max-tokens",
+    "num_ctx": "--ctx",
+    "num_thread": "--threads",
+}
+
+
+def _check_flag(name: str, value: float | int) -> None:
+    from localrun.errors import UsageError
+    from localrun.modelfile import check_parameter
+
+    try:
+        check_parameter(name, value)
+    except ValueError as e:
+        flag = FLAG_NAMES[name]
+        raise UsageError(
+            str(e).replace(name, flag, 1), f"see 'localrun run --help' for {flag}"
+        ) from None
 
 
 def resolve_model(ref: str, reporter: Reporter | None = None) -> Path:
@@ -291,8 +352,9 @@ def load_model(
         path, settings = resolved.path, settings or resolved.settings
     settings = settings or Settings()
     start = time.perf_counter()
-    plan, memory = _plan(path, n_ctx, gpu_layers)
     notes: list[str] = []
+    n_ctx = _fit_context(path, n_ctx, notes)
+    plan, memory = _plan(path, n_ctx, gpu_layers)
     layers = plan.n_gpu_layers
     while True:
         options = LoadOptions(
@@ -318,6 +380,35 @@ def load_model(
             notes.append(f"remembered {layers} GPU layers for this model, context and device")
     elapsed = time.perf_counter() - start
     return LoadedModel(ref, path, model, elapsed, plan, notes, settings.template)
+
+
+def _fit_context(path: Path, n_ctx: int | None, notes: list[str]) -> int | None:
+    """An asked-for context, at most the trained one, and only if its KV cache can fit.
+
+    As Ollama does, a context over the model's trained length is lowered to it, with a
+    note. A context whose KV cache alone is larger than the machine's memory is refused
+    before llama.cpp tries to allocate it.
+    """
+    if n_ctx is None:
+        return None
+    info = read_gguf(path)
+    trained = int(info.arch_value("context_length") or 0)
+    if trained and n_ctx > trained:
+        notes.append(
+            f"context lowered from {n_ctx} to {trained} tokens, the most this model was trained for"
+        )
+        n_ctx = trained
+    from localrun.system import physical_memory
+
+    needed = sum(model_sizes(info, n_ctx).kv_per_layer)
+    memory = physical_memory()
+    if memory and needed > memory:
+        raise OutOfMemoryError(
+            f"a context of {n_ctx} tokens needs about {needed / 1e9:.1f} GB for its KV cache, "
+            f"more than this machine's {memory / 1e9:.1f} GB of memory",
+            "use a smaller context (--ctx)",
+        )
+    return n_ctx
 
 
 def _plan(path: Path, n_ctx: int | None, request: str | int) -> tuple[Plan, str | None]:
@@ -356,13 +447,21 @@ def conversation_tokens(loaded: LoadedModel, messages: Sequence[Message]) -> lis
     """
     model = loaded.model
     template = loaded.template
+    limit = TOKENIZE_LIMIT_FACTOR * model.n_ctx
+    chars = sum(len(m.content) for m in messages)
+    if chars > MAX_CHARS_PER_TOKEN * model.n_ctx:
+        raise PromptTooLongError(
+            f"the prompt is {chars:,} characters, more than a context of {model.n_ctx} "
+            "tokens can hold",
+            "shorten the prompt, or raise the context with --ctx",
+        )
     if template is None:
         parts: list[str] = []
         for m in messages:
             if parts and m.role in ("system", "user"):
                 parts.append("\n\n")
             parts.append(m.content)
-        return model.tokenize("".join(parts), add_special=True, parse_special=False)
+        return tokenize_bounded(model, "".join(parts), limit, parse_special=False)
     bos, eos = model.bos_token, model.eos_token
     text = render(
         template,
@@ -370,11 +469,32 @@ def conversation_tokens(loaded: LoadedModel, messages: Sequence[Message]) -> lis
         bos_token=model.token_text(bos) if bos is not None else "",
         eos_token=model.token_text(eos) if eos is not None else "",
     )
-    tokens = model.tokenize(text, add_special=True, parse_special=True)
+    tokens = tokenize_bounded(model, text, limit, parse_special=True)
     # Templates usually write the BOS token themselves; do not let it appear twice.
     if bos is not None and len(tokens) >= 2 and tokens[0] == tokens[1] == bos:
         del tokens[0]
     return tokens
+
+
+def tokenize_bounded(model: Model, text: str, limit: int, *, parse_special: bool) -> list[int]:
+    """Tokenize ``text``, refusing it without tokenizing it whole when it has over ``limit`` tokens.
+
+    A tokenized prompt costs a Python int per token: a 20 MB text took 1.9 GB before it could
+    be refused. A text long enough to be suspect is counted in slices first, each small.
+    """
+    probe = PROBE_CHARS_PER_TOKEN * limit
+    if len(text) > probe:
+        counted = 0
+        for start in range(0, len(text), probe):
+            piece = text[start : start + probe]
+            counted += len(model.tokenize(piece, add_special=False, parse_special=parse_special))
+            if counted > limit:
+                raise PromptTooLongError(
+                    f"the prompt is more than {limit} tokens but the context holds only "
+                    f"{model.n_ctx}",
+                    "shorten the prompt, or raise the context with --ctx",
+                )
+    return model.tokenize(text, add_special=True, parse_special=parse_special)
 
 
 def check_fits(loaded: LoadedModel, n_prompt: int) -> None:

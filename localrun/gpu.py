@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 from localrun.backend import bindings
 
@@ -36,18 +35,9 @@ class Device:
         return self.type in ("gpu", "igpu")
 
 
-def _lib(name: str) -> ctypes.CDLL:
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    for pattern in (f"lib{name}.so", f"lib{name}.dylib", f"{name}.dll"):
-        path = lib_dir / pattern
-        if path.exists():
-            return ctypes.CDLL(str(path))
-    return ctypes.CDLL(f"lib{name}.so")  # a system-wide install
-
-
 @cache
 def _ggml() -> tuple[ctypes.CDLL, ctypes.CDLL]:
-    ggml, base = _lib("ggml"), _lib("ggml-base")
+    ggml, base = bindings.load_library("ggml"), bindings.load_library("ggml-base")
     ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
     ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
     ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]

@@ -33,6 +33,7 @@ from localrun import paths, store
 from localrun.errors import CacheError, LocalrunError, UsageError
 from localrun.ggufcheck import GGUF_MAGIC
 from localrun.refs import HubRef, NotGGUFError, choose, is_hub_ref, parse_hub_ref
+from localrun.system import physical_memory
 
 if TYPE_CHECKING:
     from localrun import download
@@ -155,8 +156,11 @@ def pull(
     reporter = reporter or SilentReporter()
     ref = parse_hub_ref(text)
     local = find_local(ref)
-    if local is not None and (offline() or not refresh):
+    broken = local is not None and bool(local.missing_files)  # pulled again to repair it
+    if local is not None and not broken and (offline() or not refresh):
         return PullResult(local, 0, 0, 0.0, 0.0, up_to_date=True)
+    if local is not None and offline():
+        local.require_files()  # says which files are gone and how to repair them
     if offline():
         raise NetworkError(
             f"{ref.name} is not pulled and HF_HUB_OFFLINE is set",
@@ -243,20 +247,13 @@ def _check_space(manifest: store.Manifest, needed: list[store.ModelFile], force:
             f"{_mb(DISK_MARGIN)} margin, and {_mb(free)} is free under {cache}",
             "free some space, or set LOCALRUN_HOME to a disk with more room",
         )
-    memory = _physical_memory()
+    memory = physical_memory()
     if memory and manifest.size > memory and not force:
         raise InsufficientSpaceError(
             f"{manifest.name} is {_mb(manifest.size)}, more than this machine's "
             f"{_mb(memory)} of memory: it cannot run here",
             "pick a smaller quant, or pass --force to pull it anyway",
         )
-
-
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _mb(n: int) -> str:

@@ -35,3 +35,11 @@ def physical_cores() -> int:
     if core:
         cores.add((physical, core))
     return max(1, min(len(cores), logical)) if cores else logical
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory this machine has, if the OS says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

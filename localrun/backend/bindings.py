@@ -14,8 +14,10 @@ imported, it does nothing.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -45,3 +47,16 @@ def register() -> None:
     package = importlib.util.module_from_spec(spec)
     package.__class__ = _Unrun
     sys.modules["llama_cpp"] = package
+
+
+def load_library(name: str) -> ctypes.CDLL:
+    """One of the shared libraries llama-cpp-python ships (``ggml``, ``ggml-base``, ...)."""
+    register()
+    spec = importlib.util.find_spec("llama_cpp")
+    assert spec is not None and spec.origin is not None
+    lib_dir = Path(spec.origin).parent / "lib"
+    for pattern in (f"lib{name}.so", f"lib{name}.dylib", f"{name}.dll"):
+        path = lib_dir / pattern
+        if path.exists():
+            return ctypes.CDLL(str(path))
+    return ctypes.CDLL(f"lib{name}.so")  # a system-wide install

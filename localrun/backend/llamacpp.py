@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,8 @@ import llama_cpp.llama_cpp as lc  # noqa: E402
 
 DEFAULT_MAX_CTX = 4096
 N_BATCH = 512  # prompt chunk size: also bounds how long Ctrl-C waits during a prefill
+CTX_ALIGN = 256  # llama.cpp rounds a context up to a multiple of this
+MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS: more aborts the process
 
 # llama.cpp logs through one process-wide callback. Keep its recent lines so that a
 # failed load can say why, and keep them off the user's stderr unless debugging.
@@ -48,7 +53,52 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 
 
 lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+# When llama.cpp meets a state it cannot handle (a failed GGML_ASSERT), it aborts the
+# process. Inputs are checked before they reach it; should one still slip through, the user
+# gets one line on stderr in localrun's words, not a debugger's backtrace on stdout (ggml
+# runs gdb for one unless GGML_NO_BACKTRACE is set; LOCALRUN_DEBUG=1 keeps it).
+_ABORT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+
+
+@_ABORT_CALLBACK  # type: ignore[untyped-decorator]
+def _on_abort(message: bytes) -> None:
+    text = (message or b"").decode("utf-8", "replace").strip()
+    os.write(
+        2,
+        f"Error: llama.cpp stopped the process ({text}). Hint: this is a bug in localrun; "
+        "run again with LOCALRUN_DEBUG=1 and report it\n".encode(),
+    )
+
+
+if not _LOG_TO_STDERR:
+    os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+    _ggml_base = bindings.load_library("ggml-base")
+    _ggml_base.ggml_set_abort_callback.restype = ctypes.c_void_p
+    _ggml_base.ggml_set_abort_callback.argtypes = [_ABORT_CALLBACK]
+    _ggml_base.ggml_set_abort_callback(_on_abort)
 lc.llama_backend_init()
+
+
+@contextmanager
+def _interruptible() -> Iterator[threading.Event]:
+    """Let Ctrl-C stop a model load, which runs inside llama.cpp.
+
+    Python's default handler would raise KeyboardInterrupt inside llama.cpp's log callback,
+    where ctypes can only print and drop it: the load (and the answer) would go on. Here
+    Ctrl-C only sets the event; the progress callback then tells llama.cpp to stop, and the
+    caller raises KeyboardInterrupt once llama.cpp has returned.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def recent_log_errors() -> list[str]:
@@ -87,33 +137,54 @@ def _load_failure(path: Path) -> LocalrunError:
     )
 
 
+def context_size(requested: int | None, n_ctx_train: int) -> int:
+    """The context llama.cpp will make: the request (or the default), rounded up to 256.
+
+    Rounding here, not in llama.cpp, matters: llama.cpp caps the batch at the context it
+    was asked for before rounding, and a prompt chunk larger than the batch aborts it.
+    """
+    n = requested or min(n_ctx_train or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
+    return max(CTX_ALIGN, -(-n // CTX_ALIGN) * CTX_ALIGN)
+
+
 class LlamaCppModel:
     """A llama.cpp model and context implementing :class:`localrun.backend.Model`."""
 
     def __init__(self, options: LoadOptions) -> None:
+        if not 1 <= options.n_threads <= MAX_THREADS:
+            raise ModelLoadError(
+                f"{options.n_threads} threads is more than llama.cpp can run",
+                f"use --threads between 1 and {MAX_THREADS}",
+            )
         _LOG.clear()
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
         if options.tensor_split:
             self._split = (ctypes.c_float * len(options.tensor_split))(*options.tensor_split)
             mparams.tensor_split = self._split
-        model = lc.llama_model_load_from_file(str(options.path).encode(), mparams)
-        if not model:
-            raise _load_failure(options.path)
-        self._model = model
-        self._vocab = lc.llama_model_get_vocab(model)
-        self._n_ctx_train = int(lc.llama_model_n_ctx_train(model))
-        self.n_layer = int(lc.llama_model_n_layer(model))
-
-        requested = options.n_ctx or min(self._n_ctx_train or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
-        cparams = lc.llama_context_default_params()
-        cparams.n_ctx = requested
-        cparams.n_batch = N_BATCH
-        cparams.n_ubatch = N_BATCH
-        cparams.n_seq_max = 1
-        cparams.n_threads = options.n_threads
-        cparams.n_threads_batch = options.n_threads
-        ctx = lc.llama_init_from_model(model, cparams)
+        with _interruptible() as stop:
+            # llama.cpp asks this between tensors whether to go on loading.
+            self._progress = lc.llama_progress_callback(lambda p, data: not stop.is_set())
+            mparams.progress_callback = self._progress
+            model = lc.llama_model_load_from_file(str(options.path).encode(), mparams)
+            if stop.is_set():
+                if model:
+                    lc.llama_model_free(model)
+                raise KeyboardInterrupt
+            if not model:
+                raise _load_failure(options.path)
+            self._model = model
+            self._vocab = lc.llama_model_get_vocab(model)
+            self._n_ctx_train = int(lc.llama_model_n_ctx_train(model))
+            self.n_layer = int(lc.llama_model_n_layer(model))
+            requested = context_size(options.n_ctx, self._n_ctx_train)
+            ctx = self._new_context(model, requested, options.n_threads)
+            if stop.is_set():
+                if ctx:
+                    lc.llama_free(ctx)
+                lc.llama_model_free(model)
+                self._model = None
+                raise KeyboardInterrupt
         if not ctx:
             lc.llama_model_free(model)
             errors = recent_log_errors()
@@ -128,6 +199,8 @@ class LlamaCppModel:
                 "try a smaller context with --ctx",
             )
         self._ctx = ctx
+        # The largest batch one llama_decode takes: prompts are fed in chunks of this size.
+        self._n_batch = int(lc.llama_n_batch(ctx))
         self._adapters = [self._lora(model, path) for path in options.lora]
         if self._adapters:
             arr = (lc.llama_adapter_lora_p_ctypes * len(self._adapters))(*self._adapters)
@@ -142,6 +215,17 @@ class LlamaCppModel:
         self._one = (lc.llama_token * 1)()
         raw = lc.llama_model_chat_template(model, None)
         self._chat_template = raw.decode("utf-8", errors="replace") if raw else None
+
+    @staticmethod
+    def _new_context(model: Any, n_ctx: int, n_threads: int) -> Any:
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = min(N_BATCH, n_ctx)
+        cparams.n_ubatch = min(N_BATCH, n_ctx)
+        cparams.n_seq_max = 1
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        return lc.llama_init_from_model(model, cparams)
 
     def _lora(self, model: Any, path: Path) -> Any:
         _LOG.clear()
@@ -311,8 +395,8 @@ class LlamaCppModel:
         start = time.perf_counter()
         common = self._reuse_prefix(prompt)
         todo = prompt[common:]
-        for i in range(0, len(todo), N_BATCH):
-            self._decode(todo[i : i + N_BATCH])
+        for i in range(0, len(todo), self._n_batch):
+            self._decode(todo[i : i + self._n_batch])
         yield Prefilled(evaluated=len(todo), seconds=time.perf_counter() - start)
 
         chain = self._sampler(sampling, prompt)

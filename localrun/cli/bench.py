@@ -18,8 +18,8 @@ def _sizes(value: str) -> tuple[int, ...]:
         sizes = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise typer.BadParameter(f"'{value}' is not a comma-separated list of numbers") from None
-    if any(n < 0 for n in sizes):
-        raise typer.BadParameter("token counts cannot be negative")
+    if any(n < 0 or n > 10_000_000 for n in sizes):
+        raise typer.BadParameter("token counts must be between 0 and 10000000")
     return sizes
 
 
@@ -28,9 +28,9 @@ def bench(
     model: str = typer.Argument(..., help="A model, as for run."),
     prefill: str = typer.Option("512", "-p", "--prefill", help="Prompt sizes, e.g. 128,512."),
     decode: str = typer.Option("128", "-n", "--decode", help="Tokens to generate, e.g. 128."),
-    repetitions: int = typer.Option(5, "-r", "--repetitions", min=1, help="Repetitions."),
+    repetitions: int = typer.Option(5, "-r", "--repetitions", min=1, max=1000, help="Repetitions."),
     threads: int | None = typer.Option(
-        None, "--threads", min=1, help="CPU threads (default: the physical cores)."
+        None, "--threads", min=1, max=512, help="CPU threads (default: the physical cores)."
     ),
     ctx_size: int | None = typer.Option(None, "--ctx", min=1, help="Context size in tokens."),
     gpu_layers: str | None = typer.Option(
