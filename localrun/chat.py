@@ -101,8 +101,13 @@ class ChatSession:
         room = min(MIN_ANSWER_ROOM, n_ctx // 4)
         kept = list(self.messages)
         while True:
-            tokens = conversation_tokens(self.loaded, self._conversation(kept))
-            if len(tokens) + room <= n_ctx or len(kept) <= 1:
+            try:
+                tokens = conversation_tokens(self.loaded, self._conversation(kept))
+            except PromptTooLongError:
+                if len(kept) <= 1:
+                    raise
+                tokens = None  # far too long to count: drop the oldest turns
+            if tokens is not None and (len(tokens) + room <= n_ctx or len(kept) <= 1):
                 return tokens, kept
             # Drop the oldest exchange (a user message and the answer to it).
             del kept[: 2 if len(kept) > 2 and kept[1].role == "assistant" else 1]
@@ -212,6 +217,8 @@ class ChatSession:
             "messages": [asdict(m) for m in self.messages],
         }
         path = path.expanduser()
+        if path.is_dir():
+            raise LocalrunError(f"{path} is a directory", "give a file name to save to")
         tmp = path.with_name(f".{path.name}.tmp")
         try:
             tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")

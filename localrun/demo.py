@@ -79,3 +79,21 @@ def demo_model_path() -> Path:
         partial.unlink(missing_ok=True)
     stamp.write_text(json.dumps({**expected, **_stamp_for(target)}))
     return target
+
+
+def verify_cached() -> str | None:
+    """Re-hash the cached demo model: "ok", "corrupt" (then removed), or None if not cached."""
+    from localrun.store import sha256_of
+
+    try:
+        pkg = _package()
+    except DemoUnavailableError:
+        return None
+    target = paths.cache_dir() / DEMO_NAME / str(pkg.MODEL_NAME)
+    if not target.is_file():
+        return None
+    if sha256_of(target) == str(pkg.EXPECTED_SHA256):
+        return "ok"
+    target.unlink(missing_ok=True)  # assembled again from the package on the next run
+    target.with_name(target.name + ".verified").unlink(missing_ok=True)
+    return "corrupt"

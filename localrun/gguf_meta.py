@@ -162,6 +162,12 @@ def read_gguf(path: Path) -> GGUFInfo:
         for d in dims:
             n *= d
         tensors.append(TensorInfo(name, dims, kind, data_start + offset, tensor_bytes(kind, n)))
+    end = max((t.offset + t.n_bytes for t in tensors), default=data_start)
+    if end > size:
+        raise InvalidModelError(
+            f"{path} is truncated: its tensors end at byte {end:,} but the file has {size:,}",
+            "download or copy the model again",
+        )
     return GGUFInfo(version, metadata, tensors, size)
 
 

@@ -52,6 +52,7 @@ def _locate(ref: str, _seen: tuple[str, ...] = ()) -> tuple[str, list[Path], str
     if manifest is None and is_hub_ref(ref):
         manifest = store.require(ref)  # raises "not pulled" with the hint to pull
     if manifest is not None:
+        manifest.require_files()
         files = [manifest.file_path(f) for f in manifest.files]
         return manifest.name, files, manifest.files[0].sha256
     from localrun.engine import resolve_model

@@ -47,7 +47,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     "repeat_last_n": (-1, 1_000_000),
     "num_predict": (-2, 10_000_000),
     "num_gpu": (-1, 100_000),
-    "num_thread": (1, 4096),
+    "num_thread": (1, 512),  # ggml aborts the process above 512 threads
+    # -1: a random seed (as Ollama); llama.cpp's seeds are 32 bits, and 0xFFFFFFFF means random.
+    "seed": (-1, 0xFFFFFFFE),
 }
 
 
@@ -211,10 +213,15 @@ def coerce_parameter(name: str, value: str) -> float | int:
     except ValueError:
         article = "a whole number" if kind is int else "a number"
         raise ValueError(f"{name} must be {article}, not '{value}'") from None
-    low, high = _RANGES.get(name, (float("-inf"), float("inf")))
-    if not low <= parsed <= high:
-        raise ValueError(f"{name} must be between {low:g} and {high:g}")
+    check_parameter(name, parsed)
     return parsed
+
+
+def check_parameter(name: str, value: float | int) -> None:
+    """Raise ValueError if a numeric parameter is out of its range (NaN and infinities are)."""
+    low, high = _RANGES.get(name, (float("-inf"), float("inf")))
+    if not low <= value <= high:  # False for NaN too
+        raise ValueError(f"{name} must be between {low:g} and {high:g}, not {value}")
 
 
 def _error(source: str, number: int, what: str, hint: str) -> ModelfileError:
@@ -223,10 +230,21 @@ def _error(source: str, number: int, what: str, hint: str) -> ModelfileError:
 
 def read(path: Path) -> Modelfile:
     """Parse the Modelfile at ``path``."""
+    if path.is_dir():
+        raise ModelfileError(
+            f"{path} is a directory, not a Modelfile", "give the Modelfile's own path with -f"
+        )
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ModelfileError(f"no Modelfile at {path}", "give its path with -f") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ModelfileError(f"cannot read {path}: {e}", "check the file") from None
+    except UnicodeDecodeError:
+        text = "\0"
+    except OSError as e:
+        raise ModelfileError(f"cannot read {path}: {e.strerror}", "check the file") from None
+    if "\0" in text:
+        raise ModelfileError(
+            f"{path} is a binary file, not a Modelfile",
+            "a Modelfile is text: FROM, PARAMETER, SYSTEM... (give a .gguf file to FROM)",
+        )
     return parse(text, str(path))

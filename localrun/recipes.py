@@ -48,8 +48,11 @@ def _created_dir() -> Path:
     return paths.data_dir() / "models"
 
 
-def _created_file(name: str) -> Path:
-    return _created_dir() / (urllib.parse.quote(name, safe="") + ".json")
+def _created_file(name: str) -> Path | None:
+    encoded = urllib.parse.quote(name, safe="")
+    if not name or len(encoded) > 250:
+        return None  # no created model can have that name: create validates it
+    return _created_dir() / (encoded + ".json")
 
 
 def _header(text: str, key: str) -> str:
@@ -95,7 +98,8 @@ def created() -> list[Recipe]:
 
 def find(name: str) -> Recipe | None:
     """The recipe called ``name``: a created model first, then the library."""
-    recipe = _read_created(_created_file(name))
+    path = _created_file(name)
+    recipe = _read_created(path) if path is not None else None
     if recipe is not None and recipe.name == name:
         return recipe
     return library().get(name)
@@ -114,20 +118,39 @@ def _resolve_from(value: str, base_dir: Path) -> str:
     return value
 
 
+def check_name_free(name: str) -> None:
+    """Refuse a new name for pulled files that a created, library or the demo model has.
+
+    Pulled and created models share one namespace: a name means one model.
+    """
+    if name in library() or name == "demo":
+        raise UsageError(f"'{name}' is the name of a library model", "choose another name")
+    if find(name) is not None:
+        raise UsageError(
+            f"a created model is called '{name}'", f"choose another name, or: localrun rm {name}"
+        )
+
+
 def create(name: str, modelfile_path: Path) -> Recipe:
     """Record a model called ``name`` from a Modelfile (its base must exist or be pullable)."""
-    from localrun.store import validate_name
+    from localrun import store
+    from localrun.modelfile import read
 
-    validate_name(name)
+    store.validate_name(name)
     if name in library() or name == "demo":
         raise UsageError(
             f"'{name}' is the name of a library model", "choose another name for yours"
         )
-    try:
-        text = modelfile_path.read_text()
-    except FileNotFoundError:
-        raise ModelfileError(f"no Modelfile at {modelfile_path}", "give its path with -f") from None
-    mf = parse(text, str(modelfile_path))
+    if is_hub_ref(name):
+        raise UsageError(
+            f"'{name}' is a Hub reference, not a name for a created model",
+            "choose a short name, such as my-model",
+        )
+    if store.load(name) is not None:
+        raise UsageError(
+            f"a pulled model is called '{name}'", f"choose another name, or: localrun rm {name}"
+        )
+    mf = read(modelfile_path)
     base_dir = modelfile_path.resolve().parent
     mf.from_ = _resolve_from(mf.from_, base_dir)
     mf.adapters = [_resolve_from(a, base_dir) for a in mf.adapters]
@@ -141,6 +164,7 @@ def create(name: str, modelfile_path: Path) -> Recipe:
 
 def _save(recipe: Recipe) -> None:
     path = _created_file(recipe.name)
+    assert path is not None  # the name was validated
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -161,7 +185,7 @@ def _save(recipe: Recipe) -> None:
 def remove(name: str) -> bool:
     """Forget a created model; False if there was none by that name."""
     path = _created_file(name)
-    if not path.exists():
+    if path is None or not path.exists():
         return False
     path.unlink()
     return True

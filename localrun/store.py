@@ -29,6 +29,14 @@ class NotPulledError(LocalrunError):
     """The named model is not in the local store."""
 
 
+class BrokenModelError(LocalrunError):
+    """A pulled model's files are no longer all in the cache."""
+
+
+# Names are file names in the store (percent-encoded): file systems allow 255 bytes.
+MAX_NAME_BYTES = 250
+
+
 def hub_dir() -> Path:
     """The huggingface_hub cache directory localrun uses."""
     return paths.cache_dir() / "hub"
@@ -91,6 +99,35 @@ class Manifest:
         """The path to give llama.cpp (the first shard of a split model)."""
         return self.file_path(self.files[0])
 
+    @property
+    def missing_files(self) -> list[str]:
+        """The model's files that are not in the cache (deleted, or removed as corrupt)."""
+        return [
+            f.path
+            for f in self.files
+            if not (self.file_path(f).exists() and self.blob_path(f).exists())
+        ]
+
+    @property
+    def hub_ref(self) -> str:
+        """A Hub reference that pulls these files again."""
+        from localrun.refs import HubRef, is_hub_ref
+
+        if is_hub_ref(self.name):
+            return self.name
+        return HubRef(self.repo, filename=self.files[0].path, revision=self.revision).name
+
+    def require_files(self) -> None:
+        """Raise an error that says how to repair the model if any of its files is gone."""
+        missing = self.missing_files
+        if missing:
+            raise BrokenModelError(
+                f"model '{self.name}' is missing {missing[0]}"
+                + (f" and {len(missing) - 1} more files" if len(missing) > 1 else "")
+                + " (deleted, or removed by cache verify as corrupt)",
+                f"pull it again: localrun pull {self.hub_ref}",
+            )
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
@@ -102,18 +139,32 @@ class Manifest:
 
 
 def _manifest_file(name: str) -> Path:
-    return manifest_dir() / (urllib.parse.quote(name, safe="") + ".json")
+    return manifest_dir() / (_encoded(name) + ".json")
 
 
 def validate_name(name: str) -> None:
-    """Refuse names that are empty, control characters, or path tricks."""
-    if not name or len(name) > 300 or any(ord(c) < 32 for c in name):
-        raise UsageError(f"'{name}' is not a valid model name", "use letters, digits and ./:_-")
-    if name.startswith("/") or any(part == ".." for part in name.split("/")):
+    """Refuse names that are empty, too long, control characters, or path tricks."""
+    if not name.strip():
+        raise UsageError("a model name cannot be empty", "use letters, digits and ./:_-")
+    if any(ord(c) < 32 for c in name):
         raise UsageError(
-            f"'{name}' is not a valid model name: it must not be absolute or contain '..'",
+            f"{name!r} is not a valid model name: it has control characters",
             "use letters, digits and ./:_-",
         )
+    if len(_encoded(name)) > MAX_NAME_BYTES:
+        raise UsageError(
+            f"the model name '{name[:40]}...' is too long ({len(name)} characters)",
+            "use a shorter name: at most about 80 characters",
+        )
+    if name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/")):
+        raise UsageError(
+            f"'{name}' is not a valid model name: no empty, '.' or '..' parts, and not absolute",
+            "use letters, digits and ./:_-",
+        )
+
+
+def _encoded(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
 
 
 def save(manifest: Manifest) -> None:
@@ -128,6 +179,8 @@ def save(manifest: Manifest) -> None:
 
 def load(name: str) -> Manifest | None:
     """The manifest called ``name``, if there is one."""
+    if not name or len(_encoded(name)) > MAX_NAME_BYTES:
+        return None  # no model can have that name: saving one validates it
     path = _manifest_file(name)
     try:
         return Manifest.from_json(path.read_text())
@@ -167,7 +220,10 @@ def require(name: str) -> Manifest:
 
 def copy(src: Manifest, dst: str) -> Manifest:
     """Give the same files another name."""
+    from localrun import recipes
+
     validate_name(dst)
+    recipes.check_name_free(dst)
     if load(dst) is not None:
         raise UsageError(
             f"a model called '{dst}' already exists", f"remove it first: localrun rm {dst}"
@@ -267,6 +323,10 @@ def verify(on_bytes: Callable[[int], None] | None = None) -> VerifyResult:
     for m in all_manifests():
         for f in m.files:
             blob = m.blob_path(f)
+            if blob in hashed and hashed[blob] != f.sha256:
+                corrupt.append((m.name, f.path))  # shares a file found corrupt (now removed)
+                m.file_path(f).unlink(missing_ok=True)
+                continue
             if not blob.exists() or not m.file_path(f).exists():
                 missing.append((m.name, f.path))
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,53 @@ def test_errors_are_one_line(cli: Any, hub: FakeHub) -> None:  # noqa: F811
         assert len(lines) == 1 and needle in lines[0] and "Hint: " in lines[0], args
     hub.faults = Faults(status=429)
     assert "rate-limiting" in cli(["pull", "hf.co/org/m"]).stderr
+
+
+def test_after_verify_removes_a_corrupt_file_every_name_says_pull_again(
+    cli: Any, pulled: FakeHub
+) -> None:
+    assert cli(["pull", "hf.co/org/tiny-GGUF"]).exit_code == 0
+    assert cli(["cp", "hf.co/org/tiny-GGUF", "alias"]).exit_code == 0
+    path = Path(json.loads(cli(["list", "--json"]).stdout)[0]["path"])
+    path.resolve().write_bytes(b"GGUF broken")
+    bad = cli(["cache", "verify"])
+    # Both names share the file: both are reported corrupt, neither as merely missing.
+    assert bad.exit_code == 1
+    assert "corrupt: alias: tiny-Q4_K_M.gguf" in bad.stderr
+    assert "corrupt: hf.co/org/tiny-GGUF: tiny-Q4_K_M.gguf" in bad.stderr
+    assert "missing" not in bad.stderr.replace("0 missing", "")
+    assert "localrun pull hf.co/org/tiny-GGUF" in bad.stderr
+    listed = cli(["list"])
+    assert "alias (files missing)" in listed.stdout
+    assert "Warning: alias is missing its files" in listed.stderr
+    assert "localrun pull hf.co/org/tiny-GGUF/tiny-Q4_K_M.gguf" in listed.stderr
+    ran = cli(["run", "alias", "hi"])
+    assert ran.exit_code == 1
+    line = ran.stderr.strip()
+    assert "is missing tiny-Q4_K_M.gguf" in line and "Hint: pull it again" in line, line
+    shown = cli(["show", "alias"])
+    assert shown.exit_code == 1 and "pull it again" in shown.stderr
+    # A Hub reference is pulled when it is not whole, as when it was never pulled: that
+    # repairs both names.
+    ran = cli(["run", "hf.co/org/tiny-GGUF", "--max-tokens", "2", "hi"])
+    assert ran.exit_code == 0, ran.stderr
+    assert "pulling tiny-Q4_K_M.gguf" in ran.stderr
+    assert cli(["cache", "verify"]).exit_code == 0
+    assert "files missing" not in cli(["list"]).stdout
+
+
+def test_verify_checks_the_demo_model(cli: Any, localrun_home: Path) -> None:
+    from localrun.demo import demo_model_path
+
+    path = demo_model_path()
+    ok = cli(["cache", "verify"])
+    assert ok.exit_code == 0 and "checked 1 files: 0 corrupt" in ok.stderr
+    stat = path.stat()
+    with path.open("r+b") as f:
+        f.seek(1_000_000)
+        f.write(b"\0" * 16)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and time: only a hash tells
+    bad = cli(["cache", "verify"])
+    assert bad.exit_code == 1 and "corrupt: demo" in bad.stderr
+    assert not path.exists()
+    assert demo_model_path() == path  # assembled again, whole

@@ -312,7 +312,7 @@ def test_model_bigger_than_memory_needs_force(
     hub: FakeHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hub.add_repo("org/m", {"m-Q4_K_M.gguf": fake_gguf(5000)})
-    monkeypatch.setattr(pull, "_physical_memory", lambda: 4000)
+    monkeypatch.setattr(pull, "physical_memory", lambda: 4000)
     with pytest.raises(pull.InsufficientSpaceError, match="memory") as e:
         pull.pull("hf.co/org/m")
     assert "--force" in (e.value.hint or "")

@@ -333,7 +333,18 @@ def test_save_clear_load(terminal: OpenPane, tiny_chat_model: Path, tmp_path: Pa
     assert json.loads(second.read_text())["messages"] == []
 
     assert f"Loaded 4 messages from {first}." in pane.send(f"/load {first}")
-    pane.send(f"/save {second}")
+    # The file exists now: /save asks first, and "no" keeps it as it was.
+    prompt = pane.wait_prompt()
+    pane.type_line(f"/save {second}")
+    pane.wait_last_line(f"{second} exists. Overwrite it? [y/N]", below=prompt)
+    pane.type_line("n")
+    pane.wait_prompt()
+    assert json.loads(second.read_text())["messages"] == []
+    prompt = pane.wait_prompt()
+    pane.type_line(f"/save {second}")
+    pane.wait_last_line(f"{second} exists. Overwrite it? [y/N]", below=prompt)
+    pane.type_line("y")
+    pane.wait_prompt()
     assert json.loads(second.read_text())["messages"] == messages
     assert "you are terse" in pane.send("/show system")
 

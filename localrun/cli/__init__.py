@@ -6,6 +6,7 @@ import errno
 import os
 import sys
 import traceback
+from typing import Any, TextIO
 
 import typer
 
@@ -92,19 +93,107 @@ def _print_error(error: LocalrunError) -> None:
     print(line, file=sys.stderr)
 
 
+class OutputError(LocalrunError):
+    """Standard output cannot be written (closed, a full disk, /dev/full)."""
+
+
+class _ReaderGone(Exception):
+    """stdout's reader went away (``| head``). Not an OSError: click turns EPIPE into exit 1."""
+
+
+class _Output:
+    """Standard output, with its write errors told apart from the cache's.
+
+    A full disk under ``> file`` and a full cache directory are both ENOSPC; only the
+    stream knows which. Everything else is the wrapped stream's.
+    """
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+
+    def _fail(self, e: OSError | None) -> OutputError:
+        if e is None:
+            return OutputError(
+                "standard output is closed", "redirect it to a file or to /dev/null instead"
+            )
+        return OutputError(
+            f"cannot write to standard output: {e.strerror or e}",
+            "check where the output goes: a full disk, or a device that refuses writes",
+        )
+
+    def write(self, text: str) -> int:
+        if self._stream is None:
+            raise self._fail(None)
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise _ReaderGone from None
+        except OSError as e:
+            raise self._fail(e) from None
+
+    def flush(self) -> None:
+        if self._stream is None:
+            return
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise _ReaderGone from None
+        except OSError as e:
+            raise self._fail(e) from None
+
+    def isatty(self) -> bool:
+        return self._stream is not None and self._stream.isatty()
+
+    def __getattr__(self, name: str) -> Any:
+        if self._stream is None:
+            raise self._fail(None)
+        return getattr(self._stream, name)
+
+
+def _open_standard_fds() -> None:
+    """Put /dev/null on closed standard descriptors (``localrun ... <&- >&-``).
+
+    Otherwise the next file opened (the model, by llama.cpp) would take descriptor 1, and
+    whatever C code prints would be written into it.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdin is None:  # closed: read as empty, so a prompt can still come as arguments
+        sys.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the process
+
+
+def _silence_stdout(stream: TextIO | None) -> None:
+    """After stdout failed, send what is still buffered to /dev/null, quietly at exit."""
+    if stream is not None and stream is sys.__stdout__:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code (0 ok, 1 error, 2 usage, 130 interrupted)."""
     command = typer.main.get_command(app)
     debug = os.environ.get("LOCALRUN_DEBUG") == "1"
+    _open_standard_fds()
+    stdout = sys.stdout
+    sys.stdout = _Output(stdout)
     try:
         result = command.main(args=argv, prog_name="localrun", standalone_mode=False)
+        sys.stdout.flush()
     except (KeyboardInterrupt, typer.Abort):
         if debug:
             traceback.print_exc()
         return 130
-    except BrokenPipeError:
+    except (_ReaderGone, BrokenPipeError):
         # The reader went away (`localrun run ... | head`): not an error of ours.
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        _silence_stdout(stdout)
         return 0
     except Exception as exc:
         # A bare `localrun` (or `localrun cache`) asks for help: give it, as a success.
@@ -120,7 +209,12 @@ def main(argv: list[str] | None = None) -> int:
                 "this is a bug in localrun; run again with LOCALRUN_DEBUG=1 and report it",
             )
         _print_error(error)
+        if isinstance(error, OutputError):
+            _silence_stdout(stdout)
         return error.exit_code
+    finally:
+        if isinstance(sys.stdout, _Output):
+            sys.stdout = stdout
     return result if isinstance(result, int) else 0
 
 

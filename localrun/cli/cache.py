@@ -45,19 +45,29 @@ def du(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
 @cache_app.command()
 def verify() -> None:
     """Re-hash every model file; remove the corrupt ones (pull again to repair)."""
-    from localrun import store
+    from localrun import demo, store
 
     result = store.verify()
+    refs = {m.name: m.hub_ref for m in store.all_manifests()}
     for name, path in result.corrupt:
-        print(f"corrupt: {name}: {path} (removed; pull it again)", file=sys.stderr)
+        print(
+            f"corrupt: {name}: {path} (removed; pull it again: localrun pull {refs[name]})",
+            file=sys.stderr,
+        )
     for name, path in result.missing:
-        print(f"missing: {name}: {path} (pull it again)", file=sys.stderr)
+        print(
+            f"missing: {name}: {path} (pull it again: localrun pull {refs[name]})", file=sys.stderr
+        )
+    demo_state = demo.verify_cached()
+    if demo_state == "corrupt":
+        print("corrupt: demo (removed; it is assembled again on the next run)", file=sys.stderr)
+    checked = result.checked + (demo_state is not None)
+    corrupt = len(result.corrupt) + (demo_state == "corrupt")
     print(
-        f"checked {result.checked} files: {len(result.corrupt)} corrupt, "
-        f"{len(result.missing)} missing",
+        f"checked {checked} files: {corrupt} corrupt, {len(result.missing)} missing",
         file=sys.stderr,
     )
-    if result.corrupt or result.missing:
+    if corrupt or result.missing:
         raise typer.Exit(1)
 
 

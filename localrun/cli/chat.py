@@ -43,16 +43,23 @@ def setup_history() -> ReadLine:
     history = paths.data_dir() / "history"
     try:
         history.parent.mkdir(parents=True, exist_ok=True)
-        if history.exists():
-            readline.read_history_file(history)
+        history.touch()  # append_history_file writes only to a file that exists
+        readline.read_history_file(history)
         readline.set_history_length(1000)
-    except OSError:
+    except OSError as e:
+        # A read-only data directory costs the history, not the chat; say so once.
+        print(
+            f"Warning: the chat history will not be kept ({history}: {e.strerror})",
+            file=sys.stderr,
+        )
         return input
 
     def read(prompt: str) -> str:
+        before = readline.get_current_history_length()
         line = input(prompt)
         if line.strip():
-            # A read-only data directory costs the history, not the chat.
+            if readline.get_current_history_length() == before:
+                readline.add_history(line)  # input() adds it only when it edits on a terminal
             with contextlib.suppress(OSError):
                 readline.append_history_file(1, history)
         return line
@@ -79,6 +86,8 @@ def read_message(read: ReadLine) -> str:
 
 class ChatUI:
     """The read-answer loop around a :class:`ChatSession`."""
+
+    read: ReadLine = input  # how the loop reads a line; questions (overwrite?) use it too
 
     def __init__(
         self,
@@ -150,6 +159,7 @@ class ChatUI:
 
     def run(self, read: ReadLine) -> None:
         """Read messages until /bye, Ctrl-D, or Ctrl-C at the prompt."""
+        self.read = read
         while True:
             try:
                 text = read_message(read)
@@ -253,12 +263,23 @@ class ChatUI:
             return
         path = Path(parts[1].strip())
         if name == "/save":
+            if path.expanduser().exists() and not self._confirm(f"{path} exists. Overwrite it?"):
+                self.console.print("Not saved.")
+                return
             self.session.save(path)
             self.console.print(f"Saved the conversation to {path}.")
         else:
             self.session.load(path)
             n = len(self.session.messages)
             self.console.print(f"Loaded {n} messages from {path}.")
+
+    def _confirm(self, question: str) -> bool:
+        try:
+            answer = self.read(f"{question} [y/N] ")
+        except (EOFError, KeyboardInterrupt):
+            self.console.print()
+            return False
+        return answer.strip().lower() in ("y", "yes")
 
 
 def reattach_terminal() -> None:

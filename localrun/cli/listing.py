@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,7 @@ def list_models(
                 "repo": m.repo,
                 "commit": m.commit,
                 "path": str(m.model_path),
+                "missing_files": m.missing_files,
             }
             for m in manifests
         ]
@@ -70,12 +72,25 @@ def list_models(
             )
         print(json.dumps(entries, indent=2))
         return
+    for m in manifests:
+        if m.missing_files:
+            print(
+                f"Warning: {m.name} is missing its files (deleted, or removed as corrupt); "
+                f"repair it with: localrun pull {m.hub_ref}",
+                file=sys.stderr,
+            )
     header = ("NAME", "ID", "SIZE", "QUANT", "MODIFIED")
     print(
         table(
             header,
             [
-                (m.name, m.id, human_size(m.size), m.quant or "-", _ago(m.pulled_at))
+                (
+                    m.name + (" (files missing)" if m.missing_files else ""),
+                    m.id,
+                    human_size(m.size),
+                    m.quant or "-",
+                    _ago(m.pulled_at),
+                )
                 for m in manifests
             ],
         )

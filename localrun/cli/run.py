@@ -39,11 +39,26 @@ class OutputFormat(str, enum.Enum):
     json = "json"
 
 
+MAX_STDIN_BYTES = 16 * 1024 * 1024  # 4M tokens or so: more than any context holds
+
+
 def read_prompt(args: list[str], stdin: TextIO) -> str:
-    """The prompt: piped stdin first, then the arguments (as Ollama and llm do)."""
+    """The prompt: piped stdin first, then the arguments (as Ollama and llm do).
+
+    A prompt of only white space, from either, is no prompt.
+    """
     parts = []
     if not stdin.isatty():
-        data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode()
+        if hasattr(stdin, "buffer"):
+            data = stdin.buffer.read(MAX_STDIN_BYTES + 1)
+        else:
+            data = stdin.read(MAX_STDIN_BYTES + 1).encode()
+        if len(data) > MAX_STDIN_BYTES:
+            raise UsageError(
+                f"standard input is over {MAX_STDIN_BYTES // 2**20} MiB: more text than any "
+                "model's context holds",
+                "pass a shorter text, or split it and ask about each part",
+            )
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
@@ -54,12 +69,13 @@ def read_prompt(args: list[str], stdin: TextIO) -> str:
             )
         if text.strip():
             parts.append(text.rstrip("\n"))
-    if args:
-        parts.append(" ".join(args))
+    joined = " ".join(args)
+    if joined.strip():
+        parts.append(joined)
     if parts:
         return "\n\n".join(parts)
     raise UsageError(
-        "no prompt: the arguments are empty and standard input was empty",
+        "no prompt: the arguments and standard input are empty or only white space",
         "localrun run MODEL 'your question', or pipe text in",
     )
 
@@ -108,7 +124,9 @@ def run(
         min=0.0,
         help="Penalty for repeated tokens (1: none). [default: 1.1]",
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed, for repeatable output."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Random seed, 0 to 4294967294, for repeatable output; -1: random."
+    ),
     max_tokens: int | None = typer.Option(
         None, "--max-tokens", min=1, help="Stop after this many tokens."
     ),
@@ -117,7 +135,7 @@ def run(
         None, "--ctx", min=1, help="Context size in tokens (default: the model's, at most 4096)."
     ),
     threads: int | None = typer.Option(
-        None, "--threads", min=1, help="CPU threads (default: the physical cores)."
+        None, "--threads", min=1, max=512, help="CPU threads (default: the physical cores)."
     ),
     gpu_layers: str | None = typer.Option(
         None,

@@ -1,0 +1,201 @@
+"""Random and hostile values for every flag and Modelfile parameter, on a real tiny model.
+
+Each value must give a correct answer or a one-line error with a hint: never an abort inside
+llama.cpp, a traceback, "this is a bug", or more than 1 GB of memory. The cases run in
+forked children (``tests/fuzz_harness.py``), so a crash is one failed case, not a dead run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localrun.modelfile import PARAMETERS
+
+SEED = 20261201
+HOSTILE = [
+    "",
+    " ",
+    "0",
+    "-0",
+    "-1",
+    "1",
+    "2",
+    "nan",
+    "-nan",
+    "inf",
+    "-inf",
+    "1e308",
+    "1e-320",
+    "9" * 30,
+    "-" + "9" * 30,
+    "2147483648",
+    "4294967295",
+    "4294967296",
+    "-2147483649",
+    "0x10",
+    "1_000",
+    "0.5",
+    "1e3",
+    "abc",
+    "%s%n%x",
+    "{{ 7*7 }}",
+    "\u202edlrow",
+    "日本語",
+    "x" * 5000,
+]
+RUN_FLAGS = [
+    "--temperature",
+    "--top-k",
+    "--top-p",
+    "--min-p",
+    "--repeat-penalty",
+    "--seed",
+    "--max-tokens",
+    "--stop",
+    "--ctx",
+    "--threads",
+    "--gpu-layers",
+    "--system",
+    "--format",
+]
+BENCH_FLAGS = ["-p", "-n", "-r", "--ctx", "--threads", "--gpu-layers"]
+PROMPT = "the sky is blue " * 20
+
+
+def _random_values(rng: random.Random, n: int) -> list[str]:
+    values = []
+    for _ in range(n):
+        kind = rng.randrange(4)
+        if kind == 0:
+            values.append(str(rng.randint(-(10 ** rng.randint(1, 12)), 10 ** rng.randint(1, 12))))
+        elif kind == 1:
+            values.append(repr(rng.uniform(-1, 1) * 10 ** rng.randint(-5, 12)))
+        elif kind == 2:
+            values.append(str(rng.randint(0, 600)))
+        else:
+            alphabet = "abc019.-+e_ %{}\"'\\/\t"
+            values.append("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))))
+    return values
+
+
+def _threads_value_ok(value: str) -> bool:
+    # A valid but large thread count is correct and slow on two cores: keep the valid ones small.
+    try:
+        return not 8 < int(value) <= 512
+    except ValueError:
+        return True
+
+
+def cases(model: Path, base: Path) -> list[dict[str, Any]]:
+    rng = random.Random(SEED)
+    found: list[dict[str, Any]] = []
+
+    def add(steps: list[list[str]], stdin: str = "") -> None:
+        home = str(base / f"case{len(found)}")
+        found.append({"steps": steps, "stdin": stdin, "home": home})
+
+    for flag in RUN_FLAGS:
+        for value in HOSTILE + _random_values(rng, 6):
+            if flag == "--threads" and not _threads_value_ok(value):
+                continue
+            limit = [] if flag == "--max-tokens" else ["--max-tokens", "4"]
+            add([["run", str(model), flag, value, *limit, PROMPT]])
+    for flag in BENCH_FLAGS:
+        for value in HOSTILE[:20] + _random_values(rng, 3):
+            if flag in ("--threads", "-r", "-p", "-n") and not _small_or_invalid(value):
+                continue
+            add([["bench", str(model), "-p", "8", "-n", "4", "-r", "1", flag, value]])
+    for name in PARAMETERS:
+        for value in HOSTILE + _random_values(rng, 3):
+            if name == "num_thread" and not _threads_value_ok(value):
+                continue
+            modelfile = base / f"Modelfile-{len(found)}"
+            quoted = json.dumps(value)
+            modelfile.write_text(f"FROM {model}\nPARAMETER {name} {quoted}\n")
+            add(
+                [
+                    ["create", "m", "-f", str(modelfile)],
+                    ["run", "m", "--max-tokens", "4", PROMPT],
+                ]
+            )
+    # Prompts: empty, huge, control characters, invalid UTF-8 stand-ins.
+    for stdin in ["", " \n", "\x00\x01\x1b[2J", "word " * 200_000, "é" * 50_000]:
+        add([["run", str(model), "--max-tokens", "4"]], stdin=stdin)
+    return found
+
+
+def _small_or_invalid(value: str) -> bool:
+    try:
+        return int(value) <= 64
+    except ValueError:
+        return True
+
+
+def _problem(result: dict[str, Any]) -> str | None:
+    if result["signal"] is not None:
+        return f"killed by signal {result['signal']}"
+    if result["code"] not in (0, 1, 2):
+        return f"exit code {result['code']}"
+    if result["peak_mb"] > 1024:
+        return f"{result['peak_mb']:.0f} MB of memory"
+    err = result["stderr"]
+    if "Traceback" in err or "this is a bug" in err:
+        return "a traceback or an unexpected error"
+    if result["code"] != 0:
+        lines = [line for line in err.splitlines() if line.strip()]
+        if len(lines) != 1 or not lines[0].startswith("Error: ") or "Hint: " not in lines[0]:
+            return "not a one-line error with a hint"
+        if result["stdout"]:
+            return "output on stdout with an error"
+    return None
+
+
+def test_every_flag_and_parameter_survives_hostile_values(tiny_model: Path, tmp_path: Path) -> None:
+    all_cases = cases(tiny_model, tmp_path)
+    case_file, result_file = tmp_path / "cases.json", tmp_path / "results.json"
+    case_file.write_text(json.dumps(all_cases))
+    env = {k: v for k, v in os.environ.items() if k != "LOCALRUN_DEBUG"}
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "tests.fuzz_harness", str(case_file), str(result_file), "60"],
+        check=True,
+        cwd=root,
+        env=env,
+        timeout=1500,
+    )
+    results = json.loads(result_file.read_text())
+    assert len(results) == len(all_cases)
+    failures = [
+        f"{problem}: {r['steps']!r:.300} -> {r['stderr'][-300:]!r}"
+        for r in results
+        if (problem := _problem(r)) is not None
+    ]
+    answered = sum(r["code"] == 0 for r in results)
+    assert not failures, f"{len(failures)} of {len(results)} cases:\n" + "\n".join(failures[:40])
+    # The values are not all refused: many are valid and must give an answer.
+    assert answered > len(results) // 4
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "4294967301"])
+def test_harness_reports_each_case(value: str, tiny_model: Path, tmp_path: Path) -> None:
+    """The harness itself: a refused value comes back as exit 2 with its one line."""
+    case = {"steps": [["run", str(tiny_model), "--temperature", value, "hi"]], "stdin": ""}
+    case_file, result_file = tmp_path / "c.json", tmp_path / "r.json"
+    case_file.write_text(json.dumps([case]))
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "tests.fuzz_harness", str(case_file), str(result_file)],
+        check=True,
+        cwd=root,
+    )
+    (result,) = json.loads(result_file.read_text())
+    assert result["code"] == 2 and result["signal"] is None
+    assert result["stderr"].startswith("Error: ") and "--temperature" in result["stderr"]
