@@ -4,7 +4,7 @@ import sys
 
 def test_engine_does_not_import_typer_or_rich() -> None:
     code = (
-        "import sys, localrun.engine, localrun.backend.llamacpp, localrun.demo;"
+        "import sys, localrun.engine, localrun.backend.llamacpp.model, localrun.models.demo;"
         "bad = sorted(m for m in ('typer', 'rich', 'click') if m in sys.modules);"
         "print(','.join(bad))"
     )
@@ -29,7 +29,7 @@ HEAVY = ("llama_cpp", "huggingface_hub", "pydantic", "jinja2", "rich", "http.cli
 
 def test_help_loads_nothing_heavy() -> None:
     # `localrun --help` must stay fast: each command imports what it needs when it runs.
-    assert _loaded_by(["--help"], (*HEAVY, "localrun.store", "localrun.pull")) == []
+    assert _loaded_by(["--help"], (*HEAVY, "localrun.hub.store", "localrun.hub.pull")) == []
 
 
 def test_list_loads_nothing_heavy() -> None:
@@ -45,7 +45,7 @@ def _run(code: str) -> str:
 def test_backend_loads_llama_cpp_bindings_alone() -> None:
     # llama_cpp's __init__ imports the high-level Llama, numpy and the chat formats (0.13-0.3 s).
     code = (
-        "import sys, localrun.backend.llamacpp as b;"
+        "import sys, localrun.backend.llamacpp.model as b;"
         "print(sorted(m for m in ('numpy', 'llama_cpp.llama', 'jinja2') if m in sys.modules),"
         " b.lc.llama_max_devices() >= 1)"
     )
@@ -54,7 +54,7 @@ def test_backend_loads_llama_cpp_bindings_alone() -> None:
 
 def test_rest_of_llama_cpp_still_imports_after_the_backend() -> None:
     code = (
-        "import localrun.backend.llamacpp, localrun.gpu;"
+        "import localrun.backend.llamacpp, localrun.backend.llamacpp.devices;"
         "from llama_cpp import Llama, __version__;"
         "import llama_cpp; print(Llama.__name__, __version__ == llama_cpp.__version__)"
     )
@@ -64,7 +64,7 @@ def test_rest_of_llama_cpp_still_imports_after_the_backend() -> None:
 def test_bindings_leave_an_imported_llama_cpp_alone() -> None:
     code = (
         "import llama_cpp; full = llama_cpp;"
-        "from localrun.backend import bindings; bindings.register();"
+        "from localrun.backend.llamacpp import bindings; bindings.register();"
         "import llama_cpp; print(llama_cpp is full, type(llama_cpp).__name__)"
     )
     assert _run(code) == "True module"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from localrun.backend import BackendEvent, Prefilled, SamplingParams, Token
-from localrun.chat import ChatSession, Options, Trimmed
-from localrun.chat_template import Message
 from localrun.engine import Finished, LoadedModel, TextDelta
+from localrun.engine.chat import ChatSession, Options, Trimmed
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
+from localrun.prompt.template import Message
 from tests.scripted import ScriptedModel
 from tests.tinygguf import CHATML_TEMPLATE
 

@@ -1,6 +1,6 @@
 import pytest
 
-from localrun.chat_template import Message, TemplateError, render
+from localrun.prompt.template import Message, TemplateError, render
 from tests.tinygguf import CHATML_TEMPLATE
 
 NO_SYSTEM = (
@@ -151,7 +151,7 @@ MEMORY_BOMBS = {
 
 _BOMB_SCRIPT = """
 import json, resource, sys, time
-from localrun.chat_template import Message, TemplateError, render
+from localrun.prompt.template import Message, TemplateError, render
 start = time.monotonic()
 try:
     render(sys.argv[1], [Message("user", "hi")])

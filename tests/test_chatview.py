@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from localrun.chat import ChatSession
 from localrun.cli.chat import ChatUI, read_message
 from localrun.cli.chatview import AnswerState, AnswerView, split_markdown, status_line, summary_line
 from localrun.engine import FirstToken, LoadedModel, PromptEvaluated, Stats, TextDelta
+from localrun.engine.chat import ChatSession
 from tests.scripted import ScriptedModel
 from tests.tinygguf import CHATML_TEMPLATE
 

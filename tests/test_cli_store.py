@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from localrun import pull
+from localrun.hub import pull
 from tests.hub import FakeHub, Faults
 from tests.test_pull import fake_gguf, hub  # noqa: F401 - the hub fixture
 
@@ -45,7 +45,7 @@ def test_pull_passes_force(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         seen.append((ref, force))
         raise pull.HubError("stop here", "nothing")
 
-    monkeypatch.setattr("localrun.pull.pull", fake_pull)
+    monkeypatch.setattr("localrun.hub.pull.pull", fake_pull)
     assert cli(["pull", "hf.co/a/b", "--force"]).exit_code == 1
     assert seen == [("hf.co/a/b", True)]
 
@@ -157,7 +157,7 @@ def test_after_verify_removes_a_corrupt_file_every_name_says_pull_again(
 
 
 def test_verify_checks_the_demo_model(cli: Any, localrun_home: Path) -> None:
-    from localrun.demo import demo_model_path
+    from localrun.models.demo import demo_model_path
 
     path = demo_model_path()
     ok = cli(["cache", "verify"])

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from localrun import demo, paths
+from localrun import paths
 from localrun.errors import DemoUnavailableError
+from localrun.models import demo
 
 CONTENT = b"GGUF\x03\x00\x00\x00fake demo model"
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from localrun.modelfile import PARAMETERS
+from localrun.models.modelfile import PARAMETERS
 
 SEED = 20261201
 HOSTILE = [

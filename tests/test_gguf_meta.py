@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from localrun.errors import InvalidModelError
-from localrun.gguf_meta import ArrayInfo, file_type_name, read_gguf, type_name
+from localrun.gguf.reader import ArrayInfo, file_type_name, read_gguf, type_name
 from tests.tinygguf import N_EMBD, N_LAYER, write_tiny_model
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from localrun.errors import InvalidModelError, ModelNotFoundError
-from localrun.ggufcheck import check_model_file
+from localrun.gguf.check import check_model_file
 
 
 def test_accepts_a_real_gguf(tiny_model: Path) -> None:

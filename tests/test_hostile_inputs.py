@@ -152,8 +152,8 @@ def test_abort_callback_prints_one_line_and_no_backtrace(tmp_path: Path) -> None
     """Should llama.cpp still abort, the user sees one line on stderr and nothing on stdout."""
     script = (
         "import ctypes\n"
-        "import localrun.backend.llamacpp\n"
-        "from localrun.backend.bindings import load_library\n"
+        "import localrun.backend.llamacpp.model\n"
+        "from localrun.backend.llamacpp.bindings import load_library\n"
         "base = load_library('ggml-base')\n"
         "base.ggml_abort.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]\n"
         "base.ggml_abort(b'file.c', 7, b'GGML_ASSERT(x) failed')\n"
@@ -170,7 +170,7 @@ def test_abort_callback_prints_one_line_and_no_backtrace(tmp_path: Path) -> None
 
 _INTERRUPT_DURING_LOAD = """
 import os, signal, sys
-import localrun.backend.llamacpp as backend
+import localrun.backend.llamacpp.model as backend
 
 real = backend.lc.llama_progress_callback
 
@@ -305,7 +305,7 @@ def test_a_300_character_name_is_not_found(home: Path, command: str) -> None:
 def test_create_refuses_a_pulled_name_and_cp_a_created_one(
     home: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
-    from localrun import store
+    from localrun.hub import store
 
     sha = "0" * 64
     files = (store.ModelFile("t.gguf", 1, sha, sha),)
@@ -368,8 +368,8 @@ def test_save_asks_before_overwriting(tmp_path: Path, tiny_chat_model: Path) -> 
     from rich.console import Console
 
     from localrun import engine
-    from localrun.chat import ChatSession
     from localrun.cli.chat import ChatUI
+    from localrun.engine.chat import ChatSession
 
     loaded = engine.load_model(str(tiny_chat_model), n_threads=1, gpu_layers=0)
     try:

@@ -125,7 +125,7 @@ def _reference_chain(self: object, sampling: SamplingParams, history: list[int])
 def test_cheap_penalty_order_samples_exactly_as_the_textbook_order(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from localrun.backend.llamacpp import LlamaCppModel
+    from localrun.backend.llamacpp.model import LlamaCppModel
 
     def tokens(seed: int) -> list[int]:
         model = load(LoadOptions(tiny_model, n_threads=1))

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from localrun import engine, recipes
-from localrun.chat_template import Message, render
-from localrun.gotemplate import GoTemplateError, is_go_template, to_jinja
-from localrun.modelfile import Modelfile, ModelfileError, parse
-from localrun.refs import parse_hub_ref
+from localrun import engine
+from localrun.hub.refs import parse_hub_ref
+from localrun.models import recipes
+from localrun.models.gotemplate import GoTemplateError, is_go_template, to_jinja
+from localrun.models.modelfile import Modelfile, ModelfileError, parse
+from localrun.prompt.template import Message, render
 from tests.tinygguf import CHATML_TEMPLATE
 
 # Written the way Ollama's documentation writes them.
@@ -262,7 +263,7 @@ def test_library_recipes_parse_and_name_real_references() -> None:
 def test_library_json_and_short_names(cli: Any) -> None:
     entries = json.loads(cli(["library", "--json"]).stdout)
     assert all({"name", "from", "description"} <= set(e) for e in entries)
-    from localrun.pull import hub_ref_of
+    from localrun.hub.pull import hub_ref_of
 
     assert hub_ref_of("qwen2.5:0.5b") == "hf.co/Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M"
     result = cli(["show", "qwen2.5:0.5b"])

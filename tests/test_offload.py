@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from localrun import backend, engine, offload
+from localrun import backend, engine
+from localrun.backend.llamacpp import offload
+from localrun.backend.llamacpp.offload import GPU, ModelSizes, model_sizes, plan
 from localrun.errors import OutOfMemoryError
-from localrun.gguf_meta import read_gguf
-from localrun.offload import GPU, ModelSizes, model_sizes, plan
+from localrun.gguf.reader import read_gguf
 
 GB = 10**9
 MiB = 1 << 20
@@ -19,7 +20,7 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="module")
 def demo_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from localrun.demo import demo_model_path
+    from localrun.models.demo import demo_model_path
 
     with pytest.MonkeyPatch.context() as m:
         m.setenv("LOCALRUN_HOME", str(tmp_path_factory.mktemp("demo-home")))

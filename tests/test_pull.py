@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from localrun import paths, pull, store
+from localrun import paths
 from localrun.errors import CacheError, LocalrunError, UsageError
-from localrun.refs import NotGGUFError, QuantNotFoundError
+from localrun.hub import pull, store
+from localrun.hub.refs import NotGGUFError, QuantNotFoundError
 from tests.hub import FakeHub, Faults
 from tests.tinygguf import write_tiny_model
 
@@ -192,7 +193,7 @@ def test_dropped_connection_is_resumed_within_the_run(hub: FakeHub) -> None:
 def test_connection_that_keeps_dropping_keeps_the_partial(
     hub: FakeHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from localrun import download
+    from localrun.hub import download
 
     pauses: list[float] = []
     monkeypatch.setattr(download.time, "sleep", pauses.append)  # no 1 s pauses in tests

@@ -22,7 +22,7 @@ import pytest
 
 from localrun import engine
 from localrun.backend import SamplingParams
-from localrun.chat_template import Message, render
+from localrun.prompt.template import Message, render
 from tests.tinygguf import write_tiny_model
 
 TEMPLATES_ENV = "LOCALRUN_TEST_TEMPLATES"

@@ -1,7 +1,7 @@
 import pytest
 
 from localrun.errors import UsageError
-from localrun.refs import (
+from localrun.hub.refs import (
     HubRef,
     NotGGUFError,
     QuantNotFoundError,

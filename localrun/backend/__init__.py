@@ -111,7 +111,7 @@ class Model(Protocol):
 
 def load(options: LoadOptions) -> Model:
     """Load a model with the llama.cpp backend (imported only now: it is slow to import)."""
-    from localrun.backend.llamacpp import LlamaCppModel
+    from localrun.backend.llamacpp.model import LlamaCppModel
 
     return LlamaCppModel(options)
 

@@ -42,7 +42,7 @@ def bench(
 
     Prefill and decode tokens/s, TTFT and load time, as mean and standard deviation.
     """
-    from localrun.bench import BenchConfig, run
+    from localrun.engine.bench import BenchConfig, run
 
     config = BenchConfig(
         model=model,

@@ -19,7 +19,8 @@ app.add_typer(cache_app, name="cache")
 @cache_app.command()
 def du(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Disk space used by each model and by the cache as a whole."""
-    from localrun import paths, store
+    from localrun import paths
+    from localrun.hub import store
 
     usage = store.disk_usage()
     if as_json:
@@ -45,7 +46,8 @@ def du(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
 @cache_app.command()
 def verify() -> None:
     """Re-hash every model file; remove the corrupt ones (pull again to repair)."""
-    from localrun import demo, store
+    from localrun.hub import store
+    from localrun.models import demo
 
     result = store.verify()
     refs = {m.name: m.hub_ref for m in store.all_manifests()}
@@ -74,7 +76,7 @@ def verify() -> None:
 @cache_app.command()
 def prune() -> None:
     """Delete interrupted downloads and files no model uses."""
-    from localrun import store
+    from localrun.hub import store
 
     result = store.prune()
     print(

@@ -13,12 +13,12 @@ from rich.console import Console
 from rich.text import Text
 
 from localrun import paths
-from localrun.chat import ChatEvent, ChatSession
 from localrun.cli.chatview import AnswerState, AnswerView, summary_line
 from localrun.cli.output import format_stats
 from localrun.engine import CHAT
+from localrun.engine.chat import ChatEvent, ChatSession
 from localrun.errors import LocalrunError
-from localrun.gguf_meta import file_type_name
+from localrun.gguf.reader import file_type_name
 
 HELP = """Commands:
   /set parameter NAME VALUE   change a generation setting (see /show parameters)

@@ -20,8 +20,8 @@ from rich.segment import Segment, Segments
 from rich.text import Text
 
 from localrun import engine
-from localrun.chat import ChatEvent, Trimmed
 from localrun.engine import Stats
+from localrun.engine.chat import ChatEvent, Trimmed
 
 REFRESH_PER_SECOND = 8
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")

@@ -15,8 +15,8 @@ def cp(
     dst: str = typer.Argument(..., help="The new name."),
 ) -> None:
     """Give a pulled model another name (no files are copied)."""
-    from localrun import store
-    from localrun.pull import resolve_local
+    from localrun.hub import store
+    from localrun.hub.pull import resolve_local
 
     manifest = resolve_local(src) or store.require(src)
     store.copy(manifest, dst)

@@ -22,7 +22,8 @@ def create(
 
     Its FROM is pulled first if it is a Hub reference.
     """
-    from localrun import engine, recipes
+    from localrun import engine
+    from localrun.models import recipes
 
     recipe = recipes.create(name, file)
     try:

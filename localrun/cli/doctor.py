@@ -16,7 +16,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 
     The llama.cpp build, GPU devices, threads, the cache and the versions.
     """
-    from localrun.doctor import report  # loads llama.cpp: only when asked
+    from localrun.engine.doctor import report  # loads llama.cpp: only when asked
 
     r = report()
     if as_json:

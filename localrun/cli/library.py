@@ -13,7 +13,7 @@ from localrun.cli.output import table
 @app.command()
 def library(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the bundled recipes: pull or run them by their short names."""
-    from localrun import recipes
+    from localrun.models import recipes
 
     entries = [
         {

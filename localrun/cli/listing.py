@@ -13,7 +13,7 @@ from localrun.cli import app
 from localrun.cli.output import human_size, table
 
 if TYPE_CHECKING:
-    from localrun import store
+    from localrun.hub import store
 
 
 def _ago(when: float) -> str:
@@ -27,9 +27,9 @@ def _ago(when: float) -> str:
 
 def _base(ref: str) -> store.Manifest | None:
     """The pulled model a created one stands on, if it is a pulled one."""
-    from localrun import store
-    from localrun.pull import resolve_local
-    from localrun.refs import is_hub_ref
+    from localrun.hub import store
+    from localrun.hub.pull import resolve_local
+    from localrun.hub.refs import is_hub_ref
 
     return resolve_local(ref) if is_hub_ref(ref) else store.load(ref)
 
@@ -39,7 +39,8 @@ def list_models(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List pulled and created models."""
-    from localrun import recipes, store
+    from localrun.hub import store
+    from localrun.models import recipes
 
     manifests = store.all_manifests()
     made = recipes.created()

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from localrun.pull import Reporter
+    from localrun.hub.pull import Reporter
 
 
 class RichReporter:

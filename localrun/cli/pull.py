@@ -26,8 +26,8 @@ def pull(
 
     Every file is checked against the Hub's sha256; interrupted pulls resume.
     """
-    from localrun.pull import hub_ref_of
-    from localrun.pull import pull as pull_model
+    from localrun.hub.pull import hub_ref_of
+    from localrun.hub.pull import pull as pull_model
 
     for ref in refs:
         result = pull_model(hub_ref_of(ref), force=force, reporter=reporter())

@@ -13,8 +13,9 @@ from localrun.cli.output import human_size
 @app.command()
 def rm(refs: list[str] = typer.Argument(..., help="Names or references of pulled models.")) -> None:
     """Remove models; files no other model uses are deleted."""
-    from localrun import recipes, store
-    from localrun.pull import resolve_local
+    from localrun.hub import store
+    from localrun.hub.pull import resolve_local
+    from localrun.models import recipes
 
     for ref in refs:
         if store.load(ref) is None and recipes.remove(ref):

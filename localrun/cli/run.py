@@ -233,8 +233,8 @@ def _chat(
 ) -> None:
     from rich.console import Console
 
-    from localrun.chat import ChatSession, Options
     from localrun.cli.chat import ChatUI, reattach_terminal, setup_history
+    from localrun.engine.chat import ChatSession, Options
 
     session = ChatSession(
         loaded,

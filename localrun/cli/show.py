@@ -34,7 +34,7 @@ def show(
 
     Architecture, size, quantization and where it is; or parts of its Modelfile.
     """
-    from localrun.inspect import model_facts, modelfile_of
+    from localrun.models.facts import model_facts, modelfile_of
 
     if sum((modelfile, parameters, system, template, license_)) > 1:
         raise UsageError(

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from localrun.backend import SamplingParams
-from localrun.chat_template import Message
 from localrun.engine import (
     Event,
     Finished,
@@ -27,7 +26,8 @@ from localrun.engine import (
     generate_tokens,
 )
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
-from localrun.modelfile import coerce_parameter
+from localrun.models.modelfile import coerce_parameter
+from localrun.prompt.template import Message
 
 # Room kept free for the answer when old turns must be dropped.
 MIN_ANSWER_ROOM = 512

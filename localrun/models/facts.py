@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from localrun import recipes, store
-from localrun.gguf_meta import file_type_name, read_gguf
-from localrun.modelfile import Modelfile
-from localrun.pull import resolve_local
-from localrun.refs import is_hub_ref
-from localrun.store import NotPulledError
+from localrun.gguf.reader import file_type_name, read_gguf
+from localrun.hub import store
+from localrun.hub.pull import resolve_local
+from localrun.hub.refs import is_hub_ref
+from localrun.hub.store import NotPulledError
+from localrun.models import recipes
+from localrun.models.modelfile import Modelfile
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def _locate(ref: str, _seen: tuple[str, ...] = ()) -> tuple[str, list[Path], str
             ) from None
         return ref, files, sha256
     if ref == "demo":
-        from localrun.demo import demo_model_path, expected_sha256
+        from localrun.models.demo import demo_model_path, expected_sha256
 
         return "demo", [demo_model_path()], expected_sha256()
     manifest = resolve_local(ref)

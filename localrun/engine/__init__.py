@@ -12,13 +12,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localrun import backend, offload, recipes, store
+from localrun import backend
 from localrun.backend import LoadOptions, Model, Prefilled, SamplingParams
-from localrun.chat_template import Message, render
-from localrun.errors import ModelNotFoundError, OutOfMemoryError, PromptTooLongError
-from localrun.gguf_meta import read_gguf
-from localrun.ggufcheck import check_model_file
-from localrun.offload import (
+from localrun.backend.llamacpp import offload
+from localrun.backend.llamacpp.offload import (
     AUTO,
     GPU,
     ModelSizes,
@@ -28,10 +25,16 @@ from localrun.offload import (
     remember,
     remembered,
 )
-from localrun.refs import is_hub_ref
+from localrun.errors import ModelNotFoundError, OutOfMemoryError, PromptTooLongError
+from localrun.gguf.check import check_model_file
+from localrun.gguf.reader import read_gguf
+from localrun.hub import store
+from localrun.hub.refs import is_hub_ref
+from localrun.models import recipes
+from localrun.prompt.template import Message, render
 
 if TYPE_CHECKING:
-    from localrun.pull import Reporter
+    from localrun.hub.pull import Reporter
 
 CHAT = "chat"
 COMPLETION = "completion"
@@ -176,11 +179,11 @@ def resolve(ref: str, reporter: Reporter | None = None, _seen: tuple[str, ...] =
             "the model name is empty", "name a model: see localrun list and localrun library"
         )
     if ref == "demo":
-        from localrun.demo import demo_model_path
+        from localrun.models.demo import demo_model_path
 
         return Resolved(demo_model_path())
     if is_hub_ref(ref):
-        from localrun.pull import pull
+        from localrun.hub.pull import pull
 
         return Resolved(pull(ref, reporter=reporter, refresh=False).manifest.model_path)
     manifest = store.load(ref)
@@ -316,7 +319,7 @@ FLAG_NAMES = {
 
 def _check_flag(name: str, value: float | int) -> None:
     from localrun.errors import UsageError
-    from localrun.modelfile import check_parameter
+    from localrun.models.modelfile import check_parameter
 
     try:
         check_parameter(name, value)
@@ -413,7 +416,7 @@ def _fit_context(path: Path, n_ctx: int | None, notes: list[str]) -> int | None:
 
 def _plan(path: Path, n_ctx: int | None, request: str | int) -> tuple[Plan, str | None]:
     """The offload plan, and the key under which a working count is remembered."""
-    from localrun import gpu
+    from localrun.backend.llamacpp import devices as gpu
 
     supported = gpu.supports_offload() if request != 0 else False
     devices = gpu.gpus() if supported else []

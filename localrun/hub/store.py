@@ -111,7 +111,7 @@ class Manifest:
     @property
     def hub_ref(self) -> str:
         """A Hub reference that pulls these files again."""
-        from localrun.refs import HubRef, is_hub_ref
+        from localrun.hub.refs import HubRef, is_hub_ref
 
         if is_hub_ref(self.name):
             return self.name
@@ -220,7 +220,7 @@ def require(name: str) -> Manifest:
 
 def copy(src: Manifest, dst: str) -> Manifest:
     """Give the same files another name."""
-    from localrun import recipes
+    from localrun.models import recipes
 
     validate_name(dst)
     recipes.check_name_free(dst)

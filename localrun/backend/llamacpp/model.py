@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from localrun.backend import BackendEvent, LoadOptions, Prefilled, SamplingParams, Token, bindings
+from localrun.backend import BackendEvent, LoadOptions, Prefilled, SamplingParams, Token
+from localrun.backend.llamacpp import bindings
 from localrun.errors import (
     GenerationError,
     InvalidModelError,

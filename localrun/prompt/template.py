@@ -3,7 +3,7 @@
 Templates come inside downloaded files, so they are untrusted: they render in Jinja's
 ``ImmutableSandboxedEnvironment`` (what llama-cpp-python adopted after CVE-2024-34359),
 which refuses attribute access to internals and mutation of objects, extended in
-:mod:`localrun.jinja_env` to bound the memory a template can ask for. A watchdog thread
+:mod:`localrun.prompt.sandbox` to bound the memory a template can ask for. A watchdog thread
 bounds the time and the number of objects a render makes, in any thread.
 """
 
@@ -52,7 +52,7 @@ class _Watchdog:
     A render runs Python code (Jinja compiles templates to Python), so an exception set
     with ``PyThreadState_SetAsyncExc`` stops it at its next step in whichever thread it
     runs; a timer signal would reach only the main thread. Single C-level operations
-    cannot be interrupted; :mod:`localrun.jinja_env` bounds those before they start.
+    cannot be interrupted; :mod:`localrun.prompt.sandbox` bounds those before they start.
     """
 
     lock: threading.Condition = field(default_factory=threading.Condition)
@@ -140,7 +140,7 @@ def render(
     """
     import jinja2  # imported on first use: the CLI starts faster without it
 
-    from localrun.jinja_env import Budget, TemplateTooLarge, environment, set_budget
+    from localrun.prompt.sandbox import Budget, TemplateTooLarge, environment, set_budget
 
     if len(template) > MAX_TEMPLATE_CHARS:
         raise TemplateError(
@@ -214,7 +214,7 @@ def _compile(env: Any, template: str) -> Any:
 def _render_or_fold(
     attempt: Callable[[Sequence[Message], list[Any] | None], str], messages: Sequence[Message]
 ) -> str:
-    from localrun.jinja_env import TemplateTooLarge
+    from localrun.prompt.sandbox import TemplateTooLarge
 
     folded = _fold_system(messages)
     variants = [messages] if folded is None else [messages, folded]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localrun import paths
-from localrun.gguf_meta import GGUFInfo
+from localrun.gguf.reader import GGUFInfo
 
 GiB = 1 << 30
 MiB = 1 << 20

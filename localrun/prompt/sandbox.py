@@ -14,7 +14,7 @@ that can make a large value, how large the value would be:
 
 Each render gets a :class:`Budget`: the largest single value, and the total text the
 checked operations may make. Time and Python-level growth (a loop making small objects) are
-bounded by the watchdog in :mod:`localrun.chat_template`.
+bounded by the watchdog in :mod:`localrun.prompt.template`.
 """
 
 from __future__ import annotations

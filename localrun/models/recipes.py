@@ -18,9 +18,9 @@ from pathlib import Path
 
 from localrun import paths
 from localrun.errors import LocalrunError, UsageError
-from localrun.gotemplate import is_go_template, to_jinja
-from localrun.modelfile import Modelfile, ModelfileError, parse
-from localrun.refs import is_hub_ref
+from localrun.hub.refs import is_hub_ref
+from localrun.models.gotemplate import is_go_template, to_jinja
+from localrun.models.modelfile import Modelfile, ModelfileError, parse
 
 LIBRARY_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -133,8 +133,8 @@ def check_name_free(name: str) -> None:
 
 def create(name: str, modelfile_path: Path) -> Recipe:
     """Record a model called ``name`` from a Modelfile (its base must exist or be pullable)."""
-    from localrun import store
-    from localrun.modelfile import read
+    from localrun.hub import store
+    from localrun.models.modelfile import read
 
     store.validate_name(name)
     if name in library() or name == "demo":

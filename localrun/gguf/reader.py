@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from localrun.errors import InvalidModelError
-from localrun.ggufcheck import GGUF_MAGIC, check_model_file
+from localrun.gguf.check import GGUF_MAGIC, check_model_file
 
 ARRAY_KEEP = 64  # arrays longer than this are summarised as ArrayInfo
 
@@ -204,7 +204,7 @@ def file_type_name(file_type: int | None) -> str | None:
     """The quantization label of ``general.file_type`` (15 gives ``Q4_K_M``)."""
     if file_type is None:
         return None
-    from localrun.backend import bindings
+    from localrun.backend.llamacpp import bindings
 
     bindings.register()
     import llama_cpp.llama_cpp as llama_cpp

@@ -11,7 +11,7 @@ import ctypes
 from dataclasses import dataclass
 from functools import cache
 
-from localrun.backend import bindings
+from localrun.backend.llamacpp import bindings
 
 bindings.register()
 

@@ -6,7 +6,9 @@ import importlib.metadata
 import os
 from dataclasses import asdict, dataclass
 
-from localrun import __version__, gpu, paths, store
+from localrun import __version__, paths
+from localrun.backend.llamacpp import devices as gpu
+from localrun.hub import store
 from localrun.system import physical_cores
 
 PACKAGES = ("llama-cpp-python", "huggingface-hub", "typer", "rich", "platformdirs", "jinja2")

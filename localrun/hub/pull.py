@@ -3,7 +3,7 @@
 huggingface_hub does the Hub's work: repository metadata (``HfApi.model_info``), file URLs,
 auth headers (``HF_TOKEN``, ``hf auth login``), its timeouts, its error types, and the file
 lock (filelock, which it uses too). What it lacks, and this module (with
-:mod:`localrun.download`) adds:
+:mod:`localrun.hub.download`) adds:
 
 - resuming across runs: huggingface_hub 2.x deletes its partial file on any error,
   Ctrl-C included; here the partial file stays in ``<cache>/partial`` under a stable
@@ -11,7 +11,7 @@ lock (filelock, which it uses too). What it lacks, and this module (with
 - the sha256 check against the hash the Hub publishes for LFS files (huggingface_hub
   checks only the size), computed while the bytes stream;
 - a transfer fast enough to keep up with the network (huggingface_hub's ``http_get``
-  moved bytes at a third of curl's speed over loopback; see :mod:`localrun.download`);
+  moved bytes at a third of curl's speed over loopback; see :mod:`localrun.hub.download`);
 - refusing to start when the disk cannot hold the download, and warning when the model
   cannot fit in memory.
 
@@ -29,14 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from localrun import paths, store
+from localrun import paths
 from localrun.errors import CacheError, LocalrunError, UsageError
-from localrun.ggufcheck import GGUF_MAGIC
-from localrun.refs import HubRef, NotGGUFError, choose, is_hub_ref, parse_hub_ref
+from localrun.gguf.check import GGUF_MAGIC
+from localrun.hub import store
+from localrun.hub.refs import HubRef, NotGGUFError, choose, is_hub_ref, parse_hub_ref
 from localrun.system import physical_memory
 
 if TYPE_CHECKING:
-    from localrun import download
+    from localrun.hub import download
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DISK_MARGIN = 256 * 1024 * 1024
@@ -132,7 +133,7 @@ def hub_ref_of(name: str) -> str:
     """A Hub reference as is; a library or created model's name gives its FROM (if on the Hub)."""
     if is_hub_ref(name):
         return name
-    from localrun import recipes
+    from localrun.models import recipes
 
     seen = [name]
     recipe = recipes.find(name)
@@ -279,7 +280,7 @@ def _download(
     from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
-    from localrun import download
+    from localrun.hub import download
 
     blob = manifest.blob_path(f)
     part = _partial_path(f)
@@ -346,7 +347,7 @@ def _translate(e: Exception, ref: HubRef) -> LocalrunError | None:
     """Map huggingface_hub's and the network's errors to one line with a hint."""
     from huggingface_hub import errors as hf
 
-    from localrun import download
+    from localrun.hub import download
 
     auth_hint = "set HF_TOKEN, or log in with: hf auth login"
     if isinstance(e, download.TransferError):

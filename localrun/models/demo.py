@@ -83,7 +83,7 @@ def demo_model_path() -> Path:
 
 def verify_cached() -> str | None:
     """Re-hash the cached demo model: "ok", "corrupt" (then removed), or None if not cached."""
-    from localrun.store import sha256_of
+    from localrun.hub.store import sha256_of
 
     try:
         pkg = _package()
