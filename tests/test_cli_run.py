@@ -10,6 +10,7 @@ import pytest
 from localrun import engine
 from localrun.engine import Finished, LoadedModel, Request, Stats, TextDelta
 from localrun.errors import InvalidModelError
+from localrun.models.resolve import Resolved, Settings
 from tests.scripted import ScriptedModel
 
 
@@ -35,7 +36,7 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Recorder:
         yield Finished(Stats(load_s=0.25, prompt_tokens=5, prompt_evaluated=5, completion_tokens=2))
 
     monkeypatch.setattr(
-        engine, "resolve", lambda ref, reporter=None: engine.Resolved(Path("/m") / ref)
+        "localrun.models.resolve.resolve", lambda ref: Resolved(ref, (Path("/m") / ref,))
     )
     monkeypatch.setattr(engine, "load_model", load_model)
     monkeypatch.setattr(engine, "generate", generate)
@@ -48,7 +49,7 @@ def test_prompt_from_arguments(cli: Any, fake_engine: Recorder) -> None:
     assert result.exit_code == 0
     assert result.stdout == "Hello there\n"
     assert result.stderr == ""
-    assert fake_engine.requests[0].prompt == "why is it"
+    assert fake_engine.requests[0].messages[-1].content == "why is it"
     assert fake_engine.load_calls == [
         {
             "ref": "m.gguf",
@@ -56,7 +57,7 @@ def test_prompt_from_arguments(cli: Any, fake_engine: Recorder) -> None:
             "n_threads": 6,
             "gpu_layers": "auto",
             "path": Path("/m/m.gguf"),
-            "settings": engine.Settings(),
+            "settings": Settings(),
         }
     ]
     assert fake_engine.model.closed
@@ -65,18 +66,18 @@ def test_prompt_from_arguments(cli: Any, fake_engine: Recorder) -> None:
 def test_stdin_comes_before_arguments(cli: Any, fake_engine: Recorder) -> None:
     result = cli(["run", "m.gguf", "Summarize:"], input=b"notes line\n")
     assert result.exit_code == 0
-    assert fake_engine.requests[0].prompt == "notes line\n\nSummarize:"
+    assert fake_engine.requests[0].messages[-1].content == "notes line\n\nSummarize:"
 
 
 def test_stdin_alone(cli: Any, fake_engine: Recorder) -> None:
     cli(["run", "m.gguf"], input="Why is the sky blue?\n")
-    assert fake_engine.requests[0].prompt == "Why is the sky blue?"
+    assert fake_engine.requests[0].messages[-1].content == "Why is the sky blue?"
 
 
 def test_invalid_utf8_is_replaced_with_a_warning(cli: Any, fake_engine: Recorder) -> None:
     result = cli(["run", "m.gguf"], input=b"caf\xe9 ok")
     assert result.exit_code == 0
-    assert fake_engine.requests[0].prompt == "caf\ufffd ok"
+    assert fake_engine.requests[0].messages[-1].content == "caf\ufffd ok"
     assert "not valid UTF-8" in result.stderr
 
 
@@ -95,7 +96,10 @@ def test_flags_reach_the_engine(cli: Any, fake_engine: Recorder) -> None:
     args += ["--ctx", "1024", "--threads", "3", "--gpu-layers", "7"]
     assert cli(args).exit_code == 0
     request = fake_engine.requests[0]
-    assert request.system == "be brief"
+    assert [(m.role, m.content) for m in request.messages] == [
+        ("system", "be brief"),
+        ("user", "hi"),
+    ]
     assert request.max_tokens == 9
     assert request.stop == ("END", "###")
     s = request.sampling
@@ -113,7 +117,7 @@ def test_flags_reach_the_engine(cli: Any, fake_engine: Recorder) -> None:
         "n_threads": 3,
         "gpu_layers": 7,
         "path": Path("/m/m.gguf"),
-        "settings": engine.Settings(),
+        "settings": Settings(),
     }
 
 
@@ -197,7 +201,7 @@ def test_handled_error_is_one_line_exit_1(cli: Any, monkeypatch: pytest.MonkeyPa
     def fail(ref: str, **kwargs: Any) -> LoadedModel:
         raise InvalidModelError("x.gguf is not a GGUF model file", "pass a .gguf model file")
 
-    monkeypatch.setattr(engine, "resolve", lambda ref, reporter=None: engine.Resolved(Path(ref)))
+    monkeypatch.setattr("localrun.models.resolve.resolve", lambda ref: Resolved(ref, (Path(ref),)))
     monkeypatch.setattr(engine, "load_model", fail)
     result = cli(["run", "x.gguf", "hi"])
     assert result.exit_code == 1
@@ -212,7 +216,7 @@ def test_unexpected_error_has_no_traceback_unless_debug(
     def crash(ref: str, **kwargs: Any) -> LoadedModel:
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(engine, "resolve", lambda ref, reporter=None: engine.Resolved(Path(ref)))
+    monkeypatch.setattr("localrun.models.resolve.resolve", lambda ref: Resolved(ref, (Path(ref),)))
     monkeypatch.setattr(engine, "load_model", crash)
     result = cli(["run", "x.gguf", "hi"])
     assert result.exit_code == 1
@@ -231,7 +235,7 @@ def test_interrupt_ends_the_line_and_exits_130(cli: Any, monkeypatch: pytest.Mon
         yield TextDelta("partial answ")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "resolve", lambda ref, reporter=None: engine.Resolved(Path(ref)))
+    monkeypatch.setattr("localrun.models.resolve.resolve", lambda ref: Resolved(ref, (Path(ref),)))
     monkeypatch.setattr(engine, "load_model", load_model)
     monkeypatch.setattr(engine, "generate", generate)
     result = cli(["run", "m.gguf", "hi"])

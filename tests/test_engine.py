@@ -6,6 +6,8 @@ from localrun import engine
 from localrun.backend import SamplingParams
 from localrun.engine import Finished, LoadedModel, Request, Stats, TextDelta
 from localrun.errors import ModelNotFoundError, PromptTooLongError
+from localrun.models.resolve import resolve
+from localrun.prompt.build import conversation_tokens
 from tests.scripted import ScriptedModel
 from tests.tinygguf import CHATML_TEMPLATE
 
@@ -33,7 +35,7 @@ def answer(model: ScriptedModel, request: Request) -> tuple[str, Stats]:
 
 
 def test_streams_text_and_counts_tokens() -> None:
-    text, stats = answer(ScriptedModel([b"Hello", b",", b" world"]), Request("hi"))
+    text, stats = answer(ScriptedModel([b"Hello", b",", b" world"]), Request.of("hi"))
     assert text == "Hello, world"
     assert stats.completion_tokens == 3
     assert stats.finish_reason == "stop"
@@ -52,48 +54,48 @@ def test_multibyte_character_split_across_tokens() -> None:
         "日".encode()[:2],
         "日".encode()[2:],
     ]
-    text, _ = answer(ScriptedModel(pieces), Request("x"))
+    text, _ = answer(ScriptedModel(pieces), Request.of("x"))
     assert text == "café 日"
 
 
 def test_invalid_bytes_become_replacement_characters() -> None:
-    text, _ = answer(ScriptedModel([b"ok", b"\xff", b"!"]), Request("x"))
+    text, _ = answer(ScriptedModel([b"ok", b"\xff", b"!"]), Request.of("x"))
     assert text == "ok\ufffd!"
 
 
 def test_max_tokens_ends_with_length() -> None:
-    text, stats = answer(ScriptedModel([b"a", b"b", b"c", b"d"]), Request("x", max_tokens=2))
+    text, stats = answer(ScriptedModel([b"a", b"b", b"c", b"d"]), Request.of("x", max_tokens=2))
     assert text == "ab"
     assert stats.completion_tokens == 2
     assert stats.finish_reason == "length"
 
 
 def test_context_full_ends_with_length() -> None:
-    text, stats = answer(ScriptedModel([b"a", b"b"], end=False), Request("x"))
+    text, stats = answer(ScriptedModel([b"a", b"b"], end=False), Request.of("x"))
     assert text == "ab"
     assert stats.finish_reason == "length"
 
 
 def test_stop_string_across_tokens_is_not_printed() -> None:
     model = ScriptedModel([b"one ", b"tw", b"o EN", b"D three"])
-    text, stats = answer(model, Request("x", stop=("END",)))
+    text, stats = answer(model, Request.of("x", stop=("END",)))
     assert text == "one two "
     assert stats.finish_reason == "stop"
 
 
 def test_held_back_prefix_of_a_stop_string_is_released() -> None:
-    text, _ = answer(ScriptedModel([b"a E", b"N", b"d"]), Request("x", stop=("END",)))
+    text, _ = answer(ScriptedModel([b"a E", b"N", b"d"]), Request.of("x", stop=("END",)))
     assert text == "a ENd"
 
 
 def test_held_back_text_is_released_at_end_of_generation() -> None:
-    text, _ = answer(ScriptedModel([b"x", b"EN"]), Request("x", stop=("END",)))
+    text, _ = answer(ScriptedModel([b"x", b"EN"]), Request.of("x", stop=("END",)))
     assert text == "xEN"
 
 
 def test_completion_mode_puts_system_before_prompt() -> None:
     model = ScriptedModel([b"."])
-    answer(model, Request("question", system="sys"))
+    answer(model, Request.of("question", system="sys"))
     assert bytes(t - 3 for t in model.prompts[0][1:]) == b"sys\n\nquestion"
     assert loaded(model).mode == engine.COMPLETION
 
@@ -101,7 +103,7 @@ def test_completion_mode_puts_system_before_prompt() -> None:
 def test_chat_mode_uses_the_template_without_double_bos() -> None:
     template = "{{ bos_token }}" + CHATML_TEMPLATE
     model = ScriptedModel([b"."], chat_template=template)
-    answer(model, Request("hello", system="sys"))
+    answer(model, Request.of("hello", system="sys"))
     prompt = model.prompts[0]
     assert prompt[0] == 1 and prompt[1] != 1
     assert b"<|im_start|>user\nhello<|im_end|>" in bytes(t - 3 for t in prompt[1:])
@@ -111,7 +113,7 @@ def test_chat_mode_uses_the_template_without_double_bos() -> None:
 def test_prompt_longer_than_context_suggests_ctx() -> None:
     model = ScriptedModel([b"."], n_ctx=256)
     with pytest.raises(PromptTooLongError) as e:
-        answer(model, Request("x" * 300))
+        answer(model, Request.of("x" * 300))
     assert "301 tokens" in e.value.message and "256" in e.value.message
     assert e.value.hint and "--ctx 1024" in e.value.hint
 
@@ -119,13 +121,13 @@ def test_prompt_longer_than_context_suggests_ctx() -> None:
 def test_prompt_longer_than_training_says_shorten() -> None:
     model = ScriptedModel([b"."], n_ctx=4096)
     with pytest.raises(PromptTooLongError) as e:
-        answer(model, Request("x" * 9000))
+        answer(model, Request.of("x" * 9000))
     assert e.value.hint and "8192" in e.value.hint
 
 
 def test_unknown_model_name() -> None:
     with pytest.raises(ModelNotFoundError, match="unknown model 'llama9'"):
-        engine.resolve_model("llama9")
+        resolve("llama9")
 
 
 # -- the real llama.cpp path, on a tiny generated model -------------------------------
@@ -143,7 +145,7 @@ def run_real(path: Path, request: Request, n_ctx: int | None = None) -> tuple[st
 
 
 def test_real_model_generates_with_honest_stats(tiny_model: Path) -> None:
-    request = Request("the sky is", max_tokens=16, sampling=SamplingParams(seed=7))
+    request = Request.of("the sky is", max_tokens=16, sampling=SamplingParams(seed=7))
     text, stats = run_real(tiny_model, request)
     assert stats.completion_tokens == 16
     assert stats.finish_reason == "length"
@@ -154,11 +156,11 @@ def test_real_model_generates_with_honest_stats(tiny_model: Path) -> None:
 
 
 def test_real_model_same_seed_same_text(tiny_model: Path) -> None:
-    request = Request("hello", max_tokens=24, sampling=SamplingParams(seed=11))
+    request = Request.of("hello", max_tokens=24, sampling=SamplingParams(seed=11))
     first, _ = run_real(tiny_model, request)
     second, _ = run_real(tiny_model, request)
     other, _ = run_real(
-        tiny_model, Request("hello", max_tokens=24, sampling=SamplingParams(seed=12))
+        tiny_model, Request.of("hello", max_tokens=24, sampling=SamplingParams(seed=12))
     )
     assert first == second
     assert first != other
@@ -168,7 +170,7 @@ def test_real_chat_model_runs_in_chat_mode(tiny_chat_model: Path) -> None:
     model = engine.load_model(str(tiny_chat_model), n_threads=1)
     try:
         assert model.mode == engine.CHAT
-        tokens = engine.prompt_tokens(model, Request("hello"))
+        tokens = conversation_tokens(model.model, model.template, Request.of("hello").messages)
         # <|im_start|> is one special token (id 3), not text.
         assert tokens.count(3) == 2
     finally:
@@ -180,13 +182,13 @@ def test_real_context_is_rounded_and_enforced(tiny_model: Path) -> None:
     try:
         assert model.model.n_ctx == 256  # llama.cpp rounds up; we read what it made
         with pytest.raises(PromptTooLongError):
-            list(engine.generate(model, Request("a b " * 200)))
+            list(engine.generate(model, Request.of("a b " * 200)))
     finally:
         model.close()
 
 
 def test_real_generation_stops_when_context_is_full(tiny_model: Path) -> None:
-    request = Request("hi", sampling=SamplingParams(seed=1, temperature=1.5))
+    request = Request.of("hi", sampling=SamplingParams(seed=1, temperature=1.5))
     _, stats = run_real(tiny_model, request, n_ctx=256)
     assert stats.finish_reason == "length"
     # 256 tokens fill the KV cache; the token sampled from the last one needs no slot.

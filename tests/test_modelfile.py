@@ -13,6 +13,7 @@ from localrun.hub.refs import parse_hub_ref
 from localrun.models import recipes
 from localrun.models.gotemplate import GoTemplateError, is_go_template, to_jinja
 from localrun.models.modelfile import Modelfile, ModelfileError, parse
+from localrun.models.resolve import resolve
 from localrun.prompt.template import Message, render
 from tests.tinygguf import CHATML_TEMPLATE
 
@@ -213,7 +214,7 @@ def test_create_show_round_trip(cli: Any, modelfile_dir: Path) -> None:
 
 def test_created_model_runs_with_its_settings_and_flags_win(cli: Any, modelfile_dir: Path) -> None:
     assert cli(["create", "terse", "-f", str(modelfile_dir / "Modelfile")]).exit_code == 0
-    resolved = engine.resolve("terse")
+    resolved = resolve("terse")
     assert resolved.path == modelfile_dir / "model.gguf"
     opts = engine.run_options(resolved.settings, top_k=7)
     assert opts.sampling.temperature == 0.3 and opts.sampling.top_k == 7  # flag wins
@@ -263,9 +264,9 @@ def test_library_recipes_parse_and_name_real_references() -> None:
 def test_library_json_and_short_names(cli: Any) -> None:
     entries = json.loads(cli(["library", "--json"]).stdout)
     assert all({"name", "from", "description"} <= set(e) for e in entries)
-    from localrun.hub.pull import hub_ref_of
+    from localrun.models.resolve import hub_ref_for
 
-    assert hub_ref_of("qwen2.5:0.5b") == "hf.co/Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M"
+    assert hub_ref_for("qwen2.5:0.5b") == "hf.co/Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M"
     result = cli(["show", "qwen2.5:0.5b"])
     assert result.exit_code == 1 and "pull it with: localrun pull qwen2.5:0.5b" in result.stderr
 

@@ -22,6 +22,7 @@ import pytest
 
 from localrun import engine
 from localrun.backend import SamplingParams
+from localrun.prompt.build import conversation_tokens
 from localrun.prompt.template import Message, render
 from tests.tinygguf import write_tiny_model
 
@@ -214,7 +215,7 @@ def test_real_template_renders_and_runs(case: Case, real_templates: Path, tmp_pa
     try:
         assert loaded.mode == engine.CHAT
         assert loaded.model.chat_template == template  # as llama.cpp read it from the file
-        tokens = engine.conversation_tokens(loaded, MESSAGES)
+        tokens = conversation_tokens(loaded.model, loaded.template, MESSAGES)
         bos = loaded.model.bos_token
         assert bos is not None
         assert tokens[0] == bos and tokens[1] != bos  # once, whether the template wrote it

@@ -42,8 +42,10 @@ def bench(
 
     Prefill and decode tokens/s, TTFT and load time, as mean and standard deviation.
     """
+    from localrun.cli.progress import resolve_or_pull
     from localrun.engine.bench import BenchConfig, run
 
+    resolve_or_pull(model)  # a Hub model is pulled before the clock starts
     config = BenchConfig(
         model=model,
         prefill=_sizes(prefill),

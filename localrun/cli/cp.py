@@ -15,9 +15,7 @@ def cp(
     dst: str = typer.Argument(..., help="The new name."),
 ) -> None:
     """Give a pulled model another name (no files are copied)."""
-    from localrun.hub import store
-    from localrun.hub.pull import resolve_local
+    from localrun.models.resolve import copy
 
-    manifest = resolve_local(src) or store.require(src)
-    store.copy(manifest, dst)
-    print(f"copied {manifest.name} to {dst}", file=sys.stderr)
+    copied = copy(src, dst)
+    print(f"copied {src} to {copied.name}", file=sys.stderr)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from localrun.cli import app
-from localrun.cli.progress import reporter
+from localrun.cli.progress import resolve_or_pull
 
 
 @app.command()
@@ -22,12 +22,11 @@ def create(
 
     Its FROM is pulled first if it is a Hub reference.
     """
-    from localrun import engine
     from localrun.models import recipes
 
     recipe = recipes.create(name, file)
     try:
-        engine.resolve(recipe.modelfile.from_, reporter())  # the base must exist, or be pulled
+        resolve_or_pull(recipe.modelfile.from_)  # the base must exist, or be pulled
     except BaseException:
         recipes.remove(name)  # no half-made model left behind
         raise

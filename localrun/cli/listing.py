@@ -28,10 +28,8 @@ def _ago(when: float) -> str:
 def _base(ref: str) -> store.Manifest | None:
     """The pulled model a created one stands on, if it is a pulled one."""
     from localrun.hub import store
-    from localrun.hub.pull import resolve_local
-    from localrun.hub.refs import is_hub_ref
 
-    return resolve_local(ref) if is_hub_ref(ref) else store.load(ref)
+    return store.find(ref)
 
 
 @app.command("list")
@@ -43,7 +41,7 @@ def list_models(
     from localrun.models import recipes
 
     manifests = store.all_manifests()
-    made = recipes.created()
+    made = [(r, _base(r.modelfile.from_)) for r in recipes.created()]
     if as_json:
         entries = [
             {
@@ -59,18 +57,17 @@ def list_models(
             }
             for m in manifests
         ]
-        for r in made:
-            base = _base(r.modelfile.from_)
-            entries.append(
-                {
-                    "name": r.name,
-                    "id": base.id if base else None,
-                    "size": base.size if base else None,
-                    "quant": base.quant if base else None,
-                    "modified": r.created_at,
-                    "from": r.modelfile.from_,
-                }
-            )
+        entries += [
+            {
+                "name": r.name,
+                "id": base.id if base else None,
+                "size": base.size if base else None,
+                "quant": base.quant if base else None,
+                "modified": r.created_at,
+                "from": r.modelfile.from_,
+            }
+            for r, base in made
+        ]
         print(json.dumps(entries, indent=2))
         return
     for m in manifests:
@@ -80,19 +77,25 @@ def list_models(
                 f"repair it with: localrun pull {m.hub_ref}",
                 file=sys.stderr,
             )
-    header = ("NAME", "ID", "SIZE", "QUANT", "MODIFIED")
-    print(
-        table(
-            header,
-            [
-                (
-                    m.name + (" (files missing)" if m.missing_files else ""),
-                    m.id,
-                    human_size(m.size),
-                    m.quant or "-",
-                    _ago(m.pulled_at),
-                )
-                for m in manifests
-            ],
+    rows = [
+        (
+            m.name + (" (files missing)" if m.missing_files else ""),
+            m.id,
+            human_size(m.size),
+            m.quant or "-",
+            _ago(m.pulled_at),
         )
-    )
+        for m in manifests
+    ]
+    # Created models, with their base's figures when the base is pulled.
+    rows += [
+        (
+            r.name,
+            base.id if base else "-",
+            human_size(base.size) if base else "-",
+            (base.quant or "-") if base else "-",
+            _ago(r.created_at),
+        )
+        for r, base in made
+    ]
+    print(table(("NAME", "ID", "SIZE", "QUANT", "MODIFIED"), sorted(rows)))

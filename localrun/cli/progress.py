@@ -1,4 +1,5 @@
-"""Download progress on stderr: a rich bar on a terminal, a few plain lines otherwise."""
+"""Download progress on stderr (a rich bar on a terminal, a few plain lines otherwise), and
+pulling a model that a command needs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from localrun.hub.pull import Reporter
+    from localrun.models.resolve import Resolved
 
 
 class RichReporter:
@@ -84,6 +86,18 @@ class PlainReporter:
     def end_file(self) -> None:
         if self.done >= self.total:
             self.note(f"pulling {self.name}: 100%")
+
+
+def resolve_or_pull(ref: str) -> Resolved:
+    """Resolve a model, pulling it first (with progress on stderr) if it is on the Hub only."""
+    from localrun.hub.pull import pull
+    from localrun.models.resolve import NeedsPullError, resolve
+
+    try:
+        return resolve(ref)
+    except NeedsPullError as e:
+        pull(e.ref, reporter=reporter(), refresh=False)
+        return resolve(ref)
 
 
 def reporter() -> Reporter:

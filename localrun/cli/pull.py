@@ -26,11 +26,11 @@ def pull(
 
     Every file is checked against the Hub's sha256; interrupted pulls resume.
     """
-    from localrun.hub.pull import hub_ref_of
     from localrun.hub.pull import pull as pull_model
+    from localrun.models.resolve import hub_ref_for
 
     for ref in refs:
-        result = pull_model(hub_ref_of(ref), force=force, reporter=reporter())
+        result = pull_model(hub_ref_for(ref), force=force, reporter=reporter())
         m = result.manifest
         if as_json:
             record = {

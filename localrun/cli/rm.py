@@ -14,13 +14,12 @@ from localrun.cli.output import human_size
 def rm(refs: list[str] = typer.Argument(..., help="Names or references of pulled models.")) -> None:
     """Remove models; files no other model uses are deleted."""
     from localrun.hub import store
-    from localrun.hub.pull import resolve_local
     from localrun.models import recipes
 
     for ref in refs:
         if store.load(ref) is None and recipes.remove(ref):
             print(f"removed {ref} (its base model is kept)", file=sys.stderr)
             continue
-        manifest = resolve_local(ref) or store.require(ref)
+        manifest = store.find(ref) or store.require(ref)
         freed = store.remove(manifest.name)
         print(f"removed {manifest.name} ({human_size(freed)} freed)", file=sys.stderr)

@@ -12,7 +12,7 @@ import typer
 
 from localrun.cli import app
 from localrun.cli.output import format_stats
-from localrun.cli.progress import reporter
+from localrun.cli.progress import resolve_or_pull
 from localrun.errors import UsageError
 from localrun.system import physical_cores
 
@@ -171,7 +171,7 @@ def run(
         )
     text = read_prompt(args, sys.stdin) if (args or piped or not chat_mode) else None
     terminal = sys.stdout.isatty() and output_format is OutputFormat.text
-    resolved = engine.resolve(model, reporter())  # pulls a Hub model not yet pulled
+    resolved = resolve_or_pull(model)
     opts = engine.run_options(
         resolved.settings,
         temperature=temperature,
@@ -209,8 +209,13 @@ def run(
             _chat(loaded, text, piped, opts, verbose=verbose, wordwrap=not nowordwrap)
             return
         assert text is not None
-        request = engine.Request(
-            text, opts.system, opts.sampling, opts.max_tokens, opts.stop, opts.history
+        request = engine.Request.of(
+            text,
+            system=opts.system,
+            history=opts.history,
+            sampling=opts.sampling,
+            max_tokens=opts.max_tokens,
+            stop=opts.stop,
         )
         if output_format is OutputFormat.json:
             _json(loaded, request, model, verbose, n_threads)

@@ -18,6 +18,7 @@ from pathlib import Path
 from localrun import engine
 from localrun.backend import SamplingParams
 from localrun.engine import Finished
+from localrun.models.resolve import resolve
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def _one(
 
 def run(config: BenchConfig, progress: Callable[[str], None] = lambda s: None) -> BenchResult:
     """Run every test ``config.repetitions`` times."""
-    path = engine.resolve_model(config.model)
+    path = resolve(config.model).path  # pulled already: the CLI pulls first
     rng = random.Random(config.seed)
     measures: list[Measure] = []
     placement = "CPU"

@@ -15,18 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from localrun.backend import SamplingParams
-from localrun.engine import (
-    Event,
-    Finished,
-    LoadedModel,
-    Stats,
-    TextDelta,
-    check_fits,
-    conversation_tokens,
-    generate_tokens,
-)
+from localrun.engine.load import LoadedModel
+from localrun.engine.stream import check_fits, generate_tokens
+from localrun.engine.types import Event, Finished, Stats, TextDelta
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
 from localrun.models.modelfile import coerce_parameter
+from localrun.prompt.build import conversation_tokens
 from localrun.prompt.template import Message
 
 # Room kept free for the answer when old turns must be dropped.
@@ -102,7 +96,9 @@ class ChatSession:
         kept = list(self.messages)
         while True:
             try:
-                tokens = conversation_tokens(self.loaded, self._conversation(kept))
+                tokens = conversation_tokens(
+                    self.loaded.model, self.loaded.template, self._conversation(kept)
+                )
             except PromptTooLongError:
                 if len(kept) <= 1:
                     raise

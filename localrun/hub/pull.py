@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from localrun import paths
-from localrun.errors import CacheError, LocalrunError, UsageError
+from localrun.errors import CacheError, LocalrunError
 from localrun.gguf.check import GGUF_MAGIC
 from localrun.hub import store
-from localrun.hub.refs import HubRef, NotGGUFError, choose, is_hub_ref, parse_hub_ref
+from localrun.hub.refs import HubRef, NotGGUFError, choose, parse_hub_ref
 from localrun.system import physical_memory
 
 if TYPE_CHECKING:
@@ -106,57 +106,13 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def find_local(ref: HubRef) -> store.Manifest | None:
-    """A pulled model matching ``ref``, found without the network."""
-    exact = store.load(ref.name)
-    if exact is not None:
-        return exact
-    for m in store.all_manifests():
-        if m.repo != ref.repo or (ref.revision and ref.revision not in (m.revision, m.commit)):
-            continue
-        if ref.filename and m.files[0].path != ref.filename:
-            continue
-        if ref.quant and m.quant != ref.quant:
-            continue
-        return m
-    return None
-
-
-def resolve_local(name: str) -> store.Manifest | None:
-    """The pulled model called ``name`` (a Hub reference or a name given by ``cp``)."""
-    if is_hub_ref(name):
-        return find_local(parse_hub_ref(name))
-    return store.load(name)
-
-
-def hub_ref_of(name: str) -> str:
-    """A Hub reference as is; a library or created model's name gives its FROM (if on the Hub)."""
-    if is_hub_ref(name):
-        return name
-    from localrun.models import recipes
-
-    seen = [name]
-    recipe = recipes.find(name)
-    while recipe is not None and not is_hub_ref(recipe.modelfile.from_):
-        if recipe.modelfile.from_ in seen:
-            break
-        seen.append(recipe.modelfile.from_)
-        recipe = recipes.find(recipe.modelfile.from_)
-    if recipe is not None and is_hub_ref(recipe.modelfile.from_):
-        return recipe.modelfile.from_
-    raise UsageError(
-        f"'{name}' is not a Hub reference or a library model on the Hub",
-        "pull hf.co/ORG/REPO[:QUANT], or a name from: localrun library",
-    )
-
-
 def pull(
     text: str, *, force: bool = False, reporter: Reporter | None = None, refresh: bool = True
 ) -> PullResult:
     """Pull the model ``text`` names; with ``refresh=False`` a local copy is used as is."""
     reporter = reporter or SilentReporter()
     ref = parse_hub_ref(text)
-    local = find_local(ref)
+    local = store.find(text)
     broken = local is not None and bool(local.missing_files)  # pulled again to repair it
     if local is not None and not broken and (offline() or not refresh):
         return PullResult(local, 0, 0, 0.0, 0.0, up_to_date=True)

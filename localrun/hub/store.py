@@ -21,6 +21,7 @@ from pathlib import Path
 
 from localrun import paths
 from localrun.errors import LocalrunError, UsageError
+from localrun.hub.refs import HubRef, is_hub_ref, parse_hub_ref
 
 HASH_CHUNK = 8 * 1024 * 1024
 
@@ -111,8 +112,6 @@ class Manifest:
     @property
     def hub_ref(self) -> str:
         """A Hub reference that pulls these files again."""
-        from localrun.hub.refs import HubRef, is_hub_ref
-
         if is_hub_ref(self.name):
             return self.name
         return HubRef(self.repo, filename=self.files[0].path, revision=self.revision).name
@@ -193,6 +192,27 @@ def load(name: str) -> Manifest | None:
         ) from None
 
 
+def find(text: str) -> Manifest | None:
+    """The pulled model ``text`` names, without the network: a name, or a Hub reference
+    (matched by repository, and by file, quant and revision where it gives them)."""
+    exact = load(text)
+    if exact is not None or not is_hub_ref(text):
+        return exact
+    ref = parse_hub_ref(text)
+    exact = load(ref.name)
+    if exact is not None:
+        return exact
+    for m in all_manifests():
+        if m.repo != ref.repo or (ref.revision and ref.revision not in (m.revision, m.commit)):
+            continue
+        if ref.filename and m.files[0].path != ref.filename:
+            continue
+        if ref.quant and m.quant != ref.quant:
+            continue
+        return m
+    return None
+
+
 def all_manifests() -> list[Manifest]:
     """Every model in the store, sorted by name."""
     folder = manifest_dir()
@@ -220,10 +240,7 @@ def require(name: str) -> Manifest:
 
 def copy(src: Manifest, dst: str) -> Manifest:
     """Give the same files another name."""
-    from localrun.models import recipes
-
     validate_name(dst)
-    recipes.check_name_free(dst)
     if load(dst) is not None:
         raise UsageError(
             f"a model called '{dst}' already exists", f"remove it first: localrun rm {dst}"

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from localrun.gguf.reader import file_type_name, read_gguf
 from localrun.hub import store
-from localrun.hub.pull import resolve_local
-from localrun.hub.refs import is_hub_ref
-from localrun.hub.store import NotPulledError
 from localrun.models import recipes
 from localrun.models.modelfile import Modelfile
+from localrun.models.resolve import NeedsPullError, resolve
 
 
 @dataclass(frozen=True)
@@ -33,38 +30,14 @@ class ModelFacts:
         return asdict(self)
 
 
-def _locate(ref: str, _seen: tuple[str, ...] = ()) -> tuple[str, list[Path], str]:
-    """(name, files, sha256 of the first file) without touching the network."""
-    recipe = recipes.find(ref) if ref != "demo" and not is_hub_ref(ref) else None
-    if recipe is not None and store.load(ref) is None and ref not in _seen:
-        try:
-            _, files, sha256 = _locate(recipe.modelfile.from_, (*_seen, ref))
-        except NotPulledError:
-            raise NotPulledError(
-                f"model '{ref}' is not pulled (it is FROM {recipe.modelfile.from_})",
-                f"pull it with: localrun pull {ref}",
-            ) from None
-        return ref, files, sha256
-    if ref == "demo":
-        from localrun.models.demo import demo_model_path, expected_sha256
-
-        return "demo", [demo_model_path()], expected_sha256()
-    manifest = resolve_local(ref)
-    if manifest is None and is_hub_ref(ref):
-        manifest = store.require(ref)  # raises "not pulled" with the hint to pull
-    if manifest is not None:
-        manifest.require_files()
-        files = [manifest.file_path(f) for f in manifest.files]
-        return manifest.name, files, manifest.files[0].sha256
-    from localrun.engine import resolve_model
-
-    path = resolve_model(ref)
-    return ref, [path], store.sha256_of(path)
-
-
 def model_facts(ref: str) -> ModelFacts:
     """Describe a model: a pulled name, a Hub reference, ``demo`` or a path."""
-    name, files, sha256 = _locate(ref)
+    try:
+        resolved = resolve(ref)
+    except NeedsPullError as e:
+        raise NeedsPullError(ref, ref) from None  # "localrun pull NAME" takes library names too
+    name, files = resolved.name, resolved.files
+    sha256 = resolved.sha256 or store.sha256_of(resolved.path)
     info = read_gguf(files[0])
     meta = info.metadata
     # A split model keeps its metadata in the first shard and tensors in all of them.
@@ -101,16 +74,7 @@ def modelfile_of(ref: str) -> Modelfile:
     if recipe is not None and store.load(ref) is None:
         return recipe.modelfile
     mf = Modelfile(from_=ref)
-    manifest = resolve_local(ref) if ref != "demo" else None
-    if manifest is None and is_hub_ref(ref):
-        manifest = store.require(ref)
-    if manifest is not None:
-        path = manifest.model_path
-    else:
-        from localrun.engine import resolve_model
-
-        path = resolve_model(ref)
-    meta = read_gguf(path).metadata
+    meta = read_gguf(resolve(ref).path).metadata
     template = meta.get("tokenizer.chat_template")
     if isinstance(template, str):
         mf.template = template

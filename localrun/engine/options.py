@@ -1,0 +1,114 @@
+"""The settings of a run: defaults, under a Modelfile's parameters, under the flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from localrun.backend import SamplingParams
+from localrun.backend.llamacpp.offload import AUTO
+from localrun.errors import UsageError
+from localrun.models.modelfile import check_parameter
+from localrun.models.resolve import Settings
+from localrun.prompt.template import Message
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything that shapes a run, after layering the defaults, the Modelfile, the flags."""
+
+    sampling: SamplingParams
+    max_tokens: int | None
+    stop: tuple[str, ...]
+    system: str | None
+    n_ctx: int | None
+    gpu_layers: str | int
+    threads: int | None
+    history: tuple[Message, ...]
+
+
+def run_options(
+    settings: Settings,
+    *,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repeat_penalty: float | None = None,
+    repeat_last_n: int | None = None,
+    seed: int | None = None,
+    max_tokens: int | None = None,
+    stop: tuple[str, ...] = (),
+    system: str | None = None,
+    n_ctx: int | None = None,
+    gpu_layers: str | int | None = None,
+    threads: int | None = None,
+) -> RunOptions:
+    """Flags (not None) over the Modelfile's parameters over the defaults (Ollama's)."""
+    p = settings.parameters
+    d = SamplingParams()
+    flags = {
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "min_p": min_p,
+        "repeat_penalty": repeat_penalty,
+        "repeat_last_n": repeat_last_n,
+        "seed": seed,
+        "num_predict": max_tokens,
+        "num_ctx": n_ctx,
+        "num_thread": threads,
+    }
+    for name, value in flags.items():
+        if value is not None:
+            _check_flag(name, value)
+
+    def pick(flag: Any, key: str, default: Any) -> Any:
+        return flag if flag is not None else p.get(key, default)
+
+    predict = pick(max_tokens, "num_predict", None)
+    gpu = pick(gpu_layers, "num_gpu", AUTO)
+    chosen_seed = pick(seed, "seed", d.seed)
+    return RunOptions(
+        sampling=SamplingParams(
+            temperature=float(pick(temperature, "temperature", d.temperature)),
+            top_k=int(pick(top_k, "top_k", d.top_k)),
+            top_p=float(pick(top_p, "top_p", d.top_p)),
+            min_p=float(pick(min_p, "min_p", d.min_p)),
+            repeat_penalty=float(pick(repeat_penalty, "repeat_penalty", d.repeat_penalty)),
+            repeat_last_n=int(pick(repeat_last_n, "repeat_last_n", d.repeat_last_n)),
+            seed=None if chosen_seed is None or int(chosen_seed) < 0 else int(chosen_seed),
+        ),
+        max_tokens=None if predict is None or int(predict) < 0 else int(predict),
+        stop=stop or settings.stop,
+        system=system if system is not None else settings.system,
+        n_ctx=pick(n_ctx, "num_ctx", None),
+        gpu_layers=AUTO if gpu == -1 else gpu,
+        threads=pick(threads, "num_thread", None),
+        history=settings.messages,
+    )
+
+
+# The run flags under their Modelfile parameter names: one set of ranges for both.
+FLAG_NAMES = {
+    "temperature": "--temperature",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "min_p": "--min-p",
+    "repeat_penalty": "--repeat-penalty",
+    "repeat_last_n": "--repeat-last-n",
+    "seed": "--seed",
+    "num_predict": "--max-tokens",
+    "num_ctx": "--ctx",
+    "num_thread": "--threads",
+}
+
+
+def _check_flag(name: str, value: float | int) -> None:
+    try:
+        check_parameter(name, value)
+    except ValueError as e:
+        flag = FLAG_NAMES[name]
+        raise UsageError(
+            str(e).replace(name, flag, 1), f"see 'localrun run --help' for {flag}"
+        ) from None

@@ -1,0 +1,109 @@
+"""What goes into the engine and what comes out: requests, events and statistics."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from localrun.backend import SamplingParams
+from localrun.prompt.template import Message
+
+CHAT = "chat"
+COMPLETION = "completion"
+
+
+class FinishReason(str, enum.Enum):
+    """Why an answer ended."""
+
+    STOP = "stop"  # the model ended it, or a stop string
+    LENGTH = "length"  # the token limit, or a full context
+    CANCELLED = "cancelled"  # the caller stopped it
+    ERROR = "error"  # the backend failed
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One conversation to answer: its messages (system, user, assistant) and how to sample."""
+
+    messages: tuple[Message, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int | None = None  # None: until the model stops or the context is full
+    stop: tuple[str, ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        prompt: str,
+        *,
+        system: str | None = None,
+        history: Sequence[Message] = (),
+        sampling: SamplingParams | None = None,
+        max_tokens: int | None = None,
+        stop: tuple[str, ...] = (),
+    ) -> Request:
+        """A one-shot prompt: the system prompt, earlier messages, then the user's prompt."""
+        messages = [Message("system", system)] if system else []
+        messages += [*history, Message("user", prompt)]
+        return cls(tuple(messages), sampling or SamplingParams(), max_tokens, stop)
+
+
+@dataclass
+class Stats:
+    """Timings of one answer. Times in seconds; rates in tokens per second."""
+
+    load_s: float = 0.0
+    prompt_tokens: int = 0
+    prompt_evaluated: int = 0
+    prefill_s: float = 0.0
+    prefill_tokens_per_s: float = 0.0
+    ttft_s: float = 0.0
+    completion_tokens: int = 0
+    decode_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    total_s: float = 0.0
+    finish_reason: FinishReason = FinishReason.STOP
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        """The statistics as a JSON-ready dictionary."""
+        return {**asdict(self), "finish_reason": self.finish_reason.value}
+
+
+@dataclass(frozen=True)
+class PromptEvaluated:
+    """The prompt has been prefilled (``evaluated`` excludes tokens reused from the cache)."""
+
+    prompt_tokens: int
+    evaluated: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class FirstToken:
+    """The first token was sampled, ``ttft_s`` after the request."""
+
+    ttft_s: float
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the answer, ready to print (may be empty while a character is incomplete)."""
+
+    text: str
+    tokens: int = 0  # answer tokens so far
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The answer is complete."""
+
+    stats: Stats
+
+
+Event = PromptEvaluated | FirstToken | TextDelta | Finished

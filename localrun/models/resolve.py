@@ -1,0 +1,140 @@
+"""The one resolver: what the user typed, turned into GGUF files and the settings to run them.
+
+A model is named as ``demo``, a Hub reference, a pulled model's name, a created or library
+model (a Modelfile whose FROM is resolved in turn), or a path to a ``.gguf`` file. Nothing
+here downloads: a Hub model that is not pulled (or no longer whole) raises
+:class:`NeedsPullError`, and the caller decides whether to pull it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localrun.errors import LocalrunError, ModelNotFoundError, UsageError
+from localrun.gguf.check import check_model_file
+from localrun.hub import store
+from localrun.hub.refs import is_hub_ref
+from localrun.models import recipes
+from localrun.prompt.template import Message
+
+DEMO = "demo"
+
+
+class NeedsPullError(LocalrunError):
+    """The model is on the Hub and not (wholly) in the store: ``ref`` pulls it."""
+
+    http_status = 404
+
+    def __init__(self, ref: str, name: str) -> None:
+        super().__init__(f"model '{name}' is not pulled", f"pull it with: localrun pull {ref}")
+        self.ref = ref
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a Modelfile (or a chain of them) says about running a model."""
+
+    parameters: dict[str, float | int | str] = field(default_factory=dict)
+    stop: tuple[str, ...] = ()
+    system: str | None = None
+    template: str | None = None  # Jinja
+    messages: tuple[Message, ...] = ()
+    adapters: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A model reference resolved to its files, with the settings its recipes give it."""
+
+    name: str
+    files: tuple[Path, ...]  # the first is the one to load (the first shard of a split model)
+    settings: Settings = field(default_factory=Settings)
+    manifest: store.Manifest | None = None  # when the files come from the store
+    sha256: str | None = None  # of the first file, when it is known without hashing
+
+    @property
+    def path(self) -> Path:
+        return self.files[0]
+
+
+def resolve(ref: str, _seen: tuple[str, ...] = ()) -> Resolved:
+    """Resolve ``ref`` without touching the network (see the module's docstring)."""
+    if not ref.strip():
+        raise ModelNotFoundError(
+            "the model name is empty", "name a model: see localrun list and localrun library"
+        )
+    if ref == DEMO:
+        from localrun.models.demo import demo_model_path, expected_sha256
+
+        return Resolved(DEMO, (demo_model_path(),), sha256=expected_sha256())
+    manifest = store.find(ref)
+    if is_hub_ref(ref) and (manifest is None or manifest.missing_files):
+        raise NeedsPullError(ref, ref)
+    if manifest is not None:
+        manifest.require_files()
+        files = tuple(manifest.file_path(f) for f in manifest.files)
+        return Resolved(manifest.name, files, manifest=manifest, sha256=manifest.files[0].sha256)
+    recipe = recipes.find(ref)
+    if recipe is not None:
+        if ref in _seen:
+            raise ModelNotFoundError(
+                f"the models {' -> '.join((*_seen, ref))} are each FROM the next, in a loop",
+                "change one FROM to a model file or a Hub reference",
+            )
+        base = resolve(recipe.modelfile.from_, (*_seen, ref))
+        return Resolved(ref, base.files, _merge(base.settings, recipe), base.manifest, base.sha256)
+    path = Path(ref).expanduser()
+    try:
+        exists = path.exists()
+    except OSError:  # a name too long to be a file name, for one
+        exists = False
+    if exists or path.suffix == ".gguf" or "/" in ref:
+        check_model_file(path)
+        return Resolved(ref, (path,))
+    raise ModelNotFoundError(
+        f"unknown model '{ref}': not a file, a pulled or created model, or a Hub reference",
+        "see models with: localrun list and localrun library; pull one with: localrun pull",
+    )
+
+
+def _merge(base: Settings, recipe: recipes.Recipe) -> Settings:
+    """The recipe's settings over its base's."""
+    mf = recipe.modelfile
+    return Settings(
+        parameters={**base.parameters, **mf.parameters},
+        stop=tuple(mf.stop) or base.stop,
+        system=mf.system if mf.system is not None else base.system,
+        template=recipe.jinja_template or base.template,
+        messages=tuple(Message(r, t) for r, t in mf.messages) or base.messages,
+        adapters=base.adapters + tuple(Path(a) for a in mf.adapters),
+    )
+
+
+def hub_ref_for(name: str) -> str:
+    """The Hub reference that ``pull NAME`` pulls: a Hub reference as is, else the Hub FROM
+    at the end of a library or created model's chain of recipes."""
+    if is_hub_ref(name):
+        return name
+    seen = [name]
+    recipe = recipes.find(name)
+    while recipe is not None and not is_hub_ref(recipe.modelfile.from_):
+        if recipe.modelfile.from_ in seen:
+            break
+        seen.append(recipe.modelfile.from_)
+        recipe = recipes.find(recipe.modelfile.from_)
+    if recipe is not None and is_hub_ref(recipe.modelfile.from_):
+        return recipe.modelfile.from_
+    raise UsageError(
+        f"'{name}' is not a Hub reference or a library model on the Hub",
+        "pull hf.co/ORG/REPO[:QUANT], or a name from: localrun library",
+    )
+
+
+def copy(src: str, dst: str) -> store.Manifest:
+    """Give a pulled model another name: one namespace with created and library models."""
+    manifest = store.find(src)
+    if manifest is None:
+        manifest = store.require(src)  # raises "not pulled" with the hint
+    recipes.check_name_free(dst)
+    return store.copy(manifest, dst)
