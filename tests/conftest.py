@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from localrun.cli import main
+from tests.hub import TEST_TOKEN, FakeHub
 from tests.tinygguf import CHATML_TEMPLATE, write_tiny_model
 
 
@@ -32,6 +33,29 @@ def tiny_chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random model with a ChatML chat template."""
     path = tmp_path_factory.mktemp("models") / "tiny-chat.gguf"
     return write_tiny_model(path, chat_template=CHATML_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def tiny_bytes(tiny_model: Path) -> bytes:
+    return tiny_model.read_bytes()
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """A Hub on 127.0.0.1 that the real huggingface_hub client (and pull) talks to.
+
+    The client is pointed at it (HF_ENDPOINT), kept off Xet and away from any real token.
+    """
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    # constants are read when huggingface_hub is imported: the env var alone may come too late.
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with FakeHub(token=TEST_TOKEN) as h:
+        monkeypatch.setenv("HF_ENDPOINT", h.url)
+        yield h
 
 
 @dataclass

@@ -792,3 +792,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+TEST_TOKEN = "hf_test_token"  # what the test Hub accepts for private and gated repositories
+
+
+def fake_gguf(size: int, seed: int = 0) -> bytes:
+    """GGUF magic and noise: enough for pull, which checks bytes and hashes, not weights."""
+    return b"GGUF" + hashlib.shake_256(str(seed).encode()).digest(size - 4)

@@ -1,6 +1,7 @@
 import pytest
 
-from localrun.prompt.template import Message, TemplateError, render
+from localrun.errors import TemplateError
+from localrun.prompt.template import Message, render
 from tests.tinygguf import CHATML_TEMPLATE
 
 NO_SYSTEM = (
@@ -151,7 +152,8 @@ MEMORY_BOMBS = {
 
 _BOMB_SCRIPT = """
 import json, resource, sys, time
-from localrun.prompt.template import Message, TemplateError, render
+from localrun.errors import TemplateError
+from localrun.prompt.template import Message, render
 start = time.monotonic()
 try:
     render(sys.argv[1], [Message("user", "hi")])

@@ -11,19 +11,18 @@ from typing import Any
 import pytest
 
 from localrun.hub import pull
-from tests.hub import FakeHub, Faults
-from tests.test_pull import fake_gguf, hub  # noqa: F401 - the hub fixture
+from tests.hub import FakeHub, Faults, fake_gguf
 
 MiB = 1 << 20
 
 
 @pytest.fixture
-def pulled(hub: FakeHub, tiny_model: Path) -> Iterator[FakeHub]:  # noqa: F811
+def pulled(hub: FakeHub, tiny_model: Path) -> Iterator[FakeHub]:
     hub.add_repo("org/tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny_model.read_bytes()})
     yield hub
 
 
-def test_pull_prints_status_and_few_progress_lines(cli: Any, hub: FakeHub) -> None:  # noqa: F811
+def test_pull_prints_status_and_few_progress_lines(cli: Any, hub: FakeHub) -> None:
     hub.add_repo("org/big", {"big-Q4_K_M.gguf": fake_gguf(24 * MiB)})
     result = cli(["pull", "hf.co/org/big"])
     assert result.exit_code == 0, result.stderr
@@ -106,7 +105,7 @@ def test_cache_du_verify_prune(cli: Any, pulled: FakeHub) -> None:
     assert pruned.exit_code == 0 and "removed 0 partial downloads" in pruned.stderr
 
 
-def test_errors_are_one_line(cli: Any, hub: FakeHub) -> None:  # noqa: F811
+def test_errors_are_one_line(cli: Any, hub: FakeHub) -> None:
     hub.add_repo("org/m", {"m-Q8_0.gguf": fake_gguf(100)})
     cases = [
         (["pull", "hf.co/org/m:Q4_K_M"], 1, "has no Q4_K_M GGUF; it has Q8_0"),

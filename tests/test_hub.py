@@ -18,7 +18,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 from huggingface_hub import HfApi, constants, file_download, hf_hub_download, snapshot_download
@@ -34,9 +33,9 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile, RepoFolder
 from huggingface_hub.utils import _http as hf_http
 
-from tests.hub import FakeHub, Faults
+from tests.hub import TEST_TOKEN, FakeHub, Faults
 
-TOKEN = "hf_test_token"
+TOKEN = TEST_TOKEN
 REPO = "org/model"
 SMALL = bytes(range(256)) * 16  # 4 KiB, every byte value
 SUB = b"GGUF" + b"\x07" * 1500
@@ -44,16 +43,10 @@ INVERT = bytes(b ^ 0xFF for b in range(256))
 WAIT_S = 5.0  # bound on every wait for a condition
 
 
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    """A started Hub with one repo; the client is kept off Xet and away from any real token."""
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    # constants are read when huggingface_hub is imported: the env var alone may come too late.
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    with FakeHub(token=TOKEN) as h:
-        h.add_repo(REPO, {"small.gguf": SMALL, "sub/deep.gguf": SUB})
-        yield h
+@pytest.fixture(autouse=True)
+def _one_repo(hub: FakeHub) -> None:
+    """Every test here starts with one repository on the test Hub (conftest's ``hub``)."""
+    hub.add_repo(REPO, {"small.gguf": SMALL, "sub/deep.gguf": SUB})
 
 
 class RecordedPauses:

@@ -1,7 +1,6 @@
 """The llama.cpp adapter on a tiny generated model: real llama.cpp, milliseconds per test."""
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -103,14 +102,15 @@ def test_unsupported_architecture_is_a_load_error(tmp_path: Path) -> None:
         load(LoadOptions(path, n_threads=1))
 
 
-def _reference_chain(self: object, sampling: SamplingParams, history: list[int]) -> object:
+def _reference_chain(
+    sampling: SamplingParams, history: list[int], *, n_vocab: int, n_ctx: int
+) -> object:
     """The textbook order: penalties over the whole vocabulary, then the usual cuts."""
     import llama_cpp as lc
 
-    model: Any = self
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     penalties = lc.llama_sampler_init_penalties(
-        model.n_vocab, sampling.repeat_last_n, sampling.repeat_penalty, 0.0, 0.0
+        n_vocab, sampling.repeat_last_n, sampling.repeat_penalty, 0.0, 0.0
     )
     lc.llama_sampler_chain_add(chain, penalties)
     lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(sampling.top_k))
@@ -125,8 +125,6 @@ def _reference_chain(self: object, sampling: SamplingParams, history: list[int])
 def test_cheap_penalty_order_samples_exactly_as_the_textbook_order(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from localrun.backend.llamacpp.model import LlamaCppModel
-
     def tokens(seed: int) -> list[int]:
         model = load(LoadOptions(tiny_model, n_threads=1))
         try:
@@ -143,7 +141,48 @@ def test_cheap_penalty_order_samples_exactly_as_the_textbook_order(
             model.close()
 
     ours = {seed: tokens(seed) for seed in (1, 2, 3)}
-    monkeypatch.setattr(LlamaCppModel, "_sampler", _reference_chain)
+    # The model builds each answer's chain with sampler.sampler_chain: swap in the textbook one.
+    monkeypatch.setattr("localrun.backend.llamacpp.model.sampler_chain", _reference_chain)
     reference = {seed: tokens(seed) for seed in (1, 2, 3)}
     assert ours == reference
     assert len(set(ours[1])) > 10  # the penalty is doing something: no single-token loops
+
+
+def test_concurrent_failed_loads_each_report_their_own_cause(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """llama.cpp's log is one callback for the process: its lines are kept per thread."""
+    import threading
+
+    import gguf
+
+    weird = tmp_path / "weird.gguf"
+    w = gguf.GGUFWriter(str(weird), "no-such-arch")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_model.read_bytes()[:-50_000])
+    seen: dict[str, list[str]] = {"weird": [], "cut": []}
+    start = threading.Barrier(2)
+
+    def keep_failing(name: str, path: Path) -> None:
+        start.wait()
+        for _ in range(15):
+            try:
+                load(LoadOptions(path, n_threads=1)).close()
+            except (ModelLoadError, InvalidModelError) as e:
+                seen[name].append(e.message)
+
+    threads = [
+        threading.Thread(target=keep_failing, args=("weird", weird)),
+        threading.Thread(target=keep_failing, args=("cut", cut)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(seen["weird"]) == len(seen["cut"]) == 15
+    assert all("no-such-arch" in m for m in seen["weird"]), seen["weird"]
+    assert all("truncated or corrupted" in m for m in seen["cut"]), seen["cut"]

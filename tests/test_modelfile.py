@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from localrun import engine
+from localrun.errors import GoTemplateError, ModelfileError
 from localrun.hub.refs import parse_hub_ref
 from localrun.models import recipes
-from localrun.models.gotemplate import GoTemplateError, is_go_template, to_jinja
-from localrun.models.modelfile import Modelfile, ModelfileError, parse
+from localrun.models.gotemplate import is_go_template, to_jinja
+from localrun.models.modelfile import Modelfile, parse
 from localrun.models.resolve import resolve
 from localrun.prompt.template import Message, render
 from tests.tinygguf import CHATML_TEMPLATE

@@ -12,40 +12,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from localrun import paths
-from localrun.errors import CacheError, LocalrunError, UsageError
+from localrun.errors import CacheError, LocalrunError, NotGGUFError, QuantNotFoundError, UsageError
 from localrun.hub import pull, store
-from localrun.hub.refs import NotGGUFError, QuantNotFoundError
-from tests.hub import FakeHub, Faults
+from tests.hub import TEST_TOKEN, FakeHub, Faults, fake_gguf
 from tests.tinygguf import write_tiny_model
 
 MiB = 1 << 20
-
-
-def fake_gguf(size: int, seed: int = 0) -> bytes:
-    """GGUF magic and noise: enough for pull, which checks bytes and hashes, not weights."""
-    return b"GGUF" + hashlib.shake_256(str(seed).encode()).digest(size - 4)
-
-
-@pytest.fixture(scope="session")
-def tiny_bytes(tiny_model: Path) -> bytes:
-    return tiny_model.read_bytes()
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    with FakeHub(token="hf_secret") as h:
-        monkeypatch.setenv("HF_ENDPOINT", h.url)
-        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        yield h
 
 
 class Recorder:
@@ -335,7 +313,7 @@ def test_gated_repo_mentions_the_token_and_works_with_one(
     with pytest.raises(pull.HubError, match="gated") as e:
         pull.pull("hf.co/org/gated")
     assert "HF_TOKEN" in (e.value.hint or "") and "hf auth login" in (e.value.hint or "")
-    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("HF_TOKEN", TEST_TOKEN)
     assert pull.pull("hf.co/org/gated").manifest.size == 100
 
 

@@ -13,13 +13,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+DEFAULT_MAX_CTX = 4096  # without --ctx: the trained context, at most this
+CTX_ALIGN = 256  # llama.cpp rounds a context up to a multiple of this
+N_BATCH = 512  # prompt tokens per decode: also bounds how long Ctrl-C waits during a prefill
+MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS: more aborts the process
+
+
+def context_size(requested: int | None, n_ctx_train: int) -> int:
+    """The context a model gets: the request (or the default), rounded up to 256.
+
+    Rounding here, not in llama.cpp, matters: llama.cpp caps its batch at the context it
+    was asked for before rounding, and a prompt chunk larger than the batch aborts it.
+    """
+    n = requested or min(n_ctx_train or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
+    return max(CTX_ALIGN, -(-n // CTX_ALIGN) * CTX_ALIGN)
+
 
 @dataclass(frozen=True)
 class LoadOptions:
     """How to load a model."""
 
     path: Path
-    n_ctx: int | None = None  # None: the smaller of the trained context and 4096
+    n_ctx: int | None = None  # None: the smaller of the trained context and DEFAULT_MAX_CTX
     n_threads: int = 1
     n_gpu_layers: int = 0
     tensor_split: tuple[float, ...] | None = None  # share of layers per GPU
@@ -117,11 +132,16 @@ def load(options: LoadOptions) -> Model:
 
 
 __all__ = [
+    "CTX_ALIGN",
+    "DEFAULT_MAX_CTX",
+    "MAX_THREADS",
+    "N_BATCH",
     "BackendEvent",
     "LoadOptions",
     "Model",
     "Prefilled",
     "SamplingParams",
     "Token",
+    "context_size",
     "load",
 ]

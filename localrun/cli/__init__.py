@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import traceback
@@ -11,7 +10,7 @@ from typing import Any, TextIO
 import typer
 
 from localrun import __version__
-from localrun.errors import CacheError, LocalrunError
+from localrun.errors import LocalrunError, OutputError, from_os_error
 
 app = typer.Typer(
     name="localrun",
@@ -55,16 +54,6 @@ from localrun.cli import (  # noqa: E402,F401
     show,
 )
 
-# Errors that come from outside localrun, translated into its own hierarchy.
-_OS_ERRORS: dict[int, tuple[str, str]] = {
-    errno.ENOSPC: ("no space left on the device", "free some disk space and try again"),
-    errno.EROFS: (
-        "the file system is read-only",
-        "set LOCALRUN_HOME to a writable directory",
-    ),
-    errno.EACCES: ("permission denied", "check the permissions, or set LOCALRUN_HOME"),
-}
-
 
 def _as_localrun_error(exc: BaseException) -> LocalrunError | None:
     if isinstance(exc, LocalrunError):
@@ -73,10 +62,8 @@ def _as_localrun_error(exc: BaseException) -> LocalrunError | None:
         error = LocalrunError(exc.format_message(), _usage_hint(exc))
         error.exit_code = exc.exit_code
         return error
-    if isinstance(exc, OSError) and exc.errno in _OS_ERRORS:
-        message, hint = _OS_ERRORS[exc.errno]
-        where = f": {exc.filename}" if exc.filename else ""
-        return CacheError(message + where, hint)
+    if isinstance(exc, OSError):
+        return from_os_error(exc)
     return None
 
 
@@ -91,10 +78,6 @@ def _print_error(error: LocalrunError) -> None:
     if error.hint:
         line += f". Hint: {error.hint}"
     print(line, file=sys.stderr)
-
-
-class OutputError(LocalrunError):
-    """Standard output cannot be written (closed, a full disk, /dev/full)."""
 
 
 class _ReaderGone(Exception):

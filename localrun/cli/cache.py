@@ -8,7 +8,8 @@ import sys
 import typer
 
 from localrun.cli import app
-from localrun.cli.output import human_size, table
+from localrun.cli.output import table
+from localrun.files import human_size
 
 cache_app = typer.Typer(
     help="Inspect and repair the model cache.", no_args_is_help=True, rich_markup_mode=None

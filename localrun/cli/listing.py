@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import typer
 
 from localrun.cli import app
-from localrun.cli.output import human_size, table
+from localrun.cli.output import table
+from localrun.files import human_size
 
 if TYPE_CHECKING:
     from localrun.hub import store

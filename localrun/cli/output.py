@@ -39,14 +39,6 @@ def format_stats(stats: Stats, loaded: LoadedModel, threads: int | None = None) 
     return "\n".join(f"{name + ':':<{width}} {value}" for name, value in rows)
 
 
-def human_size(n: int) -> str:
-    """Sizes as Ollama shows them: decimal units."""
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}" if n < 10 * size else f"{n / size:.0f} {unit}"
-    return f"{n} B"
-
-
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Columns padded to their widest cell, separated by three spaces, like `ollama list`."""
     everything = [header, *rows]

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
+from localrun.files import human_size
+
 if TYPE_CHECKING:
     from localrun.hub.pull import Reporter
     from localrun.models.resolve import Resolved
@@ -70,8 +72,8 @@ class PlainReporter:
     def start_file(self, name: str, total: int, done: int) -> None:
         self.name, self.total, self.done = name, max(total, 1), done
         self.next_quarter = done * 4 // self.total + 1
-        resumed = f", resuming at {done / 1e6:.0f} MB" if done else ""
-        self.note(f"pulling {name} ({total / 1e6:.0f} MB{resumed})")
+        resumed = f", resuming at {human_size(done)}" if done else ""
+        self.note(f"pulling {name} ({human_size(total)}{resumed})")
         self.last_line = time.monotonic()
 
     def advance(self, n: int) -> None:
@@ -90,8 +92,9 @@ class PlainReporter:
 
 def resolve_or_pull(ref: str) -> Resolved:
     """Resolve a model, pulling it first (with progress on stderr) if it is on the Hub only."""
+    from localrun.errors import NeedsPullError
     from localrun.hub.pull import pull
-    from localrun.models.resolve import NeedsPullError, resolve
+    from localrun.models.resolve import resolve
 
     try:
         return resolve(ref)

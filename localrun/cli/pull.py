@@ -9,6 +9,7 @@ import typer
 
 from localrun.cli import app
 from localrun.cli.progress import reporter
+from localrun.files import human_size
 
 
 @app.command()
@@ -51,10 +52,10 @@ def pull(
         seconds = result.transfer_seconds
         rate = result.downloaded_bytes / seconds / 1e6 if seconds else 0.0
         resumed = (
-            f", resumed after {result.resumed_bytes / 1e6:.0f} MB" if result.resumed_bytes else ""
+            f", resumed after {human_size(result.resumed_bytes)}" if result.resumed_bytes else ""
         )
         print(
-            f"{m.name}: pulled {m.size / 1e6:.0f} MB in {result.seconds:.1f} s "
+            f"{m.name}: pulled {human_size(m.size)} in {result.seconds:.1f} s "
             f"(transfer {rate:.0f} MB/s{resumed}), sha256 verified",
             file=sys.stderr,
         )

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from localrun.cli import app
-from localrun.cli.output import human_size
+from localrun.files import human_size
 
 
 @app.command()

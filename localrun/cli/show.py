@@ -7,8 +7,9 @@ import json
 import typer
 
 from localrun.cli import app
-from localrun.cli.output import human_size, table
+from localrun.cli.output import table
 from localrun.errors import UsageError
+from localrun.files import human_size
 
 
 def _count(n: int) -> str:

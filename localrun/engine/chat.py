@@ -16,15 +16,14 @@ from typing import Any
 
 from localrun.backend import SamplingParams
 from localrun.engine.load import LoadedModel
-from localrun.engine.stream import check_fits, generate_tokens
+from localrun.engine.stream import ANSWER_ROOM, check_fits, generate_tokens
 from localrun.engine.types import Event, Finished, Stats, TextDelta
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
+from localrun.files import write_atomic
 from localrun.models.modelfile import coerce_parameter
 from localrun.prompt.build import conversation_tokens
 from localrun.prompt.template import Message
 
-# Room kept free for the answer when old turns must be dropped.
-MIN_ANSWER_ROOM = 512
 HISTORY_FORMAT = "localrun-chat/1"
 
 
@@ -92,7 +91,7 @@ class ChatSession:
     def _fit(self) -> tuple[list[int], list[Message]]:
         """Tokens of the conversation, without the oldest turns if an answer would not fit."""
         n_ctx = self.loaded.model.n_ctx
-        room = min(MIN_ANSWER_ROOM, n_ctx // 4)
+        room = min(ANSWER_ROOM, n_ctx // 4)
         kept = list(self.messages)
         while True:
             try:
@@ -215,12 +214,9 @@ class ChatSession:
         path = path.expanduser()
         if path.is_dir():
             raise LocalrunError(f"{path} is a directory", "give a file name to save to")
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-            tmp.replace(path)
+            write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise LocalrunError(
                 f"cannot save to {path}: {e.strerror}", "choose another file"
             ) from None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from localrun import backend
-from localrun.backend import LoadOptions, Model
+from localrun.backend import LoadOptions, Model, context_size
 from localrun.backend.llamacpp import offload
 from localrun.backend.llamacpp.offload import (
     AUTO,
@@ -21,6 +21,7 @@ from localrun.backend.llamacpp.offload import (
 )
 from localrun.engine.types import CHAT, COMPLETION
 from localrun.errors import OutOfMemoryError
+from localrun.files import human_size
 from localrun.gguf.reader import read_gguf
 from localrun.models.resolve import Settings, resolve
 
@@ -129,8 +130,8 @@ def _fit_context(path: Path, n_ctx: int | None, notes: list[str]) -> int | None:
     memory = physical_memory()
     if memory and needed > memory:
         raise OutOfMemoryError(
-            f"a context of {n_ctx} tokens needs about {needed / 1e9:.1f} GB for its KV cache, "
-            f"more than this machine's {memory / 1e9:.1f} GB of memory",
+            f"a context of {n_ctx} tokens needs about {human_size(needed)} for its KV cache, "
+            f"more than this machine's {human_size(memory)} of memory",
             "use a smaller context (--ctx)",
         )
     return n_ctx
@@ -146,8 +147,7 @@ def _plan(path: Path, n_ctx: int | None, request: str | int) -> tuple[Plan, str 
         empty = ModelSizes((), (), 0, 0)
         return offload.plan(empty, [], request, offload_supported=supported or request == 0), None
     info = read_gguf(path)
-    trained = int(info.arch_value("context_length") or 4096)
-    ctx = n_ctx or min(trained, 4096)
+    ctx = context_size(n_ctx, int(info.arch_value("context_length") or 0))
     targets = [GPU(d.description or d.name, d.free_bytes, d.total_bytes) for d in devices]
     key = memory_key(path, ctx, tuple(t.name for t in targets))
     if request == AUTO and (count := remembered(key)) is not None:

@@ -6,7 +6,7 @@ import codecs
 import time
 from collections.abc import Iterator, Sequence
 
-from localrun.backend import Prefilled, SamplingParams
+from localrun.backend import Prefilled, SamplingParams, context_size
 from localrun.engine.load import LoadedModel
 from localrun.engine.types import (
     Event,
@@ -21,13 +21,16 @@ from localrun.engine.types import (
 from localrun.errors import PromptTooLongError
 from localrun.prompt.build import conversation_tokens
 
+# Room for an answer: what a too-long prompt's hint adds, and what a chat keeps free.
+ANSWER_ROOM = 512
+
 
 def check_fits(loaded: LoadedModel, n_prompt: int) -> None:
     """Refuse a prompt that leaves no room in the context for an answer."""
     n_ctx = loaded.model.n_ctx
     if n_prompt < n_ctx:
         return
-    needed = (n_prompt + 512 + 255) // 256 * 256
+    needed = context_size(n_prompt + ANSWER_ROOM, 0)
     trained = loaded.model.n_ctx_train
     if trained and needed > trained:
         hint = f"shorten the prompt: this model was trained for at most {trained} tokens"

@@ -21,19 +21,28 @@ link, ref) and a manifest records the model under its name.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from localrun import paths
-from localrun.errors import CacheError, LocalrunError
+from localrun.errors import (
+    CorruptDownloadError,
+    HubError,
+    InsufficientSpaceError,
+    LocalrunError,
+    NetworkError,
+    NotGGUFError,
+    from_os_error,
+)
+from localrun.files import human_size
 from localrun.gguf.check import GGUF_MAGIC
 from localrun.hub import store
-from localrun.hub.refs import HubRef, NotGGUFError, choose, parse_hub_ref
+from localrun.hub.refs import HubRef, choose, parse_hub_ref
 from localrun.system import physical_memory
 
 if TYPE_CHECKING:
@@ -41,22 +50,6 @@ if TYPE_CHECKING:
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DISK_MARGIN = 256 * 1024 * 1024
-
-
-class HubError(LocalrunError):
-    """The Hub refused or failed a request."""
-
-
-class NetworkError(LocalrunError):
-    """The Hub cannot be reached."""
-
-
-class CorruptDownloadError(LocalrunError):
-    """A downloaded file does not match the sha256 the Hub publishes."""
-
-
-class InsufficientSpaceError(LocalrunError):
-    """The disk (or memory) cannot hold the model."""
 
 
 class Reporter(Protocol):
@@ -200,21 +193,17 @@ def _check_space(manifest: store.Manifest, needed: list[store.ModelFile], force:
     free = shutil.disk_usage(_existing_ancestor(cache)).free
     if want > 0 and free < want + DISK_MARGIN:
         raise InsufficientSpaceError(
-            f"not enough disk space for {manifest.name}: it needs {_mb(want)} plus a "
-            f"{_mb(DISK_MARGIN)} margin, and {_mb(free)} is free under {cache}",
+            f"not enough disk space for {manifest.name}: it needs {human_size(want)} plus a "
+            f"{human_size(DISK_MARGIN)} margin, and {human_size(free)} is free under {cache}",
             "free some space, or set LOCALRUN_HOME to a disk with more room",
         )
     memory = physical_memory()
     if memory and manifest.size > memory and not force:
         raise InsufficientSpaceError(
-            f"{manifest.name} is {_mb(manifest.size)}, more than this machine's "
-            f"{_mb(memory)} of memory: it cannot run here",
+            f"{manifest.name} is {human_size(manifest.size)}, more than this machine's "
+            f"{human_size(memory)} of memory: it cannot run here",
             "pick a smaller quant, or pass --force to pull it anyway",
         )
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
 def _partial_path(f: store.ModelFile) -> Path:
@@ -299,73 +288,73 @@ def _link(manifest: store.Manifest, f: store.ModelFile) -> None:
     ref_file.write_text(manifest.commit)
 
 
-def _translate(e: Exception, ref: HubRef) -> LocalrunError | None:
-    """Map huggingface_hub's and the network's errors to one line with a hint."""
+_AUTH_HINT = "set HF_TOKEN, or log in with: hf auth login"
+_RESUMES = "pull again: it resumes from what was received"
+
+Translate = Callable[[Any, HubRef], "LocalrunError | None"]
+
+
+def _hub_errors() -> list[tuple[Callable[[Exception], bool], Translate]]:
+    """huggingface_hub's and the network's errors, first match wins (as the hf CLI's table)."""
     from huggingface_hub import errors as hf
 
     from localrun.hub import download
 
-    auth_hint = "set HF_TOKEN, or log in with: hf auth login"
-    if isinstance(e, download.TransferError):
-        return NetworkError(
-            f"the connection to the Hub dropped while pulling {ref.name} ({e})",
-            "pull again: it resumes from what was received",
+    def kind(*types: type) -> Callable[[Exception], bool]:
+        return lambda e: isinstance(e, types)
+
+    def from_http_stack(e: Exception) -> bool:
+        module = type(e).__module__.split(".")[0]
+        return module in ("httpx", "httpx2", "httpcore", "httpcore2") or isinstance(
+            e, ConnectionError
         )
-    if isinstance(e, download.HTTPStatusError):
-        return _status_error(e.status, ref, auth_hint)
-    if isinstance(e, hf.GatedRepoError):
-        return HubError(
+
+    return [
+        (kind(download.TransferError), lambda e, ref: NetworkError(
+            f"the connection to the Hub dropped while pulling {ref.name} ({e})", _RESUMES)),
+        (kind(download.HTTPStatusError), lambda e, ref: _status_error(e.status, ref)),
+        (kind(hf.GatedRepoError), lambda e, ref: HubError(
             f"{ref.repo} is gated: its licence must be accepted on the Hub, by a logged-in user",
-            f"accept it on the model's page, then {auth_hint}",
-        )
-    if isinstance(e, hf.RepositoryNotFoundError):
-        return HubError(
+            f"accept it on the model's page, then {_AUTH_HINT}")),
+        (kind(hf.RepositoryNotFoundError), lambda e, ref: HubError(
             f"repository {ref.repo} not found on the Hub (or it is private)",
-            f"check the name; for a private repository, {auth_hint}",
-        )
-    if isinstance(e, hf.RevisionNotFoundError):
-        return HubError(
+            f"check the name; for a private repository, {_AUTH_HINT}")),
+        (kind(hf.RevisionNotFoundError), lambda e, ref: HubError(
             f"revision '{ref.revision}' not found in {ref.repo}",
-            "use a branch, tag or commit of that repository",
-        )
-    if isinstance(e, hf.RemoteEntryNotFoundError):
-        return HubError(f"file not found in {ref.repo}: {e}", "check the file name")
-    if isinstance(e, hf.HfHubHTTPError) and e.response is not None:
-        return _status_error(e.response.status_code, ref, auth_hint)
-    if isinstance(e, hf.OfflineModeIsEnabled):
-        return NetworkError(
-            f"{ref.name} is not pulled and offline mode is on", "unset HF_HUB_OFFLINE"
-        )
-    module = type(e).__module__.split(".")[0]
-    if module in ("httpx", "httpx2", "httpcore", "httpcore2") or isinstance(e, ConnectionError):
-        if "Connect" in type(e).__name__ or isinstance(e, ConnectionRefusedError):
-            return NetworkError(
-                f"cannot reach the Hub at {endpoint()} ({type(e).__name__}: {e})",
-                "check the network or HF_ENDPOINT; pulled models run offline",
-            )
-        return NetworkError(
+            "use a branch, tag or commit of that repository")),
+        (kind(hf.RemoteEntryNotFoundError), lambda e, ref: HubError(
+            f"file not found in {ref.repo}: {e}", "check the file name")),
+        (lambda e: isinstance(e, hf.HfHubHTTPError) and e.response is not None,
+         lambda e, ref: _status_error(e.response.status_code, ref)),
+        (kind(hf.OfflineModeIsEnabled), lambda e, ref: NetworkError(
+            f"{ref.name} is not pulled and offline mode is on", "unset HF_HUB_OFFLINE")),
+        (lambda e: from_http_stack(e) and (
+            "Connect" in type(e).__name__ or isinstance(e, ConnectionRefusedError)),
+         lambda e, ref: NetworkError(
+            f"cannot reach the Hub at {endpoint()} ({type(e).__name__}: {e})",
+            "check the network or HF_ENDPOINT; pulled models run offline")),
+        (from_http_stack, lambda e, ref: NetworkError(
             f"the connection to the Hub dropped while pulling {ref.name} ({type(e).__name__})",
-            "pull again: it resumes from what was received",
-        )
-    if isinstance(e, OSError):
-        if e.errno == errno.ENOSPC:
-            return InsufficientSpaceError(
-                f"the disk filled up while pulling {ref.name}",
-                "free some space and pull again: the download resumes where it stopped",
-            )
-        if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            return CacheError(
-                f"cannot write to {e.filename or paths.cache_dir()}: {e.strerror}",
-                "make it writable, or set LOCALRUN_HOME to a writable directory",
-            )
+            _RESUMES)),
+        (kind(OSError), lambda e, ref: from_os_error(
+            e, during=f" while pulling {ref.name}",
+            then=" and pull again: the download resumes where it stopped")),
+    ]  # fmt: skip
+
+
+def _translate(e: Exception, ref: HubRef) -> LocalrunError | None:
+    """Map huggingface_hub's and the network's errors to one line with a hint."""
+    for matches, translate in _hub_errors():
+        if matches(e):
+            return translate(e, ref)
     return None
 
 
-def _status_error(status: int, ref: HubRef, auth_hint: str) -> LocalrunError:
+def _status_error(status: int, ref: HubRef) -> LocalrunError:
     if status in (401, 403):
         return HubError(
             f"the Hub refused access to {ref.repo} (HTTP {status}): bad or missing token",
-            auth_hint,
+            _AUTH_HINT,
         )
     if status == 429:
         return HubError(

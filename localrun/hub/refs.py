@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from localrun.errors import LocalrunError, UsageError
+from localrun.errors import NotGGUFError, QuantNotFoundError, UsageError
 
 _PREFIXES = (
     "https://huggingface.co/",
@@ -41,14 +41,6 @@ PREFERRED_QUANTS = (
     "IQ3_M", "IQ3_XS", "Q2_K", "Q2_K_XL", "IQ2_M", "BF16", "F16", "F32",
 )  # fmt: skip
 DEFAULT_QUANT = PREFERRED_QUANTS[0]
-
-
-class QuantNotFoundError(LocalrunError):
-    """The repo has no GGUF of the requested quantization."""
-
-
-class NotGGUFError(LocalrunError):
-    """The reference names a file that is not a GGUF model."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -20,18 +19,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from localrun import paths
-from localrun.errors import LocalrunError, UsageError
+from localrun.errors import BrokenModelError, LocalrunError, NotPulledError, UsageError
+from localrun.files import write_atomic
 from localrun.hub.refs import HubRef, is_hub_ref, parse_hub_ref
 
 HASH_CHUNK = 8 * 1024 * 1024
-
-
-class NotPulledError(LocalrunError):
-    """The named model is not in the local store."""
-
-
-class BrokenModelError(LocalrunError):
-    """A pulled model's files are no longer all in the cache."""
 
 
 # Names are file names in the store (percent-encoded): file systems allow 255 bytes.
@@ -169,11 +161,7 @@ def _encoded(name: str) -> str:
 def save(manifest: Manifest) -> None:
     """Write a manifest atomically (a crash leaves the old one or the new one)."""
     validate_name(manifest.name)
-    target = _manifest_file(manifest.name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(manifest.to_json())
-    os.replace(tmp, target)
+    write_atomic(_manifest_file(manifest.name), manifest.to_json())
 
 
 def load(name: str) -> Manifest | None:

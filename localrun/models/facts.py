@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from localrun.errors import NeedsPullError
 from localrun.gguf.reader import file_type_name, read_gguf
 from localrun.hub import store
 from localrun.models import recipes
 from localrun.models.modelfile import Modelfile
-from localrun.models.resolve import NeedsPullError, resolve
+from localrun.models.resolve import resolve
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ def model_facts(ref: str) -> ModelFacts:
     """Describe a model: a pulled name, a Hub reference, ``demo`` or a path."""
     try:
         resolved = resolve(ref)
-    except NeedsPullError as e:
+    except NeedsPullError:
         raise NeedsPullError(ref, ref) from None  # "localrun pull NAME" takes library names too
     name, files = resolved.name, resolved.files
     sha256 = resolved.sha256 or store.sha256_of(resolved.path)

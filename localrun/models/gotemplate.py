@@ -19,12 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from localrun.errors import LocalrunError
-
-
-class GoTemplateError(LocalrunError):
-    """A Go template that localrun cannot translate."""
-
+from localrun.errors import GoTemplateError
 
 _ACTION = re.compile(r"\{\{(-?)(.*?)(-?)\}\}", re.DOTALL)
 _TOKEN = re.compile(

@@ -12,12 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localrun.errors import LocalrunError
-
-
-class ModelfileError(LocalrunError):
-    """A Modelfile that cannot be used as written."""
-
+from localrun.backend import MAX_THREADS
+from localrun.errors import ModelfileError
 
 INSTRUCTIONS = ("FROM", "PARAMETER", "SYSTEM", "TEMPLATE", "MESSAGE", "ADAPTER", "LICENSE")
 ROLES = ("system", "user", "assistant")
@@ -47,7 +43,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "repeat_last_n": (-1, 1_000_000),
     "num_predict": (-2, 10_000_000),
     "num_gpu": (-1, 100_000),
-    "num_thread": (1, 512),  # ggml aborts the process above 512 threads
+    "num_thread": (1, MAX_THREADS),  # ggml aborts the process above it
     # -1: a random seed (as Ollama); llama.cpp's seeds are 32 bits, and 0xFFFFFFFF means random.
     "seed": (-1, 0xFFFFFFFE),
 }

@@ -9,7 +9,6 @@ resolve for ``pull``, ``run`` and ``show``.
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -17,10 +16,11 @@ from functools import cache
 from pathlib import Path
 
 from localrun import paths
-from localrun.errors import LocalrunError, UsageError
+from localrun.errors import LocalrunError, ModelfileError, UsageError
+from localrun.files import write_atomic
 from localrun.hub.refs import is_hub_ref
 from localrun.models.gotemplate import is_go_template, to_jinja
-from localrun.models.modelfile import Modelfile, ModelfileError, parse
+from localrun.models.modelfile import Modelfile, parse
 
 LIBRARY_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -165,16 +165,13 @@ def create(name: str, modelfile_path: Path) -> Recipe:
 def _save(recipe: Recipe) -> None:
     path = _created_file(recipe.name)
     assert path is not None  # the name was validated
+    record = {
+        "name": recipe.name,
+        "modelfile": recipe.modelfile.to_text(),
+        "created_at": recipe.created_at,
+    }
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        record = {
-            "name": recipe.name,
-            "modelfile": recipe.modelfile.to_text(),
-            "created_at": recipe.created_at,
-        }
-        tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(record, indent=2))
     except OSError as e:
         raise LocalrunError(
             f"cannot save the model in {path.parent}: {e.strerror}",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localrun.errors import LocalrunError, ModelNotFoundError, UsageError
+from localrun.errors import ModelNotFoundError, NeedsPullError, UsageError
 from localrun.gguf.check import check_model_file
 from localrun.hub import store
 from localrun.hub.refs import is_hub_ref
@@ -19,16 +19,6 @@ from localrun.models import recipes
 from localrun.prompt.template import Message
 
 DEMO = "demo"
-
-
-class NeedsPullError(LocalrunError):
-    """The model is on the Hub and not (wholly) in the store: ``ref`` pulls it."""
-
-    http_status = 404
-
-    def __init__(self, ref: str, name: str) -> None:
-        super().__init__(f"model '{name}' is not pulled", f"pull it with: localrun pull {ref}")
-        self.ref = ref
 
 
 @dataclass(frozen=True)

@@ -345,6 +345,21 @@ def _finalize(value: Any) -> Any:
     return value
 
 
+class _Unknown(jinja2.ChainableUndefined):
+    """A variable the caller did not pass: empty, and as harmless as transformers makes it.
+
+    Printing it, testing it (``is defined``), iterating it, reading its attributes work as in
+    transformers' ``apply_chat_template``; joined to text with ``+`` it counts as empty text
+    too (FireFunction v2 adds its undefined ``functions`` to its system prompt).
+    """
+
+    def __add__(self, other: Any) -> Any:
+        return other if isinstance(other, str) else self
+
+    def __radd__(self, other: Any) -> Any:
+        return other if isinstance(other, str) else self
+
+
 class BoundedEnvironment(ImmutableSandboxedEnvironment):
     """The sandbox, with every operation that can make a large value checked first."""
 
@@ -372,6 +387,7 @@ def environment() -> BoundedEnvironment:
         lstrip_blocks=True,
         extensions=[jinja2.ext.loopcontrols, _GenerationBlock],
         finalize=_finalize,
+        undefined=_Unknown,
     )
     env.filters = {name: _bounded_filter(name, f) for name, f in env.filters.items()}
     env.globals.pop("lipsum", None)  # makes text in a Python loop: no template needs it

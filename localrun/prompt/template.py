@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from localrun.errors import LocalrunError
+from localrun.errors import TemplateError
 
 RENDER_LIMIT_S = 2.0  # real templates render in milliseconds
 MAX_TEMPLATE_CHARS = 1_000_000  # real templates are 1-40 KB
@@ -28,10 +28,6 @@ MAX_NEW_OBJECTS = 2_000_000
 # The largest value (and the rendered prompt) a template may make: the messages it was given,
 # twice over, and a megabyte for its own text.
 BASE_VALUE_CHARS = 1_000_000
-
-
-class TemplateError(LocalrunError):
-    """The chat template could not be rendered."""
 
 
 class _Stopped(BaseException):
@@ -158,8 +154,12 @@ def render(
             "bos_token": bos_token,
             "eos_token": eos_token,
             "add_generation_prompt": add_generation_prompt,
-            # As transformers renders them: templates test `tools is none` for no tools.
+            # As transformers' apply_chat_template passes them: templates test `tools is none`
+            # for no tools, and `documents` for retrieval; the special tokens by name.
             "tools": tools,
+            "documents": None,
+            "unk_token": "",
+            "pad_token": "",
             # What templates translated from Ollama's Go templates read.
             "system": next((m.content for m in msgs if m.role == "system"), ""),
             "prompt": next((m.content for m in reversed(msgs) if m.role == "user"), ""),

@@ -9,76 +9,35 @@ native sampler chain (``llama_sampler_sample``) to choose the next token.
 from __future__ import annotations
 
 import ctypes
-import os
 import signal
-import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from localrun.backend import BackendEvent, LoadOptions, Prefilled, SamplingParams, Token
-from localrun.backend.llamacpp import bindings
+from localrun.backend import (
+    MAX_THREADS,
+    N_BATCH,
+    BackendEvent,
+    LoadOptions,
+    Prefilled,
+    SamplingParams,
+    Token,
+    context_size,
+)
+from localrun.backend.llamacpp import bindings, logs
+from localrun.backend.llamacpp.sampler import sampler_chain
 from localrun.errors import (
     GenerationError,
-    InvalidModelError,
-    LocalrunError,
     ModelLoadError,
-    OutOfMemoryError,
 )
 
 bindings.register()  # the ctypes bindings alone: 0.04 s instead of 0.13-0.3 s
 
 import llama_cpp.llama_cpp as lc  # noqa: E402
 
-DEFAULT_MAX_CTX = 4096
-N_BATCH = 512  # prompt chunk size: also bounds how long Ctrl-C waits during a prefill
-CTX_ALIGN = 256  # llama.cpp rounds a context up to a multiple of this
-MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS: more aborts the process
-
-# llama.cpp logs through one process-wide callback. Keep its recent lines so that a
-# failed load can say why, and keep them off the user's stderr unless debugging.
-_LOG: deque[str] = deque(maxlen=200)
-_LOG_TO_STDERR = os.environ.get("LOCALRUN_DEBUG") == "1"
-
-
-@lc.llama_log_callback  # type: ignore[untyped-decorator]
-def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    line = text.decode("utf-8", errors="replace")
-    _LOG.append(line)
-    if _LOG_TO_STDERR:
-        sys.stderr.write(line)
-
-
-lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
-
-
-# When llama.cpp meets a state it cannot handle (a failed GGML_ASSERT), it aborts the
-# process. Inputs are checked before they reach it; should one still slip through, the user
-# gets one line on stderr in localrun's words, not a debugger's backtrace on stdout (ggml
-# runs gdb for one unless GGML_NO_BACKTRACE is set; LOCALRUN_DEBUG=1 keeps it).
-_ABORT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
-
-
-@_ABORT_CALLBACK  # type: ignore[untyped-decorator]
-def _on_abort(message: bytes) -> None:
-    text = (message or b"").decode("utf-8", "replace").strip()
-    os.write(
-        2,
-        f"Error: llama.cpp stopped the process ({text}). Hint: this is a bug in localrun; "
-        "run again with LOCALRUN_DEBUG=1 and report it\n".encode(),
-    )
-
-
-if not _LOG_TO_STDERR:
-    os.environ.setdefault("GGML_NO_BACKTRACE", "1")
-    _ggml_base = bindings.load_library("ggml-base")
-    _ggml_base.ggml_set_abort_callback.restype = ctypes.c_void_p
-    _ggml_base.ggml_set_abort_callback.argtypes = [_ABORT_CALLBACK]
-    _ggml_base.ggml_set_abort_callback(_on_abort)
 lc.llama_backend_init()
 
 
@@ -102,52 +61,6 @@ def _interruptible() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def recent_log_errors() -> list[str]:
-    """The error-looking lines llama.cpp logged since the last load, oldest first."""
-    lines = [line.strip() for line in _LOG if line.strip()]
-    return [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
-
-
-# Log text that means a device ran out of memory (CUDA, Metal, Vulkan, ggml allocators).
-_OOM_MARKERS = ("out of memory", "failed to allocate", "unable to allocate", "cudaMalloc failed")
-# Log text that means the file ends too early or its offsets point outside it.
-_DAMAGE_MARKERS = ("not within the file bounds", "failed to read", "unexpectedly reached end")
-
-
-def _load_failure(path: Path) -> LocalrunError:
-    """Turn llama.cpp's log of a failed load into one error that names the cause."""
-    errors = recent_log_errors()
-    if any(m in line.lower() for line in errors for m in _OOM_MARKERS):
-        return OutOfMemoryError(
-            f"not enough device memory to load {path}",
-            "use fewer GPU layers (--gpu-layers N) or a smaller context (--ctx)",
-        )
-    # The first error is the cause; the later ones are each caller giving up in turn.
-    cause = errors[0].split(": ")[-1] if errors else "llama.cpp gave no reason"
-    for marker in _DAMAGE_MARKERS:
-        damaged = next((e for e in errors if marker in e), None)
-        if damaged is not None:
-            return InvalidModelError(
-                f"{path} is truncated or corrupted ({damaged.split(': ', 1)[-1]})",
-                "download or copy the model again",
-            )
-    return ModelLoadError(
-        f"llama.cpp could not load {path}: {cause}",
-        "check that the file is a GGUF model this llama.cpp version supports "
-        "(LOCALRUN_DEBUG=1 shows llama.cpp's log)",
-    )
-
-
-def context_size(requested: int | None, n_ctx_train: int) -> int:
-    """The context llama.cpp will make: the request (or the default), rounded up to 256.
-
-    Rounding here, not in llama.cpp, matters: llama.cpp caps the batch at the context it
-    was asked for before rounding, and a prompt chunk larger than the batch aborts it.
-    """
-    n = requested or min(n_ctx_train or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
-    return max(CTX_ALIGN, -(-n // CTX_ALIGN) * CTX_ALIGN)
-
-
 class LlamaCppModel:
     """A llama.cpp model and context implementing :class:`localrun.backend.Model`."""
 
@@ -157,7 +70,7 @@ class LlamaCppModel:
                 f"{options.n_threads} threads is more than llama.cpp can run",
                 f"use --threads between 1 and {MAX_THREADS}",
             )
-        _LOG.clear()
+        logs.start()
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
         if options.tensor_split:
@@ -173,7 +86,7 @@ class LlamaCppModel:
                     lc.llama_model_free(model)
                 raise KeyboardInterrupt
             if not model:
-                raise _load_failure(options.path)
+                raise logs.load_failure(options.path)
             self._model = model
             self._vocab = lc.llama_model_get_vocab(model)
             self._n_ctx_train = int(lc.llama_model_n_ctx_train(model))
@@ -188,17 +101,7 @@ class LlamaCppModel:
                 raise KeyboardInterrupt
         if not ctx:
             lc.llama_model_free(model)
-            errors = recent_log_errors()
-            if any(m in line.lower() for line in errors for m in _OOM_MARKERS):
-                raise OutOfMemoryError(
-                    f"not enough memory for a context of {requested} tokens",
-                    "use fewer GPU layers (--gpu-layers N) or a smaller context (--ctx)",
-                )
-            raise ModelLoadError(
-                f"llama.cpp could not create a context of {requested} tokens"
-                + (f": {errors[-1]}" if errors else ""),
-                "try a smaller context with --ctx",
-            )
+            raise logs.context_failure(requested)
         self._ctx = ctx
         # The largest batch one llama_decode takes: prompts are fed in chunks of this size.
         self._n_batch = int(lc.llama_n_batch(ctx))
@@ -229,10 +132,10 @@ class LlamaCppModel:
         return lc.llama_init_from_model(model, cparams)
 
     def _lora(self, model: Any, path: Path) -> Any:
-        _LOG.clear()
+        logs.start()
         adapter = lc.llama_adapter_lora_init(model, str(path).encode())
         if not adapter:
-            errors = recent_log_errors()
+            errors = logs.recent_errors()
             raise ModelLoadError(
                 f"cannot apply the LoRA adapter {path}"
                 + (f": {errors[0].split(': ')[-1]}" if errors else ""),
@@ -345,45 +248,6 @@ class LlamaCppModel:
             del self._cached[common:]
         return common
 
-    def _sampler(self, sampling: SamplingParams, history: list[int]) -> Any:
-        """llama.cpp's sampler chain: penalties, top-k, top-p, min-p, temperature, seeded draw.
-
-        llama.cpp's repetition penalty looks every candidate up in a hash map: 262,144
-        look-ups a token for a Gemma vocabulary, about a fifth of the decode time here.
-        At most ``last_n`` tokens are penalised and a penalty only lowers a logit, so the
-        top k after penalties are always among the top ``k + last_n`` before them: a
-        first top-k cut to ``k + last_n`` makes the penalty pass cheap and changes nothing.
-        """
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        add = lc.llama_sampler_chain_add
-        greedy = sampling.temperature <= 0
-        keep = 1 if greedy else sampling.top_k  # how many candidates survive the top-k cut
-        if sampling.repeat_penalty != 1.0 and sampling.repeat_last_n != 0:
-            last_n = sampling.repeat_last_n if sampling.repeat_last_n > 0 else self._n_ctx
-            if keep > 0 and sampling.repeat_last_n > 0:
-                add(chain, lc.llama_sampler_init_top_k(keep + last_n))
-            penalties = lc.llama_sampler_init_penalties(
-                self.n_vocab, last_n, sampling.repeat_penalty, 0.0, 0.0
-            )
-            add(chain, penalties)
-        if greedy:
-            add(chain, lc.llama_sampler_init_greedy())
-        else:
-            if sampling.top_k > 0:
-                add(chain, lc.llama_sampler_init_top_k(sampling.top_k))
-            if sampling.top_p < 1.0:
-                add(chain, lc.llama_sampler_init_top_p(sampling.top_p, 1))
-            if sampling.min_p > 0.0:
-                add(chain, lc.llama_sampler_init_min_p(sampling.min_p, 1))
-            add(chain, lc.llama_sampler_init_temp(sampling.temperature))
-            seed = lc.LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed & 0xFFFFFFFF
-            add(chain, lc.llama_sampler_init_dist(seed))
-        # Repetition penalties look at recent tokens, the prompt's included.
-        if sampling.repeat_last_n:
-            for token in history[-max(sampling.repeat_last_n, 0) or None :]:
-                lc.llama_sampler_accept(chain, token)
-        return chain
-
     @property
     def n_vocab(self) -> int:
         return int(lc.llama_vocab_n_tokens(self._vocab))
@@ -400,7 +264,7 @@ class LlamaCppModel:
             self._decode(todo[i : i + self._n_batch])
         yield Prefilled(evaluated=len(todo), seconds=time.perf_counter() - start)
 
-        chain = self._sampler(sampling, prompt)
+        chain = sampler_chain(sampling, prompt, n_vocab=self.n_vocab, n_ctx=self._n_ctx)
         try:
             while True:
                 token = int(lc.llama_sampler_sample(chain, self._ctx, -1))

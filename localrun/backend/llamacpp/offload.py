@@ -10,12 +10,13 @@ fit, none without a GPU backend.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from localrun import paths
+from localrun.backend import N_BATCH
+from localrun.files import human_size, write_atomic
 from localrun.gguf.reader import GGUFInfo
 
 GiB = 1 << 30
@@ -23,7 +24,6 @@ MiB = 1 << 20
 COMPUTE_RESERVE = 384 * MiB  # graph buffers for a 512-token micro-batch
 MIN_MARGIN = 256 * MiB
 MARGIN_FRACTION = 0.05  # of each device's total memory: drivers and other processes
-N_UBATCH = 512
 KV_BYTES = 2  # f16 keys and values
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
@@ -118,7 +118,7 @@ class Plan:
         where = " + ".join(self.devices)
         return (
             f"GPU: {self.offloaded}/{self.n_layer + 1} layers on {where}, "
-            f"{self.gpu_bytes / 1e6:.0f} MB ({self.reason})"
+            f"{human_size(self.gpu_bytes)} ({self.reason})"
         )
 
 
@@ -135,7 +135,7 @@ def _cost(sizes: ModelSizes, k: int) -> int:
     total = sum(sizes.layers[n - layers :]) + sum(sizes.kv_per_layer[n - layers :])
     if k > n:
         # The output layer also brings its logits buffer (n_vocab floats per token).
-        total += sizes.output + sizes.n_vocab * 4 * N_UBATCH
+        total += sizes.output + sizes.n_vocab * 4 * N_BATCH
     return total
 
 
@@ -205,7 +205,4 @@ def remember(key: str, n_gpu_layers: int) -> None:
     except (OSError, ValueError):
         data = {}
     data[key] = n_gpu_layers
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2))

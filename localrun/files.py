@@ -1,0 +1,30 @@
+"""Writing localrun's small files safely, and showing sizes (one of each for the package)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves the old file or the new one, whole.
+
+    The text goes to a temporary file beside ``path``, then replaces it in one rename. An
+    ``OSError`` is the caller's to translate (it knows what the file is for).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def human_size(n: float) -> str:
+    """Bytes as Ollama shows them: decimal units, "253 MB", "4.7 GB"."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}" if n < 10 * size else f"{n / size:.0f} {unit}"
+    return f"{n:.0f} B"
