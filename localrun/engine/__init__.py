@@ -8,18 +8,10 @@ name is :mod:`localrun.models.resolve`; turning messages into tokens is
 from localrun.engine.load import LoadedModel, load_model
 from localrun.engine.options import FLAG_NAMES, RunOptions, run_options
 from localrun.engine.stream import StopMatcher, check_fits, generate, generate_tokens
-from localrun.engine.types import (
-    CHAT,
-    COMPLETION,
-    Event,
-    Finished,
-    FinishReason,
-    FirstToken,
-    PromptEvaluated,
-    Request,
-    Stats,
-    TextDelta,
-)
+from localrun.engine.types import CHAT, COMPLETION, Event, Finished, FinishReason, FirstToken
+
+# isort: split
+from localrun.engine.types import PromptEvaluated, Request, Stats, TextDelta
 from localrun.prompt.template import Message
 
 __all__ = [
