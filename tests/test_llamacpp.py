@@ -89,15 +89,20 @@ def test_header_cut_inside_metadata(tmp_path: Path, tiny_model: Path) -> None:
         load(LoadOptions(cut, n_threads=1))
 
 
-def test_unsupported_architecture_is_a_load_error(tmp_path: Path) -> None:
+def _unknown_architecture(path: Path) -> Path:
+    """A well-formed GGUF of an architecture llama.cpp does not know."""
     import gguf
 
-    path = tmp_path / "weird.gguf"
     w = gguf.GGUFWriter(str(path), "no-such-arch")
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    return path
+
+
+def test_unsupported_architecture_is_a_load_error(tmp_path: Path) -> None:
+    path = _unknown_architecture(tmp_path / "weird.gguf")
     with pytest.raises(ModelLoadError, match="no-such-arch"):
         load(LoadOptions(path, n_threads=1))
 
@@ -154,14 +159,7 @@ def test_concurrent_failed_loads_each_report_their_own_cause(
     """llama.cpp's log is one callback for the process: its lines are kept per thread."""
     import threading
 
-    import gguf
-
-    weird = tmp_path / "weird.gguf"
-    w = gguf.GGUFWriter(str(weird), "no-such-arch")
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    weird = _unknown_architecture(tmp_path / "weird.gguf")
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(tiny_model.read_bytes()[:-50_000])
     seen: dict[str, list[str]] = {"weird": [], "cut": []}
