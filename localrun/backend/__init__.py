@@ -39,6 +39,7 @@ class LoadOptions:
     n_gpu_layers: int = 0
     tensor_split: tuple[float, ...] | None = None  # share of layers per GPU
     lora: tuple[Path, ...] = ()  # LoRA adapters (GGUF) applied at load
+    n_seq: int = 1  # sequences the context holds at once (one KV cache, shared)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,46 @@ class Model(Protocol):
         """Free the model and its context."""
 
 
+class StepModel(Model, Protocol):
+    """A model whose context holds several sequences, driven one batch at a time.
+
+    The batching engine owns it from one thread: each step decodes rows (a token of some
+    sequence at some position, with or without logits), then samples the rows that asked for
+    logits, each with its own sampler chain.
+    """
+
+    @property
+    def n_seq_max(self) -> int:
+        """How many sequences the context holds."""
+
+    @property
+    def n_batch(self) -> int:
+        """The most rows one step may decode."""
+
+    def decode_rows(
+        self, tokens: list[int], positions: list[int], seqs: list[int], logits: list[bool]
+    ) -> int:
+        """Decode one batch; 0 when done, 1 when the KV cache had no room (nothing changed)."""
+
+    def new_sampler(self, sampling: SamplingParams, history: list[int]) -> object:
+        """A sampler chain for one sequence, primed with its recent tokens."""
+
+    def sample(self, sampler: object, row: int) -> int:
+        """Sample from the logits of ``row`` of the last batch (the chain accepts the token)."""
+
+    def free_sampler(self, sampler: object) -> None:
+        """Free a sampler chain."""
+
+    def is_end(self, token: int) -> bool:
+        """Whether ``token`` ends generation (end of turn, end of text)."""
+
+    def piece(self, token: int) -> bytes:
+        """The raw bytes of a token."""
+
+    def forget(self, seq: int) -> None:
+        """Drop every cached position of sequence ``seq``."""
+
+
 def load(options: LoadOptions) -> Model:
     """Load a model with the llama.cpp backend (imported only now: it is slow to import)."""
     from localrun.backend.llamacpp.model import LlamaCppModel
@@ -141,6 +182,7 @@ __all__ = [
     "Model",
     "Prefilled",
     "SamplingParams",
+    "StepModel",
     "Token",
     "context_size",
     "load",

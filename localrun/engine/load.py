@@ -66,8 +66,11 @@ def load_model(
     gpu_layers: str | int = AUTO,
     path: Path | None = None,
     settings: Settings | None = None,
+    n_seq: int = 1,
 ) -> LoadedModel:
     """Load a model with as many layers on the GPU(s) as fit (``gpu_layers``: auto, all, N).
+
+    ``n_seq`` sequences share the context's ``n_ctx`` cells (the batching engine's N).
 
     ``path`` skips resolving ``ref`` again when the caller already did. If a device runs
     out of memory, the load is retried with half the GPU layers, and the count that
@@ -90,6 +93,7 @@ def load_model(
             n_gpu_layers=layers,
             tensor_split=plan.split if layers else None,
             lora=settings.adapters,
+            n_seq=n_seq,
         )
         try:
             model = backend.load(options)

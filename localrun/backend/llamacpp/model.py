@@ -92,7 +92,7 @@ class LlamaCppModel:
             self._n_ctx_train = int(lc.llama_model_n_ctx_train(model))
             self.n_layer = int(lc.llama_model_n_layer(model))
             requested = context_size(options.n_ctx, self._n_ctx_train)
-            ctx = self._new_context(model, requested, options.n_threads)
+            ctx = self._new_context(model, requested, options.n_threads, options.n_seq)
             if stop.is_set():
                 if ctx:
                     lc.llama_free(ctx)
@@ -117,16 +117,20 @@ class LlamaCppModel:
         self._pieces: dict[int, bytes] = {}
         self._metadata: dict[str, str] | None = None
         self._one = (lc.llama_token * 1)()
+        self._n_seq_max = options.n_seq
+        self._batch: Any = None  # the step API's llama_batch, made on first use
         raw = lc.llama_model_chat_template(model, None)
         self._chat_template = raw.decode("utf-8", errors="replace") if raw else None
 
     @staticmethod
-    def _new_context(model: Any, n_ctx: int, n_threads: int) -> Any:
+    def _new_context(model: Any, n_ctx: int, n_threads: int, n_seq: int) -> Any:
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = min(N_BATCH, n_ctx)
         cparams.n_ubatch = min(N_BATCH, n_ctx)
-        cparams.n_seq_max = 1
+        cparams.n_seq_max = n_seq
+        # One cache for all sequences: each may use as much of it as is free.
+        cparams.kv_unified = n_seq > 1
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
         return lc.llama_init_from_model(model, cparams)
@@ -276,7 +280,68 @@ class LlamaCppModel:
         finally:
             lc.llama_sampler_free(chain)
 
+    # -- steps: several sequences, for the batching engine ---------------------------
+
+    @property
+    def n_seq_max(self) -> int:
+        return self._n_seq_max
+
+    @property
+    def n_batch(self) -> int:
+        return self._n_batch
+
+    def decode_rows(
+        self, tokens: list[int], positions: list[int], seqs: list[int], logits: list[bool]
+    ) -> int:
+        n = len(tokens)
+        if self._batch is None:
+            self._batch = lc.llama_batch_init(self._n_batch, 0, 1)
+        batch = self._batch
+        batch.n_tokens = n
+        token, pos, n_seq_id, seq_id, out = (
+            batch.token,
+            batch.pos,
+            batch.n_seq_id,
+            batch.seq_id,
+            batch.logits,
+        )
+        for i in range(n):
+            token[i] = tokens[i]
+            pos[i] = positions[i]
+            n_seq_id[i] = 1
+            seq_id[i][0] = seqs[i]
+            out[i] = logits[i]
+        self._cached = []  # positions are the engine's to track now
+        rc = int(lc.llama_decode(self._ctx, batch))
+        if rc < 0 or rc > 1:
+            raise GenerationError(
+                f"llama.cpp failed to evaluate a batch of {n} tokens (code {rc})",
+                "LOCALRUN_DEBUG=1 shows llama.cpp's log",
+            )
+        return rc
+
+    def new_sampler(self, sampling: SamplingParams, history: list[int]) -> object:
+        return sampler_chain(sampling, history, n_vocab=self.n_vocab, n_ctx=self._n_ctx)
+
+    def sample(self, sampler: object, row: int) -> int:
+        return int(lc.llama_sampler_sample(sampler, self._ctx, row))
+
+    def free_sampler(self, sampler: object) -> None:
+        lc.llama_sampler_free(sampler)
+
+    def is_end(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self._vocab, token))
+
+    def piece(self, token: int) -> bytes:
+        return self._piece(token)
+
+    def forget(self, seq: int) -> None:
+        lc.llama_memory_seq_rm(self._mem, seq, -1, -1)
+
     def close(self) -> None:
+        if self._batch is not None:
+            lc.llama_batch_free(self._batch)
+            self._batch = None
         if self._ctx:
             lc.llama_free(self._ctx)
             self._ctx = None

@@ -1,0 +1,338 @@
+"""Many conversations at once: a continuous-batching engine over one llama.cpp context.
+
+One thread owns the model's context, which holds up to N sequences in one KV cache. Other
+threads :meth:`BatchEngine.submit` requests and read each one's events from its
+:class:`Stream`; :meth:`Stream.cancel` stops one at any moment. Each step the engine thread
+
+1. takes new and cancelled requests from its inbox;
+2. admits waiting requests while a sequence slot and room in the cache are free;
+3. builds one batch: the last sampled token of every decoding sequence, then chunks of the
+   prompts still being read, up to the batch's size (chunked prefill: a long prompt does not
+   stall the others);
+4. decodes it once, and samples each sequence whose row asked for logits with its own
+   sampler chain (its seed, penalties), its own stop strings and token limit;
+5. retires what finished and frees its slot.
+
+When the cache has no room for a step, the newest sequence is paused: its cells are dropped
+and it waits at the head of the queue to read its prompt and answer so far again, so its text
+goes on where it stopped. Per-request state lives in :class:`_Sequence`, nowhere else.
+"""
+
+from __future__ import annotations
+
+import codecs
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from localrun.backend import SamplingParams, StepModel
+from localrun.engine.stream import StopMatcher
+from localrun.engine.types import (
+    Event,
+    Finished,
+    FinishReason,
+    FirstToken,
+    PromptEvaluated,
+    Stats,
+    TextDelta,
+)
+from localrun.errors import LocalrunError, PromptTooLongError, UsageError
+
+
+@dataclass(eq=False)  # one object per request: compared by identity
+class _Sequence:
+    """One request inside the engine: everything about it, in one object."""
+
+    prompt: list[int]
+    sampling: SamplingParams
+    max_tokens: int | None
+    stop: tuple[str, ...]
+    stop_at_eog: bool
+    outbox: queue.SimpleQueue[Event | BaseException]
+    submitted: float = field(default_factory=time.perf_counter)
+    number: int = 0  # admission order: the newest is paused first
+    slot: int | None = None  # the sequence id in the KV cache while it runs
+    cached: int = 0  # positions of this sequence in the cache
+    pending: list[int] = field(default_factory=list)  # tokens to feed, in order
+    generated: list[int] = field(default_factory=list)
+    paused_at: list[int] = field(default_factory=list)  # answer tokens when it was paused
+    sampler: object | None = None
+    prefill_started: float = 0.0
+    first_at: float = 0.0
+    last_at: float = 0.0
+    prompt_done: bool = False
+    cancelled: bool = False
+    finished: bool = False
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+    matcher: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+    stats: Stats = field(default_factory=Stats)
+
+    def __post_init__(self) -> None:
+        self.pending = list(self.prompt)
+        self.matcher = StopMatcher(self.stop)
+        self.stats.prompt_tokens = len(self.prompt)
+
+
+class Stream:
+    """The events of one request, as they come: iterate it; cancel it from any thread."""
+
+    def __init__(self, engine: BatchEngine, seq: _Sequence) -> None:
+        self._engine = engine
+        self._seq = seq
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            item = self._seq.outbox.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, Finished):
+                return
+
+    @property
+    def tokens(self) -> list[int]:
+        """The answer's tokens so far (complete once the stream has ended)."""
+        return list(self._seq.generated)
+
+    @property
+    def paused_at(self) -> list[int]:
+        """How many answer tokens there were each time the request was paused for room."""
+        return list(self._seq.paused_at)
+
+    def cancel(self) -> None:
+        """Stop the request; its sequence is freed at the next step (its stream then ends)."""
+        self._engine._inbox.put(("cancel", self._seq))
+
+
+class BatchEngine:
+    """The engine thread and its queue, over a model that holds ``n_seq_max`` sequences."""
+
+    def __init__(self, model: StepModel, *, step_tokens: int | None = None) -> None:
+        self.model = model
+        self.n_seq = model.n_seq_max
+        self.step_tokens = min(step_tokens or model.n_batch, model.n_batch)
+        if self.step_tokens < self.n_seq:
+            raise UsageError(
+                f"a step of {self.step_tokens} tokens cannot feed {self.n_seq} sequences",
+                "use fewer parallel sequences",
+            )
+        self._inbox: queue.SimpleQueue[tuple[str, _Sequence | None]] = queue.SimpleQueue()
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []
+        self._free = list(range(self.n_seq))
+        self._admitted = itertools.count()
+        self._thread = threading.Thread(target=self._loop, name="localrun-engine", daemon=True)
+        self._thread.start()
+
+    # -- the caller's side ------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt: list[int],
+        sampling: SamplingParams,
+        *,
+        max_tokens: int | None = None,
+        stop: tuple[str, ...] = (),
+        stop_at_eog: bool = True,
+    ) -> Stream:
+        """Queue a prompt (as tokens) to answer; its events arrive on the returned stream."""
+        if not prompt:
+            raise UsageError("the prompt has no tokens", "give a non-empty prompt")
+        if len(prompt) >= self.model.n_ctx:
+            raise PromptTooLongError(
+                f"the prompt is {len(prompt)} tokens but the context holds only {self.model.n_ctx}",
+                "shorten the prompt, or raise the context with --ctx",
+            )
+        seq = _Sequence(prompt, sampling, max_tokens, stop, stop_at_eog, queue.SimpleQueue())
+        self._inbox.put(("submit", seq))
+        return Stream(self, seq)
+
+    def close(self) -> None:
+        """Stop the engine thread; requests still running end as cancelled."""
+        if self._thread.is_alive():
+            self._inbox.put(("close", None))
+            self._thread.join()
+
+    # -- the engine thread ------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while self._take_inbox():
+                self._admit()
+                self._step()
+        except BaseException as e:  # a failed step fails every request, not the process
+            error = e if isinstance(e, LocalrunError) else LocalrunError(str(e))
+            for seq in [*self._running, *self._waiting]:
+                seq.outbox.put(error)
+        finally:
+            for seq in [*self._running, *self._waiting]:
+                if not seq.finished:
+                    self._finish(seq, FinishReason.CANCELLED)
+
+    def _take_inbox(self) -> bool:
+        """Apply submissions and cancellations; False when the engine is to stop."""
+        idle = not self._running and not self._waiting
+        while True:
+            try:
+                kind, seq = self._inbox.get(block=idle)
+            except queue.Empty:
+                return True
+            idle = False
+            if kind == "close":
+                return False
+            assert seq is not None
+            if kind == "submit":
+                self._waiting.append(seq)
+            elif not seq.finished:
+                seq.cancelled = True
+                if seq in self._waiting:
+                    self._waiting.remove(seq)
+                self._finish(seq, FinishReason.CANCELLED)
+
+    def _used(self) -> int:
+        return sum(s.cached + len(s.pending) for s in self._running)
+
+    def _admit(self) -> None:
+        while self._waiting and self._free:
+            seq = self._waiting[0]
+            # Room for the prompt (or what a paused one must read again), and a token more.
+            if self._running and self._used() + len(seq.pending) + 1 > self.model.n_ctx:
+                return
+            self._waiting.popleft()
+            seq.slot = self._free.pop(0)
+            seq.number = next(self._admitted)
+            if seq.sampler is None:
+                seq.sampler = self.model.new_sampler(seq.sampling, seq.prompt)
+            self._running.append(seq)
+
+    def _step(self) -> None:
+        rows: list[tuple[_Sequence, int, int, bool]] = []  # (sequence, token, position, logits)
+        budget = self.step_tokens
+        # Decoding sequences first: one token each keeps every answer moving.
+        order = sorted(self._running, key=lambda s: len(s.pending) > 1)
+        for seq in order:
+            if budget == 0:
+                break
+            take = min(len(seq.pending), budget)
+            for i in range(take):
+                last = i == take - 1 and take == len(seq.pending)
+                rows.append((seq, seq.pending[i], seq.cached + i, last))
+            budget -= take
+        if not rows:
+            return
+        now = time.perf_counter()
+        for seq in {id(r[0]): r[0] for r in rows}.values():
+            if not seq.prompt_done and not seq.prefill_started:
+                seq.prefill_started = now
+        rc = self.model.decode_rows(
+            [r[1] for r in rows], [r[2] for r in rows], [cast(int, r[0].slot) for r in rows],
+            [r[3] for r in rows],
+        )  # fmt: skip
+        if rc == 1:
+            self._pause_newest()
+            return
+        fed: dict[int, int] = {}
+        for seq, _, _, _ in rows:
+            fed[id(seq)] = fed.get(id(seq), 0) + 1
+        for seq in list(self._running):
+            n = fed.get(id(seq), 0)
+            if n:
+                del seq.pending[:n]
+                seq.cached += n
+        for index, (seq, _, _, wants) in enumerate(rows):
+            if wants and not seq.finished:
+                self._sampled(seq, self.model.sample(seq.sampler, index))
+
+    def _sampled(self, seq: _Sequence, token: int) -> None:
+        now = time.perf_counter()
+        stats = seq.stats
+        if not seq.prompt_done:
+            seq.prompt_done = True
+            stats.prompt_evaluated = len(seq.prompt)
+            stats.prefill_s = now - seq.prefill_started
+            seq.outbox.put(PromptEvaluated(len(seq.prompt), len(seq.prompt), stats.prefill_s))
+        if not seq.first_at:
+            seq.first_at = now
+            seq.outbox.put(FirstToken(now - seq.submitted))
+        seq.last_at = now
+        sampled = len(seq.generated) + 1
+        if seq.stop_at_eog and self.model.is_end(token):
+            self._finish(seq, FinishReason.STOP, sampled=sampled)
+            return
+        seq.generated.append(token)
+        stats.completion_tokens += 1
+        text, stopped = seq.matcher.feed(seq.decoder.decode(self.model.piece(token)))
+        seq.outbox.put(TextDelta(text, stats.completion_tokens))
+        if stopped:
+            self._finish(seq, FinishReason.STOP, flush=False)
+        elif seq.max_tokens is not None and stats.completion_tokens >= seq.max_tokens:
+            self._finish(seq, FinishReason.LENGTH)
+        elif seq.cached + 1 >= self.model.n_ctx:
+            self._finish(seq, FinishReason.LENGTH)  # this sequence alone fills the context
+        else:
+            seq.pending.append(token)
+
+    def _pause_newest(self) -> None:
+        """No room in the cache for this step: the newest sequence waits to start again."""
+        if len(self._running) == 1:
+            self._finish(self._running[0], FinishReason.LENGTH)  # alone and still no room
+            return
+        seq = max(self._running, key=lambda s: s.number)
+        seq.paused_at.append(len(seq.generated))
+        self._running.remove(seq)
+        self.model.forget(cast(int, seq.slot))
+        self._free.append(cast(int, seq.slot))
+        seq.slot = None
+        seq.pending = seq.prompt + seq.generated  # read again: its answer goes on after it
+        seq.cached = 0
+        self._waiting.appendleft(seq)
+
+    def _finish(
+        self, seq: _Sequence, reason: FinishReason, *, sampled: int = 0, flush: bool = True
+    ) -> None:
+        seq.finished = True
+        if seq in self._running:
+            self._running.remove(seq)
+        if seq.slot is not None:
+            self.model.forget(seq.slot)
+            self._free.append(seq.slot)
+            seq.slot = None
+        if seq.sampler is not None:
+            self.model.free_sampler(seq.sampler)
+            seq.sampler = None
+        if flush:
+            tail = seq.matcher.flush() + seq.decoder.decode(b"", final=True)
+            if tail:
+                seq.outbox.put(TextDelta(tail, seq.stats.completion_tokens))
+        stats = seq.stats
+        stats.finish_reason = reason
+        end = time.perf_counter()
+        n = sampled or len(seq.generated)
+        if seq.first_at:
+            stats.ttft_s = seq.first_at - seq.submitted
+            stats.decode_s = seq.last_at - seq.first_at
+            if n > 1 and stats.decode_s > 0:
+                stats.decode_tokens_per_s = (n - 1) / stats.decode_s
+        if stats.prefill_s > 0:
+            stats.prefill_tokens_per_s = stats.prompt_evaluated / stats.prefill_s
+        stats.total_s = end - seq.submitted
+        seq.outbox.put(Finished(stats))
+
+
+def collect(stream: Stream) -> tuple[str, Stats]:
+    """Read a stream to its end: the whole text and the statistics."""
+    parts: list[str] = []
+    stats: Any = None
+    for event in stream:
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        elif isinstance(event, Finished):
+            stats = event.stats
+    return "".join(parts), stats
