@@ -339,7 +339,7 @@ class LlamaCppModel:
         lc.llama_memory_seq_rm(self._mem, seq, -1, -1)
 
     def close(self) -> None:
-        if self._batch is not None:
+        if getattr(self, "_batch", None) is not None:  # absent if __init__ failed early
             lc.llama_batch_free(self._batch)
             self._batch = None
         if self._ctx:
