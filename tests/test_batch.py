@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from localrun import engine
+from localrun import backend, engine
 from localrun.backend import SamplingParams, StepModel
 from localrun.engine.batch import BatchEngine, collect
 from localrun.engine.types import Finished, FinishReason, TextDelta
@@ -19,7 +19,8 @@ PROMPTS = ["the sky is", "why is the", "hello world", "blue sky blue", "a b c d 
 
 @pytest.fixture
 def loaded(tiny_model: Path) -> engine.LoadedModel:
-    return engine.load_model(str(tiny_model), n_threads=1, gpu_layers=0, n_seq=4, n_ctx=1024)
+    # 4 sequences of 256 tokens: one cache of 1024 cells.
+    return engine.load_model(str(tiny_model), n_threads=1, gpu_layers=0, n_seq=4, n_ctx=256)
 
 
 def step_model(loaded: engine.LoadedModel) -> StepModel:
@@ -63,7 +64,7 @@ def test_many_requests_share_the_context_and_all_finish(loaded: engine.LoadedMod
 def test_two_rows_give_the_lone_text(tiny_model: Path) -> None:
     """llama.cpp's kernels give a sequence's logits exactly at 1 and 2 rows."""
     alone = engine.load_model(str(tiny_model), n_threads=1, gpu_layers=0, n_seq=1, n_ctx=512)
-    pair = engine.load_model(str(tiny_model), n_threads=1, gpu_layers=0, n_seq=2, n_ctx=1024)
+    pair = engine.load_model(str(tiny_model), n_threads=1, gpu_layers=0, n_seq=2, n_ctx=512)
     try:
         lone = [run_all(alone, [p])[0][0] for p in PROMPTS[:2]]
         together = [t for t, _ in run_all(pair, PROMPTS[:2])]
@@ -127,12 +128,18 @@ def test_a_full_cache_pauses_and_resumes_without_losing_text(tiny_model: Path) -
     text again is a many-row prefill, and more rows take another kernel (docs/performance.md).
     What must hold: every answer reaches its length, and its text is exactly its tokens.
     """
-    small = engine.load_model(str(tiny_model), n_threads=1, gpu_layers=0, n_seq=4, n_ctx=256)
-    model = step_model(small)
+    # Straight from the backend: 4 sequences in 256 cells, fewer than they need.
+    small = backend.load(backend.LoadOptions(tiny_model, n_ctx=256, n_threads=1, n_seq=4))
+    model: StepModel = small  # type: ignore[assignment]
     try:
         batch = BatchEngine(model)
         streams = [
-            batch.submit(tokens_of(small, p), GREEDY, max_tokens=150, stop_at_eog=False)
+            batch.submit(
+                model.tokenize(p, add_special=True, parse_special=False),
+                GREEDY,
+                max_tokens=150,
+                stop_at_eog=False,
+            )
             for p in PROMPTS[:4]
         ]
         results = [collect(s) for s in streams]
@@ -149,7 +156,7 @@ def test_a_full_cache_pauses_and_resumes_without_losing_text(tiny_model: Path) -
 
 def test_a_prompt_longer_than_the_context_is_refused_at_once(tiny_model: Path) -> None:
     small = engine.load_model(str(tiny_model), n_threads=1, gpu_layers=0, n_seq=2, n_ctx=256)
-    batch = BatchEngine(step_model(small))
+    batch = BatchEngine(step_model(small), seq_ctx=small.seq_ctx)
     try:
         with pytest.raises(PromptTooLongError):
             batch.submit(tokens_of(small, "a " * 400), GREEDY)

@@ -58,6 +58,7 @@ def test_prompt_from_arguments(cli: Any, fake_engine: Recorder) -> None:
             "gpu_layers": "auto",
             "path": Path("/m/m.gguf"),
             "settings": Settings(),
+            "n_seq": 1,
         }
     ]
     assert fake_engine.model.closed
@@ -118,6 +119,7 @@ def test_flags_reach_the_engine(cli: Any, fake_engine: Recorder) -> None:
         "gpu_layers": 7,
         "path": Path("/m/m.gguf"),
         "settings": Settings(),
+        "n_seq": 1,
     }
 
 

@@ -154,6 +154,18 @@ def run(
     nowordwrap: bool = typer.Option(
         False, "--nowordwrap", help="Print the answer as it comes, without Markdown or wrapping."
     ),
+    batch: str | None = typer.Option(
+        None,
+        "--batch",
+        help="Answer the requests of a JSON Lines file ('-': stdin), one JSON line each.",
+    ),
+    parallel: int | None = typer.Option(
+        None,
+        "--parallel",
+        min=1,
+        max=64,
+        help="With --batch: requests answered at once. [default: from free memory, at most 8]",
+    ),
 ) -> None:
     """Answer a prompt, or chat.
 
@@ -162,14 +174,30 @@ def run(
     from localrun import engine  # loaded on use: --help and the other commands stay fast
 
     args = prompt or []
+    if parallel is not None and batch is None:
+        raise UsageError("--parallel goes with --batch", "localrun run MODEL --batch FILE")
+    if batch is not None:
+        if args or interactive or ctx.info_name == "chat" or output_format is OutputFormat.json:
+            raise UsageError(
+                "--batch takes its prompts from the file, and writes JSON lines",
+                "drop the prompt, -i and --format with --batch",
+            )
+        if batch == "-" and sys.stdin.isatty():
+            raise UsageError(
+                "--batch - reads standard input, which is a terminal", "pipe a file in"
+            )
     piped = not sys.stdin.isatty()
-    chat_mode = interactive or ctx.info_name == "chat" or (not args and not piped)
+    chat_mode = batch is None and (
+        interactive or ctx.info_name == "chat" or (not args and not piped)
+    )
     if chat_mode and (output_format is OutputFormat.json or not sys.stdout.isatty()):
         raise UsageError(
             "interactive chat needs a terminal on stdout and --format text",
             "give a prompt for a one-shot answer, or run it in a terminal",
         )
-    text = read_prompt(args, sys.stdin) if (args or piped or not chat_mode) else None
+    text = None
+    if batch is None and (args or piped or not chat_mode):
+        text = read_prompt(args, sys.stdin)
     terminal = sys.stdout.isatty() and output_format is OutputFormat.text
     resolved = resolve_or_pull(model)
     opts = engine.run_options(
@@ -188,6 +216,9 @@ def run(
         threads=threads,
     )
     n_threads = opts.threads or physical_cores()
+    n_seq = 1
+    if batch is not None:
+        n_seq = parallel or engine.default_parallel(resolved.path, opts.n_ctx)
     spinner: AbstractContextManager[object] = nullcontext()
     if terminal and sys.stderr.isatty():
         from rich.console import Console
@@ -201,10 +232,19 @@ def run(
             gpu_layers=opts.gpu_layers,
             path=resolved.path,
             settings=resolved.settings,
+            n_seq=n_seq,
         )
     for note in loaded.notes:
         print(note, file=sys.stderr)
+    if verbose and batch is not None:
+        print(f"parallel: {n_seq} sequences of {loaded.seq_ctx} tokens", file=sys.stderr)
     try:
+        if batch is not None:
+            from localrun.cli.batchrun import run_batch
+
+            if run_batch(loaded, batch, opts):
+                raise typer.Exit(1)
+            return
         if chat_mode:
             _chat(loaded, text, piped, opts, verbose=verbose, wordwrap=not nowordwrap)
             return

@@ -114,9 +114,13 @@ class Stream:
 class BatchEngine:
     """The engine thread and its queue, over a model that holds ``n_seq_max`` sequences."""
 
-    def __init__(self, model: StepModel, *, step_tokens: int | None = None) -> None:
+    def __init__(
+        self, model: StepModel, *, step_tokens: int | None = None, seq_ctx: int | None = None
+    ) -> None:
         self.model = model
         self.n_seq = model.n_seq_max
+        # The most one sequence may hold: its share of the cache (or all of it).
+        self.seq_ctx = min(seq_ctx or model.n_ctx, model.n_ctx)
         self.step_tokens = min(step_tokens or model.n_batch, model.n_batch)
         if self.step_tokens < self.n_seq:
             raise UsageError(
@@ -145,9 +149,9 @@ class BatchEngine:
         """Queue a prompt (as tokens) to answer; its events arrive on the returned stream."""
         if not prompt:
             raise UsageError("the prompt has no tokens", "give a non-empty prompt")
-        if len(prompt) >= self.model.n_ctx:
+        if len(prompt) >= self.seq_ctx:
             raise PromptTooLongError(
-                f"the prompt is {len(prompt)} tokens but the context holds only {self.model.n_ctx}",
+                f"the prompt is {len(prompt)} tokens but the context holds only {self.seq_ctx}",
                 "shorten the prompt, or raise the context with --ctx",
             )
         seq = _Sequence(prompt, sampling, max_tokens, stop, stop_at_eog, queue.SimpleQueue())
@@ -274,7 +278,7 @@ class BatchEngine:
             self._finish(seq, FinishReason.STOP, flush=False)
         elif seq.max_tokens is not None and stats.completion_tokens >= seq.max_tokens:
             self._finish(seq, FinishReason.LENGTH)
-        elif seq.cached + 1 >= self.model.n_ctx:
+        elif seq.cached + 1 >= self.seq_ctx:
             self._finish(seq, FinishReason.LENGTH)  # this sequence alone fills the context
         else:
             seq.pending.append(token)

@@ -37,6 +37,12 @@ class LoadedModel:
     plan: Plan = field(default_factory=lambda: Plan(0, 0, (), None, 0, "no GPU requested"))
     notes: list[str] = field(default_factory=list)  # what loading had to adjust, for people
     template_override: str | None = None  # a Modelfile's TEMPLATE, as Jinja
+    n_seq: int = 1  # sequences the context holds (the batching engine's N)
+
+    @property
+    def seq_ctx(self) -> int:
+        """The context each sequence may use: its share of the whole."""
+        return self.model.n_ctx // self.n_seq
 
     @property
     def template(self) -> str | None:
@@ -70,7 +76,8 @@ def load_model(
 ) -> LoadedModel:
     """Load a model with as many layers on the GPU(s) as fit (``gpu_layers``: auto, all, N).
 
-    ``n_seq`` sequences share the context's ``n_ctx`` cells (the batching engine's N).
+    ``n_seq`` sequences of ``n_ctx`` tokens each (the batching engine's N) share one KV cache
+    of ``n_seq * n_ctx`` cells, as Ollama's parallel requests do.
 
     ``path`` skips resolving ``ref`` again when the caller already did. If a device runs
     out of memory, the load is retried with half the GPU layers, and the count that
@@ -82,7 +89,7 @@ def load_model(
     settings = settings or Settings()
     start = time.perf_counter()
     notes: list[str] = []
-    n_ctx = _fit_context(path, n_ctx, notes)
+    n_ctx = _fit_context(path, n_ctx, notes, n_seq)
     plan, memory = _plan(path, n_ctx, gpu_layers)
     layers = plan.n_gpu_layers
     while True:
@@ -109,20 +116,22 @@ def load_model(
             remember(memory, layers)
             notes.append(f"remembered {layers} GPU layers for this model, context and device")
     elapsed = time.perf_counter() - start
-    return LoadedModel(ref, path, model, elapsed, plan, notes, settings.template)
+    return LoadedModel(ref, path, model, elapsed, plan, notes, settings.template, n_seq)
 
 
-def _fit_context(path: Path, n_ctx: int | None, notes: list[str]) -> int | None:
-    """An asked-for context, at most the trained one, and only if its KV cache can fit.
+def _fit_context(path: Path, n_ctx: int | None, notes: list[str], n_seq: int = 1) -> int | None:
+    """The whole context to make: ``n_seq`` sequences of ``n_ctx`` tokens each.
 
     As Ollama does, a context over the model's trained length is lowered to it, with a
-    note. A context whose KV cache alone is larger than the machine's memory is refused
-    before llama.cpp tries to allocate it.
+    note. A KV cache (all sequences') larger than the machine's memory is refused before
+    llama.cpp tries to allocate it. None: one sequence, the backend's default context.
     """
-    if n_ctx is None:
+    if n_ctx is None and n_seq == 1:
         return None
     info = read_gguf(path)
     trained = int(info.arch_value("context_length") or 0)
+    if n_ctx is None:
+        n_ctx = context_size(None, trained)
     if trained and n_ctx > trained:
         notes.append(
             f"context lowered from {n_ctx} to {trained} tokens, the most this model was trained for"
@@ -130,15 +139,34 @@ def _fit_context(path: Path, n_ctx: int | None, notes: list[str]) -> int | None:
         n_ctx = trained
     from localrun.system import physical_memory
 
-    needed = sum(model_sizes(info, n_ctx).kv_per_layer)
+    total = context_size(n_ctx, trained) * n_seq
+    needed = sum(model_sizes(info, total).kv_per_layer)
     memory = physical_memory()
     if memory and needed > memory:
+        sequences = f" ({n_seq} sequences of {context_size(n_ctx, trained)})" if n_seq > 1 else ""
         raise OutOfMemoryError(
-            f"a context of {n_ctx} tokens needs about {human_size(needed)} for its KV cache, "
-            f"more than this machine's {human_size(memory)} of memory",
-            "use a smaller context (--ctx)",
+            f"a context of {total} tokens{sequences} needs about {human_size(needed)} for its "
+            f"KV cache, more than this machine's {human_size(memory)} of memory",
+            "use a smaller context (--ctx)" + (" or fewer --parallel" if n_seq > 1 else ""),
         )
-    return n_ctx
+    return total
+
+
+MAX_DEFAULT_PARALLEL = 8  # past 8, a CPU's aggregate decode gains little (docs/performance.md)
+
+
+def default_parallel(path: Path, n_ctx: int | None) -> int:
+    """How many sequences to run at once when none is asked for: as many as half of this
+    machine's memory holds, after the weights, each with its own context's KV cache, at most
+    ``MAX_DEFAULT_PARALLEL``."""
+    from localrun.system import physical_memory
+
+    info = read_gguf(path)
+    per_seq = context_size(n_ctx, int(info.arch_value("context_length") or 0))
+    kv = sum(model_sizes(info, per_seq).kv_per_layer) or 1
+    weights = sum(t.n_bytes for t in info.tensors)
+    budget = (physical_memory() or 0) // 2 - weights
+    return max(1, min(MAX_DEFAULT_PARALLEL, budget // kv))
 
 
 def _plan(path: Path, n_ctx: int | None, request: str | int) -> tuple[Plan, str | None]:

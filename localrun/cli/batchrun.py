@@ -1,0 +1,148 @@
+"""``localrun run MODEL --batch FILE``: many requests from JSON Lines, N at a time.
+
+Each line becomes a request on the batching engine; results come out one JSON line per
+request, in input order, each as soon as it and those before it are done. A bad line gets an
+error object on its own line and the others run; the exit code is then 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from typing import IO, TYPE_CHECKING, Any
+
+from localrun.errors import LocalrunError, UsageError
+
+if TYPE_CHECKING:
+    from localrun import engine
+    from localrun.engine.batch import Stream
+
+
+def _lines(source: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of the file, or of stdin for ``-``."""
+    stream: IO[str]
+    try:
+        stream = sys.stdin if source == "-" else open(source, encoding="utf-8")  # noqa: SIM115
+    except OSError as e:
+        raise UsageError(
+            f"cannot read the batch file {source}: {e.strerror}", "check the path"
+        ) from None
+    try:
+        for number, text in enumerate(stream, 1):
+            if text.strip():
+                yield number, text
+    except UnicodeDecodeError:
+        raise UsageError(
+            f"the batch file {source} is not UTF-8 text", "give a JSON Lines file"
+        ) from None
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def _id_of(text: str) -> Any:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data.get("id") if isinstance(data, dict) else None
+
+
+def run_batch(loaded: engine.LoadedModel, source: str, opts: engine.RunOptions) -> int:
+    """Answer every line of ``source``; return how many lines failed."""
+    from localrun.engine.batch import BatchEngine
+    from localrun.engine.jobs import parse_line
+    from localrun.prompt.build import conversation_tokens
+
+    batch = BatchEngine(loaded.model, seq_ctx=loaded.seq_ctx)  # type: ignore[arg-type]
+    entries: list[tuple[int, Any, Stream | LocalrunError]] = []
+    try:
+        for number, text in _lines(source):
+            job_id = _id_of(text)  # echoed back, even when the rest of the line is wrong
+            try:
+                job = parse_line(text, number, opts)
+                tokens = conversation_tokens(loaded.model, loaded.template, job.request.messages)
+                request = job.request
+                stream = batch.submit(
+                    tokens, request.sampling, max_tokens=request.max_tokens, stop=request.stop
+                )
+                entries.append((number, job_id, stream))
+            except LocalrunError as e:
+                entries.append((number, job_id, e))
+        return _write_in_order(loaded, entries)
+    finally:
+        batch.close()  # Ctrl-C: what is still running ends; what was written stays
+
+
+def _write_in_order(
+    loaded: engine.LoadedModel, entries: list[tuple[int, Any, Stream | LocalrunError]]
+) -> int:
+    from localrun.engine.batch import collect
+
+    failed = 0
+    progress = _Progress(len(entries))
+    with progress:
+        for number, job_id, item in entries:
+            if isinstance(item, LocalrunError):
+                failed += 1
+                record: dict[str, Any] = {"id": job_id, "line": number, "error": item.message}
+                if item.hint:
+                    record["hint"] = item.hint
+                print(f"Error: {item.message}", file=sys.stderr)
+            else:
+                text, stats = collect(item)
+                record = {
+                    "id": job_id,
+                    "model": loaded.name,
+                    "response": text,
+                    "finish_reason": stats.finish_reason.value,
+                    "stats": stats.as_dict(),
+                }
+                progress.add(stats.completion_tokens)
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+            progress.advance()
+    return failed
+
+
+class _Progress:
+    """done/total and the aggregate tokens per second, on stderr when it is a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.tokens = 0
+        self.start = time.perf_counter()
+        self._bar: Any = None
+        self._task: Any = None
+        self._context: AbstractContextManager[Any] = nullcontext()
+        if sys.stderr.isatty() and total:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._bar = Progress(
+                TextColumn("answering"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._task = self._bar.add_task("batch", total=total, rate="")
+            self._context = self._bar
+
+    def __enter__(self) -> _Progress:
+        self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._context.__exit__(*exc)
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def advance(self) -> None:
+        if self._bar is not None:
+            rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
+            self._bar.update(self._task, advance=1, rate=f"{rate:.1f} tok/s")

@@ -1,0 +1,116 @@
+"""Requests from JSON Lines (``localrun run MODEL --batch FILE``): one request a line.
+
+A line is ``{"prompt": "..."}`` or ``{"messages": [{"role": ..., "content": ...}, ...]}``,
+optionally with ``system``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``max_tokens``,
+``stop`` and an ``id`` that is echoed back. The run's options (flags over the Modelfile) are
+the defaults; a line's own fields win. A bad line is a :class:`UsageError` naming its line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+from localrun.engine.options import RunOptions
+from localrun.engine.types import Request
+from localrun.errors import UsageError
+from localrun.models.modelfile import check_parameter
+from localrun.prompt.template import Message
+
+FIELDS = {"id", "prompt", "messages", "system", "temperature", "top_k", "top_p", "seed"}
+FIELDS |= {"max_tokens", "stop"}
+ROLES = ("system", "user", "assistant", "tool")
+# A line's sampling field, and the Modelfile parameter whose range it has.
+_NUMBERS = {
+    "temperature": ("temperature", float),
+    "top_k": ("top_k", int),
+    "top_p": ("top_p", float),
+    "seed": ("seed", int),
+    "max_tokens": ("num_predict", int),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One line's request, with its id (None when the line has none)."""
+
+    line: int
+    id: Any
+    request: Request
+
+
+def parse_line(text: str, line: int, defaults: RunOptions) -> Job:
+    """The request on one line of a batch file."""
+
+    def bad(what: str) -> UsageError:
+        return UsageError(f"line {line}: {what}", "see 'localrun run --help' for --batch")
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise bad(f"not JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise bad("not a JSON object")
+    unknown = sorted(set(data) - FIELDS)
+    if unknown:
+        raise bad(f"unknown field {unknown[0]!r}")
+    messages = _messages(data, bad)
+    system = data.get("system", defaults.system)
+    if system is not None and not isinstance(system, str):
+        raise bad("'system' must be a string")
+    if system and not any(m.role == "system" for m in messages):
+        messages = [Message("system", system), *messages]
+    sampling = defaults.sampling
+    max_tokens = defaults.max_tokens
+    for field, (parameter, kind) in _NUMBERS.items():
+        if field not in data:
+            continue
+        value = data[field]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad(f"{field!r} must be a number")
+        if kind is int and value != int(value):
+            raise bad(f"{field!r} must be a whole number")
+        try:
+            check_parameter(parameter, kind(value))
+        except ValueError as e:
+            raise bad(str(e).replace(parameter, field, 1)) from None
+        if field == "max_tokens":
+            max_tokens = int(value) if value >= 0 else None
+        elif field == "seed":
+            sampling = replace(sampling, seed=int(value) if value >= 0 else None)
+        else:
+            sampling = replace(sampling, **{field: kind(value)})
+    stop = defaults.stop
+    if "stop" in data:
+        given = data["stop"]
+        given = [given] if isinstance(given, str) else given
+        if not isinstance(given, list) or not all(isinstance(s, str) for s in given):
+            raise bad("'stop' must be a string or a list of strings")
+        stop = tuple(given)
+    request = Request(tuple(messages), sampling, max_tokens, stop)
+    return Job(line, data.get("id"), request)
+
+
+def _messages(data: dict[str, Any], bad: Any) -> list[Message]:
+    if ("prompt" in data) == ("messages" in data):
+        raise bad("give either 'prompt' or 'messages'")
+    if "prompt" in data:
+        prompt = data["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise bad("'prompt' must be a non-empty string")
+        return [Message("user", prompt)]
+    given = data["messages"]
+    if not isinstance(given, list) or not given:
+        raise bad("'messages' must be a non-empty list")
+    messages = []
+    for m in given:
+        if not isinstance(m, dict) or set(m) - {"role", "content"}:
+            raise bad("each message is {'role': ..., 'content': ...}")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES or not isinstance(content, str):
+            raise bad(f"a message needs a role ({', '.join(ROLES)}) and text content")
+        messages.append(Message(role, content))
+    if not any(m.content.strip() for m in messages if m.role == "user"):
+        raise bad("no user message with text")
+    return messages
