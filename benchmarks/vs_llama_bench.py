@@ -12,67 +12,19 @@ Usage: python benchmarks/vs_llama_bench.py [--model demo] [--threads 2] [--round
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_tools import build_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
 TARGETS = {"pp": 0.98, "tg": 0.97}
-
-
-def llama_bench() -> Path:
-    """The llama-bench binary built from the pinned sdist's llama.cpp (built once)."""
-    version = importlib.metadata.version("llama-cpp-python")
-    build = CACHE / f"llama.cpp-{version}" / "build-no-amx"
-    binary = build / "bin" / "llama-bench"
-    if binary.exists():
-        return binary
-    source = build.parent / "src"
-    if not source.exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
-                 "llama-cpp-python", f"llama-cpp-python=={version}", "-d", tmp, "-q"],
-                check=True,
-            )  # fmt: skip
-            sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-            with tarfile.open(sdist) as tar:
-                prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
-                members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
-                for m in members:
-                    m.name = m.name[len(prefix) :]
-                tar.extractall(source, members=[m for m in members if m.name], filter="data")
-    flags = [
-        "-DCMAKE_BUILD_TYPE=Release",
-        "-DLLAMA_CURL=OFF",
-        "-DLLAMA_BUILD_COMMON=ON",
-        "-DLLAMA_BUILD_TESTS=OFF",
-        "-DLLAMA_BUILD_EXAMPLES=OFF",
-        "-DLLAMA_BUILD_SERVER=OFF",
-        *_localrun_cmake_flags(),
-    ]
-    subprocess.run(["cmake", "-S", str(source), "-B", str(build), *flags], check=True)
-    jobs = str(os.cpu_count() or 2)
-    subprocess.run(
-        ["cmake", "--build", str(build), "--target", "llama-bench", "-j", jobs], check=True
-    )
-    return binary
-
-
-def _localrun_cmake_flags() -> list[str]:
-    """The flags localrun's own install builds llama.cpp with (scripts/cmake_args.py)."""
-    import runpy
-
-    flags: list[str] = runpy.run_path(str(ROOT / "scripts" / "cmake_args.py"))["cmake_flags"]()
-    return flags
 
 
 def run_llama_bench(binary: Path, model: Path, threads: int, p: int, n: int) -> dict[str, float]:
@@ -109,7 +61,7 @@ def main() -> int:
     if shutil.which("cmake") is None:
         print("cmake is needed to build llama-bench", file=sys.stderr)
         return 1
-    binary = llama_bench()
+    binary = build_tool("llama-bench")
     path = subprocess.run(
         [sys.executable, "-m", "localrun", "show", args.model, "--json"],
         check=True, capture_output=True, text=True,

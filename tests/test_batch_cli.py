@@ -133,3 +133,24 @@ def test_ctrl_c_keeps_the_lines_already_written(home: Path, tiny_model: Path) ->
     assert json.loads(first_line)["stats"]["completion_tokens"] <= 2
     assert all(json.loads(line) for line in rest.splitlines())  # whole lines only
     assert b"Traceback" not in err
+
+
+def test_bench_parallel_reports_aggregate_rates_per_count(home: Path, tiny_model: Path) -> None:
+    done = run(
+        home, "bench", str(tiny_model), "--parallel", "1,2", "-p", "16", "-n", "8", "-r", "2",
+        "--json",
+    )  # fmt: skip
+    assert done.code == 0, done.stderr
+    tests = json.loads(done.stdout)["tests"]
+    assert [(t["test"], t["parallel"]) for t in tests] == [
+        ("pp16 x1", 1),
+        ("tg8 x1", 1),
+        ("pp16 x2", 2),
+        ("tg8 x2", 2),
+    ]
+    assert all(len(t["tokens_per_s"]) == 2 and min(t["tokens_per_s"]) > 0 for t in tests)
+
+
+def test_bench_parallel_refuses_bad_counts(home: Path, tiny_model: Path) -> None:
+    done = run(home, "bench", str(tiny_model), "--parallel", "0,2")
+    assert done.code == 2 and "--parallel" in done.stderr

@@ -37,13 +37,22 @@ def bench(
         None, "--gpu-layers", callback=parse_gpu_layers, help="auto, all or N. [default: auto]"
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    parallel: str | None = typer.Option(
+        None,
+        "--parallel",
+        help="Sequences at once, e.g. 1,2,4,8: aggregate tokens/s through the batching engine.",
+    ),
 ) -> None:
     """Measure prefill and decode speed.
 
     Prefill and decode tokens/s, TTFT and load time, as mean and standard deviation.
     """
     from localrun.cli.progress import resolve_or_pull
-    from localrun.engine.bench import BenchConfig, run
+    from localrun.engine.bench import BenchConfig, run, run_parallel
+
+    sizes = _sizes(parallel) if parallel is not None else ()
+    if parallel is not None and (not sizes or any(not 1 <= n <= 64 for n in sizes)):
+        raise typer.BadParameter("--parallel takes sequence counts from 1 to 64, e.g. 1,4,8")
 
     resolve_or_pull(model)  # a Hub model is pulled before the clock starts
     config = BenchConfig(
@@ -56,7 +65,8 @@ def bench(
         gpu_layers=gpu_layers_value(gpu_layers) or "auto",
     )
     show = sys.stderr.isatty() and not as_json
-    result = run(config, progress=(lambda s: print(s, file=sys.stderr)) if show else lambda s: None)
+    say = (lambda s: print(s, file=sys.stderr)) if show else lambda s: None
+    result = run_parallel(config, sizes, say) if sizes else run(config, progress=say)
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))
         return

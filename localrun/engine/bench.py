@@ -37,8 +37,9 @@ class BenchConfig:
 class Measure:
     """One test (pp N or tg N) over its repetitions."""
 
-    test: str  # "pp512", "tg128"
+    test: str  # "pp512", "tg128", and "pp512 x4" for 4 sequences at once
     tokens: int
+    parallel: int = 1  # sequences at once; tokens_per_s is then their aggregate
     tokens_per_s: list[float] = field(default_factory=list)
     ttft_s: list[float] = field(default_factory=list)
     load_s: list[float] = field(default_factory=list)
@@ -136,4 +137,71 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda s: None) -
             measure.ttft_s.append(ttft)
             measure.load_s.append(load)
         measures.append(measure)
+    return BenchResult(config, placement, measures)
+
+
+def run_parallel(
+    config: BenchConfig,
+    parallels: tuple[int, ...],
+    progress: Callable[[str], None] = lambda s: None,
+) -> BenchResult:
+    """Aggregate prefill and decode speed with N sequences at once, for each N, through the
+    batching engine (as llama-batched-bench measures llama.cpp's own).
+
+    Prefill: N prompts of ``p`` random tokens, one token each answer; the aggregate is N * p
+    over the time until the last prompt is read. Decode: N one-token prompts, ``n`` tokens each;
+    the aggregate is N * (n - 1) over the time from the first sampled token to the last.
+    """
+    from localrun.engine.batch import BatchEngine, collect
+
+    path = resolve(config.model).path
+    rng = random.Random(config.seed)
+    measures: list[Measure] = []
+    placement = "CPU"
+    p = max(config.prefill or (0,))
+    n = max(config.decode or (0,))
+    for size in parallels:
+        loaded = engine.load_model(
+            config.model,
+            n_ctx=config.n_ctx or (p + n + 1),
+            n_threads=config.threads,
+            gpu_layers=config.gpu_layers,
+            path=path,
+            n_seq=size,
+        )
+        placement = loaded.placement
+        batch = BatchEngine(loaded.model, seq_ctx=loaded.seq_ctx)  # type: ignore[arg-type]
+        try:
+            vocab, bos = loaded.model.n_vocab, loaded.model.bos_token
+            sampling = SamplingParams(seed=config.seed)
+            tests = [(f"pp{p} x{size}", p, 1)] if p else []
+            tests += [(f"tg{n} x{size}", 1, n)] if n else []
+            for name, prompt_len, gen_len in tests:
+                measure = Measure(name, prompt_len if gen_len == 1 else gen_len, size)
+                for rep in range(config.repetitions):
+                    progress(f"{name}: repetition {rep + 1} of {config.repetitions}")
+                    prompts = []
+                    for _ in range(size):
+                        tokens = [rng.randrange(vocab) for _ in range(prompt_len)]
+                        if bos is not None:
+                            tokens[0] = bos
+                        prompts.append(tokens)
+                    streams = [
+                        batch.submit(t, sampling, max_tokens=gen_len, stop_at_eog=False)
+                        for t in prompts
+                    ]
+                    stats = [collect(s)[1] for s in streams]
+                    first = [s.ttft_s for s in stats]
+                    if gen_len == 1:
+                        measure.tokens_per_s.append(size * prompt_len / max(first))
+                    else:
+                        last = [s.ttft_s + s.decode_s for s in stats]
+                        produced = sum(s.completion_tokens - 1 for s in stats)
+                        measure.tokens_per_s.append(produced / (max(last) - min(first)))
+                    measure.ttft_s.append(statistics.fmean(first))
+                    measure.load_s.append(loaded.load_s)
+                measures.append(measure)
+        finally:
+            batch.close()
+            loaded.close()
     return BenchResult(config, placement, measures)

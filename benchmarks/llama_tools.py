@@ -1,0 +1,64 @@
+"""llama.cpp's own tools (llama-bench, llama-batched-bench), built once from the pinned sdist.
+
+The same llama.cpp source that llama-cpp-python vendors, built with the flags its CMakeLists
+sets (Release, no curl) and localrun's own from ``scripts/cmake_args.py``, cached in
+``benchmarks/.cache``, so that a benchmark compares localrun with llama.cpp on equal terms.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "benchmarks" / ".cache"
+
+
+def build_tool(target: str) -> Path:
+    """The binary of a llama.cpp tool (``llama-bench``, ``llama-batched-bench``), built once."""
+    version = importlib.metadata.version("llama-cpp-python")
+    build = CACHE / f"llama.cpp-{version}" / "build-no-amx"
+    binary = build / "bin" / target
+    if binary.exists():
+        return binary
+    source = build.parent / "src"
+    if not source.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
+                 "llama-cpp-python", f"llama-cpp-python=={version}", "-d", tmp, "-q"],
+                check=True,
+            )  # fmt: skip
+            sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+            with tarfile.open(sdist) as tar:
+                prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+                members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
+                for m in members:
+                    m.name = m.name[len(prefix) :]
+                tar.extractall(source, members=[m for m in members if m.name], filter="data")
+    flags = [
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_BUILD_COMMON=ON",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_BUILD_SERVER=OFF",
+        *_localrun_cmake_flags(),
+    ]
+    subprocess.run(["cmake", "-S", str(source), "-B", str(build), *flags], check=True)
+    jobs = str(os.cpu_count() or 2)
+    subprocess.run(["cmake", "--build", str(build), "--target", target, "-j", jobs], check=True)
+    return binary
+
+
+def _localrun_cmake_flags() -> list[str]:
+    """The flags localrun's own install builds llama.cpp with (scripts/cmake_args.py)."""
+    import runpy
+
+    flags: list[str] = runpy.run_path(str(ROOT / "scripts" / "cmake_args.py"))["cmake_flags"]()
+    return flags
