@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-from localrun.backend import BackendEvent, Prefilled, SamplingParams, Token
+from localrun.backend import SamplingParams
+
+FIRST = 100  # the first scripted answer token; its piece is pieces[0]
+FILLER = 99  # what comes after the pieces when the answer does not end: no text
+END = 2
+
+
+@dataclass
+class _Script:
+    """One sequence's place in the script (the scripted model's sampler)."""
+
+    next: int = 0
 
 
 class ScriptedModel:
-    """Answers every prompt with the same byte pieces, then an end-of-generation token."""
+    """Answers every prompt with the same byte pieces, then an end-of-generation token.
+
+    It offers the batching engine's step API, so ``run`` and the chat go through the real
+    engine loop; its "sampler" plays the script instead of reading logits.
+    """
 
     def __init__(
         self,
@@ -23,6 +39,7 @@ class ScriptedModel:
         self._n_ctx = n_ctx
         self._chat_template = chat_template
         self.prompts: list[list[int]] = []
+        self.rows = 0  # tokens decoded, over every step
         self.closed = False
 
     @property
@@ -63,15 +80,50 @@ class ScriptedModel:
     def n_vocab(self) -> int:
         return 259
 
-    def generate(
-        self, prompt: list[int], sampling: SamplingParams, *, stop_at_eog: bool = True
-    ) -> Generator[BackendEvent, None, None]:
-        self.prompts.append(prompt)
-        yield Prefilled(evaluated=len(prompt), seconds=0.001)
-        for i, piece in enumerate(self.pieces):
-            yield Token(100 + i, piece, False)
-        if self.end:
-            yield Token(2, b"", True)
+    # -- the step API -------------------------------------------------------------
+
+    @property
+    def n_seq_max(self) -> int:
+        return 1
+
+    @property
+    def n_batch(self) -> int:
+        return 512
+
+    def decode_rows(
+        self, tokens: list[int], positions: list[int], seqs: list[int], logits: list[bool]
+    ) -> int:
+        self.rows += len(tokens)
+        return 0
+
+    def new_sampler(self, sampling: SamplingParams, history: list[int]) -> object:
+        self.prompts.append(list(history))
+        return _Script()
+
+    def sample(self, sampler: object, row: int) -> int:
+        script = sampler
+        assert isinstance(script, _Script)
+        i = script.next
+        script.next += 1
+        if i < len(self.pieces):
+            return FIRST + i
+        return END if self.end else FILLER
+
+    def free_sampler(self, sampler: object) -> None:
+        pass
+
+    def is_end(self, token: int) -> bool:
+        return token == END
+
+    def piece(self, token: int) -> bytes:
+        i = token - FIRST
+        return self.pieces[i] if 0 <= i < len(self.pieces) else b""
+
+    def forget(self, seq: int) -> None:
+        pass
+
+    def trim(self, seq: int, keep: int) -> bool:
+        return True
 
     def close(self) -> None:
         self.closed = True

@@ -163,3 +163,29 @@ def test_a_prompt_longer_than_the_context_is_refused_at_once(tiny_model: Path) -
     finally:
         batch.close()
         small.close()
+
+
+def test_a_prompt_that_starts_like_a_finished_one_reads_only_the_rest(
+    loaded: engine.LoadedModel,
+) -> None:
+    """A finished request's cells stay in its slot: the next turn of a chat reads its new part."""
+    batch = BatchEngine(step_model(loaded))
+    try:
+        first_prompt = tokens_of(loaded, "the sky is blue and")
+        first = batch.submit(first_prompt, GREEDY, max_tokens=6, stop_at_eog=False)
+        _, stats = collect(first)
+        assert stats.prompt_evaluated == len(first_prompt)
+        # The next turn: the whole conversation so far, then new text.
+        follow = first_prompt + first.tokens + tokens_of(loaded, "why")[1:]
+        second = batch.submit(follow, GREEDY, max_tokens=4, stop_at_eog=False)
+        _, stats = collect(second)
+        # Everything but the answer's last token (sampled, never read back) and the new text.
+        assert stats.prompt_evaluated == len(follow) - (len(first_prompt) + 5)
+        assert stats.completion_tokens == 4
+        # A different prompt shares only the BOS token: it reads (almost) everything.
+        other = tokens_of(loaded, "hello world")
+        _, stats = collect(batch.submit(other, GREEDY, max_tokens=2))
+        assert stats.prompt_evaluated >= len(other) - 1
+    finally:
+        batch.close()
+        loaded.close()

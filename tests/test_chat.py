@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
-from localrun.backend import BackendEvent, Prefilled, SamplingParams, Token
+from localrun.backend import SamplingParams
 from localrun.engine import Finished, LoadedModel, TextDelta
 from localrun.engine.chat import ChatSession, Options, Trimmed
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
@@ -65,21 +64,15 @@ def test_retry_replaces_the_last_answer() -> None:
         s.retry()
 
 
-class Interrupting(ScriptedModel):
-    def generate(
-        self, prompt: list[int], sampling: SamplingParams, *, stop_at_eog: bool = True
-    ) -> Generator[BackendEvent, None, None]:
-        yield Prefilled(len(prompt), 0.001)
-        yield Token(100, b"partial", False)
-        raise KeyboardInterrupt
-
-
 def test_interrupted_answer_is_kept() -> None:
-    s = session(Interrupting([], chat_template=CHATML_TEMPLATE))
+    s = session(ScriptedModel([b"partial", b" more"] * 20, chat_template=CHATML_TEMPLATE))
     with pytest.raises(KeyboardInterrupt):
-        for _ in s.ask("q"):
-            pass
+        for event in s.ask("q"):
+            if isinstance(event, TextDelta) and event.text:
+                raise KeyboardInterrupt  # Ctrl-C while the answer streams
     assert s.messages == [Message("user", "q"), Message("assistant", "partial")]
+    # The engine freed the sequence: the chat goes on.
+    assert isinstance(list(s.ask("again"))[-1], Finished)
 
 
 def test_old_turns_are_dropped_when_the_context_fills() -> None:

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from localrun.backend import LoadOptions, Prefilled, SamplingParams, Token, load
+from localrun.backend import LoadOptions, SamplingParams, load
+from localrun.engine.batch import BatchEngine
+from localrun.engine.types import PromptEvaluated
 from localrun.errors import InvalidModelError, ModelLoadError
 
 
@@ -32,45 +34,45 @@ def test_default_context_is_the_smaller_of_trained_and_4096(
         model.close()
 
 
-def generate(model: object, prompt: list[int], n: int) -> tuple[Prefilled, list[Token]]:
-    events = model.generate(prompt, SamplingParams(seed=5))  # type: ignore[attr-defined]
-    prefilled = next(events)
-    tokens = [next(events) for _ in range(n)]
-    events.close()
-    return prefilled, tokens
+def generate(batch: BatchEngine, prompt: list[int], n: int) -> tuple[PromptEvaluated, list[int]]:
+    """n tokens after ``prompt``, through the engine: how much prompt it read, and the tokens."""
+    stream = batch.submit(prompt, SamplingParams(seed=5), max_tokens=n, stop_at_eog=False)
+    events = list(stream)
+    evaluated = next(e for e in events if isinstance(e, PromptEvaluated))
+    return evaluated, stream.tokens
 
 
 def test_second_turn_reuses_the_cached_prefix(tiny_model: Path) -> None:
     model = load(LoadOptions(tiny_model, n_threads=1))
+    batch = BatchEngine(model)  # type: ignore[arg-type]
     try:
         prompt = model.tokenize("the sky is blue", add_special=True, parse_special=False)
-        first, answer = generate(model, prompt, 4)
+        first, answer = generate(batch, prompt, 4)
         assert first.evaluated == len(prompt)
         # The next turn extends the conversation: only the new tokens are evaluated.
-        turn2 = (
-            prompt
-            + [t.id for t in answer[:3]]
-            + model.tokenize(" why", add_special=False, parse_special=False)
-        )
-        second, _ = generate(model, turn2, 2)
+        turn2 = prompt + answer[:3] + model.tokenize(" why", add_special=False, parse_special=False)
+        second, _ = generate(batch, turn2, 2)
         assert second.evaluated == len(turn2) - len(prompt) - 3
         # A prompt that diverges early drops the rest of the cache.
         other = model.tokenize("hello world", add_special=True, parse_special=False)
-        third, _ = generate(model, other, 1)
+        third, _ = generate(batch, other, 1)
         assert third.evaluated == len(other) - 1  # only BOS was shared
     finally:
+        batch.close()
         model.close()
 
 
 def test_identical_prompt_gives_identical_tokens_after_reuse(tiny_model: Path) -> None:
     model = load(LoadOptions(tiny_model, n_threads=1))
+    batch = BatchEngine(model)  # type: ignore[arg-type]
     try:
         prompt = model.tokenize("hello", add_special=True, parse_special=False)
-        _, a = generate(model, prompt, 8)
-        again, b = generate(model, prompt, 8)
+        _, a = generate(batch, prompt, 8)
+        again, b = generate(batch, prompt, 8)
         assert again.evaluated == 1  # the last prompt token is evaluated for its logits
-        assert [t.id for t in a] == [t.id for t in b]
+        assert a == b
     finally:
+        batch.close()
         model.close()
 
 
@@ -132,17 +134,17 @@ def test_cheap_penalty_order_samples_exactly_as_the_textbook_order(
 ) -> None:
     def tokens(seed: int) -> list[int]:
         model = load(LoadOptions(tiny_model, n_threads=1))
+        batch = BatchEngine(model)  # type: ignore[arg-type]
         try:
             prompt = model.tokenize(
                 "the sky is blue the sky", add_special=True, parse_special=False
             )
             sampling = SamplingParams(temperature=1.2, top_k=8, repeat_penalty=3.0, seed=seed)
-            events = model.generate(prompt, sampling, stop_at_eog=False)
-            next(events)
-            out = [next(events).id for _ in range(80)]  # type: ignore[union-attr]
-            events.close()
-            return out
+            stream = batch.submit(prompt, sampling, max_tokens=80, stop_at_eog=False)
+            list(stream)
+            return stream.tokens
         finally:
+            batch.close()
             model.close()
 
     ours = {seed: tokens(seed) for seed in (1, 2, 3)}

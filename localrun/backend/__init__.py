@@ -1,14 +1,14 @@
 """The inference backend interface.
 
-A backend loads a model and turns a list of prompt tokens into a stream of events:
-first one :class:`Prefilled` (how many prompt tokens were actually evaluated and how
-long that took), then one :class:`Token` per sampled token. Everything above this
-line (prompts, stop strings, UTF-8, statistics) is backend-independent.
+A backend loads a model (:class:`Model`: tokens, template, metadata) whose context holds one
+or more sequences, and executes steps for the batching engine (:class:`StepModel`): decode a
+batch of rows, sample a row, drop or trim a sequence's cache. Everything above this line
+(scheduling, prompts, stop strings, UTF-8, statistics) is backend-independent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -55,26 +55,6 @@ class SamplingParams:
     seed: int | None = None  # None: a fresh random seed
 
 
-@dataclass(frozen=True)
-class Prefilled:
-    """The prompt has been evaluated; ``evaluated`` excludes tokens reused from the KV cache."""
-
-    evaluated: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Token:
-    """One sampled token: its id, its raw bytes, and whether it ends generation."""
-
-    id: int
-    piece: bytes
-    end_of_generation: bool
-
-
-BackendEvent = Prefilled | Token
-
-
 class Model(Protocol):
     """A loaded model with its context (KV cache)."""
 
@@ -111,15 +91,6 @@ class Model(Protocol):
     @property
     def n_vocab(self) -> int:
         """Tokens in the vocabulary."""
-
-    def generate(
-        self, prompt: list[int], sampling: SamplingParams, *, stop_at_eog: bool = True
-    ) -> Generator[BackendEvent, None, None]:
-        """Evaluate ``prompt`` (reusing the cached prefix) and sample until the caller stops.
-
-        The iterator ends by itself only when the context is full or, with
-        ``stop_at_eog``, after an end-of-generation token.
-        """
 
     def close(self) -> None:
         """Free the model and its context."""
@@ -164,6 +135,10 @@ class StepModel(Model, Protocol):
     def forget(self, seq: int) -> None:
         """Drop every cached position of sequence ``seq``."""
 
+    def trim(self, seq: int, keep: int) -> bool:
+        """Keep the first ``keep`` positions of ``seq``; False if the cache cannot (then
+        nothing changed: a sliding-window cache cannot always drop a suffix)."""
+
 
 def load(options: LoadOptions) -> Model:
     """Load a model with the llama.cpp backend (imported only now: it is slow to import)."""
@@ -177,13 +152,10 @@ __all__ = [
     "DEFAULT_MAX_CTX",
     "MAX_THREADS",
     "N_BATCH",
-    "BackendEvent",
     "LoadOptions",
     "Model",
-    "Prefilled",
     "SamplingParams",
     "StepModel",
-    "Token",
     "context_size",
     "load",
 ]

@@ -66,6 +66,7 @@ class _Sequence:
     first_at: float = 0.0
     last_at: float = 0.0
     prompt_done: bool = False
+    reused: int = 0  # prompt tokens found in the cache, not read again
     cancelled: bool = False
     finished: bool = False
     decoder: codecs.IncrementalDecoder = field(
@@ -131,6 +132,11 @@ class BatchEngine:
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._free = list(range(self.n_seq))
+        # What each free slot still holds in the cache (a finished request's prompt and
+        # answer): the next request that starts with the same tokens reads only the rest.
+        self._warm: dict[int, list[int]] = {}
+        for slot in self._free:
+            model.forget(slot)  # what an earlier engine left is not this one's to know
         self._admitted = itertools.count()
         self._thread = threading.Thread(target=self._loop, name="localrun-engine", daemon=True)
         self._thread.start()
@@ -145,8 +151,13 @@ class BatchEngine:
         max_tokens: int | None = None,
         stop: tuple[str, ...] = (),
         stop_at_eog: bool = True,
+        submitted: float | None = None,
     ) -> Stream:
-        """Queue a prompt (as tokens) to answer; its events arrive on the returned stream."""
+        """Queue a prompt (as tokens) to answer; its events arrive on the returned stream.
+
+        ``submitted`` is when the request began (``time.perf_counter()``), for its TTFT; now
+        if not given.
+        """
         if not prompt:
             raise UsageError("the prompt has no tokens", "give a non-empty prompt")
         if len(prompt) >= self.seq_ctx:
@@ -155,6 +166,8 @@ class BatchEngine:
                 "shorten the prompt, or raise the context with --ctx",
             )
         seq = _Sequence(prompt, sampling, max_tokens, stop, stop_at_eog, queue.SimpleQueue())
+        if submitted is not None:
+            seq.submitted = submitted
         self._inbox.put(("submit", seq))
         return Stream(self, seq)
 
@@ -201,20 +214,64 @@ class BatchEngine:
                 self._finish(seq, FinishReason.CANCELLED)
 
     def _used(self) -> int:
-        return sum(s.cached + len(s.pending) for s in self._running)
+        running = sum(s.cached + len(s.pending) for s in self._running)
+        return running + sum(len(t) for t in self._warm.values())
 
     def _admit(self) -> None:
         while self._waiting and self._free:
             seq = self._waiting[0]
-            # Room for the prompt (or what a paused one must read again), and a token more.
-            if self._running and self._used() + len(seq.pending) + 1 > self.model.n_ctx:
+            slot, reused = self._best_slot(seq.pending)
+            # Room for what it must read (a paused one: its text so far), and a token more:
+            # cells kept for later requests give way first, oldest first.
+            need = len(seq.pending) - reused + 1
+            while self._used() + need > self.model.n_ctx and self._evict_warm(keep=slot):
+                pass
+            if self._running and self._used() + need > self.model.n_ctx:
                 return
             self._waiting.popleft()
-            seq.slot = self._free.pop(0)
+            self._free.remove(slot)
+            seq.slot = slot
             seq.number = next(self._admitted)
+            self._take_prefix(seq, slot, reused)
             if seq.sampler is None:
                 seq.sampler = self.model.new_sampler(seq.sampling, seq.prompt)
             self._running.append(seq)
+
+    def _best_slot(self, tokens: list[int]) -> tuple[int, int]:
+        """The free slot whose kept cells share the longest prefix with ``tokens``."""
+        best, best_len = self._free[0], -1
+        for slot in self._free:
+            kept = self._warm.get(slot, [])
+            n = 0
+            for a, b in zip(kept, tokens, strict=False):
+                if a != b:
+                    break
+                n += 1
+            if n > best_len:
+                best, best_len = slot, n
+        # The last token is read again: its logits are what the first answer token needs.
+        return best, max(0, min(best_len, len(tokens) - 1))
+
+    def _take_prefix(self, seq: _Sequence, slot: int, reused: int) -> None:
+        kept = self._warm.pop(slot, [])
+        if reused < len(kept) and not self.model.trim(slot, reused):
+            reused = 0  # a sliding-window cache cannot always drop a suffix: read it all
+            self.model.forget(slot)
+        elif not reused and kept:
+            self.model.forget(slot)
+        seq.cached = reused
+        del seq.pending[:reused]
+        if not seq.prompt_done:
+            seq.reused = reused
+
+    def _evict_warm(self, keep: int) -> bool:
+        """Drop the cells of one free slot other than ``keep``; False if there is none."""
+        for slot in list(self._warm):
+            if slot != keep:
+                self.model.forget(slot)
+                del self._warm[slot]
+                return True
+        return False
 
     def _step(self) -> None:
         rows: list[tuple[_Sequence, int, int, bool]] = []  # (sequence, token, position, logits)
@@ -259,9 +316,11 @@ class BatchEngine:
         stats = seq.stats
         if not seq.prompt_done:
             seq.prompt_done = True
-            stats.prompt_evaluated = len(seq.prompt)
+            stats.prompt_evaluated = len(seq.prompt) - seq.reused
             stats.prefill_s = now - seq.prefill_started
-            seq.outbox.put(PromptEvaluated(len(seq.prompt), len(seq.prompt), stats.prefill_s))
+            seq.outbox.put(
+                PromptEvaluated(len(seq.prompt), stats.prompt_evaluated, stats.prefill_s)
+            )
         if not seq.first_at:
             seq.first_at = now
             seq.outbox.put(FirstToken(now - seq.submitted))
@@ -278,13 +337,16 @@ class BatchEngine:
             self._finish(seq, FinishReason.STOP, flush=False)
         elif seq.max_tokens is not None and stats.completion_tokens >= seq.max_tokens:
             self._finish(seq, FinishReason.LENGTH)
-        elif seq.cached + 1 >= self.seq_ctx:
-            self._finish(seq, FinishReason.LENGTH)  # this sequence alone fills the context
+        elif seq.cached >= self.seq_ctx:
+            # Its share of the context is full: the token sampled from the last cell ends it.
+            self._finish(seq, FinishReason.LENGTH)
         else:
             seq.pending.append(token)
 
     def _pause_newest(self) -> None:
         """No room in the cache for this step: the newest sequence waits to start again."""
+        if self._evict_warm(keep=-1):
+            return  # cells kept for later requests were in the way: try the step again
         if len(self._running) == 1:
             self._finish(self._running[0], FinishReason.LENGTH)  # alone and still no room
             return
@@ -305,7 +367,8 @@ class BatchEngine:
         if seq in self._running:
             self._running.remove(seq)
         if seq.slot is not None:
-            self.model.forget(seq.slot)
+            # Its cells stay for a later request that starts the same way (a chat's next turn).
+            self._warm[seq.slot] = (seq.prompt + seq.generated)[: seq.cached]
             self._free.append(seq.slot)
             seq.slot = None
         if seq.sampler is not None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from localrun import backend
-from localrun.backend import LoadOptions, Model, context_size
+from localrun.backend import LoadOptions, Model, StepModel, context_size
 from localrun.backend.llamacpp import offload
 from localrun.backend.llamacpp.offload import (
     AUTO,
@@ -25,6 +26,9 @@ from localrun.files import human_size
 from localrun.gguf.reader import read_gguf
 from localrun.models.resolve import Settings, resolve
 
+if TYPE_CHECKING:
+    from localrun.engine.batch import BatchEngine
+
 
 @dataclass
 class LoadedModel:
@@ -38,11 +42,20 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)  # what loading had to adjust, for people
     template_override: str | None = None  # a Modelfile's TEMPLATE, as Jinja
     n_seq: int = 1  # sequences the context holds (the batching engine's N)
+    _engine: BatchEngine | None = field(default=None, repr=False, compare=False)
 
     @property
     def seq_ctx(self) -> int:
         """The context each sequence may use: its share of the whole."""
         return self.model.n_ctx // self.n_seq
+
+    def engine(self) -> BatchEngine:
+        """The batching engine over this model (started on first use, stopped by close)."""
+        if self._engine is None:
+            from localrun.engine.batch import BatchEngine
+
+            self._engine = BatchEngine(cast(StepModel, self.model), seq_ctx=self.seq_ctx)
+        return self._engine
 
     @property
     def template(self) -> str | None:
@@ -60,7 +73,10 @@ class LoadedModel:
         return CHAT if self.template else COMPLETION
 
     def close(self) -> None:
-        """Free the model."""
+        """Stop the engine (after its current step), then free the model."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
         self.model.close()
 
 

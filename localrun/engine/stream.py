@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import codecs
 import time
 from collections.abc import Iterator, Sequence
 
-from localrun.backend import Prefilled, SamplingParams, context_size
+from localrun.backend import SamplingParams, context_size
 from localrun.engine.load import LoadedModel
 from localrun.engine.types import (
     Event,
     Finished,
-    FinishReason,
-    FirstToken,
-    PromptEvaluated,
     Request,
-    Stats,
-    TextDelta,
 )
 from localrun.errors import PromptTooLongError
 from localrun.prompt.build import conversation_tokens
@@ -98,56 +92,29 @@ def generate_tokens(
     start: float | None = None,
     stop_at_eog: bool = True,
 ) -> Iterator[Event]:
-    """Generate after ``tokens``, yielding events and the statistics last.
+    """Generate after ``tokens`` on the model's batching engine, yielding events and the
+    statistics last: ``run`` and the chat are one request among N, like any other.
 
     TTFT runs from ``start`` (the request) to the first sampled token; the decode rate is
-    (sampled tokens - 1) / (time from the first to the last sampled token).
+    (sampled tokens - 1) / (time from the first to the last sampled token). If the caller
+    stops reading (Ctrl-C), the request is cancelled and its sequence freed.
     """
-    start = time.perf_counter() if start is None else start
-    stats = Stats(load_s=loaded.load_s, prompt_tokens=len(tokens))
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    matcher = StopMatcher(stop)
-    first_at = last_at = 0.0
-    sampled = 0
-    stopped_by_string = False
-    stats.finish_reason = FinishReason.LENGTH  # unless the model or a stop string ends it
-    events = loaded.model.generate(tokens, sampling, stop_at_eog=stop_at_eog)
+    stream = loaded.engine().submit(
+        tokens,
+        sampling,
+        max_tokens=max_tokens,
+        stop=tuple(stop),
+        stop_at_eog=stop_at_eog,
+        submitted=start,
+    )
+    finished = False
     try:
-        for event in events:
-            if isinstance(event, Prefilled):
-                stats.prompt_evaluated = event.evaluated
-                stats.prefill_s = event.seconds
-                yield PromptEvaluated(len(tokens), event.evaluated, event.seconds)
-                continue
-            last_at = time.perf_counter()
-            sampled += 1
-            if sampled == 1:
-                first_at = last_at
-                yield FirstToken(first_at - start)
-            if event.end_of_generation:
-                stats.finish_reason = FinishReason.STOP
-                break
-            stats.completion_tokens += 1
-            text, stopped = matcher.feed(decoder.decode(event.piece))
-            yield TextDelta(text, stats.completion_tokens)
-            if stopped:
-                stats.finish_reason = FinishReason.STOP
-                stopped_by_string = True
-                break
-            if max_tokens is not None and stats.completion_tokens >= max_tokens:
-                break
+        for event in stream:
+            if isinstance(event, Finished):
+                finished = True
+                event.stats.load_s = loaded.load_s
+                event.stats.total_s += loaded.load_s
+            yield event
     finally:
-        events.close()
-    if not stopped_by_string:
-        tail = matcher.flush() + decoder.decode(b"", final=True)
-        if tail:
-            yield TextDelta(tail, stats.completion_tokens)
-    end = time.perf_counter()
-    stats.ttft_s = (first_at - start) if sampled else 0.0
-    stats.decode_s = last_at - first_at if sampled else 0.0
-    if sampled > 1 and stats.decode_s > 0:
-        stats.decode_tokens_per_s = (sampled - 1) / stats.decode_s
-    if stats.prefill_s > 0:
-        stats.prefill_tokens_per_s = stats.prompt_evaluated / stats.prefill_s
-    stats.total_s = loaded.load_s + (end - start)
-    yield Finished(stats)
+        if not finished:
+            stream.cancel()

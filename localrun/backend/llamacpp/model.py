@@ -1,9 +1,10 @@
 """The llama.cpp backend, through llama-cpp-python's low-level ctypes API.
 
 The high-level ``llama_cpp.Llama`` class is not used: it keeps a Python-side copy of
-the logits, makes its context with a fixed thread default, and prints to stderr. Here
-the loop is llama.cpp's own: ``llama_decode`` for the prompt and each token, and the
-native sampler chain (``llama_sampler_sample``) to choose the next token.
+the logits, makes its context with a fixed thread default, and prints to stderr. Here the
+model offers steps to the batching engine (:mod:`localrun.engine.batch`): decode one
+``llama_batch`` of rows from several sequences, then sample the rows that asked for logits
+with each sequence's native sampler chain (``llama_sampler_sample``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 import ctypes
 import signal
 import threading
-import time
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,8 @@ from typing import Any
 from localrun.backend import (
     MAX_THREADS,
     N_BATCH,
-    BackendEvent,
     LoadOptions,
-    Prefilled,
     SamplingParams,
-    Token,
     context_size,
 )
 from localrun.backend.llamacpp import bindings, logs
@@ -113,10 +110,8 @@ class LlamaCppModel:
         self._mem = lc.llama_get_memory(ctx)
         # llama.cpp rounds the context up (to a multiple of 256): read what it made.
         self._n_ctx = int(lc.llama_n_ctx(ctx))
-        self._cached: list[int] = []  # tokens whose keys and values are in the KV cache
         self._pieces: dict[int, bytes] = {}
         self._metadata: dict[str, str] | None = None
-        self._one = (lc.llama_token * 1)()
         self._n_seq_max = options.n_seq
         self._batch: Any = None  # the step API's llama_batch, made on first use
         raw = lc.llama_model_chat_template(model, None)
@@ -219,66 +214,9 @@ class LlamaCppModel:
             self._pieces[token] = piece
         return piece
 
-    # -- generation -------------------------------------------------------------
-
-    def _decode(self, tokens: list[int]) -> None:
-        if len(tokens) == 1:
-            self._one[0] = tokens[0]
-            arr: Any = self._one
-        else:
-            arr = (lc.llama_token * len(tokens))(*tokens)
-        rc = lc.llama_decode(self._ctx, lc.llama_batch_get_one(arr, len(tokens)))
-        if rc != 0:
-            raise GenerationError(
-                f"llama.cpp failed to evaluate {len(tokens)} tokens (code {rc})",
-                "try a smaller --ctx, or LOCALRUN_DEBUG=1 for llama.cpp's log",
-            )
-        self._cached.extend(tokens)
-
-    def _reuse_prefix(self, prompt: list[int]) -> int:
-        """Keep the longest cached prefix of ``prompt``; return its length."""
-        common = 0
-        for a, b in zip(self._cached, prompt, strict=False):
-            if a != b:
-                break
-            common += 1
-        # The last prompt token must be evaluated again to get logits to sample from.
-        common = min(common, len(prompt) - 1)
-        if common < len(self._cached):
-            # Sliding-window and recurrent caches cannot always drop a suffix.
-            if not lc.llama_memory_seq_rm(self._mem, 0, common, -1):
-                lc.llama_memory_clear(self._mem, True)
-                common = 0
-            del self._cached[common:]
-        return common
-
     @property
     def n_vocab(self) -> int:
         return int(lc.llama_vocab_n_tokens(self._vocab))
-
-    def generate(
-        self, prompt: list[int], sampling: SamplingParams, *, stop_at_eog: bool = True
-    ) -> Generator[BackendEvent, None, None]:
-        if not prompt:
-            raise GenerationError("the prompt has no tokens", "give a non-empty prompt")
-        start = time.perf_counter()
-        common = self._reuse_prefix(prompt)
-        todo = prompt[common:]
-        for i in range(0, len(todo), self._n_batch):
-            self._decode(todo[i : i + self._n_batch])
-        yield Prefilled(evaluated=len(todo), seconds=time.perf_counter() - start)
-
-        chain = sampler_chain(sampling, prompt, n_vocab=self.n_vocab, n_ctx=self._n_ctx)
-        try:
-            while True:
-                token = int(lc.llama_sampler_sample(chain, self._ctx, -1))
-                eog = stop_at_eog and bool(lc.llama_vocab_is_eog(self._vocab, token))
-                yield Token(token, b"" if eog else self._piece(token), eog)
-                if eog or len(self._cached) >= self._n_ctx:
-                    return
-                self._decode([token])
-        finally:
-            lc.llama_sampler_free(chain)
 
     # -- steps: several sequences, for the batching engine ---------------------------
 
@@ -311,7 +249,6 @@ class LlamaCppModel:
             n_seq_id[i] = 1
             seq_id[i][0] = seqs[i]
             out[i] = logits[i]
-        self._cached = []  # positions are the engine's to track now
         rc = int(lc.llama_decode(self._ctx, batch))
         if rc < 0 or rc > 1:
             raise GenerationError(
@@ -337,6 +274,9 @@ class LlamaCppModel:
 
     def forget(self, seq: int) -> None:
         lc.llama_memory_seq_rm(self._mem, seq, -1, -1)
+
+    def trim(self, seq: int, keep: int) -> bool:
+        return bool(lc.llama_memory_seq_rm(self._mem, seq, keep, -1))
 
     def close(self) -> None:
         if getattr(self, "_batch", None) is not None:  # absent if __init__ failed early
