@@ -8,7 +8,9 @@ sets (Release, no curl) and localrun's own from ``scripts/cmake_args.py``, cache
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -62,3 +64,16 @@ def _localrun_cmake_flags() -> list[str]:
 
     flags: list[str] = runpy.run_path(str(ROOT / "scripts" / "cmake_args.py"))["cmake_flags"]()
     return flags
+
+
+def tool_for(model: str, target: str) -> tuple[Path, Path] | None:
+    """The built tool and the GGUF path of a localrun model name; None (said why) without cmake."""
+    if shutil.which("cmake") is None:
+        print(f"cmake is needed to build {target}", file=sys.stderr)
+        return None
+    binary = build_tool(target)
+    shown = subprocess.run(
+        [sys.executable, "-m", "localrun", "show", model, "--json"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return binary, Path(json.loads(shown)["path"])

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llama_tools import build_tool
+from llama_tools import tool_for  # beside this script
 
 TARGET_DECODE = {4: 0.90, 8: 0.90}  # aggregate decode, localrun / llama-batched-bench
 
@@ -69,15 +68,10 @@ def main() -> int:
     parser.add_argument("--parallel", default="1,4,8")
     args = parser.parse_args()
     sizes = [int(s) for s in args.parallel.split(",")]
-    if shutil.which("cmake") is None:
-        print("cmake is needed to build llama-batched-bench", file=sys.stderr)
+    found = tool_for(args.model, "llama-batched-bench")
+    if found is None:
         return 1
-    binary = build_tool("llama-batched-bench")
-    shown = subprocess.run(
-        [sys.executable, "-m", "localrun", "show", args.model, "--json"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    model_path = Path(json.loads(shown)["path"])
+    binary, model_path = found
     ratios: dict[tuple[int, str], list[float]] = {}
     for i in range(args.rounds):
         ref = run_batched_bench(binary, model_path, args.threads, args.p, args.n, sizes)

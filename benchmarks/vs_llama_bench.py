@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llama_tools import build_tool
+from llama_tools import tool_for  # beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -58,15 +57,10 @@ def main() -> int:
     parser.add_argument("-p", type=int, default=512)
     parser.add_argument("-n", type=int, default=128)
     args = parser.parse_args()
-    if shutil.which("cmake") is None:
-        print("cmake is needed to build llama-bench", file=sys.stderr)
+    found = tool_for(args.model, "llama-bench")
+    if found is None:
         return 1
-    binary = build_tool("llama-bench")
-    path = subprocess.run(
-        [sys.executable, "-m", "localrun", "show", args.model, "--json"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    model_path = Path(json.loads(path)["path"])
+    binary, model_path = found
     ratios: dict[str, list[float]] = {"pp": [], "tg": []}
     for i in range(args.rounds):
         ref = run_llama_bench(binary, model_path, args.threads, args.p, args.n)
