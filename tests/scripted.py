@@ -100,6 +100,9 @@ class ScriptedModel:
         self.prompts.append(list(history))
         return _Script()
 
+    def logits(self, row: int) -> list[float]:
+        return [0.0] * self.n_vocab
+
     def sample(self, sampler: object, row: int) -> int:
         script = sampler
         assert isinstance(script, _Script)

@@ -154,3 +154,12 @@ def test_bench_parallel_reports_aggregate_rates_per_count(home: Path, tiny_model
 def test_bench_parallel_refuses_bad_counts(home: Path, tiny_model: Path) -> None:
     done = run(home, "bench", str(tiny_model), "--parallel", "0,2")
     assert done.code == 2 and "--parallel" in done.stderr
+
+
+def test_doctor_shows_the_default_parallel_for_the_demo_model(home: Path) -> None:
+    before = json.loads(run(home, "doctor", "--json").stdout)
+    assert before["parallel_demo"] is None  # the demo is not in this cache yet: not sized
+    assert run(home, "run", "demo", "--max-tokens", "1", "x").code == 0
+    after = json.loads(run(home, "doctor", "--json").stdout)
+    assert 1 <= after["parallel_demo"] <= 8
+    assert "sequences at once for the demo model" in run(home, "doctor").stdout

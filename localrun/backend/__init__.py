@@ -8,7 +8,7 @@ batch of rows, sample a row, drop or trim a sequence's cache. Everything above t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -119,6 +119,9 @@ class StepModel(Model, Protocol):
 
     def new_sampler(self, sampling: SamplingParams, history: list[int]) -> object:
         """A sampler chain for one sequence, primed with its recent tokens."""
+
+    def logits(self, row: int) -> Sequence[float]:
+        """The logits of ``row`` of the last batch (a view: valid until the next step)."""
 
     def sample(self, sampler: object, row: int) -> int:
         """Sample from the logits of ``row`` of the last batch (the chain accepts the token)."""

@@ -36,5 +36,10 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         )
     print(f"threads           {r.threads} (physical cores; {r.logical_cpus} logical CPUs)")
     print(f"cache             {r.cache_dir} ({human_size(r.cache_bytes)})")
+    if r.parallel_demo is not None:
+        print(
+            f"parallel          {r.parallel_demo} sequences at once for the demo model with "
+            "--batch (half the memory after the weights, at most 8)"
+        )
     for name, version in r.packages.items():
         print(f"  {name:<17} {version}")

@@ -26,6 +26,7 @@ class Report:
     cache_dir: str
     cache_bytes: int
     packages: dict[str, str]
+    parallel_demo: int | None  # --batch's default --parallel for the demo model, if installed
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -60,4 +61,13 @@ def report() -> Report:
         cache_dir=str(paths.cache_dir()),
         cache_bytes=store.disk_usage().total_bytes,
         packages={p: _version(p) for p in PACKAGES},
+        parallel_demo=_parallel_demo(),
     )
+
+
+def _parallel_demo() -> int | None:
+    from localrun.engine.load import default_parallel
+    from localrun.models.demo import cached_demo_path
+
+    path = cached_demo_path()  # not assembled here: doctor only looks
+    return default_parallel(path, None) if path is not None else None

@@ -85,15 +85,21 @@ def verify_cached() -> str | None:
     """Re-hash the cached demo model: "ok", "corrupt" (then removed), or None if not cached."""
     from localrun.hub.store import sha256_of
 
+    target = cached_demo_path()
+    if target is None:
+        return None
+    if sha256_of(target) == expected_sha256():
+        return "ok"
+    target.unlink(missing_ok=True)  # assembled again from the package on the next run
+    target.with_name(target.name + ".verified").unlink(missing_ok=True)
+    return "corrupt"
+
+
+def cached_demo_path() -> Path | None:
+    """The demo model's file if it is already in the cache (nothing is assembled)."""
     try:
         pkg = _package()
     except DemoUnavailableError:
         return None
     target = paths.cache_dir() / DEMO_NAME / str(pkg.MODEL_NAME)
-    if not target.is_file():
-        return None
-    if sha256_of(target) == str(pkg.EXPECTED_SHA256):
-        return "ok"
-    target.unlink(missing_ok=True)  # assembled again from the package on the next run
-    target.with_name(target.name + ".verified").unlink(missing_ok=True)
-    return "corrupt"
+    return target if target.is_file() else None

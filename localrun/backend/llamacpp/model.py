@@ -12,10 +12,10 @@ from __future__ import annotations
 import ctypes
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from localrun.backend import (
     MAX_THREADS,
@@ -259,6 +259,11 @@ class LlamaCppModel:
 
     def new_sampler(self, sampling: SamplingParams, history: list[int]) -> object:
         return sampler_chain(sampling, history, n_vocab=self.n_vocab, n_ctx=self._n_ctx)
+
+    def logits(self, row: int) -> Sequence[float]:
+        pointer = lc.llama_get_logits_ith(self._ctx, row)
+        view = (ctypes.c_float * self.n_vocab).from_address(ctypes.addressof(pointer.contents))
+        return cast(Sequence[float], view)  # a ctypes array indexes like a sequence
 
     def sample(self, sampler: object, row: int) -> int:
         return int(lc.llama_sampler_sample(sampler, self._ctx, row))
