@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _child(case: dict[str, Any], out_fd: int, err_fd: int) -> None:
+def _child(case: dict[str, Any], out_fd: int, err_fd: int, peak_fd: int) -> None:
     from localrun.cli import main
 
     if "home" in case:
@@ -36,15 +36,23 @@ def _child(case: dict[str, Any], out_fd: int, err_fd: int) -> None:
             break
     sys.stdout.flush()
     sys.stderr.flush()
+    # Its own high-water mark: ru_maxrss would carry the harness's across the fork.
+    for line in open("/proc/self/status").read().splitlines():  # noqa: SIM115
+        if line.startswith("VmHWM:"):
+            os.write(peak_fd, line.split()[1].encode())
     os._exit(code)
 
 
 def run_case(case: dict[str, Any], timeout: float) -> dict[str, Any]:
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryFile() as peak,
+    ):
         pid = os.fork()
         if pid == 0:
             try:
-                _child(case, out.fileno(), err.fileno())
+                _child(case, out.fileno(), err.fileno(), peak.fileno())
             finally:
                 os._exit(99)
         import signal
@@ -52,15 +60,17 @@ def run_case(case: dict[str, Any], timeout: float) -> dict[str, Any]:
 
         timer = threading.Timer(timeout, os.kill, (pid, signal.SIGKILL))
         timer.start()
-        _, status, usage = os.wait4(pid, 0)
+        _, status, _ = os.wait4(pid, 0)
         timer.cancel()
         out.seek(0)
         err.seek(0)
+        peak.seek(0)
+        peak_kb = int(peak.read() or 0)
         return {
             **case,
             "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
             "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-            "peak_mb": usage.ru_maxrss / 1024,
+            "peak_mb": peak_kb / 1024,
             "stdout": out.read().decode(errors="replace"),
             "stderr": err.read().decode(errors="replace"),
         }

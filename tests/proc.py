@@ -1,4 +1,9 @@
-"""Running the installed ``localrun`` command in a subprocess, with its own peak memory."""
+"""Running the installed ``localrun`` command in a subprocess, with its own peak memory.
+
+The peak is the process's own ``VmHWM`` (its memory's high-water mark), sampled while it runs.
+``getrusage``'s ``ru_maxrss`` would not do: Linux carries it across fork and exec, so a child of
+a test process that has loaded a model reports that process's peak as its own.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -25,7 +31,7 @@ class Done:
 def run(
     home: Path, *args: str, stdin: bytes | None = b"", shell_suffix: str = "", timeout: float = 120
 ) -> Done:
-    """Run ``localrun ARGS``, and measure its own peak memory (os.wait4 gives it)."""
+    """Run ``localrun ARGS``, and measure its own peak memory."""
     env = {**os.environ, "LOCALRUN_HOME": str(home)}
     env.pop("LOCALRUN_DEBUG", None)
     if shell_suffix:  # redirections such as '<&-' need a shell
@@ -54,15 +60,19 @@ def run(
         reader.start()
     killer = threading.Timer(timeout, proc.kill)
     killer.start()
+    peak = [0]
+    watcher = threading.Thread(target=_watch_peak, args=(proc.pid, peak))
+    watcher.start()
     try:
         if proc.stdin is not None:
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.write(stdin or b"")
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, _ = os.wait4(proc.pid, 0)
     finally:
         killer.cancel()
+        watcher.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     for reader in readers:
         reader.join()
@@ -70,9 +80,31 @@ def run(
         proc.returncode,
         outputs["out"].decode(errors="replace"),
         outputs["err"].decode(errors="replace"),
-        usage.ru_maxrss / 1024,
+        peak[0] / 1024,
     )
 
 
 def quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+def vm_hwm_kb(pid: int | str = "self") -> int | None:
+    """A process's peak resident memory (VmHWM) in KiB, or None once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
+
+
+def _watch_peak(pid: int, peak: list[int]) -> None:
+    """Sample the child's VmHWM until it exits (the mark only grows: the last one is the peak)."""
+    while True:
+        kb = vm_hwm_kb(pid)
+        if kb is None or Path(f"/proc/{pid}/status").read_text().find("State:\tZ") >= 0:
+            return
+        peak[0] = max(peak[0], kb)
+        time.sleep(0.005)

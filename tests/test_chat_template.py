@@ -151,9 +151,18 @@ MEMORY_BOMBS = {
 }
 
 _BOMB_SCRIPT = """
-import json, resource, sys, time
+import json, sys, time
+from pathlib import Path
 from localrun.errors import TemplateError
 from localrun.prompt.template import Message, render
+
+
+def peak_kb():  # this process's own high-water mark (ru_maxrss would count the parent's)
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
+
 start = time.monotonic()
 try:
     render(sys.argv[1], [Message("user", "hi")])
@@ -161,7 +170,7 @@ try:
 except TemplateError as e:
     outcome = e.message
 print(json.dumps({"outcome": outcome, "seconds": time.monotonic() - start,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_mb": peak_kb() / 1024}))
 """
 
 

@@ -144,7 +144,7 @@ def _problem(result: dict[str, Any]) -> str | None:
         return f"killed by signal {result['signal']}"
     if result["code"] not in (0, 1, 2):
         return f"exit code {result['code']}"
-    if result["peak_mb"] > 1024:
+    if not 0 < result["peak_mb"] <= 1024:
         return f"{result['peak_mb']:.0f} MB of memory"
     err = result["stderr"]
     if "Traceback" in err or "this is a bug" in err:

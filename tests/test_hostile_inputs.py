@@ -77,7 +77,7 @@ def test_context_over_the_trained_length_is_lowered(home: Path, tiny_model: Path
     done = run(home, "run", str(tiny_model), "--ctx", "10000000", "--max-tokens", "2", "a")
     answered(done)
     assert "context lowered from 10000000 to 2048 tokens" in done.stderr
-    assert done.peak_mb < 1000
+    assert 0 < done.peak_mb < 1000
 
 
 def test_abort_callback_prints_one_line_and_no_backtrace(tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_huge_piped_prompt_is_refused_quickly_and_small(home: Path, tiny_model: 
     data = ("word " * 2_400_000).encode()  # 12 MB
     done = run(home, "run", str(tiny_model), stdin=data)
     one_line_error(done, 1, "characters", "context")
-    assert done.peak_mb < 300
+    assert 0 < done.peak_mb < 300  # measured (0: never sampled)
 
 
 def test_piped_prompt_of_spaces_is_refused_without_tokenizing_it_whole(
@@ -158,7 +158,7 @@ def test_piped_prompt_of_spaces_is_refused_without_tokenizing_it_whole(
 def test_stdin_over_the_limit_is_refused(home: Path, tiny_model: Path) -> None:
     done = run(home, "run", str(tiny_model), stdin=b"x" * (17 * 2**20))
     one_line_error(done, 2, "standard input is over 16 MiB")
-    assert done.peak_mb < 300
+    assert 0 < done.peak_mb < 300  # measured (0: never sampled)
 
 
 def test_template_bomb_in_a_modelfile(home: Path, tiny_model: Path, tmp_path: Path) -> None:
@@ -167,7 +167,7 @@ def test_template_bomb_in_a_modelfile(home: Path, tiny_model: Path, tmp_path: Pa
     answered(run(home, "create", "bomb", "-f", str(modelfile)))
     done = run(home, "run", "bomb", "hi")
     one_line_error(done, 1, "chat template asked for too much memory")
-    assert done.peak_mb < 300
+    assert 0 < done.peak_mb < 300  # measured (0: never sampled)
 
 
 # -- flags that were silently accepted -----------------------------------------------------------
