@@ -125,6 +125,9 @@ class ScriptedModel:
     def forget(self, seq: int) -> None:
         pass
 
+    def copy_prefix(self, src: int, dst: int, n: int, src_len: int) -> bool:
+        return True
+
     def trim(self, seq: int, keep: int) -> bool:
         return True
 

@@ -189,3 +189,27 @@ def test_a_prompt_that_starts_like_a_finished_one_reads_only_the_rest(
     finally:
         batch.close()
         loaded.close()
+
+
+SHARED = "the sky is blue " * 15  # a long common start, as a system prompt or a document
+
+
+def test_a_request_copies_a_prefix_another_sequence_holds(loaded: engine.LoadedModel) -> None:
+    """While A still answers, B (same beginning) copies A's cells instead of reading them."""
+    batch = BatchEngine(step_model(loaded))
+    try:
+        a_prompt = tokens_of(loaded, SHARED + "why")
+        b_prompt = tokens_of(loaded, SHARED + "hello world")
+        common = next(i for i, (x, y) in enumerate(zip(a_prompt, b_prompt, strict=False)) if x != y)
+        assert common > 40
+        a = batch.submit(a_prompt, GREEDY, max_tokens=60, stop_at_eog=False)
+        events = iter(a)
+        next(e for e in events if isinstance(e, TextDelta))  # A has read its prompt
+        b = batch.submit(b_prompt, GREEDY, max_tokens=8, stop_at_eog=False)
+        _, b_stats = collect(b)
+        assert b_stats.prompt_evaluated == len(b_prompt) - common
+        assert b_stats.completion_tokens == 8
+        assert list(events)[-1].stats.completion_tokens == 60  # type: ignore[union-attr]
+    finally:
+        batch.close()
+        loaded.close()

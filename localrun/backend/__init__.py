@@ -138,6 +138,11 @@ class StepModel(Model, Protocol):
     def forget(self, seq: int) -> None:
         """Drop every cached position of sequence ``seq``."""
 
+    def copy_prefix(self, src: int, dst: int, n: int, src_len: int) -> bool:
+        """Give empty sequence ``dst`` the first ``n`` positions of ``src`` (which holds
+        ``src_len``), sharing their cells; False if that would not be faithful (a sliding
+        window has dropped cells of ``src`` that ``dst`` would still need)."""
+
     def trim(self, seq: int, keep: int) -> bool:
         """Keep the first ``keep`` positions of ``seq``; False if the cache cannot (then
         nothing changed: a sliding-window cache cannot always drop a suffix)."""

@@ -43,6 +43,9 @@ from localrun.engine.types import (
 )
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
 
+# A prefix shorter than this is not worth copying from another sequence.
+MIN_SHARED = 16
+
 
 @dataclass(eq=False)  # one object per request: compared by identity
 class _Sequence:
@@ -233,6 +236,7 @@ class BatchEngine:
             seq.slot = slot
             seq.number = next(self._admitted)
             self._take_prefix(seq, slot, reused)
+            self._share_prefix(seq, slot)
             if seq.sampler is None:
                 seq.sampler = self.model.new_sampler(seq.sampling, seq.prompt)
             self._running.append(seq)
@@ -263,6 +267,40 @@ class BatchEngine:
         del seq.pending[:reused]
         if not seq.prompt_done:
             seq.reused = reused
+
+    def _share_prefix(self, seq: _Sequence, slot: int) -> None:
+        """Copy a longer shared prefix from another sequence's cells, if one holds it.
+
+        Requests that begin alike (a system prompt, a document) then read their common part
+        once: ``llama_memory_seq_cp`` shares the cells instead of evaluating them again.
+        """
+        tokens = seq.prompt if not seq.prompt_done else seq.prompt + seq.generated
+        best_src, best_n, src_len = -1, seq.cached, 0
+        sources = [(s.slot, (s.prompt + s.generated)[: s.cached]) for s in self._running]
+        sources += [(s, kept) for s, kept in self._warm.items() if s != slot]
+        for src, held in sources:
+            if src is None or src == slot:
+                continue
+            n = 0
+            for a, b in zip(held, tokens, strict=False):
+                if a != b:
+                    break
+                n += 1
+            n = min(n, len(tokens) - 1)  # the last token is read again for its logits
+            if n > best_n + MIN_SHARED:
+                best_src, best_n, src_len = src, n, len(held)
+        if best_src < 0:
+            return
+        self.model.forget(slot)
+        if not self.model.copy_prefix(best_src, slot, best_n, src_len):
+            seq.cached, seq.pending = 0, list(tokens)  # nothing kept: read it all
+            if not seq.prompt_done:
+                seq.reused = 0
+            return
+        seq.cached = best_n
+        seq.pending = list(tokens[best_n:])
+        if not seq.prompt_done:
+            seq.reused = best_n
 
     def _evict_warm(self, keep: int) -> bool:
         """Drop the cells of one free slot other than ``keep``; False if there is none."""

@@ -113,6 +113,7 @@ class LlamaCppModel:
         self._pieces: dict[int, bytes] = {}
         self._metadata: dict[str, str] | None = None
         self._n_seq_max = options.n_seq
+        self._n_swa = int(lc.llama_model_n_swa(model))  # 0: no sliding-window layers
         self._batch: Any = None  # the step API's llama_batch, made on first use
         raw = lc.llama_model_chat_template(model, None)
         self._chat_template = raw.decode("utf-8", errors="replace") if raw else None
@@ -279,6 +280,12 @@ class LlamaCppModel:
 
     def forget(self, seq: int) -> None:
         lc.llama_memory_seq_rm(self._mem, seq, -1, -1)
+
+    def copy_prefix(self, src: int, dst: int, n: int, src_len: int) -> bool:
+        if self._n_swa and src_len > n:
+            return False  # the window moved on: the cells before it are gone from src
+        lc.llama_memory_seq_cp(self._mem, src, dst, 0, n)
+        return True
 
     def trim(self, seq: int, keep: int) -> bool:
         return bool(lc.llama_memory_seq_rm(self._mem, seq, keep, -1))
