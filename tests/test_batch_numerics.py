@@ -43,19 +43,23 @@ def _forced(model: StepModel, rows: list[list[int]]) -> list[np.ndarray]:
     return seen
 
 
-def test_greedy_choices_in_a_batch_agree_where_the_lone_run_is_clear() -> None:
+def _lone_and_batched(n_seq: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Sequence 0's logits at every step: fed alone, and as one of ``n_seq`` rows."""
     from localrun.models.demo import demo_model_path
 
     path = demo_model_path()
     alone = load(LoadOptions(path, n_ctx=256, n_threads=2))
-    together = load(LoadOptions(path, n_ctx=1024, n_threads=2, n_seq=4))
+    together = load(LoadOptions(path, n_ctx=256 * n_seq, n_threads=2, n_seq=n_seq))
     try:
         rows = _rows(alone)
-        lone = _forced(alone, rows[:1])  # type: ignore[arg-type]
-        batched = _forced(together, rows)  # type: ignore[arg-type]
+        return _forced(alone, rows[:1]), _forced(together, rows[:n_seq])  # type: ignore[arg-type]
     finally:
         alone.close()
         together.close()
+
+
+def test_greedy_choices_in_a_batch_agree_where_the_lone_run_is_clear() -> None:
+    lone, batched = _lone_and_batched(4)
     clear = 0
     differences = []
     for a, b in zip(lone, batched, strict=True):
@@ -69,18 +73,7 @@ def test_greedy_choices_in_a_batch_agree_where_the_lone_run_is_clear() -> None:
 
 
 def test_two_rows_are_exactly_the_lone_logits() -> None:
-    from localrun.models.demo import demo_model_path
-
-    path = demo_model_path()
-    alone = load(LoadOptions(path, n_ctx=256, n_threads=2))
-    pair = load(LoadOptions(path, n_ctx=512, n_threads=2, n_seq=2))
-    try:
-        rows = _rows(alone)
-        lone = _forced(alone, rows[:1])  # type: ignore[arg-type]
-        two = _forced(pair, rows[:2])  # type: ignore[arg-type]
-    finally:
-        alone.close()
-        pair.close()
+    lone, two = _lone_and_batched(2)
     assert all(np.array_equal(a, b) for a, b in zip(lone, two, strict=True))
 
 
