@@ -53,28 +53,24 @@ def _id_of(text: str) -> Any:
 
 def run_batch(loaded: engine.LoadedModel, source: str, opts: engine.RunOptions) -> int:
     """Answer every line of ``source``; return how many lines failed."""
-    from localrun.engine.batch import BatchEngine
     from localrun.engine.jobs import parse_line
     from localrun.prompt.build import conversation_tokens
 
-    batch = BatchEngine(loaded.model, seq_ctx=loaded.seq_ctx)  # type: ignore[arg-type]
+    batch = loaded.engine()  # stopped by loaded.close(): on Ctrl-C too, written lines stay
     entries: list[tuple[int, Any, Stream | LocalrunError]] = []
-    try:
-        for number, text in _lines(source):
-            job_id = _id_of(text)  # echoed back, even when the rest of the line is wrong
-            try:
-                job = parse_line(text, number, opts)
-                tokens = conversation_tokens(loaded.model, loaded.template, job.request.messages)
-                request = job.request
-                stream = batch.submit(
-                    tokens, request.sampling, max_tokens=request.max_tokens, stop=request.stop
-                )
-                entries.append((number, job_id, stream))
-            except LocalrunError as e:
-                entries.append((number, job_id, e))
-        return _write_in_order(loaded, entries)
-    finally:
-        batch.close()  # Ctrl-C: what is still running ends; what was written stays
+    for number, text in _lines(source):
+        job_id = _id_of(text)  # echoed back, even when the rest of the line is wrong
+        try:
+            job = parse_line(text, number, opts)
+            tokens = conversation_tokens(loaded.model, loaded.template, job.request.messages)
+            request = job.request
+            stream = batch.submit(
+                tokens, request.sampling, max_tokens=request.max_tokens, stop=request.stop
+            )
+            entries.append((number, job_id, stream))
+        except LocalrunError as e:
+            entries.append((number, job_id, e))
+    return _write_in_order(loaded, entries)
 
 
 def _write_in_order(

@@ -70,18 +70,34 @@ class _Sequence:
     last_at: float = 0.0
     prompt_done: bool = False
     reused: int = 0  # prompt tokens found in the cache, not read again
-    cancelled: bool = False
     finished: bool = False
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
-    matcher: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+    matcher: StopMatcher = field(init=False)
     stats: Stats = field(default_factory=Stats)
 
     def __post_init__(self) -> None:
         self.pending = list(self.prompt)
         self.matcher = StopMatcher(self.stop)
         self.stats.prompt_tokens = len(self.prompt)
+
+    def text(self) -> list[int]:
+        """Its tokens: the prompt, then the answer so far."""
+        return self.prompt + self.generated
+
+    def held(self) -> list[int]:
+        """The tokens whose cells its slot holds."""
+        return self.text()[: self.cached]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class Stream:
@@ -211,7 +227,6 @@ class BatchEngine:
             if kind == "submit":
                 self._waiting.append(seq)
             elif not seq.finished:
-                seq.cancelled = True
                 if seq in self._waiting:
                     self._waiting.remove(seq)
                 self._finish(seq, FinishReason.CANCELLED)
@@ -245,12 +260,7 @@ class BatchEngine:
         """The free slot whose kept cells share the longest prefix with ``tokens``."""
         best, best_len = self._free[0], -1
         for slot in self._free:
-            kept = self._warm.get(slot, [])
-            n = 0
-            for a, b in zip(kept, tokens, strict=False):
-                if a != b:
-                    break
-                n += 1
+            n = _common_prefix(self._warm.get(slot, []), tokens)
             if n > best_len:
                 best, best_len = slot, n
         # The last token is read again: its logits are what the first answer token needs.
@@ -274,19 +284,15 @@ class BatchEngine:
         Requests that begin alike (a system prompt, a document) then read their common part
         once: ``llama_memory_seq_cp`` shares the cells instead of evaluating them again.
         """
-        tokens = seq.prompt if not seq.prompt_done else seq.prompt + seq.generated
+        tokens = seq.text()
         best_src, best_n, src_len = -1, seq.cached, 0
-        sources = [(s.slot, (s.prompt + s.generated)[: s.cached]) for s in self._running]
+        sources = [(s.slot, s.held()) for s in self._running]
         sources += [(s, kept) for s, kept in self._warm.items() if s != slot]
         for src, held in sources:
             if src is None or src == slot:
                 continue
-            n = 0
-            for a, b in zip(held, tokens, strict=False):
-                if a != b:
-                    break
-                n += 1
-            n = min(n, len(tokens) - 1)  # the last token is read again for its logits
+            # The last token is read again for its logits.
+            n = min(_common_prefix(held, tokens), len(tokens) - 1)
             if n > best_n + MIN_SHARED:
                 best_src, best_n, src_len = src, n, len(held)
         if best_src < 0:
@@ -313,23 +319,23 @@ class BatchEngine:
 
     def _step(self) -> None:
         rows: list[tuple[_Sequence, int, int, bool]] = []  # (sequence, token, position, logits)
+        fed: list[tuple[_Sequence, int]] = []  # (sequence, tokens it feeds this step)
         budget = self.step_tokens
+        now = time.perf_counter()
         # Decoding sequences first: one token each keeps every answer moving.
-        order = sorted(self._running, key=lambda s: len(s.pending) > 1)
-        for seq in order:
+        for seq in sorted(self._running, key=lambda s: len(s.pending) > 1):
             if budget == 0:
                 break
             take = min(len(seq.pending), budget)
             for i in range(take):
                 last = i == take - 1 and take == len(seq.pending)
                 rows.append((seq, seq.pending[i], seq.cached + i, last))
+            fed.append((seq, take))
             budget -= take
-        if not rows:
-            return
-        now = time.perf_counter()
-        for seq in {id(r[0]): r[0] for r in rows}.values():
             if not seq.prompt_done and not seq.prefill_started:
                 seq.prefill_started = now
+        if not rows:
+            return
         rc = self.model.decode_rows(
             [r[1] for r in rows], [r[2] for r in rows], [cast(int, r[0].slot) for r in rows],
             [r[3] for r in rows],
@@ -337,14 +343,9 @@ class BatchEngine:
         if rc == 1:
             self._pause_newest()
             return
-        fed: dict[int, int] = {}
-        for seq, _, _, _ in rows:
-            fed[id(seq)] = fed.get(id(seq), 0) + 1
-        for seq in list(self._running):
-            n = fed.get(id(seq), 0)
-            if n:
-                del seq.pending[:n]
-                seq.cached += n
+        for seq, n in fed:
+            del seq.pending[:n]
+            seq.cached += n
         for index, (seq, _, _, wants) in enumerate(rows):
             if wants and not seq.finished:
                 self._sampled(seq, self.model.sample(seq.sampler, index))
@@ -394,7 +395,7 @@ class BatchEngine:
         self.model.forget(cast(int, seq.slot))
         self._free.append(cast(int, seq.slot))
         seq.slot = None
-        seq.pending = seq.prompt + seq.generated  # read again: its answer goes on after it
+        seq.pending = seq.text()  # read again: its answer goes on after it
         seq.cached = 0
         self._waiting.appendleft(seq)
 
@@ -406,7 +407,7 @@ class BatchEngine:
             self._running.remove(seq)
         if seq.slot is not None:
             # Its cells stay for a later request that starts the same way (a chat's next turn).
-            self._warm[seq.slot] = (seq.prompt + seq.generated)[: seq.cached]
+            self._warm[seq.slot] = seq.held()
             self._free.append(seq.slot)
             seq.slot = None
         if seq.sampler is not None:

@@ -152,7 +152,7 @@ def run_parallel(
     over the time until the last prompt is read. Decode: N one-token prompts, ``n`` tokens each;
     the aggregate is N * (n - 1) over the time from the first sampled token to the last.
     """
-    from localrun.engine.batch import BatchEngine, collect
+    from localrun.engine.batch import collect
 
     path = resolve(config.model).path
     rng = random.Random(config.seed)
@@ -170,7 +170,7 @@ def run_parallel(
             n_seq=size,
         )
         placement = loaded.placement
-        batch = BatchEngine(loaded.model, seq_ctx=loaded.seq_ctx)  # type: ignore[arg-type]
+        batch = loaded.engine()
         try:
             vocab, bos = loaded.model.n_vocab, loaded.model.bos_token
             sampling = SamplingParams(seed=config.seed)
@@ -202,6 +202,5 @@ def run_parallel(
                     measure.load_s.append(loaded.load_s)
                 measures.append(measure)
         finally:
-            batch.close()
-            loaded.close()
+            loaded.close()  # stops the engine first
     return BenchResult(config, placement, measures)

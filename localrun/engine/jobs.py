@@ -18,8 +18,20 @@ from localrun.errors import UsageError
 from localrun.models.modelfile import check_parameter
 from localrun.prompt.template import Message
 
-FIELDS = {"id", "prompt", "messages", "system", "temperature", "top_k", "top_p", "seed"}
-FIELDS |= {"max_tokens", "stop"}
+FIELDS = frozenset(
+    {
+        "id",
+        "prompt",
+        "messages",
+        "system",
+        "temperature",
+        "top_k",
+        "top_p",
+        "seed",
+        "max_tokens",
+        "stop",
+    }
+)
 ROLES = ("system", "user", "assistant", "tool")
 # A line's sampling field, and the Modelfile parameter whose range it has.
 _NUMBERS = {

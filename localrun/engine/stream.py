@@ -1,4 +1,8 @@
-"""One answer as a stream: UTF-8 across tokens, stop strings, and honest statistics."""
+"""One answer on the engine: the fit check, the stop-string matcher, and generate().
+
+The per-request work (UTF-8 across tokens, stop strings, statistics) runs in the batching
+engine's sequence objects (:mod:`localrun.engine.batch`); this module is their caller's side.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,7 @@ from collections.abc import Iterator, Sequence
 
 from localrun.backend import SamplingParams, context_size
 from localrun.engine.load import LoadedModel
-from localrun.engine.types import (
-    Event,
-    Finished,
-    Request,
-)
+from localrun.engine.types import Event, Finished, Request
 from localrun.errors import PromptTooLongError
 from localrun.prompt.build import conversation_tokens
 
