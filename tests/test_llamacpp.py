@@ -115,6 +115,8 @@ def _reference_chain(
     """The textbook order: penalties over the whole vocabulary, then the usual cuts."""
     import llama_cpp as lc
 
+    from localrun.backend.llamacpp.sampler import Chain
+
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     penalties = lc.llama_sampler_init_penalties(
         n_vocab, sampling.repeat_last_n, sampling.repeat_penalty, 0.0, 0.0
@@ -126,7 +128,7 @@ def _reference_chain(
     lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(sampling.seed))
     for token in history[-sampling.repeat_last_n :]:
         lc.llama_sampler_accept(chain, token)
-    return chain
+    return Chain(chain, first_cut=0)  # 0: llama_sampler_sample over the whole vocabulary
 
 
 def test_cheap_penalty_order_samples_exactly_as_the_textbook_order(

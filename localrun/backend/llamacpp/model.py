@@ -4,7 +4,7 @@ The high-level ``llama_cpp.Llama`` class is not used: it keeps a Python-side cop
 the logits, makes its context with a fixed thread default, and prints to stderr. Here the
 model offers steps to the batching engine (:mod:`localrun.engine.batch`): decode one
 ``llama_batch`` of rows from several sequences, then sample the rows that asked for logits
-with each sequence's native sampler chain (``llama_sampler_sample``).
+with each sequence's native sampler chain (:mod:`.sampler`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from localrun.backend import (
     SamplingParams,
     context_size,
 )
-from localrun.backend.llamacpp import bindings, logs
-from localrun.backend.llamacpp.sampler import sampler_chain
+from localrun.backend.llamacpp import bindings, logs, sampler
+from localrun.backend.llamacpp.sampler import Chain, sampler_chain
 from localrun.errors import (
     GenerationError,
     ModelLoadError,
@@ -68,6 +68,7 @@ class LlamaCppModel:
                 f"use --threads between 1 and {MAX_THREADS}",
             )
         logs.start()
+        sampler.preload()
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
         if options.tensor_split:
@@ -258,7 +259,7 @@ class LlamaCppModel:
             )
         return rc
 
-    def new_sampler(self, sampling: SamplingParams, history: list[int]) -> object:
+    def new_sampler(self, sampling: SamplingParams, history: list[int]) -> Chain:
         return sampler_chain(sampling, history, n_vocab=self.n_vocab, n_ctx=self._n_ctx)
 
     def logits(self, row: int) -> Sequence[float]:
@@ -266,11 +267,11 @@ class LlamaCppModel:
         view = (ctypes.c_float * self.n_vocab).from_address(ctypes.addressof(pointer.contents))
         return cast(Sequence[float], view)  # a ctypes array indexes like a sequence
 
-    def sample(self, sampler: object, row: int) -> int:
-        return int(lc.llama_sampler_sample(sampler, self._ctx, row))
+    def sample(self, chain: object, row: int) -> int:
+        return sampler.sample(cast(Chain, chain), self._ctx, row, self.n_vocab)
 
-    def free_sampler(self, sampler: object) -> None:
-        lc.llama_sampler_free(sampler)
+    def free_sampler(self, chain: object) -> None:
+        lc.llama_sampler_free(cast(Chain, chain).handle)
 
     def is_end(self, token: int) -> bool:
         return bool(lc.llama_vocab_is_eog(self._vocab, token))
