@@ -63,8 +63,14 @@ def main() -> int:
     binary, model_path = found
     ratios: dict[str, list[float]] = {"pp": [], "tg": []}
     for i in range(args.rounds):
-        ref = run_llama_bench(binary, model_path, args.threads, args.p, args.n)
-        ours = run_localrun(args.model, args.threads, args.p, args.n)
+        # The order flips every round: whichever runs second may find the machine in
+        # another state (caches, other tenants), and that must not always favour one.
+        if i % 2 == 0:
+            ref = run_llama_bench(binary, model_path, args.threads, args.p, args.n)
+            ours = run_localrun(args.model, args.threads, args.p, args.n)
+        else:
+            ours = run_localrun(args.model, args.threads, args.p, args.n)
+            ref = run_llama_bench(binary, model_path, args.threads, args.p, args.n)
         for kind in ("pp", "tg"):
             ratios[kind].append(ours[kind] / ref[kind])
         print(
