@@ -195,3 +195,34 @@ def from_os_error(e: OSError, *, during: str = "", then: str = "") -> LocalrunEr
     cls, what, hint = entry
     where = f": {e.filename}" if e.filename else ""
     return cls(f"{what}{where}{during}", hint + then)
+
+
+# -- the server ------------------------------------------------------------------------------
+
+
+class UnauthorizedError(LocalrunError):
+    """A request to a server that needs an API key came without the right one."""
+
+    http_status = 401
+
+
+class ForbiddenError(LocalrunError):
+    """A request the server's settings refuse: a Host, an Origin, model management."""
+
+    http_status = 403
+
+
+class PayloadTooLargeError(LocalrunError):
+    """A request body over the server's limit."""
+
+    http_status = 413
+
+
+class BusyError(LocalrunError):
+    """The server's queue for a model is full: the client should retry later."""
+
+    http_status = 503
+
+    def __init__(self, message: str, hint: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, hint)
+        self.retry_after = retry_after

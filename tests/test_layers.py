@@ -22,7 +22,9 @@ ALLOWED: dict[str, set[str]] = {
     "prompt": {BASE, "backend", "prompt"},  # the backend's Model interface, to tokenize
     "models": {BASE, "gguf", "backend", "hub", "prompt", "models"},
     "engine": {BASE, "gguf", "backend", "hub", "prompt", "models", "engine"},
-    "cli": {BASE, "gguf", "backend", "hub", "prompt", "models", "engine", "cli"},
+    # The HTTP layer translates between the APIs and the engine, as the CLI does.
+    "server": {BASE, "gguf", "backend", "hub", "prompt", "models", "engine", "server"},
+    "cli": {BASE, "gguf", "backend", "hub", "prompt", "models", "engine", "server", "cli"},
 }
 # Libraries only the command line (and its terminal view) may use.
 CLI_ONLY = {"typer", "rich", "click"}

@@ -51,6 +51,7 @@ from localrun.cli import (  # noqa: E402,F401
     pull,
     rm,
     run,
+    serve,
     show,
 )
 

@@ -20,13 +20,15 @@ goes on where it stopped. Per-request state lives in :class:`_Sequence`, nowhere
 
 from __future__ import annotations
 
+import asyncio
 import codecs
+import contextlib
 import itertools
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -47,6 +49,19 @@ from localrun.errors import LocalrunError, PromptTooLongError, UsageError
 MIN_SHARED = 16
 
 
+class _LoopOutbox:
+    """A request's events handed from the engine thread to an asyncio event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+
+    def put(self, item: Event | BaseException) -> None:
+        # A closed loop (the server stopped) has nobody left to read the answer.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
 @dataclass(eq=False)  # one object per request: compared by identity
 class _Sequence:
     """One request inside the engine: everything about it, in one object."""
@@ -56,7 +71,7 @@ class _Sequence:
     max_tokens: int | None
     stop: tuple[str, ...]
     stop_at_eog: bool
-    outbox: queue.SimpleQueue[Event | BaseException]
+    outbox: queue.SimpleQueue[Event | BaseException] | _LoopOutbox
     submitted: float = field(default_factory=time.perf_counter)
     number: int = 0  # admission order: the newest is paused first
     slot: int | None = None  # the sequence id in the KV cache while it runs
@@ -101,15 +116,29 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class Stream:
-    """The events of one request, as they come: iterate it; cancel it from any thread."""
+    """The events of one request, as they come: iterate it (``async for`` when it was
+    submitted with an event loop); cancel it from any thread."""
 
     def __init__(self, engine: BatchEngine, seq: _Sequence) -> None:
         self._engine = engine
         self._seq = seq
 
     def __iter__(self) -> Iterator[Event]:
+        outbox = self._seq.outbox
+        assert isinstance(outbox, queue.SimpleQueue), "submitted with a loop: use async for"
         while True:
-            item = self._seq.outbox.get()
+            item = outbox.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, Finished):
+                return
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        outbox = self._seq.outbox
+        assert isinstance(outbox, _LoopOutbox), "submitted without a loop: use for"
+        while True:
+            item = await outbox.queue.get()
             if isinstance(item, BaseException):
                 raise item
             yield item
@@ -171,11 +200,13 @@ class BatchEngine:
         stop: tuple[str, ...] = (),
         stop_at_eog: bool = True,
         submitted: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> Stream:
         """Queue a prompt (as tokens) to answer; its events arrive on the returned stream.
 
         ``submitted`` is when the request began (``time.perf_counter()``), for its TTFT; now
-        if not given.
+        if not given. With ``loop``, the events are handed to that event loop and the stream
+        is read with ``async for`` there.
         """
         if not prompt:
             raise UsageError("the prompt has no tokens", "give a non-empty prompt")
@@ -184,7 +215,9 @@ class BatchEngine:
                 f"the prompt is {len(prompt)} tokens but the context holds only {self.seq_ctx}",
                 "shorten the prompt, or raise the context with --ctx",
             )
-        seq = _Sequence(prompt, sampling, max_tokens, stop, stop_at_eog, queue.SimpleQueue())
+        outbox: queue.SimpleQueue[Event | BaseException] | _LoopOutbox
+        outbox = _LoopOutbox(loop) if loop is not None else queue.SimpleQueue()
+        seq = _Sequence(prompt, sampling, max_tokens, stop, stop_at_eog, outbox)
         if submitted is not None:
             seq.submitted = submitted
         self._inbox.put(("submit", seq))

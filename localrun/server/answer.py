@@ -1,0 +1,176 @@
+"""One answer for an HTTP request: its model's runner, its prompt's tokens, the engine's events.
+
+Both APIs come here: :mod:`.ollama` and :mod:`.openai` only translate their requests into an
+:class:`Ask` and the events back. Everything that can fail before the first token (an unknown
+model, bad options, a prompt too long, a full queue) fails in :meth:`Answer.begin`, so that
+the client gets its HTTP status; what fails later ends the stream with an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from localrun.engine.batch import Stream
+from localrun.engine.options import run_options
+from localrun.engine.types import Event, Finished, Stats, TextDelta
+from localrun.errors import UsageError
+from localrun.prompt.build import conversation_tokens, tokenize_bounded
+from localrun.prompt.template import Message
+from localrun.server.pool import ModelPool, Runner
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a request asks of a model, in the engine's terms."""
+
+    model: str
+    messages: tuple[Message, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)  # checked Ollama options
+    keep_alive: float | None = None  # seconds; None: the server's default
+    system: str | None = None  # replaces the Modelfile's SYSTEM (Ollama generate's "system")
+    raw: str | None = None  # a prompt to read as it is, without the chat template
+    context: tuple[int, ...] = ()  # tokens to continue (Ollama generate's "context")
+
+
+@dataclass
+class Answer:
+    """A request admitted to its model's engine; read :meth:`events` once, to the end."""
+
+    pool: ModelPool
+    ask: Ask
+    runner: Runner
+    prompt: list[int]
+    stream: Stream
+    load_s: float
+    tokens: list[int] = field(default_factory=list)  # the answer's, once it has finished
+    stats: Stats | None = None
+    _closed: bool = False
+
+    @classmethod
+    async def begin(cls, pool: ModelPool, ask: Ask) -> Answer:
+        """Load the model if need be, read the prompt, and queue it on the engine."""
+        start = time.perf_counter()
+        predict = ask.options.get("num_predict")
+        if predict is not None and predict > pool.config.max_predict:
+            raise UsageError(
+                f"{predict} tokens to predict is more than this server allows",
+                f"ask for at most {pool.config.max_predict} (num_predict, max_tokens)",
+            )
+        runner = await pool.acquire(ask.model, ask.options.get("num_ctx"))
+        load_s = time.perf_counter() - start
+        try:
+            options = run_options(
+                runner.settings,
+                temperature=ask.options.get("temperature"),
+                top_k=ask.options.get("top_k"),
+                top_p=ask.options.get("top_p"),
+                min_p=ask.options.get("min_p"),
+                repeat_penalty=ask.options.get("repeat_penalty"),
+                repeat_last_n=ask.options.get("repeat_last_n"),
+                seed=ask.options.get("seed"),
+                max_tokens=ask.options.get("num_predict"),
+                stop=ask.options.get("stop", ()),
+            )
+            prompt = await asyncio.to_thread(_tokens, runner, ask, options.system, options.history)
+            stream = runner.engine.submit(
+                prompt,
+                options.sampling,
+                max_tokens=options.max_tokens,
+                stop=options.stop,
+                submitted=start,
+                loop=asyncio.get_running_loop(),
+            )
+        except BaseException:
+            pool.release(runner, ask.keep_alive)
+            raise
+        return cls(pool, ask, runner, prompt, stream, load_s if load_s > 0.05 else 0.0)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The engine's events; the request is cancelled if the reader stops early."""
+        try:
+            async for event in self.stream:
+                if isinstance(event, Finished):
+                    event.stats.load_s = self.load_s
+                    self.stats = event.stats
+                    self.tokens = self.stream.tokens
+                yield event
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Cancel the request if it is still running, and let its model go. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.stats is None:
+            self.stream.cancel()
+        self.pool.release(self.runner, self.ask.keep_alive)
+
+
+def _tokens(
+    runner: Runner, ask: Ask, system: str | None, history: tuple[Message, ...]
+) -> list[int]:
+    loaded = runner.loaded
+    model = loaded.model
+    if ask.raw is not None:
+        limit = 2 * loaded.seq_ctx
+        tokens = list(ask.context)
+        tokens += tokenize_bounded(model, ask.raw, limit, parse_special=True)
+    else:
+        messages = list(ask.messages)
+        if not any(m.role == "system" for m in messages):
+            chosen = ask.system if ask.system is not None else system
+            if chosen:
+                messages.insert(0, Message("system", chosen))
+        if history:
+            first_user = 1 if messages and messages[0].role == "system" else 0
+            messages = messages[:first_user] + list(history) + messages[first_user:]
+        tokens = list(ask.context) + conversation_tokens(model, loaded.template, messages)
+    if not tokens:
+        raise UsageError("the prompt is empty", "send some text to answer")
+    return tokens
+
+
+Receive = Callable[[], Awaitable[Any]]  # an ASGI receive channel
+
+
+class cancel_on_disconnect:
+    """While the body runs, a client that disconnects cancels ``answer`` (its sequence is
+    freed at the engine's next step), whether or not anything is being sent to it."""
+
+    def __init__(self, receive: Receive, answer: Answer) -> None:
+        self.receive = receive
+        self.answer = answer
+        self.task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.answer.close()
+                return
+
+    async def __aenter__(self) -> None:
+        self.task = asyncio.create_task(self._watch())
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+async def collect(receive: Receive, answer: Answer) -> tuple[str, Stats]:
+    """The whole answer and its statistics (for a request that does not stream)."""
+    parts: list[str] = []
+    stats: Stats | None = None
+    async with cancel_on_disconnect(receive, answer):
+        async for event in answer.events():
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+            elif isinstance(event, Finished):
+                stats = event.stats
+    assert stats is not None
+    return "".join(parts), stats

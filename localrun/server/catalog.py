@@ -1,0 +1,143 @@
+"""What the server says about models: the list, one model's details, the loaded ones.
+
+Read from the store, the recipes and each GGUF's header, for both APIs (``/api/tags`` and
+``/v1/models``, ``/api/show``, ``/api/ps``). These functions read files: call them in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localrun.errors import LocalrunError
+from localrun.gguf.reader import GGUFInfo, file_type_name, read_gguf
+from localrun.models.resolve import resolve
+
+# Metadata keys too large to send whole: the tokenizer's vocabulary and merges.
+_BULKY = (
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.merges",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.scores",
+    "tokenizer.chat_template",
+)
+
+
+def timestamp(seconds: float) -> str:
+    """RFC 3339 in UTC, as Ollama writes its times."""
+    when = dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def details(info: GGUFInfo, parent: str = "") -> dict[str, Any]:
+    """Ollama's ``details`` of a model."""
+    file_type = info.metadata.get("general.file_type")
+    return {
+        "parent_model": parent,
+        "format": "gguf",
+        "family": info.architecture,
+        "families": [info.architecture],
+        "parameter_size": _count(info.parameters),
+        "quantization_level": file_type_name(int(file_type)) if file_type is not None else "",
+    }
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A model the server can run, as listed."""
+
+    name: str
+    path: Path
+    size: int
+    digest: str
+    modified: float
+    parent: str = ""
+
+
+def listed() -> list[Listed]:
+    """Pulled models, created ones, and the demo model if it is cached."""
+    from localrun.hub import store
+    from localrun.models import recipes
+    from localrun.models.demo import cached_demo_path, expected_sha256
+
+    out: list[Listed] = []
+    for m in store.all_manifests():
+        if m.missing_files:
+            continue
+        out.append(Listed(m.name, m.model_path, m.size, m.files[0].sha256, m.pulled_at))
+    for recipe in recipes.created():
+        try:
+            made = resolve(recipe.name)
+        except LocalrunError:  # its base is gone: `localrun list` says so, this list skips it
+            continue
+        size = sum(f.stat().st_size for f in made.files)
+        parent = made.manifest.name if made.manifest else recipe.modelfile.from_
+        out.append(
+            Listed(recipe.name, made.path, size, made.sha256 or "", recipe.created_at, parent)
+        )
+    demo = cached_demo_path()
+    if demo is not None:
+        stat = demo.stat()
+        out.append(Listed("demo", demo, stat.st_size, expected_sha256(), stat.st_mtime))
+    return out
+
+
+def tags() -> list[dict[str, Any]]:
+    """``/api/tags``: every model with its details."""
+    models = []
+    for m in listed():
+        try:
+            info = read_gguf(m.path)
+        except Exception:  # a file gone bad since it was listed: list it without details
+            info = None
+        models.append(
+            {
+                "name": m.name,
+                "model": m.name,
+                "modified_at": timestamp(m.modified),
+                "size": m.size,
+                "digest": m.digest,
+                "details": details(info, m.parent) if info else {},
+            }
+        )
+    return models
+
+
+def show(name: str) -> dict[str, Any]:
+    """``/api/show``: the Modelfile, parameters, template, details and metadata."""
+    from localrun.models.facts import modelfile_of
+    from localrun.server.pool import resolve_served
+
+    resolved = resolve_served(name)
+    info = read_gguf(resolved.path)
+    mf = modelfile_of(resolved.name)
+    parameters = [f"{k:<16} {v}" for k, v in mf.parameters.items()]
+    parameters += [f'{"stop":<16} "{s}"' for s in mf.stop]
+    model_info = {
+        k: v for k, v in info.metadata.items() if k not in _BULKY and not isinstance(v, list)
+    }
+    model_info["general.parameter_count"] = info.parameters
+    capabilities = ["completion"]
+    if "tools" in (info.metadata.get("tokenizer.chat_template") or ""):
+        capabilities.append("tools")
+    return {
+        "modelfile": mf.to_text(),
+        "parameters": "\n".join(parameters),
+        "template": mf.template or "",
+        "system": mf.system or "",
+        "license": "\n".join(mf.license),
+        "details": details(info),
+        "model_info": model_info,
+        "capabilities": capabilities,
+        "modified_at": timestamp(resolved.path.stat().st_mtime),
+    }

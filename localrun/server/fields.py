@@ -1,0 +1,147 @@
+"""Reading a JSON request body: each field checked for its type, with a one-line 400.
+
+Unknown fields are ignored, as Ollama and OpenAI do (clients send fields of newer API
+versions); a known field of the wrong type, or out of its range, is refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from localrun.errors import UsageError
+from localrun.models.modelfile import check_parameter
+
+_TYPES: dict[type, str] = {str: "a string", bool: "true or false", int: "an integer"}
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The request's JSON object; an empty body is an empty object."""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"the request body is not valid JSON: {e}", "send a JSON object") from None
+    if not isinstance(body, dict):
+        raise UsageError("the request body must be a JSON object", "send {...}")
+    return body
+
+
+def get(body: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    """``body[name]`` if present and not null, checked to be of ``kind``."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"'{name}' must be a number, not {json.dumps(value)[:40]}")
+        if not math.isfinite(value):
+            raise UsageError(f"'{name}' must be a finite number")
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if (kind is not bool and isinstance(value, bool)) or not isinstance(value, kind):
+        what = _TYPES.get(kind, "an object" if kind is dict else "a list")
+        raise UsageError(f"'{name}' must be {what}, not {json.dumps(value)[:40]}")
+    return value
+
+
+def model_name(body: dict[str, Any], key: str = "model") -> str:
+    """The model a request names (``name`` too, as older Ollama clients send)."""
+    name: str | None = get(body, key, str) or get(body, "name", str)
+    if not name or not name.strip():
+        raise UsageError(f"the request names no model: '{key}' is missing", 'add "model": NAME')
+    return name.strip()
+
+
+# The Ollama options localrun applies, with their types (the same names as a Modelfile's).
+OPTION_TYPES: dict[str, type] = {
+    "temperature": float,
+    "top_k": int,
+    "top_p": float,
+    "min_p": float,
+    "repeat_penalty": float,
+    "repeat_last_n": int,
+    "seed": int,
+    "num_predict": int,
+    "num_ctx": int,
+}
+
+
+def options(raw: Any) -> dict[str, Any]:
+    """Ollama's ``options``, checked against the Modelfile's ranges; ``stop`` as a tuple."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UsageError("'options' must be an object", 'send "options": {"temperature": 0.7}')
+    out: dict[str, Any] = {}
+    for name, kind in OPTION_TYPES.items():
+        value = get(raw, name, kind)
+        if value is not None:
+            in_range(name, value)
+            out[name] = value
+    stop = raw.get("stop")
+    if stop is not None:
+        out["stop"] = stops(stop, "options.stop")
+    return out
+
+
+def in_range(name: str, value: float | int) -> None:
+    """Refuse a sampling setting outside its range (the same ranges as the run flags)."""
+    try:
+        check_parameter(name, value)
+    except ValueError as e:
+        raise UsageError(str(e), f"give {name} in range") from None
+
+
+def stops(value: Any, name: str = "stop") -> tuple[str, ...]:
+    """A stop string or a list of them."""
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        if len(value) > 16:
+            raise UsageError(f"'{name}' has {len(value)} strings", "give at most 16")
+        return tuple(s for s in value if s)
+    raise UsageError(f"'{name}' must be a string or a list of strings")
+
+
+def keep_alive(value: Any) -> float | None:
+    """Ollama's ``keep_alive`` in seconds: a number, or "5m", "1h30m", "10s", "-1"."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise UsageError("'keep_alive' must be a duration like \"5m\" or a number of seconds")
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else -1.0
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        total, number = 0.0, ""
+        units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+        i = 0
+        sign = -1.0 if text.startswith("-") else 1.0
+        text = text.lstrip("+-")
+        while i < len(text):
+            c = text[i]
+            if c.isdigit() or c == ".":
+                number += c
+                i += 1
+                continue
+            unit = "ms" if text[i : i + 2] == "ms" else c
+            if unit not in units or not number:
+                break
+            total += float(number) * units[unit]
+            number = ""
+            i += len(unit)
+        else:
+            if not number and text:
+                return sign * total
+    raise UsageError(
+        f"'keep_alive' cannot be {json.dumps(value)[:40]}",
+        'use a duration like "5m", "30s", "1h", 0 to unload at once, or -1 to keep loaded',
+    )

@@ -1,0 +1,261 @@
+"""The Ollama API, as the ``ollama`` clients call it, translated onto the engine.
+
+Streams are NDJSON (one object a line); durations are nanoseconds; the last object carries
+``done_reason`` and the timings. An error before the first token is ``{"error": ...}`` with
+its HTTP status; one after it is a last line ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from localrun import __version__
+from localrun.engine.types import Finished, Stats, TextDelta
+from localrun.errors import LocalrunError, UsageError
+from localrun.gguf.reader import read_gguf
+from localrun.prompt.template import Message
+from localrun.server import catalog, fields
+from localrun.server.answer import Answer, Ask, cancel_on_disconnect, collect
+from localrun.server.config import ServeConfig
+from localrun.server.guard import error_body
+from localrun.server.pool import ModelPool, resolve_served
+
+NDJSON = "application/x-ndjson"
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def _now() -> str:
+    return catalog.timestamp(time.time())
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+def timings(stats: Stats) -> dict[str, Any]:
+    """The final object's counts and durations (nanoseconds)."""
+    n = stats.completion_tokens
+    # The decode rate is (n - 1) / decode_s; eval_count / eval_duration must give it back.
+    eval_s = stats.decode_s * n / (n - 1) if n > 1 else stats.decode_s
+    return {
+        "done_reason": "length" if stats.finish_reason.value == "length" else "stop",
+        "total_duration": _ns(stats.total_s + stats.load_s),
+        "load_duration": _ns(stats.load_s),
+        "prompt_eval_count": stats.prompt_tokens,
+        "prompt_eval_duration": _ns(stats.prefill_s),
+        "eval_count": n,
+        "eval_duration": _ns(eval_s),
+    }
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
+
+
+def _refuse_unsupported(body: dict[str, Any], *names: str) -> None:
+    """Fields localrun does not do yet, refused rather than silently ignored."""
+    why = {
+        "images": "images need a vision model, which localrun does not run yet",
+        "format": "structured output (format) is not supported yet",
+        "tools": "tool calls are not supported yet",
+        "suffix": "fill-in-the-middle (suffix) is not supported",
+        "template": "a per-request template is not supported: put it in a Modelfile",
+    }
+    for name in names:
+        if body.get(name):
+            raise UsageError(why[name], f"send the request without '{name}'")
+
+
+class OllamaAPI:
+    """The handlers, over one pool of models."""
+
+    def __init__(self, pool: ModelPool, config: ServeConfig) -> None:
+        self.pool = pool
+        self.config = config
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/", self.root, methods=["GET", "HEAD"]),
+            Route("/api/version", self.version, methods=["GET"]),
+            Route("/api/generate", self.generate, methods=["POST"]),
+            Route("/api/chat", self.chat, methods=["POST"]),
+            Route("/api/tags", self.tags, methods=["GET"]),
+            Route("/api/show", self.show, methods=["POST"]),
+            Route("/api/ps", self.ps, methods=["GET"]),
+        ]
+
+    async def root(self, request: Request) -> Response:
+        return PlainTextResponse("localrun is running")
+
+    async def version(self, request: Request) -> Response:
+        return JSONResponse({"version": __version__})
+
+    async def generate(self, request: Request) -> Response:
+        body = fields.parse_body(await request.body())
+        name = fields.model_name(body)
+        _refuse_unsupported(body, "images", "format", "suffix", "template")
+        prompt = fields.get(body, "prompt", str, "")
+        keep = fields.keep_alive(body.get("keep_alive"))
+        context = fields.get(body, "context", list, [])
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
+            raise UsageError("'context' must be a list of token ids")
+        if not prompt and not context:
+            return JSONResponse(
+                {
+                    "model": name,
+                    "created_at": _now(),
+                    "response": "",
+                    "done": True,
+                    "done_reason": await self._load_only(name, body, keep),
+                }
+            )
+        raw = fields.get(body, "raw", bool, False)
+        ask = Ask(
+            model=name,
+            messages=(Message("user", prompt),),
+            options=fields.options(body.get("options")),
+            keep_alive=keep,
+            system=fields.get(body, "system", str),
+            raw=prompt if raw else None,
+            context=tuple(context),
+        )
+        answer = await Answer.begin(self.pool, ask)
+
+        def piece(text: str) -> dict[str, Any]:
+            return {"model": name, "created_at": _now(), "response": text, "done": False}
+
+        def last(stats: Stats) -> dict[str, Any]:
+            final = {"model": name, "created_at": _now(), "response": "", "done": True}
+            final |= timings(stats)
+            final["context"] = answer.prompt + answer.tokens
+            return final
+
+        if fields.get(body, "stream", bool, True):
+            return _stream(request, answer, piece, last)
+        text, stats = await collect(request.receive, answer)
+        return JSONResponse(last(stats) | {"response": text})
+
+    async def chat(self, request: Request) -> Response:
+        body = fields.parse_body(await request.body())
+        name = fields.model_name(body)
+        _refuse_unsupported(body, "format", "tools")
+        keep = fields.keep_alive(body.get("keep_alive"))
+        messages = _messages(fields.get(body, "messages", list, []))
+        if not messages:
+            return JSONResponse(
+                {
+                    "model": name,
+                    "created_at": _now(),
+                    "message": {"role": "assistant", "content": ""},
+                    "done": True,
+                    "done_reason": await self._load_only(name, body, keep),
+                }
+            )
+        ask = Ask(name, messages, fields.options(body.get("options")), keep)
+        answer = await Answer.begin(self.pool, ask)
+
+        def piece(text: str) -> dict[str, Any]:
+            return {
+                "model": name,
+                "created_at": _now(),
+                "message": {"role": "assistant", "content": text},
+                "done": False,
+            }
+
+        def last(stats: Stats) -> dict[str, Any]:
+            final = piece("") | {"done": True}
+            return final | timings(stats)
+
+        if fields.get(body, "stream", bool, True):
+            return _stream(request, answer, piece, last)
+        text, stats = await collect(request.receive, answer)
+        final = last(stats)
+        final["message"]["content"] = text
+        return JSONResponse(final)
+
+    async def _load_only(self, name: str, body: dict[str, Any], keep: float | None) -> str:
+        """A request without a prompt loads the model, or with keep_alive 0 unloads it."""
+        if keep == 0:
+            resolved = await asyncio.to_thread(resolve_served, name)
+            await self.pool.unload(resolved.name)
+            return "unload"
+        num_ctx = fields.options(body.get("options")).get("num_ctx")
+        runner = await self.pool.acquire(name, num_ctx)
+        self.pool.release(runner, keep)
+        return "load"
+
+    async def tags(self, request: Request) -> Response:
+        return JSONResponse({"models": await asyncio.to_thread(catalog.tags)})
+
+    async def show(self, request: Request) -> Response:
+        body = fields.parse_body(await request.body())
+        name = fields.model_name(body)
+        return JSONResponse(await asyncio.to_thread(catalog.show, name))
+
+    async def ps(self, request: Request) -> Response:
+        models = []
+        for r in self.pool.runners():
+            info = await asyncio.to_thread(read_gguf, r.loaded.path)
+            on_gpu = r.loaded.plan.n_gpu_layers
+            models.append(
+                {
+                    "name": r.name,
+                    "model": r.name,
+                    "size": r.size,
+                    "digest": r.digest,
+                    "details": catalog.details(info),
+                    "expires_at": catalog.timestamp(r.expires_at) if r.expires_at else None,
+                    "size_vram": r.size if on_gpu else 0,
+                    "context_length": r.context_length,
+                    "parallel": r.loaded.n_seq,
+                    "active": r.active,
+                    "placement": r.loaded.placement,
+                }
+            )
+        return JSONResponse({"models": models})
+
+
+def _messages(raw: list[Any]) -> tuple[Message, ...]:
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise UsageError(f"messages[{i}] must be an object with 'role' and 'content'")
+        role = fields.get(m, "role", str)
+        if role not in ROLES:
+            raise UsageError(
+                f"messages[{i}] has the role {json.dumps(role)}", f"use one of {', '.join(ROLES)}"
+            )
+        if m.get("images"):
+            raise UsageError(
+                "images need a vision model, which localrun does not run yet",
+                "send the messages without images",
+            )
+        if m.get("tool_calls"):
+            raise UsageError("tool calls are not supported yet", "send messages without them")
+        out.append(Message(role, fields.get(m, "content", str, "")))
+    return tuple(out)
+
+
+def _stream(request: Request, answer: Answer, piece: Any, last: Any) -> StreamingResponse:
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            async with cancel_on_disconnect(request.receive, answer):
+                async for event in answer.events():
+                    if isinstance(event, TextDelta) and event.text:
+                        yield _line(piece(event.text))
+                    elif isinstance(event, Finished):
+                        yield _line(last(event.stats))
+        except LocalrunError as e:
+            yield _line(error_body(request.url.path, e))
+        finally:
+            answer.close()
+
+    return StreamingResponse(lines(), media_type=NDJSON)

@@ -1,0 +1,263 @@
+"""The OpenAI API, as the ``openai`` client calls it, translated onto the engine.
+
+Streams are server-sent events: the first chunk carries the role, ``finish_reason`` comes
+in a chunk of its own, the usage in one more when ``stream_options.include_usage`` asks,
+then ``data: [DONE]``; one id across a stream. Errors take OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from localrun.engine.types import Finished, FinishReason, Stats, TextDelta
+from localrun.errors import LocalrunError, ModelNotFoundError, UsageError
+from localrun.prompt.template import Message
+from localrun.server import catalog, fields
+from localrun.server.answer import Answer, Ask, cancel_on_disconnect, collect
+from localrun.server.guard import error_body
+from localrun.server.pool import ModelPool
+
+ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
+
+
+def _usage(stats: Stats) -> dict[str, int]:
+    return {
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+        "total_tokens": stats.prompt_tokens + stats.completion_tokens,
+    }
+
+
+def _finish(stats: Stats) -> str:
+    return "length" if stats.finish_reason == FinishReason.LENGTH else "stop"
+
+
+def _content(value: Any, where: str) -> str:
+    """A message's content: a string, or a list of text parts."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    if isinstance(value, list):
+        texts = []
+        for part in value:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise UsageError(
+                    f"{where} has a part of type {json.dumps(kind)}",
+                    "only text parts are supported (images need a vision model)",
+                )
+            texts.append(fields.get(part, "text", str, ""))
+        return "".join(texts)
+    raise UsageError(f"{where} must be a string or a list of text parts")
+
+
+def _options(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's sampling fields as the Ollama options they mean."""
+    if fields.get(body, "n", int, 1) != 1:
+        raise UsageError("'n' other than 1 is not supported", "ask for one choice per request")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if fields.get(body, name, float, 0.0) != 0.0:
+            raise UsageError(f"'{name}' is not supported", "use the repeat_penalty option instead")
+    if fields.get(body, "logprobs", bool, False):
+        raise UsageError("'logprobs' is not supported yet", "send the request without it")
+    if body.get("tools") or body.get("functions"):
+        raise UsageError("tool calls are not supported yet", "send the request without tools")
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
+        raise UsageError("structured output (response_format) is not supported yet")
+    options: dict[str, Any] = {}
+    for ours, theirs, kind in (
+        ("temperature", "temperature", float),
+        ("top_p", "top_p", float),
+        ("seed", "seed", int),
+        ("num_predict", "max_completion_tokens", int),
+        ("num_predict", "max_tokens", int),
+    ):
+        value = fields.get(body, theirs, kind)
+        if value is not None and ours not in options:
+            if ours == "temperature" and value > 2:
+                raise UsageError(f"'temperature' must be between 0 and 2, not {value}")
+            fields.in_range(ours, value)
+            options[ours] = value
+    if body.get("stop") is not None:
+        options["stop"] = fields.stops(body["stop"])
+    return options
+
+
+class OpenAIAPI:
+    """The handlers, over one pool of models."""
+
+    def __init__(self, pool: ModelPool) -> None:
+        self.pool = pool
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self.model, methods=["GET"]),
+        ]
+
+    async def chat(self, request: Request) -> Response:
+        body = fields.parse_body(await request.body())
+        name = fields.model_name(body)
+        raw = fields.get(body, "messages", list, [])
+        if not raw:
+            raise UsageError("'messages' is empty", "send at least one message")
+        messages = []
+        for i, m in enumerate(raw):
+            if not isinstance(m, dict):
+                raise UsageError(f"messages[{i}] must be an object")
+            role = fields.get(m, "role", str)
+            if role not in ROLES:
+                raise UsageError(f"messages[{i}] has the role {json.dumps(role)}")
+            messages.append(Message(ROLES[role], _content(m.get("content"), f"messages[{i}]")))
+        ask = Ask(name, tuple(messages), _options(body))
+        answer = await Answer.begin(self.pool, ask)
+        ident = "chatcmpl-" + secrets.token_hex(12)
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": name,
+                "system_fingerprint": "localrun",
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+
+        if fields.get(body, "stream", bool, False):
+            first = chunk({"role": "assistant", "content": ""})
+            return _sse(
+                request,
+                answer,
+                first,
+                lambda t: chunk({"content": t}),
+                lambda s: chunk({}, _finish(s)),
+                _include_usage(body),
+            )
+        text, stats = await collect(request.receive, answer)
+        return JSONResponse(
+            {
+                "id": ident,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": name,
+                "system_fingerprint": "localrun",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "logprobs": None,
+                        "finish_reason": _finish(stats),
+                    }
+                ],
+                "usage": _usage(stats),
+            }
+        )
+
+    async def completions(self, request: Request) -> Response:
+        body = fields.parse_body(await request.body())
+        name = fields.model_name(body)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise UsageError("'prompt' must be one non-empty string", "send one prompt a request")
+        if body.get("suffix") or fields.get(body, "echo", bool, False):
+            raise UsageError("'suffix' and 'echo' are not supported", "send the request without")
+        if fields.get(body, "best_of", int, 1) != 1:
+            raise UsageError("'best_of' other than 1 is not supported")
+        ask = Ask(name, (Message("user", prompt),), _options(body))
+        answer = await Answer.begin(self.pool, ask)
+        ident = "cmpl-" + secrets.token_hex(12)
+
+        def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
+            return {
+                "id": ident,
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": name,
+                "system_fingerprint": "localrun",
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+            }
+
+        if fields.get(body, "stream", bool, False):
+            return _sse(
+                request, answer, None, chunk, lambda s: chunk("", _finish(s)), _include_usage(body)
+            )
+        text, stats = await collect(request.receive, answer)
+        return JSONResponse(chunk(text, _finish(stats)) | {"usage": _usage(stats)})
+
+    async def models(self, request: Request) -> Response:
+        listed = await asyncio.to_thread(catalog.listed)
+        return JSONResponse({"object": "list", "data": [_model(m) for m in listed]})
+
+    async def model(self, request: Request) -> Response:
+        wanted = request.path_params["model"]
+        for m in await asyncio.to_thread(catalog.listed):
+            if m.name == wanted:
+                return JSONResponse(_model(m))
+        raise ModelNotFoundError(f"model '{wanted}' not found", "see GET /v1/models")
+
+
+def _model(m: catalog.Listed) -> dict[str, Any]:
+    return {"id": m.name, "object": "model", "created": int(m.modified), "owned_by": "localrun"}
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = fields.get(body, "stream_options", dict, {})
+    return bool(fields.get(options, "include_usage", bool, False))
+
+
+def _event(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+def _sse(
+    request: Request,
+    answer: Answer,
+    first: dict[str, Any] | None,
+    piece: Any,
+    finish: Any,
+    include_usage: bool,
+) -> StreamingResponse:
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            if first is not None:
+                yield _event(first)
+            async with cancel_on_disconnect(request.receive, answer):
+                async for event in answer.events():
+                    if isinstance(event, TextDelta) and event.text:
+                        yield _event(piece(event.text))
+                    elif isinstance(event, Finished):
+                        yield _event(finish(event.stats))
+                        if include_usage:
+                            usage = finish(event.stats) | {
+                                "choices": [],
+                                "usage": _usage(event.stats),
+                            }
+                            yield _event(usage)
+            yield b"data: [DONE]\n\n"
+        except LocalrunError as e:
+            yield _event(error_body(request.url.path, e))
+        finally:
+            answer.close()
+
+    return StreamingResponse(events(), media_type="text/event-stream")

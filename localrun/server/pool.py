@@ -1,0 +1,238 @@
+"""Which models stay loaded: one batching engine each, as many as memory allows.
+
+The one place that loads and unloads models for the server (as Ollama's scheduler is).
+Requests for a loaded model join its engine at once; a model not loaded is loaded, after
+unloading the least recently used idle models if it would not fit in memory beside them.
+A model answering a request is never unloaded: a load that cannot make room waits for one
+to finish. After its last request a model stays loaded for its keep-alive (5 minutes unless
+the request or ``--keep-alive`` says otherwise; 0 unloads at once, a negative one never).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from localrun.backend import context_size
+from localrun.engine.batch import BatchEngine
+from localrun.engine.load import LoadedModel, default_parallel, load_model
+from localrun.errors import BusyError, ModelNotFoundError, NeedsPullError
+from localrun.models.resolve import DEMO, Resolved, Settings, resolve
+from localrun.server.config import ServeConfig
+from localrun.system import physical_cores, physical_memory
+
+MEMORY_SHARE = 0.8  # of this machine's memory that loaded models may take together
+WAIT_FOR_ROOM_S = 300.0  # how long a load waits for a busy model to finish, then 503
+
+
+@dataclass(eq=False)
+class Runner:
+    """A loaded model serving requests through its batching engine."""
+
+    name: str
+    num_ctx: int | None  # as requested: a request for another context gets another runner
+    loaded: LoadedModel
+    settings: Settings
+    digest: str
+    size: int  # bytes: weights and KV cache
+    active: int = 0  # requests running or waiting in its engine
+    last_used: float = field(default_factory=time.monotonic)
+    expires_at: float | None = None  # wall-clock time of its unload; None: never
+
+    @property
+    def engine(self) -> BatchEngine:
+        return self.loaded.engine()
+
+    @property
+    def context_length(self) -> int:
+        return self.loaded.seq_ctx
+
+
+def resolve_served(name: str) -> Resolved:
+    """A model the server may load: a pulled, created or library model, or the demo.
+
+    Never a path: a request must not make the server open files of its choosing.
+    """
+    from localrun.hub import store
+    from localrun.models import recipes
+
+    known = name == DEMO or store.find(name) is not None or recipes.find(name) is not None
+    if not known:
+        raise ModelNotFoundError(
+            f"model '{name}' not found", f"pull it first: localrun pull {name}"
+        )
+    try:
+        return resolve(name)
+    except NeedsPullError:  # a library name whose model is not pulled
+        raise ModelNotFoundError(
+            f"model '{name}' not found", f"pull it first: localrun pull {name}"
+        ) from None
+
+
+def _size(path: Any, n_ctx: int) -> int:
+    """Weights plus the KV cache of ``n_ctx`` cells."""
+    from localrun.backend.llamacpp.offload import model_sizes
+    from localrun.gguf.reader import read_gguf
+
+    info = read_gguf(path)
+    return int(path.stat().st_size) + sum(model_sizes(info, n_ctx).kv_per_layer)
+
+
+class ModelPool:
+    """The loaded models of one server."""
+
+    def __init__(self, config: ServeConfig, load: Callable[..., LoadedModel] = load_model) -> None:
+        self.config = config
+        self._load = load
+        self._runners: dict[tuple[str, int | None], Runner] = {}
+        self._lock = asyncio.Lock()  # one load or unload decision at a time
+        self._released = asyncio.Event()
+        self._budget = int((physical_memory() or 1 << 62) * MEMORY_SHARE)
+        self._reaper: asyncio.Task[None] | None = None
+
+    def runners(self) -> list[Runner]:
+        """The loaded models, most recently used first."""
+        return sorted(self._runners.values(), key=lambda r: -r.last_used)
+
+    async def acquire(self, name: str, num_ctx: int | None) -> Runner:
+        """The runner of ``name``, loaded if need be, with this request counted on it."""
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap())
+        resolved = await asyncio.to_thread(resolve_served, name)
+        key = (resolved.name, num_ctx)
+        deadline = time.monotonic() + WAIT_FOR_ROOM_S
+        while True:
+            async with self._lock:
+                runner = self._runners.get(key)
+                if runner is not None:
+                    return self._count(runner)
+                need = await asyncio.to_thread(self._estimate, resolved, num_ctx)
+                if await self._make_room(need):
+                    runner = await self._start(resolved, num_ctx)
+                    self._runners[key] = runner
+                    return self._count(runner)
+                self._released.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BusyError(
+                    f"no room to load '{name}': every loaded model is answering",
+                    "retry later, or stop a model with: localrun stop MODEL",
+                    retry_after=5,
+                )
+            with contextlib.suppress(TimeoutError):  # and look again
+                await asyncio.wait_for(self._released.wait(), timeout=left)
+
+    def _count(self, runner: Runner) -> Runner:
+        limit = runner.loaded.n_seq + self.config.max_queue
+        if runner.active >= limit:
+            raise BusyError(
+                f"'{runner.name}' has {runner.active} requests running or waiting, "
+                f"its limit ({runner.loaded.n_seq} at once, {self.config.max_queue} queued)",
+                "retry after the time in the Retry-After header",
+                retry_after=1,
+            )
+        runner.active += 1
+        runner.last_used = time.monotonic()
+        runner.expires_at = None
+        return runner
+
+    def release(self, runner: Runner, keep_alive: float | None) -> None:
+        """A request on ``runner`` is over; it stays loaded for ``keep_alive`` seconds."""
+        runner.active -= 1
+        runner.last_used = time.monotonic()
+        seconds = self.config.keep_alive if keep_alive is None else keep_alive
+        runner.expires_at = None if seconds < 0 else time.time() + seconds
+        if runner.active == 0 and seconds == 0:
+            asyncio.get_running_loop().create_task(self.unload(runner.name))
+        self._released.set()
+
+    def keep(self, runner: Runner, keep_alive: float | None) -> None:
+        """Set an idle runner's keep-alive (a request that only loads or unloads it)."""
+        runner.active += 1
+        self.release(runner, keep_alive)
+
+    async def unload(self, name: str) -> bool:
+        """Unload every idle instance of ``name``; whether one was loaded."""
+        async with self._lock:
+            found = False
+            for key, runner in list(self._runners.items()):
+                if key[0] == name:
+                    found = True
+                    if runner.active == 0:
+                        del self._runners[key]
+                        await asyncio.to_thread(runner.loaded.close)
+            self._released.set()
+            return found
+
+    async def close(self) -> None:
+        """Unload everything (the server is stopping)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+        async with self._lock:
+            runners, self._runners = list(self._runners.values()), {}
+            for runner in runners:
+                await asyncio.to_thread(runner.loaded.close)
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def _parallel(self, resolved: Resolved, num_ctx: int | None) -> int:
+        return self.config.parallel or default_parallel(resolved.path, num_ctx)
+
+    def _estimate(self, resolved: Resolved, num_ctx: int | None) -> int:
+        from localrun.gguf.reader import read_gguf
+
+        trained = int(read_gguf(resolved.path).arch_value("context_length") or 0)
+        n_seq = self._parallel(resolved, num_ctx)
+        return _size(resolved.path, context_size(num_ctx, trained) * n_seq)
+
+    async def _make_room(self, need: int) -> bool:
+        """Unload idle models, least recently used first, until ``need`` bytes fit."""
+        while True:
+            used = sum(r.size for r in self._runners.values())
+            fits = used + need <= self._budget or not self._runners
+            if fits and len(self._runners) < self.config.max_loaded:
+                return True
+            idle = [(k, r) for k, r in self._runners.items() if r.active == 0]
+            if not idle:
+                return False
+            key, runner = min(idle, key=lambda kr: kr[1].last_used)
+            del self._runners[key]
+            await asyncio.to_thread(runner.loaded.close)
+
+    async def _start(self, resolved: Resolved, num_ctx: int | None) -> Runner:
+        n_seq = self._parallel(resolved, num_ctx)
+        threads = self.config.threads or physical_cores()
+
+        def load() -> LoadedModel:
+            loaded = self._load(
+                resolved.name,
+                n_ctx=num_ctx,
+                n_threads=threads,
+                path=resolved.path,
+                settings=resolved.settings,
+                n_seq=n_seq,
+            )
+            loaded.engine()  # its thread starts now, not on the first request
+            return loaded
+
+        loaded = await asyncio.to_thread(load)
+        size = await asyncio.to_thread(_size, resolved.path, loaded.model.n_ctx)
+        digest = resolved.sha256 or ""
+        return Runner(resolved.name, num_ctx, loaded, resolved.settings, digest, size)
+
+    async def _reap(self) -> None:
+        """Unload models whose keep-alive has run out, once a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            expired = {
+                r.name
+                for r in self._runners.values()
+                if r.active == 0 and r.expires_at is not None and r.expires_at <= now
+            }
+            for name in expired:
+                await self.unload(name)

@@ -1,0 +1,255 @@
+"""``localrun serve`` driven by the real ``ollama`` and ``openai`` clients, over HTTP.
+
+One server for the module, on 127.0.0.1, serving a tiny chat model that the suite makes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from tests.served import Server, create_model, serving, wait_for
+
+MODEL = "tiny"
+FAST = {"num_predict": 8, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, tiny_chat_model: Path) -> Path:
+    home = tmp_path_factory.mktemp("serve-home")
+    create_model(home, MODEL, f"FROM {tiny_chat_model}\nPARAMETER temperature 0.7\n")
+    return home
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[Server]:
+    with serving(home, "--parallel", "4", "--max-queue", "8") as s:
+        yield s
+
+
+@pytest.fixture
+def client(server: Server) -> ollama.Client:
+    return ollama.Client(host=server.url)
+
+
+@pytest.fixture
+def oai(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_generate_without_streaming(client: ollama.Client) -> None:
+    r = client.generate(model=MODEL, prompt="hello there", options=FAST)
+    assert r.done and r.done_reason == "length"
+    assert r.eval_count == 8 and r.prompt_eval_count and r.prompt_eval_count > 0
+    assert r.response and r.total_duration and r.eval_duration and r.eval_duration > 0
+    assert r.context and len(r.context) == r.prompt_eval_count + r.eval_count
+
+
+def test_generate_streams_the_same_text(client: ollama.Client) -> None:
+    whole = client.generate(model=MODEL, prompt="hello there", options=FAST).response
+    parts = list(client.generate(model=MODEL, prompt="hello there", options=FAST, stream=True))
+    assert not any(p.done for p in parts[:-1]) and parts[-1].done
+    assert parts[-1].done_reason == "length" and parts[-1].eval_count == 8
+    assert "".join(p.response or "" for p in parts) == whole
+
+
+def test_chat_streaming_and_not(client: ollama.Client) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    whole = client.chat(model=MODEL, messages=messages, options=FAST)
+    assert whole.message.role == "assistant" and whole.message.content
+    parts = list(client.chat(model=MODEL, messages=messages, options=FAST, stream=True))
+    assert "".join(p.message.content or "" for p in parts) == whole.message.content
+    assert parts[-1].done and parts[-1].eval_count == 8
+
+
+def test_stop_strings_and_num_predict(client: ollama.Client) -> None:
+    long = client.generate(model=MODEL, prompt="abc", options={"num_predict": 30, "seed": 3})
+    text = long.response
+    assert len(text) > 4
+    stop = text[2:4]
+    cut = client.generate(
+        model=MODEL, prompt="abc", options={"num_predict": 30, "seed": 3, "stop": [stop]}
+    )
+    assert cut.done_reason == "stop" and cut.response == text[: text.index(stop)]
+
+
+def test_tags_show_ps_and_version(client: ollama.Client, server: Server) -> None:
+    names = [m.model for m in client.list().models]
+    assert MODEL in names
+    shown = client.show(MODEL)
+    assert shown.details and shown.details.format == "gguf" and shown.modelfile
+    assert "temperature" in (shown.parameters or "")
+    client.generate(model=MODEL, prompt="x", options=FAST)
+    running = client.ps().models
+    assert [m.model for m in running] == [MODEL]
+    assert running[0].context_length and running[0].expires_at is not None
+    assert httpx.get(server.url + "/api/version").json()["version"]
+    assert httpx.head(server.url + "/").status_code == 200
+
+
+def test_unknown_model_is_404_for_both_clients(client: ollama.Client, oai: openai.OpenAI) -> None:
+    with pytest.raises(ollama.ResponseError) as e:
+        client.generate(model="no-such-model", prompt="x")
+    assert e.value.status_code == 404 and "no-such-model" in e.value.error
+    with pytest.raises(openai.NotFoundError) as o:
+        oai.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "x"}]
+        )
+    assert "no-such-model" in str(o.value)
+
+
+def test_a_path_is_not_a_model_name(client: ollama.Client, home: Path) -> None:
+    """A request must not make the server open files of its choosing."""
+    gguf = next(home.rglob("*.Modelfile"))
+    with pytest.raises(ollama.ResponseError) as e:
+        client.generate(model=str(gguf), prompt="x")
+    assert e.value.status_code == 404
+
+
+def test_bad_options_are_400(client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as e:
+        client.generate(model=MODEL, prompt="x", options={"temperature": -1})
+    assert e.value.status_code == 400 and "temperature" in e.value.error
+    with pytest.raises(ollama.ResponseError) as e:
+        client.generate(model=MODEL, prompt="x", options={"num_predict": 10**7})
+    assert e.value.status_code == 400
+
+
+def test_openai_chat_without_streaming(oai: openai.OpenAI) -> None:
+    r = oai.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8, seed=1
+    )
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason == "length"
+    assert r.usage and r.usage.completion_tokens == 8 and r.usage.prompt_tokens > 0
+    assert r.id.startswith("chatcmpl-")
+
+
+def test_openai_chat_streaming_with_usage(oai: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    whole = oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, seed=1)
+    chunks = list(
+        oai.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            max_tokens=8,
+            seed=1,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "length" and not any(finishes[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage and chunks[-1].usage.completion_tokens == 8
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+
+
+def test_openai_completions_and_models(oai: openai.OpenAI) -> None:
+    r = oai.completions.create(model=MODEL, prompt="once upon", max_tokens=6, seed=2)
+    assert r.choices[0].text and r.usage and r.usage.completion_tokens == 6
+    streamed = "".join(
+        c.choices[0].text
+        for c in oai.completions.create(
+            model=MODEL, prompt="once upon", max_tokens=6, seed=2, stream=True
+        )
+    )
+    assert streamed == r.choices[0].text
+    assert MODEL in [m.id for m in oai.models.list()]
+    assert oai.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve("nope")
+
+
+def test_openai_errors_take_openai_shape(server: Server) -> None:
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": []})
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.post(server.url + "/v1/chat/completions", content=b"{not json")
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+
+
+def test_bad_json_and_wrong_types_are_400(server: Server) -> None:
+    r = httpx.post(server.url + "/api/generate", content=b"[1, 2")
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    r = httpx.post(server.url + "/api/generate", json={"model": MODEL, "prompt": 5})
+    assert r.status_code == 400 and "'prompt' must be a string" in r.json()["error"]
+    r = httpx.post(server.url + "/api/chat", json={"model": MODEL, "messages": [{"role": "x"}]})
+    assert r.status_code == 400
+
+
+def test_concurrent_streams_of_one_prompt_give_one_text(client: ollama.Client) -> None:
+    def one(_: int) -> str:
+        return client.generate(model=MODEL, prompt="the same", options=FAST).response
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(one, range(4)))
+    assert len(set(texts)) == 1, texts
+
+
+def test_disconnect_mid_stream_frees_the_sequence(server: Server) -> None:
+    body = {"model": MODEL, "prompt": "go on", "options": {"num_predict": -1}}
+    with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        assert json.loads(next(lines))["done"] is False
+        assert json.loads(next(lines))["done"] is False
+
+    def idle() -> bool:
+        models = httpx.get(server.url + "/api/ps").json()["models"]
+        return all(m["active"] == 0 for m in models)
+
+    wait_for(idle, what="the disconnected request's release")
+
+
+def test_keep_alive_zero_unloads(client: ollama.Client) -> None:
+    client.generate(model=MODEL, prompt="x", options=FAST)
+    assert MODEL in [m.model for m in client.ps().models]
+    r = client.generate(model=MODEL, keep_alive=0)
+    assert r.done_reason == "unload"
+    wait_for(lambda: MODEL not in [m.model for m in client.ps().models], what="the unload")
+    r = client.generate(model=MODEL)
+    assert r.done_reason == "load"
+    assert MODEL in [m.model for m in client.ps().models]
+
+
+def test_ps_and_stop_commands(server: Server, client: ollama.Client) -> None:
+    import os
+    import subprocess
+
+    from tests.served import LOCALRUN
+
+    client.generate(model=MODEL, prompt="x", options=FAST)
+    env = {**os.environ, "LOCALRUN_HOST": f"127.0.0.1:{server.port}"}
+    ps = subprocess.run([LOCALRUN, "ps"], capture_output=True, text=True, env=env, timeout=60)
+    assert ps.returncode == 0 and MODEL in ps.stdout and "CONTEXT" in ps.stdout
+    stop = subprocess.run(
+        [LOCALRUN, "stop", MODEL], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert stop.returncode == 0, stop.stderr
+    wait_for(lambda: not client.ps().models, what="the stop")
+    again = subprocess.run(
+        [LOCALRUN, "stop", MODEL], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "localrun ps" in again.stderr
+
+
+def test_ps_without_a_server_is_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.served import LOCALRUN, free_port
+
+    env = {**os.environ, "LOCALRUN_HOST": f"127.0.0.1:{free_port()}"}
+    ps = subprocess.run([LOCALRUN, "ps"], capture_output=True, text=True, env=env, timeout=60)
+    assert ps.returncode == 1 and ps.stderr.count("\n") == 1
+    assert "no localrun server" in ps.stderr and "localrun serve" in ps.stderr

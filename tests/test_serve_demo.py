@@ -1,0 +1,107 @@
+"""``localrun serve`` on the demo model: many users at once, and a full queue.
+
+The demo model decodes at tens of tokens a second here, so requests overlap for real.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import ollama
+import pytest
+
+from tests.served import Server, serving, wait_for
+
+pytestmark = pytest.mark.e2e
+
+PROMPT = "The three primary colours are"
+TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve-demo-home")
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[Server]:
+    with serving(home, "--parallel", "8", "--threads", "2", "--model", "demo") as s:
+        yield s
+
+
+def _answer(server: Server) -> str:
+    r = ollama.Client(host=server.url).generate(
+        model="demo", prompt=PROMPT, options={"num_predict": TOKENS, "seed": 1, "temperature": 0}
+    )
+    assert r.eval_count == TOKENS
+    return r.response
+
+
+def test_eight_concurrent_streams_share_one_engine(server: Server) -> None:
+    _answer(server)  # warm: the prompt's cells are kept, as they would be for later users
+    start = time.perf_counter()
+    for _ in range(4):
+        alone = _answer(server)
+    one_after_another = (time.perf_counter() - start) * 2  # as if 8 had run in turn
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        texts = list(pool.map(lambda _: _answer(server), range(8)))
+    together = time.perf_counter() - start
+    # All eight the same text. (It may differ from the lone run's: from 4 rows a step,
+    # llama.cpp's CPU backend takes another matrix kernel; see docs/performance.md.)
+    assert len(set(texts)) == 1, texts
+    assert texts[0][:8] == alone[:8]
+    assert together < 0.6 * one_after_another, (together, one_after_another)
+
+
+def test_a_burst_past_the_queue_gets_503_with_retry_after(home: Path) -> None:
+    with serving(home, "--parallel", "1", "--max-queue", "1", "--threads", "2") as s:
+        body = {"model": "demo", "prompt": "Once", "options": {"num_predict": 400, "seed": 1}}
+        with httpx.stream("POST", s.url + "/api/generate", json=body, timeout=120) as first:
+            lines = first.iter_lines()  # kept: dropping the iterator closes the connection
+            next(lines)  # running
+            with httpx.stream("POST", s.url + "/api/generate", json=body, timeout=120) as queued:
+                # The second waits in the queue: it holds the one place there.
+                wait_for(
+                    lambda: httpx.get(s.url + "/api/ps").json()["models"][0]["active"] == 2,
+                    what="the second request's arrival",
+                )
+                third = httpx.post(s.url + "/api/generate", json=body, timeout=60)
+                assert third.status_code == 503
+                assert int(third.headers["retry-after"]) >= 1
+                assert "Retry-After" in third.json()["error"]
+                assert queued.status_code == 200
+
+
+def test_a_client_that_disconnects_frees_its_sequence(server: Server) -> None:
+    body = {"model": "demo", "prompt": "Tell a long story:", "options": {"num_predict": 2000}}
+
+    def active() -> int:
+        return int(httpx.get(server.url + "/api/ps").json()["models"][0]["active"])
+
+    with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=120) as r:
+        lines = r.iter_lines()
+        next(lines)
+        next(lines)
+        assert active() == 1
+        # Leaving the block closes the connection mid-answer.
+    wait_for(lambda: active() == 0, what="the disconnected request's release")
+
+
+def test_a_non_streaming_client_that_disconnects_is_cancelled_too(server: Server) -> None:
+    body = {
+        "model": "demo",
+        "prompt": "Tell a long story:",
+        "stream": False,
+        "options": {"num_predict": 2000},
+    }
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/api/generate", json=body, timeout=3)
+    wait_for(
+        lambda: httpx.get(server.url + "/api/ps").json()["models"][0]["active"] == 0,
+        what="the abandoned request's cancellation",
+    )

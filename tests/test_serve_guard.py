@@ -1,0 +1,142 @@
+"""The server's safety defaults, against a real ``localrun serve`` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from localrun.server.config import host_and_port, is_loopback
+from localrun.server.fields import keep_alive
+from tests.served import LOCALRUN, Server, create_model, free_port, serving
+
+KEY = "s3cret-key"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, tiny_chat_model: Path) -> Path:
+    home = tmp_path_factory.mktemp("guard-home")
+    create_model(home, "tiny", f"FROM {tiny_chat_model}\n")
+    return home
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[Server]:
+    with serving(home, "--max-body", "4096", "--allow-origin", "http://good.example") as s:
+        yield s
+
+
+def test_a_host_header_naming_another_server_is_refused(server: Server) -> None:
+    # DNS rebinding: a page at attacker.example resolves its name to 127.0.0.1.
+    r = httpx.get(server.url + "/api/tags", headers={"Host": "attacker.example"})
+    assert r.status_code == 403 and "attacker.example" in r.json()["error"]
+    for host in ("localhost", f"127.0.0.1:{server.port}", f"localhost:{server.port}"):
+        assert httpx.get(server.url + "/api/tags", headers={"Host": host}).status_code == 200
+
+
+def test_allow_host_extends_the_list(home: Path) -> None:
+    with serving(home, "--allow-host", "my.box") as s:
+        assert httpx.get(s.url + "/", headers={"Host": "my.box:80"}).status_code == 200
+        assert httpx.get(s.url + "/", headers={"Host": "other.box"}).status_code == 403
+
+
+def test_browser_origins_are_refused_unless_allowed(server: Server) -> None:
+    r = httpx.post(
+        server.url + "/api/generate",
+        json={"model": "tiny", "prompt": "x"},
+        headers={"Origin": "https://evil.example"},
+    )
+    assert r.status_code == 403 and "--allow-origin" in r.json()["error"]
+    preflight = httpx.options(
+        server.url + "/api/chat",
+        headers={"Origin": "http://good.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "http://good.example"
+    r = httpx.get(server.url + "/api/tags", headers={"Origin": "http://good.example"})
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "http://good.example"
+
+
+def test_a_body_over_the_limit_is_413(server: Server) -> None:
+    big = {"model": "tiny", "prompt": "x" * 10_000}
+    r = httpx.post(server.url + "/api/generate", json=big)
+    assert r.status_code == 413 and "--max-body" in r.json()["error"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'{"model": "tiny", "prompt": "'
+        for _ in range(20):
+            yield b"x" * 1000
+        yield b'"}'
+
+    r = httpx.post(server.url + "/api/generate", content=chunks())
+    assert r.status_code == 413
+    r = httpx.post(server.url + "/v1/completions", json=big)
+    assert r.status_code == 413 and r.json()["error"]["message"]
+    assert httpx.get(server.url + "/").status_code == 200  # and the server goes on
+
+
+def test_an_api_key_is_needed_by_every_request(home: Path) -> None:
+    with serving(home, env={"LOCALRUN_API_KEY": KEY}) as s:
+        r = httpx.get(s.url + "/api/tags")
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        wrong = httpx.get(s.url + "/api/tags", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert ollama.Client(host=s.url, headers={"Authorization": f"Bearer {KEY}"}).list()
+        oai = openai.OpenAI(base_url=s.url + "/v1", api_key=KEY, max_retries=0)
+        assert [m.id for m in oai.models.list()] == ["tiny"]
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=s.url + "/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def _serve_fails(home: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    full_env = {**os.environ, "LOCALRUN_HOME": str(home), **(env or {})}
+    full_env.pop("LOCALRUN_API_KEY", None)
+    proc = subprocess.run(
+        [LOCALRUN, "serve", *args], capture_output=True, text=True, env=full_env, timeout=120
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+def test_a_public_address_without_a_key_refuses_to_start(home: Path) -> None:
+    # Nothing is bound: the check comes first.
+    err = _serve_fails(home, "--host", "0.0.0.0", "--port", str(free_port()))
+    assert "--api-key" in err and "0.0.0.0" in err
+
+
+def test_a_port_in_use_and_a_bad_host_are_one_line(server: Server, home: Path) -> None:
+    err = _serve_fails(home, "--port", str(server.port))
+    assert f"port {server.port}" in err and "in use" in err
+    err = _serve_fails(home, "--host", "no-such-host.invalid", "--api-key", KEY)
+    assert "no-such-host.invalid" in err
+
+
+def test_a_missing_model_to_preload_is_one_line(home: Path) -> None:
+    err = _serve_fails(home, "--port", str(free_port()), "--model", "no-such-model")
+    assert "no-such-model" in err and "localrun pull" in err
+
+
+def test_keep_alive_durations() -> None:
+    assert keep_alive("5m") == 300 and keep_alive("1h30m") == 5400 and keep_alive("10s") == 10
+    assert keep_alive(0) == 0 and keep_alive("-1") == -1 and keep_alive("2.5") == 2.5
+    assert keep_alive(None) is None and keep_alive("500ms") == 0.5
+    for bad in ("soon", "5x", True, "m"):
+        with pytest.raises(Exception, match="keep_alive"):
+            keep_alive(bad)
+
+
+def test_hosts_and_addresses() -> None:
+    assert host_and_port(None) == ("127.0.0.1", 11434)
+    assert host_and_port("0.0.0.0:8080") == ("0.0.0.0", 8080)
+    assert host_and_port("http://example.com:99/") == ("example.com", 99)
+    assert host_and_port("[::1]:7") == ("::1", 7)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
