@@ -1,4 +1,5 @@
-"""llama.cpp's own tools (llama-bench, llama-batched-bench), built once from the pinned sdist.
+"""llama.cpp's own tools (llama-bench, llama-batched-bench, llama-server), built once from the
+pinned sdist.
 
 The same llama.cpp source that llama-cpp-python vendors, built with the flags its CMakeLists
 sets (Release, no curl) and localrun's own from ``scripts/cmake_args.py``, cached in
@@ -22,7 +23,8 @@ CACHE = ROOT / "benchmarks" / ".cache"
 
 
 def build_tool(target: str) -> Path:
-    """The binary of a llama.cpp tool (``llama-bench``, ``llama-batched-bench``), built once."""
+    """The binary of a llama.cpp tool (``llama-bench``, ``llama-batched-bench``,
+    ``llama-server``), built once."""
     version = importlib.metadata.version("llama-cpp-python")
     build = CACHE / f"llama.cpp-{version}" / "build-no-amx"
     binary = build / "bin" / target
@@ -49,7 +51,8 @@ def build_tool(target: str) -> Path:
         "-DLLAMA_BUILD_COMMON=ON",
         "-DLLAMA_BUILD_TESTS=OFF",
         "-DLLAMA_BUILD_EXAMPLES=OFF",
-        "-DLLAMA_BUILD_SERVER=OFF",
+        "-DLLAMA_BUILD_SERVER=ON",  # llama-server, for serve_load.py (without its web UI)
+        "-DLLAMA_BUILD_UI=OFF",
         *_localrun_cmake_flags(),
     ]
     subprocess.run(["cmake", "-S", str(source), "-B", str(build), *flags], check=True)

@@ -125,6 +125,9 @@ class ScriptedModel:
     def forget(self, seq: int) -> None:
         pass
 
+    def embed(self, tokens: list[int], seq: int) -> list[float]:
+        return [float(len(tokens)), 0.0]
+
     def copy_prefix(self, src: int, dst: int, n: int, src_len: int) -> bool:
         return True
 

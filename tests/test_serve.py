@@ -253,3 +253,67 @@ def test_ps_without_a_server_is_one_line(tmp_path: Path) -> None:
     ps = subprocess.run([LOCALRUN, "ps"], capture_output=True, text=True, env=env, timeout=60)
     assert ps.returncode == 1 and ps.stderr.count("\n") == 1
     assert "no localrun server" in ps.stderr and "localrun serve" in ps.stderr
+
+
+def test_embeddings_for_both_clients(client: ollama.Client, oai: openai.OpenAI) -> None:
+    before = client.generate(model=MODEL, prompt="hello there", options=FAST).response
+    r = client.embed(model=MODEL, input=["a cat", "a dog", "a cat"])
+    a, b, c = r.embeddings
+    assert len(a) == len(b) > 8 and a == c and a != b
+    assert abs(sum(x * x for x in a) - 1.0) < 1e-4  # scaled to length 1, as Ollama's
+    assert r.prompt_eval_count and r.prompt_eval_count > 3
+    legacy = client.embeddings(model=MODEL, prompt="a cat").embedding
+    assert legacy == pytest.approx(a, abs=1e-6)
+    short = client.embed(model=MODEL, input="a cat", dimensions=4).embeddings[0]
+    assert len(short) == 4 and abs(sum(x * x for x in short) - 1.0) < 1e-4
+    # The openai client asks for base64 unless told: both decode to the same numbers.
+    o = oai.embeddings.create(model=MODEL, input=["a cat", "a dog"])
+    assert [d.index for d in o.data] == [0, 1] and o.usage.prompt_tokens > 3
+    assert o.data[0].embedding == pytest.approx(a, abs=1e-5)
+    floats = oai.embeddings.create(model=MODEL, input="a dog", encoding_format="float")
+    assert floats.data[0].embedding == pytest.approx(b, abs=1e-5)
+    # The engine's sequences are as they were: the same answer as before.
+    assert client.generate(model=MODEL, prompt="hello there", options=FAST).response == before
+
+
+def test_copy_create_and_delete(client: ollama.Client) -> None:
+    assert client.copy(MODEL, "tiny-copy").status == "success"
+    assert "tiny-copy" in [m.model for m in client.list().models]
+    made = client.create(
+        model="tiny-terse",
+        from_=MODEL,
+        system="Answer in one word.",
+        parameters={"temperature": 0.2, "stop": ["\n\n"]},
+    )
+    assert made.status == "success"
+    shown = client.show("tiny-terse")
+    assert "Answer in one word." in (shown.modelfile or "")
+    assert "temperature" in (shown.parameters or "")
+    assert client.generate(model="tiny-terse", prompt="x", options=FAST).eval_count == 8
+    for name in ("tiny-copy", "tiny-terse"):
+        assert client.delete(name).status == "success"
+    names = [m.model for m in client.list().models]
+    assert "tiny-copy" not in names and "tiny-terse" not in names
+    with pytest.raises(ollama.ResponseError) as e:
+        client.delete("tiny-copy")
+    assert e.value.status_code == 404
+
+
+def test_create_names_models_never_files(client: ollama.Client, home: Path) -> None:
+    some_file = str(next(home.rglob("*.Modelfile")))
+    for base, status in ((some_file, 400), ("/etc/passwd", 400), ("no-such-base", 404)):
+        with pytest.raises(ollama.ResponseError) as e:
+            client.create(model="bad", from_=base)
+        assert e.value.status_code == status, (base, e.value.error)
+    for bad_name in ("../escape", "/abs", "a/../../b"):
+        with pytest.raises(ollama.ResponseError) as e:
+            client.create(model=bad_name, from_=MODEL)
+        assert e.value.status_code == 400
+    with pytest.raises(ollama.ResponseError) as e:
+        client.create(model="bad", from_=MODEL, parameters={"temperature": "hot"})
+    assert e.value.status_code == 400
+    with pytest.raises(ollama.ResponseError) as e:
+        client.create(model="bad", from_=MODEL, quantize="q4_K_M")
+    assert e.value.status_code == 400 and "quantiz" in e.value.error
+    assert "bad" not in [m.model for m in client.list().models]
+    assert not list(home.rglob("escape*"))

@@ -140,3 +140,35 @@ def test_hosts_and_addresses() -> None:
     assert host_and_port("[::1]:7") == ("::1", 7)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
+
+
+def test_model_management_is_off_past_loopback_unless_allowed() -> None:
+    """In-process (tests bind 127.0.0.1 only): the app as a 0.0.0.0 server would run it."""
+    import asyncio
+
+    from localrun.server.app import create_app
+    from localrun.server.config import ServeConfig
+
+    async def calls(config: ServeConfig) -> list[int]:
+        transport = httpx.ASGITransport(app=create_app(config))
+        auth = {"Authorization": f"Bearer {KEY}", "Host": "0.0.0.0"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://0.0.0.0") as c:
+            return [
+                (await c.post("/api/pull", json={"model": "hf.co/a/b"}, headers=auth)).status_code,
+                (
+                    await c.post(
+                        "/api/copy", json={"source": "a", "destination": "b"}, headers=auth
+                    )
+                ).status_code,
+                (
+                    await c.request("DELETE", "/api/delete", json={"model": "a"}, headers=auth)
+                ).status_code,
+                (
+                    await c.post("/api/create", json={"model": "a", "from": "b"}, headers=auth)
+                ).status_code,
+            ]
+
+    public = ServeConfig(host="0.0.0.0", api_key=KEY)
+    assert asyncio.run(calls(public)) == [403, 403, 403, 403]
+    allowed = ServeConfig(host="0.0.0.0", api_key=KEY, allow_admin=True)
+    assert 403 not in asyncio.run(calls(allowed))

@@ -138,6 +138,10 @@ class StepModel(Model, Protocol):
     def forget(self, seq: int) -> None:
         """Drop every cached position of sequence ``seq``."""
 
+    def embed(self, tokens: list[int], seq: int) -> list[float]:
+        """The text's embedding: its last hidden states averaged over its tokens and scaled
+        to length 1, read in sequence ``seq`` (emptied before and after)."""
+
     def copy_prefix(self, src: int, dst: int, n: int, src_len: int) -> bool:
         """Give empty sequence ``dst`` the first ``n`` positions of ``src`` (which holds
         ``src_len``), sharing their cells; False if that would not be faithful (a sliding

@@ -49,6 +49,27 @@ from localrun.errors import LocalrunError, PromptTooLongError, UsageError
 MIN_SHARED = 16
 
 
+@dataclass(eq=False)
+class _Embedding:
+    """A text to embed, and where its answer goes."""
+
+    tokens: list[int]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+    def deliver(self, result: Any) -> None:
+        def settle() -> None:
+            if self.future.done():
+                return  # the caller gave up
+            if isinstance(result, BaseException):
+                self.future.set_exception(result)
+            else:
+                self.future.set_result(result)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self.loop.call_soon_threadsafe(settle)
+
+
 class _LoopOutbox:
     """A request's events handed from the engine thread to an asyncio event loop."""
 
@@ -176,7 +197,9 @@ class BatchEngine:
                 f"a step of {self.step_tokens} tokens cannot feed {self.n_seq} sequences",
                 "use fewer parallel sequences",
             )
-        self._inbox: queue.SimpleQueue[tuple[str, _Sequence | None]] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[tuple[str, _Sequence | _Embedding | None]]
+        self._inbox = queue.SimpleQueue()
+        self._embeddings: deque[_Embedding] = deque()
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._free = list(range(self.n_seq))
@@ -223,6 +246,20 @@ class BatchEngine:
         self._inbox.put(("submit", seq))
         return Stream(self, seq)
 
+    def embed(self, tokens: list[int], loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        """The embedding of ``tokens``, computed by the engine thread between two steps in a
+        free sequence slot; a future of ``loop`` (a list of floats)."""
+        if not tokens:
+            raise UsageError("the text to embed has no tokens", "give a non-empty text")
+        if len(tokens) > self.seq_ctx:
+            raise PromptTooLongError(
+                f"the text is {len(tokens)} tokens but the context holds only {self.seq_ctx}",
+                "shorten it, or let the server truncate it (truncate: true)",
+            )
+        future: asyncio.Future[Any] = loop.create_future()
+        self._inbox.put(("embed", _Embedding(tokens, loop, future)))
+        return future
+
     def close(self) -> None:
         """Stop the engine thread; requests still running end as cancelled."""
         if self._thread.is_alive():
@@ -234,12 +271,15 @@ class BatchEngine:
     def _loop(self) -> None:
         try:
             while self._take_inbox():
+                self._embed()
                 self._admit()
                 self._step()
         except BaseException as e:  # a failed step fails every request, not the process
             error = e if isinstance(e, LocalrunError) else LocalrunError(str(e))
             for seq in [*self._running, *self._waiting]:
                 seq.outbox.put(error)
+            for job in self._embeddings:
+                job.deliver(error)
         finally:
             for seq in [*self._running, *self._waiting]:
                 if not seq.finished:
@@ -247,7 +287,7 @@ class BatchEngine:
 
     def _take_inbox(self) -> bool:
         """Apply submissions and cancellations; False when the engine is to stop."""
-        idle = not self._running and not self._waiting
+        idle = not self._running and not self._waiting and not self._embeddings
         while True:
             try:
                 kind, seq = self._inbox.get(block=idle)
@@ -256,6 +296,9 @@ class BatchEngine:
             idle = False
             if kind == "close":
                 return False
+            if isinstance(seq, _Embedding):
+                self._embeddings.append(seq)
+                continue
             assert seq is not None
             if kind == "submit":
                 self._waiting.append(seq)
@@ -263,6 +306,18 @@ class BatchEngine:
                 if seq in self._waiting:
                     self._waiting.remove(seq)
                 self._finish(seq, FinishReason.CANCELLED)
+
+    def _embed(self) -> None:
+        """Compute the waiting embeddings in a free slot (its kept cells give way)."""
+        while self._embeddings and self._free:
+            job = self._embeddings.popleft()
+            slot = self._free[-1]
+            self._warm.pop(slot, None)
+            try:
+                result: Any = self.model.embed(job.tokens, slot)
+            except LocalrunError as e:
+                result = e
+            job.deliver(result)
 
     def _used(self) -> int:
         running = sum(s.cached + len(s.pending) for s in self._running)

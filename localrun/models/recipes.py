@@ -133,8 +133,16 @@ def check_name_free(name: str) -> None:
 
 def create(name: str, modelfile_path: Path) -> Recipe:
     """Record a model called ``name`` from a Modelfile (its base must exist or be pullable)."""
-    from localrun.hub import store
     from localrun.models.modelfile import read
+
+    check_new_name(name)
+    mf = read(modelfile_path)
+    return record(name, mf, modelfile_path.resolve().parent)
+
+
+def check_new_name(name: str) -> None:
+    """Refuse a name a created model cannot take (invalid, a library model's, a pulled one's)."""
+    from localrun.hub import store
 
     store.validate_name(name)
     if name in library() or name == "demo":
@@ -150,8 +158,11 @@ def create(name: str, modelfile_path: Path) -> Recipe:
         raise UsageError(
             f"a pulled model is called '{name}'", f"choose another name, or: localrun rm {name}"
         )
-    mf = read(modelfile_path)
-    base_dir = modelfile_path.resolve().parent
+
+
+def record(name: str, mf: Modelfile, base_dir: Path) -> Recipe:
+    """Save ``mf`` as the created model ``name``; paths in it are read from ``base_dir``."""
+    check_new_name(name)
     mf.from_ = _resolve_from(mf.from_, base_dir)
     mf.adapters = [_resolve_from(a, base_dir) for a in mf.adapters]
     if mf.from_ == name:

@@ -174,3 +174,54 @@ async def collect(receive: Receive, answer: Answer) -> tuple[str, Stats]:
                 stats = event.stats
     assert stats is not None
     return "".join(parts), stats
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Texts' embeddings, with the counts and times both APIs report."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+    load_s: float
+    total_s: float
+
+
+async def embed(
+    pool: ModelPool,
+    model: str,
+    texts: list[str],
+    *,
+    options: dict[str, Any] | None = None,
+    keep_alive: float | None = None,
+    truncate: bool = True,
+    dimensions: int | None = None,
+) -> Embedded:
+    """Each text's embedding from ``model`` (computed by its engine, between steps)."""
+    import math
+
+    start = time.perf_counter()
+    if dimensions is not None and dimensions < 1:
+        raise UsageError("'dimensions' must be at least 1")
+    runner = await pool.acquire(model, (options or {}).get("num_ctx"))
+    load_s = time.perf_counter() - start
+    try:
+        limit = runner.loaded.seq_ctx
+
+        def tokens_of(text: str) -> list[int]:
+            tokens = tokenize_bounded(runner.loaded.model, text, 2 * limit, parse_special=False)
+            return tokens[:limit] if truncate else tokens
+
+        loop = asyncio.get_running_loop()
+        vectors, count = [], 0
+        for text in texts:
+            tokens = await asyncio.to_thread(tokens_of, text)
+            count += len(tokens)
+            vector: list[float] = await runner.engine.embed(tokens, loop)
+            if dimensions is not None and dimensions < len(vector):
+                vector = vector[:dimensions]
+                norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+                vector = [x / norm for x in vector]
+            vectors.append(vector)
+    finally:
+        pool.release(runner, keep_alive)
+    return Embedded(vectors, count, load_s if load_s > 0.05 else 0.0, time.perf_counter() - start)

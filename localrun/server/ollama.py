@@ -23,12 +23,14 @@ from localrun.errors import LocalrunError, UsageError
 from localrun.gguf.reader import read_gguf
 from localrun.prompt.template import Message
 from localrun.server import catalog, fields
-from localrun.server.answer import Answer, Ask, cancel_on_disconnect, collect
+from localrun.server.admin import AdminAPI
+from localrun.server.answer import Answer, Ask, cancel_on_disconnect, collect, embed
 from localrun.server.config import ServeConfig
 from localrun.server.guard import error_body
 from localrun.server.pool import ModelPool, resolve_served
 
 NDJSON = "application/x-ndjson"
+MAX_INPUTS = 2048  # texts in one embedding request
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -90,6 +92,9 @@ class OllamaAPI:
             Route("/api/tags", self.tags, methods=["GET"]),
             Route("/api/show", self.show, methods=["POST"]),
             Route("/api/ps", self.ps, methods=["GET"]),
+            Route("/api/embed", self.embed, methods=["POST"]),
+            Route("/api/embeddings", self.embeddings, methods=["POST"]),
+            *AdminAPI(self.pool, self.config).routes(),
         ]
 
     async def root(self, request: Request) -> Response:
@@ -191,6 +196,50 @@ class OllamaAPI:
         runner = await self.pool.acquire(name, num_ctx)
         self.pool.release(runner, keep)
         return "load"
+
+    async def embed(self, request: Request) -> Response:
+        body = fields.parse_body(await request.body())
+        name = fields.model_name(body)
+        raw = body.get("input")
+        texts = [raw] if isinstance(raw, str) else raw
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise UsageError("'input' must be a string or a list of strings")
+        if len(texts) > MAX_INPUTS:
+            raise UsageError(f"'input' has {len(texts)} texts", f"send at most {MAX_INPUTS}")
+        done = await embed(
+            self.pool,
+            name,
+            texts,
+            options=fields.options(body.get("options")),
+            keep_alive=fields.keep_alive(body.get("keep_alive")),
+            truncate=fields.get(body, "truncate", bool, True),
+            dimensions=fields.get(body, "dimensions", int),
+        )
+        return JSONResponse(
+            {
+                "model": name,
+                "embeddings": done.vectors,
+                "total_duration": _ns(done.total_s),
+                "load_duration": _ns(done.load_s),
+                "prompt_eval_count": done.prompt_tokens,
+            }
+        )
+
+    async def embeddings(self, request: Request) -> Response:
+        """The older endpoint: one prompt, one ``embedding``."""
+        body = fields.parse_body(await request.body())
+        name = fields.model_name(body)
+        prompt = fields.get(body, "prompt", str, "")
+        if not prompt:
+            return JSONResponse({"embedding": []})
+        done = await embed(
+            self.pool,
+            name,
+            [prompt],
+            options=fields.options(body.get("options")),
+            keep_alive=fields.keep_alive(body.get("keep_alive")),
+        )
+        return JSONResponse({"embedding": done.vectors[0]})
 
     async def tags(self, request: Request) -> Response:
         return JSONResponse({"models": await asyncio.to_thread(catalog.tags)})

@@ -22,8 +22,9 @@ from localrun.engine.types import Finished, FinishReason, Stats, TextDelta
 from localrun.errors import LocalrunError, ModelNotFoundError, UsageError
 from localrun.prompt.template import Message
 from localrun.server import catalog, fields
-from localrun.server.answer import Answer, Ask, cancel_on_disconnect, collect
+from localrun.server.answer import Answer, Ask, cancel_on_disconnect, collect, embed
 from localrun.server.guard import error_body
+from localrun.server.ollama import MAX_INPUTS
 from localrun.server.pool import ModelPool
 
 ROLES = {
@@ -108,6 +109,7 @@ class OpenAIAPI:
         return [
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/models/{model:path}", self.model, methods=["GET"]),
         ]
@@ -205,6 +207,29 @@ class OpenAIAPI:
         text, stats = await collect(request.receive, answer)
         return JSONResponse(chunk(text, _finish(stats)) | {"usage": _usage(stats)})
 
+    async def embeddings(self, request: Request) -> Response:
+        body = fields.parse_body(await request.body())
+        name = fields.model_name(body)
+        raw = body.get("input")
+        texts = [raw] if isinstance(raw, str) else raw
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise UsageError(
+                "'input' must be a string or a list of strings",
+                "token arrays are not supported: send the text",
+            )
+        if len(texts) > MAX_INPUTS:
+            raise UsageError(f"'input' has {len(texts)} texts", f"send at most {MAX_INPUTS}")
+        encoding = fields.get(body, "encoding_format", str, "float")
+        if encoding not in ("float", "base64"):
+            raise UsageError(f"'encoding_format' cannot be {encoding!r}", "use float or base64")
+        done = await embed(self.pool, name, texts, dimensions=fields.get(body, "dimensions", int))
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encoded(v, encoding)}
+            for i, v in enumerate(done.vectors)
+        ]
+        usage = {"prompt_tokens": done.prompt_tokens, "total_tokens": done.prompt_tokens}
+        return JSONResponse({"object": "list", "data": data, "model": name, "usage": usage})
+
     async def models(self, request: Request) -> Response:
         listed = await asyncio.to_thread(catalog.listed)
         return JSONResponse({"object": "list", "data": [_model(m) for m in listed]})
@@ -215,6 +240,21 @@ class OpenAIAPI:
             if m.name == wanted:
                 return JSONResponse(_model(m))
         raise ModelNotFoundError(f"model '{wanted}' not found", "see GET /v1/models")
+
+
+def _encoded(vector: list[float], encoding: str) -> list[float] | str:
+    """A vector as floats, or as base64 of its little-endian float32s (what the openai
+    client asks for by default)."""
+    if encoding == "float":
+        return vector
+    import array
+    import base64
+    import sys
+
+    floats = array.array("f", vector)
+    if sys.byteorder != "little":
+        floats.byteswap()
+    return base64.b64encode(floats.tobytes()).decode()
 
 
 def _model(m: catalog.Listed) -> dict[str, Any]:

@@ -282,6 +282,35 @@ class LlamaCppModel:
     def forget(self, seq: int) -> None:
         lc.llama_memory_seq_rm(self._mem, seq, -1, -1)
 
+    def embed(self, tokens: list[int], seq: int) -> list[float]:
+        # Mean pooling over a causal model's last hidden states, as Ollama does for a
+        # generative model; the context is switched to embeddings only for this.
+        import numpy as np
+
+        n_embd = int(lc.llama_model_n_embd(self._model))
+        total = np.zeros(n_embd, dtype=np.float64)
+        self.forget(seq)
+        lc.llama_set_embeddings(self._ctx, True)
+        try:
+            for start in range(0, len(tokens), self._n_batch):
+                chunk = tokens[start : start + self._n_batch]
+                n = len(chunk)
+                self.decode_rows(chunk, list(range(start, start + n)), [seq] * n, [True] * n)
+                address = ctypes.cast(lc.llama_get_embeddings(self._ctx), ctypes.c_void_p).value
+                if not address:
+                    raise GenerationError(
+                        "llama.cpp gave no embeddings for this model",
+                        "use another model for embeddings",
+                    )
+                rows: Any = (ctypes.c_float * (n * n_embd)).from_address(address)
+                total += np.frombuffer(rows, np.float32).reshape(n, n_embd).sum(axis=0)
+        finally:
+            lc.llama_set_embeddings(self._ctx, False)
+            self.forget(seq)
+        mean = total / max(len(tokens), 1)
+        norm = float(np.linalg.norm(mean))
+        return [float(x) for x in (mean / norm if norm else mean)]
+
     def copy_prefix(self, src: int, dst: int, n: int, src_len: int) -> bool:
         if self._n_swa and src_len > n:
             return False  # the window moved on: the cells before it are gone from src

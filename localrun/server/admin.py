@@ -1,0 +1,266 @@
+"""Model management over HTTP, as Ollama's clients call it: pull, delete, copy, create.
+
+Off on an address other than loopback unless the server was started with ``--allow-admin``.
+Every name is checked as the CLI checks it, a ``from`` must name a model (never a file), and
+nothing is written outside localrun's own store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from localrun.errors import (
+    ForbiddenError,
+    LocalrunError,
+    ModelNotFoundError,
+    UsageError,
+)
+from localrun.server import fields
+from localrun.server.config import ServeConfig
+from localrun.server.guard import error_body
+from localrun.server.pool import ModelPool, resolve_served
+
+NDJSON = "application/x-ndjson"
+
+
+class _Cancelled(Exception):
+    """The client that asked for a pull went away: stop downloading."""
+
+
+class _Progress:
+    """A pull's progress (``hub.pull.Reporter``) as Ollama's progress objects, on the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.cancelled = False
+        self.file = ""
+        self.total = self.done = 0
+        self.shown = 0.0
+
+    def _put(self, item: dict[str, Any] | None) -> None:
+        if self.cancelled:
+            raise _Cancelled
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def note(self, text: str) -> None:
+        self._put({"status": text})
+
+    def start_file(self, name: str, total: int, done: int) -> None:
+        self.file, self.total, self.done = name, total, done
+        self._put({"status": f"pulling {name}", "digest": name, "total": total, "completed": done})
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.shown >= 0.1:  # ten lines a second at most
+            self.shown = now
+            self._put({"status": f"pulling {self.file}", "digest": self.file,
+                       "total": self.total, "completed": self.done})  # fmt: skip
+        elif self.cancelled:
+            raise _Cancelled
+
+    def end_file(self) -> None:
+        self._put({"status": f"pulling {self.file}", "digest": self.file,
+                   "total": self.total, "completed": self.total})  # fmt: skip
+
+
+def _lines(items: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(i).encode() + b"\n" for i in items)
+
+
+class AdminAPI:
+    """The management handlers; each refuses when the server's settings do."""
+
+    def __init__(self, pool: ModelPool, config: ServeConfig) -> None:
+        self.pool = pool
+        self.config = config
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/pull", self.pull, methods=["POST"]),
+            Route("/api/delete", self.delete, methods=["DELETE"]),
+            Route("/api/copy", self.copy, methods=["POST"]),
+            Route("/api/create", self.create, methods=["POST"]),
+        ]
+
+    def _allowed(self) -> None:
+        if not self.config.admin:
+            raise ForbiddenError(
+                "model management (pull, delete, copy, create) is off on this address",
+                "run it on the server's machine, or start the server with --allow-admin",
+            )
+
+    async def pull(self, request: Request) -> Response:
+        from localrun.hub.pull import pull as pull_model
+        from localrun.models.resolve import hub_ref_for
+
+        self._allowed()
+        body = fields.parse_body(await request.body())
+        name = fields.model_name(body)
+        ref = await asyncio.to_thread(hub_ref_for, name)
+        progress = _Progress(asyncio.get_running_loop())
+
+        def work() -> None:
+            try:
+                pull_model(ref, reporter=progress)
+            finally:
+                progress.loop.call_soon_threadsafe(progress.queue.put_nowait, None)
+
+        task = asyncio.ensure_future(asyncio.to_thread(work))
+        # A pull stopped for a client that left ends with _Cancelled, which nobody reads.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+        async def updates() -> AsyncIterator[dict[str, Any]]:
+            yield {"status": "pulling manifest"}
+            while (item := await progress.queue.get()) is not None:
+                yield item
+            await task  # raises what the pull raised
+            yield {"status": "verifying sha256 digest"}
+            yield {"status": "writing manifest"}
+            yield {"status": "success"}
+
+        if fields.get(body, "stream", bool, True):
+
+            async def stream() -> AsyncIterator[bytes]:
+                try:
+                    async for item in updates():
+                        yield _lines([item])
+                except LocalrunError as e:
+                    yield _lines([error_body(request.url.path, e)])
+                finally:
+                    progress.cancelled = True  # a client gone mid-pull stops it
+
+            return StreamingResponse(stream(), media_type=NDJSON)
+        try:
+            items = [item async for item in updates()]
+        finally:
+            progress.cancelled = True
+        return JSONResponse(items[-1])
+
+    async def delete(self, request: Request) -> Response:
+        from localrun.hub import store
+        from localrun.models import recipes
+
+        self._allowed()
+        body = fields.parse_body(await request.body())
+        name = fields.model_name(body)
+        store.validate_name(name)
+        await self.pool.unload(name)
+
+        def remove() -> bool:
+            if store.load(name) is not None:
+                store.remove(name)
+                return True
+            recipe = recipes.find(name)
+            return recipe is not None and recipe.source == "created" and recipes.remove(name)
+
+        if not await asyncio.to_thread(remove):
+            raise ModelNotFoundError(f"model '{name}' not found", "see GET /api/tags")
+        return Response(status_code=200)
+
+    async def copy(self, request: Request) -> Response:
+        from localrun.hub import store
+        from localrun.models import recipes
+        from localrun.models.resolve import copy as copy_pulled
+
+        self._allowed()
+        body = fields.parse_body(await request.body())
+        source = fields.model_name(body, "source")
+        destination = fields.model_name(body, "destination")
+
+        def work() -> None:
+            store.validate_name(destination)
+            if store.find(source) is not None:
+                copy_pulled(source, destination)
+                return
+            recipe = recipes.find(source)
+            if recipe is None or recipe.source != "created":
+                raise ModelNotFoundError(f"model '{source}' not found", "see GET /api/tags")
+            recipes.check_name_free(destination)
+            recipes.record(destination, copy.deepcopy(recipe.modelfile), Path.cwd())
+
+        await asyncio.to_thread(work)
+        return Response(status_code=200)
+
+    async def create(self, request: Request) -> Response:
+        self._allowed()
+        body = fields.parse_body(await request.body())
+        name = fields.model_name(body)
+        for unsupported, why in (
+            ("files", "uploading weights is not supported: pull them, and name them in 'from'"),
+            ("adapters", "uploading adapters is not supported"),
+            ("quantize", "quantizing is not supported yet"),
+        ):
+            if body.get(unsupported):
+                raise UsageError(why, f"send the request without '{unsupported}'")
+        mf = await asyncio.to_thread(_modelfile, body)
+        await asyncio.to_thread(_record, name, mf)
+        status = {"status": "success"}
+        if fields.get(body, "stream", bool, False):
+            return Response(_lines([status]), media_type=NDJSON)
+        return JSONResponse(status)
+
+
+def _modelfile(body: dict[str, Any]) -> Any:
+    """The Modelfile a create request describes, checked as a Modelfile is."""
+    from localrun.hub import store
+    from localrun.hub.refs import is_hub_ref
+    from localrun.models.modelfile import Modelfile, parse
+
+    text = fields.get(body, "modelfile", str)  # older clients send the Modelfile itself
+    mf = parse(text, "the request's modelfile") if text else Modelfile()
+    base = fields.get(body, "from", str) or mf.from_
+    if not base:
+        raise UsageError("the request names no model to build on", 'add "from": MODEL')
+    if base.startswith(("/", ".", "~")) or (base.lower().endswith(".gguf") and "/" in base):
+        raise UsageError(
+            f"'from' must name a model, not a file: {base}", "pull the file's model first"
+        )
+    if is_hub_ref(base):
+        found = store.find(base)
+        if found is None or found.missing_files:
+            raise ModelNotFoundError(f"model '{base}' not found", f"pull it first: {base}")
+    else:
+        resolve_served(base)
+    mf.from_ = base
+    mf.adapters = []
+    if (system := fields.get(body, "system", str)) is not None:
+        mf.system = system
+    if (template := fields.get(body, "template", str)) is not None:
+        mf.template = template
+    for name, value in fields.get(body, "parameters", dict, {}).items():
+        values = value if name == "stop" and isinstance(value, list) else [value]
+        for v in values:
+            if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+                raise UsageError(f"parameter {name} cannot be {json.dumps(v)[:40]}")
+            if name == "stop":
+                mf.stop.append(str(v))
+            else:
+                mf.parameters[name] = v
+    for i, m in enumerate(fields.get(body, "messages", list, [])):
+        if not isinstance(m, dict):
+            raise UsageError(f"messages[{i}] must be an object with 'role' and 'content'")
+        mf.messages.append((fields.get(m, "role", str, ""), fields.get(m, "content", str, "")))
+    license_ = body.get("license")
+    if license_ is not None:
+        mf.license = [license_] if isinstance(license_, str) else list(license_)
+    # Read back as a Modelfile file is: each parameter's name, type and range checked.
+    return parse(mf.to_text(), "the request")
+
+
+def _record(name: str, mf: Any) -> None:
+    from localrun.models import recipes
+
+    recipes.check_new_name(name)
+    recipes.record(name, mf, Path.cwd())  # no paths in it: nothing is read from there
