@@ -317,3 +317,20 @@ def test_create_names_models_never_files(client: ollama.Client, home: Path) -> N
     assert e.value.status_code == 400 and "quantiz" in e.value.error
     assert "bad" not in [m.model for m in client.list().models]
     assert not list(home.rglob("escape*"))
+
+
+def test_openai_requests_take_llama_server_sampling_fields(oai: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    greedy = {"temperature": 0.0}
+    plain = oai.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=12, extra_body=greedy
+    )
+    cut = oai.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=12,
+        extra_body={**greedy, "repeat_penalty": 100.0},
+    )
+    assert plain.choices[0].message.content != cut.choices[0].message.content
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model=MODEL, messages=messages, extra_body={"top_k": -1})

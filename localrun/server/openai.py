@@ -87,6 +87,12 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
         ("seed", "seed", int),
         ("num_predict", "max_completion_tokens", int),
         ("num_predict", "max_tokens", int),
+        # Beyond OpenAI's fields, the ones llama-server and vLLM also take.
+        ("top_k", "top_k", int),
+        ("min_p", "min_p", float),
+        ("repeat_penalty", "repeat_penalty", float),
+        ("repeat_penalty", "repetition_penalty", float),
+        ("repeat_last_n", "repeat_last_n", int),
     ):
         value = fields.get(body, theirs, kind)
         if value is not None and ours not in options:
