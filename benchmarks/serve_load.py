@@ -236,19 +236,21 @@ def main() -> int:
             for e in run.errors[:3]:
                 print(f"   failed: {e}")
     ours, theirs = results["localrun"], results["llama-server"]
-    decode = statistics.median(a.rate / b.rate for a, b in zip(ours, theirs, strict=True))
-    p99 = statistics.median(a.p(0.99) / b.p(0.99) for a, b in zip(ours, theirs, strict=True))
     failed = sum(len(r.errors) for r in ours)
-    print(f"\n{args.streams} streams, {args.requests} requests of {args.tokens} tokens a run:")
-    print(
-        f"aggregate decode, localrun / llama-server: median {decode:.3f} "
-        f"(target >= {TARGETS['decode']}: {'met' if decode >= TARGETS['decode'] else 'MISSED'})"
-    )
-    print(
-        f"p99 TTFT, localrun / llama-server: median {p99:.3f} "
-        f"(target <= {TARGETS['ttft_p99']}: {'met' if p99 <= TARGETS['ttft_p99'] else 'MISSED'})"
-    )
-    print(f"localrun failed requests: {failed}")  # fmt: skip
+    if ours:  # --rounds 0: only the soak
+        decode = statistics.median(a.rate / b.rate for a, b in zip(ours, theirs, strict=True))
+        p99 = statistics.median(a.p(0.99) / b.p(0.99) for a, b in zip(ours, theirs, strict=True))
+        met = {True: "met", False: "MISSED"}
+        print(f"\n{args.streams} streams, {args.requests} requests of {args.tokens} tokens a run:")
+        print(
+            f"aggregate decode, localrun / llama-server: median {decode:.3f} "
+            f"(target >= {TARGETS['decode']}: {met[decode >= TARGETS['decode']]})"
+        )
+        print(
+            f"p99 TTFT, localrun / llama-server: median {p99:.3f} "
+            f"(target <= {TARGETS['ttft_p99']}: {met[p99 <= TARGETS['ttft_p99']]})"
+        )
+        print(f"localrun failed requests: {failed}")
     if args.soak:
         url, proc = start_localrun(args.model, args.streams, args.threads, home)
         try:

@@ -5,7 +5,9 @@ import sys
 def test_engine_does_not_import_typer_or_rich() -> None:
     code = (
         "import sys, localrun.engine, localrun.backend.llamacpp.model, localrun.models.demo;"
-        "bad = sorted(m for m in ('typer', 'rich', 'click') if m in sys.modules);"
+        "import localrun.engine.batch, localrun.engine.load;"
+        "bad = sorted(m for m in ('typer', 'rich', 'click', 'starlette', 'uvicorn')"
+        " if m in sys.modules);"
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -24,7 +26,8 @@ def _loaded_by(args: list[str], modules: tuple[str, ...]) -> list[str]:
     return out.stderr.splitlines()[-1].split()[1:]
 
 
-HEAVY = ("llama_cpp", "huggingface_hub", "pydantic", "jinja2", "rich", "http.client")
+HEAVY = ("llama_cpp", "huggingface_hub", "pydantic", "jinja2", "rich", "http.client",
+         "starlette", "uvicorn", "numpy")  # fmt: skip
 
 
 def test_help_loads_nothing_heavy() -> None:

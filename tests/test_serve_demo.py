@@ -18,7 +18,10 @@ from tests.served import Server, serving, wait_for
 
 pytestmark = pytest.mark.e2e
 
-PROMPT = "The three primary colours are"
+# Counting: every next token wins by a wide margin. Requests that join the engine at different
+# steps see batches of other sizes, and from 4 rows llama.cpp's CPU kernels round differently
+# (logits move by up to ~3): a prompt with close calls could then branch (docs/performance.md).
+PROMPT = "1, 2, 3, 4, 5, 6, 7, 8,"
 TOKENS = 24
 
 
@@ -51,10 +54,8 @@ def test_eight_concurrent_streams_share_one_engine(server: Server) -> None:
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         texts = list(pool.map(lambda _: _answer(server), range(8)))
     together = time.perf_counter() - start
-    # All eight the same text. (It may differ from the lone run's: from 4 rows a step,
-    # llama.cpp's CPU backend takes another matrix kernel; see docs/performance.md.)
     assert len(set(texts)) == 1, texts
-    assert texts[0][:8] == alone[:8]
+    assert texts[0] == alone
     assert together < 0.6 * one_after_another, (together, one_after_another)
 
 
@@ -105,3 +106,34 @@ def test_a_non_streaming_client_that_disconnects_is_cancelled_too(server: Server
         lambda: httpx.get(server.url + "/api/ps").json()["models"][0]["active"] == 0,
         what="the abandoned request's cancellation",
     )
+
+
+def test_a_model_that_is_answering_is_not_unloaded_for_another(
+    home: Path, tiny_chat_model: Path
+) -> None:
+    """With room for one model, a request for another waits for the first to finish."""
+    import threading
+
+    from tests.served import create_model
+
+    create_model(home, "tiny", f"FROM {tiny_chat_model}\n")
+    with serving(home, "--max-loaded", "1", "--parallel", "2", "--threads", "2") as s:
+        client = ollama.Client(host=s.url)
+        body = {"model": "demo", "prompt": "Once", "options": {"num_predict": 120, "seed": 1}}
+        other: list[str] = []
+        with httpx.stream("POST", s.url + "/api/generate", json=body, timeout=120) as first:
+            lines = first.iter_lines()
+            next(lines)  # demo is answering
+            waiter = threading.Thread(
+                target=lambda: other.append(
+                    client.generate(model="tiny", prompt="x", options={"num_predict": 2}).response
+                )
+            )
+            waiter.start()
+            waiter.join(2.0)
+            assert waiter.is_alive() and not other  # tiny waits: demo is busy
+            assert [m.model for m in client.ps().models] == ["demo"]
+            for _ in lines:  # demo finishes its answer
+                pass
+        waiter.join(60)
+        assert other and [m.model for m in client.ps().models] == ["tiny"]  # LRU gave way

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.responses import StreamingResponse
+
 from localrun.engine.batch import Stream
 from localrun.engine.options import run_options
 from localrun.engine.types import Event, Finished, Stats, TextDelta
@@ -136,6 +138,21 @@ def _tokens(
 
 
 Receive = Callable[[], Awaitable[Any]]  # an ASGI receive channel
+
+
+class AnswerResponse(StreamingResponse):
+    """A streamed answer that lets its model go however the response ends: even when the
+    client left before the first byte, and the body was never read."""
+
+    def __init__(self, answer: Answer, body: AsyncIterator[bytes], media_type: str) -> None:
+        super().__init__(body, media_type=media_type)
+        self.answer = answer
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.answer.close()
 
 
 class cancel_on_disconnect:

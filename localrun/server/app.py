@@ -41,8 +41,8 @@ async def _handled(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     """A bug, not the client's fault: a 500 with its cause, and the server goes on."""
-    log.error("internal error on %s", request.url.path, exc_info=exc)
     debug = os.environ.get("LOCALRUN_DEBUG") == "1"
+    log.error("internal error on %s: %s", request.url.path, exc, exc_info=exc if debug else None)
     hint = "see the server's log" if debug else "LOCALRUN_DEBUG=1 shows the traceback in its log"
     return _json_error(request, LocalrunError(f"internal error: {exc}", hint))
 

@@ -24,7 +24,14 @@ from localrun.gguf.reader import read_gguf
 from localrun.prompt.template import Message
 from localrun.server import catalog, fields
 from localrun.server.admin import AdminAPI
-from localrun.server.answer import Answer, Ask, cancel_on_disconnect, collect, embed
+from localrun.server.answer import (
+    Answer,
+    AnswerResponse,
+    Ask,
+    cancel_on_disconnect,
+    collect,
+    embed,
+)
 from localrun.server.config import ServeConfig
 from localrun.server.guard import error_body
 from localrun.server.pool import ModelPool, resolve_served
@@ -307,4 +314,4 @@ def _stream(request: Request, answer: Answer, piece: Any, last: Any) -> Streamin
         finally:
             answer.close()
 
-    return StreamingResponse(lines(), media_type=NDJSON)
+    return AnswerResponse(answer, lines(), NDJSON)

@@ -22,7 +22,14 @@ from localrun.engine.types import Finished, FinishReason, Stats, TextDelta
 from localrun.errors import LocalrunError, ModelNotFoundError, UsageError
 from localrun.prompt.template import Message
 from localrun.server import catalog, fields
-from localrun.server.answer import Answer, Ask, cancel_on_disconnect, collect, embed
+from localrun.server.answer import (
+    Answer,
+    AnswerResponse,
+    Ask,
+    cancel_on_disconnect,
+    collect,
+    embed,
+)
 from localrun.server.guard import error_body
 from localrun.server.ollama import MAX_INPUTS
 from localrun.server.pool import ModelPool
@@ -306,4 +313,4 @@ def _sse(
         finally:
             answer.close()
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return AnswerResponse(answer, events(), "text/event-stream")

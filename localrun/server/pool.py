@@ -150,11 +150,6 @@ class ModelPool:
             asyncio.get_running_loop().create_task(self.unload(runner.name))
         self._released.set()
 
-    def keep(self, runner: Runner, keep_alive: float | None) -> None:
-        """Set an idle runner's keep-alive (a request that only loads or unloads it)."""
-        runner.active += 1
-        self.release(runner, keep_alive)
-
     async def unload(self, name: str) -> bool:
         """Unload every idle instance of ``name``; whether one was loaded."""
         async with self._lock:
