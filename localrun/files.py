@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves the old file or the new one, whole.
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write ``content`` to ``path`` so that a crash leaves the old file or the new one, whole.
 
-    The text goes to a temporary file beside ``path``, then replaces it in one rename. An
+    The content goes to a temporary file beside ``path`` (named for this process and thread,
+    so that concurrent writers never share one), then replaces it in one rename. An
     ``OSError`` is the caller's to translate (it knows what the file is for).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        if isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            tmp.write_text(content, encoding="utf-8")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -125,6 +125,15 @@ class ScriptedModel:
     def forget(self, seq: int) -> None:
         pass
 
+    def seq_state(self, seq: int) -> bytes:
+        return b""
+
+    def set_seq_state(self, seq: int, state: bytes | memoryview) -> bool:
+        return False
+
+    def layout(self) -> dict[str, object]:
+        return {}
+
     def embed(self, tokens: list[int], seq: int) -> list[float]:
         return [float(len(tokens)), 0.0]
 

@@ -138,6 +138,16 @@ class StepModel(Model, Protocol):
     def forget(self, seq: int) -> None:
         """Drop every cached position of sequence ``seq``."""
 
+    def seq_state(self, seq: int) -> bytes:
+        """A copy of sequence ``seq``'s cells in the cache (llama.cpp's own format)."""
+
+    def set_seq_state(self, seq: int, state: bytes | memoryview) -> bool:
+        """Put a copy made by :meth:`seq_state` into sequence ``seq`` (emptied first);
+        False, and ``seq`` left empty, if this context cannot take it."""
+
+    def layout(self) -> dict[str, object]:
+        """What decides whether saved cells fit this context (for the prompt cache's key)."""
+
     def embed(self, tokens: list[int], seq: int) -> list[float]:
         """The text's embedding: its last hidden states averaged over its tokens and scaled
         to length 1, read in sequence ``seq`` (emptied before and after)."""

@@ -85,3 +85,46 @@ def prune() -> None:
         f"unused files ({human_size(result.freed_bytes)} freed)",
         file=sys.stderr,
     )
+
+
+@cache_app.command()
+def prompts(
+    clear: bool = typer.Option(False, "--clear", help="Remove every stored prompt."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The prompt cache: evaluated prefixes kept on disk, read back by later runs.
+
+    Bounded by LOCALRUN_PROMPT_CACHE_MAX (bytes, or e.g. 2G; 0 turns it off), 4 GB by
+    default; the least recently used go first.
+    """
+    import datetime as dt
+
+    from localrun.engine import prompt_cache
+
+    if clear:
+        count, size = prompt_cache.clear()
+        print(f"removed {count} stored prompts ({human_size(size)})", file=sys.stderr)
+        return
+    found = prompt_cache.entries()
+    total = sum(e.size for e in found)
+    if as_json:
+        entries = [
+            {"model": e.path.parent.name, "tokens": e.n_tokens, "size": e.size,
+             "last_used": e.used, "path": str(e.path)}
+            for e in found
+        ]  # fmt: skip
+        limit = prompt_cache.max_bytes()
+        print(json.dumps({"entries": entries, "total_bytes": total, "max_bytes": limit}, indent=2))
+        return
+    rows = [
+        [e.path.parent.name[:12], str(e.n_tokens), human_size(e.size),
+         dt.datetime.fromtimestamp(e.used).strftime("%Y-%m-%d %H:%M")]
+        for e in found
+    ]  # fmt: skip
+    if rows:
+        print(table(["MODEL KEY", "TOKENS", "SIZE", "LAST USED"], rows))
+    print(
+        f"{len(found)} stored prompts, {human_size(total)} of "
+        f"{human_size(prompt_cache.max_bytes())} in {prompt_cache.root()}",
+        file=sys.stderr,
+    )

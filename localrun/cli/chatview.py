@@ -73,6 +73,8 @@ def summary_line(stats: Stats) -> Text:
         f"{stats.completion_tokens} tokens",
         f"{stats.prompt_evaluated} of {stats.prompt_tokens} prompt tokens evaluated",
     ]
+    if stats.prompt_from_disk:
+        parts.append(f"{stats.prompt_from_disk} from the prompt cache")
     return Text(" · ".join(parts), style="dim")
 
 

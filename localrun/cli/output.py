@@ -22,6 +22,11 @@ def format_stats(stats: Stats, loaded: LoadedModel, threads: int | None = None) 
         if stats.prompt_evaluated != stats.prompt_tokens
         else ""
     )
+    if stats.prompt_from_disk:
+        evaluated = (
+            f" ({stats.prompt_evaluated} evaluated, {stats.prompt_from_disk} read back from "
+            "the prompt cache)"
+        )
     rows = [
         ("mode", mode_text),
         ("threads", str(threads) if threads else "-"),

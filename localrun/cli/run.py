@@ -42,6 +42,14 @@ class OutputFormat(str, enum.Enum):
 MAX_STDIN_BYTES = 16 * 1024 * 1024  # 4M tokens or so: more than any context holds
 
 
+def _piped_part(text: str, args: list[str]) -> str:
+    """The piped document at the start of a prompt that :func:`read_prompt` joined."""
+    joined = " ".join(args)
+    if joined.strip() and text.endswith("\n\n" + joined):
+        return text[: -len(joined) - 2]
+    return ""
+
+
 def read_prompt(args: list[str], stdin: TextIO) -> str:
     """The prompt: piped stdin first, then the arguments (as Ollama and llm do).
 
@@ -166,6 +174,11 @@ def run(
         max=64,
         help="With --batch: requests answered at once. [default: from free memory, at most 8]",
     ),
+    no_prompt_cache: bool = typer.Option(
+        False,
+        "--no-prompt-cache",
+        help="Neither read nor keep evaluated prompts on disk (the prompt cache).",
+    ),
 ) -> None:
     """Answer a prompt, or chat.
 
@@ -234,6 +247,7 @@ def run(
             settings=resolved.settings,
             n_seq=n_seq,
         )
+    loaded.prompt_cache = not no_prompt_cache
     for note in loaded.notes:
         print(note, file=sys.stderr)
     if verbose and batch is not None:
@@ -256,6 +270,7 @@ def run(
             sampling=opts.sampling,
             max_tokens=opts.max_tokens,
             stop=opts.stop,
+            document=_piped_part(text, args) if piped else "",
         )
         if output_format is OutputFormat.json:
             _json(loaded, request, model, verbose, n_threads)

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from localrun.backend import SamplingParams, StepModel
+from localrun.engine.prompt_cache import MIN_TOKENS as MIN_KEEP
+from localrun.engine.prompt_cache import PromptCache
 from localrun.engine.stream import StopMatcher
 from localrun.engine.types import (
     Event,
@@ -106,6 +108,8 @@ class _Sequence:
     last_at: float = 0.0
     prompt_done: bool = False
     reused: int = 0  # prompt tokens found in the cache, not read again
+    cache_at: int = 0  # prompt tokens worth keeping on disk (a system prompt, a document)
+    cache_done: bool = False  # cache_at was reached (and the state saved, if it was not)
     finished: bool = False
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -185,9 +189,20 @@ class BatchEngine:
     """The engine thread and its queue, over a model that holds ``n_seq_max`` sequences."""
 
     def __init__(
-        self, model: StepModel, *, step_tokens: int | None = None, seq_ctx: int | None = None
+        self,
+        model: StepModel,
+        *,
+        step_tokens: int | None = None,
+        seq_ctx: int | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         self.model = model
+        self.prompt_cache = prompt_cache if prompt_cache and prompt_cache.enabled else None
+        # A model with sliding-window layers keeps its prefixes no longer than the window:
+        # llama.cpp saves such a sequence without the cells the window has passed, and what
+        # it reads back then answers differently (logits off by up to 1.2 after one step on
+        # the demo model, measured); within the window, what it reads back is exact.
+        self._keep_limit = int(str(model.layout().get("n_swa", 0) or 0)) or None
         self.n_seq = model.n_seq_max
         # The most one sequence may hold: its share of the cache (or all of it).
         self.seq_ctx = min(seq_ctx or model.n_ctx, model.n_ctx)
@@ -224,12 +239,14 @@ class BatchEngine:
         stop_at_eog: bool = True,
         submitted: float | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        cache_at: int = 0,
     ) -> Stream:
         """Queue a prompt (as tokens) to answer; its events arrive on the returned stream.
 
         ``submitted`` is when the request began (``time.perf_counter()``), for its TTFT; now
         if not given. With ``loop``, the events are handed to that event loop and the stream
-        is read with ``async for`` there.
+        is read with ``async for`` there. ``cache_at`` is how many of the prompt's tokens are
+        worth keeping in the prompt cache on disk (a system prompt, a document); 0: none.
         """
         if not prompt:
             raise UsageError("the prompt has no tokens", "give a non-empty prompt")
@@ -241,6 +258,9 @@ class BatchEngine:
         outbox: queue.SimpleQueue[Event | BaseException] | _LoopOutbox
         outbox = _LoopOutbox(loop) if loop is not None else queue.SimpleQueue()
         seq = _Sequence(prompt, sampling, max_tokens, stop, stop_at_eog, outbox)
+        if self._keep_limit is not None:
+            cache_at = min(cache_at, self._keep_limit)
+        seq.cache_at = cache_at if MIN_KEEP <= cache_at < len(prompt) else 0
         if submitted is not None:
             seq.submitted = submitted
         self._inbox.put(("submit", seq))
@@ -261,10 +281,13 @@ class BatchEngine:
         return future
 
     def close(self) -> None:
-        """Stop the engine thread; requests still running end as cancelled."""
+        """Stop the engine thread (requests still running end as cancelled), and wait for the
+        prompt cache's writes."""
         if self._thread.is_alive():
             self._inbox.put(("close", None))
             self._thread.join()
+        if self.prompt_cache is not None:
+            self.prompt_cache.flush()
 
     # -- the engine thread ------------------------------------------------------------------
 
@@ -340,6 +363,7 @@ class BatchEngine:
             seq.number = next(self._admitted)
             self._take_prefix(seq, slot, reused)
             self._share_prefix(seq, slot)
+            self._restore(seq, slot)
             if seq.sampler is None:
                 seq.sampler = self.model.new_sampler(seq.sampling, seq.prompt)
             self._running.append(seq)
@@ -396,6 +420,33 @@ class BatchEngine:
         if not seq.prompt_done:
             seq.reused = best_n
 
+    def _restore(self, seq: _Sequence, slot: int) -> None:
+        """Put back a prefix of the prompt from the disk cache, if it holds a longer one than
+        the cells found in memory."""
+        if self.prompt_cache is None or seq.prompt_done or seq.generated:
+            return
+        found = self.prompt_cache.lookup(seq.prompt, longest=self._keep_limit)
+        if found is None or found[0] <= seq.cached + MIN_SHARED:
+            return
+        n, state = found
+        if not self.model.set_seq_state(slot, state):
+            seq.cached, seq.pending, seq.reused = 0, list(seq.prompt), 0  # the slot was emptied
+            return
+        seq.cached, seq.reused = n, n
+        seq.pending = list(seq.prompt[n:])
+        seq.stats.prompt_from_disk = n
+        if seq.cache_at <= n:
+            seq.cache_done = True  # stored already
+
+    def _keep_prefix(self, seq: _Sequence) -> None:
+        """The prompt's worth-keeping prefix has just been read: store its cells."""
+        seq.cache_done = True
+        prefix = seq.prompt[: seq.cache_at]
+        if self.prompt_cache is None or self.prompt_cache.has(prefix):
+            return
+        # A copy of the cells now (a few ms); the writer thread stores it.
+        self.prompt_cache.save(prefix, self.model.seq_state(cast(int, seq.slot)))
+
     def _evict_warm(self, keep: int) -> bool:
         """Drop the cells of one free slot other than ``keep``; False if there is none."""
         for slot in list(self._warm):
@@ -415,6 +466,9 @@ class BatchEngine:
             if budget == 0:
                 break
             take = min(len(seq.pending), budget)
+            if seq.cache_at and not seq.cache_done and seq.cached < seq.cache_at:
+                # A chunk ends where the prefix to keep does, so that its cells can be copied.
+                take = min(take, seq.cache_at - seq.cached)
             for i in range(take):
                 last = i == take - 1 and take == len(seq.pending)
                 rows.append((seq, seq.pending[i], seq.cached + i, last))
@@ -434,6 +488,8 @@ class BatchEngine:
         for seq, n in fed:
             del seq.pending[:n]
             seq.cached += n
+            if seq.cache_at and not seq.cache_done and seq.cached == seq.cache_at:
+                self._keep_prefix(seq)
         for index, (seq, _, _, wants) in enumerate(rows):
             if wants and not seq.finished:
                 self._sampled(seq, self.model.sample(seq.sampler, index))

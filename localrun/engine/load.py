@@ -42,6 +42,7 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)  # what loading had to adjust, for people
     template_override: str | None = None  # a Modelfile's TEMPLATE, as Jinja
     n_seq: int = 1  # sequences the context holds (the batching engine's N)
+    prompt_cache: bool = True  # keep evaluated prefixes on disk, and read them back
     _engine: BatchEngine | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -53,8 +54,13 @@ class LoadedModel:
         """The batching engine over this model (started on first use, stopped by close)."""
         if self._engine is None:
             from localrun.engine.batch import BatchEngine
+            from localrun.engine.prompt_cache import PromptCache, model_identity
 
-            self._engine = BatchEngine(cast(StepModel, self.model), seq_ctx=self.seq_ctx)
+            model = cast(StepModel, self.model)
+            cache = None
+            if self.prompt_cache and self.path.is_file():
+                cache = PromptCache(model_identity(self.path), model.layout())
+            self._engine = BatchEngine(model, seq_ctx=self.seq_ctx, prompt_cache=cache)
         return self._engine
 
     @property

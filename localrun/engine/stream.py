@@ -13,7 +13,7 @@ from localrun.backend import SamplingParams, context_size
 from localrun.engine.load import LoadedModel
 from localrun.engine.types import Event, Finished, Request
 from localrun.errors import PromptTooLongError
-from localrun.prompt.build import conversation_tokens
+from localrun.prompt.build import conversation_tokens, keep_point
 
 # Room for an answer: what a too-long prompt's hint adds, and what a chat keeps free.
 ANSWER_ROOM = 512
@@ -72,6 +72,9 @@ def generate(loaded: LoadedModel, request: Request) -> Iterator[Event]:
     start = time.perf_counter()
     tokens = conversation_tokens(loaded.model, loaded.template, request.messages)
     check_fits(loaded, len(tokens))
+    # The prompt is read in chunks that end where its lasting part does, cache or not: the
+    # numbers of a cold run, a warm run and a run without the cache are then the same.
+    keep = keep_point(loaded.model, loaded.template, request.messages, tokens, request.document)
     return generate_tokens(
         loaded,
         tokens,
@@ -79,6 +82,7 @@ def generate(loaded: LoadedModel, request: Request) -> Iterator[Event]:
         max_tokens=request.max_tokens,
         stop=request.stop,
         start=start,
+        cache_at=keep,
     )
 
 
@@ -91,6 +95,7 @@ def generate_tokens(
     stop: Sequence[str] = (),
     start: float | None = None,
     stop_at_eog: bool = True,
+    cache_at: int = 0,
 ) -> Iterator[Event]:
     """Generate after ``tokens`` on the model's batching engine, yielding events and the
     statistics last: ``run`` and the chat are one request among N, like any other.
@@ -106,6 +111,7 @@ def generate_tokens(
         stop=tuple(stop),
         stop_at_eog=stop_at_eog,
         submitted=start,
+        cache_at=cache_at,
     )
     finished = False
     try:

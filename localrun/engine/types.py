@@ -36,6 +36,7 @@ class Request:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int | None = None  # None: until the model stops or the context is full
     stop: tuple[str, ...] = ()
+    document: str = ""  # where the last message begins with a document (piped text), that text
 
     @classmethod
     def of(
@@ -47,11 +48,13 @@ class Request:
         sampling: SamplingParams | None = None,
         max_tokens: int | None = None,
         stop: tuple[str, ...] = (),
+        document: str = "",
     ) -> Request:
-        """A one-shot prompt: the system prompt, earlier messages, then the user's prompt."""
+        """A one-shot prompt: the system prompt, earlier messages, then the user's prompt
+        (which begins with ``document``, when one was piped in)."""
         messages = [Message("system", system)] if system else []
         messages += [*history, Message("user", prompt)]
-        return cls(tuple(messages), sampling or SamplingParams(), max_tokens, stop)
+        return cls(tuple(messages), sampling or SamplingParams(), max_tokens, stop, document)
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Stats:
     load_s: float = 0.0
     prompt_tokens: int = 0
     prompt_evaluated: int = 0
+    prompt_from_disk: int = 0  # of the prompt tokens not evaluated, those read from the disk
     prefill_s: float = 0.0
     prefill_tokens_per_s: float = 0.0
     ttft_s: float = 0.0

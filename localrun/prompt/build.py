@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from localrun.backend import Model
-from localrun.errors import PromptTooLongError
+from localrun.errors import LocalrunError, PromptTooLongError
 from localrun.prompt.template import Message, render
 
 # A prompt is refused unread when it has more characters than this per token of context: no
@@ -73,3 +73,38 @@ def tokenize_bounded(model: Model, text: str, limit: int, *, parse_special: bool
                     "shorten the prompt, or raise the context with --ctx",
                 )
     return model.tokenize(text, add_special=True, parse_special=parse_special)
+
+
+# A prefix shorter than this is not worth keeping on disk: it is read again in milliseconds.
+MIN_KEEP = 64
+
+
+def keep_point(
+    model: Model,
+    template: str | None,
+    messages: Sequence[Message],
+    tokens: list[int],
+    document: str = "",
+) -> int:
+    """How many of ``tokens`` (the conversation's) are likely to come back in later prompts:
+    the system prompt and the earlier messages, and, when the last message begins with a
+    document (piped text), that document too. 0 when that is too short to be worth keeping.
+
+    Found as the part that the conversation without its last question shares with the whole,
+    so whatever a template does around messages, the point falls where they stop agreeing.
+    """
+    head = list(messages[:-1])
+    if document and messages and messages[-1].content.startswith(document):
+        head.append(Message(messages[-1].role, document))
+    if not head or not any(m.content for m in head):
+        return 0
+    try:
+        prefix = conversation_tokens(model, template, head)
+    except LocalrunError:
+        return 0  # a template that needs a user turn last: keep nothing, answer anyway
+    n = 0
+    for a, b in zip(prefix, tokens, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n if MIN_KEEP <= n < len(tokens) else 0

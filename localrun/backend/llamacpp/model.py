@@ -104,6 +104,7 @@ class LlamaCppModel:
         # The largest batch one llama_decode takes: prompts are fed in chunks of this size.
         self._n_batch = int(lc.llama_n_batch(ctx))
         self._adapters = [self._lora(model, path) for path in options.lora]
+        self._adapter_paths = list(options.lora)
         if self._adapters:
             arr = (lc.llama_adapter_lora_p_ctypes * len(self._adapters))(*self._adapters)
             scales = (ctypes.c_float * len(self._adapters))(*([1.0] * len(self._adapters)))
@@ -281,6 +282,39 @@ class LlamaCppModel:
 
     def forget(self, seq: int) -> None:
         lc.llama_memory_seq_rm(self._mem, seq, -1, -1)
+
+    def seq_state(self, seq: int) -> bytes:
+        size = int(lc.llama_state_seq_get_size(self._ctx, seq))
+        buffer = (ctypes.c_uint8 * size)()
+        written = int(lc.llama_state_seq_get_data(self._ctx, buffer, size, seq))
+        return bytes(memoryview(buffer)[:written])
+
+    def set_seq_state(self, seq: int, state: bytes | memoryview) -> bool:
+        self.forget(seq)
+        if isinstance(state, memoryview) and not state.readonly:
+            buffer = (ctypes.c_uint8 * len(state)).from_buffer(state)  # read in place
+        else:
+            buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        read = int(lc.llama_state_seq_set_data(self._ctx, buffer, len(state), seq))
+        if read == 0:
+            self.forget(seq)
+            return False
+        return True
+
+    def layout(self) -> dict[str, object]:
+        """What decides whether a sequence's saved cells fit this context: the model's shape,
+        the cache's types and window, the adapters, and llama.cpp's version."""
+        import importlib.metadata
+
+        return {
+            "llama_cpp_python": importlib.metadata.version("llama-cpp-python"),
+            "n_layer": self.n_layer,
+            "n_embd": int(lc.llama_model_n_embd(self._model)),
+            "n_vocab": self.n_vocab,
+            "n_swa": self._n_swa,
+            "kv_unified": self._n_seq_max > 1,
+            "adapters": [str(p) for p in self._adapter_paths],
+        }
 
     def embed(self, tokens: list[int], seq: int) -> list[float]:
         # Mean pooling over a causal model's last hidden states, as Ollama does for a

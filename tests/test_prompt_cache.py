@@ -1,0 +1,174 @@
+"""The prompt cache: evaluated prefixes kept on disk and read back, in this process or another."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from localrun.backend import LoadOptions, SamplingParams, load
+from localrun.engine import prompt_cache
+from localrun.engine.batch import BatchEngine
+from localrun.engine.prompt_cache import PromptCache
+
+GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)
+
+
+def _answer(model_path: Path, prompt: list[int], keep: int, cache: bool) -> tuple[list[int], int]:
+    """Greedy tokens after ``prompt`` on a fresh model and engine; tokens read from disk."""
+    model = load(LoadOptions(model_path, n_ctx=1024, n_threads=1))
+    store = PromptCache("test-model", model.layout()) if cache else None  # type: ignore[attr-defined]
+    engine = BatchEngine(model, prompt_cache=store)  # type: ignore[arg-type]
+    try:
+        stream = engine.submit(prompt, GREEDY, max_tokens=12, stop_at_eog=False, cache_at=keep)
+        events = list(stream)
+        return stream.tokens, events[-1].stats.prompt_from_disk  # type: ignore[union-attr]
+    finally:
+        engine.close()
+        model.close()
+
+
+def _prompt(model_path: Path, words: int, seed: int = 0) -> list[int]:
+    model = load(LoadOptions(model_path, n_ctx=1024, n_threads=1))
+    try:
+        text = " ".join(f"w{(i * 7 + seed) % 97}" for i in range(words))
+        return model.tokenize(text, add_special=True, parse_special=False)  # type: ignore[no-any-return]
+    finally:
+        model.close()
+
+
+def test_warm_answers_equal_cold_ones(tiny_model: Path) -> None:
+    for seed in (1, 2, 3):
+        prompt = _prompt(tiny_model, 150, seed)
+        keep = len(prompt) - 5
+        cold, from_disk = _answer(tiny_model, prompt, keep, cache=False)
+        assert from_disk == 0
+        first, from_disk = _answer(tiny_model, prompt, keep, cache=True)  # writes the entry
+        assert first == cold and from_disk == 0
+        warm, from_disk = _answer(tiny_model, prompt, keep, cache=True)
+        assert warm == cold and from_disk == keep
+    assert len(prompt_cache.entries()) == 3
+
+
+def test_a_longer_prompt_with_the_same_start_reads_the_prefix(tiny_model: Path) -> None:
+    doc = _prompt(tiny_model, 150)
+    _answer(tiny_model, [*doc, 5, 6, 7], len(doc), cache=True)
+    other = [*doc, 9, 10, 11, 12]
+    cold, _ = _answer(tiny_model, other, 0, cache=False)
+    warm, from_disk = _answer(tiny_model, other, 0, cache=True)
+    assert from_disk == len(doc) and warm == cold
+
+
+def test_an_entry_whose_tokens_differ_is_never_used(tiny_model: Path) -> None:
+    prompt = _prompt(tiny_model, 150)
+    keep = len(prompt) - 5
+    cold, _ = _answer(tiny_model, prompt, keep, cache=True)
+    (entry,) = prompt_cache.entries()
+    data = bytearray(entry.path.read_bytes())
+    at = len(prompt_cache.MAGIC) + 4 + 4 * 10  # the 11th token id
+    data[at] ^= 1
+    entry.path.write_bytes(bytes(data))  # same name (the same digest), other tokens inside
+    again, from_disk = _answer(tiny_model, prompt, keep, cache=True)
+    assert from_disk == 0 and again == cold
+
+
+def test_a_state_llama_cpp_refuses_is_a_miss(tiny_model: Path) -> None:
+    prompt = _prompt(tiny_model, 150)
+    keep = len(prompt) - 5
+    cold, _ = _answer(tiny_model, prompt, keep, cache=True)
+    (entry,) = prompt_cache.entries()
+    data = entry.path.read_bytes()
+    header = len(prompt_cache.MAGIC) + 4 + 4 * keep
+    entry.path.write_bytes(data[: header + 100])  # the tokens right, the state cut short
+    again, from_disk = _answer(tiny_model, prompt, keep, cache=True)
+    assert from_disk == 0 and again == cold
+
+
+def test_concurrent_writers_leave_one_good_entry(tiny_model: Path) -> None:
+    prompt = _prompt(tiny_model, 150)
+    keep = len(prompt) - 5
+    model = load(LoadOptions(tiny_model, n_ctx=1024, n_threads=1))
+    try:
+        engine = BatchEngine(model)  # type: ignore[arg-type]
+        list(engine.submit(prompt[:keep], GREEDY, max_tokens=1, stop_at_eog=False))
+        engine.close()
+        # The engine kept the slot's cells: what a save would copy.
+        state = model.seq_state(0)  # type: ignore[attr-defined]
+        caches = [PromptCache("test-model", model.layout()) for _ in range(6)]  # type: ignore[attr-defined]
+    finally:
+        model.close()
+    threads = [
+        threading.Thread(target=lambda c=c: (c.save(prompt[:keep], state), c.flush()))
+        for c in caches
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (entry,) = prompt_cache.entries()
+    assert not list(entry.path.parent.glob(".*.tmp"))
+    found = caches[0].lookup(prompt)
+    assert found is not None and found[0] == keep
+
+
+def test_the_bound_evicts_the_least_recently_used(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = [_prompt(tiny_model, 150, seed) for seed in (1, 2, 3)]
+    for p in prompts:
+        _answer(tiny_model, p, len(p) - 5, cache=True)
+    sizes = [e.size for e in prompt_cache.entries()]
+    assert len(sizes) == 3
+    monkeypatch.setenv("LOCALRUN_PROMPT_CACHE_MAX", str(sum(sizes) - 1))
+    _answer(tiny_model, prompts[0], len(prompts[0]) - 5, cache=True)  # used: now the newest
+    p4 = _prompt(tiny_model, 150, 4)
+    _answer(tiny_model, p4, len(p4) - 5, cache=True)  # a save: eviction runs
+    kept = {e.n_tokens for e in prompt_cache.entries()}
+    assert len(prompt_cache.entries()) <= 2
+    assert len(prompts[0]) - 5 in kept and len(p4) - 5 in kept
+
+
+def test_a_bad_bound_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALRUN_PROMPT_CACHE_MAX", "lots")
+    with pytest.raises(Exception, match="LOCALRUN_PROMPT_CACHE_MAX"):
+        prompt_cache.max_bytes()
+    monkeypatch.setenv("LOCALRUN_PROMPT_CACHE_MAX", "2G")
+    assert prompt_cache.max_bytes() == 2 * 1000**3
+
+
+LOCALRUN = str(Path(sys.executable).parent / "localrun")
+
+
+@pytest.mark.e2e
+def test_a_piped_document_is_read_back_by_the_next_process(tmp_path: Path) -> None:
+    """The demo model (sliding-window layers: the state is put back whole or not at all)."""
+    env = {**os.environ, "LOCALRUN_HOME": str(tmp_path / "home")}
+    doc = " ".join(f"Item {i} is a {['red', 'blue', 'green'][i % 3]} stone." for i in range(60))
+
+    def run(question: str, *flags: str) -> tuple[str, str]:
+        proc = subprocess.run(
+            [LOCALRUN, "run", "demo", question, "--verbose", "--temperature", "0",
+             "--max-tokens", "16", *flags],
+            input=doc, capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout, proc.stderr
+
+    plain, _ = run("Which items are red?", "--no-prompt-cache")
+    cold, err = run("Which items are red?")
+    assert cold == plain and "prompt cache" not in err
+    warm, err = run("Which items are red?")
+    assert warm == plain and "read back from the prompt cache" in err
+    other, err = run("Which items are blue?")  # the same document, another question
+    assert "read back from the prompt cache" in err
+    assert other == run("Which items are blue?", "--no-prompt-cache")[0]
+    listed = subprocess.run(
+        [LOCALRUN, "cache", "prompts"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert "1 stored prompts" in listed.stderr
+    subprocess.run([LOCALRUN, "cache", "prompts", "--clear"], env=env, check=True, timeout=60)
+    assert not prompt_cache.entries(Path(env["LOCALRUN_HOME"]) / "cache" / "prompts" / "x")
