@@ -172,3 +172,79 @@ def test_a_piped_document_is_read_back_by_the_next_process(tmp_path: Path) -> No
     assert "1 stored prompts" in listed.stderr
     subprocess.run([LOCALRUN, "cache", "prompts", "--clear"], env=env, check=True, timeout=60)
     assert not prompt_cache.entries(Path(env["LOCALRUN_HOME"]) / "cache" / "prompts" / "x")
+
+
+def test_a_saved_chat_is_read_back_by_a_later_session(
+    tiny_chat_model: Path, tmp_path: Path
+) -> None:
+    from localrun.engine import load_model
+    from localrun.engine.chat import ChatSession, Options
+    from localrun.engine.types import Finished, TextDelta
+
+    long_message = " ".join(f"fact {i}: the {i}th stone is grey." for i in range(30))
+
+    def session(cache: bool) -> tuple[object, ChatSession]:
+        loaded = load_model(str(tiny_chat_model), n_threads=1, path=tiny_chat_model)
+        loaded.prompt_cache = cache
+        return loaded, ChatSession(loaded, options=Options(GREEDY, max_tokens=8))
+
+    def ask(chat: ChatSession, text: str) -> tuple[str, int]:
+        parts, from_disk = [], -1
+        for event in chat.ask(text):
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+            elif isinstance(event, Finished):
+                from_disk = event.stats.prompt_from_disk
+        return "".join(parts), from_disk
+
+    saved = tmp_path / "chat.json"
+    loaded, chat = session(cache=True)
+    ask(chat, long_message)
+    chat.save(saved)  # keeps the conversation so far on disk
+    loaded.close()  # type: ignore[attr-defined]
+
+    loaded, chat = session(cache=True)
+    chat.load(saved)
+    chat.options = Options(GREEDY, max_tokens=8)
+    warm, from_disk = ask(chat, "And the 3rd?")
+    loaded.close()  # type: ignore[attr-defined]
+    loaded, chat = session(cache=False)
+    chat.load(saved)
+    chat.options = Options(GREEDY, max_tokens=8)
+    cold, none = ask(chat, "And the 3rd?")
+    loaded.close()  # type: ignore[attr-defined]
+    assert none == 0 and from_disk > 200 and warm == cold
+
+
+def test_a_restarted_server_starts_warm(tiny_chat_model: Path, tmp_path: Path) -> None:
+    import json
+
+    import ollama
+
+    from tests.served import create_model, serving
+
+    home = tmp_path / "home"
+    system = " ".join(f"Rule {i}: always answer about stone number {i}." for i in range(40))
+    create_model(home, "ruled", f'FROM {tiny_chat_model}\nSYSTEM """{system}"""\n')
+    env = {**os.environ, "LOCALRUN_HOME": str(home)}
+
+    def stored() -> list[dict[str, float]]:
+        out = subprocess.run(
+            [LOCALRUN, "cache", "prompts", "--json"], capture_output=True, text=True, env=env,
+            timeout=60, check=True,
+        )  # fmt: skip
+        return json.loads(out.stdout)["entries"]  # type: ignore[no-any-return]
+
+    options = {"temperature": 0, "num_predict": 6}
+    with serving(home) as s:
+        first = ollama.Client(host=s.url).chat(
+            model="ruled", messages=[{"role": "user", "content": "Hi"}], options=options
+        )
+    (entry,) = stored()  # the system prompt, kept by the first server
+    with serving(home) as s:
+        again = ollama.Client(host=s.url).chat(
+            model="ruled", messages=[{"role": "user", "content": "Hello"}], options=options
+        )
+    (read,) = stored()
+    assert read["last_used"] > entry["last_used"]  # the restarted server read it back
+    assert first.message.content is not None and again.message.content is not None

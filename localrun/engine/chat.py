@@ -21,7 +21,7 @@ from localrun.engine.types import Event, Finished, Stats, TextDelta
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
 from localrun.files import write_atomic
 from localrun.models.modelfile import coerce_parameter
-from localrun.prompt.build import conversation_tokens
+from localrun.prompt.build import MIN_KEEP, conversation_tokens, keep_point
 from localrun.prompt.template import Message
 
 HISTORY_FORMAT = "localrun-chat/1"
@@ -135,9 +135,14 @@ class ChatSession:
             raise
         dropped = len(self.messages) - len(kept)
         self.messages = kept
-        return self._stream(tokens, dropped, start)
+        # What comes back next turn (the system prompt and the turns so far) is kept on disk.
+        conversation = self._conversation(kept)
+        keep = keep_point(self.loaded.model, self.loaded.template, conversation, tokens)
+        return self._stream(tokens, dropped, start, keep)
 
-    def _stream(self, tokens: list[int], dropped: int, start: float) -> Iterator[ChatEvent]:
+    def _stream(
+        self, tokens: list[int], dropped: int, start: float, keep: int = 0
+    ) -> Iterator[ChatEvent]:
         if dropped:
             yield Trimmed(dropped, len(self.messages))
         parts: list[str] = []
@@ -149,6 +154,7 @@ class ChatSession:
                 max_tokens=self.options.max_tokens,
                 stop=self.options.stop,
                 start=start,
+                cache_at=keep,
             ):
                 if isinstance(event, TextDelta):
                     parts.append(event.text)
@@ -220,6 +226,34 @@ class ChatSession:
             raise LocalrunError(
                 f"cannot save to {path}: {e.strerror}", "choose another file"
             ) from None
+        self.remember()
+
+    def remember(self) -> None:
+        """Keep the conversation so far in the prompt cache: a later process that loads this
+        chat reads it back instead of evaluating it again.
+
+        The part kept is what any next question shares: the conversation as two different
+        next questions would render it, up to where they differ.
+        """
+        if not self.messages or not self.loaded.prompt_cache:
+            return
+        model, template = self.loaded.model, self.loaded.template
+        conversation = self._conversation(self.messages)
+        try:
+            one = conversation_tokens(model, template, [*conversation, Message("user", "a")])
+            two = conversation_tokens(model, template, [*conversation, Message("user", "b")])
+        except LocalrunError:
+            return  # too long to keep whole: the next turns keep what they read
+        keep = 0
+        for x, y in zip(one, two, strict=False):
+            if x != y:
+                break
+            keep += 1
+        if keep >= MIN_KEEP and len(one) < self.loaded.seq_ctx:
+            # Most of it is in the engine's cells already: only the rest is read, then kept.
+            for _ in generate_tokens(self.loaded, one, self.options.sampling, max_tokens=1,
+                                     cache_at=keep):  # fmt: skip
+                pass
 
     def load(self, path: Path) -> None:
         """Replace the conversation with one saved by :meth:`save`."""

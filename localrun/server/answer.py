@@ -20,7 +20,7 @@ from localrun.engine.batch import Stream
 from localrun.engine.options import run_options
 from localrun.engine.types import Event, Finished, Stats, TextDelta
 from localrun.errors import UsageError
-from localrun.prompt.build import conversation_tokens, tokenize_bounded
+from localrun.prompt.build import conversation_tokens, keep_point, tokenize_bounded
 from localrun.prompt.template import Message
 from localrun.server.pool import ModelPool, Runner
 
@@ -77,7 +77,9 @@ class Answer:
                 max_tokens=ask.options.get("num_predict"),
                 stop=ask.options.get("stop", ()),
             )
-            prompt = await asyncio.to_thread(_tokens, runner, ask, options.system, options.history)
+            prompt, keep = await asyncio.to_thread(
+                _tokens, runner, ask, options.system, options.history
+            )
             stream = runner.engine.submit(
                 prompt,
                 options.sampling,
@@ -85,6 +87,7 @@ class Answer:
                 stop=options.stop,
                 submitted=start,
                 loop=asyncio.get_running_loop(),
+                cache_at=keep,
             )
         except BaseException:
             pool.release(runner, ask.keep_alive)
@@ -115,9 +118,12 @@ class Answer:
 
 def _tokens(
     runner: Runner, ask: Ask, system: str | None, history: tuple[Message, ...]
-) -> list[int]:
+) -> tuple[list[int], int]:
+    """The prompt's tokens, and how many of them are worth keeping in the prompt cache (the
+    system prompt and the earlier messages: a restarted server starts warm)."""
     loaded = runner.loaded
     model = loaded.model
+    keep = 0
     if ask.raw is not None:
         limit = 2 * loaded.seq_ctx
         tokens = list(ask.context)
@@ -132,9 +138,11 @@ def _tokens(
             first_user = 1 if messages and messages[0].role == "system" else 0
             messages = messages[:first_user] + list(history) + messages[first_user:]
         tokens = list(ask.context) + conversation_tokens(model, loaded.template, messages)
+        if not ask.context:
+            keep = keep_point(model, loaded.template, messages, tokens)
     if not tokens:
         raise UsageError("the prompt is empty", "send some text to answer")
-    return tokens
+    return tokens, keep
 
 
 Receive = Callable[[], Awaitable[Any]]  # an ASGI receive channel

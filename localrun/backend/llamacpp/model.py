@@ -119,6 +119,10 @@ class LlamaCppModel:
         self._batch: Any = None  # the step API's llama_batch, made on first use
         raw = lc.llama_model_chat_template(model, None)
         self._chat_template = raw.decode("utf-8", errors="replace") if raw else None
+        # As llama.cpp's own tools do, one token through the model now: the weights are paged
+        # in while loading, not during the first prompt (whose TTFT it would otherwise add to).
+        self.decode_rows([self.bos_token or 0], [0], [0], [False])
+        self.forget(0)
 
     @staticmethod
     def _new_context(model: Any, n_ctx: int, n_threads: int, n_seq: int) -> Any:
