@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "localrun"
 
 # Each layer and the layers it may import (its own included). Lowest first.
-BASE = "base"  # errors, paths, system, files: what every layer uses
+BASE = "base"  # errors, paths, system, files, config: what every layer uses
 ALLOWED: dict[str, set[str]] = {
     BASE: {BASE},
     # Tensor sizes come from ggml's own type table, through the bindings alone.
@@ -33,7 +33,7 @@ CLI_ONLY = {"typer", "rich", "click"}
 def layer_of(module: str) -> str:
     """The layer of a dotted module name inside localrun."""
     parts = module.split(".")
-    if len(parts) == 1 or parts[1] in ("errors", "paths", "system", "files"):
+    if len(parts) == 1 or parts[1] in ("errors", "paths", "system", "files", "config"):
         return BASE
     if parts[1] == "__main__":
         return "cli"  # the entry point runs the command line

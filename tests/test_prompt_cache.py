@@ -132,12 +132,30 @@ def test_the_bound_evicts_the_least_recently_used(
     assert len(prompts[0]) - 5 in kept and len(p4) - 5 in kept
 
 
-def test_a_bad_bound_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_bound_comes_from_the_environment_then_the_config_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from localrun import config
+
+    monkeypatch.delenv("LOCALRUN_PROMPT_CACHE_MAX", raising=False)
+    config.reload()
+    assert prompt_cache.max_bytes() == prompt_cache.DEFAULT_MAX_BYTES
+    config.path().parent.mkdir(parents=True)
+    config.path().write_text('[prompt_cache]\nmax = "500M"\n')
+    config.reload()
+    assert prompt_cache.max_bytes() == 500 * 1000**2
+    monkeypatch.setenv("LOCALRUN_PROMPT_CACHE_MAX", "2G")  # the environment wins
+    assert prompt_cache.max_bytes() == 2 * 1000**3
     monkeypatch.setenv("LOCALRUN_PROMPT_CACHE_MAX", "lots")
     with pytest.raises(Exception, match="LOCALRUN_PROMPT_CACHE_MAX"):
         prompt_cache.max_bytes()
-    monkeypatch.setenv("LOCALRUN_PROMPT_CACHE_MAX", "2G")
-    assert prompt_cache.max_bytes() == 2 * 1000**3
+    monkeypatch.delenv("LOCALRUN_PROMPT_CACHE_MAX")
+    config.path().write_text("[prompt_cache\nmax = 1\n")
+    config.reload()
+    with pytest.raises(Exception, match="not valid TOML"):
+        prompt_cache.max_bytes()
+    config.path().unlink()
+    config.reload()
 
 
 LOCALRUN = str(Path(sys.executable).parent / "localrun")

@@ -42,8 +42,11 @@ STALE_TMP_S = 3600.0  # a temporary file this old was left by a killed writer
 
 
 def max_bytes() -> int:
-    """The cache's bound: ``LOCALRUN_PROMPT_CACHE_MAX`` (bytes, or with K, M, G), else 4 GB."""
-    text = os.environ.get("LOCALRUN_PROMPT_CACHE_MAX", "").strip()
+    """The cache's bound (bytes, or with K, M, G): ``LOCALRUN_PROMPT_CACHE_MAX``, else
+    ``[prompt_cache] max`` in the configuration file, else 4 GB."""
+    from localrun import config
+
+    text = (config.setting("prompt_cache", "max", "LOCALRUN_PROMPT_CACHE_MAX") or "").strip()
     if not text:
         return DEFAULT_MAX_BYTES
     units = {"K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
@@ -56,7 +59,8 @@ def max_bytes() -> int:
         value = -1
     if value < 0:
         raise UsageError(
-            f"LOCALRUN_PROMPT_CACHE_MAX={text!r} is not a size",
+            f"the prompt cache's bound {text!r} (LOCALRUN_PROMPT_CACHE_MAX, or [prompt_cache] "
+            "max in the configuration file) is not a size",
             "give bytes, or a number with K, M or G (e.g. 2G); 0 turns the cache off",
         )
     return value

@@ -1,0 +1,63 @@
+"""The configuration file, ``<config dir>/config.toml`` (``LOCALRUN_HOME/config`` when set).
+
+Settings layer as the house style says: defaults < this file < ``LOCALRUN_*`` environment
+variables < command-line flags. The file is TOML, read once a process::
+
+    [prompt_cache]
+    max = "2G"        # LOCALRUN_PROMPT_CACHE_MAX
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import cache
+from typing import Any
+
+from localrun import paths
+from localrun.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+
+def path() -> Any:
+    return paths.config_dir() / "config.toml"
+
+
+@cache
+def _file() -> dict[str, Any]:
+    file = path()
+    try:
+        with file.open("rb") as f:
+            data: dict[str, Any] = tomllib.load(f)
+            return data
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise UsageError(f"cannot read {file}: {e.strerror}", "check its permissions") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{file} is not valid TOML: {e}", "fix the file, or remove it") from None
+
+
+def setting(section: str, key: str, env: str) -> str | None:
+    """The setting's text: the environment variable ``env`` if set, else ``[section] key``
+    in the configuration file, else None."""
+    if env in os.environ:
+        return os.environ[env]
+    value = _file().get(section, {}).get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UsageError(
+            f"{path()}: [{section}] {key} must be a number or a string, not {value!r}",
+            f'write it like {key} = "2G"',
+        )
+    return str(value)
+
+
+def reload() -> None:
+    """Read the file again (tests; a long-running server after an edit)."""
+    _file.cache_clear()
