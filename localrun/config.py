@@ -47,7 +47,10 @@ def setting(section: str, key: str, env: str) -> str | None:
     in the configuration file, else None."""
     if env in os.environ:
         return os.environ[env]
-    value = _file().get(section, {}).get(key)
+    table = _file().get(section, {})
+    if not isinstance(table, dict):
+        raise UsageError(f"{path()}: {section} must be a [{section}] table", f"write [{section}]")
+    value = table.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):

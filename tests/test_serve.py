@@ -334,3 +334,51 @@ def test_openai_requests_take_llama_server_sampling_fields(oai: openai.OpenAI) -
     assert plain.choices[0].message.content != cut.choices[0].message.content
     with pytest.raises(openai.BadRequestError):
         oai.chat.completions.create(model=MODEL, messages=messages, extra_body={"top_k": -1})
+
+
+def test_what_a_review_found_is_refused_cleanly(server: Server, client: ollama.Client) -> None:
+    url = server.url
+
+    def active() -> int:
+        return sum(m["active"] for m in httpx.get(url + "/api/ps").json()["models"])
+
+    # Token ids outside the vocabulary: a 400, and the model answers the next request.
+    r = httpx.post(url + "/api/generate", json={"model": MODEL, "context": [99_999_999]})
+    assert r.status_code == 400 and "vocabulary" in r.json()["error"]
+    assert client.generate(model=MODEL, prompt="x", options=FAST).eval_count == 8
+    # A field refused after the model was found does not keep the model held.
+    for path, body in (
+        ("/api/generate", {"model": MODEL, "prompt": "x", "stream": "true"}),
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "stream": "yes"}),
+    ):
+        assert httpx.post(url + path, json=body).status_code == 400
+    wait_for(lambda: active() == 0, what="the models' release")
+    # Durations past any clock, and JSON nested past Python's recursion limit.
+    for keep in ("inf", "1e300", 1e300):
+        r = httpx.post(url + "/api/generate", json={"model": MODEL, "keep_alive": keep})
+        assert r.status_code in (200, 400), r.text
+    assert httpx.get(url + "/api/ps").status_code == 200
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert httpx.post(url + "/api/generate", content=deep).status_code in (400, 413)
+
+
+def test_create_values_cannot_become_instructions(client: ollama.Client) -> None:
+    for fields in (
+        {"parameters": {"temperature": "0.5\nADAPTER /etc/passwd"}},
+        {"parameters": {"nonsense": 1}},
+        {"system": "x\rFROM\t/tmp/evil.gguf"},
+        {"system": "x\u2028ADAPTER /etc/passwd"},
+    ):
+        try:
+            client.create(model="sneaky", from_=MODEL, **fields)  # type: ignore[arg-type]
+        except ollama.ResponseError as e:
+            assert e.status_code == 400, (fields, e.error)
+            continue
+        from localrun.models.modelfile import parse
+
+        shown = parse(client.show("sneaky").modelfile or "")  # accepted: the text stayed a value
+        assert shown.from_ == MODEL and shown.adapters == [], fields
+        client.delete("sneaky")
+    url = str(client._client.base_url).rstrip("/")
+    r = httpx.post(url + "/api/create", json={"model": "sneaky", "from": MODEL, "license": 5})
+    assert r.status_code == 400

@@ -172,3 +172,31 @@ def test_model_management_is_off_past_loopback_unless_allowed() -> None:
     assert asyncio.run(calls(public)) == [403, 403, 403, 403]
     allowed = ServeConfig(host="0.0.0.0", api_key=KEY, allow_admin=True)
     assert 403 not in asyncio.run(calls(allowed))
+
+
+def test_a_bug_is_a_500_with_one_line_and_the_server_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+
+    from localrun.server.app import create_app
+    from localrun.server.config import ServeConfig
+    from localrun.server.pool import ModelPool
+
+    class Broken(ModelPool):
+        async def acquire(self, name: str, num_ctx: int | None) -> object:  # type: ignore[override]
+            raise RuntimeError("a bug")
+
+    config = ServeConfig()
+
+    async def calls() -> list[httpx.Response]:
+        app = create_app(config, Broken(config))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            body = {"model": "any", "prompt": "x"}
+            return [await c.post("/api/generate", json=body), await c.get("/api/version")]
+
+    broken, fine = asyncio.run(calls())
+    assert broken.status_code == 500 and "internal error: a bug" in broken.json()["error"]
+    assert fine.status_code == 200
+    assert "Traceback" not in caplog.text and "a bug" in caplog.text

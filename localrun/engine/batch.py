@@ -45,7 +45,7 @@ from localrun.engine.types import (
     Stats,
     TextDelta,
 )
-from localrun.errors import LocalrunError, PromptTooLongError, UsageError
+from localrun.errors import GenerationError, LocalrunError, PromptTooLongError, UsageError
 
 # A prefix shorter than this is not worth copying from another sequence.
 MIN_SHARED = 16
@@ -250,6 +250,13 @@ class BatchEngine:
         """
         if not prompt:
             raise UsageError("the prompt has no tokens", "give a non-empty prompt")
+        self._check_alive()
+        n_vocab = self.model.n_vocab
+        if min(prompt) < 0 or max(prompt) >= n_vocab:
+            raise UsageError(
+                f"the prompt has token ids outside this model's vocabulary (0-{n_vocab - 1})",
+                "send text, or token ids this model gave",
+            )
         if len(prompt) >= self.seq_ctx:
             raise PromptTooLongError(
                 f"the prompt is {len(prompt)} tokens but the context holds only {self.seq_ctx}",
@@ -276,9 +283,21 @@ class BatchEngine:
                 f"the text is {len(tokens)} tokens but the context holds only {self.seq_ctx}",
                 "shorten it, or let the server truncate it (truncate: true)",
             )
+        self._check_alive()
         future: asyncio.Future[Any] = loop.create_future()
         self._inbox.put(("embed", _Embedding(tokens, loop, future)))
         return future
+
+    @property
+    def alive(self) -> bool:
+        """Whether the engine thread still runs (a failed step stops it)."""
+        return self._thread.is_alive()
+
+    def _check_alive(self) -> None:
+        if not self._thread.is_alive():
+            raise GenerationError(
+                "this model's engine stopped after an error", "load the model again"
+            )
 
     def close(self) -> None:
         """Stop the engine thread (requests still running end as cancelled), and wait for the
@@ -287,7 +306,7 @@ class BatchEngine:
             self._inbox.put(("close", None))
             self._thread.join()
         if self.prompt_cache is not None:
-            self.prompt_cache.flush()
+            self.prompt_cache.close()
 
     # -- the engine thread ------------------------------------------------------------------
 
@@ -304,6 +323,16 @@ class BatchEngine:
             for job in self._embeddings:
                 job.deliver(error)
         finally:
+            # What arrived after the last step is answered too: nobody waits forever.
+            while True:
+                try:
+                    kind, item = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, _Embedding):
+                    item.deliver(GenerationError("this model's engine stopped"))
+                elif kind == "submit" and item is not None:
+                    self._waiting.append(item)
             for seq in [*self._running, *self._waiting]:
                 if not seq.finished:
                     self._finish(seq, FinishReason.CANCELLED)

@@ -55,7 +55,7 @@ def max_bytes() -> int:
         number, unit = number[:-1], units[number[-1]]
     try:
         value = int(float(number) * unit)
-    except ValueError:
+    except (ValueError, OverflowError):  # "lots", "inf"
         value = -1
     if value < 0:
         raise UsageError(
@@ -218,13 +218,21 @@ class PromptCache:
         while self._pending and time.monotonic() < deadline:
             time.sleep(0.005)
 
+    def close(self) -> None:
+        """Write what is queued, then end the writer thread."""
+        self.flush()
+        with self._lock:
+            if self._writer is not None:
+                self._saves.put(None)
+                self._writer = None
+
     def _write_all(self) -> None:
         while (item := self._saves.get()) is not None:
             tokens, state = item
             try:
                 self._write(tokens, state)
-            except OSError:
-                pass  # a full or read-only disk costs the cache, never the answer
+            except Exception:
+                pass
             finally:
                 with self._lock:
                     self._pending -= 1

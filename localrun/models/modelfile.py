@@ -82,8 +82,15 @@ def _number_text(value: float | int | str) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+# What str.splitlines breaks lines at, besides "\n": inside a value it must be escaped, or the
+# parser would read what follows as another instruction.
+_OTHER_BREAKS = "\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
+
 def _quote(text: str) -> str:
     """A value written so that the parser reads exactly ``text`` back."""
+    if any(c in text for c in _OTHER_BREAKS):
+        return json.dumps(text)  # escaped: one line
     if '"""' not in text and ("\n" in text or '"' in text or text != text.strip() or not text):
         return f'"""{text}"""'
     if '"""' in text:

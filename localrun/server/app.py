@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,14 +38,6 @@ async def _handled(request: Request, exc: Exception) -> Response:
     return _json_error(request, exc)
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    """A bug, not the client's fault: a 500 with its cause, and the server goes on."""
-    debug = os.environ.get("LOCALRUN_DEBUG") == "1"
-    log.error("internal error on %s: %s", request.url.path, exc, exc_info=exc if debug else None)
-    hint = "see the server's log" if debug else "LOCALRUN_DEBUG=1 shows the traceback in its log"
-    return _json_error(request, LocalrunError(f"internal error: {exc}", hint))
-
-
 def create_app(config: ServeConfig, pool: ModelPool | None = None) -> Starlette:
     """The server's application over ``pool`` (a new one for ``config`` if not given)."""
     pool = pool or ModelPool(config)
@@ -66,7 +57,9 @@ def create_app(config: ServeConfig, pool: ModelPool | None = None) -> Starlette:
                 allow_headers=["Authorization", "Content-Type"],
             )
         )
-    handlers: dict[Any, Any] = {LocalrunError: _handled, Exception: _unexpected}
+    # Unexpected errors are the guard's to answer (a 500 and one log line), not Starlette's,
+    # which would log their tracebacks whatever LOCALRUN_DEBUG says.
+    handlers: dict[Any, Any] = {LocalrunError: _handled}
     app = Starlette(
         routes=OllamaAPI(pool, config).routes() + OpenAIAPI(pool).routes(),
         middleware=middleware,

@@ -22,7 +22,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError too
         raise UsageError(f"the request body is not valid JSON: {e}", "send a JSON object") from None
     if not isinstance(body, dict):
         raise UsageError("the request body must be a JSON object", "send {...}")
@@ -107,18 +107,27 @@ def stops(value: Any, name: str = "stop") -> tuple[str, ...]:
     raise UsageError(f"'{name}' must be a string or a list of strings")
 
 
+_FOREVER = 10 * 365 * 86400.0  # a keep-alive this long is "keep it loaded"
+
+
+def _seconds(value: float) -> float:
+    if math.isnan(value):
+        raise ValueError("not a number")
+    return -1.0 if value < 0 or value > _FOREVER else value
+
+
 def keep_alive(value: Any) -> float | None:
     """Ollama's ``keep_alive`` in seconds: a number, or "5m", "1h30m", "10s", "-1"."""
     if value is None:
         return None
     if isinstance(value, bool):
         raise UsageError("'keep_alive' must be a duration like \"5m\" or a number of seconds")
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else -1.0
+    if isinstance(value, (int, float)) and not math.isnan(value):
+        return _seconds(float(value))
     if isinstance(value, str):
         text = value.strip()
         try:
-            return float(text)
+            return _seconds(float(text))
         except ValueError:
             pass
         total, number = 0.0, ""
@@ -140,7 +149,7 @@ def keep_alive(value: Any) -> float | None:
             i += len(unit)
         else:
             if not number and text:
-                return sign * total
+                return _seconds(sign * total)
     raise UsageError(
         f"'keep_alive' cannot be {json.dumps(value)[:40]}",
         'use a duration like "5m", "30s", "1h", 0 to unload at once, or -1 to keep loaded',

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -32,6 +34,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+log = logging.getLogger("localrun.server")
 
 
 def error_body(path: str, error: LocalrunError) -> dict[str, Any]:
@@ -65,6 +68,17 @@ async def send_error(scope: Scope, send: Send, error: LocalrunError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _internal(scope: Scope, exc: Exception) -> LocalrunError:
+    """An unexpected error as one line in the server's log (the traceback with
+    ``LOCALRUN_DEBUG=1``) and a 500 for the client."""
+    debug = os.environ.get("LOCALRUN_DEBUG") == "1"
+    log.error(
+        "internal error on %s: %s", scope.get("path", ""), exc, exc_info=exc if debug else None
+    )
+    hint = "see the server's log" if debug else "LOCALRUN_DEBUG=1 shows the traceback in its log"
+    return LocalrunError(f"internal error: {exc}", hint)
+
+
 def _host_name(value: str) -> str:
     """The name in a Host header, without its port (``[::1]:11434`` -> ``::1``)."""
     value = value.strip().lower()
@@ -96,7 +110,19 @@ class Guard:
         except LocalrunError as e:
             await send_error(scope, send, e)
             return
-        await self.app(scope, self._counted(receive), send)
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, self._counted(receive), tracked)
+        except Exception as e:  # a bug, not the client's fault: a 500, and the server goes on
+            error = e if isinstance(e, LocalrunError) else _internal(scope, e)
+            if not started:
+                await send_error(scope, send, error)
 
     def _check(self, scope: Scope, headers: dict[str, str]) -> None:
         host = headers.get("host")
@@ -119,7 +145,8 @@ class Guard:
         key = self.config.api_key
         if key and not preflight:
             given = headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            # The header's own bytes (decoded as latin-1 above) against the key's UTF-8.
+            if not hmac.compare_digest(given.encode("latin-1"), f"Bearer {key}".encode()):
                 raise UnauthorizedError(
                     "this server needs an API key",
                     "send the header 'Authorization: Bearer KEY' (OPENAI_API_KEY, OLLAMA_API_KEY)",

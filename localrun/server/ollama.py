@@ -139,6 +139,7 @@ class OllamaAPI:
             raw=prompt if raw else None,
             context=tuple(context),
         )
+        streaming = fields.get(body, "stream", bool, True)  # read before the model is held
         answer = await Answer.begin(self.pool, ask)
 
         def piece(text: str) -> dict[str, Any]:
@@ -150,7 +151,7 @@ class OllamaAPI:
             final["context"] = answer.prompt + answer.tokens
             return final
 
-        if fields.get(body, "stream", bool, True):
+        if streaming:
             return _stream(request, answer, piece, last)
         text, stats = await collect(request.receive, answer)
         return JSONResponse(last(stats) | {"response": text})
@@ -172,6 +173,7 @@ class OllamaAPI:
                 }
             )
         ask = Ask(name, messages, fields.options(body.get("options")), keep)
+        streaming = fields.get(body, "stream", bool, True)  # read before the model is held
         answer = await Answer.begin(self.pool, ask)
 
         def piece(text: str) -> dict[str, Any]:
@@ -186,7 +188,7 @@ class OllamaAPI:
             final = piece("") | {"done": True}
             return final | timings(stats)
 
-        if fields.get(body, "stream", bool, True):
+        if streaming:
             return _stream(request, answer, piece, last)
         text, stats = await collect(request.receive, answer)
         final = last(stats)

@@ -142,6 +142,7 @@ class OpenAIAPI:
                 raise UsageError(f"messages[{i}] has the role {json.dumps(role)}")
             messages.append(Message(ROLES[role], _content(m.get("content"), f"messages[{i}]")))
         ask = Ask(name, tuple(messages), _options(body))
+        streaming, with_usage = fields.get(body, "stream", bool, False), _include_usage(body)
         answer = await Answer.begin(self.pool, ask)
         ident = "chatcmpl-" + secrets.token_hex(12)
 
@@ -157,7 +158,7 @@ class OpenAIAPI:
                 ],
             }
 
-        if fields.get(body, "stream", bool, False):
+        if streaming:
             first = chunk({"role": "assistant", "content": ""})
             return _sse(
                 request,
@@ -165,7 +166,7 @@ class OpenAIAPI:
                 first,
                 lambda t: chunk({"content": t}),
                 lambda s: chunk({}, _finish(s)),
-                _include_usage(body),
+                with_usage,
             )
         text, stats = await collect(request.receive, answer)
         return JSONResponse(
@@ -200,6 +201,7 @@ class OpenAIAPI:
         if fields.get(body, "best_of", int, 1) != 1:
             raise UsageError("'best_of' other than 1 is not supported")
         ask = Ask(name, (Message("user", prompt),), _options(body))
+        streaming, with_usage = fields.get(body, "stream", bool, False), _include_usage(body)
         answer = await Answer.begin(self.pool, ask)
         ident = "cmpl-" + secrets.token_hex(12)
 
@@ -213,10 +215,8 @@ class OpenAIAPI:
                 "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
             }
 
-        if fields.get(body, "stream", bool, False):
-            return _sse(
-                request, answer, None, chunk, lambda s: chunk("", _finish(s)), _include_usage(body)
-            )
+        if streaming:
+            return _sse(request, answer, None, chunk, lambda s: chunk("", _finish(s)), with_usage)
         text, stats = await collect(request.receive, answer)
         return JSONResponse(chunk(text, _finish(stats)) | {"usage": _usage(stats)})
 

@@ -104,10 +104,17 @@ class ModelPool:
             self._reaper = asyncio.create_task(self._reap())
         resolved = await asyncio.to_thread(resolve_served, name)
         key = (resolved.name, num_ctx)
+        loaded = self._runners.get(key)
+        if loaded is not None and loaded.engine.alive:
+            return self._count(loaded)  # no wait behind another model's load
         deadline = time.monotonic() + WAIT_FOR_ROOM_S
         while True:
             async with self._lock:
                 runner = self._runners.get(key)
+                if runner is not None and not runner.engine.alive and runner.active == 0:
+                    del self._runners[key]  # its engine failed: load the model afresh
+                    await asyncio.to_thread(runner.loaded.close)
+                    runner = None
                 if runner is not None:
                     return self._count(runner)
                 need = await asyncio.to_thread(self._estimate, resolved, num_ctx)
@@ -182,7 +189,10 @@ class ModelPool:
 
         trained = int(read_gguf(resolved.path).arch_value("context_length") or 0)
         n_seq = self._parallel(resolved, num_ctx)
-        return _size(resolved.path, context_size(num_ctx, trained) * n_seq)
+        per_seq = context_size(num_ctx, trained)
+        if trained:
+            per_seq = min(per_seq, trained)  # as the load lowers it
+        return _size(resolved.path, per_seq * n_seq)
 
     async def _make_room(self, need: int) -> bool:
         """Unload idle models, least recently used first, until ``need`` bytes fit."""
@@ -211,11 +221,19 @@ class ModelPool:
                 settings=resolved.settings,
                 n_seq=n_seq,
             )
-            loaded.engine()  # its thread starts now, not on the first request
+            try:
+                loaded.engine()  # its thread starts now, not on the first request
+            except BaseException:
+                loaded.close()
+                raise
             return loaded
 
         loaded = await asyncio.to_thread(load)
-        size = await asyncio.to_thread(_size, resolved.path, loaded.model.n_ctx)
+        try:
+            size = await asyncio.to_thread(_size, resolved.path, loaded.model.n_ctx)
+        except BaseException:
+            await asyncio.to_thread(loaded.close)
+            raise
         digest = resolved.sha256 or ""
         return Runner(resolved.name, num_ctx, loaded, resolved.settings, digest, size)
 

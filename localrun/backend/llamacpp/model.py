@@ -333,7 +333,11 @@ class LlamaCppModel:
             for start in range(0, len(tokens), self._n_batch):
                 chunk = tokens[start : start + self._n_batch]
                 n = len(chunk)
-                self.decode_rows(chunk, list(range(start, start + n)), [seq] * n, [True] * n)
+                if self.decode_rows(chunk, list(range(start, start + n)), [seq] * n, [True] * n):
+                    raise GenerationError(
+                        "no room in the model's cache for the text to embed",
+                        "retry when fewer requests are running, or embed a shorter text",
+                    )
                 address = ctypes.cast(lc.llama_get_embeddings(self._ctx), ctypes.c_void_p).value
                 if not address:
                     raise GenerationError(
