@@ -116,6 +116,11 @@ class LlamaCppModel:
         self._metadata: dict[str, str] | None = None
         self._n_seq_max = options.n_seq
         self._n_swa = int(lc.llama_model_n_swa(model))  # 0: no sliding-window layers
+        # A recurrent state (Mamba, RWKV; hybrids have one too) is one per sequence: it cannot
+        # be cut at a position or copied in part.
+        self._recurrent = bool(lc.llama_model_is_recurrent(model)) or bool(
+            lc.llama_model_is_hybrid(model)
+        )
         self._batch: Any = None  # the step API's llama_batch, made on first use
         raw = lc.llama_model_chat_template(model, None)
         self._chat_template = raw.decode("utf-8", errors="replace") if raw else None
@@ -316,6 +321,7 @@ class LlamaCppModel:
             "n_embd": int(lc.llama_model_n_embd(self._model)),
             "n_vocab": self.n_vocab,
             "n_swa": self._n_swa,
+            "recurrent": self._recurrent,
             "kv_unified": self._n_seq_max > 1,
             "adapters": [str(p) for p in self._adapter_paths],
         }
@@ -354,8 +360,8 @@ class LlamaCppModel:
         return [float(x) for x in (mean / norm if norm else mean)]
 
     def copy_prefix(self, src: int, dst: int, n: int, src_len: int) -> bool:
-        if self._n_swa and src_len > n:
-            return False  # the window moved on: the cells before it are gone from src
+        if (self._n_swa or self._recurrent) and src_len > n:
+            return False  # the window moved on, or a recurrent state: no prefix to copy
         lc.llama_memory_seq_cp(self._mem, src, dst, 0, n)
         return True
 
