@@ -42,6 +42,9 @@ class OutputFormat(str, enum.Enum):
 MAX_STDIN_BYTES = 16 * 1024 * 1024  # 4M tokens or so: more than any context holds
 
 
+SPECULATIVE_K = 8  # guesses checked a step with --speculative lookup
+
+
 def _piped_part(text: str, args: list[str]) -> str:
     """The piped document at the start of a prompt that :func:`read_prompt` joined."""
     joined = " ".join(args)
@@ -179,12 +182,23 @@ def run(
         "--no-prompt-cache",
         help="Neither read nor keep evaluated prompts on disk (the prompt cache).",
     ),
+    speculative: str = typer.Option(
+        "off",
+        "--speculative",
+        help="lookup: guess tokens from the prompt and the answer so far, and check them "
+        "several a step (faster where the answer repeats the prompt); off: one token a step.",
+    ),
 ) -> None:
     """Answer a prompt, or chat.
 
     With no prompt on a terminal, open a chat.
     """
     from localrun import engine  # loaded on use: --help and the other commands stay fast
+
+    if speculative not in ("lookup", "off"):
+        raise UsageError(
+            f"--speculative cannot be {speculative!r}", "use --speculative lookup or off"
+        )
 
     args = prompt or []
     if parallel is not None and batch is None:
@@ -248,6 +262,7 @@ def run(
             n_seq=n_seq,
         )
     loaded.prompt_cache = not no_prompt_cache
+    loaded.speculate = SPECULATIVE_K if speculative == "lookup" else 0
     for note in loaded.notes:
         print(note, file=sys.stderr)
     if verbose and batch is not None:

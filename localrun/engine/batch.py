@@ -35,6 +35,7 @@ from typing import Any, cast
 from localrun.backend import SamplingParams, StepModel
 from localrun.engine.prompt_cache import MIN_TOKENS as MIN_KEEP
 from localrun.engine.prompt_cache import PromptCache
+from localrun.engine.speculative import lookup
 from localrun.engine.stream import StopMatcher
 from localrun.engine.types import (
     Event,
@@ -108,6 +109,10 @@ class _Sequence:
     last_at: float = 0.0
     prompt_done: bool = False
     reused: int = 0  # prompt tokens found in the cache, not read again
+    speculate: int = 0  # the most tokens to guess and check a step (0: plain decoding)
+    drafts: list[int] = field(default_factory=list)  # this step's guesses, being checked
+    quiet: int = 0  # steps left without guessing (its guesses were seldom right)
+    recent: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=8))
     cache_at: int = 0  # prompt tokens worth keeping on disk (a system prompt, a document)
     cache_done: bool = False  # cache_at was reached (and the state saved, if it was not)
     finished: bool = False
@@ -240,6 +245,7 @@ class BatchEngine:
         submitted: float | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         cache_at: int = 0,
+        speculate: int = 0,
     ) -> Stream:
         """Queue a prompt (as tokens) to answer; its events arrive on the returned stream.
 
@@ -268,6 +274,7 @@ class BatchEngine:
         if self._keep_limit is not None:
             cache_at = min(cache_at, self._keep_limit)
         seq.cache_at = cache_at if MIN_KEEP <= cache_at < len(prompt) else 0
+        seq.speculate = max(0, speculate)
         if submitted is not None:
             seq.submitted = submitted
         self._inbox.put(("submit", seq))
@@ -501,6 +508,12 @@ class BatchEngine:
             for i in range(take):
                 last = i == take - 1 and take == len(seq.pending)
                 rows.append((seq, seq.pending[i], seq.cached + i, last))
+            if seq.speculate and seq.prompt_done and take == len(seq.pending) == 1:
+                # Guesses ride along, each row with logits: checked after the decode.
+                seq.drafts = self._draft(seq, budget - 1)
+                for j, guess in enumerate(seq.drafts):
+                    rows.append((seq, guess, seq.cached + 1 + j, True))
+                take += len(seq.drafts)
             fed.append((seq, take))
             budget -= take
             if not seq.prompt_done and not seq.prefill_started:
@@ -519,9 +532,54 @@ class BatchEngine:
             seq.cached += n
             if seq.cache_at and not seq.cache_done and seq.cached == seq.cache_at:
                 self._keep_prefix(seq)
+        checked: set[int] = set()
         for index, (seq, _, _, wants) in enumerate(rows):
-            if wants and not seq.finished:
+            if not wants or seq.finished or id(seq) in checked:
+                continue
+            if seq.drafts:
+                checked.add(id(seq))
+                self._verify(seq, index)
+            else:
                 self._sampled(seq, self.model.sample(seq.sampler, index))
+
+    def _draft(self, seq: _Sequence, room: int) -> list[int]:
+        """This step's guesses for ``seq``: prompt lookup, within its limits."""
+        if seq.quiet:
+            seq.quiet -= 1
+            return []
+        k = min(seq.speculate, room, self.seq_ctx - seq.cached - 2)
+        if seq.max_tokens is not None:
+            k = min(k, seq.max_tokens - seq.stats.completion_tokens - 1)
+        return lookup(seq.text(), k) if k > 0 else []
+
+    def _verify(self, seq: _Sequence, index: int) -> None:
+        """Sample the rows of a sequence that guessed, in order, with its own chain: each
+        token is emitted as plain decoding would have, and a guess is kept only while the
+        sampled token is the guess. The cells of the guesses that were not are dropped."""
+        drafts, seq.drafts = seq.drafts, []
+        start = seq.cached - 1 - len(drafts)  # where the step's first row went
+        accepted = 0
+        for i in range(len(drafts) + 1):
+            seq.cached = start + 1 + i  # the cells that hold tokens of the answer
+            token = self.model.sample(seq.sampler, index + i)
+            self._sampled(seq, token)
+            if seq.finished:
+                break
+            if i < len(drafts) and token == drafts[i]:
+                seq.pending.pop()  # its cell is in the cache already
+                accepted += 1
+                continue
+            break
+        stats = seq.stats
+        stats.drafted += len(drafts)
+        stats.accepted += accepted
+        seq.recent.append((len(drafts), accepted))
+        tried = sum(d for d, _ in seq.recent)
+        if tried >= 16 and sum(a for _, a in seq.recent) < 0.25 * tried:
+            seq.quiet, seq.recent = 16, deque(maxlen=8)  # seldom right: plain decoding a while
+        if not seq.finished and not self.model.trim(cast(int, seq.slot), seq.cached):
+            self.model.forget(cast(int, seq.slot))  # cannot drop a suffix: read it all again
+            seq.cached, seq.pending = 0, seq.text()
 
     def _sampled(self, seq: _Sequence, token: int) -> None:
         now = time.perf_counter()
@@ -579,8 +637,12 @@ class BatchEngine:
         if seq in self._running:
             self._running.remove(seq)
         if seq.slot is not None:
-            # Its cells stay for a later request that starts the same way (a chat's next turn).
-            self._warm[seq.slot] = seq.held()
+            # Its cells stay for a later request that starts the same way (a chat's next turn),
+            # without the cells of guesses that were not kept.
+            if not seq.speculate or self.model.trim(seq.slot, seq.cached):
+                self._warm[seq.slot] = seq.held()
+            else:
+                self.model.forget(seq.slot)
             self._free.append(seq.slot)
             seq.slot = None
         if seq.sampler is not None:

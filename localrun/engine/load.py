@@ -43,6 +43,7 @@ class LoadedModel:
     template_override: str | None = None  # a Modelfile's TEMPLATE, as Jinja
     n_seq: int = 1  # sequences the context holds (the batching engine's N)
     prompt_cache: bool = True  # keep evaluated prefixes on disk, and read them back
+    speculate: int = 0  # speculative decoding by prompt lookup: the most guesses a step
     _engine: BatchEngine | None = field(default=None, repr=False, compare=False)
 
     @property

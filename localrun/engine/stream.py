@@ -112,6 +112,7 @@ def generate_tokens(
         stop_at_eog=stop_at_eog,
         submitted=start,
         cache_at=cache_at,
+        speculate=loaded.speculate,
     )
     finished = False
     try:

@@ -65,6 +65,8 @@ class Stats:
     prompt_tokens: int = 0
     prompt_evaluated: int = 0
     prompt_from_disk: int = 0  # of the prompt tokens not evaluated, those read from the disk
+    drafted: int = 0  # speculative decoding: tokens guessed and checked
+    accepted: int = 0  # of those, the ones the model would have written
     prefill_s: float = 0.0
     prefill_tokens_per_s: float = 0.0
     ttft_s: float = 0.0
