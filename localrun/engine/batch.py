@@ -525,6 +525,8 @@ class BatchEngine:
             [r[3] for r in rows],
         )  # fmt: skip
         if rc == 1:
+            for seq, _ in fed:
+                seq.drafts = []  # not decoded: nothing to check
             self._pause_newest()
             return
         for seq, n in fed:
@@ -547,7 +549,10 @@ class BatchEngine:
         if seq.quiet:
             seq.quiet -= 1
             return []
-        k = min(seq.speculate, room, self.seq_ctx - seq.cached - 2)
+        # Guesses take cells for a step: only where the cache has them to spare, so that
+        # guessing never pauses another sequence.
+        spare = self.model.n_ctx - self._used() - len(self._running)
+        k = min(seq.speculate, room, self.seq_ctx - seq.cached - 2, spare)
         if seq.max_tokens is not None:
             k = min(k, seq.max_tokens - seq.stats.completion_tokens - 1)
         return lookup(seq.text(), k) if k > 0 else []
