@@ -581,7 +581,7 @@ class BatchEngine:
         seq.recent.append((len(drafts), accepted))
         tried = sum(d for d, _ in seq.recent)
         if tried >= 16 and sum(a for _, a in seq.recent) < 0.25 * tried:
-            seq.quiet, seq.recent = 16, deque(maxlen=8)  # seldom right: plain decoding a while
+            seq.quiet, seq.recent = 48, deque(maxlen=8)  # seldom right: plain decoding a while
         if not seq.finished and not self.model.trim(cast(int, seq.slot), seq.cached):
             self.model.forget(cast(int, seq.slot))  # cannot drop a suffix: read it all again
             seq.cached, seq.pending = 0, seq.text()
