@@ -73,8 +73,8 @@ def test_on_the_demo_model_guesses_are_kept_and_one_a_step_is_exact() -> None:
     from localrun.models.demo import demo_model_path
 
     path = demo_model_path()
-    text = "Copy this list exactly: " + ", ".join(f"item {i} is {i * 7}" for i in range(40))
-    text += "\nThe same list again: item 0 is 0, item 1 is 7,"
+    code = "".join(f"def f{i}(x):\n    return x * {i} + {i * i}\n\n" for i in range(12))
+    text = f"Here is some code:\n\n{code}Here is the same code again:\n\n"
     plain, _ = _answers(path, text, 0)
     one, _ = _answers(path, text, 1)
     assert one == plain  # two rows a step: llama.cpp's one-row kernel's numbers
