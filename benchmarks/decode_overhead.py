@@ -33,6 +33,7 @@ from typing import Any
 from localrun.backend import LoadOptions, SamplingParams, load
 from localrun.backend.llamacpp import sampler
 from localrun.engine.batch import BatchEngine, collect
+from localrun.models.resolve import resolve
 
 lc = sampler.lc
 PROMPT = "The history of the city of Paris begins in the third century before our era, when"
@@ -72,12 +73,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=512, help="timed steps in all")
     ap.add_argument("-n", type=int, default=64, help="steps an answer (the context then resets)")
     args = ap.parse_args()
-    if args.model == "demo":
-        from localrun.models.demo import demo_model_path
-
-        path = demo_model_path()
-    else:
-        path = Path(args.model)
+    path = resolve(args.model).path  # the demo, a pulled model, or a GGUF file
     model: Any = load(LoadOptions(path, n_ctx=1024, n_threads=args.threads))
     prompt = model.tokenize(PROMPT, add_special=True, parse_special=False)
     pool, llama = _thread_pool(args.threads)

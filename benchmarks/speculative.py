@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 from typing import Any
 
 from localrun.backend import LoadOptions, SamplingParams, load
 from localrun.engine.batch import BatchEngine, collect
+from localrun.models.resolve import resolve
 
 CODE = """def fibonacci(n):
     a, b = 0, 1
@@ -56,12 +56,7 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=8, help="the most guesses a step")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    if args.model == "demo":
-        from localrun.models.demo import demo_model_path
-
-        path = demo_model_path()
-    else:
-        path = Path(args.model)
+    path = resolve(args.model).path  # the demo, a pulled model, or a GGUF file
     model: Any = load(LoadOptions(path, n_ctx=2048, n_threads=args.threads))
     engine = BatchEngine(model)
     greedy = SamplingParams(temperature=0.0)

@@ -33,3 +33,11 @@ def human_size(n: float) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}" if n < 10 * size else f"{n / size:.0f} {unit}"
     return f"{n:.0f} B"
+
+
+def human_count(n: int) -> str:
+    """A count as Ollama shows parameter sizes: "268.10M", "7.24B"."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)

@@ -9,14 +9,7 @@ import typer
 from localrun.cli import app
 from localrun.cli.output import table
 from localrun.errors import UsageError
-from localrun.files import human_size
-
-
-def _count(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
+from localrun.files import human_count, human_size
 
 
 @app.command()
@@ -61,7 +54,7 @@ def show(
         return
     rows = [
         ("architecture", facts.architecture),
-        ("parameters", _count(facts.parameters)),
+        ("parameters", human_count(facts.parameters)),
         ("quantization", facts.quantization or "-"),
         ("context length", str(facts.context_length or "-")),
         ("embedding length", str(facts.embedding_length or "-")),

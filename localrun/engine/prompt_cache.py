@@ -89,10 +89,11 @@ def root() -> Path:
 
 
 def _digest(tokens: list[int]) -> str:
-    return hashlib.sha256(_ids(tokens)).hexdigest()[:32]
+    return hashlib.sha256(token_bytes(tokens)).hexdigest()[:32]
 
 
-def _ids(tokens: list[int]) -> bytes:
+def token_bytes(tokens: list[int]) -> bytes:
+    """Token ids as little-endian int32 bytes (hashed, stored, and searched in)."""
     ids = array.array("i", tokens)
     if sys.byteorder != "little":
         ids.byteswap()
@@ -189,7 +190,7 @@ class PromptCache:
         if not data.startswith(MAGIC) or len(data) < head:
             return None
         (n,) = struct.unpack_from("<I", data, len(MAGIC))
-        if n != len(tokens) or data[head : head + 4 * n] != _ids(tokens):
+        if n != len(tokens) or data[head : head + 4 * n] != token_bytes(tokens):
             return None  # not this prefix after all: never used
         with contextlib.suppress(OSError):  # removed meanwhile: the state is read already
             os.utime(entry.path)  # recently used: evicted last
@@ -239,7 +240,7 @@ class PromptCache:
 
     def _write(self, tokens: list[int], state: bytes) -> None:
         path = self.folder / f"{len(tokens)}-{_digest(tokens)}.kv"
-        data = MAGIC + struct.pack("<I", len(tokens)) + _ids(tokens) + state
+        data = MAGIC + struct.pack("<I", len(tokens)) + token_bytes(tokens) + state
         write_atomic(path, data)
         self._evict()
 

@@ -11,18 +11,10 @@ when it is not the guess it is already a draw from what is left.
 
 from __future__ import annotations
 
-import array
-import sys
+from localrun.engine.prompt_cache import token_bytes
 
 LONGEST_NGRAM = 3  # the last 3 tokens first, then 2
 WINDOW = 8192  # how far back a match is looked for
-
-
-def _ids(tokens: list[int]) -> bytes:
-    data = array.array("i", tokens)
-    if sys.byteorder != "little":
-        data.byteswap()
-    return data.tobytes()
 
 
 def lookup(tokens: list[int], k: int) -> list[int]:
@@ -32,11 +24,11 @@ def lookup(tokens: list[int], k: int) -> list[int]:
         return []
     start = max(0, len(tokens) - WINDOW)
     seen = tokens[start:]
-    haystack = _ids(seen[:-1])  # the occurrence must end before the text does
+    haystack = token_bytes(seen[:-1])  # the occurrence must end before the text does
     for n in range(LONGEST_NGRAM, 1, -1):
         if len(seen) <= n:
             continue
-        needle = _ids(seen[-n:])
+        needle = token_bytes(seen[-n:])
         end = len(haystack)
         while (at := haystack.rfind(needle, 0, end)) >= 0:
             if at % 4 == 0:  # on a token boundary

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from localrun.errors import LocalrunError
+from localrun.files import human_count
 from localrun.gguf.reader import GGUFInfo, file_type_name, read_gguf
 from localrun.models.resolve import resolve
 
@@ -32,13 +33,6 @@ def timestamp(seconds: float) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
 
-def _count(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
-
-
 def details(info: GGUFInfo, parent: str = "") -> dict[str, Any]:
     """Ollama's ``details`` of a model."""
     file_type = info.metadata.get("general.file_type")
@@ -47,7 +41,7 @@ def details(info: GGUFInfo, parent: str = "") -> dict[str, Any]:
         "format": "gguf",
         "family": info.architecture,
         "families": [info.architecture],
-        "parameter_size": _count(info.parameters),
+        "parameter_size": human_count(info.parameters),
         "quantization_level": file_type_name(int(file_type)) if file_type is not None else "",
     }
 

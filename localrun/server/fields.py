@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from localrun.errors import UsageError
-from localrun.models.modelfile import check_parameter
+from localrun.models.modelfile import PARAMETERS, check_parameter
 
 _TYPES: dict[type, str] = {str: "a string", bool: "true or false", int: "an integer"}
 
@@ -56,18 +56,26 @@ def model_name(body: dict[str, Any], key: str = "model") -> str:
     return name.strip()
 
 
-# The Ollama options localrun applies, with their types (the same names as a Modelfile's).
+# The Ollama options localrun applies, with their types: a Modelfile's parameters, less those
+# that belong to loading (threads, GPU layers) and stop (a list, read on its own).
 OPTION_TYPES: dict[str, type] = {
-    "temperature": float,
-    "top_k": int,
-    "top_p": float,
-    "min_p": float,
-    "repeat_penalty": float,
-    "repeat_last_n": int,
-    "seed": int,
-    "num_predict": int,
-    "num_ctx": int,
+    name: kind for name, kind in PARAMETERS.items() if name not in ("stop", "num_gpu", "num_thread")
 }
+MAX_INPUTS = 2048  # texts in one embedding request
+
+
+def texts(value: Any, name: str, *, allow_empty: bool = True, hint: str | None = None) -> list[str]:
+    """A string or a list of strings, as a list (embedding inputs), at most MAX_INPUTS."""
+    found = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(found, list)
+        or (not found and not allow_empty)
+        or not all(isinstance(t, str) for t in found)
+    ):
+        raise UsageError(f"'{name}' must be a string or a list of strings", hint)
+    if len(found) > MAX_INPUTS:
+        raise UsageError(f"'{name}' has {len(found)} texts", f"send at most {MAX_INPUTS}")
+    return found
 
 
 def options(raw: Any) -> dict[str, Any]:

@@ -37,7 +37,6 @@ from localrun.server.guard import error_body
 from localrun.server.pool import ModelPool, resolve_served
 
 NDJSON = "application/x-ndjson"
-MAX_INPUTS = 2048  # texts in one embedding request
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -209,12 +208,7 @@ class OllamaAPI:
     async def embed(self, request: Request) -> Response:
         body = fields.parse_body(await request.body())
         name = fields.model_name(body)
-        raw = body.get("input")
-        texts = [raw] if isinstance(raw, str) else raw
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise UsageError("'input' must be a string or a list of strings")
-        if len(texts) > MAX_INPUTS:
-            raise UsageError(f"'input' has {len(texts)} texts", f"send at most {MAX_INPUTS}")
+        texts = fields.texts(body.get("input"), "input")
         done = await embed(
             self.pool,
             name,
@@ -313,7 +307,5 @@ def _stream(request: Request, answer: Answer, piece: Any, last: Any) -> Streamin
                         yield _line(last(event.stats))
         except LocalrunError as e:
             yield _line(error_body(request.url.path, e))
-        finally:
-            answer.close()
 
     return AnswerResponse(answer, lines(), NDJSON)

@@ -31,7 +31,6 @@ from localrun.server.answer import (
     embed,
 )
 from localrun.server.guard import error_body
-from localrun.server.ollama import MAX_INPUTS
 from localrun.server.pool import ModelPool
 
 ROLES = {
@@ -223,15 +222,12 @@ class OpenAIAPI:
     async def embeddings(self, request: Request) -> Response:
         body = fields.parse_body(await request.body())
         name = fields.model_name(body)
-        raw = body.get("input")
-        texts = [raw] if isinstance(raw, str) else raw
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise UsageError(
-                "'input' must be a string or a list of strings",
-                "token arrays are not supported: send the text",
-            )
-        if len(texts) > MAX_INPUTS:
-            raise UsageError(f"'input' has {len(texts)} texts", f"send at most {MAX_INPUTS}")
+        texts = fields.texts(
+            body.get("input"),
+            "input",
+            allow_empty=False,
+            hint="token arrays are not supported: send the text",
+        )
         encoding = fields.get(body, "encoding_format", str, "float")
         if encoding not in ("float", "base64"):
             raise UsageError(f"'encoding_format' cannot be {encoding!r}", "use float or base64")
@@ -310,7 +306,5 @@ def _sse(
             yield b"data: [DONE]\n\n"
         except LocalrunError as e:
             yield _event(error_body(request.url.path, e))
-        finally:
-            answer.close()
 
     return AnswerResponse(answer, events(), "text/event-stream")
