@@ -53,14 +53,17 @@ def write_tiny_model(
     seed: int = 0,
     n_ctx_train: int = 2048,
     split_max_tensors: int = 0,
+    renamed: dict[str, str] | None = None,
 ) -> Path:
     """Write a tiny random llama model to ``path`` and return it.
 
     With ``split_max_tensors``, the model is split into shards named
     ``<stem>-0000N-of-0000M.gguf`` beside ``path`` (the form llama.cpp loads as one).
+    ``renamed`` gives some tokens another text (a vocabulary of the same size, not the same).
     """
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocab()
+    tokens = [(renamed or {}).get(t, t) for t in tokens]
     n_vocab = len(tokens)
 
     w = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)

@@ -123,6 +123,9 @@ class StepModel(Model, Protocol):
     def logits(self, row: int) -> Sequence[float]:
         """The logits of ``row`` of the last batch (a view: valid until the next step)."""
 
+    def best(self, row: int) -> tuple[int, float]:
+        """The most likely token of ``row`` of the last batch, and its probability."""
+
     def sample(self, sampler: object, row: int) -> int:
         """Sample from the logits of ``row`` of the last batch (the chain accepts the token)."""
 

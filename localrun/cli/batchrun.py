@@ -65,7 +65,11 @@ def run_batch(loaded: engine.LoadedModel, source: str, opts: engine.RunOptions) 
             tokens = conversation_tokens(loaded.model, loaded.template, job.request.messages)
             request = job.request
             stream = batch.submit(
-                tokens, request.sampling, max_tokens=request.max_tokens, stop=request.stop
+                tokens,
+                request.sampling,
+                max_tokens=request.max_tokens,
+                stop=request.stop,
+                speculate=loaded.speculate,
             )
             entries.append((number, job_id, stream))
         except LocalrunError as e:

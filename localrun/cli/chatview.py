@@ -75,6 +75,10 @@ def summary_line(stats: Stats) -> Text:
     ]
     if stats.prompt_from_disk:
         parts.append(f"{stats.prompt_from_disk} from the prompt cache")
+    if stats.drafted:
+        parts.append(
+            f"{stats.acceptance:.0%} of guesses kept, {stats.tokens_per_pass:.2f} tokens a pass"
+        )
     return Text(" · ".join(parts), style="dim")
 
 

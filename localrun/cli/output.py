@@ -9,9 +9,12 @@ if TYPE_CHECKING:
     from localrun.engine import LoadedModel, Stats
 
 
-def _speculative(stats: Stats) -> str:
-    rate = stats.accepted / stats.drafted if stats.drafted else 0.0
-    return f"{stats.accepted} of {stats.drafted} guessed tokens kept ({rate:.0%})"
+def speculative(stats: Stats) -> str:
+    """How speculative decoding did: guesses kept, and answer tokens per decode step."""
+    return (
+        f"{stats.accepted} of {stats.drafted} guessed tokens kept ({stats.acceptance:.0%}), "
+        f"{stats.tokens_per_pass:.2f} tokens a pass"
+    )
 
 
 def format_stats(stats: Stats, loaded: LoadedModel, threads: int | None = None) -> str:
@@ -41,7 +44,7 @@ def format_stats(stats: Stats, loaded: LoadedModel, threads: int | None = None) 
         ("prefill", f"{stats.prefill_s:.3f} s, {stats.prefill_tokens_per_s:.1f} tok/s"),
         ("TTFT", f"{stats.ttft_s:.3f} s"),
         ("generated tokens", str(stats.completion_tokens)),
-        *([("speculative", _speculative(stats))] if stats.drafted else []),
+        *([("speculative", speculative(stats))] if stats.drafted else []),
         ("decode", f"{stats.decode_s:.3f} s, {stats.decode_tokens_per_s:.1f} tok/s"),
         ("total time", f"{stats.total_s:.3f} s"),
         ("finish reason", stats.finish_reason),

@@ -42,9 +42,6 @@ class OutputFormat(str, enum.Enum):
 MAX_STDIN_BYTES = 16 * 1024 * 1024  # 4M tokens or so: more than any context holds
 
 
-SPECULATIVE_K = 8  # guesses checked a step with --speculative lookup
-
-
 def _piped_part(text: str, args: list[str]) -> str:
     """The piped document at the start of a prompt that :func:`read_prompt` joined."""
     joined = " ".join(args)
@@ -182,11 +179,19 @@ def run(
         "--no-prompt-cache",
         help="Neither read nor keep evaluated prompts on disk (the prompt cache).",
     ),
-    speculative: str = typer.Option(
-        "off",
+    speculative: str | None = typer.Option(
+        None,
         "--speculative",
-        help="lookup: guess tokens from the prompt and the answer so far, and check them "
-        "several a step (faster where the answer repeats the prompt); off: one token a step.",
+        help="Guess tokens ahead and check several a step, with the same text as without: "
+        "lookup (from the prompt and the answer so far: fast where the answer repeats them), "
+        "draft (a smaller model of the same family, --draft), or off. "
+        "[default: draft with --draft, else off]",
+    ),
+    draft: str | None = typer.Option(
+        None,
+        "--draft",
+        metavar="MODEL",
+        help="The draft model for --speculative draft: smaller, with the same vocabulary.",
     ),
 ) -> None:
     """Answer a prompt, or chat.
@@ -194,11 +199,6 @@ def run(
     With no prompt on a terminal, open a chat.
     """
     from localrun import engine  # loaded on use: --help and the other commands stay fast
-
-    if speculative not in ("lookup", "off"):
-        raise UsageError(
-            f"--speculative cannot be {speculative!r}", "use --speculative lookup or off"
-        )
 
     args = prompt or []
     if parallel is not None and batch is None:
@@ -241,8 +241,13 @@ def run(
         n_ctx=ctx_size,
         gpu_layers=gpu_layers_value(gpu_layers),
         threads=threads,
+        speculative=speculative,
+        draft=draft,
     )
     n_threads = opts.threads or physical_cores()
+    draft_model = None
+    if opts.draft is not None:
+        draft_model = (opts.draft, resolve_or_pull(opts.draft).path)
     n_seq = 1
     if batch is not None:
         n_seq = parallel or engine.default_parallel(resolved.path, opts.n_ctx)
@@ -261,8 +266,18 @@ def run(
             settings=resolved.settings,
             n_seq=n_seq,
         )
+        try:
+            engine.speculate(
+                loaded,
+                opts.speculative,
+                draft_model,
+                n_threads=n_threads,
+                gpu_layers=opts.gpu_layers,
+            )
+        except BaseException:
+            loaded.close()
+            raise
     loaded.prompt_cache = not no_prompt_cache
-    loaded.speculate = SPECULATIVE_K if speculative == "lookup" else 0
     for note in loaded.notes:
         print(note, file=sys.stderr)
     if verbose and batch is not None:

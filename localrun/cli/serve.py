@@ -56,6 +56,18 @@ def serve(
     preload: list[str] = typer.Option(
         [], "--model", "-m", help="Load this model at start (a missing one stops the server)."
     ),
+    speculative: str | None = typer.Option(
+        None,
+        "--speculative",
+        help="Guess tokens ahead and check several a step: lookup, draft (--draft) or off. "
+        "[default: each model's Modelfile, else draft with --draft, else off]",
+    ),
+    draft: str | None = typer.Option(
+        None,
+        "--draft",
+        metavar="MODEL",
+        help="A draft model for the models that share its vocabulary (others go without).",
+    ),
 ) -> None:
     """Serve the Ollama and OpenAI APIs (clients, editors and chat front-ends).
 
@@ -70,6 +82,15 @@ def serve(
         keep = seconds(keep_alive)
     except LocalrunError as e:
         raise UsageError(e.message.replace("'keep_alive'", "--keep-alive"), e.hint) from None
+    if speculative is not None or draft is not None:
+        from localrun.engine.options import run_options
+        from localrun.models.resolve import Settings
+        from localrun.server.pool import resolve_served
+
+        # The same checks as run's: a known method, a draft model for "draft", pulled already.
+        run_options(Settings(), speculative=speculative, draft=draft)
+        if draft is not None:
+            resolve_served(draft)
     config = ServeConfig(
         host=host or env_host,
         port=port or env_port,
@@ -83,6 +104,8 @@ def serve(
         parallel=parallel,
         keep_alive=keep if keep is not None else -1.0,
         threads=threads,
+        speculative=speculative,
+        draft=draft,
     )
     from localrun.server.run import serve as run_server
 

@@ -5,7 +5,7 @@ name is :mod:`localrun.models.resolve`; turning messages into tokens is
 :mod:`localrun.prompt.build`.
 """
 
-from localrun.engine.load import LoadedModel, default_parallel, load_model
+from localrun.engine.load import LoadedModel, default_parallel, load_model, speculate
 from localrun.engine.options import FLAG_NAMES, RunOptions, run_options
 from localrun.engine.stream import StopMatcher, check_fits, generate, generate_tokens
 from localrun.engine.types import CHAT, COMPLETION, Event, Finished, FinishReason, FirstToken
@@ -36,4 +36,5 @@ __all__ = [
     "generate_tokens",
     "load_model",
     "run_options",
+    "speculate",
 ]

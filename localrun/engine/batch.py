@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from localrun.backend import SamplingParams, StepModel
+from localrun.engine.draft import Drafter
 from localrun.engine.prompt_cache import MIN_TOKENS as MIN_KEEP
 from localrun.engine.prompt_cache import PromptCache
 from localrun.engine.speculative import lookup
@@ -110,6 +111,7 @@ class _Sequence:
     prompt_done: bool = False
     reused: int = 0  # prompt tokens found in the cache, not read again
     speculate: int = 0  # the most tokens to guess and check a step (0: plain decoding)
+    k: int = 0  # how many to guess next: grows while guesses are kept, shrinks when not
     drafts: list[int] = field(default_factory=list)  # this step's guesses, being checked
     quiet: int = 0  # steps left without guessing (its guesses were seldom right)
     recent: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=8))
@@ -200,8 +202,10 @@ class BatchEngine:
         step_tokens: int | None = None,
         seq_ctx: int | None = None,
         prompt_cache: PromptCache | None = None,
+        drafter: Drafter | None = None,
     ) -> None:
         self.model = model
+        self.drafter = drafter  # guesses by a draft model; None: by prompt lookup
         self.prompt_cache = prompt_cache if prompt_cache and prompt_cache.enabled else None
         # A model with sliding-window layers keeps its prefixes no longer than the window:
         # llama.cpp saves such a sequence without the cells the window has passed, and what
@@ -274,7 +278,7 @@ class BatchEngine:
         if self._keep_limit is not None:
             cache_at = min(cache_at, self._keep_limit)
         seq.cache_at = cache_at if MIN_KEEP <= cache_at < len(prompt) else 0
-        seq.speculate = max(0, speculate)
+        seq.speculate = seq.k = max(0, speculate)
         if submitted is not None:
             seq.submitted = submitted
         self._inbox.put(("submit", seq))
@@ -497,6 +501,7 @@ class BatchEngine:
         fed: list[tuple[_Sequence, int]] = []  # (sequence, tokens it feeds this step)
         budget = self.step_tokens
         now = time.perf_counter()
+        self._guess()
         # Decoding sequences first: one token each keeps every answer moving.
         for seq in sorted(self._running, key=lambda s: len(s.pending) > 1):
             if budget == 0:
@@ -508,9 +513,8 @@ class BatchEngine:
             for i in range(take):
                 last = i == take - 1 and take == len(seq.pending)
                 rows.append((seq, seq.pending[i], seq.cached + i, last))
-            if seq.speculate and seq.prompt_done and take == len(seq.pending) == 1:
+            if seq.drafts:
                 # Guesses ride along, each row with logits: checked after the decode.
-                seq.drafts = self._draft(seq, budget - 1)
                 for j, guess in enumerate(seq.drafts):
                     rows.append((seq, guess, seq.cached + 1 + j, True))
                 take += len(seq.drafts)
@@ -538,24 +542,46 @@ class BatchEngine:
         for index, (seq, _, _, wants) in enumerate(rows):
             if not wants or seq.finished or id(seq) in checked:
                 continue
+            seq.stats.passes += 1
             if seq.drafts:
                 checked.add(id(seq))
                 self._verify(seq, index)
             else:
                 self._sampled(seq, self.model.sample(seq.sampler, index))
 
-    def _draft(self, seq: _Sequence, room: int) -> list[int]:
-        """This step's guesses for ``seq``: prompt lookup, within its limits."""
-        if seq.quiet:
-            seq.quiet -= 1
-            return []
-        # Guesses take cells for a step: only where the cache has them to spare, so that
-        # guessing never pauses another sequence.
-        spare = self.model.n_ctx - self._used() - len(self._running)
-        k = min(seq.speculate, room, self.seq_ctx - seq.cached - 2, spare)
-        if seq.max_tokens is not None:
-            k = min(k, seq.max_tokens - seq.stats.completion_tokens - 1)
-        return lookup(seq.text(), k) if k > 0 else []
+    def _guess(self) -> None:
+        """This step's guesses for the sequences that speculate, within their limits: by the
+        draft model (all in one go) or by prompt lookup."""
+        # Guesses take rows and cells for a step: only where the cache has them to spare, so
+        # that guessing never pauses another sequence (a prompt being read gets fewer rows).
+        room = min(
+            self.step_tokens - len(self._running),
+            self.model.n_ctx - self._used() - len(self._running),
+        )
+        wants: dict[int, tuple[list[int], int]] = {}
+        by_slot: dict[int, _Sequence] = {}
+        for seq in self._running:
+            if not (seq.speculate and seq.prompt_done and len(seq.pending) == 1) or room <= 0:
+                continue
+            if seq.quiet:
+                seq.quiet -= 1
+                continue
+            k = min(seq.k, room, self.seq_ctx - seq.cached - 2)
+            if seq.max_tokens is not None:
+                k = min(k, seq.max_tokens - seq.stats.completion_tokens - 1)
+            if k <= 0:
+                continue
+            if self.drafter is None:
+                seq.drafts = lookup(seq.text(), k)
+                room -= len(seq.drafts)
+            else:
+                slot = cast(int, seq.slot)
+                wants[slot], by_slot[slot] = (seq.text(), k), seq
+                room -= k
+        if wants:
+            assert self.drafter is not None
+            for slot, drafts in self.drafter.guess(wants).items():
+                by_slot[slot].drafts = drafts
 
     def _verify(self, seq: _Sequence, index: int) -> None:
         """Sample the rows of a sequence that guessed, in order, with its own chain: each
@@ -578,6 +604,8 @@ class BatchEngine:
         stats = seq.stats
         stats.drafted += len(drafts)
         stats.accepted += accepted
+        # All kept: guess more next time (up to the most); else only a little past what was.
+        seq.k = min(seq.speculate, 2 * seq.k) if accepted == len(drafts) else accepted + 1
         seq.recent.append((len(drafts), accepted))
         tried = sum(d for d, _ in seq.recent)
         if tried >= 16 and sum(a for _, a in seq.recent) < 0.25 * tried:

@@ -186,7 +186,9 @@ class ChatSession:
         if not (key == "seed" and value.lower() in ("random", "none", "-1")):
             # The same types and ranges as a Modelfile's PARAMETER (max_tokens: num_predict).
             try:
-                number = coerce_parameter("num_predict" if key == "max_tokens" else key, value)
+                parsed = coerce_parameter("num_predict" if key == "max_tokens" else key, value)
+                assert not isinstance(parsed, str)  # the chat's settings are all numbers
+                number = parsed
             except ValueError as e:
                 message = str(e).replace("num_predict", "max_tokens")
                 raise UsageError(message, f"/set parameter {key} N") from None

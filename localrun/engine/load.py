@@ -43,7 +43,8 @@ class LoadedModel:
     template_override: str | None = None  # a Modelfile's TEMPLATE, as Jinja
     n_seq: int = 1  # sequences the context holds (the batching engine's N)
     prompt_cache: bool = True  # keep evaluated prefixes on disk, and read them back
-    speculate: int = 0  # speculative decoding by prompt lookup: the most guesses a step
+    speculate: int = 0  # speculative decoding: the most guesses a step (0: off)
+    draft: LoadedModel | None = None  # the draft model that guesses (None: prompt lookup)
     _engine: BatchEngine | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -61,7 +62,14 @@ class LoadedModel:
             cache = None
             if self.prompt_cache and self.path.is_file():
                 cache = PromptCache(model_identity(self.path), model.layout())
-            self._engine = BatchEngine(model, seq_ctx=self.seq_ctx, prompt_cache=cache)
+            drafter = None
+            if self.draft is not None:
+                from localrun.engine.draft import Drafter
+
+                drafter = Drafter(cast(StepModel, self.draft.model), seq_ctx=self.draft.seq_ctx)
+            self._engine = BatchEngine(
+                model, seq_ctx=self.seq_ctx, prompt_cache=cache, drafter=drafter
+            )
         return self._engine
 
     @property
@@ -84,6 +92,9 @@ class LoadedModel:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+        if self.draft is not None:
+            self.draft.close()
+            self.draft = None
         self.model.close()
 
 
@@ -140,6 +151,48 @@ def load_model(
             notes.append(f"remembered {layers} GPU layers for this model, context and device")
     elapsed = time.perf_counter() - start
     return LoadedModel(ref, path, model, elapsed, plan, notes, settings.template, n_seq)
+
+
+LOOKUP_K = 8  # prompt lookup: the most guesses checked a step
+DRAFT_K = 8  # a draft model: the most guesses a step (it stops sooner where it is unsure)
+
+
+def speculate(
+    loaded: LoadedModel,
+    method: str,
+    draft: tuple[str, Path] | None = None,
+    *,
+    n_threads: int,
+    gpu_layers: str | int = AUTO,
+) -> None:
+    """Set how ``loaded`` guesses ahead: ``lookup``, ``draft`` (``draft`` is the draft
+    model's name and file: loaded beside it, with a context as long as each of its
+    sequences', its layers on the GPU as they fit) or ``off``."""
+    if loaded.draft is not None:
+        loaded.draft.close()
+        loaded.draft = None
+    loaded.speculate = {"lookup": LOOKUP_K, "draft": DRAFT_K}.get(method, 0)
+    if method != "draft":
+        return
+    assert draft is not None, "speculative decoding with a draft model needs one"
+    from localrun.engine.draft import check_vocabulary
+
+    name, path = draft
+    found = load_model(
+        name,
+        n_ctx=loaded.seq_ctx,
+        n_threads=n_threads,
+        gpu_layers=gpu_layers,
+        path=path,
+        n_seq=loaded.n_seq,
+    )
+    try:
+        check_vocabulary(loaded.model, found.model, name)
+    except BaseException:
+        found.close()
+        raise
+    loaded.notes += [f"draft model {name}: {note}" for note in found.notes]
+    loaded.draft = found
 
 
 def _fit_context(path: Path, n_ctx: int | None, notes: list[str], n_seq: int = 1) -> int | None:

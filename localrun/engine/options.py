@@ -8,7 +8,7 @@ from typing import Any
 from localrun.backend import SamplingParams
 from localrun.backend.llamacpp.offload import AUTO
 from localrun.errors import UsageError
-from localrun.models.modelfile import check_parameter
+from localrun.models.modelfile import SPECULATIVE, check_parameter
 from localrun.models.resolve import Settings
 from localrun.prompt.template import Message
 
@@ -25,6 +25,8 @@ class RunOptions:
     gpu_layers: str | int
     threads: int | None
     history: tuple[Message, ...]
+    speculative: str = "off"  # lookup, draft or off
+    draft: str | None = None  # the draft model, with speculative "draft"
 
 
 def run_options(
@@ -43,6 +45,8 @@ def run_options(
     n_ctx: int | None = None,
     gpu_layers: str | int | None = None,
     threads: int | None = None,
+    speculative: str | None = None,
+    draft: str | None = None,
 ) -> RunOptions:
     """Flags (not None) over the Modelfile's parameters over the defaults (Ollama's)."""
     p = settings.parameters
@@ -67,6 +71,18 @@ def run_options(
         return flag if flag is not None else p.get(key, default)
 
     predict = pick(max_tokens, "num_predict", None)
+    draft = pick(draft, "draft", None)
+    # A draft model named (by flag or Modelfile) means guessing with it, unless told otherwise.
+    method = pick(speculative, "speculative", "draft" if draft else "off")
+    if method not in SPECULATIVE:
+        raise UsageError(
+            f"--speculative cannot be {method!r}", "use --speculative lookup, draft or off"
+        )
+    if method == "draft" and not draft:
+        raise UsageError(
+            "speculative decoding with a draft model needs the draft model",
+            "name it with --draft MODEL (a smaller model of the same family)",
+        )
     gpu = pick(gpu_layers, "num_gpu", AUTO)
     chosen_seed = pick(seed, "seed", d.seed)
     return RunOptions(
@@ -86,6 +102,8 @@ def run_options(
         gpu_layers=AUTO if gpu == -1 else gpu,
         threads=pick(threads, "num_thread", None),
         history=settings.messages,
+        speculative=str(method),
+        draft=str(draft) if draft and method == "draft" else None,
     )
 
 

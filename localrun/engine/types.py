@@ -67,6 +67,7 @@ class Stats:
     prompt_from_disk: int = 0  # of the prompt tokens not evaluated, those read from the disk
     drafted: int = 0  # speculative decoding: tokens guessed and checked
     accepted: int = 0  # of those, the ones the model would have written
+    passes: int = 0  # decode steps that gave the answer tokens (fewer than them when guessing)
     prefill_s: float = 0.0
     prefill_tokens_per_s: float = 0.0
     ttft_s: float = 0.0
@@ -76,9 +77,25 @@ class Stats:
     total_s: float = 0.0
     finish_reason: FinishReason = FinishReason.STOP
 
+    @property
+    def acceptance(self) -> float:
+        """The share of guessed tokens that were kept (0 when none was guessed)."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_pass(self) -> float:
+        """Answer tokens per decode step: 1 without speculative decoding, more with it."""
+        return self.completion_tokens / self.passes if self.passes else 0.0
+
     def as_dict(self) -> dict[str, float | int | str]:
         """The statistics as a JSON-ready dictionary."""
-        return {**asdict(self), "finish_reason": self.finish_reason.value}
+        extra = {}
+        if self.drafted:
+            extra = {
+                "acceptance_rate": round(self.acceptance, 4),
+                "tokens_per_pass": round(self.tokens_per_pass, 3),
+            }
+        return {**asdict(self), **extra, "finish_reason": self.finish_reason.value}
 
 
 @dataclass(frozen=True)

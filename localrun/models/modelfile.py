@@ -32,7 +32,10 @@ PARAMETERS: dict[str, type] = {
     "num_predict": int,
     "num_gpu": int,
     "num_thread": int,
+    "speculative": str,  # lookup, draft or off: how answers guess ahead (localrun's own)
+    "draft": str,  # the draft model for speculative decoding (localrun's own)
 }
+SPECULATIVE = ("lookup", "draft", "off")
 _RANGES: dict[str, tuple[float, float]] = {
     "num_ctx": (1, 10_000_000),
     "temperature": (0, 100),
@@ -205,12 +208,19 @@ def _parameter(mf: Modelfile, key: str, value: str, source: str, number: int) ->
     try:
         mf.parameters[name] = coerce_parameter(name, value)
     except ValueError as e:
-        raise _error(source, number, str(e), f"PARAMETER {name} N") from None
+        hint = {"speculative": "PARAMETER speculative lookup", "draft": "PARAMETER draft MODEL"}
+        raise _error(source, number, str(e), hint.get(name, f"PARAMETER {name} N")) from None
 
 
-def coerce_parameter(name: str, value: str) -> float | int:
-    """A numeric parameter's value, typed and range-checked (ValueError says what is wrong)."""
+def coerce_parameter(name: str, value: str) -> float | int | str:
+    """A parameter's value, typed and checked (ValueError says what is wrong)."""
     kind = PARAMETERS[name]
+    if kind is str:
+        if name == "speculative" and value not in SPECULATIVE:
+            raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE)}, not '{value}'")
+        if not value.strip():
+            raise ValueError(f"{name} needs a value")
+        return value
     try:
         parsed: float | int = kind(value)
     except ValueError:

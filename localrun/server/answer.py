@@ -88,6 +88,7 @@ class Answer:
                 submitted=start,
                 loop=asyncio.get_running_loop(),
                 cache_at=keep,
+                speculate=runner.loaded.speculate,
             )
         except BaseException:
             pool.release(runner, ask.keep_alive)

@@ -29,6 +29,8 @@ class ServeConfig:
     keep_alive: float = DEFAULT_KEEP_ALIVE
     max_predict: int = 32768  # the most num_predict / max_tokens a request may ask for
     threads: int | None = None
+    speculative: str | None = None  # lookup, draft or off for every model; None: its Modelfile's
+    draft: str | None = None  # the draft model for models that share its vocabulary
 
     @property
     def loopback(self) -> bool:

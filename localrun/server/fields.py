@@ -57,9 +57,11 @@ def model_name(body: dict[str, Any], key: str = "model") -> str:
 
 
 # The Ollama options localrun applies, with their types: a Modelfile's parameters, less those
-# that belong to loading (threads, GPU layers) and stop (a list, read on its own).
+# that belong to loading (threads, GPU layers, speculative decoding) and stop (a list, read
+# on its own).
+_AT_LOAD = ("stop", "num_gpu", "num_thread", "speculative", "draft")
 OPTION_TYPES: dict[str, type] = {
-    name: kind for name, kind in PARAMETERS.items() if name not in ("stop", "num_gpu", "num_thread")
+    name: kind for name, kind in PARAMETERS.items() if name not in _AT_LOAD
 }
 MAX_INPUTS = 2048  # texts in one embedding request
 

@@ -42,12 +42,19 @@ ROLES = {
 }
 
 
-def _usage(stats: Stats) -> dict[str, int]:
-    return {
+def _usage(stats: Stats) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "prompt_tokens": stats.prompt_tokens,
         "completion_tokens": stats.completion_tokens,
         "total_tokens": stats.prompt_tokens + stats.completion_tokens,
     }
+    if stats.drafted:
+        # Speculative decoding's guesses, in the fields OpenAI gives predicted outputs.
+        usage["completion_tokens_details"] = {
+            "accepted_prediction_tokens": stats.accepted,
+            "rejected_prediction_tokens": stats.drafted - stats.accepted,
+        }
+    return usage
 
 
 def _finish(stats: Stats) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,13 +20,15 @@ from typing import Any
 
 from localrun.backend import context_size
 from localrun.engine.batch import BatchEngine
-from localrun.engine.load import LoadedModel, default_parallel, load_model
-from localrun.errors import BusyError, ModelNotFoundError, NeedsPullError
+from localrun.engine.load import LoadedModel, default_parallel, load_model, speculate
+from localrun.engine.options import run_options
+from localrun.errors import BusyError, ModelLoadError, ModelNotFoundError, NeedsPullError
 from localrun.models.resolve import DEMO, Resolved, Settings, resolve
 from localrun.server.config import ServeConfig
 from localrun.system import physical_cores, physical_memory
 
 MEMORY_SHARE = 0.8  # of this machine's memory that loaded models may take together
+log = logging.getLogger("localrun.server")
 WAIT_FOR_ROOM_S = 300.0  # how long a load waits for a busy model to finish, then 503
 
 
@@ -222,6 +225,7 @@ class ModelPool:
                 n_seq=n_seq,
             )
             try:
+                self._speculate(loaded, resolved.settings, threads)
                 loaded.engine()  # its thread starts now, not on the first request
             except BaseException:
                 loaded.close()
@@ -236,6 +240,22 @@ class ModelPool:
             raise
         digest = resolved.sha256 or ""
         return Runner(resolved.name, num_ctx, loaded, resolved.settings, digest, size)
+
+    def _speculate(self, loaded: LoadedModel, settings: Settings, threads: int) -> None:
+        """Speculative decoding as the server's flags, else the model's Modelfile, say. A
+        server-wide draft model that does not share this model's vocabulary is left out."""
+        config = self.config
+        opts = run_options(settings, speculative=config.speculative, draft=config.draft)
+        if opts.draft is None:
+            speculate(loaded, opts.speculative, n_threads=threads)
+            return
+        found = resolve_served(opts.draft)
+        try:
+            speculate(loaded, "draft", (found.name, found.path), n_threads=threads)
+        except ModelLoadError as e:
+            if config.draft is None:
+                raise  # the model's own Modelfile named it: its error to see
+            log.warning("%s: answering without speculative decoding (%s)", loaded.name, e.message)
 
     async def _reap(self) -> None:
         """Unload models whose keep-alive has run out, once a second."""

@@ -277,6 +277,9 @@ class LlamaCppModel:
         view = (ctypes.c_float * self.n_vocab).from_address(ctypes.addressof(pointer.contents))
         return cast(Sequence[float], view)  # a ctypes array indexes like a sequence
 
+    def best(self, row: int) -> tuple[int, float]:
+        return sampler.best(self._ctx, row, self.n_vocab)
+
     def sample(self, chain: object, row: int) -> int:
         return sampler.sample(cast(Chain, chain), self._ctx, row, self.n_vocab)
 

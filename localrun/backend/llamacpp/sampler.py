@@ -104,6 +104,26 @@ def sample(chain: Chain, ctx: Any, row: int, n_vocab: int) -> int:
     return int(lc.llama_sampler_sample(chain.handle, ctx, row))
 
 
+def best(ctx: Any, row: int, n_vocab: int) -> tuple[int, float]:
+    """The most likely token of output ``row`` and its probability (a softmax of the raw
+    logits): what a draft model guesses, and how sure it is."""
+    import numpy as np
+
+    logits = np.frombuffer(_logits_view(ctx, row, n_vocab), np.float32)
+    token = int(logits.argmax())
+    top = float(logits[token])
+    if not np.isfinite(top):
+        return token, 0.0
+    return token, 1.0 / float(np.exp(logits - top).sum())
+
+
+def _logits_view(ctx: Any, row: int, n_vocab: int) -> Any:
+    address = ctypes.cast(lc.llama_get_logits_ith(ctx, row), ctypes.c_void_p).value
+    if not address:
+        raise IndexError(f"row {row} of the last batch has no logits")
+    return (ctypes.c_float * n_vocab).from_address(address)
+
+
 _TOKEN_DATA = None  # numpy dtype of llama_token_data, made on first use
 
 

@@ -1,0 +1,234 @@
+"""Speculative decoding's correctness: the model's own text, whoever guesses.
+
+Each verify pass is recorded as it runs: the rows it fed, and for each row the engine sampled,
+the argmax of that row's logits computed here from the logits themselves. Greedy answers must
+be made of those argmaxes only, each row after the first checked only because the row before
+it chose the guess it holds. With sampling, the distribution of the tokens must not change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from localrun.backend import LoadOptions, SamplingParams, load
+from localrun.engine.batch import BatchEngine, collect
+from localrun.engine.draft import Drafter, check_vocabulary
+from localrun.errors import ModelLoadError
+from tests.tinygguf import write_tiny_model
+
+GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)
+PROMPT = "the sky is blue why hello world the sky is"
+
+
+class Recorder:
+    """A model that writes down each step it decodes and each row sampled after it."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        # Per step: the tokens fed, and per sampled row (row, token, argmax, top-two gap).
+        self.steps: list[tuple[list[int], list[tuple[int, int, int, float]]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def decode_rows(self, tokens: list[int], *args: Any) -> int:
+        rc = int(self._model.decode_rows(tokens, *args))
+        if rc == 0:
+            self.steps.append((list(tokens), []))
+        return rc
+
+    def sample(self, chain: object, row: int) -> int:
+        logits = np.array(self._model.logits(row), dtype=np.float32)
+        second, first = np.partition(logits, -2)[-2:]
+        token = int(self._model.sample(chain, row))
+        self.steps[-1][1].append((row, token, int(logits.argmax()), float(first - second)))
+        return token
+
+
+def check_greedy_rule(recorder: Recorder, answer: list[int], accepted: int) -> int:
+    """Assert that every answer token is its verify pass's argmax and that a row was checked
+    only after its guess was chosen; return how many passes checked guesses."""
+    emitted: list[int] = []
+    kept = guessing = 0
+    for fed, samples in recorder.steps:
+        for i, (row, token, best, _) in enumerate(samples):
+            assert token == best, "a token that was not the model's own choice"
+            emitted.append(token)
+            if i + 1 < len(samples):
+                assert samples[i + 1][0] == row + 1
+                assert fed[row + 1] == token, "a row checked after a guess that was not kept"
+                kept += 1
+        if samples and len(fed) > samples[0][0] + 1:
+            guessing += 1
+    assert emitted == answer
+    assert kept == accepted
+    return guessing
+
+
+def _engine(target: Any, draft: Any | None, **drafter: Any) -> BatchEngine:
+    made = Drafter(draft, seq_ctx=draft.n_ctx, **drafter) if draft is not None else None
+    return BatchEngine(target, drafter=made)
+
+
+def _answer(engine: BatchEngine, prompt: list[int], k: int, n: int = 48) -> tuple[list[int], Any]:
+    stream = engine.submit(prompt, GREEDY, max_tokens=n, stop_at_eog=False, speculate=k)
+    _, stats = collect(stream)
+    return stream.tokens, stats
+
+
+@pytest.fixture(scope="module")
+def other_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another tiny model with the same vocabulary: a draft that is often wrong."""
+    return write_tiny_model(tmp_path_factory.mktemp("draft") / "other.gguf", seed=7)
+
+
+def _load(path: Path, n_ctx: int = 1024) -> Any:
+    return load(LoadOptions(path, n_ctx=n_ctx, n_threads=2))
+
+
+def test_a_draft_model_keeps_the_models_own_tokens(tiny_model: Path, other_tiny: Path) -> None:
+    target = _load(tiny_model)
+    try:
+        prompt = target.tokenize(PROMPT, add_special=True, parse_special=False)
+        engine = _engine(target, None)
+        try:
+            plain, _ = _answer(engine, prompt, 0)
+        finally:
+            engine.close()
+        for draft_path in (tiny_model, other_tiny):  # itself (right), another (often wrong)
+            draft = _load(draft_path)
+            try:
+                # One guess a step: two rows, llama.cpp's one-row numbers, the same text.
+                engine = _engine(target, draft, p_min=0.0)
+                try:
+                    one, stats = _answer(engine, prompt, 1)
+                finally:
+                    engine.close()
+                assert one == plain
+                assert stats.drafted > 0
+                # Up to 6: each token is the argmax of its own verify pass.
+                recorder = Recorder(target)
+                engine = _engine(recorder, draft, p_min=0.0)
+                try:
+                    more, stats = _answer(engine, prompt, 6)
+                finally:
+                    engine.close()
+                assert check_greedy_rule(recorder, more, stats.accepted) > 0
+                assert stats.passes < stats.completion_tokens or draft_path == other_tiny
+                if draft_path == tiny_model:
+                    assert stats.accepted > stats.drafted // 2  # its own guesses: mostly right
+            finally:
+                draft.close()
+    finally:
+        target.close()
+
+
+def test_an_unsure_draft_does_not_guess(tiny_model: Path) -> None:
+    target, draft = _load(tiny_model), _load(tiny_model)
+    try:
+        prompt = target.tokenize(PROMPT, add_special=True, parse_special=False)
+        engine = _engine(target, draft, p_min=1.01)  # never that sure
+        try:
+            _, stats = _answer(engine, prompt, 4, n=16)
+        finally:
+            engine.close()
+        assert stats.drafted == 0 and stats.passes == stats.completion_tokens
+    finally:
+        target.close()
+        draft.close()
+
+
+def test_the_vocabulary_must_match(tiny_model: Path, tmp_path: Path) -> None:
+    renamed = write_tiny_model(tmp_path / "renamed.gguf", renamed={"▁sky": "▁sea"})
+    target, same, other = _load(tiny_model), _load(tiny_model), _load(renamed)
+    try:
+        check_vocabulary(target, same, "same")
+        with pytest.raises(ModelLoadError, match=r"gives token \d+ another text") as e:
+            check_vocabulary(target, other, "renamed")
+        assert "'▁sea', not '▁sky'" in e.value.message
+    finally:
+        for m in (target, same, other):
+            m.close()
+
+
+# -- sampling: the same distribution ---------------------------------------------------------
+
+
+def _chi_square(a: Counter[Any], b: Counter[Any]) -> tuple[float, int]:
+    """The two-sample chi-square statistic of two count tables, and its degrees of freedom
+    (outcomes seen fewer than 10 times in both together are pooled into one)."""
+    keys = set(a) | set(b)
+    small = [k for k in keys if a[k] + b[k] < 10]
+    cells = [(a[k], b[k]) for k in keys if k not in small]
+    if small:
+        cells.append((sum(a[k] for k in small), sum(b[k] for k in small)))
+    na, nb = sum(a.values()), sum(b.values())
+    stat = 0.0
+    for x, y in cells:
+        total = x + y
+        ex, ey = total * na / (na + nb), total * nb / (na + nb)
+        stat += (x - ex) ** 2 / ex + (y - ey) ** 2 / ey
+    return stat, len(cells) - 1
+
+
+def _critical(df: int, z: float = 3.09) -> float:
+    """The chi-square value exceeded with probability 0.001 (Wilson-Hilferty)."""
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def _sampled(
+    engine: BatchEngine,
+    prompt: list[int],
+    k: int,
+    n: int,
+    temp: float,
+    kept: list[int] | None = None,
+) -> Counter[Any]:
+    streams = []
+    for seed in range(n):
+        sampling = SamplingParams(temperature=temp, top_k=4, seed=seed, repeat_penalty=1.1)
+        stream = engine.submit(prompt, sampling, max_tokens=3, stop_at_eog=False, speculate=k)
+        streams.append(stream)
+    found: Counter[Any] = Counter()
+    for stream in streams:
+        _, stats = collect(stream)
+        if kept is not None:
+            kept.append(stats.accepted)
+        found[tuple(stream.tokens[1:])] += 1  # the 2nd and 3rd: the ones guesses are made for
+    return found
+
+
+def test_sampling_keeps_the_distribution(tiny_model: Path) -> None:
+    """400 answers each way, the draft guessing the most likely tokens: the joint
+    distribution of the guessed positions is the same (and a changed one is told apart)."""
+    target = load(LoadOptions(tiny_model, n_ctx=8 * 64, n_threads=2, n_seq=8))
+    draft = load(LoadOptions(tiny_model, n_ctx=8 * 64, n_threads=2, n_seq=8))
+    try:
+        prompt = target.tokenize(PROMPT, add_special=True, parse_special=False)
+        engine = BatchEngine(target)
+        try:
+            plain = _sampled(engine, prompt, 0, 400, 1.0)
+            cooler = _sampled(engine, prompt, 0, 400, 0.5)
+        finally:
+            engine.close()
+        engine = BatchEngine(target, drafter=Drafter(draft, seq_ctx=64, p_min=0.0))
+        try:
+            kept: list[int] = []
+            guessed = _sampled(engine, prompt, 2, 400, 1.0, kept)
+        finally:
+            engine.close()
+    finally:
+        target.close()
+        draft.close()
+    assert 50 < sum(kept) < 400  # guesses were checked: some kept, some not
+    stat, df = _chi_square(plain, guessed)
+    assert stat < _critical(df), (stat, df, plain, guessed)
+    # The test can tell another distribution: the same model at temperature 0.5.
+    other, df2 = _chi_square(plain, cooler)
+    assert other > _critical(df2), (other, df2)
