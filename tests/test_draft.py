@@ -8,6 +8,7 @@ it chose the guess it holds. With sampling, the distribution of the tokens must 
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -232,3 +233,100 @@ def test_sampling_keeps_the_distribution(tiny_model: Path) -> None:
     # The test can tell another distribution: the same model at temperature 0.5.
     other, df2 = _chi_square(plain, cooler)
     assert other > _critical(df2), (other, df2)
+
+
+# -- every path that generates text -------------------------------------------------------
+
+
+def _json_run(home: Path, *args: str) -> dict[str, Any]:
+    from tests.proc import run
+
+    done = run(home, "run", *args, "--format", "json", "--temperature", "0", "hello")
+    assert done.code == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_run_and_a_modelfile_guess_with_a_draft_model(
+    localrun_home: Path, tiny_model: Path
+) -> None:
+    from tests.served import create_model
+
+    answer = _json_run(
+        localrun_home, str(tiny_model), "--draft", str(tiny_model), "--max-tokens", "30"
+    )
+    stats = answer["stats"]
+    assert stats["drafted"] > 0 and 0 < stats["accepted"] <= stats["drafted"]
+    assert stats["passes"] < stats["completion_tokens"]
+    assert stats["tokens_per_pass"] == round(stats["completion_tokens"] / stats["passes"], 3)
+    assert stats["acceptance_rate"] == round(stats["accepted"] / stats["drafted"], 4)
+    off = _json_run(localrun_home, str(tiny_model), "--max-tokens", "30")["stats"]
+    assert off["drafted"] == 0 and "acceptance_rate" not in off
+    # The same from a Modelfile; --speculative off on the command line wins over it.
+    create_model(localrun_home, "guesser", f"FROM {tiny_model}\nPARAMETER draft {tiny_model}\n")
+    assert _json_run(localrun_home, "guesser", "--max-tokens", "30")["stats"]["drafted"] > 0
+    quiet = _json_run(localrun_home, "guesser", "--max-tokens", "30", "--speculative", "off")
+    assert quiet["stats"]["drafted"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--speculative", "draft"], "needs the draft model"),
+        (["--speculative", "sometimes"], "--speculative cannot be 'sometimes'"),
+        (["--draft", "no-such-model"], "no-such-model"),
+    ],
+)
+def test_speculative_flags_that_cannot_work(
+    localrun_home: Path, tiny_model: Path, args: list[str], message: str
+) -> None:
+    from tests.proc import run
+
+    done = run(localrun_home, "run", str(tiny_model), *args, "hello")
+    assert done.code != 0 and message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_a_draft_with_another_vocabulary_is_refused(localrun_home: Path, tiny_model: Path) -> None:
+    from tests.proc import run
+
+    other = write_tiny_model(localrun_home.parent / "renamed.gguf", renamed={"▁why": "▁how"})
+    done = run(localrun_home, "run", str(tiny_model), "--draft", str(other), "hello")
+    assert done.code == 1
+    assert "gives token" in done.stderr and "'▁how', not '▁why'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_batch_guesses_for_every_request(localrun_home: Path, tiny_model: Path) -> None:
+    from tests.proc import run
+
+    file = localrun_home.parent / "in.jsonl"
+    lines = [{"prompt": p, "max_tokens": 24, "temperature": 0} for p in ("hello", "the sky") * 2]
+    file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    done = run(
+        localrun_home, "run", str(tiny_model), "--batch", str(file), "--parallel", "2",
+        "--draft", str(tiny_model),
+    )  # fmt: skip
+    assert done.code == 0, done.stderr
+    out = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(out) == 4 and all(o["stats"]["drafted"] > 0 for o in out)
+
+
+def test_serve_guesses_and_says_so_in_the_usage(localrun_home: Path, tiny_model: Path) -> None:
+    import openai
+
+    from tests.served import create_model, serving
+
+    create_model(localrun_home, "tiny", f"FROM {tiny_model}\n")
+    other = write_tiny_model(localrun_home.parent / "renamed.gguf", renamed={"▁why": "▁how"})
+    create_model(localrun_home, "other", f"FROM {other}\n")
+    with serving(localrun_home, "--draft", "tiny", "--model", "tiny") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
+        done = client.completions.create(model="tiny", prompt="hello", max_tokens=30, temperature=0)
+        # A model the server-wide draft cannot guess for answers without it, and says why.
+        alone = client.completions.create(model="other", prompt="hello", max_tokens=5)
+        log = server.stderr
+    details = done.usage.completion_tokens_details if done.usage else None
+    assert details is not None and details.accepted_prediction_tokens
+    assert details.rejected_prediction_tokens is not None
+    assert alone.usage is not None and alone.usage.completion_tokens_details is None
+    assert "other: answering without speculative decoding" in log and "another text" in log

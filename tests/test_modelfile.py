@@ -88,6 +88,12 @@ def test_written_back_it_parses_to_the_same() -> None:
     assert parse(tricky.to_text()) == tricky
 
 
+def test_speculative_parameters_round_trip() -> None:
+    mf = parse("FROM x\nPARAMETER speculative lookup\nPARAMETER draft small:1b\n")
+    assert mf.parameters == {"speculative": "lookup", "draft": "small:1b"}
+    assert parse(mf.to_text()) == mf
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -100,6 +106,10 @@ def test_written_back_it_parses_to_the_same() -> None:
         ('FROM x\n\nSYSTEM """never\nclosed\n', 'line 3: the """ opened here is never closed'),
         ('FROM x\nSYSTEM "open\n', "line 2: an unterminated quoted value"),
         ("FROM\n", "line 1: FROM needs a model"),
+        (
+            "FROM x\nPARAMETER speculative often\n",
+            "line 2: speculative must be one of lookup, draft, off, not 'often'",
+        ),
     ],
 )
 def test_errors_name_the_line(text: str, message: str) -> None:
