@@ -48,6 +48,10 @@ def test_summary_line() -> None:
         "TTFT 0.19 s · prefill 200.7 tok/s · decode 44.5 tok/s · 20 tokens · "
         "36 of 255 prompt tokens evaluated"
     )
+    stats.drafted, stats.accepted, stats.passes = 16, 12, 8
+    assert summary_line(stats).plain.endswith(
+        "36 of 255 prompt tokens evaluated · 75% of guesses kept, 2.50 tokens a pass"
+    )
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import typer
 
 from localrun.cli import app
 from localrun.cli.progress import resolve_or_pull
+from localrun.errors import LocalrunError
 
 
 @app.command()
@@ -27,6 +28,13 @@ def create(
     recipe = recipes.create(name, file)
     try:
         resolve_or_pull(recipe.modelfile.from_)  # the base must exist, or be pulled
+        draft = recipe.modelfile.parameters.get("draft")
+        if isinstance(draft, str):
+            try:
+                resolve_or_pull(draft)  # so must the draft model
+            except LocalrunError as e:
+                e.message = f"PARAMETER draft: {e.message}"  # which of the names it was
+                raise
     except BaseException:
         recipes.remove(name)  # no half-made model left behind
         raise

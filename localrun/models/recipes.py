@@ -165,6 +165,8 @@ def record(name: str, mf: Modelfile, base_dir: Path) -> Recipe:
     check_new_name(name)
     mf.from_ = _resolve_from(mf.from_, base_dir)
     mf.adapters = [_resolve_from(a, base_dir) for a in mf.adapters]
+    if isinstance(draft := mf.parameters.get("draft"), str):
+        mf.parameters["draft"] = _resolve_from(draft, base_dir)
     if mf.from_ == name:
         raise ModelfileError(f"{name} cannot be FROM itself", "name another model in FROM")
     recipe = Recipe(name, mf, "created", created_at=time.time())
