@@ -194,14 +194,15 @@ def _sampled(
     streams = []
     for seed in range(n):
         sampling = SamplingParams(temperature=temp, top_k=4, seed=seed, repeat_penalty=1.1)
-        stream = engine.submit(prompt, sampling, max_tokens=3, stop_at_eog=False, speculate=k)
+        stream = engine.submit(prompt, sampling, max_tokens=7, stop_at_eog=False, speculate=k)
         streams.append(stream)
     found: Counter[Any] = Counter()
     for stream in streams:
         _, stats = collect(stream)
         if kept is not None:
             kept.append(stats.accepted)
-        found[tuple(stream.tokens[1:])] += 1  # the 2nd and 3rd: the ones guesses are made for
+        # The 6th and 7th: guessing starts after 4 plain steps (its pace to beat), at the 6th.
+        found[tuple(stream.tokens[5:])] += 1
     return found
 
 

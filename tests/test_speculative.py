@@ -8,7 +8,7 @@ import pytest
 
 from localrun.backend import LoadOptions, SamplingParams, load
 from localrun.engine.batch import BatchEngine, collect
-from localrun.engine.speculative import lookup
+from localrun.engine.speculative import Pace, lookup
 from tests.test_draft import Recorder, check_greedy_rule
 
 GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)
@@ -21,6 +21,24 @@ def test_lookup_continues_the_latest_match() -> None:
     # A byte match across two tokens is not a match: 256 is bytes 00 01 00 00, and the tail
     # [1, 0] (01 00 00 00 00 00 00 00) occurs inside [256, 0] at byte 1 only.
     assert lookup([256, 0, 0, 7, 1, 0], 2) == []
+
+
+def test_guessing_goes_on_only_while_it_is_the_faster_way() -> None:
+    pace = Pace()
+    for _ in range(4):
+        assert pace.probing
+        pace.add(False, 0.030, 1)  # plain: 33 tokens/s
+    assert not pace.probing
+    for _ in range(8):
+        pace.add(True, 0.050, 3)  # 60 tokens/s
+    assert pace.pause() == 0
+    for _ in range(40):
+        pace.add(True, 0.080, 1)  # now 12.5 tokens/s: the recent steps weigh most
+    assert pace.pause() == 64
+    assert pace.pause() == 0  # judged again only after new guessing steps
+    for _ in range(24):
+        pace.add(True, 0.080, 1)
+    assert pace.pause() == 128  # each pause twice the last
 
 
 def _answers(model_path: Path, prompt_text: str, speculate: int, n: int = 60) -> list[object]:
@@ -86,11 +104,15 @@ STORY = "Once upon a time, in a small village by the sea, there lived an old fis
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("task", ["copy by lookup", "story by a draft model"])
-def test_on_the_demo_model_many_guesses_keep_its_choices(task: str) -> None:
+def test_on_the_demo_model_many_guesses_keep_its_choices(
+    task: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """k = 8: every token is the argmax of its own verify pass, and where the text leaves
     plain decoding's, plain decoding's top two were within 1 logit (a near-tie that the
     many-row kernel's rounding decides the other way). The draft model is the demo model
-    itself, sure or not (p_min 0): many guesses, many rows a step."""
+    itself, sure or not (p_min 0), and goes on guessing though that is the slower way here:
+    many guesses, many rows a step."""
+    monkeypatch.setattr(Pace, "pause", lambda self: 0)
     from localrun.engine.draft import Drafter
     from localrun.models.demo import demo_model_path
 

@@ -36,7 +36,7 @@ from localrun.backend import SamplingParams, StepModel
 from localrun.engine.draft import Drafter
 from localrun.engine.prompt_cache import MIN_TOKENS as MIN_KEEP
 from localrun.engine.prompt_cache import PromptCache
-from localrun.engine.speculative import lookup
+from localrun.engine.speculative import Pace, lookup
 from localrun.engine.stream import StopMatcher
 from localrun.engine.types import (
     Event,
@@ -115,6 +115,7 @@ class _Sequence:
     drafts: list[int] = field(default_factory=list)  # this step's guesses, being checked
     quiet: int = 0  # steps left without guessing (its guesses were seldom right)
     recent: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=8))
+    pace: Pace = field(default_factory=Pace)  # its speed with guesses and without
     cache_at: int = 0  # prompt tokens worth keeping on disk (a system prompt, a document)
     cache_done: bool = False  # cache_at was reached (and the state saved, if it was not)
     finished: bool = False
@@ -502,6 +503,12 @@ class BatchEngine:
         budget = self.step_tokens
         now = time.perf_counter()
         self._guess()
+        # The answers being decoded, how many tokens each had, and whether it guesses: timed.
+        decoding = [
+            (seq, seq.stats.completion_tokens, bool(seq.drafts))
+            for seq in self._running
+            if seq.speculate and seq.prompt_done and len(seq.pending) == 1
+        ]
         # Decoding sequences first: one token each keeps every answer moving.
         for seq in sorted(self._running, key=lambda s: len(s.pending) > 1):
             if budget == 0:
@@ -548,6 +555,11 @@ class BatchEngine:
                 self._verify(seq, index)
             else:
                 self._sampled(seq, self.model.sample(seq.sampler, index))
+        seconds = time.perf_counter() - now
+        for seq, before, guessed in decoding:
+            seq.pace.add(guessed, seconds, seq.stats.completion_tokens - before)
+            if guessed and not seq.quiet:
+                seq.quiet = seq.pace.pause()  # slower with guesses: plain decoding a while
 
     def _guess(self) -> None:
         """This step's guesses for the sequences that speculate, within their limits: by the
@@ -563,6 +575,8 @@ class BatchEngine:
         for seq in self._running:
             if not (seq.speculate and seq.prompt_done and len(seq.pending) == 1) or room <= 0:
                 continue
+            if seq.pace.probing:
+                continue  # plain steps first, timed: the pace that guessing must beat
             if seq.quiet:
                 seq.quiet -= 1
                 continue

@@ -11,6 +11,8 @@ when it is not the guess it is already a draw from what is left.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from localrun.engine.prompt_cache import token_bytes
 
 LONGEST_NGRAM = 3  # the last 3 tokens first, then 2
@@ -38,3 +40,50 @@ def lookup(tokens: list[int], k: int) -> list[int]:
                     return follow
             end = at + len(needle) - 1
     return []
+
+
+PROBE = 4  # answer tokens decoded plainly first: the pace that guessing must beat
+JUDGE = 24  # answer tokens with guesses before guessing is judged against it
+WINDOW_TOKENS = 64  # the pace is of about the last this many tokens each way
+
+
+@dataclass
+class Pace:
+    """How fast one answer comes with guesses and without, from its own decode steps.
+
+    Guesses can be often right and still not pay: a draft model whose pass costs half the
+    model's, or many rows a step on a backend where they cost much more than one. So the
+    engine times its steps, and a sequence guesses only while that is the faster way.
+    """
+
+    plain_s: float = 0.0
+    plain_n: float = 0.0
+    guess_s: float = 0.0
+    guess_n: float = 0.0
+    losses: int = 0  # times guessing was found the slower: each pause is twice the last
+
+    def add(self, guessed: bool, seconds: float, tokens: int) -> None:
+        """One decode step: its time, and the answer tokens it gave this sequence."""
+        if guessed:
+            self.guess_s, self.guess_n = self.guess_s + seconds, self.guess_n + tokens
+            if self.guess_n > WINDOW_TOKENS:
+                self.guess_s, self.guess_n = self.guess_s / 2, self.guess_n / 2
+        else:
+            self.plain_s, self.plain_n = self.plain_s + seconds, self.plain_n + tokens
+            if self.plain_n > WINDOW_TOKENS:
+                self.plain_s, self.plain_n = self.plain_s / 2, self.plain_n / 2
+
+    @property
+    def probing(self) -> bool:
+        """Whether the plain pace is still being measured (guessing waits for it)."""
+        return self.plain_n < PROBE
+
+    def pause(self) -> int:
+        """Steps to decode plainly now, if guessing has been measurably slower; else 0."""
+        if self.guess_n < JUDGE or self.plain_n < PROBE or self.guess_s <= 0:
+            return 0
+        if self.guess_n / self.guess_s >= self.plain_n / max(self.plain_s, 1e-9):
+            return 0
+        self.losses += 1
+        self.guess_s = self.guess_n = 0.0
+        return int(min(64 * 2 ** (self.losses - 1), 1024))
