@@ -29,14 +29,19 @@ def test_guessing_goes_on_only_while_it_is_the_faster_way() -> None:
         assert pace.probing
         pace.add(False, 0.030, 1)  # plain: 33 tokens/s
     assert not pace.probing
+    pace.add(True, 0.050, 3)  # 60 tokens/s
+    assert pace.pause() == 0  # not judged on one step
     for _ in range(8):
-        pace.add(True, 0.050, 3)  # 60 tokens/s
+        pace.add(True, 0.050, 3)
     assert pace.pause() == 0
     for _ in range(40):
-        pace.add(True, 0.080, 1)  # now 12.5 tokens/s: the recent steps weigh most
+        pace.add(True, 0.060, 1)  # now 17 tokens/s: slower, and the recent steps weigh most
     assert pace.pause() == 64
     assert pace.pause() == 0  # judged again only after new guessing steps
-    for _ in range(24):
+    for _ in range(3):
+        pace.add(True, 0.032, 1)  # 31 tokens/s: within the margin (0.9 x 33), goes on
+    assert pace.pause() == 0
+    for _ in range(3):
         pace.add(True, 0.080, 1)
     assert pace.pause() == 128  # each pause twice the last
 

@@ -502,12 +502,12 @@ class BatchEngine:
         fed: list[tuple[_Sequence, int]] = []  # (sequence, tokens it feeds this step)
         budget = self.step_tokens
         now = time.perf_counter()
-        self._guess()
-        # The answers being decoded, how many tokens each had, and whether it guesses: timed.
+        asked = self._guess()
+        # The answers being decoded, how many tokens each had, and whether it guessed: timed.
         decoding = [
-            (seq, seq.stats.completion_tokens, bool(seq.drafts))
+            (seq, seq.stats.completion_tokens, asked[id(seq)])
             for seq in self._running
-            if seq.speculate and seq.prompt_done and len(seq.pending) == 1
+            if id(seq) in asked
         ]
         # Decoding sequences first: one token each keeps every answer moving.
         for seq in sorted(self._running, key=lambda s: len(s.pending) > 1):
@@ -557,25 +557,31 @@ class BatchEngine:
                 self._sampled(seq, self.model.sample(seq.sampler, index))
         seconds = time.perf_counter() - now
         for seq, before, guessed in decoding:
+            if guessed is None:
+                continue  # the draft read a long stretch first: a cost paid once, not timed
             seq.pace.add(guessed, seconds, seq.stats.completion_tokens - before)
             if guessed and not seq.quiet:
                 seq.quiet = seq.pace.pause()  # slower with guesses: plain decoding a while
 
-    def _guess(self) -> None:
+    def _guess(self) -> dict[int, bool | None]:
         """This step's guesses for the sequences that speculate, within their limits: by the
-        draft model (all in one go) or by prompt lookup."""
+        draft model (all in one go) or by prompt lookup. Returned: for each sequence that
+        decodes and speculates (by ``id``), whether it asked for guesses this step (None: it
+        did, but the draft first read more than a step's worth of its text)."""
         # Guesses take rows and cells for a step: only where the cache has them to spare, so
         # that guessing never pauses another sequence (a prompt being read gets fewer rows).
         room = min(
             self.step_tokens - len(self._running),
             self.model.n_ctx - self._used() - len(self._running),
         )
+        asked: dict[int, bool | None] = {}
         wants: dict[int, tuple[list[int], int]] = {}
         by_slot: dict[int, _Sequence] = {}
         for seq in self._running:
-            if not (seq.speculate and seq.prompt_done and len(seq.pending) == 1) or room <= 0:
+            if not (seq.speculate and seq.prompt_done and len(seq.pending) == 1):
                 continue
-            if seq.pace.probing:
+            asked[id(seq)] = False
+            if seq.pace.probing or room <= 0:
                 continue  # plain steps first, timed: the pace that guessing must beat
             if seq.quiet:
                 seq.quiet -= 1
@@ -585,6 +591,7 @@ class BatchEngine:
                 k = min(k, seq.max_tokens - seq.stats.completion_tokens - 1)
             if k <= 0:
                 continue
+            asked[id(seq)] = True
             if self.drafter is None:
                 seq.drafts = lookup(seq.text(), k)
                 room -= len(seq.drafts)
@@ -596,6 +603,10 @@ class BatchEngine:
             assert self.drafter is not None
             for slot, drafts in self.drafter.guess(wants).items():
                 by_slot[slot].drafts = drafts
+            for slot, read in self.drafter.read.items():
+                if read > by_slot[slot].speculate + 1:
+                    asked[id(by_slot[slot])] = None
+        return asked
 
     def _verify(self, seq: _Sequence, index: int) -> None:
         """Sample the rows of a sequence that guessed, in order, with its own chain: each

@@ -60,6 +60,7 @@ class Drafter:
         self.seq_ctx = seq_ctx  # the most positions one sequence may hold
         self.p_min = p_min
         self._held: dict[int, list[int]] = {}  # slot -> the tokens its cells hold
+        self.read: dict[int, int] = {}  # slot -> tokens of its text read by the last guess
         for slot in range(model.n_seq_max):
             model.forget(slot)
 
@@ -72,6 +73,7 @@ class Drafter:
         rows: list[tuple[int, int, int, bool]] = []  # (token, position, slot, logits)
         last: dict[int, int] = {}  # slot -> its row with logits
         budget = model.n_batch
+        self.read = {}
         for slot, (text, k) in wants.items():
             if len(text) + k > self.seq_ctx:
                 continue  # past the draft's context: no guesses
@@ -87,6 +89,7 @@ class Drafter:
             for i in range(take):
                 rows.append((text[n + i], n + i, slot, n + i == len(text) - 1))
             held.extend(text[n : n + take])
+            self.read[slot] = take
             budget -= take
             if n + take == len(text):
                 last[slot] = len(rows) - 1

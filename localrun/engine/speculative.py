@@ -43,7 +43,9 @@ def lookup(tokens: list[int], k: int) -> list[int]:
 
 
 PROBE = 4  # answer tokens decoded plainly first: the pace that guessing must beat
-JUDGE = 24  # answer tokens with guesses before guessing is judged against it
+JUDGE = 3  # steps with guesses before guessing is judged against it (where it loses, it
+# loses by far: a few steps tell, and each trial costs what its steps lose)
+MARGIN = 0.9  # guessing pauses when it is slower than this share of the plain pace
 WINDOW_TOKENS = 64  # the pace is of about the last this many tokens each way
 
 
@@ -60,12 +62,14 @@ class Pace:
     plain_n: float = 0.0
     guess_s: float = 0.0
     guess_n: float = 0.0
+    guess_steps: int = 0  # steps with guesses since the last judgement
     losses: int = 0  # times guessing was found the slower: each pause is twice the last
 
     def add(self, guessed: bool, seconds: float, tokens: int) -> None:
         """One decode step: its time, and the answer tokens it gave this sequence."""
         if guessed:
             self.guess_s, self.guess_n = self.guess_s + seconds, self.guess_n + tokens
+            self.guess_steps += 1
             if self.guess_n > WINDOW_TOKENS:
                 self.guess_s, self.guess_n = self.guess_s / 2, self.guess_n / 2
         else:
@@ -80,10 +84,11 @@ class Pace:
 
     def pause(self) -> int:
         """Steps to decode plainly now, if guessing has been measurably slower; else 0."""
-        if self.guess_n < JUDGE or self.plain_n < PROBE or self.guess_s <= 0:
+        if self.guess_steps < JUDGE or self.plain_n < PROBE or self.guess_s <= 0:
             return 0
-        if self.guess_n / self.guess_s >= self.plain_n / max(self.plain_s, 1e-9):
+        if self.guess_n / self.guess_s >= MARGIN * self.plain_n / max(self.plain_s, 1e-9):
             return 0
         self.losses += 1
         self.guess_s = self.guess_n = 0.0
+        self.guess_steps = 0
         return int(min(64 * 2 ** (self.losses - 1), 1024))
