@@ -53,6 +53,7 @@ class SamplingParams:
     repeat_penalty: float = 1.1
     repeat_last_n: int = 64
     seed: int | None = None  # None: a fresh random seed
+    grammar: str | None = None  # GBNF (root rule "root"): the answer can only match it
 
 
 class Model(Protocol):
@@ -119,6 +120,9 @@ class StepModel(Model, Protocol):
 
     def new_sampler(self, sampling: SamplingParams, history: list[int]) -> object:
         """A sampler chain for one sequence, primed with its recent tokens."""
+
+    def grammar_error(self, grammar: str) -> str | None:
+        """Why llama.cpp cannot use ``grammar`` (GBNF) with this vocabulary; None if it can."""
 
     def logits(self, row: int) -> Sequence[float]:
         """The logits of ``row`` of the last batch (a view: valid until the next step)."""

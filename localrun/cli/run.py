@@ -6,6 +6,7 @@ import enum
 import json
 import sys
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from typing import TYPE_CHECKING, TextIO
 
 import typer
@@ -13,11 +14,12 @@ import typer
 from localrun.cli import app
 from localrun.cli.output import format_stats
 from localrun.cli.progress import resolve_or_pull
-from localrun.errors import UsageError
+from localrun.errors import GenerationError, UsageError
 from localrun.system import physical_cores
 
 if TYPE_CHECKING:
     from localrun import engine
+    from localrun.prompt.grammar import Constraint
 
 
 def parse_gpu_layers(value: str | None) -> str | None:
@@ -139,6 +141,16 @@ def run(
         None, "--max-tokens", min=1, help="Stop after this many tokens."
     ),
     stop: list[str] = typer.Option(None, "--stop", help="Stop at this text (repeatable)."),
+    schema: str | None = typer.Option(
+        None,
+        "--schema",
+        metavar="FILE|JSON",
+        help="Answer JSON that follows this JSON schema (a file, or the schema itself); "
+        "'json': any JSON value. The sampler cannot pick a token that breaks it.",
+    ),
+    grammar: str | None = typer.Option(
+        None, "--grammar", metavar="FILE", help="Answer text that matches this GBNF grammar."
+    ),
     ctx_size: int | None = typer.Option(
         None, "--ctx", min=1, help="Context size in tokens (default: the model's, at most 4096)."
     ),
@@ -201,6 +213,7 @@ def run(
     from localrun import engine  # loaded on use: --help and the other commands stay fast
 
     args = prompt or []
+    constraint = _constraint(schema, grammar)
     if parallel is not None and batch is None:
         raise UsageError("--parallel goes with --batch", "localrun run MODEL --batch FILE")
     if batch is not None:
@@ -244,6 +257,8 @@ def run(
         speculative=speculative,
         draft=draft,
     )
+    if constraint is not None:
+        opts = replace(opts, sampling=replace(opts.sampling, grammar=constraint.grammar))
     n_threads = opts.threads or physical_cores()
     draft_model = None
     if opts.draft is not None:
@@ -302,14 +317,43 @@ def run(
             stop=opts.stop,
             document=_piped_part(text, args) if piped else "",
         )
+        stats: engine.Stats | None
         if output_format is OutputFormat.json:
-            _json(loaded, request, model, verbose, n_threads)
+            stats = _json(loaded, request, model, verbose, n_threads)
         elif terminal:
-            _live(loaded, request, verbose, n_threads, wordwrap=not nowordwrap)
+            stats = _live(loaded, request, verbose, n_threads, wordwrap=not nowordwrap)
         else:
-            _plain(loaded, request, verbose, n_threads)
+            stats = _plain(loaded, request, verbose, n_threads)
+        if constraint is not None and stats is not None:
+            _check_complete(stats, constraint)
     finally:
         loaded.close()
+
+
+def _constraint(schema: str | None, grammar: str | None) -> Constraint | None:
+    """The answer's constraint from --schema or --grammar (one of them), checked now."""
+    from localrun.prompt import grammar as grammars
+
+    if schema is not None and grammar is not None:
+        raise UsageError("--schema and --grammar cannot go together", "give one of them")
+    if schema is not None:
+        return grammars.schema_argument(schema)
+    if grammar is not None:
+        return grammars.grammar_argument(grammar)
+    return None
+
+
+def _check_complete(stats: engine.Stats, constraint: Constraint) -> None:
+    """An answer cut off before its grammar was done is not passed off as complete."""
+    from localrun.engine import FinishReason
+
+    if stats.finish_reason is FinishReason.LENGTH:
+        kind = "JSON" if constraint.json else "text for the grammar"
+        raise GenerationError(
+            f"the answer reached its token limit before its {kind} was complete "
+            f"({stats.completion_tokens} tokens)",
+            "raise --max-tokens (or --ctx), or ask for a shorter answer",
+        )
 
 
 def _chat(
@@ -343,7 +387,7 @@ def _chat(
 
 def _plain(
     loaded: engine.LoadedModel, request: engine.Request, verbose: bool, threads: int
-) -> None:
+) -> engine.Stats:
     from localrun import engine
 
     stream = _Stream(sys.stdout)
@@ -357,6 +401,7 @@ def _plain(
         stream.end_line()
     if verbose:
         print(format_stats(stats, loaded, threads), file=sys.stderr)
+    return stats
 
 
 def _live(
@@ -366,7 +411,7 @@ def _live(
     threads: int,
     *,
     wordwrap: bool,
-) -> None:
+) -> engine.Stats | None:
     from rich.console import Console
 
     from localrun import engine
@@ -379,11 +424,12 @@ def _live(
             view.handle(event)
     if verbose and view.stats is not None:
         print(format_stats(view.stats, loaded, threads), file=sys.stderr)
+    return view.stats
 
 
 def _json(
     loaded: engine.LoadedModel, request: engine.Request, model: str, verbose: bool, threads: int
-) -> None:
+) -> engine.Stats:
     from localrun import engine
 
     answer: list[str] = []
@@ -401,3 +447,4 @@ def _json(
     print(json.dumps(result, ensure_ascii=False))
     if verbose:
         print(format_stats(stats, loaded, threads), file=sys.stderr)
+    return stats

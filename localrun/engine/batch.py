@@ -273,6 +273,10 @@ class BatchEngine:
                 f"the prompt is {len(prompt)} tokens but the context holds only {self.seq_ctx}",
                 "shorten the prompt, or raise the context with --ctx",
             )
+        if sampling.grammar is not None and (error := self.model.grammar_error(sampling.grammar)):
+            raise UsageError(
+                f"llama.cpp cannot use the grammar: {error}", "see llama.cpp's GBNF guide"
+            )
         outbox: queue.SimpleQueue[Event | BaseException] | _LoopOutbox
         outbox = _LoopOutbox(loop) if loop is not None else queue.SimpleQueue()
         seq = _Sequence(prompt, sampling, max_tokens, stop, stop_at_eog, outbox)

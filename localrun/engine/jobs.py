@@ -2,7 +2,8 @@
 
 A line is ``{"prompt": "..."}`` or ``{"messages": [{"role": ..., "content": ...}, ...]}``,
 optionally with ``system``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``max_tokens``,
-``stop`` and an ``id`` that is echoed back. The run's options (flags over the Modelfile) are
+``stop``, ``schema`` (a JSON schema, or ``"json"`` for any JSON value) or ``grammar`` (GBNF),
+and an ``id`` that is echoed back. The run's options (flags over the Modelfile) are
 the defaults; a line's own fields win. A bad line is a :class:`UsageError` naming its line.
 """
 
@@ -16,6 +17,7 @@ from localrun.engine.options import RunOptions
 from localrun.engine.types import Request
 from localrun.errors import UsageError
 from localrun.models.modelfile import check_parameter
+from localrun.prompt.grammar import ANY_JSON, gbnf, json_schema, json_value
 from localrun.prompt.template import Message
 
 FIELDS = frozenset(
@@ -30,6 +32,8 @@ FIELDS = frozenset(
         "seed",
         "max_tokens",
         "stop",
+        "schema",
+        "grammar",
     }
 )
 ROLES = ("system", "user", "assistant", "tool")
@@ -100,6 +104,19 @@ def parse_line(text: str, line: int, defaults: RunOptions) -> Job:
         if not isinstance(given, list) or not all(isinstance(s, str) for s in given):
             raise bad("'stop' must be a string or a list of strings")
         stop = tuple(given)
+    if "schema" in data and "grammar" in data:
+        raise bad("give 'schema' or 'grammar', not both")
+    if "grammar" in data and not isinstance(data["grammar"], str):
+        raise bad("'grammar' must be a string (GBNF)")
+    try:
+        if data.get("schema") == ANY_JSON:
+            sampling = replace(sampling, grammar=json_value().grammar)
+        elif "schema" in data:
+            sampling = replace(sampling, grammar=json_schema(data["schema"]).grammar)
+        elif "grammar" in data:
+            sampling = replace(sampling, grammar=gbnf(data["grammar"], "'grammar'").grammar)
+    except UsageError as e:
+        raise bad(e.message) from None
     request = Request(tuple(messages), sampling, max_tokens, stop)
     return Job(line, data.get("id"), request)
 

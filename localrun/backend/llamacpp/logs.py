@@ -9,11 +9,14 @@ debugger's backtrace on stdout (ggml runs gdb for one unless GGML_NO_BACKTRACE i
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
+import tempfile
 import threading
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 from localrun.backend.llamacpp import bindings
@@ -70,6 +73,27 @@ def start() -> None:
     _LOGS.pop(threading.get_ident(), None)
     # Importing llama_cpp's high-level package installs its own callback: take it back.
     lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def stderr_text() -> Iterator[list[str]]:
+    """What llama.cpp writes straight to the process's stderr meanwhile (its grammar parser
+    does, bypassing the log), kept off the user's screen: the list holds it afterwards."""
+    caught: list[str] = []
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield caught
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            caught.append(sink.read().decode("utf-8", "replace"))
 
 
 def recent_errors() -> list[str]:

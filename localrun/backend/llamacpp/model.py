@@ -270,7 +270,25 @@ class LlamaCppModel:
         return rc
 
     def new_sampler(self, sampling: SamplingParams, history: list[int]) -> Chain:
-        return sampler_chain(sampling, history, n_vocab=self.n_vocab, n_ctx=self._n_ctx)
+        return sampler_chain(
+            sampling, history, n_vocab=self.n_vocab, n_ctx=self._n_ctx, vocab=self._vocab
+        )
+
+    def grammar_error(self, grammar: str) -> str | None:
+        logs.start()
+        with logs.stderr_text() as printed:
+            handle = sampler.new_grammar(self._vocab, grammar)
+        if handle is not None:
+            lc.llama_sampler_free(handle)
+            return None
+        lines = [
+            line.strip() for text in printed + logs.recent_errors() for line in text.splitlines()
+        ]
+        found = next((line for line in lines if "error parsing grammar: " in line), None)
+        if found is None:
+            return "it does not parse"
+        reason = found.split("error parsing grammar: ", 1)[1]
+        return reason if len(reason) <= 80 else reason[:77] + "..."
 
     def logits(self, row: int) -> Sequence[float]:
         pointer = lc.llama_get_logits_ith(self._ctx, row)
@@ -284,7 +302,7 @@ class LlamaCppModel:
         return sampler.sample(cast(Chain, chain), self._ctx, row, self.n_vocab)
 
     def free_sampler(self, chain: object) -> None:
-        lc.llama_sampler_free(cast(Chain, chain).handle)
+        sampler.free(cast(Chain, chain))
 
     def is_end(self, token: int) -> bool:
         return bool(lc.llama_vocab_is_eog(self._vocab, token))

@@ -53,14 +53,28 @@ class Chain:
     handle: Any  # llama_sampler *
     first_cut: int  # the chain's first step keeps this many best candidates; 0: it reads all
     margin: float = _FIRST_MARGIN  # the last margin that held the first cut, for the next token
+    grammar: Any = None  # llama_sampler * of a grammar the answer must match, or None
     _buffer: Any = field(default=None, repr=False)  # numpy candidate array, grown as needed
     _mask: Any = field(default=None, repr=False)  # numpy bool array, one per logit
 
 
+def new_grammar(vocab: Any, grammar: str) -> Any:
+    """llama.cpp's grammar sampler for ``grammar`` (GBNF, root rule ``root``); None if it
+    cannot parse it (its log says why)."""
+    handle = lc.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    return handle or None
+
+
 def sampler_chain(
-    sampling: SamplingParams, history: list[int], *, n_vocab: int, n_ctx: int
+    sampling: SamplingParams, history: list[int], *, n_vocab: int, n_ctx: int, vocab: Any = None
 ) -> Chain:
-    """llama.cpp's sampler chain: penalties, top-k, top-p, min-p, temperature, seeded draw."""
+    """llama.cpp's sampler chain: penalties, top-k, top-p, min-p, temperature, seeded draw;
+    with a grammar, a grammar sampler beside it (see :func:`sample`)."""
+    grammar = None
+    if sampling.grammar is not None:
+        grammar = new_grammar(vocab, sampling.grammar)
+        if grammar is None:
+            raise ValueError("llama.cpp cannot parse the grammar")  # checked before: a bug
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     add = lc.llama_sampler_chain_add
     greedy = sampling.temperature <= 0
@@ -92,16 +106,83 @@ def sampler_chain(
     if sampling.repeat_last_n:
         for token in history[-max(sampling.repeat_last_n, 0) or None :]:
             lc.llama_sampler_accept(chain, token)
-    return Chain(chain, first_cut if first_cut < n_vocab else 0)
+    return Chain(chain, first_cut if first_cut < n_vocab else 0, grammar=grammar)
 
 
 def sample(chain: Chain, ctx: Any, row: int, n_vocab: int) -> int:
-    """The chain's token for output ``row``, the same as ``llama_sampler_sample`` would give."""
+    """The chain's token for output ``row``, the same as ``llama_sampler_sample`` would give.
+
+    With a grammar, as llama.cpp's own tools do: the token the chain picks without it, if the
+    grammar allows that token; else the chain's pick among the tokens the grammar allows
+    (whose whole-vocabulary check costs far more, and is seldom needed once an answer is
+    under way). Greedy, that is the best allowed token; sampling, a draw from the allowed
+    tokens in proportion to their probabilities.
+    """
+    if chain.grammar is not None:
+        return _sample_with_grammar(chain, ctx, row, n_vocab)
     if chain.first_cut:
         token = _sample_cut(chain, ctx, row, n_vocab)
         if token is not None:
             return token
     return int(lc.llama_sampler_sample(chain.handle, ctx, row))
+
+
+def free(chain: Chain) -> None:
+    """Free a chain's native samplers."""
+    lc.llama_sampler_free(chain.handle)
+    if chain.grammar is not None:
+        lc.llama_sampler_free(chain.grammar)
+        chain.grammar = None
+
+
+def _sample_with_grammar(chain: Chain, ctx: Any, row: int, n_vocab: int) -> int:
+    import numpy as np
+
+    token = _sample_cut(chain, ctx, row, n_vocab, accept=False) if chain.first_cut else None
+    if token is None or not _allows(chain.grammar, token):
+        logits = np.frombuffer(_logits_view(ctx, row, n_vocab), np.float32)
+        candidates = _candidates(chain, n_vocab)
+        candidates["id"] = np.arange(n_vocab, dtype=np.int32)
+        candidates["logit"] = logits
+        candidates["p"] = 0.0
+        array = _array(candidates)
+        lc.llama_sampler_apply(chain.grammar, ctypes.byref(array))
+        lc.llama_sampler_apply(chain.handle, ctypes.byref(array))
+        if array.selected < 0 or not np.isfinite(candidates["logit"][array.selected]):
+            raise RuntimeError("the grammar allows no token here")
+        token = int(candidates["id"][array.selected])
+    lc.llama_sampler_accept(chain.grammar, token)
+    lc.llama_sampler_accept(chain.handle, token)
+    return token
+
+
+def _allows(grammar: Any, token: int) -> bool:
+    one = (lc.llama_token_data * 1)(lc.llama_token_data(token, 0.0, 0.0))
+    array = lc.llama_token_data_array(data=one, size=1, selected=-1, sorted=False)
+    lc.llama_sampler_apply(grammar, ctypes.byref(array))
+    return bool(one[0].logit > float("-inf"))
+
+
+def _candidates(chain: Chain, n: int) -> Any:
+    """The chain's numpy candidate array, at least ``n`` long: its first ``n`` entries."""
+    import numpy as np
+
+    global _TOKEN_DATA
+    if _TOKEN_DATA is None:
+        _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+        assert _TOKEN_DATA.itemsize == ctypes.sizeof(lc.llama_token_data)
+    if chain._buffer is None or len(chain._buffer) < n:
+        chain._buffer = np.empty(max(n, 8 * chain.first_cut), _TOKEN_DATA)
+    return chain._buffer[:n]
+
+
+def _array(candidates: Any) -> Any:
+    return lc.llama_token_data_array(
+        data=candidates.ctypes.data_as(lc.llama_token_data_p),
+        size=len(candidates),
+        selected=-1,
+        sorted=False,
+    )
 
 
 def best(ctx: Any, row: int, n_vocab: int) -> tuple[int, float]:
@@ -124,16 +205,14 @@ def _logits_view(ctx: Any, row: int, n_vocab: int) -> Any:
     return (ctypes.c_float * n_vocab).from_address(address)
 
 
-_TOKEN_DATA = None  # numpy dtype of llama_token_data, made on first use
+_TOKEN_DATA: Any = None  # numpy dtype of llama_token_data, made on first use
 
 
-def _sample_cut(chain: Chain, ctx: Any, row: int, n_vocab: int) -> int | None:
+def _sample_cut(
+    chain: Chain, ctx: Any, row: int, n_vocab: int, *, accept: bool = True
+) -> int | None:
     import numpy as np
 
-    global _TOKEN_DATA
-    if _TOKEN_DATA is None:
-        _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
-        assert _TOKEN_DATA.itemsize == ctypes.sizeof(lc.llama_token_data)
     address = ctypes.cast(lc.llama_get_logits_ith(ctx, row), ctypes.c_void_p).value
     if not address:
         return None  # no logits for this row: llama_sampler_sample says so in its own words
@@ -157,19 +236,13 @@ def _sample_cut(chain: Chain, ctx: Any, row: int, n_vocab: int) -> int | None:
         return None  # a flat distribution: the cut would save little
     # The next token starts from a margin that held this one, narrowed if it held far too many.
     chain.margin = margin * 0.9 if n > 8 * chain.first_cut else margin
-    if chain._buffer is None or len(chain._buffer) < n:
-        chain._buffer = np.empty(max(n, 8 * chain.first_cut), _TOKEN_DATA)
-    candidates = chain._buffer[:n]
+    candidates = _candidates(chain, n)
     candidates["id"] = ids
     candidates["logit"] = logits[ids]
     candidates["p"] = 0.0
-    array = lc.llama_token_data_array(
-        data=candidates.ctypes.data_as(lc.llama_token_data_p),
-        size=n,
-        selected=-1,
-        sorted=False,
-    )
+    array = _array(candidates)
     lc.llama_sampler_apply(chain.handle, ctypes.byref(array))
     token = int(candidates["id"][array.selected])
-    lc.llama_sampler_accept(chain.handle, token)
+    if accept:
+        lc.llama_sampler_accept(chain.handle, token)
     return token
