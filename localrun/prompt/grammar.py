@@ -149,11 +149,18 @@ def _check(schema: Any, where: str, depth: int) -> None:
                 _check(sub, f"{where}.{key}[{i}]", depth + 1)
 
 
+# The converter's string character lets control characters through, which JSON forbids
+# raw (a parser refuses '"a<0x14>b"'); llama.cpp's own converter has since excluded them.
+_LAX_CHAR = 'char ::= [^"\\\\] |'
+_STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
+
 def _convert(schema: dict[str, Any]) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        return str(json_schema_to_gbnf(json.dumps(schema)))
+        converted = str(json_schema_to_gbnf(json.dumps(schema)))
+        return converted.replace(_LAX_CHAR, _STRICT_CHAR)
     except (AssertionError, KeyError, TypeError, ValueError, re.error) as e:
         raise UsageError(
             f"the schema cannot be turned into a grammar: {e}",

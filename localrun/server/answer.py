@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from starlette.responses import StreamingResponse
@@ -36,6 +36,7 @@ class Ask:
     system: str | None = None  # replaces the Modelfile's SYSTEM (Ollama generate's "system")
     raw: str | None = None  # a prompt to read as it is, without the chat template
     context: tuple[int, ...] = ()  # tokens to continue (Ollama generate's "context")
+    grammar: str | None = None  # GBNF the answer must match (a format, a response_format)
 
 
 @dataclass
@@ -77,6 +78,8 @@ class Answer:
                 max_tokens=ask.options.get("num_predict"),
                 stop=ask.options.get("stop", ()),
             )
+            if ask.grammar is not None:
+                options = replace(options, sampling=replace(options.sampling, grammar=ask.grammar))
             prompt, keep = await asyncio.to_thread(
                 _tokens, runner, ask, options.system, options.history
             )

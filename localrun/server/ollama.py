@@ -21,6 +21,7 @@ from localrun import __version__
 from localrun.engine.types import Finished, Stats, TextDelta
 from localrun.errors import LocalrunError, UsageError
 from localrun.gguf.reader import read_gguf
+from localrun.prompt import grammar
 from localrun.prompt.template import Message
 from localrun.server import catalog, fields
 from localrun.server.admin import AdminAPI
@@ -72,7 +73,6 @@ def _refuse_unsupported(body: dict[str, Any], *names: str) -> None:
     """Fields localrun does not do yet, refused rather than silently ignored."""
     why = {
         "images": "images need a vision model, which localrun does not run yet",
-        "format": "structured output (format) is not supported yet",
         "tools": "tool calls are not supported yet",
         "suffix": "fill-in-the-middle (suffix) is not supported",
         "template": "a per-request template is not supported: put it in a Modelfile",
@@ -80,6 +80,20 @@ def _refuse_unsupported(body: dict[str, Any], *names: str) -> None:
     for name in names:
         if body.get(name):
             raise UsageError(why[name], f"send the request without '{name}'")
+
+
+def _format(body: dict[str, Any]) -> str | None:
+    """The grammar of Ollama's ``format``: ``"json"`` (a JSON object) or a JSON schema."""
+    value = body.get("format")
+    if value is None or value == "":
+        return None
+    if value == "json":
+        return grammar.json_value(object_only=True).grammar
+    if isinstance(value, dict):
+        return grammar.json_schema(value).grammar
+    raise UsageError(
+        f"'format' cannot be {json.dumps(value)[:40]}", 'send "json" or a JSON schema (an object)'
+    )
 
 
 class OllamaAPI:
@@ -112,7 +126,7 @@ class OllamaAPI:
     async def generate(self, request: Request) -> Response:
         body = fields.parse_body(await request.body())
         name = fields.model_name(body)
-        _refuse_unsupported(body, "images", "format", "suffix", "template")
+        _refuse_unsupported(body, "images", "suffix", "template")
         prompt = fields.get(body, "prompt", str, "")
         keep = fields.keep_alive(body.get("keep_alive"))
         context = fields.get(body, "context", list, [])
@@ -137,6 +151,7 @@ class OllamaAPI:
             system=fields.get(body, "system", str),
             raw=prompt if raw else None,
             context=tuple(context),
+            grammar=_format(body),
         )
         streaming = fields.get(body, "stream", bool, True)  # read before the model is held
         answer = await Answer.begin(self.pool, ask)
@@ -158,7 +173,7 @@ class OllamaAPI:
     async def chat(self, request: Request) -> Response:
         body = fields.parse_body(await request.body())
         name = fields.model_name(body)
-        _refuse_unsupported(body, "format", "tools")
+        _refuse_unsupported(body, "tools")
         keep = fields.keep_alive(body.get("keep_alive"))
         messages = _messages(fields.get(body, "messages", list, []))
         if not messages:
@@ -171,7 +186,7 @@ class OllamaAPI:
                     "done_reason": await self._load_only(name, body, keep),
                 }
             )
-        ask = Ask(name, messages, fields.options(body.get("options")), keep)
+        ask = Ask(name, messages, fields.options(body.get("options")), keep, grammar=_format(body))
         streaming = fields.get(body, "stream", bool, True)  # read before the model is held
         answer = await Answer.begin(self.pool, ask)
 

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from localrun.engine.types import Finished, FinishReason, Stats, TextDelta
 from localrun.errors import LocalrunError, ModelNotFoundError, UsageError
+from localrun.prompt import grammar
 from localrun.prompt.template import Message
 from localrun.server import catalog, fields
 from localrun.server.answer import (
@@ -90,9 +91,6 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
         raise UsageError("'logprobs' is not supported yet", "send the request without it")
     if body.get("tools") or body.get("functions"):
         raise UsageError("tool calls are not supported yet", "send the request without tools")
-    response_format = body.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
-        raise UsageError("structured output (response_format) is not supported yet")
     options: dict[str, Any] = {}
     for ours, theirs, kind in (
         ("temperature", "temperature", float),
@@ -116,6 +114,33 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("stop") is not None:
         options["stop"] = fields.stops(body["stop"])
     return options
+
+
+def _response_format(body: dict[str, Any]) -> str | None:
+    """The grammar of ``response_format``: ``json_object``, or ``json_schema`` with its
+    ``schema`` (followed whether or not ``strict`` asks: a grammar is always strict)."""
+    value = body.get("response_format")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise UsageError("'response_format' must be an object", 'send {"type": "json_object"}')
+    kind = value.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return grammar.json_value(object_only=True).grammar
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise UsageError(
+                "'response_format.json_schema.schema' must be a JSON schema (an object)",
+                'send {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
+            )
+        return grammar.json_schema(spec["schema"]).grammar
+    raise UsageError(
+        f"'response_format.type' cannot be {json.dumps(kind)[:40]}",
+        "use text, json_object or json_schema",
+    )
 
 
 class OpenAIAPI:
@@ -147,7 +172,7 @@ class OpenAIAPI:
             if role not in ROLES:
                 raise UsageError(f"messages[{i}] has the role {json.dumps(role)}")
             messages.append(Message(ROLES[role], _content(m.get("content"), f"messages[{i}]")))
-        ask = Ask(name, tuple(messages), _options(body))
+        ask = Ask(name, tuple(messages), _options(body), grammar=_response_format(body))
         streaming, with_usage = fields.get(body, "stream", bool, False), _include_usage(body)
         answer = await Answer.begin(self.pool, ask)
         ident = "chatcmpl-" + secrets.token_hex(12)
@@ -206,7 +231,7 @@ class OpenAIAPI:
             raise UsageError("'suffix' and 'echo' are not supported", "send the request without")
         if fields.get(body, "best_of", int, 1) != 1:
             raise UsageError("'best_of' other than 1 is not supported")
-        ask = Ask(name, (Message("user", prompt),), _options(body))
+        ask = Ask(name, (Message("user", prompt),), _options(body), grammar=_response_format(body))
         streaming, with_usage = fields.get(body, "stream", bool, False), _include_usage(body)
         answer = await Answer.begin(self.pool, ask)
         ident = "cmpl-" + secrets.token_hex(12)
