@@ -149,10 +149,16 @@ def _check(schema: Any, where: str, depth: int) -> None:
                 _check(sub, f"{where}.{key}[{i}]", depth + 1)
 
 
-# The converter's string character lets control characters through, which JSON forbids
-# raw (a parser refuses '"a<0x14>b"'); llama.cpp's own converter has since excluded them.
+# Two rules of the converter's that llama.cpp's own converter has since changed, made as
+# llama.cpp's are now:
+# - its string character lets control characters through, which JSON forbids raw (a parser
+#   refuses '"a<0x14>b"');
+# - its space is one space at most, where models write JSON across lines with indents: every
+#   line break they would write was refused (and sampled again over the whole vocabulary).
 _LAX_CHAR = 'char ::= [^"\\\\] |'
 _STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+_ONE_SPACE = 'space ::= " "?'
+_LINES_SPACE = 'space ::= | " " | "\\n"{1,2} [ \\t]{0,20}'
 
 
 def _convert(schema: dict[str, Any]) -> str:
@@ -160,7 +166,7 @@ def _convert(schema: dict[str, Any]) -> str:
 
     try:
         converted = str(json_schema_to_gbnf(json.dumps(schema)))
-        return converted.replace(_LAX_CHAR, _STRICT_CHAR)
+        return converted.replace(_LAX_CHAR, _STRICT_CHAR).replace(_ONE_SPACE, _LINES_SPACE)
     except (AssertionError, KeyError, TypeError, ValueError, re.error) as e:
         raise UsageError(
             f"the schema cannot be turned into a grammar: {e}",
