@@ -139,8 +139,8 @@ class StepModel(Model, Protocol):
     def is_end(self, token: int) -> bool:
         """Whether ``token`` ends generation (end of turn, end of text)."""
 
-    def piece(self, token: int) -> bytes:
-        """The raw bytes of a token."""
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The raw bytes of a token (with ``special``, a control token's text too)."""
 
     def forget(self, seq: int) -> None:
         """Drop every cached position of sequence ``seq``."""

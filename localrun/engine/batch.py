@@ -117,6 +117,7 @@ class _Sequence:
     recent: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=8))
     pace: Pace = field(default_factory=Pace)  # its speed with guesses and without
     cache_at: int = 0  # prompt tokens worth keeping on disk (a system prompt, a document)
+    special: bool = False  # show control tokens' text (a tool call's markers)
     cache_done: bool = False  # cache_at was reached (and the state saved, if it was not)
     finished: bool = False
     decoder: codecs.IncrementalDecoder = field(
@@ -251,6 +252,7 @@ class BatchEngine:
         loop: asyncio.AbstractEventLoop | None = None,
         cache_at: int = 0,
         speculate: int = 0,
+        special: bool = False,
     ) -> Stream:
         """Queue a prompt (as tokens) to answer; its events arrive on the returned stream.
 
@@ -258,6 +260,8 @@ class BatchEngine:
         if not given. With ``loop``, the events are handed to that event loop and the stream
         is read with ``async for`` there. ``cache_at`` is how many of the prompt's tokens are
         worth keeping in the prompt cache on disk (a system prompt, a document); 0: none.
+        With ``special``, control tokens the model writes come out as their text (the
+        markers of a tool call, such as ``[TOOL_CALLS]``).
         """
         if not prompt:
             raise UsageError("the prompt has no tokens", "give a non-empty prompt")
@@ -284,6 +288,7 @@ class BatchEngine:
             cache_at = min(cache_at, self._keep_limit)
         seq.cache_at = cache_at if MIN_KEEP <= cache_at < len(prompt) else 0
         seq.speculate = seq.k = max(0, speculate)
+        seq.special = special
         if submitted is not None:
             seq.submitted = submitted
         self._inbox.put(("submit", seq))
@@ -663,7 +668,8 @@ class BatchEngine:
             return
         seq.generated.append(token)
         stats.completion_tokens += 1
-        text, stopped = seq.matcher.feed(seq.decoder.decode(self.model.piece(token)))
+        piece = self.model.piece(token, True) if seq.special else self.model.piece(token)
+        text, stopped = seq.matcher.feed(seq.decoder.decode(piece))
         seq.outbox.put(TextDelta(text, stats.completion_tokens))
         if stopped:
             self._finish(seq, FinishReason.STOP, flush=False)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from localrun.backend import Model
 from localrun.errors import LocalrunError, PromptTooLongError
 from localrun.prompt.template import Message, render
+from localrun.prompt.tools import Tool
 
 # A prompt is refused unread when it has more characters than this per token of context: no
 # real text averages 64 characters a token (long runs of spaces make about 31).
@@ -18,7 +19,7 @@ PROBE_CHARS_PER_TOKEN = 8
 
 
 def conversation_tokens(
-    model: Model, template: str | None, messages: Sequence[Message]
+    model: Model, template: str | None, messages: Sequence[Message], tools: Sequence[Tool] = ()
 ) -> list[int]:
     """Tokenize a conversation, ready for the model's next answer.
 
@@ -46,6 +47,7 @@ def conversation_tokens(
         messages,
         bos_token=model.token_text(bos) if bos is not None else "",
         eos_token=model.token_text(eos) if eos is not None else "",
+        tools=tools,
     )
     tokens = tokenize_bounded(model, text, limit, parse_special=True)
     # Templates usually write the BOS token themselves; do not let it appear twice.
@@ -85,6 +87,7 @@ def keep_point(
     messages: Sequence[Message],
     tokens: list[int],
     document: str = "",
+    tools: Sequence[Tool] = (),
 ) -> int:
     """How many of ``tokens`` (the conversation's) are likely to come back in later prompts:
     the system prompt and the earlier messages, and, when the last message begins with a
@@ -99,7 +102,7 @@ def keep_point(
     if not head or not any(m.content for m in head):
         return 0
     try:
-        prefix = conversation_tokens(model, template, head)
+        prefix = conversation_tokens(model, template, head, tools)
     except LocalrunError:
         return 0  # a template that needs a user turn last: keep nothing, answer anyway
     n = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localrun.errors import TemplateError
+from localrun.prompt.tools import Tool, ToolCall
 
 RENDER_LIMIT_S = 2.0  # real templates render in milliseconds
 MAX_TEMPLATE_CHARS = 1_000_000  # real templates are 1-40 KB
@@ -113,10 +115,25 @@ _WATCHDOG = _Watchdog()
 
 @dataclass(frozen=True)
 class Message:
-    """One chat message."""
+    """One chat message: an assistant's may hold tool calls, a ``tool`` one a call's result."""
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None  # a tool result: the call it answers
+    name: str | None = None  # a tool result: the tool's name
+
+    def as_template(self) -> dict[str, Any]:
+        """The message as chat templates read it (keys absent when empty: templates test
+        ``'tool_calls' in message``)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [c.as_template() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 def render(
@@ -126,13 +143,14 @@ def render(
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    tools: Sequence[Tool] = (),
 ) -> str:
     """Render ``messages`` with ``template``.
 
     A template that rejects the system role gets the system prompt folded into the
-    first user message instead, as chat front ends commonly do. ``tools`` is none, as
-    transformers passes it without tools; a template that fails on that (a tool-use
-    template that iterates ``tools``) gets an empty list instead.
+    first user message instead, as chat front ends commonly do. Without ``tools``, ``tools``
+    is none, as transformers passes it; a template that fails on that (a tool-use template
+    that iterates ``tools``) gets an empty list instead.
     """
     import jinja2  # imported on first use: the CLI starts faster without it
 
@@ -144,13 +162,16 @@ def render(
             f"(at most {MAX_TEMPLATE_CHARS:,})",
             "override it with a Modelfile TEMPLATE",
         )
+    offered = [t.as_template() for t in tools]
     given = sum(len(m.content) for m in messages) + len(bos_token) + len(eos_token)
+    given += sum(len(json.dumps(m.as_template())) for m in messages if m.tool_calls)
+    given += len(json.dumps(offered)) if offered else 0
     max_chars = BASE_VALUE_CHARS + 2 * given
     env = environment()
 
     def attempt(msgs: Sequence[Message], tools: list[Any] | None) -> str:
         variables: dict[str, Any] = {
-            "messages": [{"role": m.role, "content": m.content} for m in msgs],
+            "messages": [m.as_template() for m in msgs],
             "bos_token": bos_token,
             "eos_token": eos_token,
             "add_generation_prompt": add_generation_prompt,
@@ -185,7 +206,7 @@ def render(
                     f"the model's chat template is not valid Jinja (line {e.lineno}: {e.message})",
                     "override it with a Modelfile TEMPLATE, or run the file as plain completion",
                 ) from None
-            return _render_or_fold(attempt, messages)
+            return _render_or_fold(attempt, messages, offered or None)
     except _Stopped:
         if watch.reason == "memory":
             raise TemplateError(
@@ -212,15 +233,17 @@ def _compile(env: Any, template: str) -> Any:
 
 
 def _render_or_fold(
-    attempt: Callable[[Sequence[Message], list[Any] | None], str], messages: Sequence[Message]
+    attempt: Callable[[Sequence[Message], list[Any] | None], str],
+    messages: Sequence[Message],
+    offered: list[Any] | None = None,
 ) -> str:
     from localrun.prompt.sandbox import TemplateTooLarge
 
     folded = _fold_system(messages)
     variants = [messages] if folded is None else [messages, folded]
     first: Exception | None = None
-    no_tools: tuple[list[Any] | None, ...] = (None, [])
-    for tools in no_tools:
+    choices: tuple[list[Any] | None, ...] = (offered,) if offered else (None, [])
+    for tools in choices:
         for msgs in variants:
             try:
                 return attempt(msgs, tools)

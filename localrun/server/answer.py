@@ -22,6 +22,7 @@ from localrun.engine.types import Event, Finished, Stats, TextDelta
 from localrun.errors import UsageError
 from localrun.prompt.build import conversation_tokens, keep_point, tokenize_bounded
 from localrun.prompt.template import Message
+from localrun.prompt.tools import CallWatch, Tool, ToolCall, call_grammar, form_of
 from localrun.server.pool import ModelPool, Runner
 
 
@@ -37,6 +38,15 @@ class Ask:
     raw: str | None = None  # a prompt to read as it is, without the chat template
     context: tuple[int, ...] = ()  # tokens to continue (Ollama generate's "context")
     grammar: str | None = None  # GBNF the answer must match (a format, a response_format)
+    tools: tuple[Tool, ...] = ()  # tools the model is offered
+    tool_choice: str = "auto"  # auto, none, required, or the name of the tool to call
+
+
+@dataclass(frozen=True)
+class CallsMade:
+    """The tool calls read out of the answer (just before it is Finished)."""
+
+    calls: tuple[ToolCall, ...]
 
 
 @dataclass
@@ -51,6 +61,8 @@ class Answer:
     load_s: float
     tokens: list[int] = field(default_factory=list)  # the answer's, once it has finished
     stats: Stats | None = None
+    watch: CallWatch | None = None  # with tools: holds back the text of calls, and reads them
+    calls: tuple[ToolCall, ...] = ()  # once it has finished
     _closed: bool = False
 
     @classmethod
@@ -78,10 +90,17 @@ class Answer:
                 max_tokens=ask.options.get("num_predict"),
                 stop=ask.options.get("stop", ()),
             )
-            if ask.grammar is not None:
-                options = replace(options, sampling=replace(options.sampling, grammar=ask.grammar))
+            tools, watch, calls_grammar = _offer(runner, ask)
+            chosen = calls_grammar or ask.grammar
+            if calls_grammar and ask.grammar:
+                raise UsageError(
+                    "a required tool call and a response format cannot go together",
+                    "drop one of them",
+                )
+            if chosen is not None:
+                options = replace(options, sampling=replace(options.sampling, grammar=chosen))
             prompt, keep = await asyncio.to_thread(
-                _tokens, runner, ask, options.system, options.history
+                _tokens, runner, ask, options.system, options.history, tools
             )
             stream = runner.engine.submit(
                 prompt,
@@ -92,13 +111,15 @@ class Answer:
                 loop=asyncio.get_running_loop(),
                 cache_at=keep,
                 speculate=runner.loaded.speculate,
+                special=watch is not None,
             )
         except BaseException:
             pool.release(runner, ask.keep_alive)
             raise
-        return cls(pool, ask, runner, prompt, stream, load_s if load_s > 0.05 else 0.0)
+        load = load_s if load_s > 0.05 else 0.0
+        return cls(pool, ask, runner, prompt, stream, load, watch=watch)
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncIterator[Event | CallsMade]:
         """The engine's events; the request is cancelled if the reader stops early."""
         try:
             async for event in self.stream:
@@ -106,6 +127,15 @@ class Answer:
                     event.stats.load_s = self.load_s
                     self.stats = event.stats
                     self.tokens = self.stream.tokens
+                    if self.watch is not None:
+                        tail, calls = self.watch.finish()
+                        if tail:
+                            yield TextDelta(tail, event.stats.completion_tokens)
+                        self.calls = tuple(calls)
+                        if calls:
+                            yield CallsMade(self.calls)
+                elif isinstance(event, TextDelta) and self.watch is not None:
+                    event = TextDelta(self.watch.feed(event.text), event.tokens)
                 yield event
         finally:
             self.close()
@@ -120,8 +150,37 @@ class Answer:
         self.pool.release(self.runner, self.ask.keep_alive)
 
 
+def _offer(runner: Runner, ask: Ask) -> tuple[tuple[Tool, ...], CallWatch | None, str | None]:
+    """The tools the prompt offers, the watch that reads calls out of the answer, and the
+    grammar of a required call (None when the call is the model's choice)."""
+    if not ask.tools or ask.tool_choice == "none":
+        return (), None, None
+    form = form_of(runner.loaded.template)
+    if form is None:
+        raise UsageError(
+            f"{ask.model} does not take tools: its chat template has no place for them",
+            "use a model whose template does (such as qwen2.5 or llama3.2), or send no tools",
+        )
+    watch = CallWatch(form, ask.tools)
+    if ask.tool_choice == "auto":
+        return ask.tools, watch, None
+    chosen = ask.tools
+    if ask.tool_choice != "required":
+        chosen = tuple(t for t in ask.tools if t.name == ask.tool_choice)
+        if not chosen:
+            raise UsageError(
+                f"tool_choice names {ask.tool_choice!r}, which is not among the tools",
+                "name one of the tools, or use auto, none or required",
+            )
+    return ask.tools, watch, call_grammar(form, chosen)
+
+
 def _tokens(
-    runner: Runner, ask: Ask, system: str | None, history: tuple[Message, ...]
+    runner: Runner,
+    ask: Ask,
+    system: str | None,
+    history: tuple[Message, ...],
+    tools: tuple[Tool, ...] = (),
 ) -> tuple[list[int], int]:
     """The prompt's tokens, and how many of them are worth keeping in the prompt cache (the
     system prompt and the earlier messages: a restarted server starts warm)."""
@@ -141,9 +200,9 @@ def _tokens(
         if history:
             first_user = 1 if messages and messages[0].role == "system" else 0
             messages = messages[:first_user] + list(history) + messages[first_user:]
-        tokens = list(ask.context) + conversation_tokens(model, loaded.template, messages)
+        tokens = list(ask.context) + conversation_tokens(model, loaded.template, messages, tools)
         if not ask.context:
-            keep = keep_point(model, loaded.template, messages, tokens)
+            keep = keep_point(model, loaded.template, messages, tokens, tools=tools)
     if not tokens:
         raise UsageError("the prompt is empty", "send some text to answer")
     return tokens, keep

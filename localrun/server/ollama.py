@@ -23,12 +23,14 @@ from localrun.errors import LocalrunError, UsageError
 from localrun.gguf.reader import read_gguf
 from localrun.prompt import grammar
 from localrun.prompt.template import Message
+from localrun.prompt.tools import ToolCall, parse_tools
 from localrun.server import catalog, fields
 from localrun.server.admin import AdminAPI
 from localrun.server.answer import (
     Answer,
     AnswerResponse,
     Ask,
+    CallsMade,
     cancel_on_disconnect,
     collect,
     embed,
@@ -73,7 +75,6 @@ def _refuse_unsupported(body: dict[str, Any], *names: str) -> None:
     """Fields localrun does not do yet, refused rather than silently ignored."""
     why = {
         "images": "images need a vision model, which localrun does not run yet",
-        "tools": "tool calls are not supported yet",
         "suffix": "fill-in-the-middle (suffix) is not supported",
         "template": "a per-request template is not supported: put it in a Modelfile",
     }
@@ -173,8 +174,8 @@ class OllamaAPI:
     async def chat(self, request: Request) -> Response:
         body = fields.parse_body(await request.body())
         name = fields.model_name(body)
-        _refuse_unsupported(body, "tools")
         keep = fields.keep_alive(body.get("keep_alive"))
+        tools = parse_tools(body.get("tools"))
         messages = _messages(fields.get(body, "messages", list, []))
         if not messages:
             return JSONResponse(
@@ -186,7 +187,8 @@ class OllamaAPI:
                     "done_reason": await self._load_only(name, body, keep),
                 }
             )
-        ask = Ask(name, messages, fields.options(body.get("options")), keep, grammar=_format(body))
+        options = fields.options(body.get("options"))
+        ask = Ask(name, messages, options, keep, grammar=_format(body), tools=tools)
         streaming = fields.get(body, "stream", bool, True)  # read before the model is held
         answer = await Answer.begin(self.pool, ask)
 
@@ -202,11 +204,18 @@ class OllamaAPI:
             final = piece("") | {"done": True}
             return final | timings(stats)
 
+        def called(calls: tuple[ToolCall, ...]) -> dict[str, Any]:
+            made = piece("")
+            made["message"]["tool_calls"] = [_call(c) for c in calls]
+            return made
+
         if streaming:
-            return _stream(request, answer, piece, last)
+            return _stream(request, answer, piece, last, called)
         text, stats = await collect(request.receive, answer)
         final = last(stats)
         final["message"]["content"] = text
+        if answer.calls:
+            final["message"]["tool_calls"] = [_call(c) for c in answer.calls]
         return JSONResponse(final)
 
     async def _load_only(self, name: str, body: dict[str, Any], keep: float | None) -> str:
@@ -305,19 +314,40 @@ def _messages(raw: list[Any]) -> tuple[Message, ...]:
                 "images need a vision model, which localrun does not run yet",
                 "send the messages without images",
             )
-        if m.get("tool_calls"):
-            raise UsageError("tool calls are not supported yet", "send messages without them")
-        out.append(Message(role, fields.get(m, "content", str, "")))
+        calls = tuple(_read_call(c, f"messages[{i}].tool_calls") for c in m.get("tool_calls") or [])
+        name = fields.get(m, "tool_name", str) or fields.get(m, "name", str)
+        content = fields.get(m, "content", str, "")
+        out.append(Message(role, content, calls, name=name if role == "tool" else None))
     return tuple(out)
 
 
-def _stream(request: Request, answer: Answer, piece: Any, last: Any) -> StreamingResponse:
+def _read_call(raw: Any, where: str) -> ToolCall:
+    """An earlier call, as Ollama's clients send it back: ``{"function": {"name": ...,
+    "arguments": {...}}}``."""
+    spec = raw.get("function") if isinstance(raw, dict) else None
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise UsageError(f"{where} must hold {{'function': {{'name': ..., 'arguments': ...}}}}")
+    arguments = spec.get("arguments") or {}
+    if not isinstance(arguments, dict):
+        raise UsageError(f"{where}: a function's arguments must be an object")
+    return ToolCall(spec["name"], arguments)
+
+
+def _call(call: ToolCall) -> dict[str, Any]:
+    return {"function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _stream(
+    request: Request, answer: Answer, piece: Any, last: Any, called: Any = None
+) -> StreamingResponse:
     async def lines() -> AsyncIterator[bytes]:
         try:
             async with cancel_on_disconnect(request.receive, answer):
                 async for event in answer.events():
                     if isinstance(event, TextDelta) and event.text:
                         yield _line(piece(event.text))
+                    elif isinstance(event, CallsMade) and called is not None:
+                        yield _line(called(event.calls))
                     elif isinstance(event, Finished):
                         yield _line(last(event.stats))
         except LocalrunError as e:

@@ -22,11 +22,13 @@ from localrun.engine.types import Finished, FinishReason, Stats, TextDelta
 from localrun.errors import LocalrunError, ModelNotFoundError, UsageError
 from localrun.prompt import grammar
 from localrun.prompt.template import Message
+from localrun.prompt.tools import Tool, ToolCall, new_call_id, parse_tools
 from localrun.server import catalog, fields
 from localrun.server.answer import (
     Answer,
     AnswerResponse,
     Ask,
+    CallsMade,
     cancel_on_disconnect,
     collect,
     embed,
@@ -58,8 +60,64 @@ def _usage(stats: Stats) -> dict[str, Any]:
     return usage
 
 
-def _finish(stats: Stats) -> str:
+def _finish(stats: Stats, calls: tuple[ToolCall, ...] = ()) -> str:
+    if calls:
+        return "tool_calls"
     return "length" if stats.finish_reason == FinishReason.LENGTH else "stop"
+
+
+def _call(call: ToolCall) -> dict[str, Any]:
+    """A call as OpenAI gives it: the arguments as a JSON string."""
+    arguments = json.dumps(call.arguments, ensure_ascii=False)
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": arguments},
+    }
+
+
+def _message(m: Any, i: int) -> Message:
+    """One of the request's messages: text, an assistant's tool calls, a tool's result."""
+    where = f"messages[{i}]"
+    if not isinstance(m, dict):
+        raise UsageError(f"{where} must be an object")
+    role = fields.get(m, "role", str)
+    if role not in ROLES:
+        raise UsageError(f"{where} has the role {json.dumps(role)}")
+    calls = []
+    for j, c in enumerate(m.get("tool_calls") or []):
+        spec = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise UsageError(f"{where}.tool_calls[{j}] must hold a function with a name")
+        raw = spec.get("arguments") or "{}"
+        try:
+            arguments = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            raise UsageError(f"{where}.tool_calls[{j}].function.arguments is not JSON") from None
+        if not isinstance(arguments, dict):
+            raise UsageError(f"{where}.tool_calls[{j}].function.arguments must be an object")
+        given = c.get("id")
+        ident = given if isinstance(given, str) and given else new_call_id()
+        calls.append(ToolCall(spec["name"], arguments, ident))
+    tool_call_id = fields.get(m, "tool_call_id", str) if role == "tool" else None
+    name = fields.get(m, "name", str) if role == "tool" else None
+    content = _content(m.get("content"), where)
+    return Message(ROLES[role], content, tuple(calls), tool_call_id, name)
+
+
+def _tool_choice(value: Any, tools: tuple[Tool, ...]) -> str:
+    """auto, none, required, or the name of the one function to call."""
+    if value is None:
+        return "auto"
+    if value in ("auto", "none", "required"):
+        return str(value)
+    spec = value.get("function") if isinstance(value, dict) else None
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        return str(spec["name"])
+    raise UsageError(
+        f"'tool_choice' cannot be {json.dumps(value)[:60]}",
+        'use "auto", "none", "required" or {"type": "function", "function": {"name": ...}}',
+    )
 
 
 def _content(value: Any, where: str) -> str:
@@ -89,8 +147,8 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
             raise UsageError(f"'{name}' is not supported", "use the repeat_penalty option instead")
     if fields.get(body, "logprobs", bool, False):
         raise UsageError("'logprobs' is not supported yet", "send the request without it")
-    if body.get("tools") or body.get("functions"):
-        raise UsageError("tool calls are not supported yet", "send the request without tools")
+    if body.get("functions"):
+        raise UsageError("'functions' is the old form of tools", "send them as 'tools'")
     options: dict[str, Any] = {}
     for ours, theirs, kind in (
         ("temperature", "temperature", float),
@@ -164,15 +222,17 @@ class OpenAIAPI:
         raw = fields.get(body, "messages", list, [])
         if not raw:
             raise UsageError("'messages' is empty", "send at least one message")
-        messages = []
-        for i, m in enumerate(raw):
-            if not isinstance(m, dict):
-                raise UsageError(f"messages[{i}] must be an object")
-            role = fields.get(m, "role", str)
-            if role not in ROLES:
-                raise UsageError(f"messages[{i}] has the role {json.dumps(role)}")
-            messages.append(Message(ROLES[role], _content(m.get("content"), f"messages[{i}]")))
-        ask = Ask(name, tuple(messages), _options(body), grammar=_response_format(body))
+        messages = [_message(m, i) for i, m in enumerate(raw)]
+        tools = parse_tools(body.get("tools"))
+        choice = _tool_choice(body.get("tool_choice"), tools)
+        ask = Ask(
+            name,
+            tuple(messages),
+            _options(body),
+            grammar=_response_format(body),
+            tools=tools,
+            tool_choice=choice,
+        )
         streaming, with_usage = fields.get(body, "stream", bool, False), _include_usage(body)
         answer = await Answer.begin(self.pool, ask)
         ident = "chatcmpl-" + secrets.token_hex(12)
@@ -196,10 +256,17 @@ class OpenAIAPI:
                 answer,
                 first,
                 lambda t: chunk({"content": t}),
-                lambda s: chunk({}, _finish(s)),
+                lambda s: chunk({}, _finish(s, answer.calls)),
                 with_usage,
+                lambda calls: [
+                    chunk({"tool_calls": [_call(c) | {"index": i}]}) for i, c in enumerate(calls)
+                ],
             )
         text, stats = await collect(request.receive, answer)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if answer.calls:
+            message["content"] = text or None
+            message["tool_calls"] = [_call(c) for c in answer.calls]
         return JSONResponse(
             {
                 "id": ident,
@@ -210,9 +277,9 @@ class OpenAIAPI:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": text},
+                        "message": message,
                         "logprobs": None,
-                        "finish_reason": _finish(stats),
+                        "finish_reason": _finish(stats, answer.calls),
                     }
                 ],
                 "usage": _usage(stats),
@@ -318,6 +385,7 @@ def _sse(
     piece: Any,
     finish: Any,
     include_usage: bool,
+    called: Any = None,
 ) -> StreamingResponse:
     async def events() -> AsyncIterator[bytes]:
         try:
@@ -327,6 +395,9 @@ def _sse(
                 async for event in answer.events():
                     if isinstance(event, TextDelta) and event.text:
                         yield _event(piece(event.text))
+                    elif isinstance(event, CallsMade) and called is not None:
+                        for made in called(event.calls):
+                            yield _event(made)
                     elif isinstance(event, Finished):
                         yield _event(finish(event.stats))
                         if include_usage:

@@ -214,16 +214,17 @@ class LlamaCppModel:
             )
         return list(buf[:n])
 
-    def _piece(self, token: int) -> bytes:
-        piece = self._pieces.get(token)
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        key = ~token if special else token  # control tokens' text kept apart
+        piece = self._pieces.get(key)
         if piece is None:
             buf = ctypes.create_string_buffer(64)
-            n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
             if n < 0:
                 buf = ctypes.create_string_buffer(-n)
-                n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+                n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
             piece = buf.raw[:n]
-            self._pieces[token] = piece
+            self._pieces[key] = piece
         return piece
 
     @property
@@ -307,8 +308,8 @@ class LlamaCppModel:
     def is_end(self, token: int) -> bool:
         return bool(lc.llama_vocab_is_eog(self._vocab, token))
 
-    def piece(self, token: int) -> bytes:
-        return self._piece(token)
+    def piece(self, token: int, special: bool = False) -> bytes:
+        return self._piece(token, special)
 
     def forget(self, seq: int) -> None:
         lc.llama_memory_seq_rm(self._mem, seq, -1, -1)
