@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from localrun.cli import main
 from tests.hub import TEST_TOKEN, FakeHub
+from tests.test_real_templates import real_templates  # noqa: F401 - a fixture for all tests
 from tests.tinygguf import CHATML_TEMPLATE, write_tiny_model
 
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 import re
 import string
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
 import jinja2
@@ -289,6 +290,32 @@ def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
     return checked
 
 
+def _tojson(
+    value: Any,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+    ensure_ascii: bool = False,
+) -> str:
+    """JSON as transformers' templates get it: keys in their order, text as it is (Jinja's
+    own sorts keys and escapes <, >, &, ' and all that is not ASCII), and a filter's
+    generator (``tools | map(attribute='function')``) as a list."""
+    return json.dumps(
+        value,
+        indent=indent,
+        separators=separators,
+        sort_keys=sort_keys,
+        ensure_ascii=ensure_ascii,
+        default=_listed,
+    )
+
+
+def _listed(value: Any) -> Any:
+    if isinstance(value, Iterator):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def _raise_exception(message: str) -> NoReturn:
     raise jinja2.TemplateError(message)
 
@@ -389,6 +416,7 @@ def environment() -> BoundedEnvironment:
         finalize=_finalize,
         undefined=_Unknown,
     )
+    env.filters["tojson"] = _tojson
     env.filters = {name: _bounded_filter(name, f) for name, f in env.filters.items()}
     env.globals.pop("lipsum", None)  # makes text in a Python loop: no template needs it
     env.globals["raise_exception"] = _raise_exception

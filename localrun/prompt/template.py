@@ -162,6 +162,7 @@ def render(
             f"(at most {MAX_TEMPLATE_CHARS:,})",
             "override it with a Modelfile TEMPLATE",
         )
+    messages = _calls_as_text(template, messages)
     offered = [t.as_template() for t in tools]
     given = sum(len(m.content) for m in messages) + len(bos_token) + len(eos_token)
     given += sum(len(json.dumps(m.as_template())) for m in messages if m.tool_calls)
@@ -256,6 +257,24 @@ def _render_or_fold(
         f"the model's chat template failed: {first}",
         "override it with a Modelfile TEMPLATE",
     ) from None
+
+
+def _calls_as_text(template: str, messages: Sequence[Message]) -> Sequence[Message]:
+    """A template that takes tools but never renders an assistant's calls (Granite 3.3's)
+    would lose them from the conversation: they go in as the text the model wrote."""
+    from localrun.prompt.tools import form_of
+
+    if "tool_calls" in template or not any(m.tool_calls for m in messages):
+        return messages
+    form = form_of(template)
+    if form is None:
+        return messages
+    return [
+        Message(m.role, "\n".join(p for p in (m.content, form.write(m.tool_calls)) if p))
+        if m.tool_calls
+        else m
+        for m in messages
+    ]
 
 
 def _fold_system(messages: Sequence[Message]) -> list[Message] | None:

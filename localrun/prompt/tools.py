@@ -124,6 +124,16 @@ class Form:
     arguments_key: str = "arguments"
     in_list: bool = False  # the grammar's call goes inside a JSON list
 
+    def write(self, calls: tuple[ToolCall, ...]) -> str:
+        """Calls as the model writes them (for a template that leaves earlier calls out)."""
+        key = self.arguments_key
+        objects = [{"name": c.name, key: c.arguments} for c in calls]
+        if self.name == "hermes" or self.name == "deepseek":
+            return "\n".join(f"<tool_call>\n{json.dumps(o)}\n</tool_call>" for o in objects)
+        if self.name == "llama3":
+            return "; ".join(json.dumps(o) for o in objects)
+        return self.prefix + json.dumps(objects)
+
     def parse(self, text: str, tools: tuple[Tool, ...]) -> tuple[str, list[ToolCall]]:
         """The answer's text without its calls, and the calls (of tools that exist)."""
         content, calls = _PARSERS[self.name](text)
@@ -144,7 +154,8 @@ FORMS = {
 
 
 def form_of(template: str | None) -> Form | None:
-    """The form a chat template's model writes calls in; None if it takes no tools."""
+    """The form a chat template's model writes calls in, told by the template's own text;
+    None if it takes no tools, or writes them in a form localrun does not read."""
     if not template or "tools" not in template:
         return None
     for marker, name in (
@@ -153,12 +164,12 @@ def form_of(template: str | None) -> Form | None:
         ("<|tool_call|>", "granite"),
         ("tool▁call▁begin", "deepseek"),
         ("<|python_tag|>", "llama3"),
-        ('"parameters": ', "llama3"),
-        ("<|start_header_id|>", "llama3"),
     ):
         if marker in template:
             return FORMS[name]
-    return FORMS["hermes"]  # the most common form, for a template that says nothing of it
+    if "ipython" in template and '"parameters"' in template:
+        return FORMS["llama3"]  # Llama 3.2: tool results come back as "ipython"
+    return None
 
 
 def _call(obj: Any, keys: tuple[str, ...] = ("arguments", "parameters")) -> ToolCall | None:
@@ -238,12 +249,15 @@ def _in_list(marker: str) -> Any:
 
 
 def _mistral_args(text: str) -> tuple[str, list[ToolCall]]:
-    """The newer Mistral form: [TOOL_CALLS]name[ARGS]{...}, once per call."""
+    """The newer Mistral forms: [TOOL_CALLS]name[ARGS]{...} and (Mistral Small 3.2)
+    [TOOL_CALLS]name[CALL_ID]id[ARGS]{...}, once per call."""
     calls = []
     head = text[: text.find("[TOOL_CALLS]")]
-    for m in re.finditer(r"\[TOOL_CALLS\]\s*([A-Za-z0-9_.\-]+)\s*\[ARGS\]", text):
+    pattern = r"\[TOOL_CALLS\]\s*([A-Za-z0-9_.\-]+)\s*(?:\[CALL_ID\]\s*(\w+)\s*)?\[ARGS\]"
+    for m in re.finditer(pattern, text):
         values, _ = _json_values(text[m.end() :])
-        if values and (c := _call({"name": m.group(1), "arguments": values[0]})) is not None:
+        found = {"name": m.group(1), "arguments": values[0] if values else None, "id": m.group(2)}
+        if values and (c := _call(found)) is not None:
             calls.append(c)
     return head, calls
 

@@ -155,11 +155,17 @@ def _offer(runner: Runner, ask: Ask) -> tuple[tuple[Tool, ...], CallWatch | None
     grammar of a required call (None when the call is the model's choice)."""
     if not ask.tools or ask.tool_choice == "none":
         return (), None, None
-    form = form_of(runner.loaded.template)
+    template = runner.loaded.template
+    form = form_of(template)
     if form is None:
+        why = (
+            "writes tool calls in a form localrun does not read yet"
+            if template and "tools" in template
+            else "does not take tools: its chat template has no place for them"
+        )
         raise UsageError(
-            f"{ask.model} does not take tools: its chat template has no place for them",
-            "use a model whose template does (such as qwen2.5 or llama3.2), or send no tools",
+            f"{ask.model} {why}",
+            "use a model that does (such as qwen2.5, llama3.2 or mistral), or send no tools",
         )
     watch = CallWatch(form, ask.tools)
     if ask.tool_choice == "auto":

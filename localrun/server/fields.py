@@ -164,3 +164,18 @@ def keep_alive(value: Any) -> float | None:
         f"'keep_alive' cannot be {json.dumps(value)[:40]}",
         'use a duration like "5m", "30s", "1h", 0 to unload at once, or -1 to keep loaded',
     )
+
+
+def tool_choice(value: Any) -> str:
+    """auto, none, required, or the name of the one function to call."""
+    if value is None:
+        return "auto"
+    if value in ("auto", "none", "required"):
+        return str(value)
+    spec = value.get("function") if isinstance(value, dict) else None
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        return str(spec["name"])
+    raise UsageError(
+        f"'tool_choice' cannot be {json.dumps(value)[:60]}",
+        'use "auto", "none", "required" or {"type": "function", "function": {"name": ...}}',
+    )

@@ -188,7 +188,11 @@ class OllamaAPI:
                 }
             )
         options = fields.options(body.get("options"))
-        ask = Ask(name, messages, options, keep, grammar=_format(body), tools=tools)
+        # tool_choice is not Ollama's; localrun takes it here too, as llama.cpp's server does.
+        choice = fields.tool_choice(body.get("tool_choice"))
+        ask = Ask(
+            name, messages, options, keep, grammar=_format(body), tools=tools, tool_choice=choice
+        )
         streaming = fields.get(body, "stream", bool, True)  # read before the model is held
         answer = await Answer.begin(self.pool, ask)
 

@@ -22,7 +22,7 @@ from localrun.engine.types import Finished, FinishReason, Stats, TextDelta
 from localrun.errors import LocalrunError, ModelNotFoundError, UsageError
 from localrun.prompt import grammar
 from localrun.prompt.template import Message
-from localrun.prompt.tools import Tool, ToolCall, new_call_id, parse_tools
+from localrun.prompt.tools import ToolCall, new_call_id, parse_tools
 from localrun.server import catalog, fields
 from localrun.server.answer import (
     Answer,
@@ -103,21 +103,6 @@ def _message(m: Any, i: int) -> Message:
     name = fields.get(m, "name", str) if role == "tool" else None
     content = _content(m.get("content"), where)
     return Message(ROLES[role], content, tuple(calls), tool_call_id, name)
-
-
-def _tool_choice(value: Any, tools: tuple[Tool, ...]) -> str:
-    """auto, none, required, or the name of the one function to call."""
-    if value is None:
-        return "auto"
-    if value in ("auto", "none", "required"):
-        return str(value)
-    spec = value.get("function") if isinstance(value, dict) else None
-    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-        return str(spec["name"])
-    raise UsageError(
-        f"'tool_choice' cannot be {json.dumps(value)[:60]}",
-        'use "auto", "none", "required" or {"type": "function", "function": {"name": ...}}',
-    )
 
 
 def _content(value: Any, where: str) -> str:
@@ -224,7 +209,7 @@ class OpenAIAPI:
             raise UsageError("'messages' is empty", "send at least one message")
         messages = [_message(m, i) for i, m in enumerate(raw)]
         tools = parse_tools(body.get("tools"))
-        choice = _tool_choice(body.get("tool_choice"), tools)
+        choice = fields.tool_choice(body.get("tool_choice"))
         ask = Ask(
             name,
             tuple(messages),
