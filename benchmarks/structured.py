@@ -20,7 +20,9 @@ from localrun.engine.batch import BatchEngine, collect
 from localrun.models.resolve import resolve
 from localrun.prompt import grammar
 
-PROMPT = "Here is a JSON list of 20 books, each with its title, author, year and genre:\n\n```json\n"
+PROMPT = (
+    "Here is a JSON list of 20 books, each with its title, author, year and genre:\n\n```json\n"
+)
 BOOKS = {
     "type": "array",
     "items": {
