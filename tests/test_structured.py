@@ -269,10 +269,12 @@ def test_the_clients_get_json_that_follows_their_schemas(
     with serving(localrun_home, "--model", "tiny") as server:
         client = ollama.Client(host=server.url)
         said = [{"role": "user", "content": "a pet, as JSON"}]
-        chat = client.chat(model="tiny", messages=said, format=PET, options={"num_predict": 200})
+        chat = client.chat(
+            model="tiny", messages=said, format=PET, options={"num_predict": 200, "temperature": 0}
+        )
         _validate(chat.message.content, PET)
         made = client.generate(
-            model="tiny", prompt="hi", format="json", options={"num_predict": 300}
+            model="tiny", prompt="hi", format="json", options={"num_predict": 300, "temperature": 0}
         )
         assert isinstance(json.loads(made.response), dict)  # "json": an object
 
@@ -285,14 +287,16 @@ def test_the_clients_get_json_that_follows_their_schemas(
             model="tiny",
             messages=said,
             response_format=strict,
-            max_tokens=200,  # type: ignore[arg-type]
+            max_tokens=200,
+            temperature=0,  # greedy: the tiny model's noise is the same each run
         )
         _validate(done.choices[0].message.content or "", PET)
         parsed = oai.chat.completions.parse(
             model="tiny",
             messages=said,
             response_format=Pet,
-            max_tokens=200,  # type: ignore[arg-type]
+            max_tokens=200,
+            temperature=0,  # greedy: the tiny model's noise is the same each run
         )
         pet = parsed.choices[0].message.parsed
         assert isinstance(pet, Pet) and pet.kind in ("cat", "dog")
@@ -300,7 +304,8 @@ def test_the_clients_get_json_that_follows_their_schemas(
             model="tiny",
             messages=said,
             response_format={"type": "json_object"},
-            max_tokens=300,  # type: ignore[arg-type]
+            max_tokens=300,
+            temperature=0,  # greedy: the tiny model's noise is the same each run
         )
         assert isinstance(json.loads(loose.choices[0].message.content or ""), dict)
         # Cut short: finish_reason says so.
@@ -308,7 +313,8 @@ def test_the_clients_get_json_that_follows_their_schemas(
             model="tiny",
             messages=said,
             response_format=strict,
-            max_tokens=3,  # type: ignore[arg-type]
+            max_tokens=3,
+            temperature=0,  # greedy: the tiny model's noise is the same each run
         )
         assert short.choices[0].finish_reason == "length"
         # What cannot be enforced is a 400 that names it, for both APIs.

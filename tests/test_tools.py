@@ -44,7 +44,7 @@ WEATHER = Tool(
 TIME = Tool(
     "get_time",
     "The time in a timezone",
-    {"type": "object", "properties": {"tz": {"type": "string"}}},
+    {"type": "object", "properties": {"tz": {"type": "string", "pattern": "^[A-Z]{3}$"}}},
 )
 TOOLS = (WEATHER, TIME)
 
@@ -240,7 +240,8 @@ def test_the_clients_get_tool_calls(
             messages=said,
             tools=OPENAI_TOOLS,
             tool_choice="required",
-            max_tokens=200,  # type: ignore[arg-type]
+            max_tokens=200,
+            temperature=0,  # the tiny model's noise, the same each run, held to a call
         )
         choice = done.choices[0]
         assert choice.finish_reason == "tool_calls"
@@ -255,7 +256,8 @@ def test_the_clients_get_tool_calls(
             tools=OPENAI_TOOLS,
             tool_choice=named,
             max_tokens=200,
-            stream=True,  # type: ignore[arg-type]
+            temperature=0,
+            stream=True,
         )
         deltas, finish = [], None
         for chunk in stream:
@@ -287,7 +289,7 @@ def test_the_clients_get_tool_calls(
             "tools": OPENAI_TOOLS,
             "tool_choice": "required",
             "stream": False,
-            "options": {"num_predict": 200},
+            "options": {"num_predict": 200, "temperature": 0},
         }
         r = httpx.post(server.url + "/api/chat", json=body, timeout=120)
         reply = ollama.ChatResponse.model_validate(r.json())
@@ -301,3 +303,30 @@ def test_the_clients_get_tool_calls(
         client.chat(model="qwen", messages=said, tools=OPENAI_TOOLS, options={"num_predict": 8})
         with pytest.raises(ollama.ResponseError, match="does not take tools"):
             client.chat(model="plain", messages=said, tools=OPENAI_TOOLS)
+
+
+def test_the_chat_offers_tools_and_shows_calls(qwen_tiny: Path, tmp_path: Path) -> None:
+    """/tools FILE: the tools reach the template, a call comes back as a Called event (here
+    held to one by a grammar, as --grammar would), and the next turn renders it."""
+    from localrun.engine.chat import Called, ChatSession, Options
+    from localrun.engine.load import load_model
+    from localrun.engine.types import Finished
+
+    loaded = load_model(str(qwen_tiny), n_ctx=2048, n_threads=2, path=qwen_tiny)
+    try:
+        file = tmp_path / "tools.json"
+        file.write_text(json.dumps(OPENAI_TOOLS))
+        held = call_grammar(FORMS["hermes"], (WEATHER,))
+        session = ChatSession(loaded, options=Options(SamplingParams(grammar=held), 200))
+        assert session.load_tools(file) == 2
+        events = list(session.ask("weather in paris?"))
+        called = [e for e in events if isinstance(e, Called)]
+        assert len(called) == 1 and called[0].calls[0].name == "get_weather"
+        assert isinstance(events[-1], Finished)
+        assert session.messages[-1].tool_calls == called[0].calls
+        bad = tmp_path / "bad.json"
+        bad.write_text('{"not": "a list"}')
+        with pytest.raises(UsageError, match="must be a list"):
+            session.load_tools(bad)
+    finally:
+        loaded.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from localrun import paths
 from localrun.cli.chatview import AnswerState, AnswerView, summary_line
 from localrun.cli.output import format_stats
 from localrun.engine import CHAT
-from localrun.engine.chat import ChatEvent, ChatSession
+from localrun.engine.chat import Called, ChatEvent, ChatSession
 from localrun.errors import LocalrunError
 from localrun.gguf.reader import file_type_name
 
@@ -26,6 +27,7 @@ HELP = """Commands:
   /set verbose | quiet        full statistics after each answer, or one summary line
   /show info | parameters | system | template | stats
   /save FILE, /load FILE      write or read the conversation as JSON
+  /tools FILE                 offer the model the tools in a JSON file (its calls are shown)
   /retry                      answer the last message again
   /clear                      forget the conversation (the system prompt stays)
   /bye, /exit                 leave (Ctrl-D too)
@@ -114,16 +116,23 @@ class ChatUI:
             self.console, state, markdown=self.wordwrap, live=self.live and self.wordwrap
         )
         interrupted = False
+        called: Called | None = None
         try:
             with view:
                 for event in events():
-                    view.handle(event)
+                    if isinstance(event, Called):
+                        called = event
+                    else:
+                        view.handle(event)
         except KeyboardInterrupt:
             interrupted = True
         except LocalrunError as e:
             self.error(e)
             return
         stats = view.stats or self.session.last_stats
+        for call in called.calls if called else ():
+            arguments = json.dumps(call.arguments, ensure_ascii=False)
+            self.console.print(Text(f"Tool call: {call.name}({arguments})", style="cyan"))
         if interrupted:
             self.console.print(Text("(stopped: the answer so far is kept)", style="yellow"))
         if stats is None:
@@ -196,6 +205,9 @@ class ChatUI:
                 self._show(args[0].lower() if args else "")
             elif name in ("/save", "/load"):
                 self._file(name, line)
+            elif name == "/tools" and len(args) == 1:
+                count = self.session.load_tools(Path(args[0]).expanduser())
+                self.console.print(f"Offering {count} tools: their calls are shown, not run.")
             else:
                 self.console.print(f"Unknown command '{name}'. Type /help for the commands.")
         except LocalrunError as e:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from localrun.files import write_atomic
 from localrun.models.modelfile import coerce_parameter
 from localrun.prompt.build import MIN_KEEP, conversation_tokens, keep_point
 from localrun.prompt.template import Message
+from localrun.prompt.tools import CallWatch, Tool, ToolCall, form_of, parse_tools
 
 HISTORY_FORMAT = "localrun-chat/1"
 
@@ -35,7 +36,14 @@ class Trimmed:
     kept: int
 
 
-ChatEvent = Event | Trimmed
+@dataclass(frozen=True)
+class Called:
+    """The answer called tools (with ``/tools``): running them is up to the user."""
+
+    calls: tuple[ToolCall, ...]
+
+
+ChatEvent = Event | Trimmed | Called
 
 
 @dataclass
@@ -82,6 +90,24 @@ class ChatSession:
         self.options = options or Options()
         self.messages: list[Message] = list(messages or [])
         self.last_stats: Stats | None = None
+        self.tools: tuple[Tool, ...] = ()  # offered to the model (/tools FILE)
+
+    def load_tools(self, path: Path) -> int:
+        """Offer the tools defined in a JSON file (a list, in the form the APIs take)."""
+        if form_of(self.loaded.template) is None:
+            raise UsageError(
+                f"{self.loaded.name} does not take tools (or writes calls in a form "
+                "localrun does not read)",
+                "use a model whose chat template takes tools, such as qwen2.5 or llama3.2",
+            )
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise UsageError(f"cannot read {path}: {e.strerror}", "give a JSON file") from None
+        except ValueError as e:
+            raise UsageError(f"{path} is not JSON: {e}", "give a JSON list of tools") from None
+        self.tools = parse_tools(raw, str(path))
+        return len(self.tools)
 
     # -- the conversation ------------------------------------------------------------
 
@@ -96,7 +122,7 @@ class ChatSession:
         while True:
             try:
                 tokens = conversation_tokens(
-                    self.loaded.model, self.loaded.template, self._conversation(kept)
+                    self.loaded.model, self.loaded.template, self._conversation(kept), self.tools
                 )
             except PromptTooLongError:
                 if len(kept) <= 1:
@@ -137,7 +163,9 @@ class ChatSession:
         self.messages = kept
         # What comes back next turn (the system prompt and the turns so far) is kept on disk.
         conversation = self._conversation(kept)
-        keep = keep_point(self.loaded.model, self.loaded.template, conversation, tokens)
+        keep = keep_point(
+            self.loaded.model, self.loaded.template, conversation, tokens, tools=self.tools
+        )
         return self._stream(tokens, dropped, start, keep)
 
     def _stream(
@@ -146,6 +174,9 @@ class ChatSession:
         if dropped:
             yield Trimmed(dropped, len(self.messages))
         parts: list[str] = []
+        form = form_of(self.loaded.template) if self.tools else None
+        watch = CallWatch(form, self.tools) if form is not None else None
+        calls: list[ToolCall] = []
         try:
             for event in generate_tokens(
                 self.loaded,
@@ -155,15 +186,25 @@ class ChatSession:
                 stop=self.options.stop,
                 start=start,
                 cache_at=keep,
+                special=watch is not None,
             ):
                 if isinstance(event, TextDelta):
+                    if watch is not None:
+                        event = TextDelta(watch.feed(event.text), event.tokens)
                     parts.append(event.text)
                 elif isinstance(event, Finished):
                     self.last_stats = event.stats
+                    if watch is not None:
+                        tail, calls = watch.finish()
+                        if tail:
+                            parts.append(tail)
+                            yield TextDelta(tail, event.stats.completion_tokens)
+                        if calls:
+                            yield Called(tuple(calls))
                 yield event
         finally:
             # Ctrl-C keeps what was written: it is part of the conversation now.
-            self.messages.append(Message("assistant", "".join(parts)))
+            self.messages.append(Message("assistant", "".join(parts), tuple(calls)))
 
     def clear(self) -> None:
         """Forget the messages (the system prompt stays)."""
@@ -202,7 +243,9 @@ class ChatSession:
     def parameters(self) -> dict[str, object]:
         """The current generation settings, by name."""
         result: dict[str, object] = {
-            f.name: getattr(self.options.sampling, f.name) for f in fields(SamplingParams)
+            f.name: getattr(self.options.sampling, f.name)
+            for f in fields(SamplingParams)
+            if f.name != "grammar"  # --schema or --grammar, not a setting to change here
         }
         result["max_tokens"] = self.options.max_tokens
         result["stop"] = list(self.options.stop)
@@ -217,7 +260,7 @@ class ChatSession:
             "model": self.loaded.name,
             "system": self.system,
             "parameters": self.parameters(),
-            "messages": [asdict(m) for m in self.messages],
+            "messages": [m.as_template() for m in self.messages],
         }
         path = path.expanduser()
         if path.is_dir():
@@ -262,12 +305,12 @@ class ChatSession:
         path = path.expanduser()
         try:
             data = json.loads(path.read_text())
-            messages = [Message(str(m["role"]), str(m["content"])) for m in data["messages"]]
+            messages = [_saved_message(m) for m in data["messages"]]
             system = data.get("system")
             params = data.get("parameters", {})
         except FileNotFoundError:
             raise LocalrunError(f"no such file: {path}", "give the path of a saved chat") from None
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise LocalrunError(
                 f"{path} is not a saved localrun chat ({type(e).__name__})",
                 "load a file written by /save",
@@ -283,3 +326,19 @@ class ChatSession:
         self.messages = messages
         self.system = system if isinstance(system, str) else None
         self.options = session.options
+
+
+def _saved_message(m: dict[str, Any]) -> Message:
+    """A message as :meth:`ChatSession.save` wrote it (its calls as templates read them)."""
+    calls = tuple(
+        ToolCall(str(c["function"]["name"]), dict(c["function"]["arguments"]), str(c["id"]))
+        for c in m.get("tool_calls") or ()
+    )
+    tool_call_id, name = m.get("tool_call_id"), m.get("name")
+    return Message(
+        str(m["role"]),
+        str(m["content"]),
+        calls,
+        str(tool_call_id) if tool_call_id is not None else None,
+        str(name) if name is not None else None,
+    )

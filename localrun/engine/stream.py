@@ -96,6 +96,7 @@ def generate_tokens(
     start: float | None = None,
     stop_at_eog: bool = True,
     cache_at: int = 0,
+    special: bool = False,
 ) -> Iterator[Event]:
     """Generate after ``tokens`` on the model's batching engine, yielding events and the
     statistics last: ``run`` and the chat are one request among N, like any other.
@@ -113,6 +114,7 @@ def generate_tokens(
         submitted=start,
         cache_at=cache_at,
         speculate=loaded.speculate,
+        special=special,
     )
     finished = False
     try:
