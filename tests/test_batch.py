@@ -11,7 +11,7 @@ from localrun import backend, engine
 from localrun.backend import SamplingParams, StepModel
 from localrun.engine.batch import BatchEngine, collect
 from localrun.engine.types import Finished, FinishReason, TextDelta
-from localrun.errors import PromptTooLongError
+from localrun.errors import LocalrunError, PromptTooLongError
 
 GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)
 PROMPTS = ["the sky is", "why is the", "hello world", "blue sky blue", "a b c d e", "is it"]
@@ -59,6 +59,33 @@ def test_many_requests_share_the_context_and_all_finish(loaded: engine.LoadedMod
         assert stats.finish_reason == FinishReason.LENGTH  # type: ignore[attr-defined]
     # The same prompt, greedy, gives the same text whichever round it ran in.
     assert [t for t, _ in results[:6]] == [t for t, _ in results[6:]]
+
+
+def test_a_request_that_cannot_start_fails_alone(
+    loaded: engine.LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request whose sampler cannot be made gets the error; the engine and the other
+    requests go on (once, such a request was lost and its reader waited forever)."""
+    model = step_model(loaded)
+    made = model.new_sampler
+
+    def new_sampler(sampling: SamplingParams, history: list[int]) -> object:
+        if sampling.seed == 13:
+            raise ValueError("no chain for seed 13")
+        return made(sampling, history)
+
+    monkeypatch.setattr(model, "new_sampler", new_sampler)
+    batch = BatchEngine(model)
+    try:
+        prompt = tokens_of(loaded, "the sky is")
+        bad = batch.submit(prompt, SamplingParams(seed=13), max_tokens=4)
+        good = batch.submit(prompt, GREEDY, max_tokens=4, stop_at_eog=False)
+        with pytest.raises(LocalrunError, match="no chain for seed 13"):
+            collect(bad)
+        assert collect(good)[1].completion_tokens == 4
+        assert batch.alive
+    finally:
+        batch.close()
 
 
 def test_two_rows_give_the_lone_text(tiny_model: Path) -> None:

@@ -411,11 +411,18 @@ class BatchEngine:
             self._free.remove(slot)
             seq.slot = slot
             seq.number = next(self._admitted)
-            self._take_prefix(seq, slot, reused)
-            self._share_prefix(seq, slot)
-            self._restore(seq, slot)
-            if seq.sampler is None:
-                seq.sampler = self.model.new_sampler(seq.sampling, seq.prompt)
+            try:
+                self._take_prefix(seq, slot, reused)
+                self._share_prefix(seq, slot)
+                self._restore(seq, slot)
+                if seq.sampler is None:
+                    seq.sampler = self.model.new_sampler(seq.sampling, seq.prompt)
+            except Exception as e:  # this request cannot start: it fails, the others go on
+                self.model.forget(slot)
+                self._free.append(slot)
+                seq.slot, seq.finished = None, True
+                seq.outbox.put(e if isinstance(e, LocalrunError) else LocalrunError(str(e)))
+                continue
             self._running.append(seq)
 
     def _best_slot(self, tokens: list[int]) -> tuple[int, int]:
