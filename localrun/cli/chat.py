@@ -207,7 +207,8 @@ class ChatUI:
                 self._file(name, line)
             elif name == "/tools" and len(args) == 1:
                 count = self.session.load_tools(Path(args[0]).expanduser())
-                self.console.print(f"Offering {count} tools: their calls are shown, not run.")
+                tools = "1 tool" if count == 1 else f"{count} tools"
+                self.console.print(f"Offering {tools}: calls are shown, not run.")
             else:
                 self.console.print(f"Unknown command '{name}'. Type /help for the commands.")
         except LocalrunError as e:
