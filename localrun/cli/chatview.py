@@ -59,7 +59,8 @@ def status_line(state: AnswerState) -> Text:
         parts.append(f"{state.tokens} tokens")
     else:
         parts.append(f"{state.prompt_tokens} prompt tokens")
-    parts.append(f"ctx {state.prompt_tokens + state.tokens}/{state.n_ctx}")
+    if state.n_ctx:  # 0: a remote engine's, not known here
+        parts.append(f"ctx {state.prompt_tokens + state.tokens}/{state.n_ctx}")
     parts.append(state.placement)
     return Text(" · ".join(parts), style="dim")
 

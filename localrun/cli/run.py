@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING, TextIO
@@ -20,6 +21,7 @@ from localrun.system import physical_cores
 if TYPE_CHECKING:
     from localrun import engine
     from localrun.prompt.grammar import Constraint
+    from localrun.remote.registry import Remote
 
 
 def parse_gpu_layers(value: str | None) -> str | None:
@@ -205,6 +207,13 @@ def run(
         metavar="MODEL",
         help="The draft model for --speculative draft: smaller, with the same vocabulary.",
     ),
+    endpoint: str | None = typer.Option(
+        None,
+        "--endpoint",
+        metavar="URL",
+        help="Ask MODEL of this OpenAI-compatible server instead (vLLM, llama-server, "
+        "Ollama, localrun serve...): see also 'localrun remote add'.",
+    ),
 ) -> None:
     """Answer a prompt, or chat.
 
@@ -239,6 +248,31 @@ def run(
     if batch is None and (args or piped or not chat_mode):
         text = read_prompt(args, sys.stdin)
     terminal = sys.stdout.isatty() and output_format is OutputFormat.text
+    from localrun.models.resolve import Settings
+
+    remote = _remote(model, endpoint)
+    if remote is not None:
+        if chat_mode or batch is not None or draft or speculative or constraint:
+            raise UsageError(
+                "a remote engine answers one-shot prompts for now (no chat, --batch, "
+                "--draft, --speculative, --schema or --grammar)",
+                "give a prompt, or run a local model",
+            )
+        opts = engine.run_options(
+            Settings(),
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            seed=seed,
+            max_tokens=max_tokens,
+            stop=tuple(stop or ()),
+            system=system,
+        )
+        assert text is not None
+        _answer_remotely(remote, text, opts, output_format, terminal, verbose, not nowordwrap)
+        return
     resolved = resolve_or_pull(model)
     opts = engine.run_options(
         resolved.settings,
@@ -317,13 +351,15 @@ def run(
             stop=opts.stop,
             document=_piped_part(text, args) if piped else "",
         )
+        events = engine.generate(loaded, request)
+        described = _described(loaded, n_threads) if verbose else None
         stats: engine.Stats | None
         if output_format is OutputFormat.json:
-            stats = _json(loaded, request, model, verbose, n_threads)
+            stats = _json(events, model, loaded.mode, described)
         elif terminal:
-            stats = _live(loaded, request, verbose, n_threads, wordwrap=not nowordwrap)
+            stats = _live(events, loaded.placement, loaded.model.n_ctx, described, not nowordwrap)
         else:
-            stats = _plain(loaded, request, verbose, n_threads)
+            stats = _plain(events, described)
         if constraint is not None and stats is not None:
             _check_complete(stats, constraint)
     finally:
@@ -385,66 +421,120 @@ def _chat(
     ui.run(setup_history())
 
 
+def _described(loaded: engine.LoadedModel, threads: int) -> Callable[[engine.Stats], str]:
+    """The --verbose block of a local model's answer."""
+    return lambda stats: format_stats(stats, loaded, threads)
+
+
 def _plain(
-    loaded: engine.LoadedModel, request: engine.Request, verbose: bool, threads: int
+    events: Iterator[engine.Event], described: Callable[[engine.Stats], str] | None
 ) -> engine.Stats:
     from localrun import engine
 
     stream = _Stream(sys.stdout)
     try:
-        for event in engine.generate(loaded, request):
+        for event in events:
             if isinstance(event, engine.TextDelta) and event.text:
                 stream.write(event.text)
             elif isinstance(event, engine.Finished):
                 stats = event.stats
     finally:
         stream.end_line()
-    if verbose:
-        print(format_stats(stats, loaded, threads), file=sys.stderr)
+    if described is not None:
+        print(described(stats), file=sys.stderr)
     return stats
 
 
 def _live(
-    loaded: engine.LoadedModel,
-    request: engine.Request,
-    verbose: bool,
-    threads: int,
-    *,
+    events: Iterator[engine.Event],
+    placement: str,
+    n_ctx: int,
+    described: Callable[[engine.Stats], str] | None,
     wordwrap: bool,
 ) -> engine.Stats | None:
     from rich.console import Console
 
-    from localrun import engine
     from localrun.cli.chatview import AnswerState, AnswerView
 
-    state = AnswerState(loaded.placement, loaded.model.n_ctx)
+    state = AnswerState(placement, n_ctx)
     view = AnswerView(Console(), state, markdown=wordwrap, live=wordwrap)
     with view:
-        for event in engine.generate(loaded, request):
+        for event in events:
             view.handle(event)
-    if verbose and view.stats is not None:
-        print(format_stats(view.stats, loaded, threads), file=sys.stderr)
+    if described is not None and view.stats is not None:
+        print(described(view.stats), file=sys.stderr)
     return view.stats
 
 
 def _json(
-    loaded: engine.LoadedModel, request: engine.Request, model: str, verbose: bool, threads: int
+    events: Iterator[engine.Event],
+    model: str,
+    mode: str,
+    described: Callable[[engine.Stats], str] | None,
 ) -> engine.Stats:
     from localrun import engine
 
     answer: list[str] = []
-    for event in engine.generate(loaded, request):
+    for event in events:
         if isinstance(event, engine.TextDelta):
             answer.append(event.text)
         elif isinstance(event, engine.Finished):
             stats = event.stats
-    result = {
-        "model": model,
-        "mode": loaded.mode,
-        "response": "".join(answer),
-        "stats": stats.as_dict(),
-    }
+    result = {"model": model, "mode": mode, "response": "".join(answer), "stats": stats.as_dict()}
     print(json.dumps(result, ensure_ascii=False))
-    if verbose:
-        print(format_stats(stats, loaded, threads), file=sys.stderr)
+    if described is not None:
+        print(described(stats), file=sys.stderr)
     return stats
+
+
+def _remote(model: str, endpoint: str | None) -> Remote | None:
+    """The remote engine that ``model`` names (registered, or on --endpoint), if any."""
+    from localrun.remote import registry
+
+    if endpoint is not None:
+        return registry.Remote(model, registry.base_url(endpoint), model)
+    return registry.find(model)
+
+
+def _answer_remotely(
+    remote: Remote,
+    text: str,
+    opts: engine.RunOptions,
+    output_format: OutputFormat,
+    terminal: bool,
+    verbose: bool,
+    wordwrap: bool,
+) -> None:
+    from localrun import engine
+    from localrun.remote.client import generate
+
+    request = engine.Request.of(
+        text,
+        system=opts.system,
+        sampling=opts.sampling,
+        max_tokens=opts.max_tokens,
+        stop=opts.stop,
+    )
+    events = generate(remote, request)
+    described = _remote_stats if verbose else None
+    if output_format is OutputFormat.json:
+        _json(events, remote.name, "remote", described)
+    elif terminal:
+        _live(events, f"remote {remote.url}", 0, described, wordwrap)
+    else:
+        _plain(events, described)
+
+
+def _remote_stats(stats: engine.Stats) -> str:
+    """The --verbose block of a remote answer: what can be measured from this side."""
+    rows = [
+        ("mode", "remote engine (timed from here, over the network)"),
+        ("prompt tokens", str(stats.prompt_tokens or "-")),
+        ("TTFT", f"{stats.ttft_s:.3f} s"),
+        ("generated tokens", str(stats.completion_tokens)),
+        ("decode", f"{stats.decode_s:.3f} s, {stats.decode_tokens_per_s:.1f} tok/s"),
+        ("total time", f"{stats.total_s:.3f} s"),
+        ("finish reason", stats.finish_reason),
+    ]
+    width = max(len(name) for name, _ in rows) + 1
+    return "\n".join(f"{name + ':':<{width}} {value}" for name, value in rows)

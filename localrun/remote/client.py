@@ -1,0 +1,142 @@
+"""One answer from a remote engine, as the same events a local answer gives.
+
+The request goes to the endpoint's ``/chat/completions``, streamed, with the flags mapped
+onto its fields (and llama.cpp's and vLLM's own sampling fields in the body, which other
+servers ignore). TTFT runs from the request to the first piece of text that arrives, and the
+decode rate from then to the last, measured here: what the user gets over this wire. The
+token counts are the engine's own (its ``usage``) where it sends them, else the pieces
+counted. The prefill rate is not known from outside: it is left at 0.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from localrun.engine.types import (
+    Event,
+    Finished,
+    FinishReason,
+    FirstToken,
+    PromptEvaluated,
+    Request,
+    Stats,
+    TextDelta,
+)
+from localrun.errors import GenerationError, LocalrunError, ModelNotFoundError, UsageError
+from localrun.remote.registry import Remote
+
+TIMEOUT_S = 600.0  # a long answer from a busy engine
+
+
+def api_key(remote: Remote) -> str:
+    """The key to send: from the remote's environment variable (a placeholder without one:
+    the client library insists on some key, and servers without keys ignore it)."""
+    if remote.api_key_env is None:
+        return "none"
+    key = os.environ.get(remote.api_key_env)
+    if not key:
+        raise UsageError(
+            f"the remote {remote.name} takes its API key from {remote.api_key_env}, "
+            "which is not set",
+            f"export {remote.api_key_env}=...",
+        )
+    return key
+
+
+def generate(remote: Remote, request: Request) -> Iterator[Event]:
+    """Stream ``request``'s answer from ``remote``: the text as it comes, the statistics last."""
+    import openai
+
+    start = time.perf_counter()
+    client = openai.OpenAI(
+        base_url=remote.url, api_key=api_key(remote), timeout=TIMEOUT_S, max_retries=0
+    )
+    s = request.sampling
+    extra: dict[str, Any] = {"top_k": s.top_k, "min_p": s.min_p, "repeat_penalty": s.repeat_penalty}
+    body: dict[str, Any] = {
+        "model": remote.model,
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "extra_body": extra,
+    }
+    if s.seed is not None:
+        body["seed"] = s.seed
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.stop:
+        body["stop"] = list(request.stop)
+    stats = Stats()
+    first = last = 0.0
+    pieces = 0
+    finish: str | None = None
+    usage: Any = None
+    try:
+        stream = client.chat.completions.create(**body)
+        yield PromptEvaluated(0, 0, 0.0)
+        for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                text = choice.delta.content if choice.delta else None
+                if text:
+                    now = time.perf_counter()
+                    if not first:
+                        first = now
+                        yield FirstToken(now - start)
+                    last = now
+                    pieces += 1
+                    yield TextDelta(text, pieces)
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+    except openai.APIConnectionError:
+        raise LocalrunError(
+            f"cannot reach the remote engine at {remote.url}",
+            "check that it runs and that the URL is right: localrun remote list",
+        ) from None
+    except openai.AuthenticationError:
+        hint = f"check {remote.api_key_env}" if remote.api_key_env else "add one: --api-key-env"
+        raise LocalrunError(
+            f"the remote engine at {remote.url} refused the API key", hint
+        ) from None
+    except openai.NotFoundError as e:
+        raise ModelNotFoundError(
+            f"the remote engine at {remote.url} has no model {remote.model!r} ({_said(e)})",
+            "see its models at /v1/models; name one: localrun remote add NAME URL --model ID",
+        ) from None
+    except openai.APIStatusError as e:
+        raise GenerationError(
+            f"the remote engine at {remote.url} answered {e.status_code}: {_said(e)}",
+            "see the engine's own log",
+        ) from None
+    except openai.APIError as e:
+        raise GenerationError(
+            f"the remote engine's stream broke off: {e.message}", "try again"
+        ) from None
+    end = time.perf_counter()
+    stats.prompt_tokens = stats.prompt_evaluated = int(getattr(usage, "prompt_tokens", 0) or 0)
+    stats.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0) or pieces
+    stats.finish_reason = FinishReason.LENGTH if finish == "length" else FinishReason.STOP
+    if first:
+        stats.ttft_s = first - start
+        stats.decode_s = last - first
+        if stats.completion_tokens > 1 and stats.decode_s > 0:
+            stats.decode_tokens_per_s = (stats.completion_tokens - 1) / stats.decode_s
+    stats.total_s = end - start
+    yield Finished(stats)
+
+
+def _said(error: Any) -> str:
+    """The error message the engine sent, in one line."""
+    body = getattr(error, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else inner
+        if message:
+            return " ".join(str(message).split())[:200]
+    return str(getattr(error, "message", error))[:200]

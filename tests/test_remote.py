@@ -1,0 +1,95 @@
+"""Remote engines: ``localrun remote`` and ``run --endpoint`` against a real ``localrun serve``.
+
+The remote here is another localrun process on 127.0.0.1, serving a tiny chat model; the
+client side is the real CLI, which talks to it through the ``openai`` library.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.proc import run
+from tests.served import Server, create_model, free_port, serving
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_chat_model: Path) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("remote-server")
+    create_model(home, "tiny", f"FROM {tiny_chat_model}\nPARAMETER temperature 0\n")
+    with serving(home, "--api-key", "sesame", "--model", "tiny") as s:
+        yield s
+
+
+@pytest.fixture
+def home(localrun_home: Path) -> Path:
+    return localrun_home
+
+
+def test_a_registered_remote_answers_like_a_local_model(
+    home: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    added = run(home, "remote", "add", "far", server.url, "--model", "tiny", "--api-key-env", "KEY")
+    assert added.code == 0, added.stderr
+    listed = run(home, "remote", "list", "--json")
+    assert json.loads(listed.stdout) == [
+        {"name": "far", "url": server.url + "/v1", "model": "tiny", "api_key_env": "KEY"}
+    ]
+    # Its key comes from the environment: missing, then wrong, then right.
+    monkeypatch.delenv("KEY", raising=False)
+    missing = run(home, "run", "far", "hi")
+    assert missing.code == 2 and "KEY, which is not set" in missing.stderr
+    monkeypatch.setenv("KEY", "wrong")
+    refused = run(home, "run", "far", "hi")
+    assert refused.code == 1 and "refused the API key" in refused.stderr
+    monkeypatch.setenv("KEY", "sesame")
+    done = run(home, "run", "far", "--format", "json", "--max-tokens", "12", "hi")
+    assert done.code == 0, done.stderr
+    answer = json.loads(done.stdout)
+    stats = answer["stats"]
+    assert answer["mode"] == "remote" and answer["response"]
+    assert stats["completion_tokens"] == 12 and stats["finish_reason"] == "length"
+    assert stats["prompt_tokens"] > 0  # the engine's own count, from its usage
+    assert stats["ttft_s"] > 0 and stats["decode_tokens_per_s"] > 0  # timed here
+    verbose = run(home, "run", "far", "--verbose", "--max-tokens", "4", "hi")
+    assert verbose.code == 0 and "TTFT:" in verbose.stderr and "remote engine" in verbose.stderr
+    assert run(home, "remote", "rm", "far").code == 0
+    assert json.loads(run(home, "remote", "list", "--json").stdout) == []
+
+
+def test_endpoint_errors_are_one_line(
+    home: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    cases = [
+        (["--endpoint", closed, "tiny"], 1, "cannot reach the remote engine"),
+        (["--endpoint", "ftp://x", "tiny"], 2, "is not an http(s) URL"),
+        (["--endpoint", server.url, "tiny", "-i"], 2, "interactive chat needs a terminal"),
+        (["--endpoint", server.url, "tiny", "--schema", "json"], 2, "one-shot prompts for now"),
+    ]
+    for args, code, message in cases:
+        done = run(home, "run", *args, "hi")
+        assert done.code == code and message in done.stderr, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    # An unknown model: the engine's own words, in the one line.
+    add = run(home, "remote", "add", "x", server.url, "--model", "nothere", "--api-key-env", "K")
+    assert add.code == 0
+    monkeypatch.setenv("K", "sesame")
+    unknown = run(home, "run", "x", "hi")
+    assert unknown.code == 1 and "has no model 'nothere'" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["add", "bad name", "http://h"], "not a valid remote name"),
+        (["add", "ok", "http://h", "--api-key-env", "1X"], "not an environment variable"),
+        (["rm", "never"], "no remote called 'never'"),
+    ],
+)
+def test_remote_command_errors(home: Path, args: list[str], message: str) -> None:
+    done = run(home, "remote", *args)
+    assert done.code == 2 and message in done.stderr
