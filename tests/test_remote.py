@@ -68,7 +68,7 @@ def test_endpoint_errors_are_one_line(
         (["--endpoint", closed, "tiny"], 1, "cannot reach the remote engine"),
         (["--endpoint", "ftp://x", "tiny"], 2, "is not an http(s) URL"),
         (["--endpoint", server.url, "tiny", "-i"], 2, "interactive chat needs a terminal"),
-        (["--endpoint", server.url, "tiny", "--schema", "json"], 2, "one-shot prompts for now"),
+        (["--endpoint", server.url, "tiny", "--schema", "json"], 2, "prompts and --batch files"),
     ]
     for args, code, message in cases:
         done = run(home, "run", *args, "hi")
@@ -80,6 +80,42 @@ def test_endpoint_errors_are_one_line(
     monkeypatch.setenv("K", "sesame")
     unknown = run(home, "run", "x", "hi")
     assert unknown.code == 1 and "has no model 'nothere'" in unknown.stderr
+
+
+def test_batch_and_bench_against_a_remote(
+    home: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEY", "sesame")
+    assert (
+        run(
+            home, "remote", "add", "far", server.url, "--model", "tiny", "--api-key-env", "KEY"
+        ).code
+        == 0
+    )
+    file = home.parent / "in.jsonl"
+    lines = [{"id": i, "prompt": f"question {i}", "max_tokens": 6} for i in range(6)]
+    lines.insert(3, {"id": "bad", "prompt": ""})  # a bad line: an error line, the rest run
+    file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    done = run(home, "run", "far", "--batch", str(file), "--parallel", "3")
+    assert done.code == 1  # one line failed
+    out = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [o["id"] for o in out] == [0, 1, 2, "bad", 3, 4, 5]  # input order
+    assert "error" in out[3]
+    assert all(
+        o["stats"]["completion_tokens"] == 6 and o["model"] == "far"
+        for o in out
+        if o["id"] != "bad"
+    )
+    # Concurrent streams: aggregate and per-stream rates, TTFT percentiles, errors counted.
+    bench = run(home, "bench", "far", "--parallel", "1,4", "-n", "8", "--json")
+    assert bench.code == 0, bench.stderr
+    loads = json.loads(bench.stdout)["loads"]
+    assert [x["streams"] for x in loads] == [1, 4] and all(x["errors"] == 0 for x in loads)
+    assert loads[1]["tokens"] == 32 and loads[1]["aggregate_tokens_per_s"] > 0
+    assert loads[1]["ttft_p99_s"] >= loads[1]["ttft_p50_s"] > 0
+    monkeypatch.setenv("KEY", "wrong")  # every stream refused: counted, and the exit code says so
+    refused = run(home, "bench", "far", "--parallel", "2", "-n", "4", "--json")
+    assert refused.code == 1 and json.loads(refused.stdout)["loads"][0]["errors"] == 2
 
 
 @pytest.mark.parametrize(

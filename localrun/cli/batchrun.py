@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import IO, TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from localrun.errors import LocalrunError, UsageError
 if TYPE_CHECKING:
     from localrun import engine
     from localrun.engine.batch import Stream
+    from localrun.remote.registry import Remote
 
 
 def _lines(source: str) -> Iterator[tuple[int, str]]:
@@ -74,18 +75,69 @@ def run_batch(loaded: engine.LoadedModel, source: str, opts: engine.RunOptions) 
             entries.append((number, job_id, stream))
         except LocalrunError as e:
             entries.append((number, job_id, e))
-    return _write_in_order(loaded, entries)
+    return _write_in_order(loaded.name, [(n, i, _collected(x)) for n, i, x in entries])
 
 
-def _write_in_order(
-    loaded: engine.LoadedModel, entries: list[tuple[int, Any, Stream | LocalrunError]]
+def run_remote_batch(
+    remote: Remote, source: str, opts: engine.RunOptions, parallel: int | None
 ) -> int:
+    """Answer every line of ``source`` on a remote engine, ``parallel`` at a time (8 by
+    default: its own scheduler batches them); return how many lines failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from localrun.engine.jobs import parse_line
+
+    pool = ThreadPoolExecutor(max_workers=parallel or 8)
+    entries: list[tuple[int, Any, Answer]] = []
+    try:
+        for number, text in _lines(source):
+            job_id = _id_of(text)
+            try:
+                job = parse_line(text, number, opts)
+            except LocalrunError as e:
+                entries.append((number, job_id, e))
+                continue
+            future = pool.submit(_remote_answer, remote, job.request)
+            entries.append((number, job_id, future.result))
+        return _write_in_order(remote.name, entries)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _remote_answer(remote: Remote, request: engine.Request) -> tuple[str, engine.Stats]:
+    from localrun.engine.types import Finished, TextDelta
+    from localrun.remote.client import generate
+
+    parts: list[str] = []
+    for event in generate(remote, request):
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        elif isinstance(event, Finished):
+            return "".join(parts), event.stats
+    raise LocalrunError("the remote engine's stream ended without its statistics")
+
+
+Answer = LocalrunError | Callable[[], "tuple[str, engine.Stats]"]  # an error, or its getter
+
+
+def _collected(item: Stream | LocalrunError) -> Answer:
+    if isinstance(item, LocalrunError):
+        return item
     from localrun.engine.batch import collect
 
+    return lambda: collect(item)
+
+
+def _write_in_order(model: str, entries: list[tuple[int, Any, Answer]]) -> int:
     failed = 0
     progress = _Progress(len(entries))
     with progress:
         for number, job_id, item in entries:
+            if not isinstance(item, LocalrunError):
+                try:
+                    text, stats = item()
+                except LocalrunError as e:
+                    item = e
             if isinstance(item, LocalrunError):
                 failed += 1
                 record: dict[str, Any] = {"id": job_id, "line": number, "error": item.message}
@@ -93,10 +145,9 @@ def _write_in_order(
                     record["hint"] = item.hint
                 print(f"Error: {item.message}", file=sys.stderr)
             else:
-                text, stats = collect(item)
                 record = {
                     "id": job_id,
-                    "model": loaded.name,
+                    "model": model,
                     "response": text,
                     "finish_reason": stats.finish_reason.value,
                     "stats": stats.as_dict(),

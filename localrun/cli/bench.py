@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -11,6 +12,9 @@ from localrun.cli import app
 from localrun.cli.output import table
 from localrun.cli.run import gpu_layers_value, parse_gpu_layers
 from localrun.system import physical_cores
+
+if TYPE_CHECKING:
+    from localrun.remote.registry import Remote
 
 
 def _sizes(value: str) -> tuple[int, ...]:
@@ -40,7 +44,11 @@ def bench(
     parallel: str | None = typer.Option(
         None,
         "--parallel",
-        help="Sequences at once, e.g. 1,2,4,8: aggregate tokens/s through the batching engine.",
+        help="Sequences at once, e.g. 1,2,4,8: aggregate tokens/s through the batching engine "
+        "(a remote engine: concurrent streams, up to 256).",
+    ),
+    endpoint: str | None = typer.Option(
+        None, "--endpoint", metavar="URL", help="Measure MODEL on this OpenAI-compatible server."
     ),
 ) -> None:
     """Measure prefill and decode speed.
@@ -48,8 +56,13 @@ def bench(
     Prefill and decode tokens/s, TTFT and load time, as mean and standard deviation.
     """
     from localrun.cli.progress import resolve_or_pull
+    from localrun.cli.run import remote_named
     from localrun.engine.bench import BenchConfig, run, run_parallel
 
+    remote = remote_named(model, endpoint)
+    if remote is not None:
+        _bench_remote(remote, parallel, decode, as_json)
+        return
     sizes = _sizes(parallel) if parallel is not None else ()
     if parallel is not None and (not sizes or any(not 1 <= n <= 64 for n in sizes)):
         raise typer.BadParameter("--parallel takes sequence counts from 1 to 64, e.g. 1,4,8")
@@ -93,3 +106,37 @@ def bench(
         Console().print(t)
     else:
         print(table(header, rows))
+
+
+def _bench_remote(remote: Remote, parallel: str | None, decode: str, as_json: bool) -> None:
+    """Concurrent streams against a remote engine: what a deployment serves under load."""
+    from localrun.remote.bench import measure
+
+    counts = _sizes(parallel) if parallel is not None else (1,)
+    if not counts or any(not 1 <= n <= 256 for n in counts):
+        raise typer.BadParameter("--parallel takes stream counts from 1 to 256, e.g. 1,8,32")
+    tokens = _sizes(decode)
+    if len(tokens) != 1 or tokens[0] < 1:
+        raise typer.BadParameter("-n takes one token count for a remote engine")
+    show = sys.stderr.isatty() and not as_json
+    say = (lambda s: print(s, file=sys.stderr)) if show else lambda s: None
+    loads = measure(remote, counts, tokens[0], say)
+    if as_json:
+        data = {"model": remote.name, "url": remote.url, "loads": [x.as_dict() for x in loads]}
+        print(json.dumps(data, indent=2))
+    else:
+        header = ("streams", "aggregate t/s", "t/s a stream", "TTFT p50 s", "TTFT p99 s", "errors")
+        rows = [
+            (
+                str(x.streams),
+                f"{x.aggregate:.1f}",
+                f"{x.stream_rate:.1f}",
+                f"{x.ttft_p50_s:.3f}",
+                f"{x.ttft_p99_s:.3f}",
+                str(x.errors),
+            )
+            for x in loads
+        ]
+        print(table(header, rows))
+    if any(x.errors for x in loads):
+        raise typer.Exit(1)

@@ -250,11 +250,11 @@ def run(
     terminal = sys.stdout.isatty() and output_format is OutputFormat.text
     from localrun.models.resolve import Settings
 
-    remote = _remote(model, endpoint)
+    remote = remote_named(model, endpoint)
     if remote is not None:
-        if chat_mode or batch is not None or draft or speculative or constraint:
+        if chat_mode or draft or speculative or constraint:
             raise UsageError(
-                "a remote engine answers one-shot prompts for now (no chat, --batch, "
+                "a remote engine answers prompts and --batch files for now (no chat, "
                 "--draft, --speculative, --schema or --grammar)",
                 "give a prompt, or run a local model",
             )
@@ -270,6 +270,12 @@ def run(
             stop=tuple(stop or ()),
             system=system,
         )
+        if batch is not None:
+            from localrun.cli.batchrun import run_remote_batch
+
+            if run_remote_batch(remote, batch, opts, parallel):
+                raise typer.Exit(1)
+            return
         assert text is not None
         _answer_remotely(remote, text, opts, output_format, terminal, verbose, not nowordwrap)
         return
@@ -487,7 +493,7 @@ def _json(
     return stats
 
 
-def _remote(model: str, endpoint: str | None) -> Remote | None:
+def remote_named(model: str, endpoint: str | None) -> Remote | None:
     """The remote engine that ``model`` names (registered, or on --endpoint), if any."""
     from localrun.remote import registry
 

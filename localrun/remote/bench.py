@@ -1,0 +1,96 @@
+"""``localrun bench NAME --parallel 1,8,32`` on a remote engine: concurrent streams, timed here.
+
+Each count N starts N streams at once (threads: the work is the engine's), every one asking
+for the same number of tokens; the aggregate rate is all the tokens over the time from the
+first request to the last token, and TTFT is read per stream (p50 and p99). Failed streams
+are counted, not hidden: a deployment that drops requests under load is sized by that too.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from localrun.backend import SamplingParams
+from localrun.engine.types import Finished, Request, Stats
+from localrun.errors import LocalrunError
+from localrun.remote.client import generate
+from localrun.remote.registry import Remote
+
+PROMPT = "Write a long story about a lighthouse keeper and the ships she guides home."
+
+
+@dataclass(frozen=True)
+class Load:
+    """One count's figures."""
+
+    streams: int
+    tokens: int  # answer tokens, all streams
+    seconds: float  # from the first request to the last token
+    ttft_p50_s: float
+    ttft_p99_s: float
+    stream_rate: float  # tokens/s of one stream, the median
+    errors: int
+
+    @property
+    def aggregate(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "streams": self.streams,
+            "aggregate_tokens_per_s": round(self.aggregate, 2),
+            "stream_tokens_per_s": round(self.stream_rate, 2),
+            "ttft_p50_s": round(self.ttft_p50_s, 4),
+            "ttft_p99_s": round(self.ttft_p99_s, 4),
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+            "errors": self.errors,
+        }
+
+
+def _one(remote: Remote, tokens: int) -> Stats | LocalrunError:
+    request = Request.of(PROMPT, sampling=SamplingParams(temperature=0.0), max_tokens=tokens)
+    try:
+        for event in generate(remote, request):
+            if isinstance(event, Finished):
+                return event.stats
+    except LocalrunError as e:
+        return e
+    return LocalrunError("the stream ended without its statistics")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
+
+
+def measure(
+    remote: Remote, counts: tuple[int, ...], tokens: int, say: Callable[[str], None]
+) -> list[Load]:
+    """The figures for each count of concurrent streams."""
+    results = []
+    for n in counts:
+        say(f"{n} streams of {tokens} tokens on {remote.url}…")
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            done = list(pool.map(lambda _: _one(remote, tokens), range(n)))
+        seconds = time.perf_counter() - start
+        ok = [s for s in done if isinstance(s, Stats)]
+        ttfts = [s.ttft_s for s in ok]
+        rates = [s.decode_tokens_per_s for s in ok if s.decode_tokens_per_s]
+        results.append(
+            Load(
+                streams=n,
+                tokens=sum(s.completion_tokens for s in ok),
+                seconds=seconds,
+                ttft_p50_s=_percentile(ttfts, 0.5),
+                ttft_p99_s=_percentile(ttfts, 0.99),
+                stream_rate=statistics.median(rates) if rates else 0.0,
+                errors=len(done) - len(ok),
+            )
+        )
+    return results
