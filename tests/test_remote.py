@@ -56,6 +56,13 @@ def test_a_registered_remote_answers_like_a_local_model(
     assert stats["ttft_s"] > 0 and stats["decode_tokens_per_s"] > 0  # timed here
     verbose = run(home, "run", "far", "--verbose", "--max-tokens", "4", "hi")
     assert verbose.code == 0 and "TTFT:" in verbose.stderr and "remote engine" in verbose.stderr
+    # list shows it beside local models; show asks the engine.
+    assert "far" in run(home, "list").stdout
+    assert {"name": "far", "remote": server.url + "/v1", "model": "tiny"} in json.loads(
+        run(home, "list", "--json").stdout
+    )
+    shown = json.loads(run(home, "show", "far", "--json").stdout)
+    assert shown["id"] == "tiny" and shown["remote"] == server.url + "/v1"
     assert run(home, "remote", "rm", "far").code == 0
     assert json.loads(run(home, "remote", "list", "--json").stdout) == []
 

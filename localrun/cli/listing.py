@@ -37,12 +37,14 @@ def _base(ref: str) -> store.Manifest | None:
 def list_models(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """List pulled and created models."""
+    """List pulled and created models, and registered remote engines."""
     from localrun.hub import store
     from localrun.models import recipes
+    from localrun.remote import registry
 
     manifests = store.all_manifests()
     made = [(r, _base(r.modelfile.from_)) for r in recipes.created()]
+    remotes = sorted(registry.remotes().values(), key=lambda r: r.name)
     if as_json:
         entries = [
             {
@@ -69,6 +71,7 @@ def list_models(
             }
             for r, base in made
         ]
+        entries += [{"name": r.name, "remote": r.url, "model": r.model} for r in remotes]
         print(json.dumps(entries, indent=2))
         return
     for m in manifests:
@@ -99,4 +102,6 @@ def list_models(
         )
         for r, base in made
     ]
+    # Remote engines: the model they serve is theirs, and so are its figures.
+    rows += [(r.name, "remote", "-", "-", f"{r.model} at {r.url}") for r in remotes]
     print(table(("NAME", "ID", "SIZE", "QUANT", "MODIFIED"), sorted(rows)))

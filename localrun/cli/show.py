@@ -29,7 +29,19 @@ def show(
     Architecture, size, quantization and where it is; or parts of its Modelfile.
     """
     from localrun.models.facts import model_facts, modelfile_of
+    from localrun.remote import registry
 
+    if (remote := registry.find(ref)) is not None:
+        from localrun.remote.client import describe
+
+        said = describe(remote)
+        if as_json:
+            print(json.dumps({"name": remote.name, "remote": remote.url, **said}, indent=2))
+            return
+        rows = [("remote", remote.url), *((str(k), str(v)) for k, v in said.items())]
+        print(f"Model {remote.name}")
+        print("  " + table(("", ""), rows).replace("\n", "\n  ").lstrip())
+        return
     if sum((modelfile, parameters, system, template, license_)) > 1:
         raise UsageError(
             "show takes one of --modelfile, --parameters, --system, --template, --license",

@@ -140,3 +140,31 @@ def _said(error: Any) -> str:
         if message:
             return " ".join(str(message).split())[:200]
     return str(getattr(error, "message", error))[:200]
+
+
+def describe(remote: Remote) -> dict[str, Any]:
+    """What the endpoint says of its model (``GET /v1/models/{id}``: its id, owner, and
+    whatever else it tells, such as vLLM's ``max_model_len``)."""
+    import openai
+
+    client = openai.OpenAI(base_url=remote.url, api_key=api_key(remote), timeout=30, max_retries=0)
+    try:
+        found = client.models.retrieve(remote.model)
+    except openai.APIConnectionError:
+        raise LocalrunError(
+            f"cannot reach the remote engine at {remote.url}",
+            "check that it runs and that the URL is right: localrun remote list",
+        ) from None
+    except openai.AuthenticationError:
+        raise LocalrunError(
+            f"the remote engine at {remote.url} refused the API key",
+            f"check {remote.api_key_env}" if remote.api_key_env else "add one: --api-key-env",
+        ) from None
+    except openai.NotFoundError as e:
+        raise ModelNotFoundError(
+            f"the remote engine at {remote.url} has no model {remote.model!r} ({_said(e)})",
+            "see its models at /v1/models; name one: localrun remote add NAME URL --model ID",
+        ) from None
+    except openai.APIError as e:
+        raise GenerationError(f"the remote engine at {remote.url} answered: {e.message}") from None
+    return dict(found.model_dump(exclude_none=True))
