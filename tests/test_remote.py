@@ -75,7 +75,7 @@ def test_endpoint_errors_are_one_line(
         (["--endpoint", closed, "tiny"], 1, "cannot reach the remote engine"),
         (["--endpoint", "ftp://x", "tiny"], 2, "is not an http(s) URL"),
         (["--endpoint", server.url, "tiny", "-i"], 2, "interactive chat needs a terminal"),
-        (["--endpoint", server.url, "tiny", "--schema", "json"], 2, "prompts and --batch files"),
+        (["--endpoint", server.url, "tiny", "--schema", "json"], 2, "does its own decoding"),
     ]
     for args, code, message in cases:
         done = run(home, "run", *args, "hi")
@@ -123,6 +123,39 @@ def test_batch_and_bench_against_a_remote(
     monkeypatch.setenv("KEY", "wrong")  # every stream refused: counted, and the exit code says so
     refused = run(home, "bench", "far", "--parallel", "2", "-n", "4", "--json")
     assert refused.code == 1 and json.loads(refused.stdout)["loads"][0]["errors"] == 2
+
+
+def test_a_chat_with_a_remote(
+    home: Path, server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The chat's session over a remote engine: the whole conversation goes each turn, the
+    history grows, /save and /load work, and an engine's refusal leaves the chat going."""
+    from localrun.engine.chat import Options
+    from localrun.engine.types import Finished
+    from localrun.errors import LocalrunError
+    from localrun.remote.chat import RemoteChatSession
+    from localrun.remote.registry import Remote, base_url
+
+    monkeypatch.setenv("KEY", "sesame")
+    remote = Remote("far", base_url(server.url), "tiny", "KEY")
+    session = RemoteChatSession(remote, system="Be brief.", options=Options(max_tokens=5))
+    first = list(session.ask("hello"))
+    assert isinstance(first[-1], Finished) and first[-1].stats.completion_tokens == 5
+    session.set_parameter("temperature", "0")
+    assert "temperature" in session.send  # sent from now on; the engine's defaults until then
+    list(session.ask("and again"))
+    assert [m.role for m in session.messages] == ["user", "assistant", "user", "assistant"]
+    # The second turn carried the first: the engine counted more prompt tokens.
+    assert session.last_stats is not None and session.last_stats.prompt_tokens > 20
+    path = tmp_path / "chat.json"
+    session.save(path)
+    other = RemoteChatSession(remote)
+    other.load(path)
+    assert other.messages == session.messages and other.system == "Be brief."
+    monkeypatch.setenv("KEY", "wrong")
+    with pytest.raises(LocalrunError, match="refused the API key"):
+        list(session.ask("once more"))
+    assert len(session.messages) == 4  # the unanswered question is not kept
 
 
 @pytest.mark.parametrize(

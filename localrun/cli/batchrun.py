@@ -79,10 +79,15 @@ def run_batch(loaded: engine.LoadedModel, source: str, opts: engine.RunOptions) 
 
 
 def run_remote_batch(
-    remote: Remote, source: str, opts: engine.RunOptions, parallel: int | None
+    remote: Remote,
+    source: str,
+    opts: engine.RunOptions,
+    parallel: int | None,
+    send: frozenset[str] = frozenset(),
 ) -> int:
     """Answer every line of ``source`` on a remote engine, ``parallel`` at a time (8 by
-    default: its own scheduler batches them); return how many lines failed."""
+    default: its own scheduler batches them); return how many lines failed. The sampling
+    settings sent are those in ``send`` (the flags given) and each line's own."""
     from concurrent.futures import ThreadPoolExecutor
 
     from localrun.engine.jobs import parse_line
@@ -97,19 +102,25 @@ def run_remote_batch(
             except LocalrunError as e:
                 entries.append((number, job_id, e))
                 continue
-            future = pool.submit(_remote_answer, remote, job.request)
+            own = frozenset(k for k in _SAMPLING if k in json.loads(text))
+            future = pool.submit(_remote_answer, remote, job.request, send | own)
             entries.append((number, job_id, future.result))
         return _write_in_order(remote.name, entries)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _remote_answer(remote: Remote, request: engine.Request) -> tuple[str, engine.Stats]:
+_SAMPLING = ("temperature", "top_k", "top_p", "seed")  # a batch line's sampling fields
+
+
+def _remote_answer(
+    remote: Remote, request: engine.Request, send: frozenset[str]
+) -> tuple[str, engine.Stats]:
     from localrun.engine.types import Finished, TextDelta
     from localrun.remote.client import generate
 
     parts: list[str] = []
-    for event in generate(remote, request):
+    for event in generate(remote, request, send):
         if isinstance(event, TextDelta):
             parts.append(event.text)
         elif isinstance(event, Finished):

@@ -15,8 +15,8 @@ from rich.text import Text
 
 from localrun import paths
 from localrun.cli.chatview import AnswerState, AnswerView, summary_line
-from localrun.cli.output import format_stats
-from localrun.engine import CHAT
+from localrun.cli.output import format_remote_stats, format_stats
+from localrun.engine import CHAT, Stats
 from localrun.engine.chat import Called, ChatEvent, ChatSession
 from localrun.errors import LocalrunError
 from localrun.gguf.reader import file_type_name
@@ -102,7 +102,7 @@ class ChatUI:
     ) -> None:
         self.session = session
         self.console = console
-        self.placement = session.loaded.placement
+        self.placement = session.placement
         self.verbose = verbose
         self.wordwrap = wordwrap
         self.live = live
@@ -111,7 +111,7 @@ class ChatUI:
 
     def answer(self, events: Callable[[], Iterator[ChatEvent]]) -> None:
         """Draw one answer; Ctrl-C stops it and keeps what was written."""
-        state = AnswerState(self.placement, self.session.loaded.model.n_ctx)
+        state = AnswerState(self.placement, self.session.n_ctx)
         view = AnswerView(
             self.console, state, markdown=self.wordwrap, live=self.live and self.wordwrap
         )
@@ -138,7 +138,7 @@ class ChatUI:
         if stats is None:
             return
         if self.verbose and not interrupted:
-            self.console.print(Text(format_stats(stats, self.session.loaded)))
+            self.console.print(Text(self._described(stats)))
         elif not interrupted:
             self.console.print(summary_line(stats))
 
@@ -147,15 +147,20 @@ class ChatUI:
         self.console.print(Text(f"Error: {e.message.rstrip('.')}.{hint}", style="red"))
 
     def _mode(self) -> str:
-        return self.session.loaded.mode
+        return self.session.mode
+
+    def _described(self, stats: Stats) -> str:
+        """The full statistics of an answer, as --verbose prints them."""
+        from localrun.remote.chat import RemoteChatSession
+
+        if isinstance(self.session, RemoteChatSession):
+            return format_remote_stats(stats)
+        return format_stats(stats, self.session.loaded)
 
     # -- the loop ----------------------------------------------------------------------
 
     def greet(self) -> None:
-        loaded = self.session.loaded
-        self.console.print(
-            Text(f"{loaded.name} loaded in {loaded.load_s:.2f} s ({self.placement})", style="dim")
-        )
+        self.console.print(Text(self.session.greeting(), style="dim"))
         if self._mode() != CHAT:
             self.console.print(
                 Text(
@@ -232,8 +237,15 @@ class ChatUI:
             )
 
     def _show(self, what: str) -> None:
-        session, loaded = self.session, self.session.loaded
-        if what == "info":
+        from localrun.remote.chat import RemoteChatSession
+
+        session = self.session
+        if what == "info" and isinstance(session, RemoteChatSession):
+            about = (("model", session.remote.model), ("engine", session.remote.url))
+            for key, value in about:
+                self.console.print(f"  {key:<13} {value}", highlight=False)
+        elif what == "info":
+            loaded = session.loaded
             meta = loaded.model.metadata
             file_type = meta.get("general.file_type")
             quant = file_type_name(int(file_type)) if file_type else "?"
@@ -254,7 +266,7 @@ class ChatUI:
         elif what == "system":
             self.console.print(session.system or "(no system prompt)", highlight=False)
         elif what == "template":
-            template = loaded.model.chat_template
+            template = session.template
             self.console.print(
                 template or "(none: the model has no chat template, completion mode)",
                 highlight=False,
@@ -264,8 +276,7 @@ class ChatUI:
             if session.last_stats is None:
                 self.console.print("No answer yet.")
             else:
-                text = format_stats(session.last_stats, loaded)
-                self.console.print(text, highlight=False)
+                self.console.print(self._described(session.last_stats), highlight=False)
         else:
             self.console.print("Usage: /show info | parameters | system | template | stats")
 

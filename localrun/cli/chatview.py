@@ -66,13 +66,17 @@ def status_line(state: AnswerState) -> Text:
 
 
 def summary_line(stats: Stats) -> Text:
-    """After an answer: TTFT, prefill and decode rates, tokens, prompt tokens evaluated."""
+    """After an answer: TTFT, prefill and decode rates, tokens, prompt tokens evaluated (a
+    remote engine's answer has no prefill figures: they cannot be measured from outside)."""
+    remote = stats.prefill_s == 0 and stats.prompt_evaluated == 0
     parts = [
         f"TTFT {stats.ttft_s:.2f} s",
-        f"prefill {stats.prefill_tokens_per_s:.1f} tok/s",
+        *([] if remote else [f"prefill {stats.prefill_tokens_per_s:.1f} tok/s"]),
         f"decode {stats.decode_tokens_per_s:.1f} tok/s",
         f"{stats.completion_tokens} tokens",
-        f"{stats.prompt_evaluated} of {stats.prompt_tokens} prompt tokens evaluated",
+        f"{stats.prompt_tokens} prompt tokens"
+        if remote
+        else f"{stats.prompt_evaluated} of {stats.prompt_tokens} prompt tokens evaluated",
     ]
     if stats.prompt_from_disk:
         parts.append(f"{stats.prompt_from_disk} from the prompt cache")

@@ -53,6 +53,21 @@ def format_stats(stats: Stats, loaded: LoadedModel, threads: int | None = None) 
     return "\n".join(f"{name + ':':<{width}} {value}" for name, value in rows)
 
 
+def format_remote_stats(stats: Stats) -> str:
+    """The ``--verbose`` block of a remote engine's answer: what can be measured from here."""
+    rows = [
+        ("mode", "remote engine (timed from here, over the network)"),
+        ("prompt tokens", str(stats.prompt_tokens or "-")),
+        ("TTFT", f"{stats.ttft_s:.3f} s"),
+        ("generated tokens", str(stats.completion_tokens)),
+        ("decode", f"{stats.decode_s:.3f} s, {stats.decode_tokens_per_s:.1f} tok/s"),
+        ("total time", f"{stats.total_s:.3f} s"),
+        ("finish reason", stats.finish_reason),
+    ]
+    width = max(len(name) for name, _ in rows) + 1
+    return "\n".join(f"{name + ':':<{width}} {value}" for name, value in rows)
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Columns padded to their widest cell, separated by three spaces, like `ollama list`."""
     everything = [header, *rows]

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, TextIO
 import typer
 
 from localrun.cli import app
-from localrun.cli.output import format_stats
+from localrun.cli.output import format_remote_stats, format_stats
 from localrun.cli.progress import resolve_or_pull
 from localrun.errors import GenerationError, UsageError
 from localrun.system import physical_cores
 
 if TYPE_CHECKING:
     from localrun import engine
+    from localrun.engine.chat import ChatSession
     from localrun.prompt.grammar import Constraint
     from localrun.remote.registry import Remote
 
@@ -252,11 +253,11 @@ def run(
 
     remote = remote_named(model, endpoint)
     if remote is not None:
-        if chat_mode or draft or speculative or constraint:
+        if draft or speculative or constraint:
             raise UsageError(
-                "a remote engine answers prompts and --batch files for now (no chat, "
-                "--draft, --speculative, --schema or --grammar)",
-                "give a prompt, or run a local model",
+                "a remote engine does its own decoding: --draft, --speculative, --schema and "
+                "--grammar are for local models",
+                "drop them, or run a local model",
             )
         opts = engine.run_options(
             Settings(),
@@ -270,14 +271,25 @@ def run(
             stop=tuple(stop or ()),
             system=system,
         )
+        flags = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
+        flags |= {"repeat_penalty": repeat_penalty, "seed": seed}
+        send = frozenset(name for name, value in flags.items() if value is not None)
         if batch is not None:
             from localrun.cli.batchrun import run_remote_batch
 
-            if run_remote_batch(remote, batch, opts, parallel):
+            if run_remote_batch(remote, batch, opts, parallel, send):
                 raise typer.Exit(1)
             return
+        if chat_mode:
+            from localrun.remote.chat import RemoteChatSession
+
+            _chat_session(
+                RemoteChatSession(remote, send=send), text, piped, opts, verbose=verbose,
+                wordwrap=not nowordwrap,
+            )  # fmt: skip
+            return
         assert text is not None
-        _answer_remotely(remote, text, opts, output_format, terminal, verbose, not nowordwrap)
+        _answer_remotely(remote, text, opts, output_format, terminal, verbose, not nowordwrap, send)
         return
     resolved = resolve_or_pull(model)
     opts = engine.run_options(
@@ -407,17 +419,30 @@ def _chat(
     verbose: bool,
     wordwrap: bool,
 ) -> None:
+    from localrun.engine.chat import ChatSession
+
+    session = ChatSession(loaded)
+    _chat_session(session, text, piped, opts, verbose=verbose, wordwrap=wordwrap)
+
+
+def _chat_session(
+    session: ChatSession,
+    text: str | None,
+    piped: bool,
+    opts: engine.RunOptions,
+    *,
+    verbose: bool,
+    wordwrap: bool,
+) -> None:
+    """The interactive chat, with the run's settings, over a local or a remote session."""
     from rich.console import Console
 
     from localrun.cli.chat import ChatUI, reattach_terminal, setup_history
-    from localrun.engine.chat import ChatSession, Options
+    from localrun.engine.chat import Options
 
-    session = ChatSession(
-        loaded,
-        system=opts.system,
-        options=Options(opts.sampling, opts.max_tokens, opts.stop),
-        messages=list(opts.history),
-    )
+    session.system = opts.system
+    session.options = Options(opts.sampling, opts.max_tokens, opts.stop)
+    session.messages = list(opts.history)
     ui = ChatUI(session, Console(), verbose=verbose, wordwrap=wordwrap)
     ui.greet()
     if text:
@@ -510,6 +535,7 @@ def _answer_remotely(
     terminal: bool,
     verbose: bool,
     wordwrap: bool,
+    send: frozenset[str],
 ) -> None:
     from localrun import engine
     from localrun.remote.client import generate
@@ -521,26 +547,11 @@ def _answer_remotely(
         max_tokens=opts.max_tokens,
         stop=opts.stop,
     )
-    events = generate(remote, request)
-    described = _remote_stats if verbose else None
+    events = generate(remote, request, send)
+    described = format_remote_stats if verbose else None
     if output_format is OutputFormat.json:
         _json(events, remote.name, "remote", described)
     elif terminal:
         _live(events, f"remote {remote.url}", 0, described, wordwrap)
     else:
         _plain(events, described)
-
-
-def _remote_stats(stats: engine.Stats) -> str:
-    """The --verbose block of a remote answer: what can be measured from this side."""
-    rows = [
-        ("mode", "remote engine (timed from here, over the network)"),
-        ("prompt tokens", str(stats.prompt_tokens or "-")),
-        ("TTFT", f"{stats.ttft_s:.3f} s"),
-        ("generated tokens", str(stats.completion_tokens)),
-        ("decode", f"{stats.decode_s:.3f} s, {stats.decode_tokens_per_s:.1f} tok/s"),
-        ("total time", f"{stats.total_s:.3f} s"),
-        ("finish reason", stats.finish_reason),
-    ]
-    width = max(len(name) for name, _ in rows) + 1
-    return "\n".join(f"{name + ':':<{width}} {value}" for name, value in rows)

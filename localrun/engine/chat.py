@@ -109,6 +109,32 @@ class ChatSession:
         self.tools = parse_tools(raw, str(path))
         return len(self.tools)
 
+    # -- what the chat's view shows ----------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def placement(self) -> str:
+        return self.loaded.placement
+
+    @property
+    def n_ctx(self) -> int:
+        """The context the answers share (0: not known here)."""
+        return self.loaded.model.n_ctx
+
+    @property
+    def mode(self) -> str:
+        return self.loaded.mode
+
+    @property
+    def template(self) -> str | None:
+        return self.loaded.model.chat_template
+
+    def greeting(self) -> str:
+        return f"{self.name} loaded in {self.loaded.load_s:.2f} s ({self.placement})"
+
     # -- the conversation ------------------------------------------------------------
 
     def _conversation(self, messages: list[Message]) -> list[Message]:
@@ -257,7 +283,7 @@ class ChatSession:
         """Write the conversation as JSON (atomically: a crash leaves the old file whole)."""
         data = {
             "format": HISTORY_FORMAT,
-            "model": self.loaded.name,
+            "model": self.name,
             "system": self.system,
             "parameters": self.parameters(),
             "messages": [m.as_template() for m in self.messages],
@@ -315,17 +341,19 @@ class ChatSession:
                 f"{path} is not a saved localrun chat ({type(e).__name__})",
                 "load a file written by /save",
             ) from None
-        options = Options()
-        session = ChatSession(self.loaded, options=options)
-        for name, value in params.items():
-            if name == "stop":
-                for s in value or []:
-                    session.set_parameter("stop", str(s))
-            elif value is not None and name in _ALIASES:
-                session.set_parameter(name, str(value))
+        current, self.options = self.options, Options()
+        try:  # the saved settings, checked as /set parameter checks them
+            for name, value in params.items():
+                if name == "stop":
+                    for s in value or []:
+                        self.set_parameter("stop", str(s))
+                elif value is not None and name in _ALIASES:
+                    self.set_parameter(name, str(value))
+        except BaseException:
+            self.options = current
+            raise
         self.messages = messages
         self.system = system if isinstance(system, str) else None
-        self.options = session.options
 
 
 def _saved_message(m: dict[str, Any]) -> Message:

@@ -46,8 +46,16 @@ def api_key(remote: Remote) -> str:
     return key
 
 
-def generate(remote: Remote, request: Request) -> Iterator[Event]:
-    """Stream ``request``'s answer from ``remote``: the text as it comes, the statistics last."""
+SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed")
+
+
+def generate(
+    remote: Remote, request: Request, send: frozenset[str] = frozenset(SAMPLING)
+) -> Iterator[Event]:
+    """Stream ``request``'s answer from ``remote``: the text as it comes, the statistics last.
+
+    Only the sampling settings in ``send`` go with it (those the user gave): the others are
+    the engine's own defaults, or its model's, not localrun's."""
     import openai
 
     start = time.perf_counter()
@@ -55,18 +63,18 @@ def generate(remote: Remote, request: Request) -> Iterator[Event]:
         base_url=remote.url, api_key=api_key(remote), timeout=TIMEOUT_S, max_retries=0
     )
     s = request.sampling
-    extra: dict[str, Any] = {"top_k": s.top_k, "min_p": s.min_p, "repeat_penalty": s.repeat_penalty}
+    given = {name: getattr(s, name) for name in SAMPLING if name in send}
+    # llama.cpp's and vLLM's own fields go in the body: other servers ignore them.
+    extra = {k: given[k] for k in ("top_k", "min_p", "repeat_penalty") if k in given}
     body: dict[str, Any] = {
         "model": remote.model,
         "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-        "temperature": s.temperature,
-        "top_p": s.top_p,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "extra_body": extra,
+        **{k: given[k] for k in ("temperature", "top_p", "seed") if given.get(k) is not None},
     }
-    if s.seed is not None:
-        body["seed"] = s.seed
+    if extra:
+        body["extra_body"] = extra
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     if request.stop:
@@ -119,7 +127,7 @@ def generate(remote: Remote, request: Request) -> Iterator[Event]:
             f"the remote engine's stream broke off: {e.message}", "try again"
         ) from None
     end = time.perf_counter()
-    stats.prompt_tokens = stats.prompt_evaluated = int(getattr(usage, "prompt_tokens", 0) or 0)
+    stats.prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)  # evaluated: not known
     stats.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0) or pieces
     stats.finish_reason = FinishReason.LENGTH if finish == "length" else FinishReason.STOP
     if first:
