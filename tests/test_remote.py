@@ -56,6 +56,15 @@ def test_a_registered_remote_answers_like_a_local_model(
     assert stats["ttft_s"] > 0 and stats["decode_tokens_per_s"] > 0  # timed here
     verbose = run(home, "run", "far", "--verbose", "--max-tokens", "4", "hi")
     assert verbose.code == 0 and "TTFT:" in verbose.stderr and "remote engine" in verbose.stderr
+    # A created model FROM the remote: its SYSTEM and PARAMETERs go with each request.
+    create_model(
+        home, "terse", "FROM far\nSYSTEM You answer in one word, always.\nPARAMETER num_predict 3\n"
+    )
+    plain = json.loads(run(home, "run", "far", "--format", "json", "hi").stdout)["stats"]
+    made = run(home, "run", "terse", "--format", "json", "hi")
+    assert made.code == 0, made.stderr
+    terse = json.loads(made.stdout)["stats"]
+    assert terse["completion_tokens"] == 3 and terse["prompt_tokens"] > plain["prompt_tokens"]
     # list shows it beside local models; show asks the engine.
     assert "far" in run(home, "list").stdout
     assert {"name": "far", "remote": server.url + "/v1", "model": "tiny"} in json.loads(

@@ -24,10 +24,12 @@ def create(
     Its FROM is pulled first if it is a Hub reference.
     """
     from localrun.models import recipes
+    from localrun.remote import registry
 
     recipe = recipes.create(name, file)
     try:
-        resolve_or_pull(recipe.modelfile.from_)  # the base must exist, or be pulled
+        if registry.find(recipe.modelfile.from_) is None:  # a remote engine is a base too
+            resolve_or_pull(recipe.modelfile.from_)  # the base must exist, or be pulled
         draft = recipe.modelfile.parameters.get("draft")
         if isinstance(draft, str):
             try:

@@ -21,6 +21,7 @@ from localrun.system import physical_cores
 if TYPE_CHECKING:
     from localrun import engine
     from localrun.engine.chat import ChatSession
+    from localrun.models.resolve import Settings
     from localrun.prompt.grammar import Constraint
     from localrun.remote.registry import Remote
 
@@ -249,9 +250,7 @@ def run(
     if batch is None and (args or piped or not chat_mode):
         text = read_prompt(args, sys.stdin)
     terminal = sys.stdout.isatty() and output_format is OutputFormat.text
-    from localrun.models.resolve import Settings
-
-    remote = remote_named(model, endpoint)
+    remote, remote_settings = remote_and_settings(model, endpoint)
     if remote is not None:
         if draft or speculative or constraint:
             raise UsageError(
@@ -260,7 +259,7 @@ def run(
                 "drop them, or run a local model",
             )
         opts = engine.run_options(
-            Settings(),
+            remote_settings,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
@@ -273,7 +272,8 @@ def run(
         )
         flags = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
         flags |= {"repeat_penalty": repeat_penalty, "seed": seed}
-        send = frozenset(name for name, value in flags.items() if value is not None)
+        given = {name for name, value in flags.items() if value is not None}
+        send = frozenset(given | (set(remote_settings.parameters) & set(flags)))
         if batch is not None:
             from localrun.cli.batchrun import run_remote_batch
 
@@ -520,11 +520,32 @@ def _json(
 
 def remote_named(model: str, endpoint: str | None) -> Remote | None:
     """The remote engine that ``model`` names (registered, or on --endpoint), if any."""
+    return remote_and_settings(model, endpoint)[0]
+
+
+def remote_and_settings(model: str, endpoint: str | None) -> tuple[Remote | None, Settings]:
+    """The remote engine ``model`` names, with the settings of a created model made
+    ``FROM`` it (its SYSTEM, PARAMETERs, MESSAGEs, stops)."""
+    from localrun.models import recipes
+    from localrun.models.resolve import Settings
+    from localrun.prompt.template import Message
     from localrun.remote import registry
 
     if endpoint is not None:
-        return registry.Remote(model, registry.base_url(endpoint), model)
-    return registry.find(model)
+        return registry.Remote(model, registry.base_url(endpoint), model), Settings()
+    if (found := registry.find(model)) is not None:
+        return found, Settings()
+    recipe = recipes.find(model)
+    if recipe is None or (base := registry.find(recipe.modelfile.from_)) is None:
+        return None, Settings()
+    mf = recipe.modelfile
+    settings = Settings(
+        parameters=dict(mf.parameters),
+        stop=tuple(mf.stop),
+        system=mf.system,
+        messages=tuple(Message(r, t) for r, t in mf.messages),
+    )
+    return base, settings
 
 
 def _answer_remotely(
@@ -543,6 +564,7 @@ def _answer_remotely(
     request = engine.Request.of(
         text,
         system=opts.system,
+        history=opts.history,
         sampling=opts.sampling,
         max_tokens=opts.max_tokens,
         stop=opts.stop,
