@@ -24,7 +24,20 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {BASE, "gguf", "backend", "hub", "prompt", "models", "engine"},
     # The HTTP layer translates between the APIs and the engine, as the CLI does.
     "server": {BASE, "gguf", "backend", "hub", "prompt", "models", "engine", "server"},
-    "cli": {BASE, "gguf", "backend", "hub", "prompt", "models", "engine", "server", "cli"},
+    # Other engines, asked over HTTP: beside the server, above the engine (its events, chat).
+    "remote": {BASE, "backend", "prompt", "models", "engine", "remote"},
+    "cli": {
+        BASE,
+        "gguf",
+        "backend",
+        "hub",
+        "prompt",
+        "models",
+        "engine",
+        "server",
+        "remote",
+        "cli",
+    },
 }
 # Libraries only the command line (and its terminal view) may use.
 CLI_ONLY = {"typer", "rich", "click"}
