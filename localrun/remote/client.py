@@ -157,7 +157,16 @@ def describe(remote: Remote) -> dict[str, Any]:
 
     client = openai.OpenAI(base_url=remote.url, api_key=api_key(remote), timeout=30, max_retries=0)
     try:
-        found = client.models.retrieve(remote.model)
+        try:
+            found = client.models.retrieve(remote.model)
+        except openai.NotFoundError:
+            # Some engines (llama-server) list their models but do not look one up by id,
+            # and answer whatever id a request names: say what they serve.
+            served = [m.model_dump(exclude_none=True) for m in client.models.list()]
+            match = [m for m in served if m.get("id") == remote.model]
+            if match:
+                return dict(match[0])
+            return {"id": remote.model, "served": [m.get("id") for m in served]}
     except openai.APIConnectionError:
         raise LocalrunError(
             f"cannot reach the remote engine at {remote.url}",
