@@ -104,7 +104,11 @@ def _watch_peak(pid: int, peak: list[int]) -> None:
     """Sample the child's VmHWM until it exits (the mark only grows: the last one is the peak)."""
     while True:
         kb = vm_hwm_kb(pid)
-        if kb is None or Path(f"/proc/{pid}/status").read_text().find("State:\tZ") >= 0:
+        try:
+            ended = Path(f"/proc/{pid}/status").read_text().find("State:\tZ") >= 0
+        except OSError:  # reaped between the two reads
+            ended = True
+        if kb is None or ended:
             return
         peak[0] = max(peak[0], kb)
         time.sleep(0.005)
