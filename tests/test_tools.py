@@ -308,9 +308,9 @@ def test_the_clients_get_tool_calls(
 def test_the_chat_offers_tools_and_shows_calls(qwen_tiny: Path, tmp_path: Path) -> None:
     """/tools FILE: the tools reach the template, a call comes back as a Called event (here
     held to one by a grammar, as --grammar would), and the next turn renders it."""
-    from localrun.engine.chat import Called, ChatSession, Options
+    from localrun.engine.chat import ChatSession, Options
     from localrun.engine.load import load_model
-    from localrun.engine.types import Finished
+    from localrun.engine.types import Called, Finished
 
     loaded = load_model(str(qwen_tiny), n_ctx=2048, n_threads=2, path=qwen_tiny)
     try:

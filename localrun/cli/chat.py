@@ -17,7 +17,8 @@ from localrun import paths
 from localrun.cli.chatview import AnswerState, AnswerView, summary_line
 from localrun.cli.output import format_remote_stats, format_stats
 from localrun.engine import CHAT, Stats
-from localrun.engine.chat import Called, ChatEvent, ChatSession
+from localrun.engine.chat import ChatEvent, ChatSession
+from localrun.engine.types import Called
 from localrun.errors import LocalrunError
 from localrun.gguf.reader import file_type_name
 

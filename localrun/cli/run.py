@@ -250,30 +250,37 @@ def run(
     if batch is None and (args or piped or not chat_mode):
         text = read_prompt(args, sys.stdin)
     terminal = sys.stdout.isatty() and output_format is OutputFormat.text
-    remote, remote_settings = remote_and_settings(model, endpoint)
-    if remote is not None:
-        if draft or speculative or constraint:
-            raise UsageError(
-                "a remote engine does its own decoding: --draft, --speculative, --schema and "
-                "--grammar are for local models",
-                "drop them, or run a local model",
-            )
-        opts = engine.run_options(
-            remote_settings,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            seed=seed,
-            max_tokens=max_tokens,
-            stop=tuple(stop or ()),
-            system=system,
+    remote, settings = remote_and_settings(model, endpoint)
+    if remote is not None and (draft or speculative or constraint):
+        raise UsageError(
+            "a remote engine does its own decoding: --draft, --speculative, --schema and "
+            "--grammar are for local models",
+            "drop them, or run a local model",
         )
+    resolved = resolve_or_pull(model) if remote is None else None
+    opts = engine.run_options(
+        resolved.settings if resolved is not None else settings,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repeat_penalty=repeat_penalty,
+        seed=seed,
+        max_tokens=max_tokens,
+        stop=tuple(stop or ()),
+        system=system,
+        n_ctx=ctx_size,
+        gpu_layers=gpu_layers_value(gpu_layers),
+        threads=threads,
+        speculative=speculative,
+        draft=draft,
+    )
+    if remote is not None:
+        # Only the settings given (flags, the Modelfile's) go: the rest are the engine's own.
         flags = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
         flags |= {"repeat_penalty": repeat_penalty, "seed": seed}
         given = {name for name, value in flags.items() if value is not None}
-        send = frozenset(given | (set(remote_settings.parameters) & set(flags)))
+        send = frozenset(given | (set(settings.parameters) & set(flags)))
         if batch is not None:
             from localrun.cli.batchrun import run_remote_batch
 
@@ -291,24 +298,7 @@ def run(
         assert text is not None
         _answer_remotely(remote, text, opts, output_format, terminal, verbose, not nowordwrap, send)
         return
-    resolved = resolve_or_pull(model)
-    opts = engine.run_options(
-        resolved.settings,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repeat_penalty=repeat_penalty,
-        seed=seed,
-        max_tokens=max_tokens,
-        stop=tuple(stop or ()),
-        system=system,
-        n_ctx=ctx_size,
-        gpu_layers=gpu_layers_value(gpu_layers),
-        threads=threads,
-        speculative=speculative,
-        draft=draft,
-    )
+    assert resolved is not None
     if constraint is not None:
         opts = replace(opts, sampling=replace(opts.sampling, grammar=constraint.grammar))
     n_threads = opts.threads or physical_cores()

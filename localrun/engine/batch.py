@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from localrun.backend import SamplingParams, StepModel
-from localrun.engine.draft import Drafter
+from localrun.engine.draft import Drafter, common_prefix
 from localrun.engine.prompt_cache import MIN_TOKENS as MIN_KEEP
 from localrun.engine.prompt_cache import PromptCache
 from localrun.engine.speculative import Pace, lookup
@@ -138,15 +138,6 @@ class _Sequence:
     def held(self) -> list[int]:
         """The tokens whose cells its slot holds."""
         return self.text()[: self.cached]
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class Stream:
@@ -429,7 +420,7 @@ class BatchEngine:
         """The free slot whose kept cells share the longest prefix with ``tokens``."""
         best, best_len = self._free[0], -1
         for slot in self._free:
-            n = _common_prefix(self._warm.get(slot, []), tokens)
+            n = common_prefix(self._warm.get(slot, []), tokens)
             if n > best_len:
                 best, best_len = slot, n
         # The last token is read again: its logits are what the first answer token needs.
@@ -461,7 +452,7 @@ class BatchEngine:
             if src is None or src == slot:
                 continue
             # The last token is read again for its logits.
-            n = min(_common_prefix(held, tokens), len(tokens) - 1)
+            n = min(common_prefix(held, tokens), len(tokens) - 1)
             if n > best_n + MIN_SHARED:
                 best_src, best_n, src_len = src, n, len(held)
         if best_src < 0:

@@ -16,8 +16,8 @@ from typing import Any
 
 from localrun.backend import SamplingParams
 from localrun.engine.load import LoadedModel
-from localrun.engine.stream import ANSWER_ROOM, check_fits, generate_tokens
-from localrun.engine.types import Event, Finished, Stats, TextDelta
+from localrun.engine.stream import ANSWER_ROOM, check_fits, generate_tokens, watched
+from localrun.engine.types import Called, Event, Finished, Stats, TextDelta
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
 from localrun.files import write_atomic
 from localrun.models.modelfile import coerce_parameter
@@ -34,13 +34,6 @@ class Trimmed:
 
     dropped: int
     kept: int
-
-
-@dataclass(frozen=True)
-class Called:
-    """The answer called tools (with ``/tools``): running them is up to the user."""
-
-    calls: tuple[ToolCall, ...]
 
 
 ChatEvent = Event | Trimmed | Called
@@ -214,20 +207,14 @@ class ChatSession:
                 cache_at=keep,
                 special=watch is not None,
             ):
-                if isinstance(event, TextDelta):
-                    if watch is not None:
-                        event = TextDelta(watch.feed(event.text), event.tokens)
-                    parts.append(event.text)
-                elif isinstance(event, Finished):
-                    self.last_stats = event.stats
-                    if watch is not None:
-                        tail, calls = watch.finish()
-                        if tail:
-                            parts.append(tail)
-                            yield TextDelta(tail, event.stats.completion_tokens)
-                        if calls:
-                            yield Called(tuple(calls))
-                yield event
+                for shown in watched(watch, event):
+                    if isinstance(shown, TextDelta):
+                        parts.append(shown.text)
+                    elif isinstance(shown, Called):
+                        calls = list(shown.calls)
+                    elif isinstance(shown, Finished):
+                        self.last_stats = shown.stats
+                    yield shown
         finally:
             # Ctrl-C keeps what was written: it is part of the conversation now.
             self.messages.append(Message("assistant", "".join(parts), tuple(calls)))

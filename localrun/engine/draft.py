@@ -43,7 +43,8 @@ def check_vocabulary(model: Model, draft: Model, name: str) -> None:
             )
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many tokens ``a`` and ``b`` share from their start."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
@@ -78,7 +79,7 @@ class Drafter:
             if len(text) + k > self.seq_ctx:
                 continue  # past the draft's context: no guesses
             held = self._held.setdefault(slot, [])
-            n = min(_common_prefix(held, text), len(text) - 1)
+            n = min(common_prefix(held, text), len(text) - 1)
             if n < len(held) and not model.trim(slot, n):
                 model.forget(slot)  # no suffix to drop (a recurrent draft): read it all again
                 n = 0

@@ -11,9 +11,10 @@ from collections.abc import Iterator, Sequence
 
 from localrun.backend import SamplingParams, context_size
 from localrun.engine.load import LoadedModel
-from localrun.engine.types import Event, Finished, Request
+from localrun.engine.types import Called, Event, Finished, Request, TextDelta
 from localrun.errors import PromptTooLongError
 from localrun.prompt.build import conversation_tokens, keep_point
+from localrun.prompt.tools import CallWatch
 
 # Room for an answer: what a too-long prompt's hint adds, and what a chat keeps free.
 ANSWER_ROOM = 512
@@ -127,3 +128,22 @@ def generate_tokens(
     finally:
         if not finished:
             stream.cancel()
+
+
+def watched(watch: CallWatch | None, event: Event) -> list[Event | Called]:
+    """An event of an answer that was offered tools, as its reader gets it: text held back
+    from where a call may begin; at the end, the rest of the text and the calls, then
+    Finished. Without a watch, the event as it is."""
+    if watch is None:
+        return [event]
+    if isinstance(event, TextDelta):
+        return [TextDelta(watch.feed(event.text), event.tokens)]
+    if not isinstance(event, Finished):
+        return [event]
+    tail, calls = watch.finish()
+    out: list[Event | Called] = []
+    if tail:
+        out.append(TextDelta(tail, event.stats.completion_tokens))
+    if calls:
+        out.append(Called(tuple(calls)))
+    return [*out, event]

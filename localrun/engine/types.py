@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 from localrun.backend import SamplingParams
 from localrun.prompt.template import Message
+from localrun.prompt.tools import ToolCall
 
 CHAT = "chat"
 COMPLETION = "completion"
@@ -127,6 +128,14 @@ class Finished:
     """The answer is complete."""
 
     stats: Stats
+
+
+@dataclass(frozen=True)
+class Called:
+    """The answer called tools (read out of its text, which was held back): just before
+    it is Finished. Running them is the caller's business."""
+
+    calls: tuple[ToolCall, ...]
 
 
 Event = PromptEvaluated | FirstToken | TextDelta | Finished

@@ -102,30 +102,8 @@ def generate(
                     yield TextDelta(text, pieces)
                 if choice.finish_reason:
                     finish = choice.finish_reason
-    except openai.APIConnectionError:
-        raise LocalrunError(
-            f"cannot reach the remote engine at {remote.url}",
-            "check that it runs and that the URL is right: localrun remote list",
-        ) from None
-    except openai.AuthenticationError:
-        hint = f"check {remote.api_key_env}" if remote.api_key_env else "add one: --api-key-env"
-        raise LocalrunError(
-            f"the remote engine at {remote.url} refused the API key", hint
-        ) from None
-    except openai.NotFoundError as e:
-        raise ModelNotFoundError(
-            f"the remote engine at {remote.url} has no model {remote.model!r} ({_said(e)})",
-            "see its models at /v1/models; name one: localrun remote add NAME URL --model ID",
-        ) from None
-    except openai.APIStatusError as e:
-        raise GenerationError(
-            f"the remote engine at {remote.url} answered {e.status_code}: {_said(e)}",
-            "see the engine's own log",
-        ) from None
     except openai.APIError as e:
-        raise GenerationError(
-            f"the remote engine's stream broke off: {e.message}", "try again"
-        ) from None
+        raise _translated(remote, e, "the remote engine's stream broke off") from None
     end = time.perf_counter()
     stats.prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)  # evaluated: not known
     stats.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0) or pieces
@@ -137,6 +115,34 @@ def generate(
             stats.decode_tokens_per_s = (stats.completion_tokens - 1) / stats.decode_s
     stats.total_s = end - start
     yield Finished(stats)
+
+
+def _translated(remote: Remote, error: Any, otherwise: str) -> LocalrunError:
+    """An ``openai`` error as localrun's one line: unreachable, a refused key, an unknown
+    model, another status, else ``otherwise`` (a stream that broke off, say)."""
+    import openai
+
+    if isinstance(error, openai.APIConnectionError):
+        return LocalrunError(
+            f"cannot reach the remote engine at {remote.url}",
+            "check that it runs and that the URL is right: localrun remote list",
+        )
+    if isinstance(error, openai.AuthenticationError):
+        return LocalrunError(
+            f"the remote engine at {remote.url} refused the API key",
+            f"check {remote.api_key_env}" if remote.api_key_env else "add one: --api-key-env",
+        )
+    if isinstance(error, openai.NotFoundError):
+        return ModelNotFoundError(
+            f"the remote engine at {remote.url} has no model {remote.model!r} ({_said(error)})",
+            "see its models at /v1/models; name one: localrun remote add NAME URL --model ID",
+        )
+    if isinstance(error, openai.APIStatusError):
+        return GenerationError(
+            f"the remote engine at {remote.url} answered {error.status_code}: {_said(error)}",
+            "see the engine's own log",
+        )
+    return GenerationError(f"{otherwise}: {error.message}", "try again")
 
 
 def _said(error: Any) -> str:
@@ -167,21 +173,6 @@ def describe(remote: Remote) -> dict[str, Any]:
             if match:
                 return dict(match[0])
             return {"id": remote.model, "served": [m.get("id") for m in served]}
-    except openai.APIConnectionError:
-        raise LocalrunError(
-            f"cannot reach the remote engine at {remote.url}",
-            "check that it runs and that the URL is right: localrun remote list",
-        ) from None
-    except openai.AuthenticationError:
-        raise LocalrunError(
-            f"the remote engine at {remote.url} refused the API key",
-            f"check {remote.api_key_env}" if remote.api_key_env else "add one: --api-key-env",
-        ) from None
-    except openai.NotFoundError as e:
-        raise ModelNotFoundError(
-            f"the remote engine at {remote.url} has no model {remote.model!r} ({_said(e)})",
-            "see its models at /v1/models; name one: localrun remote add NAME URL --model ID",
-        ) from None
     except openai.APIError as e:
-        raise GenerationError(f"the remote engine at {remote.url} answered: {e.message}") from None
+        raise _translated(remote, e, f"the remote engine at {remote.url} answered") from None
     return dict(found.model_dump(exclude_none=True))

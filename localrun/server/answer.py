@@ -18,7 +18,8 @@ from starlette.responses import StreamingResponse
 
 from localrun.engine.batch import Stream
 from localrun.engine.options import run_options
-from localrun.engine.types import Event, Finished, Stats, TextDelta
+from localrun.engine.stream import watched
+from localrun.engine.types import Called, Event, Finished, Stats, TextDelta
 from localrun.errors import UsageError
 from localrun.prompt.build import conversation_tokens, keep_point, tokenize_bounded
 from localrun.prompt.template import Message
@@ -40,13 +41,6 @@ class Ask:
     grammar: str | None = None  # GBNF the answer must match (a format, a response_format)
     tools: tuple[Tool, ...] = ()  # tools the model is offered
     tool_choice: str = "auto"  # auto, none, required, or the name of the tool to call
-
-
-@dataclass(frozen=True)
-class CallsMade:
-    """The tool calls read out of the answer (just before it is Finished)."""
-
-    calls: tuple[ToolCall, ...]
 
 
 @dataclass
@@ -119,7 +113,7 @@ class Answer:
         load = load_s if load_s > 0.05 else 0.0
         return cls(pool, ask, runner, prompt, stream, load, watch=watch)
 
-    async def events(self) -> AsyncIterator[Event | CallsMade]:
+    async def events(self) -> AsyncIterator[Event | Called]:
         """The engine's events; the request is cancelled if the reader stops early."""
         try:
             async for event in self.stream:
@@ -127,16 +121,10 @@ class Answer:
                     event.stats.load_s = self.load_s
                     self.stats = event.stats
                     self.tokens = self.stream.tokens
-                    if self.watch is not None:
-                        tail, calls = self.watch.finish()
-                        if tail:
-                            yield TextDelta(tail, event.stats.completion_tokens)
-                        self.calls = tuple(calls)
-                        if calls:
-                            yield CallsMade(self.calls)
-                elif isinstance(event, TextDelta) and self.watch is not None:
-                    event = TextDelta(self.watch.feed(event.text), event.tokens)
-                yield event
+                for shown in watched(self.watch, event):
+                    if isinstance(shown, Called):
+                        self.calls = shown.calls
+                    yield shown
         finally:
             self.close()
 

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from localrun import __version__
-from localrun.engine.types import Finished, Stats, TextDelta
+from localrun.engine.types import Called, Finished, Stats, TextDelta
 from localrun.errors import LocalrunError, UsageError
 from localrun.gguf.reader import read_gguf
 from localrun.prompt import grammar
@@ -30,7 +30,6 @@ from localrun.server.answer import (
     Answer,
     AnswerResponse,
     Ask,
-    CallsMade,
     cancel_on_disconnect,
     collect,
     embed,
@@ -350,7 +349,7 @@ def _stream(
                 async for event in answer.events():
                     if isinstance(event, TextDelta) and event.text:
                         yield _line(piece(event.text))
-                    elif isinstance(event, CallsMade) and called is not None:
+                    elif isinstance(event, Called) and called is not None:
                         yield _line(called(event.calls))
                     elif isinstance(event, Finished):
                         yield _line(last(event.stats))

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from localrun.engine.types import Finished, FinishReason, Stats, TextDelta
+from localrun.engine.types import Called, Finished, FinishReason, Stats, TextDelta
 from localrun.errors import LocalrunError, ModelNotFoundError, UsageError
 from localrun.prompt import grammar
 from localrun.prompt.template import Message
@@ -28,7 +28,6 @@ from localrun.server.answer import (
     Answer,
     AnswerResponse,
     Ask,
-    CallsMade,
     cancel_on_disconnect,
     collect,
     embed,
@@ -380,7 +379,7 @@ def _sse(
                 async for event in answer.events():
                     if isinstance(event, TextDelta) and event.text:
                         yield _event(piece(event.text))
-                    elif isinstance(event, CallsMade) and called is not None:
+                    elif isinstance(event, Called) and called is not None:
                         for made in called(event.calls):
                             yield _event(made)
                     elif isinstance(event, Finished):
