@@ -162,10 +162,10 @@ _LINES_SPACE = 'space ::= | " " | "\\n"{1,2} [ \\t]{0,20}'
 
 
 def _convert(schema: dict[str, Any]) -> str:
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+    from localrun.backend.llamacpp.schema import json_schema_to_gbnf
 
     try:
-        converted = str(json_schema_to_gbnf(json.dumps(schema)))
+        converted = json_schema_to_gbnf(schema)
         return converted.replace(_LAX_CHAR, _STRICT_CHAR).replace(_ONE_SPACE, _LINES_SPACE)
     except (AssertionError, KeyError, TypeError, ValueError, re.error) as e:
         raise UsageError(

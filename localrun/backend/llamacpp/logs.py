@@ -71,7 +71,12 @@ if not _TO_STDERR:
 def start() -> None:
     """Forget this thread's earlier lines: what follows belongs to the next load."""
     _LOGS.pop(threading.get_ident(), None)
-    # Importing llama_cpp's high-level package installs its own callback: take it back.
+    reclaim()
+
+
+def reclaim() -> None:
+    """Importing llama_cpp's high-level package installs its own log callback (printing to
+    stderr): take it back."""
     lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
 
 
