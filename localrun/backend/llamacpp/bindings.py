@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -50,13 +51,31 @@ def register() -> None:
 
 
 def load_library(name: str) -> ctypes.CDLL:
-    """One of the shared libraries llama-cpp-python ships (``ggml``, ``ggml-base``, ...)."""
+    """One of the shared libraries llama-cpp-python ships (``ggml``, ``ggml-base``, ...): the
+    very copy its libllama uses.
+
+    The wheel holds each library under several names (``libggml.so``, ``libggml.so.0``...)
+    as separate files, not links: opening another name than libllama's would load a second
+    ggml, with its own registry of devices and its own abort handler, which llama.cpp never
+    sees. So the copy already loaded is looked up first (``RTLD_NOLOAD``).
+    """
     register()
+    import llama_cpp.llama_cpp  # noqa: F401 - loads libllama and the ggml libraries it links
+
     spec = importlib.util.find_spec("llama_cpp")
     assert spec is not None and spec.origin is not None
     lib_dir = Path(spec.origin).parent / "lib"
-    for pattern in (f"lib{name}.so", f"lib{name}.dylib", f"{name}.dll"):
-        path = lib_dir / pattern
+    others = (lib_dir / f"lib{name}.dylib", lib_dir / f"{name}.dll")
+    names = [*sorted(lib_dir.glob(f"lib{name}.so*")), *others]
+    noload = getattr(os, "RTLD_NOLOAD", 0)
+    if noload:
+        for path in names:
+            if path.exists():
+                try:
+                    return ctypes.CDLL(str(path), mode=noload | os.RTLD_NOW)
+                except OSError:
+                    continue  # a name libllama did not load
+    for path in names:
         if path.exists():
             return ctypes.CDLL(str(path))
     return ctypes.CDLL(f"lib{name}.so")  # a system-wide install
