@@ -22,6 +22,11 @@ class LocalrunError(Exception):
         self.message = message
         self.hint = hint
 
+    def line(self) -> str:
+        """The error as the CLI prints it: one line, the message then the hint."""
+        text = f"Error: {self.message.rstrip('.')}"
+        return f"{text}. Hint: {self.hint}" if self.hint else text
+
 
 class UsageError(LocalrunError):
     """The command line (or a request) asks for something impossible."""
@@ -84,6 +89,12 @@ class DemoUnavailableError(LocalrunError):
 
 
 # -- loading and generating ------------------------------------------------------------------
+
+
+class WorkerError(LocalrunError):
+    """An RPC worker (``localrun worker``) cannot be reached, or cannot be used."""
+
+    http_status = 503
 
 
 class ModelLoadError(LocalrunError):

@@ -59,6 +59,8 @@ def test_prompt_from_arguments(cli: Any, fake_engine: Recorder) -> None:
             "path": Path("/m/m.gguf"),
             "settings": Settings(),
             "n_seq": 1,
+            "workers": (),
+            "repack": True,
         }
     ]
     assert fake_engine.model.closed
@@ -120,7 +122,21 @@ def test_flags_reach_the_engine(cli: Any, fake_engine: Recorder) -> None:
         "path": Path("/m/m.gguf"),
         "settings": Settings(),
         "n_seq": 1,
+        "workers": (),
+        "repack": True,
     }
+
+
+def test_rpc_workers_and_no_repack_reach_the_load(cli: Any, fake_engine: Recorder) -> None:
+    from localrun.backend.llamacpp.rpc import Endpoint
+
+    args = ["run", "m.gguf", "hi", "--rpc", "10.0.0.2:50052,gpu-box:6000", "--no-repack"]
+    assert cli(args).exit_code == 0
+    call = fake_engine.load_calls[0]
+    assert call["workers"] == (Endpoint("10.0.0.2", 50052), Endpoint("gpu-box", 6000))
+    assert call["repack"] is False
+    bad = cli(["run", "m.gguf", "hi", "--rpc", "10.0.0.2"])
+    assert bad.exit_code == 2 and "--rpc takes HOST:PORT, not '10.0.0.2'" in bad.stderr
 
 
 def test_gpu_layers_all(cli: Any, fake_engine: Recorder) -> None:

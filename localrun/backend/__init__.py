@@ -40,6 +40,9 @@ class LoadOptions:
     tensor_split: tuple[float, ...] | None = None  # share of layers per GPU
     lora: tuple[Path, ...] = ()  # LoRA adapters (GGUF) applied at load
     n_seq: int = 1  # sequences the context holds at once (one KV cache, shared)
+    # Weights on the CPU repacked into the layout of llama.cpp's fastest kernels for this
+    # CPU. False keeps the file's layout: the arithmetic of an RPC worker, which cannot repack.
+    repack: bool = True
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from localrun.cli import (  # noqa: E402,F401
     run,
     serve,
     show,
+    worker,
 )
 
 
@@ -76,10 +77,7 @@ def _usage_hint(exc: typer.TyperException) -> str:
 
 
 def _print_error(error: LocalrunError) -> None:
-    line = f"Error: {error.message.rstrip('.')}"
-    if error.hint:
-        line += f". Hint: {error.hint}"
-    print(line, file=sys.stderr)
+    print(error.line(), file=sys.stderr)
 
 
 class _ReaderGone(Exception):

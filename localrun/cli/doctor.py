@@ -27,6 +27,8 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     print(f"llama-cpp-python  {r.llama_cpp}")
     print(f"llama.cpp build   {r.system_info}")
     print(f"GPU offload       {offload}")
+    rpc = "yes: localrun worker, --rpc" if r.rpc else "no: built without it (see docs/scale.md)"
+    print(f"RPC               {rpc}")
     print("devices")
     for d in r.devices:
         free, total = int(str(d["free_bytes"])), int(str(d["total_bytes"]))

@@ -209,6 +209,20 @@ def run(
         metavar="MODEL",
         help="The draft model for --speculative draft: smaller, with the same vocabulary.",
     ),
+    rpc: str | None = typer.Option(
+        None,
+        "--rpc",
+        metavar="HOST:PORT,...",
+        help="Split the model's layers with these RPC workers ('localrun worker' on other "
+        "machines), by free memory.",
+    ),
+    no_repack: bool = typer.Option(
+        False,
+        "--no-repack",
+        help="Keep the weights on the CPU as the file has them, not repacked for llama.cpp's "
+        "fastest kernels: slower, with the arithmetic of an RPC worker (the same text split "
+        "or not).",
+    ),
     endpoint: str | None = typer.Option(
         None,
         "--endpoint",
@@ -251,10 +265,10 @@ def run(
         text = read_prompt(args, sys.stdin)
     terminal = sys.stdout.isatty() and output_format is OutputFormat.text
     remote, settings = remote_and_settings(model, endpoint)
-    if remote is not None and (draft or speculative or constraint):
+    if remote is not None and (draft or speculative or constraint or rpc):
         raise UsageError(
-            "a remote engine does its own decoding: --draft, --speculative, --schema and "
-            "--grammar are for local models",
+            "a remote engine does its own decoding: --draft, --speculative, --schema, "
+            "--grammar and --rpc are for local models",
             "drop them, or run a local model",
         )
     resolved = resolve_or_pull(model) if remote is None else None
@@ -308,6 +322,7 @@ def run(
     n_seq = 1
     if batch is not None:
         n_seq = parallel or engine.default_parallel(resolved.path, opts.n_ctx)
+    workers = engine.parse_endpoints(rpc) if rpc else ()
     spinner: AbstractContextManager[object] = nullcontext()
     if terminal and sys.stderr.isatty():
         from rich.console import Console
@@ -322,6 +337,8 @@ def run(
             path=resolved.path,
             settings=resolved.settings,
             n_seq=n_seq,
+            workers=workers,
+            repack=not no_repack,
         )
         try:
             engine.speculate(

@@ -68,6 +68,13 @@ def serve(
         metavar="MODEL",
         help="A draft model for the models that share its vocabulary (others go without).",
     ),
+    rpc: str | None = typer.Option(
+        None,
+        "--rpc",
+        metavar="HOST:PORT,...",
+        help="Split the models' layers with these RPC workers ('localrun worker' on other "
+        "machines), by free memory.",
+    ),
 ) -> None:
     """Serve the Ollama and OpenAI APIs (clients, editors and chat front-ends).
 
@@ -107,6 +114,15 @@ def serve(
         speculative=speculative,
         draft=draft,
     )
+    if rpc:
+        from localrun.engine.workers import connect, parse_endpoints
+        from localrun.files import human_size
+
+        for d in connect(parse_endpoints(rpc)):
+            print(
+                f"RPC worker {d.description} lends {d.name}: {human_size(d.free_bytes)} free",
+                file=sys.stderr,
+            )
     from localrun.server.run import serve as run_server
 
     run_server(config, preload=tuple(preload))

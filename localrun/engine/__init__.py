@@ -9,6 +9,7 @@ from localrun.engine.load import LoadedModel, default_parallel, load_model, spec
 from localrun.engine.options import FLAG_NAMES, RunOptions, run_options
 from localrun.engine.stream import StopMatcher, check_fits, generate, generate_tokens
 from localrun.engine.types import CHAT, COMPLETION, Event, Finished, FinishReason, FirstToken
+from localrun.engine.workers import parse_endpoints
 
 # isort: split
 from localrun.engine.types import PromptEvaluated, Request, Stats, TextDelta
@@ -35,6 +36,7 @@ __all__ = [
     "generate",
     "generate_tokens",
     "load_model",
+    "parse_endpoints",
     "run_options",
     "speculate",
 ]

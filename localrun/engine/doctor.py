@@ -20,6 +20,7 @@ class Report:
     llama_cpp: str
     system_info: str
     gpu_offload: bool
+    rpc: bool  # llama.cpp's RPC backend: localrun worker and --rpc
     devices: list[dict[str, object]]
     threads: int
     logical_cpus: int
@@ -46,6 +47,7 @@ def report() -> Report:
         llama_cpp=_version("llama-cpp-python"),
         system_info=gpu.system_info(),
         gpu_offload=gpu.supports_offload(),
+        rpc=gpu.supports_rpc(),
         devices=[
             {
                 "name": d.name,

@@ -27,6 +27,7 @@ from localrun.gguf.reader import read_gguf
 from localrun.models.resolve import Settings, resolve
 
 if TYPE_CHECKING:
+    from localrun.backend.llamacpp.rpc import Endpoint
     from localrun.engine.batch import BatchEngine
 
 
@@ -107,8 +108,13 @@ def load_model(
     path: Path | None = None,
     settings: Settings | None = None,
     n_seq: int = 1,
+    workers: tuple[Endpoint, ...] = (),
+    repack: bool = True,
 ) -> LoadedModel:
     """Load a model with as many layers on the GPU(s) as fit (``gpu_layers``: auto, all, N).
+
+    ``workers`` (llama.cpp RPC workers) join this machine's devices first: the plan shares
+    the layers with them. ``repack`` False keeps the CPU's weights in the file's layout.
 
     ``n_seq`` sequences of ``n_ctx`` tokens each (the batching engine's N) share one KV cache
     of ``n_seq * n_ctx`` cells, as Ollama's parallel requests do.
@@ -124,6 +130,10 @@ def load_model(
     start = time.perf_counter()
     notes: list[str] = []
     n_ctx = _fit_context(path, n_ctx, notes, n_seq)
+    if workers:
+        from localrun.engine.workers import connect
+
+        connect(workers)
     plan, memory = _plan(path, n_ctx, gpu_layers)
     layers = plan.n_gpu_layers
     while True:
@@ -135,6 +145,7 @@ def load_model(
             tensor_split=plan.split if layers else None,
             lora=settings.adapters,
             n_seq=n_seq,
+            repack=repack,
         )
         try:
             model = backend.load(options)
@@ -249,16 +260,25 @@ def _plan(path: Path, n_ctx: int | None, request: str | int) -> tuple[Plan, str 
     """The offload plan, and the key under which a working count is remembered."""
     from localrun.backend.llamacpp import devices as gpu
 
-    supported = gpu.supports_offload() if request != 0 else False
-    devices = gpu.gpus() if supported else []
-    if not devices:
+    found = gpu.gpus() if request != 0 else []
+    supported = any(d.remote for d in found) or (gpu.supports_offload() if request != 0 else False)
+    if not supported or not found:
         empty = ModelSizes((), (), 0, 0)
         return offload.plan(empty, [], request, offload_supported=supported or request == 0), None
     info = read_gguf(path)
     ctx = context_size(n_ctx, int(info.arch_value("context_length") or 0))
-    targets = [GPU(d.description or d.name, d.free_bytes, d.total_bytes) for d in devices]
+    targets = [
+        GPU(f"worker {d.description}" if d.remote else d.description or d.name,
+            d.free_bytes, d.total_bytes, d.remote)
+        for d in found
+    ]  # fmt: skip
+    cpu = next((d for d in gpu.devices() if d.type == "cpu"), None)
+    here = GPU("CPU", cpu.free_bytes, cpu.total_bytes) if cpu is not None else None
     key = memory_key(path, ctx, tuple(t.name for t in targets))
+    sizes = model_sizes(info, ctx)
     if request == AUTO and (count := remembered(key)) is not None:
-        found = offload.plan(model_sizes(info, ctx), targets, count)
-        return replace(found, reason="remembered from an earlier out-of-memory retry"), key
-    return offload.plan(model_sizes(info, ctx), targets, request), key
+        remembered_plan = offload.plan(sizes, targets, count, cpu=here)
+        return replace(
+            remembered_plan, reason="remembered from an earlier out-of-memory retry"
+        ), key
+    return offload.plan(sizes, targets, request, cpu=here), key

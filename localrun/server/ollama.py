@@ -283,7 +283,10 @@ class OllamaAPI:
         models = []
         for r in self.pool.runners():
             info = await asyncio.to_thread(read_gguf, r.loaded.path)
-            on_gpu = r.loaded.plan.n_gpu_layers
+            plan = r.loaded.plan
+            whole = plan.n_gpu_layers and not plan.remote and plan.offloaded == plan.n_layer + 1
+            # What this machine's GPUs hold: not what RPC workers hold for it.
+            on_gpu = r.size if whole else min(r.size, plan.local_gpu_bytes)
             models.append(
                 {
                     "name": r.name,
@@ -292,7 +295,7 @@ class OllamaAPI:
                     "digest": r.digest,
                     "details": catalog.details(info),
                     "expires_at": catalog.timestamp(r.expires_at) if r.expires_at else None,
-                    "size_vram": r.size if on_gpu else 0,
+                    "size_vram": on_gpu,
                     "context_length": r.context_length,
                     "parallel": r.loaded.n_seq,
                     "active": r.active,

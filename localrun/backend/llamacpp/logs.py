@@ -50,9 +50,21 @@ lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
 _ABORT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
 
 
+# What llama.cpp's RPC client aborts with when a worker is gone or breaks off mid-step.
+_RPC_ABORTS = ("Failed to connect to", "RPC handshake failed", "Remote RPC server crashed")
+
+
 @_ABORT_CALLBACK  # type: ignore[untyped-decorator]
 def _on_abort(message: bytes) -> None:
     text = (message or b"").decode("utf-8", "replace").strip()
+    if any(marker in text for marker in _RPC_ABORTS):
+        cause = text.split(": ", 1)[-1].strip()  # without the source file and line
+        error = LocalrunError(
+            f"lost an RPC worker: {cause}",
+            "check that every 'localrun worker' named by --rpc still runs and can be reached",
+        )
+        os.write(2, (error.line() + "\n").encode())
+        os._exit(1)  # not a bug of ours: a handled error's exit status, without a core dump
     os.write(
         2,
         f"Error: llama.cpp stopped the process ({text}). Hint: this is a bug in localrun; "

@@ -71,6 +71,7 @@ class LlamaCppModel:
         sampler.preload()
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
+        mparams.use_extra_bufts = options.repack
         if options.tensor_split:
             self._split = (ctypes.c_float * len(options.tensor_split))(*options.tensor_split)
             mparams.tensor_split = self._split

@@ -5,10 +5,15 @@ llama.cpp offloads the *last* ``n_gpu_layers`` repeating layers; a count of
 weights plus its share of the KV cache; each GPU also needs a compute buffer and a
 safety margin. The plan fills the GPUs with as many layers as fit, all when they all
 fit, none without a GPU backend.
+
+RPC workers' devices (``--rpc``) count as GPUs. Where they are the only ones, this
+machine's CPU takes part in the split too: the layers are shared between it and the
+workers by free memory, rather than all sent over the network.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from dataclasses import dataclass
@@ -88,6 +93,7 @@ class GPU:
     name: str
     free_bytes: int
     total_bytes: int
+    remote: bool = False  # an RPC worker's device (llama.cpp puts these first)
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,7 @@ class Plan:
     split: tuple[float, ...] | None  # share of layers per device when there are several
     gpu_bytes: int
     reason: str  # why, in words
+    remote: int = 0  # how many of ``devices`` (the first ones) are RPC workers'
 
     @property
     def offloaded(self) -> int:
@@ -109,17 +116,69 @@ class Plan:
         """Short form for the status line."""
         if self.n_gpu_layers == 0:
             return "CPU"
-        return f"GPU {self.offloaded}/{self.n_layer + 1}"
+        kind = "GPU"
+        if self.remote:
+            kind = "RPC" if self.remote == len(self.devices) else "GPU+RPC"
+        return f"{kind} {self.offloaded}/{self.n_layer + 1}"
+
+    @property
+    def local_gpu_bytes(self) -> int:
+        """What the plan puts on this machine's own GPUs (not on RPC workers')."""
+        if self.n_gpu_layers == 0 or not self.devices or self.remote == len(self.devices):
+            return 0
+        if not self.remote:
+            return self.gpu_bytes
+        shares = self.split or (1.0,) * len(self.devices)
+        return int(self.gpu_bytes * sum(shares[self.remote :]) / (sum(shares) or 1))
+
+    def parts(self) -> list[tuple[str, int, int]]:
+        """Where each layer runs, as llama.cpp assigns them: ``(device, first, last)``, with
+        layer ``n_layer`` standing for the output layer."""
+        n, k = self.n_layer, self.offloaded
+        start = n + 1 - k
+        found: list[tuple[str, int, int]] = [("CPU", 0, start - 1)] if start > 0 else []
+        if k == 0 or not self.devices:
+            return found
+        shares = self.split or (1.0,) * len(self.devices)
+        bounds, total = [], 0.0
+        for share in shares:
+            total += share
+            bounds.append(total)
+        bounds = [b / (total or 1) for b in bounds]
+        for layer in range(start, n + 1):
+            index = min(bisect.bisect_right(bounds, (layer - start) / k), len(self.devices) - 1)
+            device = self.devices[index]
+            if found and found[-1][0] == device:
+                found[-1] = (device, found[-1][1], layer)
+            else:
+                found.append((device, layer, layer))
+        return found
 
     def describe(self) -> str:
         """Long form for --verbose and doctor."""
         if self.n_gpu_layers == 0:
             return f"CPU: {self.reason}"
         where = " + ".join(self.devices)
-        return (
-            f"GPU: {self.offloaded}/{self.n_layer + 1} layers on {where}, "
+        text = (
+            f"{self.placement.split()[0]}: {self.offloaded}/{self.n_layer + 1} layers on {where}, "
             f"{human_size(self.gpu_bytes)} ({self.reason})"
         )
+        if self.remote or len(self.devices) > 1:
+            text += "; " + ", ".join(
+                f"{_layers(first, last, self.n_layer)} on {device}"
+                for device, first, last in self.parts()
+            )
+        return text
+
+
+def _layers(first: int, last: int, n_layer: int) -> str:
+    """Layers ``first``..``last`` in words, ``n_layer`` being the output layer."""
+    output = last == n_layer
+    last = min(last, n_layer - 1)
+    if first > last:
+        return "output"
+    span = f"layer {first}" if first == last else f"layers {first}-{last}"
+    return span + (" and output" if output else "")
 
 
 def usable_bytes(gpu: GPU) -> int:
@@ -145,10 +204,16 @@ def plan(
     request: str | int = AUTO,
     *,
     offload_supported: bool = True,
+    cpu: GPU | None = None,
 ) -> Plan:
-    """How many layers to put on ``gpus`` for ``request`` (auto, all, or a count)."""
+    """How many layers to put on ``gpus`` for ``request`` (auto, all, or a count).
+
+    ``cpu`` is this machine's memory: where every device is an RPC worker's, an automatic
+    plan gives the CPU its share of the layers by free memory.
+    """
     n = sizes.n_layer
     names = tuple(g.name for g in gpus)
+    remote = sum(1 for g in gpus if g.remote)
     if request == 0:
         return Plan(0, n, (), None, 0, "--gpu-layers 0 keeps every layer on the CPU")
     if not offload_supported:
@@ -161,7 +226,12 @@ def plan(
         reason = "as asked" if request == ALL else f"--gpu-layers {request}"
     else:
         k = max((k for k in range(n + 2) if _cost(sizes, k) <= sum(capacity)), default=0)
-        if k == n + 1:
+        if cpu is not None and gpus and remote == len(gpus) and k > 0:
+            mine = max(0, usable_bytes(cpu) - COMPUTE_RESERVE)
+            share = sum(capacity) / (sum(capacity) + mine or 1)
+            k = min(k, max(1, round((n + 1) * share)))
+            reason = f"{k} of {n + 1} on the RPC workers, by their free memory against this CPU's"
+        elif k == n + 1:
             reason = "everything fits"
         elif k == 0:
             reason = "not even one layer fits in the free GPU memory"
@@ -173,7 +243,7 @@ def plan(
     if len(gpus) > 1:
         total = sum(capacity) or 1
         split = tuple(c / total for c in capacity)
-    return Plan(k, n, names, split, _cost(sizes, k), reason)
+    return Plan(k, n, names, split, _cost(sizes, k), reason, remote)
 
 
 # -- remembering what worked ---------------------------------------------------------
