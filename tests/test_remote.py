@@ -80,11 +80,13 @@ def test_endpoint_errors_are_one_line(
     home: Path, server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
+    gbnf = home.parent / "yes.gbnf"
+    gbnf.write_text('root ::= "yes"\n')
     cases = [
         (["--endpoint", closed, "tiny"], 1, "cannot reach the remote engine"),
         (["--endpoint", "ftp://x", "tiny"], 2, "is not an http(s) URL"),
         (["--endpoint", server.url, "tiny", "-i"], 2, "interactive chat needs a terminal"),
-        (["--endpoint", server.url, "tiny", "--schema", "json"], 2, "does its own decoding"),
+        (["--endpoint", server.url, "tiny", "--grammar", str(gbnf)], 2, "does its own decoding"),
     ]
     for args, code, message in cases:
         done = run(home, "run", *args, "hi")
@@ -178,3 +180,35 @@ def test_a_chat_with_a_remote(
 def test_remote_command_errors(home: Path, args: list[str], message: str) -> None:
     done = run(home, "remote", *args)
     assert done.code == 2 and message in done.stderr
+
+
+def test_a_schema_goes_to_the_remote_engine(
+    home: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--schema (and a batch line's "schema") go as OpenAI's response_format: the engine
+    holds its answer to the schema, whatever its model says."""
+    import jsonschema
+
+    monkeypatch.setenv("KEY", "sesame")
+    add = run(home, "remote", "add", "far", server.url, "--model", "tiny", "--api-key-env", "KEY")
+    assert add.code == 0
+    schema = {
+        "type": "object",
+        "properties": {"word": {"enum": ["yes", "no"]}, "ok": {"type": "boolean"}},
+        "required": ["word", "ok"],
+        "additionalProperties": False,
+    }
+    done = run(home, "run", "far", "--schema", json.dumps(schema), "--max-tokens", "80", "hi")
+    assert done.code == 0, done.stderr
+    jsonschema.validate(json.loads(done.stdout), schema)
+    file = home.parent / "in.jsonl"
+    lines = [
+        {"id": "s", "prompt": "hi", "schema": schema, "max_tokens": 80},
+        {"id": "g", "prompt": "hi", "grammar": 'root ::= "yes"'},
+    ]
+    file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    batch = run(home, "run", "far", "--batch", str(file))
+    assert batch.code == 1  # the grammar line: a remote engine takes schemas
+    out = {o["id"]: o for o in map(json.loads, batch.stdout.splitlines())}
+    jsonschema.validate(json.loads(out["s"]["response"]), schema)
+    assert "takes a JSON schema, not a GBNF grammar" in out["g"]["error"]

@@ -57,6 +57,9 @@ class SamplingParams:
     repeat_last_n: int = 64
     seed: int | None = None  # None: a fresh random seed
     grammar: str | None = None  # GBNF (root rule "root"): the answer can only match it
+    schema: str | None = (
+        None  # the JSON schema (as JSON) that grammar enforces, if it came from one
+    )
 
 
 class Model(Protocol):

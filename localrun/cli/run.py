@@ -265,10 +265,10 @@ def run(
         text = read_prompt(args, sys.stdin)
     terminal = sys.stdout.isatty() and output_format is OutputFormat.text
     remote, settings = remote_and_settings(model, endpoint)
-    if remote is not None and (draft or speculative or constraint or rpc):
+    if remote is not None and (draft or speculative or grammar or rpc):
         raise UsageError(
-            "a remote engine does its own decoding: --draft, --speculative, --schema, "
-            "--grammar and --rpc are for local models",
+            "a remote engine does its own decoding: --draft, --speculative, --grammar and "
+            "--rpc are for local models (it takes --schema)",
             "drop them, or run a local model",
         )
     resolved = resolve_or_pull(model) if remote is None else None
@@ -289,6 +289,8 @@ def run(
         speculative=speculative,
         draft=draft,
     )
+    if constraint is not None:
+        opts = replace(opts, sampling=constraint.apply(opts.sampling))
     if remote is not None:
         # Only the settings given (flags, the Modelfile's) go: the rest are the engine's own.
         flags = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
@@ -310,11 +312,13 @@ def run(
             )  # fmt: skip
             return
         assert text is not None
-        _answer_remotely(remote, text, opts, output_format, terminal, verbose, not nowordwrap, send)
+        done = _answer_remotely(
+            remote, text, opts, output_format, terminal, verbose, not nowordwrap, send
+        )
+        if constraint is not None and done is not None:
+            _check_complete(done, constraint)
         return
     assert resolved is not None
-    if constraint is not None:
-        opts = replace(opts, sampling=replace(opts.sampling, grammar=constraint.grammar))
     n_threads = opts.threads or physical_cores()
     draft_model = None
     if opts.draft is not None:
@@ -564,7 +568,7 @@ def _answer_remotely(
     verbose: bool,
     wordwrap: bool,
     send: frozenset[str],
-) -> None:
+) -> engine.Stats | None:
     from localrun import engine
     from localrun.remote.client import generate
 
@@ -579,8 +583,7 @@ def _answer_remotely(
     events = generate(remote, request, send)
     described = format_remote_stats if verbose else None
     if output_format is OutputFormat.json:
-        _json(events, remote.name, "remote", described)
-    elif terminal:
-        _live(events, f"remote {remote.url}", 0, described, wordwrap)
-    else:
-        _plain(events, described)
+        return _json(events, remote.name, "remote", described)
+    if terminal:
+        return _live(events, f"remote {remote.url}", 0, described, wordwrap)
+    return _plain(events, described)

@@ -110,11 +110,11 @@ def parse_line(text: str, line: int, defaults: RunOptions) -> Job:
         raise bad("'grammar' must be a string (GBNF)")
     try:
         if data.get("schema") == ANY_JSON:
-            sampling = replace(sampling, grammar=json_value().grammar)
+            sampling = json_value().apply(sampling)
         elif "schema" in data:
-            sampling = replace(sampling, grammar=json_schema(data["schema"]).grammar)
+            sampling = json_schema(data["schema"]).apply(sampling)
         elif "grammar" in data:
-            sampling = replace(sampling, grammar=gbnf(data["grammar"], "'grammar'").grammar)
+            sampling = gbnf(data["grammar"], "'grammar'").apply(sampling)
     except UsageError as e:
         raise bad(e.message) from None
     request = Request(tuple(messages), sampling, max_tokens, stop)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from localrun.backend import SamplingParams
 from localrun.errors import UsageError
 
 ANY_JSON = "json"  # --schema json: any JSON value
@@ -43,6 +44,11 @@ class Constraint:
     grammar: str  # GBNF, root rule "root"
     what: str  # "a JSON schema", "any JSON value", "the grammar in FILE"
     json: bool = True  # whether a complete answer is JSON
+    schema: str | None = None  # the JSON schema, as JSON: what remote engines take instead
+
+    def apply(self, sampling: SamplingParams) -> SamplingParams:
+        """``sampling`` held to this constraint."""
+        return replace(sampling, grammar=self.grammar, schema=self.schema)
 
 
 def json_value(*, object_only: bool = False) -> Constraint:
@@ -50,7 +56,8 @@ def json_value(*, object_only: bool = False) -> Constraint:
     OpenAI's ``json_object``)."""
     kinds: Any = "object" if object_only else sorted(_TYPES - {"integer"})
     what = "a JSON object" if object_only else "any JSON value"
-    return Constraint(_convert({"type": kinds}), what)
+    schema = '{"type": "object"}' if object_only else "{}"
+    return Constraint(_convert({"type": kinds}), what, schema=schema)
 
 
 def json_schema(schema: Any) -> Constraint:
@@ -60,7 +67,7 @@ def json_schema(schema: Any) -> Constraint:
             "a JSON schema must be an object", 'give one such as {"type": "object", ...}'
         )
     _check(schema, "$", 0)
-    return Constraint(_convert(schema), "a JSON schema")
+    return Constraint(_convert(schema), "a JSON schema", schema=json.dumps(schema))
 
 
 def gbnf(text: str, source: str) -> Constraint:

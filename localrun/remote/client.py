@@ -10,6 +10,7 @@ counted. The prefill rate is not known from outside: it is left at 0.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -75,6 +76,17 @@ def generate(
     }
     if extra:
         body["extra_body"] = extra
+    if s.schema is not None:
+        schema = json.loads(s.schema)
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": schema},
+        }
+    elif s.grammar is not None:
+        raise UsageError(
+            "a remote engine takes a JSON schema, not a GBNF grammar",
+            "give --schema (or a line's 'schema'), or run a local model",
+        )
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     if request.stop:
