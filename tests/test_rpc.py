@@ -279,6 +279,25 @@ def test_a_model_split_with_a_loopback_worker_answers_as_it_does_alone(
     assert "client connected" in worker.stderr
 
 
+def test_batch_and_bench_through_a_worker(home: Path, worker: Worker) -> None:
+    import json
+
+    jobs = home / "jobs.jsonl"
+    lines = [{"id": n, "prompt": f"Count to {n}:", "max_tokens": 6} for n in (3, 4, 5)]
+    jobs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    batch = run(home, "run", "demo", "--rpc", worker.endpoint, "--batch", str(jobs),
+                "--parallel", "2", "--verbose", timeout=300)  # fmt: skip
+    assert batch.code == 0, batch.stderr
+    out = [json.loads(line) for line in batch.stdout.splitlines()]
+    assert [o["id"] for o in out] == [3, 4, 5]
+    assert all(o["stats"]["completion_tokens"] == 6 for o in out)
+    bench = run(home, "bench", "demo", "--rpc", worker.endpoint, "-p", "32", "-n", "8",
+                "-r", "1", "--json", timeout=300)  # fmt: skip
+    assert bench.code == 0, bench.stderr
+    report = json.loads(bench.stdout)
+    assert report["placement"].startswith("RPC ") and report["decode_tokens_per_s"] > 0
+
+
 def test_the_plan_says_where_llama_cpp_put_each_layer(home: Path, worker: Worker) -> None:
     # llama.cpp's own debug log names each layer's device: the plan must agree with it.
     _, log = answer(home, "--rpc", worker.endpoint, env={"LOCALRUN_DEBUG": "1"})

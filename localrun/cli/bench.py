@@ -50,6 +50,12 @@ def bench(
     endpoint: str | None = typer.Option(
         None, "--endpoint", metavar="URL", help="Measure MODEL on this OpenAI-compatible server."
     ),
+    rpc: str | None = typer.Option(
+        None,
+        "--rpc",
+        metavar="HOST:PORT,...",
+        help="Split the model's layers with these RPC workers ('localrun worker'), as run does.",
+    ),
 ) -> None:
     """Measure prefill and decode speed.
 
@@ -58,8 +64,11 @@ def bench(
     from localrun.cli.progress import resolve_or_pull
     from localrun.cli.run import remote_named
     from localrun.engine.bench import BenchConfig, run, run_parallel
+    from localrun.engine.workers import parse_endpoints
 
     remote = remote_named(model, endpoint)
+    if remote is not None and rpc:
+        raise typer.BadParameter("--rpc is for local models: a remote engine has its own devices")
     if remote is not None:
         _bench_remote(remote, parallel, decode, as_json)
         return
@@ -76,6 +85,7 @@ def bench(
         threads=threads or physical_cores(),
         n_ctx=ctx_size,
         gpu_layers=gpu_layers_value(gpu_layers) or "auto",
+        workers=parse_endpoints(rpc) if rpc else (),
     )
     show = sys.stderr.isatty() and not as_json
     say = (lambda s: print(s, file=sys.stderr)) if show else lambda s: None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from localrun import engine
 from localrun.backend import SamplingParams
+from localrun.backend.llamacpp.rpc import Endpoint
 from localrun.engine import Finished
 from localrun.models.resolve import resolve
 
@@ -31,6 +32,7 @@ class BenchConfig:
     n_ctx: int | None = None
     gpu_layers: str | int = "auto"
     seed: int = 1234
+    workers: tuple[Endpoint, ...] = ()  # llama.cpp RPC workers that take part of the layers
 
 
 @dataclass
@@ -94,6 +96,7 @@ def _one(
         n_threads=config.threads,
         gpu_layers=config.gpu_layers,
         path=path,
+        workers=config.workers,
     )
     try:
         engine.check_fits(loaded, prompt_len + gen_len)  # before making the tokens
@@ -168,6 +171,7 @@ def run_parallel(
             gpu_layers=config.gpu_layers,
             path=path,
             n_seq=size,
+            workers=config.workers,
         )
         placement = loaded.placement
         batch = loaded.engine()
