@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
 
 
-def build_tool(target: str) -> Path:
+def build_tool(target: str, cache: Path = CACHE) -> Path:
     """The binary of a llama.cpp tool (``llama-bench``, ``llama-batched-bench``,
-    ``llama-server``), built once."""
+    ``llama-server``), built once under ``cache`` (the tests keep theirs outside the clone)."""
     version = importlib.metadata.version("llama-cpp-python")
-    build = CACHE / f"llama.cpp-{version}" / "build-no-amx"
+    build = cache / f"llama.cpp-{version}" / "build-no-amx"
     binary = build / "bin" / target
     if binary.exists():
         return binary
