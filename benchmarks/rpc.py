@@ -4,8 +4,8 @@ A ``localrun worker`` runs in a subprocess on loopback; this process loads the m
 (all layers here, and the offload plan's split with the worker), then answers the same prompt
 with each, alternating the order every round. It prints prefill and decode tokens/s, the time
 each token costs over running alone, and the bytes the worker reads and writes per decoded
-token (from its ``/proc/PID/io``: on loopback that traffic is all the RPC protocol's), from
-which the cost on a real network follows.
+token over its TCP connection (from ``ss``: prompt and answer together, over the answer's
+tokens), from which the cost on a real network follows.
 
 Usage: python benchmarks/rpc.py [--model demo] [--rounds 3] [-n 128] [--threads 2]
 """
@@ -13,11 +13,11 @@ Usage: python benchmarks/rpc.py [--model demo] [--rounds 3] [-n 128] [--threads 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from localrun import engine
@@ -32,10 +32,15 @@ PROMPT = (
 ) * 6 + "Once upon a time, in that small village by the sea, there lived an old fisherman who"
 
 
-def io_bytes(pid: int) -> int:
-    """Bytes the process has read and written through system calls (sockets included)."""
-    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-    return int(fields["rchar"]) + int(fields["wchar"])
+def wire_bytes(port: int) -> int:
+    """Bytes the worker's TCP connections have sent and received (``ss``' tcp_info)."""
+    shown = subprocess.run(
+        ["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    sent = sum(int(n) for n in re.findall(r"bytes_sent:(\d+)", shown))
+    received = sum(int(n) for n in re.findall(r"bytes_received:(\d+)", shown))
+    return sent + received
 
 
 def start_worker(port: int, threads: int) -> subprocess.Popen[bytes]:
@@ -43,6 +48,7 @@ def start_worker(port: int, threads: int) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "localrun", "worker", "--port", str(port), "--threads",
          str(threads), "--no-cache"],
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while True:
@@ -88,9 +94,9 @@ def main() -> None:
                 # A new first line each time: nothing of the prompt is in the KV cache yet.
                 text_in = f"Story {r + 1}{kind[0]}.\n{PROMPT}"
                 tokens = one.model.tokenize(text_in, add_special=True, parse_special=False)
-                before = io_bytes(worker.pid)
+                before = wire_bytes(args.port)
                 text, stats = collect(one.engine().submit(tokens, sampling, max_tokens=args.n))
-                moved = (io_bytes(worker.pid) - before) / max(1, stats.completion_tokens)
+                moved = (wire_bytes(args.port) - before) / max(1, stats.completion_tokens)
                 rates[kind]["prefill"].append(stats.prefill_tokens_per_s)
                 rates[kind]["decode"].append(stats.decode_tokens_per_s)
                 rates[kind]["bytes"].append(moved)
@@ -114,7 +120,7 @@ def main() -> None:
         )
     extra = 1000 / med["split"]["decode"] - 1000 / med["alone"]["decode"]
     print(f"  a decoded token costs {extra:.2f} ms more split over loopback")
-    print(f"  the worker reads and writes {med['split']['bytes'] / 1024:.1f} KiB a token")
+    print(f"  {med['split']['bytes'] / 1024:.1f} KiB cross the network a token")
 
 
 if __name__ == "__main__":
