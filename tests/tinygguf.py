@@ -54,6 +54,8 @@ def write_tiny_model(
     n_ctx_train: int = 2048,
     split_max_tensors: int = 0,
     renamed: dict[str, str] | None = None,
+    n_embd: int = N_EMBD,
+    n_ff: int = N_FF,
 ) -> Path:
     """Write a tiny random llama model to ``path`` and return it.
 
@@ -69,12 +71,12 @@ def write_tiny_model(
     w = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
     w.add_name("tiny-test-model")
     w.add_context_length(n_ctx_train)
-    w.add_embedding_length(N_EMBD)
+    w.add_embedding_length(n_embd)
     w.add_block_count(N_LAYER)
-    w.add_feed_forward_length(N_FF)
+    w.add_feed_forward_length(n_ff)
     w.add_head_count(N_HEAD)
     w.add_head_count_kv(N_HEAD)
-    w.add_rope_dimension_count(N_EMBD // N_HEAD)
+    w.add_rope_dimension_count(n_embd // N_HEAD)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("llama")
@@ -91,17 +93,17 @@ def write_tiny_model(
     def tensor(name: str, *shape: int) -> None:
         w.add_tensor(name, (rng.standard_normal(shape) * 0.5).astype(np.float32))
 
-    tensor("token_embd.weight", n_vocab, N_EMBD)
-    w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-    tensor("output.weight", n_vocab, N_EMBD)
+    tensor("token_embd.weight", n_vocab, n_embd)
+    w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    tensor("output.weight", n_vocab, n_embd)
     for i in range(N_LAYER):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
         for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            tensor(f"blk.{i}.{part}.weight", N_EMBD, N_EMBD)
-        tensor(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
-        tensor(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
-        tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
+            tensor(f"blk.{i}.{part}.weight", n_embd, n_embd)
+        tensor(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
+        tensor(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
+        tensor(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
 
     w.write_header_to_file()
     w.write_kv_data_to_file()

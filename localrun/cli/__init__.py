@@ -49,6 +49,7 @@ from localrun.cli import (  # noqa: E402,F401
     library,
     listing,
     pull,
+    quantize,
     remote,
     rm,
     run,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -34,6 +34,7 @@ class Recipe:
     source: str  # "created" or "library"
     description: str = ""
     created_at: float = 0.0
+    weights: str | None = None  # its own quantized file (create --quantize), not FROM's
 
     @property
     def jinja_template(self) -> str | None:
@@ -84,7 +85,10 @@ def _read_created(path: Path) -> Recipe | None:
         mf = parse(data["modelfile"], data["name"])
     except (OSError, ValueError, KeyError, ModelfileError):
         return None  # one damaged record must not hide the others
-    return Recipe(data["name"], mf, "created", created_at=data.get("created_at", 0.0))
+    return Recipe(
+        data["name"], mf, "created", created_at=data.get("created_at", 0.0),
+        weights=data.get("weights"),
+    )  # fmt: skip
 
 
 def created() -> list[Recipe]:
@@ -178,11 +182,13 @@ def record(name: str, mf: Modelfile, base_dir: Path) -> Recipe:
 def _save(recipe: Recipe) -> None:
     path = _created_file(recipe.name)
     assert path is not None  # the name was validated
-    record = {
+    record: dict[str, object] = {
         "name": recipe.name,
         "modelfile": recipe.modelfile.to_text(),
         "created_at": recipe.created_at,
     }
+    if recipe.weights is not None:
+        record["weights"] = recipe.weights
     try:
         write_atomic(path, json.dumps(record, indent=2))
     except OSError as e:
@@ -192,10 +198,27 @@ def _save(recipe: Recipe) -> None:
         ) from None
 
 
+def quantized_path(name: str, type_name: str) -> Path:
+    """Where ``create --quantize`` writes a created model's own weights."""
+    path = _created_file(name)
+    assert path is not None  # the name was validated
+    return path.with_name(f"{path.stem}.{type_name}.gguf")
+
+
+def set_weights(recipe: Recipe, weights: Path) -> Recipe:
+    """The created model ``recipe``, now answering with its own ``weights`` file."""
+    updated = replace(recipe, weights=str(weights))
+    _save(updated)
+    return updated
+
+
 def remove(name: str) -> bool:
-    """Forget a created model; False if there was none by that name."""
+    """Forget a created model, and its own quantized weights; False if there was none."""
     path = _created_file(name)
     if path is None or not path.exists():
         return False
+    recipe = _read_created(path)
+    if recipe is not None and recipe.weights is not None:
+        Path(recipe.weights).unlink(missing_ok=True)
     path.unlink()
     return True

@@ -73,6 +73,8 @@ def resolve(ref: str, _seen: tuple[str, ...] = ()) -> Resolved:
                 "change one FROM to a model file or a Hub reference",
             )
         base = resolve(recipe.modelfile.from_, (*_seen, ref))
+        if recipe.weights is not None:  # its own quantization of its base
+            return Resolved(ref, (Path(recipe.weights),), _merge(base.settings, recipe))
         return Resolved(ref, base.files, _merge(base.settings, recipe), base.manifest, base.sha256)
     path = Path(ref).expanduser()
     try:

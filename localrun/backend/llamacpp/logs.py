@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from localrun.backend.llamacpp import bindings
@@ -29,6 +29,7 @@ import llama_cpp.llama_cpp as lc  # noqa: E402
 _KEEP = 200  # lines per thread
 _ERROR, _CONTINUED = 4, 5  # ggml's GGML_LOG_LEVEL_ERROR and GGML_LOG_LEVEL_CONT
 _LOGS: dict[int, deque[tuple[int, str]]] = {}
+_LISTENERS: dict[int, Callable[[str], None]] = {}  # a thread's own reader of its lines
 _TO_STDERR = os.environ.get("LOCALRUN_DEBUG") == "1"
 
 
@@ -41,6 +42,9 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     if level == _CONTINUED and lines:
         level = lines[-1][0]  # a continued line has the level of the line it continues
     lines.append((level, line))
+    listener = _LISTENERS.get(threading.get_ident())
+    if listener is not None:
+        listener(line)
     if _TO_STDERR:
         sys.stderr.write(line)
 
@@ -111,6 +115,21 @@ def stderr_text() -> Iterator[list[str]]:
             os.close(saved)
             sink.seek(0)
             caught.append(sink.read().decode("utf-8", "replace"))
+
+
+@contextlib.contextmanager
+def following(listener: Callable[[str], None]) -> Iterator[None]:
+    """Meanwhile, each line llama.cpp logs in this thread also goes to ``listener``."""
+    _LISTENERS[threading.get_ident()] = listener
+    try:
+        yield
+    finally:
+        _LISTENERS.pop(threading.get_ident(), None)
+
+
+def recent() -> list[tuple[int, str]]:
+    """The lines (with their levels) llama.cpp logged in this thread since :func:`start`."""
+    return list(_LOGS.get(threading.get_ident(), ()))
 
 
 def recent_errors() -> list[str]:

@@ -1,0 +1,103 @@
+"""``localrun quantize IN OUT TYPE``: a GGUF written at fewer bits a weight."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from localrun.cli import app
+
+TYPE_HELP = "Q4_K_M, Q5_K_M, Q8_0, IQ4_XS... (llama.cpp's names; a wrong one lists them)"
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar over the tensors on a terminal's stderr (nothing elsewhere)."""
+    if not sys.stderr.isatty():
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        "tensors",
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
+
+
+def describe(done: object) -> str:
+    """The closing line: what was written, and from what."""
+    from localrun.engine.quantize import Quantized
+    from localrun.files import human_size
+
+    assert isinstance(done, Quantized)
+    line = (
+        f"wrote {done.path} ({done.type}, {human_size(done.size_after)}, "
+        f"{done.bpw_after:.2f} bits a weight; from {done.source_type or 'its source'}, "
+        f"{human_size(done.size_before)}, {done.bpw_before:.2f})"
+    )
+    if done.requantized:
+        line += (
+            f"\nnote: requantized from {done.source_type}: quantizing the model's F16 or F32 "
+            "file loses less"
+        )
+    return line
+
+
+@app.command()
+def quantize(
+    source: str = typer.Argument(..., metavar="IN", help="A GGUF file or a model's name."),
+    target: Path = typer.Argument(..., metavar="OUT", help="The GGUF file to write."),
+    type_name: str = typer.Argument(..., metavar="TYPE", help=TYPE_HELP),
+    imatrix: Path | None = typer.Option(
+        None, "--imatrix", help="An importance matrix (llama-imatrix's): better low-bit types."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, max=512, help="CPU threads (default: the physical cores)."
+    ),
+    allow_requantize: bool = typer.Option(
+        False,
+        "--allow-requantize",
+        help="Quantize a file that is already quantized as coarsely as TYPE, or more.",
+    ),
+) -> None:
+    """Write a model quantized to fewer bits a weight (llama.cpp's quantizer).
+
+    Smaller and faster, at some cost in quality: 'localrun perplexity' measures it.
+    """
+    from localrun.cli.progress import resolve_or_pull
+    from localrun.engine.quantize import quantize as run_quantize
+    from localrun.errors import UsageError
+    from localrun.system import physical_cores
+
+    path = Path(source).expanduser()
+    if not path.is_file():
+        path = resolve_or_pull(source).path
+    out = target.expanduser()
+    if out.exists() and out.resolve() == path.resolve():
+        raise UsageError("OUT is IN", "write the quantized model to another file")
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory", "give OUT as a file name, such as m.gguf")
+    if out.exists():
+        raise UsageError(f"{out} exists already", "remove it first, or give another OUT")
+    with progress_bar(f"{type_name.upper()}") as advance:
+        done = run_quantize(
+            path, out, type_name, threads=threads or physical_cores(),
+            allow_requantize=allow_requantize, imatrix=imatrix, progress=advance,
+        )  # fmt: skip
+    print(describe(done), file=sys.stderr)
