@@ -136,6 +136,10 @@ class StepModel(Model, Protocol):
     def best(self, row: int) -> tuple[int, float]:
         """The most likely token of ``row`` of the last batch, and its probability."""
 
+    def target_log_probs(self, targets: Sequence[int]) -> list[float]:
+        """The log-probability of ``targets[i]`` in output row ``i`` of the last batch (its
+        rows with logits, in order): perplexity's measure."""
+
     def sample(self, sampler: object, row: int) -> int:
         """Sample from the logits of ``row`` of the last batch (the chain accepts the token)."""
 

@@ -48,6 +48,7 @@ from localrun.cli import (  # noqa: E402,F401
     doctor,
     library,
     listing,
+    perplexity,
     pull,
     quantize,
     remote,
