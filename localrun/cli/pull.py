@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import typer
 
@@ -22,16 +23,32 @@ def pull(
         False, "--force", help="Pull even if the model cannot fit in this machine's memory."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per model."),
+    quant: str | None = typer.Option(
+        None,
+        "--quant",
+        metavar="QUANT",
+        help="The quantization to pull (as REF:QUANT); 'auto': the largest that fits here.",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Only say what would be pulled, and where it would run."
+    ),
 ) -> None:
     """Download models from the Hugging Face Hub.
 
-    Every file is checked against the Hub's sha256; interrupted pulls resume.
+    Every file is checked against the Hub's sha256; interrupted pulls resume. REPO:auto (or
+    --quant auto) picks the largest quantization that fits this machine's GPU, else its memory.
     """
     from localrun.hub.pull import pull as pull_model
     from localrun.models.resolve import hub_ref_for
 
     for ref in refs:
-        result = pull_model(hub_ref_for(ref), force=force, reporter=reporter())
+        text = _with_quant(hub_ref_for(ref), quant)
+        if dry_run or text.upper().rsplit("@", 1)[0].endswith(":AUTO"):
+            chosen = _chosen(text, dry_run, as_json)
+            if chosen is None:
+                continue
+            text = chosen
+        result = pull_model(text, force=force, reporter=reporter())
         m = result.manifest
         if as_json:
             record = {
@@ -59,3 +76,55 @@ def pull(
             f"(transfer {rate:.0f} MB/s{resumed}), sha256 verified",
             file=sys.stderr,
         )
+
+
+def _with_quant(text: str, quant: str | None) -> str:
+    """``text`` with ``--quant`` put in as its ``:QUANT`` (refused where it names one already)."""
+    if quant is None:
+        return text
+    from localrun.errors import UsageError
+    from localrun.hub.refs import is_hub_ref, parse_hub_ref
+
+    if not is_hub_ref(text):
+        raise UsageError(f"--quant is for Hub repositories, not '{text}'", "pull hf.co/ORG/REPO")
+    ref = parse_hub_ref(text)
+    if ref.quant or ref.filename:
+        raise UsageError(f"'{text}' names its file already", "drop --quant, or the :QUANT")
+    return replace(ref, quant=quant.upper()).name
+
+
+def _chosen(text: str, dry_run: bool, as_json: bool) -> str | None:
+    """The reference to pull for ``text`` (its ``:auto`` decided here); None on a dry run,
+    which only says what it would pull and where it would run."""
+    from localrun.engine.fit import pick, survey
+    from localrun.errors import QuantNotFoundError
+    from localrun.hub.refs import parse_hub_ref
+
+    asked = parse_hub_ref(text)
+    auto = asked.quant == "AUTO"
+    ref, fits, here = survey(replace(asked, quant=None).name if auto else text)
+    if auto:
+        chosen, why = pick(ref, fits, here)
+        print(f"auto: {why}", file=sys.stderr)
+        text = replace(ref, quant=chosen.quant).name if chosen.quant else (
+            replace(ref, filename=chosen.files[0]).name
+        )  # fmt: skip
+    else:
+        from localrun.hub.refs import choose
+
+        wanted, _ = choose(ref, [f for fit in fits for f in fit.files])
+        matching = [f for f in fits if f.files == wanted.files]
+        if not matching:
+            raise QuantNotFoundError(f"{text}: nothing to pull", "check the reference")
+        chosen = matching[0]
+    if not dry_run:
+        return text
+    if as_json:
+        print(json.dumps({"name": text, "files": list(chosen.files), "size": chosen.weights,
+                          "needed": chosen.needed, "runs": chosen.where}))  # fmt: skip
+    print(
+        f"would pull {text}: {human_size(chosen.weights)}, {human_size(chosen.needed)} with "
+        f"its KV cache and compute; here it would run: {chosen.where}",
+        file=sys.stderr,
+    )
+    return None

@@ -23,6 +23,9 @@ def show(
     system: bool = typer.Option(False, "--system", help="Print the system prompt."),
     template: bool = typer.Option(False, "--template", help="Print the template."),
     license_: bool = typer.Option(False, "--license", help="Print the licence."),
+    quants: bool = typer.Option(
+        False, "--quants", help="A Hub repository's GGUF files, and where each would run here."
+    ),
 ) -> None:
     """Show a model's details or its Modelfile.
 
@@ -31,6 +34,9 @@ def show(
     from localrun.models.facts import model_facts, modelfile_of
     from localrun.remote import registry
 
+    if quants:
+        _quants(ref, as_json)
+        return
     if (remote := registry.find(ref)) is not None:
         from localrun.remote.client import describe
 
@@ -79,3 +85,29 @@ def show(
     ]
     print(f"Model {facts.name}")
     print("  " + table(("", ""), rows).replace("\n", "\n  ").lstrip())
+
+
+def _quants(ref: str, as_json: bool) -> None:
+    """The files a Hub repository offers, their sizes, and where each would run here."""
+    from localrun.engine.fit import ON_CPU, ON_GPU, PART_GPU, survey
+    from localrun.hub.refs import is_hub_ref
+    from localrun.models.resolve import hub_ref_for
+
+    text = hub_ref_for(ref)
+    if not is_hub_ref(text):
+        raise UsageError(f"--quants lists a Hub repository's files; '{ref}' is not one",
+                         "show hf.co/ORG/REPO --quants")  # fmt: skip
+    repo, fits, here = survey(text)
+    if as_json:
+        print(json.dumps([{"quant": f.quant, "files": list(f.files), "size": f.weights,
+                           "kv_cache": f.kv, "needed": f.needed, "runs": f.where}
+                          for f in fits], indent=2))  # fmt: skip
+        return
+    words = {ON_GPU: "fully on the GPU", PART_GPU: "partly on the GPU", ON_CPU: "on the CPU"}
+    rows = [
+        (f.quant or "-", ", ".join(f.files), human_size(f.weights), human_size(f.needed),
+         words.get(f.where, "does not fit"))
+        for f in fits
+    ]  # fmt: skip
+    print(f"{repo.repo}: here, {here.describe()}")
+    print(table(("QUANT", "FILE", "SIZE", "NEEDS", "RUNS HERE"), rows))

@@ -75,8 +75,12 @@ class GGUFInfo:
         return sum(t.n_elements for t in self.tensors)
 
 
+class HeaderTruncated(InvalidModelError):
+    """The bytes end inside the GGUF header: a file cut short, or a prefix too short."""
+
+
 class _Cursor:
-    def __init__(self, buf: mmap.mmap, path: Path) -> None:
+    def __init__(self, buf: Any, path: Path | str) -> None:
         self.buf = buf
         self.pos = 0
         self.path = path
@@ -84,7 +88,7 @@ class _Cursor:
     def take(self, fmt: str) -> Any:
         size = struct.calcsize(fmt)
         if self.pos + size > len(self.buf):
-            raise InvalidModelError(
+            raise HeaderTruncated(
                 f"{self.path} is truncated: its GGUF header ends at byte {len(self.buf)}",
                 "download or copy the model again",
             )
@@ -139,23 +143,36 @@ def read_gguf(path: Path) -> GGUFInfo:
     """Parse the header, metadata and tensor table of a GGUF file."""
     check_model_file(path)
     with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        c = _Cursor(buf, path)
-        if c.take("<4s") != GGUF_MAGIC:
-            raise InvalidModelError(f"{path} is not a GGUF file", "pass a .gguf model file")
-        version = c.take("<I")
-        n_tensors, n_kv = c.take("<Q"), c.take("<Q")
-        metadata: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = c.string()
-            metadata[key] = c.value(c.take("<I"))
-        raw_tensors = []
-        for _ in range(n_tensors):
-            name = c.string()
-            dims = tuple(c.take("<Q") for _ in range(c.take("<I")))
-            raw_tensors.append((name, dims, c.take("<I"), c.take("<Q")))
-        alignment = int(metadata.get("general.alignment", 32))
-        data_start = (c.pos + alignment - 1) // alignment * alignment
-        size = len(buf)
+        return _parse(buf, path, len(buf))
+
+
+def read_gguf_prefix(data: bytes, name: str, size: int) -> GGUFInfo:
+    """Parse a GGUF's header from its first bytes (``data``) when the whole file is ``size``
+    bytes: a remote file's, read without downloading it. :class:`HeaderTruncated` when
+    ``data`` ends inside the header (read more)."""
+    try:
+        return _parse(data, name, size, whole=False)
+    except struct.error:  # a string array's length read past the end
+        raise HeaderTruncated(f"{name}: the header goes past byte {len(data)}", None) from None
+
+
+def _parse(buf: Any, path: Path | str, size: int, *, whole: bool = True) -> GGUFInfo:
+    c = _Cursor(buf, path)
+    if c.take("<4s") != GGUF_MAGIC:
+        raise InvalidModelError(f"{path} is not a GGUF file", "pass a .gguf model file")
+    version = c.take("<I")
+    n_tensors, n_kv = c.take("<Q"), c.take("<Q")
+    metadata: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = c.string()
+        metadata[key] = c.value(c.take("<I"))
+    raw_tensors = []
+    for _ in range(n_tensors):
+        name = c.string()
+        dims = tuple(c.take("<Q") for _ in range(c.take("<I")))
+        raw_tensors.append((name, dims, c.take("<I"), c.take("<Q")))
+    alignment = int(metadata.get("general.alignment", 32))
+    data_start = (c.pos + alignment - 1) // alignment * alignment
     tensors = []
     for name, dims, kind, offset in raw_tensors:
         n = 1
@@ -163,7 +180,7 @@ def read_gguf(path: Path) -> GGUFInfo:
             n *= d
         tensors.append(TensorInfo(name, dims, kind, data_start + offset, tensor_bytes(kind, n)))
     end = max((t.offset + t.n_bytes for t in tensors), default=data_start)
-    if end > size:
+    if whole and end > size:
         raise InvalidModelError(
             f"{path} is truncated: its tensors end at byte {end:,} but the file has {size:,}",
             "download or copy the model again",

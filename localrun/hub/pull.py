@@ -41,8 +41,9 @@ from localrun.errors import (
 )
 from localrun.files import human_size
 from localrun.gguf.check import GGUF_MAGIC
+from localrun.gguf.reader import GGUFInfo, HeaderTruncated, read_gguf_prefix
 from localrun.hub import store
-from localrun.hub.refs import HubRef, choose, parse_hub_ref
+from localrun.hub.refs import GGUFChoice, HubRef, choose, gguf_choices, parse_hub_ref
 from localrun.system import physical_memory
 
 if TYPE_CHECKING:
@@ -367,3 +368,66 @@ def _status_error(status: int, ref: HubRef) -> LocalrunError:
             "try again later; downloaded parts are kept and the pull resumes",
         )
     return HubError(f"the Hub answered HTTP {status} for {ref.repo}", "try again later")
+
+
+# -- looking before pulling ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One loadable model a Hub repository offers: its files, quantization and size."""
+
+    choice: GGUFChoice
+    size: int  # bytes, all shards together
+
+
+def offers(text: str) -> tuple[HubRef, str, list[Offer]]:
+    """What the repository ``text`` names offers (its ref, its commit, its GGUF models), read
+    from the Hub's file list; nothing is downloaded."""
+    from huggingface_hub import HfApi
+
+    ref = parse_hub_ref(text)
+    try:
+        info = HfApi(endpoint=endpoint()).model_info(
+            ref.repo, revision=ref.revision, files_metadata=True
+        )
+    except LocalrunError:
+        raise
+    except Exception as e:
+        translated = _translate(e, ref)
+        if translated is None:
+            raise
+        raise translated from e
+    sizes = {s.rfilename: int(s.lfs.size if s.lfs else s.size or 0) for s in info.siblings or []}
+    found = [Offer(c, sum(sizes[f] for f in c.files)) for c in gguf_choices(sorted(sizes))]
+    return ref, str(info.sha), found
+
+
+HEADER_READ = 4 << 20  # the first read of a remote header; doubled while it is cut short
+HEADER_MAX = 256 << 20
+
+
+def remote_header(ref: HubRef, commit: str, filename: str, size: int) -> GGUFInfo:
+    """A remote GGUF's metadata and tensor table, from its first bytes (HTTP ranges)."""
+    from huggingface_hub import get_session, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+    url = hf_hub_url(ref.repo, filename, revision=commit, endpoint=endpoint())
+    n = min(HEADER_READ, size)
+    while True:
+        headers = {**build_hf_headers(), "Range": f"bytes=0-{n - 1}"}
+        try:
+            response = get_session().get(url, headers=headers, follow_redirects=True)
+            response.raise_for_status()
+        except Exception as e:
+            translated = _translate(e, ref)
+            if translated is None:
+                raise
+            raise translated from e
+        data = response.content[:n]  # a server that ignores Range sends it all
+        try:
+            return read_gguf_prefix(data, f"{ref.repo}/{filename}", size)
+        except HeaderTruncated:
+            if n >= min(size, HEADER_MAX) or len(data) < n:
+                raise
+            n = min(n * 2, size, HEADER_MAX)
