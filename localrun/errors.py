@@ -72,6 +72,10 @@ class InvalidModelError(LocalrunError):
     http_status = 422
 
 
+class HeaderTruncated(InvalidModelError):
+    """The bytes end inside a GGUF header: a file cut short, or a remote prefix too short."""
+
+
 class ModelfileError(LocalrunError):
     """A Modelfile that cannot be used as written."""
 

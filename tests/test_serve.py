@@ -299,6 +299,19 @@ def test_copy_create_and_delete(client: ollama.Client) -> None:
     assert e.value.status_code == 404
 
 
+def test_create_quantizes_as_ollama_does(client: ollama.Client, home: Path) -> None:
+    updates = list(client.create(model="tiny-q8", from_=MODEL, quantize="q8_0", stream=True))
+    assert updates[0].status == "quantized F32 model to Q8_0"
+    assert updates[-1].status == "success"
+    shown = client.show("tiny-q8")
+    assert shown.details is not None and shown.details.quantization_level == "Q8_0"
+    assert client.generate(model="tiny-q8", prompt="x", options=FAST).eval_count == 8
+    weights = list(home.rglob("tiny-q8.Q8_0.gguf"))
+    assert len(weights) == 1
+    assert client.delete("tiny-q8").status == "success"
+    assert not weights[0].exists()
+
+
 def test_create_names_models_never_files(client: ollama.Client, home: Path) -> None:
     some_file = str(next(home.rglob("*.Modelfile")))
     for base, status in ((some_file, 400), ("/etc/passwd", 400), ("no-such-base", 404)):
@@ -313,8 +326,8 @@ def test_create_names_models_never_files(client: ollama.Client, home: Path) -> N
         client.create(model="bad", from_=MODEL, parameters={"temperature": "hot"})
     assert e.value.status_code == 400
     with pytest.raises(ollama.ResponseError) as e:
-        client.create(model="bad", from_=MODEL, quantize="q4_K_M")
-    assert e.value.status_code == 400 and "quantiz" in e.value.error
+        client.create(model="bad", from_=MODEL, quantize="q9")
+    assert e.value.status_code == 400 and "unknown quantization type 'q9'" in e.value.error
     assert "bad" not in [m.model for m in client.list().models]
     assert not list(home.rglob("escape*"))
 

@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from localrun.errors import InvalidModelError
+from localrun.errors import HeaderTruncated, InvalidModelError
 from localrun.gguf.check import GGUF_MAGIC, check_model_file
 
 ARRAY_KEEP = 64  # arrays longer than this are summarised as ArrayInfo
@@ -73,10 +73,6 @@ class GGUFInfo:
     @property
     def parameters(self) -> int:
         return sum(t.n_elements for t in self.tensors)
-
-
-class HeaderTruncated(InvalidModelError):
-    """The bytes end inside the GGUF header: a file cut short, or a prefix too short."""
 
 
 class _Cursor:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from localrun import paths
 from localrun.errors import (
     CorruptDownloadError,
+    HeaderTruncated,
     HubError,
     InsufficientSpaceError,
     LocalrunError,
@@ -41,7 +42,7 @@ from localrun.errors import (
 )
 from localrun.files import human_size
 from localrun.gguf.check import GGUF_MAGIC
-from localrun.gguf.reader import GGUFInfo, HeaderTruncated, read_gguf_prefix
+from localrun.gguf.reader import GGUFInfo, read_gguf_prefix
 from localrun.hub import store
 from localrun.hub.refs import GGUFChoice, HubRef, choose, gguf_choices, parse_hub_ref
 from localrun.system import physical_memory

@@ -200,16 +200,20 @@ class AdminAPI:
         for unsupported, why in (
             ("files", "uploading weights is not supported: pull them, and name them in 'from'"),
             ("adapters", "uploading adapters is not supported"),
-            ("quantize", "quantizing is not supported yet"),
         ):
             if body.get(unsupported):
                 raise UsageError(why, f"send the request without '{unsupported}'")
+        quantize = fields.get(body, "quantize", str)
         mf = await asyncio.to_thread(_modelfile, body)
-        await asyncio.to_thread(_record, name, mf)
-        status = {"status": "success"}
+        statuses: list[dict[str, Any]] = []
+        if quantize is None:
+            await asyncio.to_thread(_record, name, mf)
+        else:
+            statuses.append(await asyncio.to_thread(_quantized, name, mf, quantize))
+        statuses.append({"status": "success"})
         if fields.get(body, "stream", bool, False):
-            return Response(_lines([status]), media_type=NDJSON)
-        return JSONResponse(status)
+            return Response(_lines(statuses), media_type=NDJSON)
+        return JSONResponse(statuses[-1])
 
 
 def _modelfile(body: dict[str, Any]) -> Any:
@@ -270,6 +274,28 @@ def _modelfile(body: dict[str, Any]) -> Any:
     if checked.from_ != base or checked.adapters:  # nothing in a value became an instruction
         raise UsageError("the request's fields do not make a valid Modelfile")
     return checked
+
+
+def _quantized(name: str, mf: Any, type_name: str) -> dict[str, Any]:
+    """Record ``name`` with its own copy of its base quantized to ``type_name``, as
+    ``create --quantize`` does (the checks first: a refused type records nothing)."""
+    from localrun.engine.quantize import check, quantize
+    from localrun.models import recipes
+    from localrun.models.resolve import resolve
+    from localrun.system import physical_cores
+
+    base = resolve(mf.from_).path
+    canonical = check(base, type_name)[0]  # a 400 before anything is recorded
+    recipes.check_new_name(name)
+    recipe = recipes.record(name, mf, Path.cwd())
+    try:
+        done = quantize(base, recipes.quantized_path(name, canonical), type_name,
+                        threads=physical_cores())  # fmt: skip
+        recipes.set_weights(recipe, done.path)
+    except BaseException:
+        recipes.remove(name)
+        raise
+    return {"status": f"quantized {done.source_type or 'the'} model to {done.type}"}
 
 
 def _record(name: str, mf: Any) -> None:
