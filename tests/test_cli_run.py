@@ -61,6 +61,8 @@ def test_prompt_from_arguments(cli: Any, fake_engine: Recorder) -> None:
             "n_seq": 1,
             "workers": (),
             "repack": True,
+            "kv_type": "f16",
+            "flash_attn": "auto",
         }
     ]
     assert fake_engine.model.closed
@@ -124,6 +126,8 @@ def test_flags_reach_the_engine(cli: Any, fake_engine: Recorder) -> None:
         "n_seq": 1,
         "workers": (),
         "repack": True,
+        "kv_type": "f16",
+        "flash_attn": "auto",
     }
 
 

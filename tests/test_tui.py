@@ -239,7 +239,7 @@ def test_chat_answers_with_figures_and_slash_commands(
     pane = terminal(*chat_args(tiny_chat_model, "--max-tokens", "24"))
     pane.wait_prompt()
     greeting = pane.screen()
-    assert re.search(r"loaded in \d+\.\d\d s \(CPU\)", greeting)
+    assert re.search(r"loaded in \d+\.\d\d s \(CPU; KV cache [\d.]+ [KM]B f16\)", greeting)
     assert "Type /? for help, /bye to leave." in greeting
     assert "completion mode" not in greeting  # a chat template: chat mode
 

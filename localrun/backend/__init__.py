@@ -43,6 +43,12 @@ class LoadOptions:
     # Weights on the CPU repacked into the layout of llama.cpp's fastest kernels for this
     # CPU. False keeps the file's layout: the arithmetic of an RPC worker, which cannot repack.
     repack: bool = True
+    kv_type: str = "f16"  # the KV cache's keys and values: f16, q8_0 or q4_0 (KV_TYPES)
+    flash_attn: str = "auto"  # auto, on or off (a quantized V cache needs it)
+
+
+KV_TYPES = ("f16", "q8_0", "q4_0")
+FLASH_ATTN = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)

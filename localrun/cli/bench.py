@@ -50,6 +50,8 @@ def bench(
     endpoint: str | None = typer.Option(
         None, "--endpoint", metavar="URL", help="Measure MODEL on this OpenAI-compatible server."
     ),
+    kv_type: str = typer.Option("f16", "--kv-type", help="The KV cache's type: f16, q8_0, q4_0."),
+    flash_attn: str = typer.Option("auto", "--flash-attn", help="Flash attention: auto, on, off."),
     rpc: str | None = typer.Option(
         None,
         "--rpc",
@@ -76,6 +78,9 @@ def bench(
     if parallel is not None and (not sizes or any(not 1 <= n <= 64 for n in sizes)):
         raise typer.BadParameter("--parallel takes sequence counts from 1 to 64, e.g. 1,4,8")
 
+    from localrun.engine.options import check_kv
+
+    check_kv(kv_type, flash_attn)
     resolve_or_pull(model)  # a Hub model is pulled before the clock starts
     config = BenchConfig(
         model=model,
@@ -86,6 +91,8 @@ def bench(
         n_ctx=ctx_size,
         gpu_layers=gpu_layers_value(gpu_layers) or "auto",
         workers=parse_endpoints(rpc) if rpc else (),
+        kv_type=kv_type,
+        flash_attn=flash_attn,
     )
     show = sys.stderr.isatty() and not as_json
     say = (lambda s: print(s, file=sys.stderr)) if show else lambda s: None

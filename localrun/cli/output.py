@@ -39,6 +39,11 @@ def format_stats(stats: Stats, loaded: LoadedModel, threads: int | None = None) 
         ("mode", mode_text),
         ("threads", str(threads) if threads else "-"),
         ("layers", loaded.plan.describe()),
+        *(
+            [("KV cache", f"{loaded.kv_cache}, {loaded.model.n_ctx} cells")]
+            if loaded.kv_cache
+            else []
+        ),
         ("load time", f"{stats.load_s:.3f} s"),
         ("prompt tokens", f"{stats.prompt_tokens}{evaluated}"),
         ("prefill", f"{stats.prefill_s:.3f} s, {stats.prefill_tokens_per_s:.1f} tok/s"),

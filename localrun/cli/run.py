@@ -216,6 +216,17 @@ def run(
         help="Split the model's layers with these RPC workers ('localrun worker' on other "
         "machines), by free memory.",
     ),
+    kv_type: str | None = typer.Option(
+        None,
+        "--kv-type",
+        help="The KV cache's type: f16, q8_0 (about half the memory) or q4_0 (a quarter). "
+        "[default: the Modelfile's, LOCALRUN_KV_TYPE, else f16]",
+    ),
+    flash_attn: str | None = typer.Option(
+        None,
+        "--flash-attn",
+        help="Flash attention: auto, on or off (q8_0 and q4_0 caches need it). [default: auto]",
+    ),
     no_repack: bool = typer.Option(
         False,
         "--no-repack",
@@ -288,6 +299,8 @@ def run(
         threads=threads,
         speculative=speculative,
         draft=draft,
+        kv_type=kv_type,
+        flash_attn=flash_attn,
     )
     if constraint is not None:
         opts = replace(opts, sampling=constraint.apply(opts.sampling))
@@ -325,7 +338,7 @@ def run(
         draft_model = (opts.draft, resolve_or_pull(opts.draft).path)
     n_seq = 1
     if batch is not None:
-        n_seq = parallel or engine.default_parallel(resolved.path, opts.n_ctx)
+        n_seq = parallel or engine.default_parallel(resolved.path, opts.n_ctx, opts.kv_type)
     workers = engine.parse_endpoints(rpc) if rpc else ()
     spinner: AbstractContextManager[object] = nullcontext()
     if terminal and sys.stderr.isatty():
@@ -343,6 +356,8 @@ def run(
             n_seq=n_seq,
             workers=workers,
             repack=not no_repack,
+            kv_type=opts.kv_type,
+            flash_attn=opts.flash_attn,
         )
         try:
             engine.speculate(

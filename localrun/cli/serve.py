@@ -68,6 +68,15 @@ def serve(
         metavar="MODEL",
         help="A draft model for the models that share its vocabulary (others go without).",
     ),
+    kv_type: str | None = typer.Option(
+        None,
+        "--kv-type",
+        help="Every model's KV cache type: f16, q8_0 or q4_0. "
+        "[default: each model's Modelfile, LOCALRUN_KV_TYPE, else f16]",
+    ),
+    flash_attn: str | None = typer.Option(
+        None, "--flash-attn", help="Flash attention: auto, on or off. [default: auto]"
+    ),
     rpc: str | None = typer.Option(
         None,
         "--rpc",
@@ -98,6 +107,10 @@ def serve(
         run_options(Settings(), speculative=speculative, draft=draft)
         if draft is not None:
             resolve_served(draft)
+    if kv_type is not None or flash_attn is not None:
+        from localrun.engine.options import check_kv
+
+        check_kv(kv_type or "f16", flash_attn or "auto")
     config = ServeConfig(
         host=host or env_host,
         port=port or env_port,
@@ -113,6 +126,8 @@ def serve(
         threads=threads,
         speculative=speculative,
         draft=draft,
+        kv_type=kv_type,
+        flash_attn=flash_attn,
     )
     if rpc:
         from localrun.engine.workers import connect, parse_endpoints

@@ -33,6 +33,8 @@ class BenchConfig:
     gpu_layers: str | int = "auto"
     seed: int = 1234
     workers: tuple[Endpoint, ...] = ()  # llama.cpp RPC workers that take part of the layers
+    kv_type: str = "f16"
+    flash_attn: str = "auto"
 
 
 @dataclass
@@ -97,6 +99,8 @@ def _one(
         gpu_layers=config.gpu_layers,
         path=path,
         workers=config.workers,
+        kv_type=config.kv_type,
+        flash_attn=config.flash_attn,
     )
     try:
         engine.check_fits(loaded, prompt_len + gen_len)  # before making the tokens
@@ -172,6 +176,8 @@ def run_parallel(
             path=path,
             n_seq=size,
             workers=config.workers,
+            kv_type=config.kv_type,
+            flash_attn=config.flash_attn,
         )
         placement = loaded.placement
         batch = loaded.engine()

@@ -126,7 +126,8 @@ class ChatSession:
         return self.loaded.model.chat_template
 
     def greeting(self) -> str:
-        return f"{self.name} loaded in {self.loaded.load_s:.2f} s ({self.placement})"
+        kv = f"; KV cache {self.loaded.kv_cache}" if self.loaded.kv_cache else ""
+        return f"{self.name} loaded in {self.loaded.load_s:.2f} s ({self.placement}{kv})"
 
     # -- the conversation ------------------------------------------------------------
 

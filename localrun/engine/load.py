@@ -84,6 +84,14 @@ class LoadedModel:
         return self.plan.placement
 
     @property
+    def kv_cache(self) -> str:
+        """The KV cache's size as llama.cpp allocated it, and its type ("" when unknown)."""
+        size = int(getattr(self.model, "kv_bytes", 0) or 0)
+        if not size:
+            return ""
+        return f"{human_size(size)} {getattr(self.model, 'kv_type', 'f16')}"
+
+    @property
     def mode(self) -> str:
         """``chat`` when the model has a chat template, else plain ``completion``."""
         return CHAT if self.template else COMPLETION
@@ -110,11 +118,14 @@ def load_model(
     n_seq: int = 1,
     workers: tuple[Endpoint, ...] = (),
     repack: bool = True,
+    kv_type: str = "f16",
+    flash_attn: str = "auto",
 ) -> LoadedModel:
     """Load a model with as many layers on the GPU(s) as fit (``gpu_layers``: auto, all, N).
 
     ``workers`` (llama.cpp RPC workers) join this machine's devices first: the plan shares
     the layers with them. ``repack`` False keeps the CPU's weights in the file's layout.
+    ``kv_type`` (f16, q8_0, q4_0) is the KV cache's type; the plan counts it at that size.
 
     ``n_seq`` sequences of ``n_ctx`` tokens each (the batching engine's N) share one KV cache
     of ``n_seq * n_ctx`` cells, as Ollama's parallel requests do.
@@ -129,12 +140,12 @@ def load_model(
     settings = settings or Settings()
     start = time.perf_counter()
     notes: list[str] = []
-    n_ctx = _fit_context(path, n_ctx, notes, n_seq)
+    n_ctx = _fit_context(path, n_ctx, notes, n_seq, kv_type)
     if workers:
         from localrun.engine.workers import connect
 
         connect(workers)
-    plan, memory = _plan(path, n_ctx, gpu_layers)
+    plan, memory = _plan(path, n_ctx, gpu_layers, kv_type)
     layers = plan.n_gpu_layers
     while True:
         options = LoadOptions(
@@ -146,6 +157,8 @@ def load_model(
             lora=settings.adapters,
             n_seq=n_seq,
             repack=repack,
+            kv_type=kv_type,
+            flash_attn=flash_attn,
         )
         try:
             model = backend.load(options)
@@ -206,7 +219,9 @@ def speculate(
     loaded.draft = found
 
 
-def _fit_context(path: Path, n_ctx: int | None, notes: list[str], n_seq: int = 1) -> int | None:
+def _fit_context(
+    path: Path, n_ctx: int | None, notes: list[str], n_seq: int = 1, kv_type: str = "f16"
+) -> int | None:
     """The whole context to make: ``n_seq`` sequences of ``n_ctx`` tokens each.
 
     As Ollama does, a context over the model's trained length is lowered to it, with a
@@ -227,7 +242,7 @@ def _fit_context(path: Path, n_ctx: int | None, notes: list[str], n_seq: int = 1
     from localrun.system import physical_memory
 
     total = context_size(n_ctx, trained) * n_seq
-    needed = sum(model_sizes(info, total).kv_per_layer)
+    needed = sum(model_sizes(info, total, kv_type).kv_per_layer)
     memory = physical_memory()
     if memory and needed > memory:
         sequences = f" ({n_seq} sequences of {context_size(n_ctx, trained)})" if n_seq > 1 else ""
@@ -242,7 +257,7 @@ def _fit_context(path: Path, n_ctx: int | None, notes: list[str], n_seq: int = 1
 MAX_DEFAULT_PARALLEL = 8  # past 8, a CPU's aggregate decode gains little (docs/performance.md)
 
 
-def default_parallel(path: Path, n_ctx: int | None) -> int:
+def default_parallel(path: Path, n_ctx: int | None, kv_type: str = "f16") -> int:
     """How many sequences to run at once when none is asked for: as many as half of this
     machine's memory holds, after the weights, each with its own context's KV cache, at most
     ``MAX_DEFAULT_PARALLEL``."""
@@ -250,13 +265,15 @@ def default_parallel(path: Path, n_ctx: int | None) -> int:
 
     info = read_gguf(path)
     per_seq = context_size(n_ctx, int(info.arch_value("context_length") or 0))
-    kv = sum(model_sizes(info, per_seq).kv_per_layer) or 1
+    kv = sum(model_sizes(info, per_seq, kv_type).kv_per_layer) or 1
     weights = sum(t.n_bytes for t in info.tensors)
     budget = (physical_memory() or 0) // 2 - weights
     return max(1, min(MAX_DEFAULT_PARALLEL, budget // kv))
 
 
-def _plan(path: Path, n_ctx: int | None, request: str | int) -> tuple[Plan, str | None]:
+def _plan(
+    path: Path, n_ctx: int | None, request: str | int, kv_type: str = "f16"
+) -> tuple[Plan, str | None]:
     """The offload plan, and the key under which a working count is remembered."""
     from localrun.backend.llamacpp import devices as gpu
 
@@ -274,8 +291,8 @@ def _plan(path: Path, n_ctx: int | None, request: str | int) -> tuple[Plan, str 
     ]  # fmt: skip
     cpu = next((d for d in gpu.devices() if d.type == "cpu"), None)
     here = GPU("CPU", cpu.free_bytes, cpu.total_bytes) if cpu is not None else None
-    key = memory_key(path, ctx, tuple(t.name for t in targets))
-    sizes = model_sizes(info, ctx)
+    key = memory_key(path, ctx, tuple(t.name for t in targets), kv_type)
+    sizes = model_sizes(info, ctx, kv_type)
     if request == AUTO and (count := remembered(key)) is not None:
         remembered_plan = offload.plan(sizes, targets, count, cpu=here)
         return replace(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from localrun.backend import SamplingParams
+from localrun import config
+from localrun.backend import FLASH_ATTN, KV_TYPES, SamplingParams
 from localrun.backend.llamacpp.offload import AUTO
 from localrun.errors import UsageError
 from localrun.models.modelfile import SPECULATIVE, check_parameter
@@ -27,6 +28,8 @@ class RunOptions:
     history: tuple[Message, ...]
     speculative: str = "off"  # lookup, draft or off
     draft: str | None = None  # the draft model, with speculative "draft"
+    kv_type: str = "f16"  # the KV cache's type: f16, q8_0 or q4_0
+    flash_attn: str = "auto"
 
 
 def run_options(
@@ -47,6 +50,8 @@ def run_options(
     threads: int | None = None,
     speculative: str | None = None,
     draft: str | None = None,
+    kv_type: str | None = None,
+    flash_attn: str | None = None,
 ) -> RunOptions:
     """Flags (not None) over the Modelfile's parameters over the defaults (Ollama's)."""
     p = settings.parameters
@@ -84,6 +89,15 @@ def run_options(
             "name it with --draft MODEL (a smaller model of the same family)",
         )
     gpu = pick(gpu_layers, "num_gpu", AUTO)
+    kv = str(
+        pick(kv_type, "kv_type", None) or config.setting("kv", "type", "LOCALRUN_KV_TYPE") or "f16"
+    )
+    flash = str(
+        pick(flash_attn, "flash_attn", None)
+        or config.setting("kv", "flash_attn", "LOCALRUN_FLASH_ATTN")
+        or "auto"
+    )
+    check_kv(kv, flash)
     chosen_seed = pick(seed, "seed", d.seed)
     return RunOptions(
         sampling=SamplingParams(
@@ -104,7 +118,26 @@ def run_options(
         history=settings.messages,
         speculative=str(method),
         draft=str(draft) if draft and method == "draft" else None,
+        kv_type=kv,
+        flash_attn=flash,
     )
+
+
+def check_kv(kv_type: str, flash_attn: str) -> None:
+    """A KV cache type and flash attention setting llama.cpp can run, or a UsageError."""
+    if kv_type not in KV_TYPES:
+        raise UsageError(
+            f"the KV cache type cannot be {kv_type!r}", f"use one of {', '.join(KV_TYPES)}"
+        )
+    if flash_attn not in FLASH_ATTN:
+        raise UsageError(
+            f"--flash-attn cannot be {flash_attn!r}", f"use one of {', '.join(FLASH_ATTN)}"
+        )
+    if kv_type != "f16" and flash_attn == "off":
+        raise UsageError(
+            f"a {kv_type} KV cache needs flash attention (llama.cpp quantizes values only there)",
+            "use --flash-attn auto or on, or --kv-type f16",
+        )
 
 
 # The run flags under their Modelfile parameter names: one set of ranges for both.

@@ -213,6 +213,14 @@ def type_name(kind: int) -> str:
     return name.decode() if name else f"type{kind}"
 
 
+def type_number(name: str) -> int:
+    """ggml's number for a tensor type's name (``q8_0`` gives 8)."""
+    for kind in range(64):  # more than ggml has
+        if type_name(kind) == name:
+            return kind
+    raise ValueError(f"ggml has no type {name!r}")
+
+
 def file_type_name(file_type: int | None) -> str | None:
     """The quantization label of ``general.file_type`` (15 gives ``Q4_K_M``)."""
     if file_type is None:

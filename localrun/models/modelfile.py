@@ -34,8 +34,15 @@ PARAMETERS: dict[str, type] = {
     "num_thread": int,
     "speculative": str,  # lookup, draft or off: how answers guess ahead (localrun's own)
     "draft": str,  # the draft model for speculative decoding (localrun's own)
+    "kv_type": str,  # f16, q8_0 or q4_0: the KV cache's type (localrun's own)
+    "flash_attn": str,  # auto, on or off (localrun's own)
 }
 SPECULATIVE = ("lookup", "draft", "off")
+CHOICES = {
+    "speculative": SPECULATIVE,
+    "kv_type": ("f16", "q8_0", "q4_0"),
+    "flash_attn": ("auto", "on", "off"),
+}
 _RANGES: dict[str, tuple[float, float]] = {
     "num_ctx": (1, 10_000_000),
     "temperature": (0, 100),
@@ -208,7 +215,12 @@ def _parameter(mf: Modelfile, key: str, value: str, source: str, number: int) ->
     try:
         mf.parameters[name] = coerce_parameter(name, value)
     except ValueError as e:
-        hint = {"speculative": "PARAMETER speculative lookup", "draft": "PARAMETER draft MODEL"}
+        hint = {
+            "speculative": "PARAMETER speculative lookup",
+            "draft": "PARAMETER draft MODEL",
+            "kv_type": "PARAMETER kv_type q8_0",
+            "flash_attn": "PARAMETER flash_attn auto",
+        }
         raise _error(source, number, str(e), hint.get(name, f"PARAMETER {name} N")) from None
 
 
@@ -216,8 +228,9 @@ def coerce_parameter(name: str, value: str) -> float | int | str:
     """A parameter's value, typed and checked (ValueError says what is wrong)."""
     kind = PARAMETERS[name]
     if kind is str:
-        if name == "speculative" and value not in SPECULATIVE:
-            raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE)}, not '{value}'")
+        if name in CHOICES and value not in CHOICES[name]:
+            choices = ", ".join(CHOICES[name])
+            raise ValueError(f"{name} must be one of {choices}, not '{value}'")
         if not value.strip():
             raise ValueError(f"{name} needs a value")
         return value

@@ -31,6 +31,8 @@ class ServeConfig:
     threads: int | None = None
     speculative: str | None = None  # lookup, draft or off for every model; None: its Modelfile's
     draft: str | None = None  # the draft model for models that share its vocabulary
+    kv_type: str | None = None  # every model's KV cache type; None: its Modelfile's, or config
+    flash_attn: str | None = None
 
     @property
     def loopback(self) -> bool:

@@ -76,13 +76,13 @@ def resolve_served(name: str) -> Resolved:
         ) from None
 
 
-def _size(path: Any, n_ctx: int) -> int:
-    """Weights plus the KV cache of ``n_ctx`` cells."""
+def _size(path: Any, n_ctx: int, kv_type: str = "f16") -> int:
+    """Weights plus the KV cache of ``n_ctx`` cells of ``kv_type``."""
     from localrun.backend.llamacpp.offload import model_sizes
     from localrun.gguf.reader import read_gguf
 
     info = read_gguf(path)
-    return int(path.stat().st_size) + sum(model_sizes(info, n_ctx).kv_per_layer)
+    return int(path.stat().st_size) + sum(model_sizes(info, n_ctx, kv_type).kv_per_layer)
 
 
 class ModelPool:
@@ -185,7 +185,14 @@ class ModelPool:
     # -- loading ----------------------------------------------------------------------------
 
     def _parallel(self, resolved: Resolved, num_ctx: int | None) -> int:
-        return self.config.parallel or default_parallel(resolved.path, num_ctx)
+        kv_type = self._kv(resolved.settings)[0]
+        return self.config.parallel or default_parallel(resolved.path, num_ctx, kv_type)
+
+    def _kv(self, settings: Settings) -> tuple[str, str]:
+        """The KV cache's type and flash attention: the server's flags, else the model's
+        Modelfile, else the configuration's default."""
+        opts = run_options(settings, kv_type=self.config.kv_type, flash_attn=self.config.flash_attn)
+        return opts.kv_type, opts.flash_attn
 
     def _estimate(self, resolved: Resolved, num_ctx: int | None) -> int:
         from localrun.gguf.reader import read_gguf
@@ -195,7 +202,7 @@ class ModelPool:
         per_seq = context_size(num_ctx, trained)
         if trained:
             per_seq = min(per_seq, trained)  # as the load lowers it
-        return _size(resolved.path, per_seq * n_seq)
+        return _size(resolved.path, per_seq * n_seq, self._kv(resolved.settings)[0])
 
     async def _make_room(self, need: int) -> bool:
         """Unload idle models, least recently used first, until ``need`` bytes fit."""
@@ -214,6 +221,7 @@ class ModelPool:
     async def _start(self, resolved: Resolved, num_ctx: int | None) -> Runner:
         n_seq = self._parallel(resolved, num_ctx)
         threads = self.config.threads or physical_cores()
+        kv_type, flash_attn = self._kv(resolved.settings)
 
         def load() -> LoadedModel:
             loaded = self._load(
@@ -223,6 +231,8 @@ class ModelPool:
                 path=resolved.path,
                 settings=resolved.settings,
                 n_seq=n_seq,
+                kv_type=kv_type,
+                flash_attn=flash_attn,
             )
             try:
                 self._speculate(loaded, resolved.settings, threads)
@@ -234,7 +244,7 @@ class ModelPool:
 
         loaded = await asyncio.to_thread(load)
         try:
-            size = await asyncio.to_thread(_size, resolved.path, loaded.model.n_ctx)
+            size = await asyncio.to_thread(_size, resolved.path, loaded.model.n_ctx, kv_type)
         except BaseException:
             await asyncio.to_thread(loaded.close)
             raise

@@ -10,9 +10,10 @@ with each sequence's native sampler chain (:mod:`.sampler`).
 from __future__ import annotations
 
 import ctypes
+import re
 import signal
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -30,6 +31,7 @@ from localrun.errors import (
     GenerationError,
     ModelLoadError,
 )
+from localrun.gguf.reader import type_number
 
 bindings.register()  # the ctypes bindings alone: 0.04 s instead of 0.13-0.3 s
 
@@ -91,7 +93,7 @@ class LlamaCppModel:
             self._n_ctx_train = int(lc.llama_model_n_ctx_train(model))
             self.n_layer = int(lc.llama_model_n_layer(model))
             requested = context_size(options.n_ctx, self._n_ctx_train)
-            ctx = self._new_context(model, requested, options.n_threads, options.n_seq)
+            ctx, kv_lines = self._new_context(model, requested, options)
             if stop.is_set():
                 if ctx:
                     lc.llama_free(ctx)
@@ -102,6 +104,9 @@ class LlamaCppModel:
             lc.llama_model_free(model)
             raise logs.context_failure(requested)
         self._ctx = ctx
+        self.kv_type = options.kv_type
+        # What llama.cpp allocated for the KV cache (one line per cache: SWA layers apart).
+        self.kv_bytes = kv_buffer_bytes(kv_lines)
         # The largest batch one llama_decode takes: prompts are fed in chunks of this size.
         self._n_batch = int(lc.llama_n_batch(ctx))
         self._adapters = [self._lora(model, path) for path in options.lora]
@@ -131,17 +136,24 @@ class LlamaCppModel:
         self.forget(0)
 
     @staticmethod
-    def _new_context(model: Any, n_ctx: int, n_threads: int, n_seq: int) -> Any:
+    def _new_context(model: Any, n_ctx: int, options: LoadOptions) -> tuple[Any, list[str]]:
+        """The context, and llama.cpp's lines about its KV buffers."""
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = min(N_BATCH, n_ctx)
         cparams.n_ubatch = min(N_BATCH, n_ctx)
-        cparams.n_seq_max = n_seq
+        cparams.n_seq_max = options.n_seq
         # One cache for all sequences: each may use as much of it as is free.
-        cparams.kv_unified = n_seq > 1
-        cparams.n_threads = n_threads
-        cparams.n_threads_batch = n_threads
-        return lc.llama_init_from_model(model, cparams)
+        cparams.kv_unified = options.n_seq > 1
+        cparams.n_threads = options.n_threads
+        cparams.n_threads_batch = options.n_threads
+        cparams.type_k = cparams.type_v = type_number(options.kv_type)
+        cparams.flash_attn_type = {"auto": -1, "off": 0, "on": 1}[options.flash_attn]
+        logs.start()
+        seen: list[str] = []
+        with logs.following(lambda line: seen.append(line) if "KV buffer" in line else None):
+            ctx = lc.llama_init_from_model(model, cparams)
+        return ctx, seen
 
     def _lora(self, model: Any, path: Path) -> Any:
         logs.start()
@@ -354,6 +366,7 @@ class LlamaCppModel:
             "recurrent": self._recurrent,
             "kv_unified": self._n_seq_max > 1,
             "adapters": [str(p) for p in self._adapter_paths],
+            "kv_type": self.kv_type,  # a q8_0 cache's cells are not an f16 cache's
         }
 
     def embed(self, tokens: list[int], seq: int) -> list[float]:
@@ -438,3 +451,13 @@ def log_probs_at(rows: Any, targets: Any) -> list[float]:
     part(0, half)
     other.join()
     return [float(v) for v in out]
+
+
+_KV_BUFFER = re.compile(r"KV buffer size\s*=\s*([\d.]+) MiB")
+
+
+def kv_buffer_bytes(lines: Iterable[str]) -> int:
+    """The KV cache's bytes, from llama.cpp's log of the context it just made."""
+    return int(
+        sum(float(m.group(1)) for line in lines if (m := _KV_BUFFER.search(line))) * (1 << 20)
+    )

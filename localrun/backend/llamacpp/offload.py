@@ -22,14 +22,13 @@ from pathlib import Path
 from localrun import paths
 from localrun.backend import N_BATCH
 from localrun.files import human_size, write_atomic
-from localrun.gguf.reader import GGUFInfo
+from localrun.gguf.reader import GGUFInfo, tensor_bytes, type_number
 
 GiB = 1 << 30
 MiB = 1 << 20
 COMPUTE_RESERVE = 384 * MiB  # graph buffers for a 512-token micro-batch
 MIN_MARGIN = 256 * MiB
 MARGIN_FRACTION = 0.05  # of each device's total memory: drivers and other processes
-KV_BYTES = 2  # f16 keys and values
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
 AUTO, ALL = "auto", "all"
@@ -49,8 +48,14 @@ class ModelSizes:
         return len(self.layers)
 
 
-def model_sizes(info: GGUFInfo, n_ctx: int) -> ModelSizes:
-    """Per-layer weight and KV sizes from a GGUF's tensor table and hyper-parameters."""
+def model_sizes(info: GGUFInfo, n_ctx: int, kv_type: str = "f16") -> ModelSizes:
+    """Per-layer weight and KV sizes from a GGUF's tensor table and hyper-parameters.
+
+    Each layer keeps ``n_ctx`` cells of keys and values in ``kv_type`` (ggml's own sizes:
+    f16 2 bytes an element, q8_0 34 bytes a block of 32, q4_0 18). Sliding-window layers
+    count in full: llama.cpp's contexts keep a full-size cache for them (``swa_full``).
+    """
+    kind = type_number(kv_type)
     n_layer = int(info.arch_value("block_count") or 0)
     layers = [0] * n_layer
     output = 0
@@ -74,7 +79,10 @@ def model_sizes(info: GGUFInfo, n_ctx: int) -> ModelSizes:
         kv_heads = n_head_kv[i] or heads
         key = int(info.arch_value("attention.key_length") or n_embd // heads)
         value = int(info.arch_value("attention.value_length") or n_embd // heads)
-        kv.append(n_ctx * kv_heads * (key + value) * KV_BYTES)
+        kv.append(
+            tensor_bytes(kind, n_ctx * kv_heads * key)
+            + tensor_bytes(kind, n_ctx * kv_heads * value)
+        )
     tokens = info.metadata.get("tokenizer.ggml.tokens")
     n_vocab = int(getattr(tokens, "length", 0) or (len(tokens) if isinstance(tokens, list) else 0))
     return ModelSizes(tuple(layers), tuple(kv), output, n_vocab)
@@ -253,9 +261,10 @@ def _memory_file() -> Path:
     return paths.cache_dir() / "offload.json"
 
 
-def memory_key(model: Path, n_ctx: int, devices: tuple[str, ...]) -> str:
+def memory_key(model: Path, n_ctx: int, devices: tuple[str, ...], kv_type: str = "f16") -> str:
     st = model.stat()
-    return f"{model.resolve()}|{st.st_size}|{st.st_mtime_ns}|{n_ctx}|{','.join(devices)}"
+    key = f"{model.resolve()}|{st.st_size}|{st.st_mtime_ns}|{n_ctx}|{','.join(devices)}"
+    return key if kv_type == "f16" else f"{key}|{kv_type}"  # f16: as before the types came
 
 
 def remembered(key: str) -> int | None:
