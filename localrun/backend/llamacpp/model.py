@@ -429,6 +429,9 @@ class LlamaCppModel:
             self.close()
 
 
+_ROWS_AT_ONCE = 16  # rows a thread works on at a time: 16 MiB of a 262,144-token vocabulary
+
+
 def log_probs_at(rows: Any, targets: Any) -> list[float]:
     """``log softmax(rows[i])[targets[i]]`` for each row, as llama-perplexity computes it (the
     sum of exponentials in double precision), on two threads (numpy releases the GIL)."""
@@ -437,13 +440,15 @@ def log_probs_at(rows: Any, targets: Any) -> list[float]:
     out = np.empty(len(targets), dtype=np.float64)
 
     def part(lo: int, hi: int) -> None:
-        block = rows[lo:hi]
-        top = block.max(axis=1)
-        shifted = np.subtract(block, top[:, None])
-        np.exp(shifted, out=shifted)
-        total = shifted.sum(axis=1, dtype=np.float64)
-        picked = block[np.arange(hi - lo), targets[lo:hi]]
-        out[lo:hi] = picked.astype(np.float64) - top - np.log(total)
+        for start in range(lo, hi, _ROWS_AT_ONCE):  # a bounded temporary, not a copy of all
+            end = min(hi, start + _ROWS_AT_ONCE)
+            block = rows[start:end]
+            top = block.max(axis=1)
+            shifted = np.subtract(block, top[:, None])
+            np.exp(shifted, out=shifted)
+            total = shifted.sum(axis=1, dtype=np.float64)
+            picked = block[np.arange(end - start), targets[start:end]]
+            out[start:end] = picked.astype(np.float64) - top - np.log(total)
 
     half = len(targets) // 2
     other = threading.Thread(target=part, args=(half, len(targets)))
