@@ -93,3 +93,34 @@ def test_a_q8_0_cache_never_reads_back_an_f16_prompt(home: Path) -> None:
     assert "read back from the prompt cache" in again.stderr  # the f16 entry, for f16
     q8 = run(home, "run", "demo", "--kv-type", "q8_0", *args, stdin=document)
     assert "read back from the prompt cache" in q8.stderr  # and the q8_0 one, for q8_0
+
+
+def test_a_device_without_flash_attention_falls_back_to_f16_with_a_note(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localrun import backend
+    from localrun.errors import ModelLoadError
+
+    real = backend.load
+    tried: list[str] = []
+
+    def load_without_flash_attention(options: LoadOptions) -> object:
+        tried.append(options.kv_type)
+        if options.kv_type != "f16":  # what llama.cpp says on such a device
+            raise ModelLoadError(
+                "llama.cpp could not create a context of 512 tokens: llama_init_from_model: "
+                "quantized V cache requires flash_attn to be enabled"
+            )
+        return real(options)
+
+    monkeypatch.setattr(backend, "load", load_without_flash_attention)
+    loaded = engine_load.load_model(str(tiny_model), n_ctx=512, n_threads=1, kv_type="q8_0")
+    try:
+        assert tried == ["q8_0", "f16"]
+        assert loaded.kv_cache.endswith(" f16")
+        assert any("cannot run a q8_0 KV cache" in note for note in loaded.notes)
+    finally:
+        loaded.close()
+    with pytest.raises(ModelLoadError, match="requires flash_attn"):  # asked for: not replaced
+        engine_load.load_model(str(tiny_model), n_ctx=512, n_threads=1, kv_type="q8_0",
+                               flash_attn="on")  # fmt: skip

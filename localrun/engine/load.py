@@ -21,7 +21,7 @@ from localrun.backend.llamacpp.offload import (
     remembered,
 )
 from localrun.engine.types import CHAT, COMPLETION
-from localrun.errors import OutOfMemoryError
+from localrun.errors import ModelLoadError, OutOfMemoryError
 from localrun.files import human_size
 from localrun.gguf.reader import read_gguf
 from localrun.models.resolve import Settings, resolve
@@ -168,6 +168,14 @@ def load_model(
                 raise
             layers //= 2
             notes.append(f"out of GPU memory: retried with {layers} GPU layers")
+            continue
+        except ModelLoadError as e:
+            # A device without flash attention cannot hold a quantized cache: f16 instead.
+            if kv_type == "f16" or flash_attn != "auto" or "flash_attn" not in e.message:
+                raise
+            notes.append(f"this device cannot run a {kv_type} KV cache (no flash attention "
+                         "for it here): f16 instead")  # fmt: skip
+            kv_type = "f16"
     if layers != plan.n_gpu_layers:
         plan = replace(plan, n_gpu_layers=layers, reason="after an out-of-memory retry")
         if memory is not None:
