@@ -24,19 +24,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Server:
-    """A running server: its URL, its stderr so far, and a way to stop it."""
+class Background:
+    """``localrun ARGS`` running in the background, its stderr collected as it comes."""
 
     def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.home = home
         full_env = {**os.environ, "LOCALRUN_HOME": str(home), **(env or {})}
         full_env.pop("LOCALRUN_DEBUG", None)
         full_env.pop("LOCALRUN_HOST", None)
         self.proc = subprocess.Popen(
-            [LOCALRUN, "serve", "--port", str(self.port), *args],
-            stdout=subprocess.DEVNULL,  # a server writes nothing there (its log is on stderr)
+            [LOCALRUN, *args],
+            stdout=subprocess.DEVNULL,  # what runs here writes nothing there (logs: stderr)
             stderr=subprocess.PIPE,
             env=full_env,
         )
@@ -53,6 +50,28 @@ class Server:
     def stderr(self) -> str:
         return "".join(self._err)
 
+    def stop(self, timeout: float = 60) -> int:
+        """Ctrl-C, then a kill if it takes longer than ``timeout``; its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+        return self.proc.returncode
+
+
+class Server(Background):
+    """A running server: its URL, its stderr so far, and a way to stop it."""
+
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.home = home
+        super().__init__(home, "serve", "--port", str(self.port), *args, env=env)
+
     def wait_ready(self, timeout: float = 90) -> None:
         """Until ``GET /`` gets an answer, any answer (a server with a key answers 401), or
         the process has ended: then fail with its stderr."""
@@ -66,17 +85,6 @@ class Server:
                 return
             time.sleep(0.1)
         raise AssertionError(f"serve did not answer within {timeout} s: {self.stderr}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
-        return self.proc.returncode
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import socket
 import struct
 import subprocess
@@ -24,7 +23,7 @@ from localrun.backend.llamacpp import rpc
 from localrun.backend.llamacpp.offload import GPU, ModelSizes, plan
 from localrun.errors import UsageError, WorkerError
 from tests.proc import LOCALRUN, run
-from tests.served import Server, free_port
+from tests.served import Background, Server, free_port
 
 GB = 1_000_000_000
 PROMPT = "The three primary colors are"
@@ -101,7 +100,7 @@ def hello_reply(major: int, minor: int, patch: int) -> Callable[[socket.socket],
 
 
 def test_hello_reads_the_worker_protocol_and_refuses_another_major_version() -> None:
-    ours = rpc.protocol_version()
+    ours = rpc.PROTOCOL
     with fake_worker(hello_reply(*ours)) as same:
         assert rpc.hello(same) == ours
     newer = fake_worker(hello_reply(ours[0] + 1, 0, 0))
@@ -180,32 +179,13 @@ def test_run_with_a_worker_that_is_not_there_fails_in_one_line(home: Path) -> No
 # -- a worker and a client on this machine ------------------------------------------------
 
 
-class Worker:
+class Worker(Background):
     """``localrun worker`` in a subprocess, on a free loopback port."""
 
     def __init__(self, home: Path) -> None:
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
-        env = {**os.environ, "LOCALRUN_HOME": str(home)}
-        env.pop("LOCALRUN_DEBUG", None)
-        self.proc = subprocess.Popen(
-            [LOCALRUN, "worker", "--port", str(self.port), "--threads", "2"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        self._err: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self._err.append(line.decode(errors="replace"))
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self._err)
+        super().__init__(home, "worker", "--port", str(self.port), "--threads", "2")
 
     def wait_for(self, text: str, timeout: float = 120) -> None:
         """Until the worker's stderr has ``text`` (or it has ended: then fail)."""
@@ -218,16 +198,6 @@ class Worker:
                 raise AssertionError(f"no {text!r} within {timeout} s: {self.stderr}")
             time.sleep(0.05)
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
-
 
 @pytest.fixture
 def worker(home: Path) -> Iterator[Worker]:
@@ -236,7 +206,7 @@ def worker(home: Path) -> Iterator[Worker]:
         w.wait_for("worker listening on")
         yield w
     finally:
-        w.stop()
+        w.stop(timeout=30)
 
 
 def answer(home: Path, *args: str, env: dict[str, str] | None = None) -> tuple[str, str]:

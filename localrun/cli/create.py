@@ -85,13 +85,14 @@ def _quantized(
 ) -> Recipe:
     """``recipe`` with its own copy of ``base`` quantized to ``type_name``."""
     from localrun.backend.llamacpp.quantize import file_type
-    from localrun.cli.quantize import describe, progress_bar
+    from localrun.cli.progress import counting
+    from localrun.cli.quantize import describe
     from localrun.engine.quantize import quantize
     from localrun.models import recipes
     from localrun.system import physical_cores
 
     target = recipes.quantized_path(recipe.name, file_type(type_name)[0])
-    with progress_bar(type_name.upper()) as advance:
+    with counting(type_name.upper(), "tensors") as advance:
         done = quantize(
             base, target, type_name, threads=threads or physical_cores(),
             allow_requantize=allow_requantize, imatrix=imatrix, progress=advance,

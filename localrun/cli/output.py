@@ -54,8 +54,7 @@ def format_stats(stats: Stats, loaded: LoadedModel, threads: int | None = None) 
         ("total time", f"{stats.total_s:.3f} s"),
         ("finish reason", stats.finish_reason),
     ]
-    width = max(len(name) for name, _ in rows) + 1
-    return "\n".join(f"{name + ':':<{width}} {value}" for name, value in rows)
+    return _aligned(rows)
 
 
 def format_remote_stats(stats: Stats) -> str:
@@ -69,6 +68,11 @@ def format_remote_stats(stats: Stats) -> str:
         ("total time", f"{stats.total_s:.3f} s"),
         ("finish reason", stats.finish_reason),
     ]
+    return _aligned(rows)
+
+
+def _aligned(rows: Sequence[tuple[str, object]]) -> str:
+    """``name: value`` lines, the values in one column."""
     width = max(len(name) for name, _ in rows) + 1
     return "\n".join(f"{name + ':':<{width}} {value}" for name, value in rows)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ def perplexity(
     two models (a quantization and its source, say) on the same text.
     """
     from localrun import engine
-    from localrun.cli.progress import resolve_or_pull
+    from localrun.cli.progress import counting, resolve_or_pull
     from localrun.engine.perplexity import perplexity as measure
     from localrun.errors import UsageError
     from localrun.system import physical_cores
@@ -64,9 +63,11 @@ def perplexity(
             path=path,
         )
         try:
-            with _bar(name, as_json) as advance:
-                results.append(measure(loaded, text, ctx_size, max_windows=windows,
-                                       progress=advance))  # fmt: skip
+            with counting(name, "windows", quiet=as_json) as advance:
+                results.append(measure(
+                    loaded, text, ctx_size, max_windows=windows,
+                    progress=lambda done, total, ppl: advance(done, total, f"PPL {ppl:.3f}"),
+                ))  # fmt: skip
         finally:
             loaded.close()
     if as_json:
@@ -84,41 +85,3 @@ def perplexity(
     if len(results) == 2:
         a, b = results
         print(f"{b.model} / {a.model}: {b.ppl / a.ppl:.4f} ({(b.ppl / a.ppl - 1) * 100:+.2f}%)")
-
-
-class _bar:
-    """A progress bar over the windows on a terminal's stderr, with the running estimate."""
-
-    def __init__(self, name: str, quiet: bool) -> None:
-        self.name = name
-        self.show = sys.stderr.isatty() and not quiet
-        self.progress: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.show:
-            return lambda done, total, ppl: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        self.progress = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            "windows",
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self.progress.__enter__()
-        task = self.progress.add_task(self.name, total=None)
-
-        def advance(done: int, total: int, ppl: float) -> None:
-            self.progress.update(
-                task, completed=done, total=total, description=f"{self.name} PPL {ppl:.3f}"
-            )
-
-        return advance
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(None, None, None)

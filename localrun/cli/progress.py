@@ -1,11 +1,13 @@
-"""Download progress on stderr (a rich bar on a terminal, a few plain lines otherwise), and
-pulling a model that a command needs."""
+"""Download progress on stderr (a rich bar on a terminal, a few plain lines otherwise),
+pulling a model that a command needs, and a bar over a long job's steps."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from localrun.files import human_size
 
@@ -108,3 +110,40 @@ def reporter() -> Reporter:
     if sys.stderr.isatty():
         return RichReporter()
     return PlainReporter(sys.stderr)
+
+
+class Advance(Protocol):
+    """Moves a bar: ``done`` of ``total``, with a note after its label."""
+
+    def __call__(self, done: int, total: int, note: str = "") -> None: ...
+
+
+@contextmanager
+def counting(label: str, unit: str, *, quiet: bool = False) -> Iterator[Advance]:
+    """A bar over ``unit`` (tensors, windows) on a terminal's stderr; nothing elsewhere, or
+    when ``quiet``."""
+    if quiet or not sys.stderr.isatty():
+
+        def still(done: int, total: int, note: str = "") -> None:
+            pass
+
+        yield still
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        unit,
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def advance(done: int, total: int, note: str = "") -> None:
+            bar.update(task, completed=done, total=total, description=f"{label} {note}".strip())
+
+        yield advance

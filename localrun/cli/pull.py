@@ -97,7 +97,6 @@ def _chosen(text: str, dry_run: bool, as_json: bool) -> str | None:
     """The reference to pull for ``text`` (its ``:auto`` decided here); None on a dry run,
     which only says what it would pull and where it would run."""
     from localrun.engine.fit import pick, survey
-    from localrun.errors import QuantNotFoundError
     from localrun.hub.refs import parse_hub_ref
 
     asked = parse_hub_ref(text)
@@ -112,11 +111,8 @@ def _chosen(text: str, dry_run: bool, as_json: bool) -> str | None:
     else:
         from localrun.hub.refs import choose
 
-        wanted, _ = choose(ref, [f for fit in fits for f in fit.files])
-        matching = [f for f in fits if f.files == wanted.files]
-        if not matching:
-            raise QuantNotFoundError(f"{text}: nothing to pull", "check the reference")
-        chosen = matching[0]
+        wanted, _ = choose(ref, [f for fit in fits for f in fit.files])  # or it says why not
+        chosen = next(f for f in fits if f.files == wanted.files)
     if not dry_run:
         return text
     if as_json:

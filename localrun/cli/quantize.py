@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -12,32 +10,6 @@ import typer
 from localrun.cli import app
 
 TYPE_HELP = "Q4_K_M, Q5_K_M, Q8_0, IQ4_XS... (llama.cpp's names; a wrong one lists them)"
-
-
-@contextmanager
-def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress bar over the tensors on a terminal's stderr (nothing elsewhere)."""
-    if not sys.stderr.isatty():
-        yield lambda done, total: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        "tensors",
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=None)
-
-        def advance(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield advance
 
 
 def describe(done: object) -> str:
@@ -80,7 +52,7 @@ def quantize(
 
     Smaller and faster, at some cost in quality: 'localrun perplexity' measures it.
     """
-    from localrun.cli.progress import resolve_or_pull
+    from localrun.cli.progress import counting, resolve_or_pull
     from localrun.engine.quantize import quantize as run_quantize
     from localrun.errors import UsageError
     from localrun.system import physical_cores
@@ -95,7 +67,7 @@ def quantize(
         raise UsageError(f"{out} is a directory", "give OUT as a file name, such as m.gguf")
     if out.exists():
         raise UsageError(f"{out} exists already", "remove it first, or give another OUT")
-    with progress_bar(f"{type_name.upper()}") as advance:
+    with counting(type_name.upper(), "tensors") as advance:
         done = run_quantize(
             path, out, type_name, threads=threads or physical_cores(),
             allow_requantize=allow_requantize, imatrix=imatrix, progress=advance,

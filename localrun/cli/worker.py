@@ -40,7 +40,7 @@ def worker(
     puts part of the model's layers here. Runs until Ctrl-C.
     """
     from localrun import paths
-    from localrun.engine.workers import Worker, parse_endpoints
+    from localrun.engine.workers import PROTOCOL, Worker, parse_endpoints
     from localrun.files import human_size
     from localrun.system import physical_cores
 
@@ -60,7 +60,7 @@ def worker(
         say(f"{time.strftime('%H:%M:%S')} {text}")
 
     server.start(event)
-    version = ".".join(map(str, server.protocol))
+    version = ".".join(map(str, PROTOCOL))
     say(f"worker listening on {endpoint} (llama.cpp RPC protocol {version})")
     for d in server.devices:
         say(

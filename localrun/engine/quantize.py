@@ -37,7 +37,26 @@ class Quantized:
     size_after: int
     bpw_before: float
     bpw_after: float
-    requantized: bool  # the source was already quantized
+
+    @property
+    def requantized(self) -> bool:
+        """Whether the source was already quantized."""
+        return self.source_type is not None and self.source_type not in UNQUANTIZED
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A quantization that can be done: the type, the source's, llama.cpp's estimate."""
+
+    name: str  # the type's canonical name
+    ftype: int  # llama.cpp's number for it
+    source_type: str | None  # the source's quantization (general.file_type), if it says
+    estimate: llama_quantize.Estimate
+
+    @property
+    def requantized(self) -> bool:
+        """Whether the source is already quantized."""
+        return self.source_type is not None and self.source_type not in UNQUANTIZED
 
 
 def check(
@@ -47,16 +66,16 @@ def check(
     allow_requantize: bool = False,
     imatrix: Path | None = None,
     target_dir: Path | None = None,
-) -> tuple[str, int, llama_quantize.Estimate, bool]:
-    """The type's name and number, llama.cpp's estimate, and whether the source is already
-    quantized; a one-line error for what cannot (or should not) be done."""
+) -> Checked:
+    """What quantizing ``source`` to ``type_name`` gives; a one-line error for what cannot (or
+    should not) be done."""
     name, ftype = llama_quantize.file_type(type_name)
     info = read_gguf(source)  # a UsageError-like one-liner for a file that is not GGUF
     file_type = info.metadata.get("general.file_type")
     source_type = file_type_name(int(file_type)) if file_type is not None else None
-    requantized = source_type is not None and source_type not in UNQUANTIZED
-    estimate = llama_quantize.estimate(source, ftype)
-    if requantized and estimate.size_after >= estimate.size_before and not allow_requantize:
+    checked = Checked(name, ftype, source_type, llama_quantize.estimate(source, ftype))
+    estimate = checked.estimate
+    if checked.requantized and estimate.size_after >= estimate.size_before and not allow_requantize:
         same = source_type == name
         raise UsageError(
             f"{source.name} is already {source_type} ({estimate.bpw_before:.2f} bits a weight)"
@@ -79,7 +98,7 @@ def check(
                 f"{target_dir} has {human_size(free)} free",
                 "free some space, or write it elsewhere",
             )
-    return name, ftype, estimate, requantized
+    return checked
 
 
 def quantize(
@@ -95,7 +114,7 @@ def quantize(
     """Write ``source`` quantized to ``type_name`` at ``target``, whole or not at all."""
     target_dir = target.parent
     target_dir.mkdir(parents=True, exist_ok=True)
-    name, ftype, estimate, requantized = check(
+    checked = check(
         source, type_name, allow_requantize=allow_requantize, imatrix=imatrix,
         target_dir=target_dir,
     )  # fmt: skip
@@ -106,7 +125,7 @@ def quantize(
     def work() -> None:
         try:
             llama_quantize.quantize(
-                source, partial, ftype, threads=threads, allow_requantize=True,
+                source, partial, checked.ftype, threads=threads, allow_requantize=True,
                 imatrix=matrix, progress=progress,
             )  # fmt: skip
         except BaseException as e:  # handed to the waiting thread
@@ -124,14 +143,12 @@ def quantize(
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
-    file_type = read_gguf(source).metadata.get("general.file_type")
     return Quantized(
         path=target,
-        type=name,
-        source_type=file_type_name(int(file_type)) if file_type is not None else None,
-        size_before=estimate.size_before,
+        type=checked.name,
+        source_type=checked.source_type,
+        size_before=checked.estimate.size_before,
         size_after=target.stat().st_size,
-        bpw_before=estimate.bpw_before,
-        bpw_after=estimate.bpw_after,
-        requantized=requantized,
+        bpw_before=checked.estimate.bpw_before,
+        bpw_after=checked.estimate.bpw_after,
     )

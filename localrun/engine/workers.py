@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from localrun.backend.llamacpp import rpc
-from localrun.backend.llamacpp.rpc import DEFAULT_PORT, Endpoint, parse_endpoints
+from localrun.backend.llamacpp.rpc import DEFAULT_PORT, PROTOCOL, Endpoint, parse_endpoints
 from localrun.errors import UsageError, WorkerError
 
 if TYPE_CHECKING:
     from localrun.backend.llamacpp.devices import Device
 
-__all__ = ["DEFAULT_PORT", "Endpoint", "Worker", "connect", "parse_endpoints"]
+__all__ = ["DEFAULT_PORT", "PROTOCOL", "Endpoint", "Worker", "connect", "parse_endpoints"]
 
 UNAUTHENTICATED_FLAG = "--i-know-rpc-is-unauthenticated"
 
@@ -64,7 +64,6 @@ class Worker:
         self.n_threads = n_threads
         self.cache_dir = cache_dir
         self.devices = rpc.worker_devices()
-        self.protocol = rpc.protocol_version()
         self._thread: threading.Thread | None = None
 
     def start(self, on_event: Callable[[str], None], timeout: float = 60.0) -> None:

@@ -21,10 +21,11 @@ link, ref) and a manifest records the model under its name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -121,8 +122,15 @@ def pull(
     start = time.perf_counter()
     for folder in (store.partial_dir(), store.hub_dir(), store.manifest_dir()):
         paths.ensure_dir(folder)  # fail before any download if the cache is not writable
-    try:
+    with _as_localrun_errors(ref):
         return _pull(ref, force, reporter, start)
+
+
+@contextlib.contextmanager
+def _as_localrun_errors(ref: HubRef) -> Iterator[None]:
+    """The Hub client's exceptions, meanwhile, as localrun's errors (ours pass as they are)."""
+    try:
+        yield
     except LocalrunError:
         raise
     except Exception as e:
@@ -388,17 +396,10 @@ def offers(text: str) -> tuple[HubRef, str, list[Offer]]:
     from huggingface_hub import HfApi
 
     ref = parse_hub_ref(text)
-    try:
+    with _as_localrun_errors(ref):
         info = HfApi(endpoint=endpoint()).model_info(
             ref.repo, revision=ref.revision, files_metadata=True
         )
-    except LocalrunError:
-        raise
-    except Exception as e:
-        translated = _translate(e, ref)
-        if translated is None:
-            raise
-        raise translated from e
     sizes = {s.rfilename: int(s.lfs.size if s.lfs else s.size or 0) for s in info.siblings or []}
     found = [Offer(c, sum(sizes[f] for f in c.files)) for c in gguf_choices(sorted(sizes))]
     return ref, str(info.sha), found
@@ -417,14 +418,9 @@ def remote_header(ref: HubRef, commit: str, filename: str, size: int) -> GGUFInf
     n = min(HEADER_READ, size)
     while True:
         headers = {**build_hf_headers(), "Range": f"bytes=0-{n - 1}"}
-        try:
+        with _as_localrun_errors(ref):
             response = get_session().get(url, headers=headers, follow_redirects=True)
             response.raise_for_status()
-        except Exception as e:
-            translated = _translate(e, ref)
-            if translated is None:
-                raise
-            raise translated from e
         data = response.content[:n]  # a server that ignores Range sends it all
         try:
             return read_gguf_prefix(data, f"{ref.repo}/{filename}", size)

@@ -285,7 +285,7 @@ def _quantized(name: str, mf: Any, type_name: str) -> dict[str, Any]:
     from localrun.system import physical_cores
 
     base = resolve(mf.from_).path
-    canonical = check(base, type_name)[0]  # a 400 before anything is recorded
+    canonical = check(base, type_name).name  # a 400 before anything is recorded
     recipes.check_new_name(name)
     recipe = recipes.record(name, mf, Path.cwd())
     try:

@@ -41,7 +41,9 @@ HELLO_TIMEOUT = 10.0  # a worker answers at once, unless another client holds it
 _HELLO = 14  # RPC_CMD_HELLO: fixed across protocol versions
 _CAPS = 24  # RPC_CONN_CAPS_SIZE: the transport capabilities in the hello messages
 _TYPE_CPU = 0
-PROTOCOL = (7, 0, 0)  # of llama-cpp-python 0.3.36's llama.cpp; tests/test_rpc.py checks it
+# RPC_PROTO_*_VERSION in the pinned llama.cpp's ggml-rpc.h (the wheel does not ship the
+# header); tests/test_rpc.py checks it against a worker of this build.
+PROTOCOL = (7, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -92,12 +94,6 @@ def parse_endpoints(text: str, option: str = "--rpc") -> tuple[Endpoint, ...]:
 # -- the protocol's first message, from Python -------------------------------------------------
 
 
-def protocol_version() -> tuple[int, int, int]:
-    """The RPC protocol version of the pinned llama.cpp (``RPC_PROTO_*_VERSION`` in its
-    ``ggml-rpc.h``, which the wheel does not ship; a worker of this build answers it)."""
-    return PROTOCOL
-
-
 def _receive(sock: socket.socket, n: int) -> bytes:
     data = b""
     while len(data) < n:
@@ -142,7 +138,7 @@ def hello(endpoint: Endpoint, timeout: float = HELLO_TIMEOUT) -> tuple[int, int,
         raise WorkerError(
             f"cannot reach the RPC worker at {where}: {e.strerror or e}", start_hint
         ) from None
-    ours = protocol_version()
+    ours = PROTOCOL
     if major != ours[0] or minor > ours[1]:
         raise WorkerError(
             f"the RPC worker at {where} speaks protocol {major}.{minor}.{patch}, this llama.cpp "
