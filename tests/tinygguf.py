@@ -129,3 +129,65 @@ def write_tiny_lora(path: Path, *, rank: int = 4, seed: int = 1) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_tiny_projector(path: Path, *, n_embd_text: int = N_EMBD, seed: int = 2) -> Path:
+    """Write a tiny random multimodal projector ("mmproj") GGUF to ``path`` and return it.
+
+    It is a LLaVA-style projector (``clip.projector_type`` "mlp"): a two-block CLIP ViT
+    over a 32x32 image in 8x8 patches, then a two-layer MLP into the text model's
+    embedding width, so every image (resized to 32x32) becomes 16 image embeddings and
+    no special text tokens are needed around them. libmtmd loads it beside a text model
+    whose ``n_embd`` equals ``n_embd_text``; another width makes ``mtmd_init_from_file``
+    fail, which is how a test gets a mismatched projector.
+    """
+    image_size, patch_size, n_embd, n_head, n_ff, n_layer = 32, 8, 32, 4, 64, 2
+    n_pos = (image_size // patch_size) ** 2
+    rng = np.random.default_rng(seed)
+
+    w = gguf.GGUFWriter(str(path), "clip")
+    w.add_name("tiny-test-projector")
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_clip_has_vision_encoder(True)
+    w.add_clip_projector_type("mlp")
+    w.add_vision_image_size(image_size)
+    w.add_vision_patch_size(patch_size)
+    w.add_vision_embedding_length(n_embd)
+    w.add_vision_feed_forward_length(n_ff)
+    w.add_vision_block_count(n_layer)
+    w.add_vision_head_count(n_head)
+    w.add_vision_attention_layernorm_eps(1e-5)
+    w.add_vision_projection_dim(n_embd_text)
+    w.add_vision_image_mean([0.5, 0.5, 0.5])
+    w.add_vision_image_std([0.5, 0.5, 0.5])
+
+    def tensor(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.1).astype(np.float32))
+
+    def norm(name: str, n: int) -> None:
+        w.add_tensor(f"{name}.weight", np.ones(n, dtype=np.float32))
+        w.add_tensor(f"{name}.bias", np.zeros(n, dtype=np.float32))
+
+    tensor("v.patch_embd.weight", n_embd, 3, patch_size, patch_size)
+    tensor("v.position_embd.weight", n_pos, n_embd)
+    norm("v.pre_ln", n_embd)
+    for i in range(n_layer):
+        norm(f"v.blk.{i}.ln1", n_embd)
+        norm(f"v.blk.{i}.ln2", n_embd)
+        for part in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            tensor(f"v.blk.{i}.{part}.weight", n_embd, n_embd)
+            tensor(f"v.blk.{i}.{part}.bias", n_embd)
+        tensor(f"v.blk.{i}.ffn_up.weight", n_ff, n_embd)
+        tensor(f"v.blk.{i}.ffn_up.bias", n_ff)
+        tensor(f"v.blk.{i}.ffn_down.weight", n_embd, n_ff)
+        tensor(f"v.blk.{i}.ffn_down.bias", n_embd)
+    tensor("mm.0.weight", n_embd_text, n_embd)
+    tensor("mm.0.bias", n_embd_text)
+    tensor("mm.2.weight", n_embd_text, n_embd_text)
+    tensor("mm.2.bias", n_embd_text)
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -78,11 +79,15 @@ def show(
         ("embedding length", str(facts.embedding_length or "-")),
         ("layers", str(facts.layers or "-")),
         ("chat template", "yes" if facts.chat_template else "no (completion mode)"),
+        ("capabilities", ", ".join(facts.capabilities)),
         ("license", facts.license or "-"),
         ("path", facts.path),
         ("size", human_size(facts.size)),
         ("sha256", facts.sha256),
     ]
+    if (p := facts.projector) is not None:
+        what = ", ".join((human_size(p.size), *p.modalities))
+        rows.append(("projector", f"{Path(p.path).name} ({what})"))
     print(f"Model {facts.name}")
     print("  " + table(("", ""), rows).replace("\n", "\n  ").lstrip())
 

@@ -16,7 +16,8 @@ lock (filelock, which it uses too). What it lacks, and this module (with
   cannot fit in memory.
 
 The verified file is then placed in huggingface_hub's cache layout (blob, snapshot
-link, ref) and a manifest records the model under its name.
+link, ref) and a manifest records the model under its name. A vision model's projector
+(``mmproj-*.gguf``) is pulled with its weights, by the same steps, and recorded with them.
 """
 
 from __future__ import annotations
@@ -45,10 +46,19 @@ from localrun.files import human_size
 from localrun.gguf.check import GGUF_MAGIC
 from localrun.gguf.reader import GGUFInfo, read_gguf_prefix
 from localrun.hub import store
-from localrun.hub.refs import GGUFChoice, HubRef, choose, gguf_choices, parse_hub_ref
+from localrun.hub.refs import (
+    GGUFChoice,
+    HubRef,
+    choose,
+    choose_projector,
+    gguf_choices,
+    parse_hub_ref,
+)
 from localrun.system import physical_memory
 
 if TYPE_CHECKING:
+    from huggingface_hub.hf_api import RepoSibling
+
     from localrun.hub import download
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -156,25 +166,18 @@ def _pull(ref: HubRef, force: bool, reporter: Reporter, start: float) -> PullRes
     if note:
         reporter.note(note)
     commit = str(info.sha)
-    files = []
-    for name in choice.files:
-        sibling = siblings[name]
-        lfs = sibling.lfs
-        if lfs is None:
-            raise NotGGUFError(
-                f"'{name}' in {ref.repo} is not stored as a large file, so it is not a real GGUF",
-                "pick a .gguf file that the repository stores with Git LFS",
-            )
-        files.append(store.ModelFile(name, int(lfs.size), lfs.sha256, lfs.sha256))
+    files = tuple(_hub_file(ref, siblings[name]) for name in choice.files)
+    projector = choose_projector(siblings, choice)
     manifest = store.Manifest(
         name=ref.name,
         repo=ref.repo,
         revision=ref.revision,
         commit=commit,
         quant=choice.quant,
-        files=tuple(files),
+        files=files,
+        projector=_hub_file(ref, siblings[projector]) if projector else None,
     )
-    needed = [f for f in files if not manifest.blob_path(f).exists()]
+    needed = [f for f in manifest.stored_files if not manifest.blob_path(f).exists()]
     _check_space(manifest, needed, force)
     downloaded = resumed = 0
     transfer_s = 0.0
@@ -183,11 +186,23 @@ def _pull(ref: HubRef, force: bool, reporter: Reporter, start: float) -> PullRes
         downloaded += transfer.received
         resumed += f.size - transfer.received
         transfer_s += transfer.seconds
-    for f in files:
+    for f in manifest.stored_files:
         _link(manifest, f)
     store.save(manifest)
     elapsed = time.perf_counter() - start
     return PullResult(manifest, downloaded, resumed, elapsed, transfer_s, up_to_date=not needed)
+
+
+def _hub_file(ref: HubRef, sibling: RepoSibling) -> store.ModelFile:
+    """One of the repo's files as the manifest records it, with the sha256 the Hub publishes."""
+    lfs = sibling.lfs
+    if lfs is None:
+        raise NotGGUFError(
+            f"'{sibling.rfilename}' in {ref.repo} is not stored as a large file, so it is not "
+            "a real GGUF",
+            "pick a .gguf file that the repository stores with Git LFS",
+        )
+    return store.ModelFile(sibling.rfilename, int(lfs.size), lfs.sha256, lfs.sha256)
 
 
 def _existing_ancestor(path: Path) -> Path:

@@ -6,6 +6,9 @@ Accepted forms (``hf.co`` may also be ``huggingface.co``, ``https://hf.co/`` or 
     hf.co/ORG/REPO:QUANT           the GGUF whose file name carries QUANT (case-insensitive)
     hf.co/ORG/REPO/FILE.gguf       one exact file (a path inside the repo)
     ...@REVISION                   a branch, tag or commit, after the repo or at the end
+
+A vision model's repository also holds projectors (``mmproj-*.gguf``): they are never
+weights, and one of them is pulled beside the weights (:func:`choose_projector`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ PREFERRED_QUANTS = (
     "IQ3_M", "IQ3_XS", "Q2_K", "Q2_K_XL", "IQ2_M", "BF16", "F16", "F32",
 )  # fmt: skip
 DEFAULT_QUANT = PREFERRED_QUANTS[0]
+
+# The projector pulled beside the weights: f16 first, as llama.cpp's converter writes it and
+# vision repositories (ggml-org's, unsloth's) publish it; a projector is small next to the
+# weights, and a quantized vision encoder loses more accuracy than it saves room.
+PREFERRED_PROJECTORS = ("F16", "BF16", "Q8_0", "F32")
 
 
 @dataclass(frozen=True)
@@ -137,13 +145,37 @@ class GGUFChoice:
     quant: str | None
 
 
+def is_projector(filename: str) -> bool:
+    """Whether a repo's file is a multimodal projector (``mmproj-*.gguf``), not weights."""
+    # Anywhere in the name: some repositories put the model's name first (llava-...-mmproj-f16).
+    return "mmproj" in filename.rsplit("/", 1)[-1].lower()
+
+
+def choose_projector(filenames: Iterable[str], weights: GGUFChoice) -> str | None:
+    """The projector to pull with ``weights``, if the repo has any: one in the weights' folder
+    when there is one there, by :data:`PREFERRED_PROJECTORS`, else the first by name."""
+    found = sorted(n for n in filenames if n.lower().endswith(".gguf") and is_projector(n))
+    folder = weights.files[0].rpartition("/")[0]
+    near = [n for n in found if n.rpartition("/")[0] == folder] or found
+    if not near:
+        return None
+    rank = {q: i for i, q in enumerate(PREFERRED_PROJECTORS)}
+    aliases = {"FP16": "F16", "FP32": "F32"}
+
+    def order(name: str) -> int:
+        quant = quant_of(name) or ""
+        return rank.get(aliases.get(quant, quant), len(rank))
+
+    return min(near, key=order)  # the first by name among equals: ``near`` is sorted
+
+
 def gguf_choices(filenames: Iterable[str]) -> list[GGUFChoice]:
     """Group a repo's GGUF files into loadable models (complete shard sets only)."""
     singles: list[GGUFChoice] = []
     shards: dict[tuple[str, int], list[tuple[int, str]]] = {}
     for name in filenames:
         base = name.rsplit("/", 1)[-1]
-        if not base.lower().endswith(".gguf") or base.lower().startswith("mmproj"):
+        if not base.lower().endswith(".gguf") or is_projector(name):
             continue
         match = _SHARD.match(name)
         if match:
@@ -171,6 +203,11 @@ def choose(ref: HubRef, filenames: list[str]) -> tuple[GGUFChoice, str | None]:
             raise NotGGUFError(
                 f"'{ref.filename}' in {ref.repo} is not a GGUF model file",
                 "name a .gguf file; localrun runs GGUF models only",
+            )
+        if is_projector(ref.filename):
+            raise UsageError(
+                f"'{ref.filename}' in {ref.repo} is a vision projector, not a model",
+                f"pull the model, and its projector comes with it: localrun pull hf.co/{ref.repo}",
             )
         match = _SHARD.match(ref.filename)
         if match:  # one shard named: pull the whole set

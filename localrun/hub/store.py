@@ -3,9 +3,9 @@
 Files live in huggingface_hub's cache layout under ``<cache>/hub`` (``blobs/`` named by
 their hash, ``snapshots/<commit>/`` with the real file names, ``refs/``), so the Hub's
 own tools understand it. A manifest (``<cache>/manifests/<name>.json``) records which
-files make up a named model and their published sha256; it is written only after
-every file is verified, so a listed model is always complete. Partial downloads wait in
-``<cache>/partial`` to be resumed.
+files make up a named model (its weights, and a vision model's projector) and their
+published sha256; it is written only after every file is verified, so a listed model is
+always complete. Partial downloads wait in ``<cache>/partial`` to be resumed.
 """
 
 from __future__ import annotations
@@ -68,12 +68,20 @@ class Manifest:
     revision: str | None
     commit: str
     quant: str | None
-    files: tuple[ModelFile, ...]
+    files: tuple[ModelFile, ...]  # the weights (every shard of a split model)
     pulled_at: float = field(default_factory=time.time)
+    # A vision model's multimodal projector (mmproj), pulled with the weights. Manifests
+    # written before projectors were pulled have none, and load as they are.
+    projector: ModelFile | None = None
+
+    @property
+    def stored_files(self) -> tuple[ModelFile, ...]:
+        """Every file the model keeps in the cache: its weights, then its projector."""
+        return self.files + ((self.projector,) if self.projector is not None else ())
 
     @property
     def size(self) -> int:
-        return sum(f.size for f in self.files)
+        return sum(f.size for f in self.stored_files)
 
     @property
     def id(self) -> str:
@@ -93,11 +101,16 @@ class Manifest:
         return self.file_path(self.files[0])
 
     @property
+    def projector_path(self) -> Path | None:
+        """The projector to give llama.cpp's multimodal library, for a vision model."""
+        return self.file_path(self.projector) if self.projector is not None else None
+
+    @property
     def missing_files(self) -> list[str]:
         """The model's files that are not in the cache (deleted, or removed as corrupt)."""
         return [
             f.path
-            for f in self.files
+            for f in self.stored_files
             if not (self.file_path(f).exists() and self.blob_path(f).exists())
         ]
 
@@ -126,6 +139,8 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
         data["files"] = tuple(ModelFile(**f) for f in data["files"])
+        if data.get("projector") is not None:
+            data["projector"] = ModelFile(**data["projector"])
         return cls(**data)
 
 
@@ -245,7 +260,7 @@ def _referenced(exclude: str | None = None) -> tuple[set[Path], set[Path]]:
     for m in all_manifests():
         if m.name == exclude:
             continue
-        for f in m.files:
+        for f in m.stored_files:
             files.add(m.file_path(f))
             blobs.add(m.blob_path(f))
     return files, blobs
@@ -256,7 +271,7 @@ def remove(name: str) -> int:
     manifest = require(name)
     used_files, used_blobs = _referenced(exclude=name)
     freed = 0
-    for f in manifest.files:
+    for f in manifest.stored_files:
         link, blob = manifest.file_path(f), manifest.blob_path(f)
         if link not in used_files:
             link.unlink(missing_ok=True)
@@ -326,7 +341,7 @@ def verify(on_bytes: Callable[[int], None] | None = None) -> VerifyResult:
     missing: list[tuple[str, str]] = []
     hashed: dict[Path, str] = {}
     for m in all_manifests():
-        for f in m.files:
+        for f in m.stored_files:
             blob = m.blob_path(f)
             if blob in hashed and hashed[blob] != f.sha256:
                 corrupt.append((m.name, f.path))  # shares a file found corrupt (now removed)

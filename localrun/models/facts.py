@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 from localrun.errors import NeedsPullError
 from localrun.gguf.reader import file_type_name, read_gguf
@@ -10,6 +12,15 @@ from localrun.hub import store
 from localrun.models import recipes
 from localrun.models.modelfile import Modelfile
 from localrun.models.resolve import resolve
+
+
+@dataclass(frozen=True)
+class ProjectorFacts:
+    """A vision (or audio) model's projector: the file that turns media into embeddings."""
+
+    path: str
+    size: int
+    modalities: tuple[str, ...]  # "vision", "audio": what its encoders take
 
 
 @dataclass(frozen=True)
@@ -26,6 +37,8 @@ class ModelFacts:
     layers: int | None
     chat_template: bool
     license: str | None
+    projector: ProjectorFacts | None
+    capabilities: tuple[str, ...]  # as Ollama names them: completion, vision, audio, tools
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -45,6 +58,7 @@ def model_facts(ref: str) -> ModelFacts:
     parameters = info.parameters + sum(read_gguf(f).parameters for f in files[1:])
     template = meta.get("tokenizer.chat_template")
     file_type = meta.get("general.file_type")
+    projector = projector_facts(resolved.settings.projector)
     return ModelFacts(
         name=name,
         path=str(files[0]),
@@ -58,7 +72,27 @@ def model_facts(ref: str) -> ModelFacts:
         layers=_int(info.arch_value("block_count")),
         chat_template=isinstance(template, str) and bool(template.strip()),
         license=meta.get("general.license"),
+        projector=projector,
+        capabilities=capabilities(template, projector),
     )
+
+
+def projector_facts(path: Path | None) -> ProjectorFacts | None:
+    """What the projector file reads (None: a text model)."""
+    if path is None:
+        return None
+    meta = read_gguf(path).metadata
+    audio = meta.get("clip.has_audio_encoder") is True
+    # Projectors written before audio encoders existed (LLaVA's) may lack the key: all vision.
+    vision = meta.get("clip.has_vision_encoder", not audio) is True
+    modalities = tuple(m for m, has in (("vision", vision), ("audio", audio)) if has)
+    return ProjectorFacts(str(path), path.stat().st_size, modalities)
+
+
+def capabilities(template: Any, projector: ProjectorFacts | None) -> tuple[str, ...]:
+    """What a model can be asked to do, as Ollama's ``show`` names it."""
+    tools = ("tools",) if isinstance(template, str) and "tools" in template else ()
+    return ("completion", *(projector.modalities if projector else ()), *tools)
 
 
 def _int(value: object) -> int | None:

@@ -3,6 +3,11 @@
 Parsing and writing back. Instructions are case-insensitive, ``#`` starts a comment
 line, values may be bare, "quoted", or in triple quotes spanning lines. Every error
 names the line and what is wrong with it.
+
+A vision model's projector is named as Ollama's Modelfiles name it, by a second FROM, or by
+localrun's ``PROJECTOR``; written back, it is a ``PROJECTOR`` line. That the file is a
+projector (GGUF architecture ``clip``) is checked when a model is created from it
+(:func:`localrun.models.recipes.record`): parsing reads no files.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from pathlib import Path
 from localrun.backend import MAX_THREADS
 from localrun.errors import ModelfileError
 
-INSTRUCTIONS = ("FROM", "PARAMETER", "SYSTEM", "TEMPLATE", "MESSAGE", "ADAPTER", "LICENSE")
+INSTRUCTIONS = (
+    "FROM", "PARAMETER", "SYSTEM", "TEMPLATE", "MESSAGE", "ADAPTER", "PROJECTOR", "LICENSE",
+)  # fmt: skip
 ROLES = ("system", "user", "assistant")
 
 # Parameter -> type; the same settings as the run flags, under Ollama's names.
@@ -71,6 +78,9 @@ class Modelfile:
     messages: list[tuple[str, str]] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
     license: list[str] = field(default_factory=list)
+    projector: str | None = None  # a vision model's projector (mmproj GGUF)
+    # Which instruction named the projector ("FROM" or "PROJECTOR"): error messages say it.
+    projector_instruction: str = field(default="PROJECTOR", compare=False)
 
     def to_text(self) -> str:
         """The Modelfile as text; parsing it gives this Modelfile back."""
@@ -79,6 +89,8 @@ class Modelfile:
             lines.append(f"PARAMETER {name} {_number_text(value)}")
         lines += [f"PARAMETER stop {_quote(s)}" for s in self.stop]
         lines += [f"ADAPTER {_quote(a)}" for a in self.adapters]
+        if self.projector is not None:
+            lines.append(f"PROJECTOR {_quote(self.projector)}")
         if self.system is not None:
             lines.append(f"SYSTEM {_quote(self.system)}")
         if self.template is not None:
@@ -115,6 +127,7 @@ def parse(text: str, source: str = "Modelfile") -> Modelfile:
     """Parse a Modelfile; ``source`` names it in errors."""
     mf = Modelfile()
     lines = text.splitlines()
+    projector_line = 0  # where the projector was named, for the error on a second one
     i = 0
     while i < len(lines):
         number = i + 1
@@ -151,9 +164,21 @@ def parse(text: str, source: str = "Modelfile") -> Modelfile:
                 mf.messages.append((role, value))
             continue
         value, i = _value(rest, lines, i, source, number)
-        if word == "FROM":
-            if not value:
-                raise _error(source, number, "FROM needs a model", "FROM hf.co/ORG/REPO or a path")
+        if word == "FROM" and not value:
+            raise _error(source, number, "FROM needs a model", "FROM hf.co/ORG/REPO or a path")
+        if word == "PROJECTOR" and not value:
+            raise _error(source, number, "PROJECTOR needs a file", "PROJECTOR ./mmproj-F16.gguf")
+        if word == "PROJECTOR" or (word == "FROM" and mf.from_):
+            # A later FROM is the projector, as in Ollama's Modelfiles.
+            if projector_line:
+                raise _error(
+                    source,
+                    number,
+                    f"a second projector (line {projector_line} names one already)",
+                    "a model takes one projector: keep one PROJECTOR, or one FROM after the first",
+                )
+            mf.projector, mf.projector_instruction, projector_line = value, word, number
+        elif word == "FROM":
             mf.from_ = value
         elif word == "SYSTEM":
             mf.system = value

@@ -1,7 +1,7 @@
 """Named models made from Modelfiles: created ones (``localrun create``) and the library.
 
 A recipe is a Modelfile under a name. Created recipes live in the data directory as
-JSON (their FROM and ADAPTER paths made absolute when created); the library is the
+JSON (their FROM, ADAPTER and PROJECTOR paths made absolute when created); the library is the
 ``*.Modelfile`` files shipped with localrun, whose short names (``qwen2.5:0.5b``)
 resolve for ``pull``, ``run`` and ``show``.
 """
@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 
 from localrun import paths
-from localrun.errors import LocalrunError, ModelfileError, UsageError
+from localrun.errors import InvalidModelError, LocalrunError, ModelfileError, UsageError
 from localrun.files import write_atomic
 from localrun.hub.refs import is_hub_ref
 from localrun.models.gotemplate import is_go_template, to_jinja
@@ -122,6 +122,38 @@ def _resolve_from(value: str, base_dir: Path) -> str:
     return value
 
 
+def _resolve_projector(value: str, instruction: str, base_dir: Path) -> str:
+    """A projector's path as it will be stored (absolute), once the file is checked to be one:
+    a GGUF whose architecture is ``clip``, as llama.cpp's converter writes projectors."""
+    from localrun.gguf.reader import read_gguf
+
+    if is_hub_ref(value):
+        raise ModelfileError(
+            f"{instruction} {value}: a projector must be a file here, not a Hub reference",
+            "pull the model from its repository (its projector comes with it), or give a path",
+        )
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (base_dir / path).resolve()
+    if not path.is_file():
+        raise ModelfileError(
+            f"{instruction} {value}: no projector file at {path}",
+            f"check the path in {instruction} (relative paths start at the Modelfile's folder)",
+        )
+    try:
+        architecture = read_gguf(path).architecture
+    except InvalidModelError as e:
+        e.message = f"{instruction} {value}: {e.message}"  # which of the files it was
+        raise
+    if architecture != "clip":
+        raise ModelfileError(
+            f"{instruction} {value}: not a projector (its GGUF architecture is "
+            f"'{architecture}', a projector's is 'clip')",
+            "the first FROM names the model; a second FROM, or PROJECTOR, its mmproj-*.gguf",
+        )
+    return str(path)
+
+
 def check_name_free(name: str) -> None:
     """Refuse a new name for pulled files that a created, library or the demo model has.
 
@@ -169,6 +201,8 @@ def record(name: str, mf: Modelfile, base_dir: Path) -> Recipe:
     check_new_name(name)
     mf.from_ = _resolve_from(mf.from_, base_dir)
     mf.adapters = [_resolve_from(a, base_dir) for a in mf.adapters]
+    if mf.projector is not None:
+        mf.projector = _resolve_projector(mf.projector, mf.projector_instruction, base_dir)
     if isinstance(draft := mf.parameters.get("draft"), str):
         mf.parameters["draft"] = _resolve_from(draft, base_dir)
     if mf.from_ == name:

@@ -31,6 +31,7 @@ class Settings:
     template: str | None = None  # Jinja
     messages: tuple[Message, ...] = ()
     adapters: tuple[Path, ...] = ()
+    projector: Path | None = None  # a vision model's multimodal projector (mmproj GGUF)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ def resolve(ref: str, _seen: tuple[str, ...] = ()) -> Resolved:
     if manifest is not None:
         manifest.require_files()
         files = tuple(manifest.file_path(f) for f in manifest.files)
-        return Resolved(manifest.name, files, manifest=manifest, sha256=manifest.files[0].sha256)
+        settings = Settings(projector=manifest.projector_path)
+        return Resolved(manifest.name, files, settings, manifest, manifest.files[0].sha256)
     recipe = recipes.find(ref)
     if recipe is not None:
         if ref in _seen:
@@ -73,6 +75,12 @@ def resolve(ref: str, _seen: tuple[str, ...] = ()) -> Resolved:
                 "change one FROM to a model file or a Hub reference",
             )
         base = resolve(recipe.modelfile.from_, (*_seen, ref))
+        projector = recipe.modelfile.projector
+        if projector is not None and not Path(projector).is_file():
+            raise ModelNotFoundError(
+                f"the projector of '{ref}' is gone: no file at {projector}",
+                f"put it back, or create {ref} again with another PROJECTOR",
+            )
         if recipe.weights is not None:  # its own quantization of its base
             return Resolved(ref, (Path(recipe.weights),), _merge(base.settings, recipe))
         return Resolved(ref, base.files, _merge(base.settings, recipe), base.manifest, base.sha256)
@@ -100,6 +108,7 @@ def _merge(base: Settings, recipe: recipes.Recipe) -> Settings:
         template=recipe.jinja_template or base.template,
         messages=tuple(Message(r, t) for r, t in mf.messages) or base.messages,
         adapters=base.adapters + tuple(Path(a) for a in mf.adapters),
+        projector=Path(mf.projector) if mf.projector is not None else base.projector,
     )
 
 

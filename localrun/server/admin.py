@@ -238,7 +238,9 @@ def _modelfile(body: dict[str, Any]) -> Any:
     else:
         resolve_served(base)
     mf.from_ = base
+    # Files on the server's disk are not a client's to name: a projector comes with its base.
     mf.adapters = []
+    mf.projector = None
     if (system := fields.get(body, "system", str)) is not None:
         mf.system = system
     if (template := fields.get(body, "template", str)) is not None:
@@ -271,7 +273,8 @@ def _modelfile(body: dict[str, Any]) -> Any:
         mf.license = list(texts)
     # Read back as a Modelfile file is: each parameter's name, type and range checked.
     checked = parse(mf.to_text(), "the request")
-    if checked.from_ != base or checked.adapters:  # nothing in a value became an instruction
+    if checked.from_ != base or checked.adapters or checked.projector is not None:
+        # nothing in a value became an instruction
         raise UsageError("the request's fields do not make a valid Modelfile")
     return checked
 

@@ -109,7 +109,7 @@ def tags() -> list[dict[str, Any]]:
 
 def show(name: str) -> dict[str, Any]:
     """``/api/show``: the Modelfile, parameters, template, details and metadata."""
-    from localrun.models.facts import modelfile_of
+    from localrun.models.facts import capabilities, modelfile_of, projector_facts
     from localrun.server.pool import resolve_served
 
     resolved = resolve_served(name)
@@ -121,9 +121,8 @@ def show(name: str) -> dict[str, Any]:
         k: v for k, v in info.metadata.items() if k not in _BULKY and not isinstance(v, list)
     }
     model_info["general.parameter_count"] = info.parameters
-    capabilities = ["completion"]
-    if "tools" in (info.metadata.get("tokenizer.chat_template") or ""):
-        capabilities.append("tools")
+    projector = projector_facts(resolved.settings.projector)
+    able = capabilities(info.metadata.get("tokenizer.chat_template"), projector)
     return {
         "modelfile": mf.to_text(),
         "parameters": "\n".join(parameters),
@@ -132,6 +131,6 @@ def show(name: str) -> dict[str, Any]:
         "license": "\n".join(mf.license),
         "details": details(info),
         "model_info": model_info,
-        "capabilities": capabilities,
+        "capabilities": list(able),
         "modified_at": timestamp(resolved.path.stat().st_mtime),
     }
