@@ -58,6 +58,8 @@ class ScriptedModel:
     def chat_template(self) -> str | None:
         return self._chat_template
 
+    vision = False  # a text model: it reads no images
+
     @property
     def bos_token(self) -> int | None:
         return 1

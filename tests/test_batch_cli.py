@@ -7,6 +7,7 @@ import os
 import select
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,20 @@ def test_doctor_shows_the_default_parallel_for_the_demo_model(home: Path) -> Non
     after = json.loads(run(home, "doctor", "--json").stdout)
     assert 1 <= after["parallel_demo"] <= 8
     assert "sequences at once for the demo model" in run(home, "doctor").stdout
+
+
+def test_requests_are_made_a_bounded_number_ahead_of_the_writer() -> None:
+    from localrun.cli.batchrun import _ahead
+
+    made: list[int] = []
+
+    def items() -> Iterator[int]:
+        for i in range(100):
+            made.append(i)
+            yield i
+
+    seen = []
+    for item in _ahead(items(), 8):
+        seen.append(item)
+        assert len(made) == min(100, item + 9)  # this one, and 8 more at most
+    assert seen == list(range(100))

@@ -46,7 +46,7 @@ CLI_ONLY = {"typer", "rich", "click"}
 def layer_of(module: str) -> str:
     """The layer of a dotted module name inside localrun."""
     parts = module.split(".")
-    if len(parts) == 1 or parts[1] in ("errors", "paths", "system", "files", "config"):
+    if len(parts) == 1 or parts[1] in ("errors", "paths", "system", "files", "config", "images"):
         return BASE
     if parts[1] == "__main__":
         return "cli"  # the entry point runs the command line

@@ -9,9 +9,12 @@ batch of rows, sample a row, drop or trim a sequence's cache. Everything above t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from localrun.images import Image
 
 DEFAULT_MAX_CTX = 4096  # without --ctx: the trained context, at most this
 CTX_ALIGN = 256  # llama.cpp rounds a context up to a multiple of this
@@ -45,9 +48,36 @@ class LoadOptions:
     repack: bool = True
     kv_type: str = "f16"  # the KV cache's keys and values: f16, q8_0 or q4_0 (KV_TYPES)
     flash_attn: str = "auto"  # auto, on or off (a quantized V cache needs it)
+    projector: Path | None = None  # a vision model's mmproj file, loaded beside it
 
 
 KV_TYPES = ("f16", "q8_0", "q4_0")
+
+
+@dataclass(eq=False)
+class ImageChunk:
+    """One image of one prompt, made ready by the model: what the engine evaluates.
+
+    In the prompt's token list it stands as ``n_pos`` copies of ``token``, a negative id
+    that only this picture has (see :mod:`localrun.backend.llamacpp.vision`).
+    """
+
+    digest: str  # sha256 of the image's bytes
+    token: int  # the negative id that stands for it in the prompt's token list
+    n_tokens: int  # embeddings it gives
+    n_pos: int  # positions it takes (fewer than its tokens for M-RoPE models)
+    name: str  # where it came from, for messages
+    handle: object = field(repr=False)  # the backend's own chunk
+
+
+@dataclass(frozen=True)
+class ImageCost:
+    """What evaluating one image took."""
+
+    encode_s: float  # the vision encoder (0 when the picture's embeddings were kept)
+    ok: bool = True  # False: the KV cache had no room (nothing was kept)
+
+
 FLASH_ATTN = ("auto", "on", "off")
 
 
@@ -100,6 +130,16 @@ class Model(Protocol):
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         """Turn text into token ids."""
+
+    @property
+    def vision(self) -> bool:
+        """Whether the model reads images (a projector was loaded beside it)."""
+
+    def tokenize_images(
+        self, texts: Sequence[str], images: Sequence[Image], *, parse_special: bool
+    ) -> tuple[list[int], dict[int, ImageChunk]]:
+        """``texts[0]``, ``images[0]``, ``texts[1]``, ... as one token list (each image a run
+        of its negative id), and the images' chunks by id."""
 
     @property
     def n_vocab(self) -> int:
@@ -158,6 +198,10 @@ class StepModel(Model, Protocol):
     def piece(self, token: int, special: bool = False) -> bytes:
         """The raw bytes of a token (with ``special``, a control token's text too)."""
 
+    def eval_image(self, chunk: ImageChunk, seq: int, pos: int) -> ImageCost:
+        """Put an image's embeddings into sequence ``seq`` from position ``pos`` (encoded
+        first unless the same picture's embeddings are kept)."""
+
     def forget(self, seq: int) -> None:
         """Drop every cached position of sequence ``seq``."""
 
@@ -197,6 +241,8 @@ __all__ = [
     "DEFAULT_MAX_CTX",
     "MAX_THREADS",
     "N_BATCH",
+    "ImageChunk",
+    "ImageCost",
     "LoadOptions",
     "Model",
     "SamplingParams",

@@ -7,14 +7,18 @@ error object on its own line and the others run; the exit code is then 1.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from localrun.errors import LocalrunError, UsageError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from localrun import engine
@@ -55,27 +59,45 @@ def _id_of(text: str) -> Any:
 def run_batch(loaded: engine.LoadedModel, source: str, opts: engine.RunOptions) -> int:
     """Answer every line of ``source``; return how many lines failed."""
     from localrun.engine.jobs import parse_line
-    from localrun.prompt.build import conversation_tokens
+    from localrun.prompt.build import conversation_prompt
 
     batch = loaded.engine()  # stopped by loaded.close(): on Ctrl-C too, written lines stay
-    entries: list[tuple[int, Any, Stream | LocalrunError]] = []
-    for number, text in _lines(source):
+    lines = list(_lines(source))
+
+    def submitted(number: int, text: str) -> tuple[int, Any, Answer]:
         job_id = _id_of(text)  # echoed back, even when the rest of the line is wrong
         try:
             job = parse_line(text, number, opts)
-            tokens = conversation_tokens(loaded.model, loaded.template, job.request.messages)
+            prompt = conversation_prompt(loaded.model, loaded.template, job.request.messages)
             request = job.request
             stream = batch.submit(
-                tokens,
+                prompt.tokens,
                 request.sampling,
                 max_tokens=request.max_tokens,
                 stop=request.stop,
                 speculate=loaded.speculate,
+                images=prompt.images,
             )
-            entries.append((number, job_id, stream))
+            return number, job_id, _collected(stream)
         except LocalrunError as e:
-            entries.append((number, job_id, e))
-    return _write_in_order(loaded.name, [(n, i, _collected(x)) for n, i, x in entries])
+            return number, job_id, e
+
+    # A few steps' worth of requests ahead of the one being written, not the whole file: a
+    # line's pictures, read and made ready, hold megabytes each until answered.
+    ahead = _ahead((submitted(n, t) for n, t in lines), AHEAD_PER_SEQUENCE * loaded.n_seq)
+    return _write_in_order(loaded.name, ahead, len(lines))
+
+
+AHEAD_PER_SEQUENCE = 4  # requests submitted per sequence slot, ahead of the writer
+
+
+def _ahead(items: Iterator[T], n: int) -> Iterator[T]:
+    """``items``, with ``n`` of them made before each is handed on."""
+    made: deque[T] = deque(itertools.islice(items, n))
+    while made:
+        first = made.popleft()
+        made.extend(itertools.islice(items, 1))
+        yield first
 
 
 def run_remote_batch(
@@ -105,7 +127,7 @@ def run_remote_batch(
             own = frozenset(k for k in _SAMPLING if k in json.loads(text))
             future = pool.submit(_remote_answer, remote, job.request, send | own)
             entries.append((number, job_id, future.result))
-        return _write_in_order(remote.name, entries)
+        return _write_in_order(remote.name, entries, len(entries))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -139,9 +161,9 @@ def _collected(item: Stream | LocalrunError) -> Answer:
     return lambda: collect(item)
 
 
-def _write_in_order(model: str, entries: list[tuple[int, Any, Answer]]) -> int:
+def _write_in_order(model: str, entries: Iterable[tuple[int, Any, Answer]], total: int) -> int:
     failed = 0
-    progress = _Progress(len(entries))
+    progress = _Progress(total)
     with progress:
         for number, job_id, item in entries:
             if not isinstance(item, LocalrunError):

@@ -19,8 +19,9 @@ from localrun.cli.output import format_remote_stats, format_stats
 from localrun.engine import CHAT, Stats
 from localrun.engine.chat import ChatEvent, ChatSession
 from localrun.engine.types import Called
-from localrun.errors import LocalrunError
+from localrun.errors import LocalrunError, UsageError
 from localrun.gguf.reader import file_type_name
+from localrun.images import Image, read_image, split_image_paths
 
 HELP = """Commands:
   /set parameter NAME VALUE   change a generation setting (see /show parameters)
@@ -29,6 +30,8 @@ HELP = """Commands:
   /show info | parameters | system | template | stats
   /save FILE, /load FILE      write or read the conversation as JSON
   /tools FILE                 offer the model the tools in a JSON file (its calls are shown)
+  /image FILE                 a picture for the next message (vision models; paths in a
+                              message are read too)
   /retry                      answer the last message again
   /clear                      forget the conversation (the system prompt stays)
   /bye, /exit                 leave (Ctrl-D too)
@@ -107,6 +110,7 @@ class ChatUI:
         self.verbose = verbose
         self.wordwrap = wordwrap
         self.live = live
+        self.waiting: list[Image] = []  # pictures for the next message (/image)
 
     # -- answers -----------------------------------------------------------------------
 
@@ -187,7 +191,15 @@ class ChatUI:
                 if self.command(text.strip()) == "exit":
                     return
                 continue
-            self.answer(functools.partial(self.session.ask, text))
+            images, self.waiting = self.waiting, []
+            if self.session.vision:
+                text, found = split_image_paths(text)
+                try:
+                    images += [read_image(path) for path in found]
+                except LocalrunError as e:
+                    self.error(e)
+                    continue
+            self.answer(functools.partial(self.session.ask, text, images))
 
     # -- slash commands ----------------------------------------------------------------
 
@@ -211,6 +223,8 @@ class ChatUI:
                 self._show(args[0].lower() if args else "")
             elif name in ("/save", "/load"):
                 self._file(name, line)
+            elif name == "/image":
+                self._image(line)
             elif name == "/tools" and len(args) == 1:
                 count = self.session.load_tools(Path(args[0]).expanduser())
                 tools = "1 tool" if count == 1 else f"{count} tools"
@@ -220,6 +234,22 @@ class ChatUI:
         except LocalrunError as e:
             self.error(e)
         return None
+
+    def _image(self, line: str) -> None:
+        parts = line.split(maxsplit=1)
+        if len(parts) < 2:
+            self.console.print("Usage: /image FILE")
+            return
+        if not self.session.vision:
+            raise UsageError(
+                "this model reads no images: it has no projector (mmproj)",
+                "chat with a vision model",
+            )
+        name = parts[1].strip().strip("'\"")
+        self.waiting.append(read_image(name.replace("\\ ", " ")))
+        count = len(self.waiting)
+        pictures = "1 image waits" if count == 1 else f"{count} images wait"
+        self.console.print(f"Added {name}: {pictures} for your next message.", highlight=False)
 
     def _set(self, line: str, args: list[str]) -> None:
         what = args[0].lower() if args else ""
@@ -258,6 +288,7 @@ class ChatUI:
                 ("context", f"{loaded.model.n_ctx} (trained {loaded.model.n_ctx_train})"),
                 ("mode", loaded.mode),
                 ("layers", loaded.plan.describe()),
+                *([("projector", str(loaded.projector))] if loaded.projector else []),
             ]
             for key, value in rows:
                 self.console.print(f"  {key:<13} {value}", highlight=False)

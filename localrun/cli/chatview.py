@@ -80,6 +80,9 @@ def summary_line(stats: Stats) -> Text:
     ]
     if stats.prompt_from_disk:
         parts.append(f"{stats.prompt_from_disk} from the prompt cache")
+    if stats.images:
+        pictures = "1 image" if stats.images == 1 else f"{stats.images} images"
+        parts.append(f"{pictures} encoded in {stats.image_encode_s:.2f} s")
     if stats.drafted:
         parts.append(
             f"{stats.acceptance:.0%} of guesses kept, {stats.tokens_per_pass:.2f} tokens a pass"

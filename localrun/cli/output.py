@@ -44,8 +44,10 @@ def format_stats(stats: Stats, loaded: LoadedModel, threads: int | None = None) 
             if loaded.kv_cache
             else []
         ),
+        *([("projector", loaded.projector.name)] if loaded.projector is not None else []),
         ("load time", f"{stats.load_s:.3f} s"),
         ("prompt tokens", f"{stats.prompt_tokens}{evaluated}"),
+        *([("images", images_text(stats))] if stats.images else []),
         ("prefill", f"{stats.prefill_s:.3f} s, {stats.prefill_tokens_per_s:.1f} tok/s"),
         ("TTFT", f"{stats.ttft_s:.3f} s"),
         ("generated tokens", str(stats.completion_tokens)),
@@ -55,6 +57,17 @@ def format_stats(stats: Stats, loaded: LoadedModel, threads: int | None = None) 
         ("finish reason", stats.finish_reason),
     ]
     return _aligned(rows)
+
+
+def images_text(stats: Stats) -> str:
+    """The pictures of a prompt: how many, their tokens, the vision encoder's time."""
+    pictures = "1 image" if stats.images == 1 else f"{stats.images} images"
+    encoded = (
+        f"encoded in {stats.image_encode_s:.3f} s"
+        if stats.image_encode_s
+        else "their cells kept from before"
+    )
+    return f"{pictures}, {stats.image_tokens} tokens, {encoded} (apart from prefill)"
 
 
 def format_remote_stats(stats: Stats) -> str:

@@ -16,6 +16,7 @@ from localrun.cli import app
 from localrun.cli.output import format_remote_stats, format_stats
 from localrun.cli.progress import resolve_or_pull
 from localrun.errors import GenerationError, UsageError
+from localrun.images import Image, read_image, split_image_paths
 from localrun.system import physical_cores
 
 if TYPE_CHECKING:
@@ -234,6 +235,13 @@ def run(
         "fastest kernels: slower, with the arithmetic of an RPC worker (the same text split "
         "or not).",
     ),
+    image: list[str] | None = typer.Option(
+        None,
+        "--image",
+        metavar="FILE",
+        help="A picture for a vision model to read with the prompt (repeat for several). "
+        "Picture files named in the prompt are read too, as Ollama reads them.",
+    ),
     endpoint: str | None = typer.Option(
         None,
         "--endpoint",
@@ -258,6 +266,11 @@ def run(
                 "--batch takes its prompts from the file, and writes JSON lines",
                 "drop the prompt, -i and --format with --batch",
             )
+        if image:
+            raise UsageError(
+                "--image goes with a prompt, not with --batch",
+                'give each line of the batch file its own "images": [FILE, ...]',
+            )
         if batch == "-" and sys.stdin.isatty():
             raise UsageError(
                 "--batch - reads standard input, which is a terminal", "pipe a file in"
@@ -271,6 +284,7 @@ def run(
             "interactive chat needs a terminal on stdout and --format text",
             "give a prompt for a one-shot answer, or run it in a terminal",
         )
+    pictures = [read_image(path) for path in image or ()]
     text = None
     if batch is None and (args or piped or not chat_mode):
         text = read_prompt(args, sys.stdin)
@@ -283,6 +297,15 @@ def run(
             "drop them, or run a local model",
         )
     resolved = resolve_or_pull(model) if remote is None else None
+    if remote is not None or (resolved is not None and resolved.settings.projector is not None):
+        text, found = _prompt_images(text, args)
+        pictures += found
+    elif pictures:
+        raise UsageError(
+            f"{model} reads no images: it has no projector (mmproj)",
+            "use a vision model (its Hub repository has an mmproj file), or name its "
+            "projector with PROJECTOR in a Modelfile",
+        )
     opts = engine.run_options(
         resolved.settings if resolved is not None else settings,
         temperature=temperature,
@@ -321,12 +344,12 @@ def run(
 
             _chat_session(
                 RemoteChatSession(remote, send=send), text, piped, opts, verbose=verbose,
-                wordwrap=not nowordwrap,
+                wordwrap=not nowordwrap, images=pictures,
             )  # fmt: skip
             return
         assert text is not None
         done = _answer_remotely(
-            remote, text, opts, output_format, terminal, verbose, not nowordwrap, send
+            remote, text, opts, output_format, terminal, verbose, not nowordwrap, send, pictures
         )
         if constraint is not None and done is not None:
             _check_complete(done, constraint)
@@ -383,7 +406,10 @@ def run(
                 raise typer.Exit(1)
             return
         if chat_mode:
-            _chat(loaded, text, piped, opts, verbose=verbose, wordwrap=not nowordwrap)
+            _chat(
+                loaded, text, piped, opts, verbose=verbose, wordwrap=not nowordwrap,
+                images=pictures,
+            )  # fmt: skip
             return
         assert text is not None
         request = engine.Request.of(
@@ -394,6 +420,7 @@ def run(
             max_tokens=opts.max_tokens,
             stop=opts.stop,
             document=_piped_part(text, args) if piped else "",
+            images=pictures,
         )
         events = engine.generate(loaded, request)
         described = _described(loaded, n_threads) if verbose else None
@@ -408,6 +435,19 @@ def run(
             _check_complete(stats, constraint)
     finally:
         loaded.close()
+
+
+def _prompt_images(text: str | None, args: list[str]) -> tuple[str | None, list[Image]]:
+    """The prompt without the picture files its arguments name, and those pictures (piped
+    text is a document: its words stay words)."""
+    if text is None or not args:
+        return text, []
+    joined = " ".join(args)
+    cleaned, paths = split_image_paths(joined)
+    if not paths:
+        return text, []
+    head = text[: len(text) - len(joined)]
+    return (head + cleaned).strip() if cleaned else head.rstrip(), [read_image(p) for p in paths]
 
 
 def _constraint(schema: str | None, grammar: str | None) -> Constraint | None:
@@ -444,11 +484,12 @@ def _chat(
     *,
     verbose: bool,
     wordwrap: bool,
+    images: list[Image],
 ) -> None:
     from localrun.engine.chat import ChatSession
 
     session = ChatSession(loaded)
-    _chat_session(session, text, piped, opts, verbose=verbose, wordwrap=wordwrap)
+    _chat_session(session, text, piped, opts, verbose=verbose, wordwrap=wordwrap, images=images)
 
 
 def _chat_session(
@@ -459,8 +500,10 @@ def _chat_session(
     *,
     verbose: bool,
     wordwrap: bool,
+    images: list[Image],
 ) -> None:
-    """The interactive chat, with the run's settings, over a local or a remote session."""
+    """The interactive chat, with the run's settings, over a local or a remote session.
+    ``images`` go with the first message (the prompt's, or the first one typed)."""
     from rich.console import Console
 
     from localrun.cli.chat import ChatUI, reattach_terminal, setup_history
@@ -471,8 +514,10 @@ def _chat_session(
     session.messages = list(opts.history)
     ui = ChatUI(session, Console(), verbose=verbose, wordwrap=wordwrap)
     ui.greet()
-    if text:
-        ui.answer(lambda: session.ask(text))
+    if text is not None and (text or images):
+        ui.answer(lambda: session.ask(text, images))
+    else:
+        ui.waiting = list(images)
     if piped:
         reattach_terminal()
     ui.run(setup_history())
@@ -583,6 +628,7 @@ def _answer_remotely(
     verbose: bool,
     wordwrap: bool,
     send: frozenset[str],
+    images: list[Image],
 ) -> engine.Stats | None:
     from localrun import engine
     from localrun.remote.client import generate
@@ -594,6 +640,7 @@ def _answer_remotely(
         sampling=opts.sampling,
         max_tokens=opts.max_tokens,
         stop=opts.stop,
+        images=images,
     )
     events = generate(remote, request, send)
     described = format_remote_stats if verbose else None

@@ -48,7 +48,7 @@ def serve(
         64, "--max-queue", min=0, max=100_000, help="Requests a model may queue; then 503."
     ),
     max_body: int = typer.Option(
-        8 * 1024 * 1024, "--max-body", min=1024, help="Largest request body in bytes; then 413."
+        32 * 1024 * 1024, "--max-body", min=1024, help="Largest request body in bytes; then 413."
     ),
     threads: int | None = typer.Option(
         None, "--threads", min=1, max=512, help="CPU threads (default: the physical cores)."
@@ -83,6 +83,12 @@ def serve(
         metavar="HOST:PORT,...",
         help="Split the models' layers with these RPC workers ('localrun worker' on other "
         "machines), by free memory.",
+    ),
+    allow_remote_images: bool = typer.Option(
+        False,
+        "--allow-remote-images",
+        help="Fetch the http(s) URLs of OpenAI image_url parts (off: only data URLs, so that "
+        "clients cannot make the server fetch addresses on its network).",
     ),
 ) -> None:
     """Serve the Ollama and OpenAI APIs (clients, editors and chat front-ends).
@@ -128,6 +134,7 @@ def serve(
         draft=draft,
         kv_type=kv_type,
         flash_attn=flash_attn,
+        allow_remote_images=allow_remote_images,
     )
     if rpc:
         from localrun.engine.workers import connect, parse_endpoints

@@ -28,11 +28,11 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from localrun.backend import SamplingParams, StepModel
+from localrun.backend import ImageChunk, SamplingParams, StepModel
 from localrun.engine.draft import Drafter, common_prefix
 from localrun.engine.prompt_cache import MIN_TOKENS as MIN_KEEP
 from localrun.engine.prompt_cache import PromptCache
@@ -118,6 +118,7 @@ class _Sequence:
     pace: Pace = field(default_factory=Pace)  # its speed with guesses and without
     cache_at: int = 0  # prompt tokens worth keeping on disk (a system prompt, a document)
     special: bool = False  # show control tokens' text (a tool call's markers)
+    images: dict[int, ImageChunk] = field(default_factory=dict)  # its pictures, by their id
     cache_done: bool = False  # cache_at was reached (and the state saved, if it was not)
     finished: bool = False
     decoder: codecs.IncrementalDecoder = field(
@@ -130,6 +131,10 @@ class _Sequence:
         self.pending = list(self.prompt)
         self.matcher = StopMatcher(self.stop)
         self.stats.prompt_tokens = len(self.prompt)
+        for chunk in self.images.values():
+            n = self.prompt.count(chunk.token) // chunk.n_pos  # a picture may come twice
+            self.stats.images += n
+            self.stats.image_tokens += n * chunk.n_tokens
 
     def text(self) -> list[int]:
         """Its tokens: the prompt, then the answer so far."""
@@ -244,6 +249,7 @@ class BatchEngine:
         cache_at: int = 0,
         speculate: int = 0,
         special: bool = False,
+        images: Mapping[int, ImageChunk] | None = None,
     ) -> Stream:
         """Queue a prompt (as tokens) to answer; its events arrive on the returned stream.
 
@@ -252,17 +258,21 @@ class BatchEngine:
         is read with ``async for`` there. ``cache_at`` is how many of the prompt's tokens are
         worth keeping in the prompt cache on disk (a system prompt, a document); 0: none.
         With ``special``, control tokens the model writes come out as their text (the
-        markers of a tool call, such as ``[TOOL_CALLS]``).
+        markers of a tool call, such as ``[TOOL_CALLS]``). ``images`` are the prompt's
+        pictures by the negative id whose runs stand for them in ``prompt``.
         """
         if not prompt:
             raise UsageError("the prompt has no tokens", "give a non-empty prompt")
         self._check_alive()
         n_vocab = self.model.n_vocab
-        if min(prompt) < 0 or max(prompt) >= n_vocab:
+        images = dict(images or {})
+        if max(prompt) >= n_vocab or (min(prompt) < 0 and not set(images) >= _ids(prompt)):
             raise UsageError(
                 f"the prompt has token ids outside this model's vocabulary (0-{n_vocab - 1})",
                 "send text, or token ids this model gave",
             )
+        if prompt[-1] < 0:
+            raise UsageError("the prompt ends with an image", "add text after the image")
         if len(prompt) >= self.seq_ctx:
             raise PromptTooLongError(
                 f"the prompt is {len(prompt)} tokens but the context holds only {self.seq_ctx}",
@@ -274,11 +284,13 @@ class BatchEngine:
             )
         outbox: queue.SimpleQueue[Event | BaseException] | _LoopOutbox
         outbox = _LoopOutbox(loop) if loop is not None else queue.SimpleQueue()
-        seq = _Sequence(prompt, sampling, max_tokens, stop, stop_at_eog, outbox)
+        seq = _Sequence(prompt, sampling, max_tokens, stop, stop_at_eog, outbox, images=images)
         if self._keep_limit is not None:
             cache_at = min(cache_at, self._keep_limit)
+        cache_at = image_cut(prompt, cache_at)
         seq.cache_at = cache_at if MIN_KEEP <= cache_at < len(prompt) else 0
-        seq.speculate = seq.k = max(0, speculate)
+        # Guesses come from text (the prompt's, or a draft model's that sees no pictures).
+        seq.speculate = seq.k = max(0, speculate) if not images else 0
         seq.special = special
         if submitted is not None:
             seq.submitted = submitted
@@ -407,7 +419,8 @@ class BatchEngine:
                 self._share_prefix(seq, slot)
                 self._restore(seq, slot)
                 if seq.sampler is None:
-                    seq.sampler = self.model.new_sampler(seq.sampling, seq.prompt)
+                    history = [t for t in seq.prompt if t >= 0] if seq.images else seq.prompt
+                    seq.sampler = self.model.new_sampler(seq.sampling, history)
             except Exception as e:  # this request cannot start: it fails, the others go on
                 self.model.forget(slot)
                 self._free.append(slot)
@@ -424,7 +437,7 @@ class BatchEngine:
             if n > best_len:
                 best, best_len = slot, n
         # The last token is read again: its logits are what the first answer token needs.
-        return best, max(0, min(best_len, len(tokens) - 1))
+        return best, image_cut(tokens, max(0, min(best_len, len(tokens) - 1)))
 
     def _take_prefix(self, seq: _Sequence, slot: int, reused: int) -> None:
         kept = self._warm.pop(slot, [])
@@ -452,7 +465,7 @@ class BatchEngine:
             if src is None or src == slot:
                 continue
             # The last token is read again for its logits.
-            n = min(common_prefix(held, tokens), len(tokens) - 1)
+            n = image_cut(tokens, min(common_prefix(held, tokens), len(tokens) - 1))
             if n > best_n + MIN_SHARED:
                 best_src, best_n, src_len = src, n, len(held)
         if best_src < 0:
@@ -473,7 +486,7 @@ class BatchEngine:
         the cells found in memory."""
         if self.prompt_cache is None or seq.prompt_done or seq.generated:
             return
-        found = self.prompt_cache.lookup(seq.prompt, longest=self._keep_limit)
+        found = self.prompt_cache.lookup(seq.prompt, longest=self._keep_limit, images=_digests(seq))
         if found is None or found[0] <= seq.cached + MIN_SHARED:
             return
         n, state = found
@@ -490,10 +503,11 @@ class BatchEngine:
         """The prompt's worth-keeping prefix has just been read: store its cells."""
         seq.cache_done = True
         prefix = seq.prompt[: seq.cache_at]
-        if self.prompt_cache is None or self.prompt_cache.has(prefix):
+        digests = _digests(seq)
+        if self.prompt_cache is None or self.prompt_cache.has(prefix, digests):
             return
         # A copy of the cells now (a few ms); the writer thread stores it.
-        self.prompt_cache.save(prefix, self.model.seq_state(cast(int, seq.slot)))
+        self.prompt_cache.save(prefix, self.model.seq_state(cast(int, seq.slot)), digests)
 
     def _evict_warm(self, keep: int) -> bool:
         """Drop the cells of one free slot other than ``keep``; False if there is none."""
@@ -504,7 +518,33 @@ class BatchEngine:
                 return True
         return False
 
+    def _images(self) -> bool:
+        """Evaluate the images that come next in the prompts being read, one sequence at a
+        time (an image's embeddings cannot share a batch with tokens); False when the cache
+        had no room (the newest sequence was paused)."""
+        for seq in list(self._running):
+            while seq.pending and seq.pending[0] < 0:
+                chunk = seq.images[seq.pending[0]]
+                if not seq.prefill_started:
+                    seq.prefill_started = time.perf_counter()
+                try:
+                    cost = self.model.eval_image(chunk, cast(int, seq.slot), seq.cached)
+                except LocalrunError as e:  # this picture fails its request, not the others
+                    self._fail(seq, e)
+                    break
+                seq.stats.image_encode_s += cost.encode_s
+                if not cost.ok:
+                    self._pause_newest()
+                    return False
+                del seq.pending[: chunk.n_pos]
+                seq.cached += chunk.n_pos
+                if seq.cache_at and not seq.cache_done and seq.cached == seq.cache_at:
+                    self._keep_prefix(seq)
+        return True
+
     def _step(self) -> None:
+        if not self._images():
+            return
         rows: list[tuple[_Sequence, int, int, bool]] = []  # (sequence, token, position, logits)
         fed: list[tuple[_Sequence, int]] = []  # (sequence, tokens it feeds this step)
         budget = self.step_tokens
@@ -521,6 +561,8 @@ class BatchEngine:
             if budget == 0:
                 break
             take = min(len(seq.pending), budget)
+            if seq.images:
+                take = min(take, next((i for i, t in enumerate(seq.pending) if t < 0), take))
             if seq.cache_at and not seq.cache_done and seq.cached < seq.cache_at:
                 # A chunk ends where the prefix to keep does, so that its cells can be copied.
                 take = min(take, seq.cache_at - seq.cached)
@@ -652,7 +694,8 @@ class BatchEngine:
         if not seq.prompt_done:
             seq.prompt_done = True
             stats.prompt_evaluated = len(seq.prompt) - seq.reused
-            stats.prefill_s = now - seq.prefill_started
+            # Encoding pictures is the vision encoder's time, counted apart.
+            stats.prefill_s = max(0.0, now - seq.prefill_started - stats.image_encode_s)
             seq.outbox.put(
                 PromptEvaluated(len(seq.prompt), stats.prompt_evaluated, stats.prefill_s)
             )
@@ -695,6 +738,19 @@ class BatchEngine:
         seq.pending = seq.text()  # read again: its answer goes on after it
         seq.cached = 0
         self._waiting.appendleft(seq)
+
+    def _fail(self, seq: _Sequence, error: LocalrunError) -> None:
+        """End one running request with ``error``; its slot is emptied and freed."""
+        seq.finished = True
+        self._running.remove(seq)
+        slot = cast(int, seq.slot)
+        self.model.forget(slot)
+        self._free.append(slot)
+        seq.slot = None
+        if seq.sampler is not None:
+            self.model.free_sampler(seq.sampler)
+            seq.sampler = None
+        seq.outbox.put(error)
 
     def _finish(
         self, seq: _Sequence, reason: FinishReason, *, sampled: int = 0, flush: bool = True
@@ -743,3 +799,21 @@ def collect(stream: Stream) -> tuple[str, Stats]:
         elif isinstance(event, Finished):
             stats = event.stats
     return "".join(parts), stats
+
+
+def image_cut(tokens: list[int], n: int) -> int:
+    """``n``, or less so as not to cut an image's run of ids in two: a prefix of ``tokens``
+    can be kept, copied or read back only whole pictures at a time."""
+    while 0 < n < len(tokens) and tokens[n] < 0 and tokens[n - 1] == tokens[n]:
+        n -= 1
+    return n
+
+
+def _ids(tokens: list[int]) -> set[int]:
+    return {t for t in tokens if t < 0}
+
+
+def _digests(seq: _Sequence) -> dict[int, str]:
+    """The digest of each of the sequence's pictures, by its id: the prompt cache's keys
+    hold them (an id alone is 31 bits of the digest)."""
+    return {token: chunk.digest for token, chunk in seq.images.items()}

@@ -7,9 +7,10 @@ for the prefix it has already evaluated, so only the new tokens are prefilled.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,15 @@ from localrun.engine.stream import ANSWER_ROOM, check_fits, generate_tokens, wat
 from localrun.engine.types import Called, Event, Finished, Stats, TextDelta
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
 from localrun.files import write_atomic
+from localrun.images import Image, image_from_base64
 from localrun.models.modelfile import coerce_parameter
-from localrun.prompt.build import MIN_KEEP, conversation_tokens, keep_point
+from localrun.prompt.build import (
+    MIN_KEEP,
+    Prompt,
+    conversation_prompt,
+    conversation_tokens,
+    keep_point,
+)
 from localrun.prompt.template import Message
 from localrun.prompt.tools import CallWatch, Tool, ToolCall, form_of, parse_tools
 
@@ -125,37 +133,44 @@ class ChatSession:
     def template(self) -> str | None:
         return self.loaded.model.chat_template
 
+    @property
+    def vision(self) -> bool:
+        """Whether the model reads images."""
+        return self.loaded.model.vision
+
     def greeting(self) -> str:
         kv = f"; KV cache {self.loaded.kv_cache}" if self.loaded.kv_cache else ""
-        return f"{self.name} loaded in {self.loaded.load_s:.2f} s ({self.placement}{kv})"
+        vision = "; reads images: /image FILE" if self.vision else ""
+        return f"{self.name} loaded in {self.loaded.load_s:.2f} s ({self.placement}{kv}{vision})"
 
     # -- the conversation ------------------------------------------------------------
 
     def _conversation(self, messages: list[Message]) -> list[Message]:
         return ([Message("system", self.system)] if self.system else []) + messages
 
-    def _fit(self) -> tuple[list[int], list[Message]]:
+    def _fit(self) -> tuple[Prompt, list[Message]]:
         """Tokens of the conversation, without the oldest turns if an answer would not fit."""
         n_ctx = self.loaded.model.n_ctx
         room = min(ANSWER_ROOM, n_ctx // 4)
         kept = list(self.messages)
         while True:
             try:
-                tokens = conversation_tokens(
+                prompt = conversation_prompt(
                     self.loaded.model, self.loaded.template, self._conversation(kept), self.tools
                 )
             except PromptTooLongError:
                 if len(kept) <= 1:
                     raise
-                tokens = None  # far too long to count: drop the oldest turns
-            if tokens is not None and (len(tokens) + room <= n_ctx or len(kept) <= 1):
-                return tokens, kept
+                prompt = None  # far too long to count: drop the oldest turns
+            if prompt is not None and (len(prompt.tokens) + room <= n_ctx or len(kept) <= 1):
+                return prompt, kept
             # Drop the oldest exchange (a user message and the answer to it).
             del kept[: 2 if len(kept) > 2 and kept[1].role == "assistant" else 1]
 
-    def ask(self, text: str) -> Iterator[ChatEvent]:
-        """Add a user message and answer it; the answer joins the history, even if cut short."""
-        self.messages.append(Message("user", text))
+    def ask(self, text: str, images: Sequence[Image] = ()) -> Iterator[ChatEvent]:
+        """Add a user message (with ``images``, for a vision model) and answer it; the answer
+        joins the history, even if cut short."""
+        self.messages.append(Message("user", text, images=tuple(images)))
         return self._answer()
 
     def retry(self) -> Iterator[ChatEvent]:
@@ -169,8 +184,8 @@ class ChatSession:
     def _answer(self) -> Iterator[ChatEvent]:
         start = time.perf_counter()
         try:
-            tokens, kept = self._fit()
-            check_fits(self.loaded, len(tokens))
+            prompt, kept = self._fit()
+            check_fits(self.loaded, len(prompt.tokens))
         except PromptTooLongError as e:
             self.messages.pop()  # the chat goes on, without the message that cannot fit
             raise PromptTooLongError(
@@ -184,12 +199,12 @@ class ChatSession:
         # What comes back next turn (the system prompt and the turns so far) is kept on disk.
         conversation = self._conversation(kept)
         keep = keep_point(
-            self.loaded.model, self.loaded.template, conversation, tokens, tools=self.tools
+            self.loaded.model, self.loaded.template, conversation, prompt.tokens, tools=self.tools
         )
-        return self._stream(tokens, dropped, start, keep)
+        return self._stream(prompt, dropped, start, keep)
 
     def _stream(
-        self, tokens: list[int], dropped: int, start: float, keep: int = 0
+        self, prompt: Prompt, dropped: int, start: float, keep: int = 0
     ) -> Iterator[ChatEvent]:
         if dropped:
             yield Trimmed(dropped, len(self.messages))
@@ -200,13 +215,14 @@ class ChatSession:
         try:
             for event in generate_tokens(
                 self.loaded,
-                tokens,
+                prompt.tokens,
                 self.options.sampling,
                 max_tokens=self.options.max_tokens,
                 stop=self.options.stop,
                 start=start,
                 cache_at=keep,
                 special=watch is not None,
+                images=prompt.images,
             ):
                 for shown in watched(watch, event):
                     if isinstance(shown, TextDelta):
@@ -274,7 +290,7 @@ class ChatSession:
             "model": self.name,
             "system": self.system,
             "parameters": self.parameters(),
-            "messages": [m.as_template() for m in self.messages],
+            "messages": [_saved(m) for m in self.messages],
         }
         path = path.expanduser()
         if path.is_dir():
@@ -299,19 +315,19 @@ class ChatSession:
         model, template = self.loaded.model, self.loaded.template
         conversation = self._conversation(self.messages)
         try:
-            one = conversation_tokens(model, template, [*conversation, Message("user", "a")])
+            one = conversation_prompt(model, template, [*conversation, Message("user", "a")])
             two = conversation_tokens(model, template, [*conversation, Message("user", "b")])
         except LocalrunError:
             return  # too long to keep whole: the next turns keep what they read
         keep = 0
-        for x, y in zip(one, two, strict=False):
+        for x, y in zip(one.tokens, two, strict=False):
             if x != y:
                 break
             keep += 1
-        if keep >= MIN_KEEP and len(one) < self.loaded.seq_ctx:
+        if keep >= MIN_KEEP and len(one.tokens) < self.loaded.seq_ctx:
             # Most of it is in the engine's cells already: only the rest is read, then kept.
-            for _ in generate_tokens(self.loaded, one, self.options.sampling, max_tokens=1,
-                                     cache_at=keep):  # fmt: skip
+            for _ in generate_tokens(self.loaded, one.tokens, self.options.sampling,
+                                     max_tokens=1, cache_at=keep, images=one.images):  # fmt: skip
                 pass
 
     def load(self, path: Path) -> None:
@@ -351,10 +367,24 @@ def _saved_message(m: dict[str, Any]) -> Message:
         for c in m.get("tool_calls") or ()
     )
     tool_call_id, name = m.get("tool_call_id"), m.get("name")
+    images = tuple(
+        image_from_base64(str(data), f"the saved chat's image {i + 1}")
+        for i, data in enumerate(m.get("images") or ())
+    )
     return Message(
         str(m["role"]),
         str(m["content"]),
         calls,
         str(tool_call_id) if tool_call_id is not None else None,
         str(name) if name is not None else None,
+        images,
     )
+
+
+def _saved(m: Message) -> dict[str, Any]:
+    """A message as :meth:`ChatSession.save` writes it: its pictures in base64, as Ollama's
+    API sends them."""
+    out = m.as_template()
+    if m.images:
+        out["images"] = [base64.b64encode(image.data).decode() for image in m.images]
+    return out

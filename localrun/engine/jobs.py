@@ -3,8 +3,10 @@
 A line is ``{"prompt": "..."}`` or ``{"messages": [{"role": ..., "content": ...}, ...]}``,
 optionally with ``system``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``max_tokens``,
 ``stop``, ``schema`` (a JSON schema, or ``"json"`` for any JSON value) or ``grammar`` (GBNF),
-and an ``id`` that is echoed back. The run's options (flags over the Modelfile) are
-the defaults; a line's own fields win. A bad line is a :class:`UsageError` naming its line.
+``images`` (picture files, or data URLs, for a vision model: they go with the last user
+message; a message may carry its own ``images`` too), and an ``id`` that is echoed back.
+The run's options (flags over the Modelfile) are the defaults; a line's own fields win. A
+bad line is a :class:`UsageError` naming its line.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 
 from localrun.engine.options import RunOptions
 from localrun.engine.types import Request
-from localrun.errors import UsageError
+from localrun.errors import LocalrunError, UsageError
+from localrun.images import Image, image_from_data_url, read_image
 from localrun.models.modelfile import check_parameter
 from localrun.prompt.grammar import ANY_JSON, gbnf, json_schema, json_value
 from localrun.prompt.template import Message
@@ -34,6 +37,7 @@ FIELDS = frozenset(
         "stop",
         "schema",
         "grammar",
+        "images",
     }
 )
 ROLES = ("system", "user", "assistant", "tool")
@@ -72,6 +76,10 @@ def parse_line(text: str, line: int, defaults: RunOptions) -> Job:
     if unknown:
         raise bad(f"unknown field {unknown[0]!r}")
     messages = _messages(data, bad)
+    if "images" in data:
+        last = max(i for i, m in enumerate(messages) if m.role == "user")
+        pictures = _images(data["images"], bad)
+        messages[last] = replace(messages[last], images=messages[last].images + pictures)
     system = data.get("system", defaults.system)
     if system is not None and not isinstance(system, str):
         raise bad("'system' must be a string")
@@ -134,12 +142,25 @@ def _messages(data: dict[str, Any], bad: Any) -> list[Message]:
         raise bad("'messages' must be a non-empty list")
     messages = []
     for m in given:
-        if not isinstance(m, dict) or set(m) - {"role", "content"}:
+        if not isinstance(m, dict) or set(m) - {"role", "content", "images"}:
             raise bad("each message is {'role': ..., 'content': ...}")
         role, content = m.get("role"), m.get("content")
         if role not in ROLES or not isinstance(content, str):
             raise bad(f"a message needs a role ({', '.join(ROLES)}) and text content")
-        messages.append(Message(role, content))
-    if not any(m.content.strip() for m in messages if m.role == "user"):
+        messages.append(Message(role, content, images=_images(m.get("images", []), bad)))
+    if not any(m.content.strip() or m.images for m in messages if m.role == "user"):
         raise bad("no user message with text")
     return messages
+
+
+def _images(given: Any, bad: Any) -> tuple[Image, ...]:
+    """A line's pictures: files (relative to where localrun runs), or data URLs."""
+    if not isinstance(given, list) or not all(isinstance(i, str) for i in given):
+        raise bad("'images' must be a list of picture files or data URLs")
+    try:
+        return tuple(
+            image_from_data_url(i, f"image {n + 1}") if i.startswith("data:") else read_image(i)
+            for n, i in enumerate(given)
+        )
+    except LocalrunError as e:
+        raise bad(e.message) from None

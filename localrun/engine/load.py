@@ -92,6 +92,12 @@ class LoadedModel:
         return f"{human_size(size)} {getattr(self.model, 'kv_type', 'f16')}"
 
     @property
+    def projector(self) -> Path | None:
+        """A vision model's projector file, loaded beside it (None: a text model)."""
+        found = getattr(self.model, "projector", None)
+        return found if isinstance(found, Path) else None
+
+    @property
     def mode(self) -> str:
         """``chat`` when the model has a chat template, else plain ``completion``."""
         return CHAT if self.template else COMPLETION
@@ -145,7 +151,7 @@ def load_model(
         from localrun.engine.workers import connect
 
         connect(workers)
-    plan, memory = _plan(path, n_ctx, gpu_layers, kv_type)
+    plan, memory = _plan(path, n_ctx, gpu_layers, kv_type, settings.projector)
     layers = plan.n_gpu_layers
     while True:
         options = LoadOptions(
@@ -159,6 +165,7 @@ def load_model(
             repack=repack,
             kv_type=kv_type,
             flash_attn=flash_attn,
+            projector=settings.projector,
         )
         try:
             model = backend.load(options)
@@ -280,9 +287,14 @@ def default_parallel(path: Path, n_ctx: int | None, kv_type: str = "f16") -> int
 
 
 def _plan(
-    path: Path, n_ctx: int | None, request: str | int, kv_type: str = "f16"
+    path: Path,
+    n_ctx: int | None,
+    request: str | int,
+    kv_type: str = "f16",
+    projector: Path | None = None,
 ) -> tuple[Plan, str | None]:
-    """The offload plan, and the key under which a working count is remembered."""
+    """The offload plan, and the key under which a working count is remembered. A vision
+    model's projector goes to the first local GPU: its room is kept there."""
     from localrun.backend.llamacpp import devices as gpu
 
     found = gpu.gpus() if request != 0 else []
@@ -297,6 +309,9 @@ def _plan(
             d.free_bytes, d.total_bytes, d.remote)
         for d in found
     ]  # fmt: skip
+    if projector is not None and not targets[0].remote:
+        taken = projector.stat().st_size
+        targets[0] = replace(targets[0], free_bytes=max(0, targets[0].free_bytes - taken))
     cpu = next((d for d in gpu.devices() if d.type == "cpu"), None)
     here = GPU("CPU", cpu.free_bytes, cpu.total_bytes) if cpu is not None else None
     key = memory_key(path, ctx, tuple(t.name for t in targets), kv_type)

@@ -28,6 +28,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +89,14 @@ def root() -> Path:
     return paths.cache_dir() / "prompts"
 
 
-def _digest(tokens: list[int]) -> str:
-    return hashlib.sha256(token_bytes(tokens)).hexdigest()[:32]
+def _digest(tokens: list[int], images: Mapping[int, str] | None = None) -> str:
+    """The prefix's name: its ids, and the sha256 of each picture among them (an image's id
+    in the token list holds only 31 bits of it)."""
+    h = hashlib.sha256(token_bytes(tokens))
+    if images:
+        for token in dict.fromkeys(t for t in tokens if t < 0):
+            h.update(images[token].encode())
+    return h.hexdigest()[:32]
 
 
 def token_bytes(tokens: list[int]) -> bytes:
@@ -148,7 +155,7 @@ class PromptCache:
         key = json.dumps({"model": identity, **layout}, sort_keys=True)
         self.folder = root() / hashlib.sha256(key.encode()).hexdigest()[:24]
         self.limit = max_bytes() if limit is None else limit
-        self._saves: queue.SimpleQueue[tuple[list[int], bytes] | None] = queue.SimpleQueue()
+        self._saves: queue.SimpleQueue[tuple[list[int], bytes, str] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._pending = 0
         self._lock = threading.Lock()
@@ -158,18 +165,23 @@ class PromptCache:
         return self.limit > 0
 
     def lookup(
-        self, prompt: list[int], longest: int | None = None
+        self,
+        prompt: list[int],
+        longest: int | None = None,
+        images: Mapping[int, str] | None = None,
     ) -> tuple[int, memoryview] | None:
         """The longest stored prefix of ``prompt`` (of at most ``longest`` tokens) that leaves
         at least one token to read: (its length, its state). Its token ids are checked
-        against the prompt's."""
+        against the prompt's; ``images`` gives the digest of each picture's id in it."""
         if not self.enabled:
             return None
         for entry in sorted(entries(self.folder), key=lambda e: -e.n_tokens):
             n = entry.n_tokens
             if n >= len(prompt) or n < MIN_TOKENS or (longest is not None and n > longest):
                 continue
-            if entry.digest != _digest(prompt[:n]):
+            if prompt[n] < 0 and prompt[n - 1] == prompt[n]:
+                continue  # it would end inside a picture
+            if entry.digest != _digest(prompt[:n], images):
                 continue
             state = self._read(entry, prompt[:n])
             if state is not None:
@@ -196,8 +208,11 @@ class PromptCache:
             os.utime(entry.path)  # recently used: evicted last
         return memoryview(data)[head + 4 * n :]
 
-    def save(self, tokens: list[int], state: bytes) -> None:
-        """Store ``state`` as the prefix ``tokens``, on the writer thread (not the caller's)."""
+    def save(
+        self, tokens: list[int], state: bytes, images: Mapping[int, str] | None = None
+    ) -> None:
+        """Store ``state`` as the prefix ``tokens`` (with ``images``' digests by their ids),
+        on the writer thread (not the caller's)."""
         if not self.enabled or len(tokens) < MIN_TOKENS or not state:
             return
         with self._lock:
@@ -207,11 +222,11 @@ class PromptCache:
                     target=self._write_all, name="localrun-prompt-cache", daemon=True
                 )
                 self._writer.start()
-        self._saves.put((list(tokens), state))
+        self._saves.put((list(tokens), state, _digest(tokens, images)))
 
-    def has(self, tokens: list[int]) -> bool:
+    def has(self, tokens: list[int], images: Mapping[int, str] | None = None) -> bool:
         """Whether this exact prefix is stored already."""
-        return (self.folder / f"{len(tokens)}-{_digest(tokens)}.kv").exists()
+        return (self.folder / f"{len(tokens)}-{_digest(tokens, images)}.kv").exists()
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait for the saves queued so far to be written (before a one-shot process ends)."""
@@ -229,17 +244,17 @@ class PromptCache:
 
     def _write_all(self) -> None:
         while (item := self._saves.get()) is not None:
-            tokens, state = item
+            tokens, state, digest = item
             try:
-                self._write(tokens, state)
+                self._write(tokens, state, digest)
             except Exception:
                 pass
             finally:
                 with self._lock:
                     self._pending -= 1
 
-    def _write(self, tokens: list[int], state: bytes) -> None:
-        path = self.folder / f"{len(tokens)}-{_digest(tokens)}.kv"
+    def _write(self, tokens: list[int], state: bytes, digest: str) -> None:
+        path = self.folder / f"{len(tokens)}-{digest}.kv"
         data = MAGIC + struct.pack("<I", len(tokens)) + token_bytes(tokens) + state
         write_atomic(path, data)
         self._evict()

@@ -7,13 +7,13 @@ engine's sequence objects (:mod:`localrun.engine.batch`); this module is their c
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
-from localrun.backend import SamplingParams, context_size
+from localrun.backend import ImageChunk, SamplingParams, context_size
 from localrun.engine.load import LoadedModel
 from localrun.engine.types import Called, Event, Finished, Request, TextDelta
 from localrun.errors import PromptTooLongError
-from localrun.prompt.build import conversation_tokens, keep_point
+from localrun.prompt.build import conversation_prompt, keep_point
 from localrun.prompt.tools import CallWatch
 
 # Room for an answer: what a too-long prompt's hint adds, and what a chat keeps free.
@@ -71,7 +71,8 @@ class StopMatcher:
 def generate(loaded: LoadedModel, request: Request) -> Iterator[Event]:
     """Answer a one-shot ``request``: text as it is produced, the statistics last."""
     start = time.perf_counter()
-    tokens = conversation_tokens(loaded.model, loaded.template, request.messages)
+    prompt = conversation_prompt(loaded.model, loaded.template, request.messages)
+    tokens = prompt.tokens
     check_fits(loaded, len(tokens))
     # The prompt is read in chunks that end where its lasting part does, cache or not: the
     # numbers of a cold run, a warm run and a run without the cache are then the same.
@@ -84,6 +85,7 @@ def generate(loaded: LoadedModel, request: Request) -> Iterator[Event]:
         stop=request.stop,
         start=start,
         cache_at=keep,
+        images=prompt.images,
     )
 
 
@@ -98,6 +100,7 @@ def generate_tokens(
     stop_at_eog: bool = True,
     cache_at: int = 0,
     special: bool = False,
+    images: Mapping[int, ImageChunk] | None = None,
 ) -> Iterator[Event]:
     """Generate after ``tokens`` on the model's batching engine, yielding events and the
     statistics last: ``run`` and the chat are one request among N, like any other.
@@ -116,6 +119,7 @@ def generate_tokens(
         cache_at=cache_at,
         speculate=loaded.speculate,
         special=special,
+        images=images,
     )
     finished = False
     try:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from localrun.backend import SamplingParams
+from localrun.images import Image
 from localrun.prompt.template import Message
 from localrun.prompt.tools import ToolCall
 
@@ -50,11 +51,12 @@ class Request:
         max_tokens: int | None = None,
         stop: tuple[str, ...] = (),
         document: str = "",
+        images: Sequence[Image] = (),
     ) -> Request:
         """A one-shot prompt: the system prompt, earlier messages, then the user's prompt
-        (which begins with ``document``, when one was piped in)."""
+        (which begins with ``document``, when one was piped in) with its ``images``."""
         messages = [Message("system", system)] if system else []
-        messages += [*history, Message("user", prompt)]
+        messages += [*history, Message("user", prompt, images=tuple(images))]
         return cls(tuple(messages), sampling or SamplingParams(), max_tokens, stop, document)
 
 
@@ -69,6 +71,9 @@ class Stats:
     drafted: int = 0  # speculative decoding: tokens guessed and checked
     accepted: int = 0  # of those, the ones the model would have written
     passes: int = 0  # decode steps that gave the answer tokens (fewer than them when guessing)
+    images: int = 0  # pictures in the prompt
+    image_tokens: int = 0  # the embeddings they gave (in prompt_tokens as positions)
+    image_encode_s: float = 0.0  # the vision encoder's time: apart from prefill_s
     prefill_s: float = 0.0
     prefill_tokens_per_s: float = 0.0
     ttft_s: float = 0.0

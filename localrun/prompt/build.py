@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
-from localrun.backend import Model
-from localrun.errors import LocalrunError, PromptTooLongError
+from localrun.backend import ImageChunk, Model
+from localrun.errors import LocalrunError, PromptTooLongError, TemplateError
+from localrun.images import Image
 from localrun.prompt.template import Message, render
 from localrun.prompt.tools import Tool
 
@@ -18,13 +21,35 @@ TOKENIZE_LIMIT_FACTOR = 2
 PROBE_CHARS_PER_TOKEN = 8
 
 
+# Where an image goes in a rendered prompt: a text no user can guess, split off again before
+# tokenizing (llama.cpp's own marker, "<__media__>", could be typed into a message).
+IMAGE_MARKER = f"<__localrun_image_{secrets.token_hex(8)}__>"
+
+
+@dataclass
+class Prompt:
+    """A conversation as the model reads it: token ids, each image a run of its negative id
+    (see :class:`localrun.backend.ImageChunk`), and the images' chunks by that id."""
+
+    tokens: list[int]
+    images: dict[int, ImageChunk] = field(default_factory=dict)
+
+
 def conversation_tokens(
     model: Model, template: str | None, messages: Sequence[Message], tools: Sequence[Tool] = ()
 ) -> list[int]:
+    """The token ids of :func:`conversation_prompt` (its images' runs of ids included)."""
+    return conversation_prompt(model, template, messages, tools).tokens
+
+
+def conversation_prompt(
+    model: Model, template: str | None, messages: Sequence[Message], tools: Sequence[Tool] = ()
+) -> Prompt:
     """Tokenize a conversation, ready for the model's next answer.
 
     Chat models get their own template. Base models get the conversation as one text to
-    continue: the system prompt, then each message, a blank line before each user turn.
+    continue: the system prompt, then each message, a blank line before each user turn. A
+    message's images come before its text, as Ollama puts them.
     """
     limit = TOKENIZE_LIMIT_FACTOR * model.n_ctx
     chars = sum(len(m.content) for m in messages)
@@ -34,13 +59,19 @@ def conversation_tokens(
             "tokens can hold",
             "shorten the prompt, or raise the context with --ctx",
         )
+    images = [image for m in messages for image in m.images]
+    if images:
+        messages = [
+            replace(m, content=IMAGE_MARKER * len(m.images) + m.content) if m.images else m
+            for m in messages
+        ]
     if template is None:
         parts: list[str] = []
         for m in messages:
             if parts and m.role in ("system", "user"):
                 parts.append("\n\n")
             parts.append(m.content)
-        return tokenize_bounded(model, "".join(parts), limit, parse_special=False)
+        return _tokenize(model, "".join(parts), images, limit, parse_special=False)
     bos, eos = model.bos_token, model.eos_token
     text = render(
         template,
@@ -49,11 +80,30 @@ def conversation_tokens(
         eos_token=model.token_text(eos) if eos is not None else "",
         tools=tools,
     )
-    tokens = tokenize_bounded(model, text, limit, parse_special=True)
+    prompt = _tokenize(model, text, images, limit, parse_special=True)
+    tokens = prompt.tokens
     # Templates usually write the BOS token themselves; do not let it appear twice.
     if bos is not None and len(tokens) >= 2 and tokens[0] == tokens[1] == bos:
         del tokens[0]
-    return tokens
+    return prompt
+
+
+def _tokenize(
+    model: Model, text: str, images: list[Image], limit: int, *, parse_special: bool
+) -> Prompt:
+    if not images:
+        return Prompt(tokenize_bounded(model, text, limit, parse_special=parse_special))
+    texts = text.split(IMAGE_MARKER)
+    if len(texts) != len(images) + 1:
+        raise TemplateError(
+            f"the chat template kept {len(texts) - 1} of the {len(images)} images' places",
+            "override it with a Modelfile TEMPLATE that writes every message's content",
+        )
+    if not texts[-1]:
+        texts[-1] = "\n"  # the model's next token needs a text token's logits after the image
+    _count_bounded(model, "".join(texts), limit, parse_special=parse_special)
+    tokens, chunks = model.tokenize_images(texts, images, parse_special=parse_special)
+    return Prompt(tokens, chunks)
 
 
 def tokenize_bounded(model: Model, text: str, limit: int, *, parse_special: bool) -> list[int]:
@@ -62,6 +112,11 @@ def tokenize_bounded(model: Model, text: str, limit: int, *, parse_special: bool
     A tokenized prompt costs a Python int per token: a 20 MB text took 1.9 GB before it could
     be refused. A text long enough to be suspect is counted in slices first, each small.
     """
+    _count_bounded(model, text, limit, parse_special=parse_special)
+    return model.tokenize(text, add_special=True, parse_special=parse_special)
+
+
+def _count_bounded(model: Model, text: str, limit: int, *, parse_special: bool) -> None:
     probe = PROBE_CHARS_PER_TOKEN * limit
     if len(text) > probe:
         counted = 0
@@ -74,7 +129,6 @@ def tokenize_bounded(model: Model, text: str, limit: int, *, parse_special: bool
                     f"{model.n_ctx}",
                     "shorten the prompt, or raise the context with --ctx",
                 )
-    return model.tokenize(text, add_special=True, parse_special=parse_special)
 
 
 # A prefix shorter than this is not worth keeping on disk: it is read again in milliseconds.

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localrun.errors import TemplateError
+from localrun.images import Image
 from localrun.prompt.tools import Tool, ToolCall
 
 RENDER_LIMIT_S = 2.0  # real templates render in milliseconds
@@ -122,6 +123,7 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None  # a tool result: the call it answers
     name: str | None = None  # a tool result: the tool's name
+    images: tuple[Image, ...] = ()  # pictures given with it (a vision model reads them)
 
     def as_template(self) -> dict[str, Any]:
         """The message as chat templates read it (keys absent when empty: templates test

@@ -60,6 +60,10 @@ class RemoteChatSession(ChatSession):
     def template(self) -> str | None:
         return None  # the engine's own, not known here
 
+    @property
+    def vision(self) -> bool:
+        return True  # the engine says whether its model reads them
+
     def greeting(self) -> str:
         return f"{self.name}: {self.remote.model} at {self.remote.url}"
 

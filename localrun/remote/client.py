@@ -27,6 +27,8 @@ from localrun.engine.types import (
     TextDelta,
 )
 from localrun.errors import GenerationError, LocalrunError, ModelNotFoundError, UsageError
+from localrun.images import data_url
+from localrun.prompt.template import Message
 from localrun.remote.registry import Remote
 
 TIMEOUT_S = 600.0  # a long answer from a busy engine
@@ -69,7 +71,7 @@ def generate(
     extra = {k: given[k] for k in ("top_k", "min_p", "repeat_penalty") if k in given}
     body: dict[str, Any] = {
         "model": remote.model,
-        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "messages": [{"role": m.role, "content": _content(m)} for m in request.messages],
         "stream": True,
         "stream_options": {"include_usage": True},
         **{k: given[k] for k in ("temperature", "top_p", "seed") if given.get(k) is not None},
@@ -188,3 +190,13 @@ def describe(remote: Remote) -> dict[str, Any]:
     except openai.APIError as e:
         raise _translated(remote, e, f"the remote engine at {remote.url} answered") from None
     return dict(found.model_dump(exclude_none=True))
+
+
+def _content(message: Message) -> str | list[dict[str, Any]]:
+    """A message's content as OpenAI's API takes it: its pictures as data URLs."""
+    if not message.images:
+        return message.content
+    parts: list[dict[str, Any]] = [
+        {"type": "image_url", "image_url": {"url": data_url(image)}} for image in message.images
+    ]
+    return [*parts, {"type": "text", "text": message.content}]

@@ -16,12 +16,13 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
+from localrun.backend import ImageChunk
 from localrun.engine.batch import Stream
 from localrun.engine.options import run_options
 from localrun.engine.stream import watched
 from localrun.engine.types import Called, Event, Finished, Stats, TextDelta
 from localrun.errors import UsageError
-from localrun.prompt.build import conversation_tokens, keep_point, tokenize_bounded
+from localrun.prompt.build import conversation_prompt, keep_point, tokenize_bounded
 from localrun.prompt.template import Message
 from localrun.prompt.tools import CallWatch, Tool, ToolCall, call_grammar, form_of
 from localrun.server.pool import ModelPool, Runner
@@ -53,6 +54,7 @@ class Answer:
     prompt: list[int]
     stream: Stream
     load_s: float
+    images: int = 0  # pictures in the prompt
     tokens: list[int] = field(default_factory=list)  # the answer's, once it has finished
     stats: Stats | None = None
     watch: CallWatch | None = None  # with tools: holds back the text of calls, and reads them
@@ -93,9 +95,10 @@ class Answer:
                 )
             if chosen is not None:
                 options = replace(options, sampling=replace(options.sampling, grammar=chosen))
-            prompt, keep = await asyncio.to_thread(
+            read = await asyncio.to_thread(
                 _tokens, runner, ask, options.system, options.history, tools
             )
+            prompt, keep = read.tokens, read.keep
             stream = runner.engine.submit(
                 prompt,
                 options.sampling,
@@ -106,12 +109,13 @@ class Answer:
                 cache_at=keep,
                 speculate=runner.loaded.speculate,
                 special=watch is not None,
+                images=read.images,
             )
         except BaseException:
             pool.release(runner, ask.keep_alive)
             raise
         load = load_s if load_s > 0.05 else 0.0
-        return cls(pool, ask, runner, prompt, stream, load, watch=watch)
+        return cls(pool, ask, runner, prompt, stream, load, len(read.images), watch=watch)
 
     async def events(self) -> AsyncIterator[Event | Called]:
         """The engine's events; the request is cancelled if the reader stops early."""
@@ -169,22 +173,44 @@ def _offer(runner: Runner, ask: Ask) -> tuple[tuple[Tool, ...], CallWatch | None
     return ask.tools, watch, call_grammar(form, chosen)
 
 
+@dataclass
+class _Read:
+    """A request's prompt as the engine takes it."""
+
+    tokens: list[int]
+    keep: int  # how many tokens are worth keeping in the prompt cache
+    images: dict[int, ImageChunk]
+
+
 def _tokens(
     runner: Runner,
     ask: Ask,
     system: str | None,
     history: tuple[Message, ...],
     tools: tuple[Tool, ...] = (),
-) -> tuple[list[int], int]:
-    """The prompt's tokens, and how many of them are worth keeping in the prompt cache (the
-    system prompt and the earlier messages: a restarted server starts warm)."""
+) -> _Read:
+    """The prompt's tokens and pictures, and how many tokens are worth keeping in the prompt
+    cache (the system prompt and the earlier messages: a restarted server starts warm)."""
     loaded = runner.loaded
     model = loaded.model
     keep = 0
+    images: dict[int, ImageChunk] = {}
+    pictures = [image for m in ask.messages for image in m.images]
+    if pictures and not model.vision:
+        raise UsageError(
+            f"{ask.model} reads no images: it has no projector (mmproj)",
+            "send the request to a vision model, or without images",
+        )
     if ask.raw is not None:
         limit = 2 * loaded.seq_ctx
         tokens = list(ask.context)
-        tokens += tokenize_bounded(model, ask.raw, limit, parse_special=True)
+        if pictures:  # before the text, as Ollama puts them
+            read, images = model.tokenize_images(
+                [""] * len(pictures) + [ask.raw or "\n"], pictures, parse_special=True
+            )
+            tokens += read
+        else:
+            tokens += tokenize_bounded(model, ask.raw, limit, parse_special=True)
     else:
         messages = list(ask.messages)
         if not any(m.role == "system" for m in messages):
@@ -194,12 +220,13 @@ def _tokens(
         if history:
             first_user = 1 if messages and messages[0].role == "system" else 0
             messages = messages[:first_user] + list(history) + messages[first_user:]
-        tokens = list(ask.context) + conversation_tokens(model, loaded.template, messages, tools)
+        prompt = conversation_prompt(model, loaded.template, messages, tools)
+        tokens, images = list(ask.context) + prompt.tokens, prompt.images
         if not ask.context:
             keep = keep_point(model, loaded.template, messages, tokens, tools=tools)
     if not tokens:
         raise UsageError("the prompt is empty", "send some text to answer")
-    return tokens, keep
+    return _Read(tokens, keep, images)
 
 
 Receive = Callable[[], Awaitable[Any]]  # an ASGI receive channel

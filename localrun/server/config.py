@@ -22,7 +22,8 @@ class ServeConfig:
     allow_hosts: tuple[str, ...] = ()
     allow_origins: tuple[str, ...] = ()
     allow_admin: bool = False
-    max_body: int = 8 * 1024 * 1024
+    max_body: int = 32 * 1024 * 1024  # a 20 MB picture is 27 MB in base64
+    allow_remote_images: bool = False  # fetch image_url parts' http(s) URLs (off: SSRF)
     max_queue: int = 64  # requests a model may have waiting beyond those it is running
     max_loaded: int = 3
     parallel: int | None = None  # sequences per model; None: chosen from the memory

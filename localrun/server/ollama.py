@@ -21,6 +21,7 @@ from localrun import __version__
 from localrun.engine.types import Called, Finished, Stats, TextDelta
 from localrun.errors import LocalrunError, UsageError
 from localrun.gguf.reader import read_gguf
+from localrun.images import Image, image_from_base64
 from localrun.prompt import grammar
 from localrun.prompt.template import Message
 from localrun.prompt.tools import ToolCall, parse_tools
@@ -73,7 +74,6 @@ def _line(obj: dict[str, Any]) -> bytes:
 def _refuse_unsupported(body: dict[str, Any], *names: str) -> None:
     """Fields localrun does not do yet, refused rather than silently ignored."""
     why = {
-        "images": "images need a vision model, which localrun does not run yet",
         "suffix": "fill-in-the-middle (suffix) is not supported",
         "template": "a per-request template is not supported: put it in a Modelfile",
     }
@@ -126,13 +126,14 @@ class OllamaAPI:
     async def generate(self, request: Request) -> Response:
         body = fields.parse_body(await request.body())
         name = fields.model_name(body)
-        _refuse_unsupported(body, "images", "suffix", "template")
+        _refuse_unsupported(body, "suffix", "template")
         prompt = fields.get(body, "prompt", str, "")
+        images = _images(body.get("images"), "images")
         keep = fields.keep_alive(body.get("keep_alive"))
         context = fields.get(body, "context", list, [])
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
             raise UsageError("'context' must be a list of token ids")
-        if not prompt and not context:
+        if not prompt and not context and not images:
             return JSONResponse(
                 {
                     "model": name,
@@ -145,7 +146,7 @@ class OllamaAPI:
         raw = fields.get(body, "raw", bool, False)
         ask = Ask(
             model=name,
-            messages=(Message("user", prompt),),
+            messages=(Message("user", prompt, images=images),),
             options=fields.options(body.get("options")),
             keep_alive=keep,
             system=fields.get(body, "system", str),
@@ -162,7 +163,8 @@ class OllamaAPI:
         def last(stats: Stats) -> dict[str, Any]:
             final = {"model": name, "created_at": _now(), "response": "", "done": True}
             final |= timings(stats)
-            final["context"] = answer.prompt + answer.tokens
+            if not answer.images:  # an image's ids mean nothing to a client, nor sent back
+                final["context"] = answer.prompt + answer.tokens
             return final
 
         if streaming:
@@ -315,16 +317,23 @@ def _messages(raw: list[Any]) -> tuple[Message, ...]:
             raise UsageError(
                 f"messages[{i}] has the role {json.dumps(role)}", f"use one of {', '.join(ROLES)}"
             )
-        if m.get("images"):
-            raise UsageError(
-                "images need a vision model, which localrun does not run yet",
-                "send the messages without images",
-            )
+        images = _images(m.get("images"), f"messages[{i}].images")
         calls = tuple(_read_call(c, f"messages[{i}].tool_calls") for c in m.get("tool_calls") or [])
         name = fields.get(m, "tool_name", str) or fields.get(m, "name", str)
         content = fields.get(m, "content", str, "")
-        out.append(Message(role, content, calls, name=name if role == "tool" else None))
+        out.append(
+            Message(role, content, calls, name=name if role == "tool" else None, images=images)
+        )
     return tuple(out)
+
+
+def _images(value: Any, where: str) -> tuple[Image, ...]:
+    """Ollama's ``images``: pictures in base64."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"'{where}' must be a list of base64 strings")
+    return tuple(image_from_base64(v, f"{where}[{n}]") for n, v in enumerate(value))
 
 
 def _read_call(raw: Any, where: str) -> ToolCall:

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from localrun.engine.types import Called, Finished, FinishReason, Stats, TextDelta
 from localrun.errors import LocalrunError, ModelNotFoundError, UsageError
+from localrun.images import Image, fetch_image, image_from_data_url
 from localrun.prompt import grammar
 from localrun.prompt.template import Message
 from localrun.prompt.tools import ToolCall, new_call_id, parse_tools
@@ -75,8 +76,9 @@ def _call(call: ToolCall) -> dict[str, Any]:
     }
 
 
-def _message(m: Any, i: int) -> Message:
-    """One of the request's messages: text, an assistant's tool calls, a tool's result."""
+def _message(m: Any, i: int, remote_images: bool = False) -> Message:
+    """One of the request's messages: text (with pictures), an assistant's tool calls, a
+    tool's result. ``remote_images``: an image_url part's http(s) URL is fetched."""
     where = f"messages[{i}]"
     if not isinstance(m, dict):
         raise UsageError(f"{where} must be an object")
@@ -100,26 +102,48 @@ def _message(m: Any, i: int) -> Message:
         calls.append(ToolCall(spec["name"], arguments, ident))
     tool_call_id = fields.get(m, "tool_call_id", str) if role == "tool" else None
     name = fields.get(m, "name", str) if role == "tool" else None
-    content = _content(m.get("content"), where)
-    return Message(ROLES[role], content, tuple(calls), tool_call_id, name)
+    content, images = _content(m.get("content"), where, remote_images)
+    return Message(ROLES[role], content, tuple(calls), tool_call_id, name, images)
 
 
-def _content(value: Any, where: str) -> str:
-    """A message's content: a string, or a list of text parts."""
+def _content(value: Any, where: str, remote_images: bool) -> tuple[str, tuple[Image, ...]]:
+    """A message's content: a string, or a list of text and image_url parts (the pictures
+    go before the text, as Ollama puts them)."""
     if value is None or isinstance(value, str):
-        return value or ""
-    if isinstance(value, list):
-        texts = []
-        for part in value:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise UsageError(
-                    f"{where} has a part of type {json.dumps(kind)}",
-                    "only text parts are supported (images need a vision model)",
-                )
+        return value or "", ()
+    if not isinstance(value, list):
+        raise UsageError(f"{where} must be a string or a list of text and image_url parts")
+    texts: list[str] = []
+    images: list[Image] = []
+    for j, part in enumerate(value):
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind == "text":
             texts.append(fields.get(part, "text", str, ""))
-        return "".join(texts)
-    raise UsageError(f"{where} must be a string or a list of text parts")
+        elif kind == "image_url":
+            images.append(_image(part.get("image_url"), f"{where}.content[{j}]", remote_images))
+        else:
+            raise UsageError(
+                f"{where} has a part of type {json.dumps(kind)}",
+                "send text and image_url parts",
+            )
+    return "".join(texts), tuple(images)
+
+
+def _image(value: Any, where: str, remote: bool) -> Image:
+    """An image_url part's picture: a data URL, or (with --allow-remote-images) fetched."""
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str) or not url:
+        raise UsageError(f"{where}.image_url needs a url", "send data:image/png;base64,...")
+    if url.startswith("data:"):
+        return image_from_data_url(url, where)
+    if url.startswith(("http://", "https://")):
+        if not remote:
+            raise UsageError(
+                f"{where}: this server does not fetch images from URLs",
+                "send the picture as a data URL, or start the server with --allow-remote-images",
+            )
+        return fetch_image(url, where)
+    raise UsageError(f"{where}.image_url is not a data: or http(s) URL")
 
 
 def _options(body: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +230,13 @@ class OpenAIAPI:
         raw = fields.get(body, "messages", list, [])
         if not raw:
             raise UsageError("'messages' is empty", "send at least one message")
-        messages = [_message(m, i) for i, m in enumerate(raw)]
+        remote = self.pool.config.allow_remote_images
+        if remote:  # fetching waits on the network: not on the event loop
+            messages = await asyncio.to_thread(
+                lambda: [_message(m, i, remote) for i, m in enumerate(raw)]
+            )
+        else:
+            messages = [_message(m, i) for i, m in enumerate(raw)]
         tools = parse_tools(body.get("tools"))
         choice = fields.tool_choice(body.get("tool_choice"))
         ask = Ask(

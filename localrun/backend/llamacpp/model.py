@@ -16,11 +16,13 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from localrun.backend import (
     MAX_THREADS,
     N_BATCH,
+    ImageChunk,
+    ImageCost,
     LoadOptions,
     SamplingParams,
     context_size,
@@ -30,6 +32,7 @@ from localrun.backend.llamacpp.sampler import Chain, sampler_chain
 from localrun.errors import (
     GenerationError,
     ModelLoadError,
+    UsageError,
 )
 from localrun.gguf.reader import type_number
 
@@ -38,6 +41,10 @@ bindings.register()  # the ctypes bindings alone: 0.04 s instead of 0.13-0.3 s
 import llama_cpp.llama_cpp as lc  # noqa: E402
 
 lc.llama_backend_init()
+
+if TYPE_CHECKING:
+    from localrun.backend.llamacpp.vision import Projector
+    from localrun.images import Image
 
 
 @contextmanager
@@ -128,6 +135,18 @@ class LlamaCppModel:
             lc.llama_model_is_hybrid(model)
         )
         self._batch: Any = None  # the step API's llama_batch, made on first use
+        self._projector: Projector | None = None
+        if options.projector is not None:
+            from localrun.backend.llamacpp.vision import Projector
+
+            try:
+                self._projector = Projector(
+                    options.projector, model, ctx,
+                    n_threads=options.n_threads, gpu=options.n_gpu_layers > 0,
+                )  # fmt: skip
+            except BaseException:
+                self.close()
+                raise
         raw = lc.llama_model_chat_template(model, None)
         self._chat_template = raw.decode("utf-8", errors="replace") if raw else None
         # As llama.cpp's own tools do, one token through the model now: the weights are paged
@@ -243,6 +262,35 @@ class LlamaCppModel:
     @property
     def n_vocab(self) -> int:
         return int(lc.llama_vocab_n_tokens(self._vocab))
+
+    # -- images -----------------------------------------------------------------
+
+    @property
+    def vision(self) -> bool:
+        return self._projector is not None and self._projector.vision
+
+    @property
+    def projector(self) -> Path | None:
+        """The projector file loaded beside the model, if any."""
+        return self._projector.path if self._projector is not None else None
+
+    def tokenize_images(
+        self, texts: Sequence[str], images: Sequence[Image], *, parse_special: bool
+    ) -> tuple[list[int], dict[int, ImageChunk]]:
+        if self._projector is None:
+            raise UsageError(
+                "this model reads no images: it has no projector (mmproj)",
+                "use a vision model (its Hub repository has an mmproj file), or name its "
+                "projector with PROJECTOR in a Modelfile",
+            )
+        return self._projector.tokenize(texts, images, parse_special=parse_special)
+
+    def eval_image(self, chunk: ImageChunk, seq: int, pos: int) -> ImageCost:
+        assert self._projector is not None
+        cost = self._projector.evaluate(chunk, seq, pos, self._n_batch)
+        if not cost.ok:
+            self.trim(seq, pos)  # a large image may have been put in part
+        return cost
 
     # -- steps: several sequences, for the batching engine ---------------------------
 
@@ -367,6 +415,8 @@ class LlamaCppModel:
             "kv_unified": self._n_seq_max > 1,
             "adapters": [str(p) for p in self._adapter_paths],
             "kv_type": self.kv_type,  # a q8_0 cache's cells are not an f16 cache's
+            # An image's cells are its projector's: another projector, other cells.
+            **({"projector": str(self.projector)} if self.projector is not None else {}),
         }
 
     def embed(self, tokens: list[int], seq: int) -> list[float]:
@@ -412,6 +462,10 @@ class LlamaCppModel:
         return bool(lc.llama_memory_seq_rm(self._mem, seq, keep, -1))
 
     def close(self) -> None:
+        projector = getattr(self, "_projector", None)  # absent if __init__ failed early
+        if projector is not None:
+            projector.close()
+            self._projector = None
         if getattr(self, "_batch", None) is not None:  # absent if __init__ failed early
             lc.llama_batch_free(self._batch)
             self._batch = None
