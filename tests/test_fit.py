@@ -109,3 +109,21 @@ def test_show_quants_lists_files_and_where_each_runs(repo: FakeHub, cli: Any) ->
     assert "QUANT" in table.stdout and "tiny-Q8_0.gguf" in table.stdout
     local = cli(["show", "demo", "--quants"])
     assert local.exit_code == 2 and "'demo' is not a Hub reference" in local.stderr
+
+
+def test_auto_counts_a_vision_models_projector(hub: FakeHub, files: dict[str, Path]) -> None:
+    projector = b"GGUF" + bytes(300_000)  # its size is all that is read
+    hub.add_repo(
+        REPO,
+        {**{name: path.read_bytes() for name, path in files.items()}, "mmproj-F16.gguf": projector},
+    )
+    ref, commit, offered = pull.offers(f"hf.co/{REPO}")
+    assert {o.projector for o in offered} == {len(projector)}
+    sized = {f.quant: f for f in fit.judge(ref, commit, offered, fit.Room(0, (), 10**12))}
+    q8 = sized["Q8_0"]
+    assert q8.needed == q8.weights + len(projector) + q8.kv + COMPUTE_RESERVE
+    # Room for the Q8_0 weights and cache, but not with its projector: the smaller one.
+    room = fit.Room(gpu=0, gpus=(), ram=q8.needed - 1)
+    assert q8.needed - len(projector) <= room.ram
+    chosen, why = fit.pick(ref, fit.judge(ref, commit, offered, room), room)
+    assert chosen.quant == "Q4_0" and "of projector" in why

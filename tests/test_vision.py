@@ -495,3 +495,24 @@ def test_a_client_cannot_name_a_projector_on_the_servers_disk(
     # A model made from a vision model keeps its base's projector.
     client.create(model="seer-too", from_="seer", system="Be brief.")
     assert list(client.show("seer-too").capabilities or []) == ["completion", "vision"]
+
+
+def test_a_pulled_vision_model_reads_a_picture(
+    hub: Any, cli: Any, tiny_chat_model: Path, projector: Path, pictures: list[Path]
+) -> None:
+    hub.add_repo(
+        "org/seer-GGUF",
+        {
+            "seer-Q8_0.gguf": tiny_chat_model.read_bytes(),
+            "mmproj-seer-F16.gguf": projector.read_bytes(),
+        },
+    )
+    ref = "hf.co/org/seer-GGUF:Q8_0"
+    pulled = cli(["pull", ref, "--json"])
+    assert pulled.exit_code == 0, pulled.stderr
+    assert json.loads(pulled.stdout)["projector"] == "mmproj-seer-F16.gguf"
+    shown = cli(["show", ref])
+    assert "mmproj-seer-F16.gguf" in shown.stdout and "completion, vision" in shown.stdout
+    result = cli(["run", ref, "--verbose", "--max-tokens", "4", f"what is in {pictures[0]}"])
+    assert result.exit_code == 0, result.stderr
+    assert f"1 image, {IMAGE_TOKENS} tokens" in result.stderr

@@ -56,6 +56,7 @@ def pull(
                 "path": str(m.model_path),
                 "size": m.size,
                 "quant": m.quant,
+                "projector": m.projector.path if m.projector is not None else None,
                 "up_to_date": result.up_to_date,
                 "downloaded_bytes": result.downloaded_bytes,
                 "resumed_bytes": result.resumed_bytes,

@@ -40,10 +40,11 @@ class Fit:
     kv: int  # its KV cache for the default context
     n_ctx: int
     where: str  # ON_GPU, PART_GPU, ON_CPU or TOO_BIG
+    projector: int = 0  # a vision model's projector, loaded beside it
 
     @property
     def needed(self) -> int:
-        return self.weights + self.kv + COMPUTE_RESERVE
+        return self.weights + self.projector + self.kv + COMPUTE_RESERVE
 
     @property
     def label(self) -> str:
@@ -85,7 +86,7 @@ def judge(ref: HubRef, commit: str, offered: list[Offer], here: Room) -> list[Fi
         info = remote_header(ref, commit, offer.choice.files[0], offer.size)
         n_ctx = context_size(None, int(info.arch_value("context_length") or 0))
         kv = sum(model_sizes(info, n_ctx).kv_per_layer)
-        need = offer.size + kv
+        need = offer.size + offer.projector + kv
         if here.gpus and need <= here.gpu:
             where = ON_GPU
         elif here.gpus and need + COMPUTE_RESERVE <= here.gpu + here.ram:
@@ -94,7 +95,10 @@ def judge(ref: HubRef, commit: str, offered: list[Offer], here: Room) -> list[Fi
             where = ON_CPU
         else:
             where = TOO_BIG
-        found.append(Fit(offer.choice.quant, offer.choice.files, offer.size, kv, n_ctx, where))
+        found.append(
+            Fit(offer.choice.quant, offer.choice.files, offer.size, kv, n_ctx, where,
+                offer.projector)
+        )  # fmt: skip
     return sorted(found, key=lambda f: f.weights)
 
 
@@ -119,8 +123,9 @@ def pick(ref: HubRef, fits: list[Fit], here: Room) -> tuple[Fit, str]:
             "pick a smaller model, or name a quantization (hf.co/ORG/REPO:Q4_K_M) and --force",
         )
     larger = [f for f in fits if f.weights > chosen.weights]
+    projector = f", {human_size(chosen.projector)} of projector" if chosen.projector else ""
     why = (
-        f"{chosen.label}: {human_size(chosen.weights)} of weights, "
+        f"{chosen.label}: {human_size(chosen.weights)} of weights{projector}, "
         f"{human_size(chosen.kv)} of KV cache for {chosen.n_ctx} tokens and "
         f"{human_size(COMPUTE_RESERVE)} for compute fit {here.describe()}"
     )

@@ -403,6 +403,7 @@ class Offer:
 
     choice: GGUFChoice
     size: int  # bytes, all shards together
+    projector: int = 0  # bytes of the projector pulled with it (a vision model's), if any
 
 
 def offers(text: str) -> tuple[HubRef, str, list[Offer]]:
@@ -416,7 +417,11 @@ def offers(text: str) -> tuple[HubRef, str, list[Offer]]:
             ref.repo, revision=ref.revision, files_metadata=True
         )
     sizes = {s.rfilename: int(s.lfs.size if s.lfs else s.size or 0) for s in info.siblings or []}
-    found = [Offer(c, sum(sizes[f] for f in c.files)) for c in gguf_choices(sorted(sizes))]
+    found = []
+    for c in gguf_choices(sorted(sizes)):
+        projector = choose_projector(sizes, c)
+        extra = sizes[projector] if projector else 0
+        found.append(Offer(c, sum(sizes[f] for f in c.files), extra))
     return ref, str(info.sha), found
 
 
