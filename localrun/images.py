@@ -13,7 +13,9 @@ import base64
 import binascii
 import hashlib
 import io
+import logging
 import re
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,7 +23,15 @@ from pathlib import Path
 from localrun.errors import PayloadTooLargeError, UsageError
 
 MAX_IMAGE_BYTES = 20 * 1000**2  # as OpenAI's API: a phone's photo is 2-8 MB
-MAX_PIXELS = 64 * 1000**2  # 64 megapixels: 192 MB decoded; projectors resize to 1-2 MP
+MAX_PIXELS = 64 * 1000**2  # 64 megapixels, read from the header: more is refused undecoded
+# A picture is handed to the projector at most this many pixels a side: projectors see 224 to
+# 1,536 (Qwen2.5-VL's largest by default), and each picture costs 3 bytes a pixel meanwhile.
+MAX_SIDE = 2048
+MAX_IMAGES = 32  # pictures in one prompt: each is megabytes until it is evaluated
+# What Pillow may decode: the formats vision models are sent (OpenAI's and Ollama's, and BMP).
+# Not EPS (Pillow hands it to Ghostscript), nor TIFF and the many rare formats whose decoders
+# are larger and see little use.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 # File names that a prompt's words are taken for, as Ollama takes them.
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 
@@ -72,7 +82,8 @@ def image_from_base64(text: str, name: str) -> Image:
     if len(text) * 3 // 4 > MAX_IMAGE_BYTES + 3:
         raise _too_large(name, len(text) * 3 // 4)
     try:
-        data = base64.b64decode(text.strip(), validate=True)
+        # Line breaks and spaces are allowed, as Ollama's decoder allows them.
+        data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise UsageError(f"{name} is not base64", "send the picture's bytes in base64") from None
     if not data:
@@ -122,40 +133,65 @@ def data_url(image: Image) -> str:
     import PIL.Image
 
     try:
-        with PIL.Image.open(io.BytesIO(image.data)) as opened:
+        with PIL.Image.open(io.BytesIO(image.data), formats=FORMATS) as opened:
             kind = PIL.Image.MIME.get(opened.format or "", "image/png")
-    except (PIL.UnidentifiedImageError, OSError):
+    except Exception:  # Pillow's readers raise many kinds on damaged input
         kind = "application/octet-stream"
     return f"data:{kind};base64,{base64.b64encode(image.data).decode()}"
 
 
 def decode_rgb(image: Image) -> tuple[int, int, bytes]:
     """The picture's width, height and pixels (RGB, 8 bits each, rows top to bottom),
-    upright by its EXIF orientation; a picture with transparency is put on white."""
+    upright by its EXIF orientation, at most :data:`MAX_SIDE` pixels a side (scaled down
+    whole); a picture with transparency is put on white."""
+    # A damaged file makes Pillow warn and log on stderr: its one line is the error below.
+    logging.getLogger("PIL").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _decode(image)
+
+
+def _decode(image: Image) -> tuple[int, int, bytes]:
     import PIL.Image
     import PIL.ImageOps
 
     try:
-        with PIL.Image.open(io.BytesIO(image.data)) as opened:
-            width, height = opened.size
-            if width * height > MAX_PIXELS:
-                raise UsageError(
-                    f"the image {image.name} is {width}x{height} pixels, more than "
-                    f"{MAX_PIXELS // 10**6} megapixels",
-                    "send a smaller picture",
-                )
+        opened = PIL.Image.open(io.BytesIO(image.data), formats=FORMATS)
+    except PIL.Image.DecompressionBombError:  # past Pillow's own bound, far past ours
+        raise _too_many_pixels(image, "") from None
+    except Exception:  # Pillow's readers raise many kinds on damaged input
+        raise _unreadable(image) from None
+    with opened:
+        width, height = opened.size
+        if width * height > MAX_PIXELS:
+            raise _too_many_pixels(image, f" {width}x{height} pixels,")
+        try:
+            opened.draft("RGB", (MAX_SIDE, MAX_SIDE))  # a JPEG decodes at 1/2-1/8 scale: fast
             picture = PIL.ImageOps.exif_transpose(opened)
+            if max(picture.size) > MAX_SIDE:
+                picture.thumbnail((MAX_SIDE, MAX_SIDE), PIL.Image.Resampling.LANCZOS)
             if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
                 rgba = picture.convert("RGBA")
                 picture = PIL.Image.new("RGB", rgba.size, (255, 255, 255))
                 picture.paste(rgba, mask=rgba.getchannel("A"))
             rgb = picture.convert("RGB")
             return rgb.width, rgb.height, rgb.tobytes()
-    except (PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError, OSError, SyntaxError):
-        raise UsageError(
-            f"cannot read the image {image.name}: not a picture Pillow can decode, or damaged",
-            "send a JPEG, PNG, WebP, GIF or BMP file",
-        ) from None
+        except Exception:  # a damaged picture fails its decoder in many ways
+            raise _unreadable(image) from None
+
+
+def _too_many_pixels(image: Image, size: str) -> UsageError:
+    return UsageError(
+        f"the image {image.name} is{size} more than {MAX_PIXELS // 10**6} megapixels",
+        "send a smaller picture",
+    )
+
+
+def _unreadable(image: Image) -> UsageError:
+    return UsageError(
+        f"cannot read the image {image.name}: not a picture localrun reads, or damaged",
+        "send a JPEG, PNG, WebP, GIF or BMP file",
+    )
 
 
 _QUOTED = re.compile(r"""(["'])(?P<path>[^"'\n]+?)\1""")

@@ -69,10 +69,8 @@ def loaded(tiny_chat_model: Path, projector: Path) -> Iterator[engine.LoadedMode
     found.close()
 
 
-def ask(loaded: engine.LoadedModel, text: str, *images: Path) -> tuple[str, engine.Stats]:
-    request = engine.Request.of(
-        text, sampling=GREEDY, max_tokens=8, images=[read_image(p) for p in images]
-    )
+def answer(loaded: engine.LoadedModel, request: engine.Request) -> tuple[str, engine.Stats]:
+    """The whole answer to ``request``, and its statistics."""
     parts, stats = [], None
     for event in engine.generate(loaded, request):
         if isinstance(event, engine.TextDelta):
@@ -81,6 +79,11 @@ def ask(loaded: engine.LoadedModel, text: str, *images: Path) -> tuple[str, engi
             stats = event.stats
     assert stats is not None
     return "".join(parts), stats
+
+
+def ask(loaded: engine.LoadedModel, text: str, *images: Path) -> tuple[str, engine.Stats]:
+    pictures = [read_image(p) for p in images]
+    return answer(loaded, engine.Request.of(text, sampling=GREEDY, max_tokens=8, images=pictures))
 
 
 # -- the engine ------------------------------------------------------------------------------
@@ -160,15 +163,9 @@ def test_the_prompt_cache_keeps_a_prefix_with_an_image_by_its_digest(
                 Message("assistant", "a picture " * 12),
             ]
             request = engine.Request.of(question, history=history, sampling=GREEDY, max_tokens=4)
-            parts, stats = [], None
-            for event in engine.generate(found, request):
-                if isinstance(event, engine.TextDelta):
-                    parts.append(event.text)
-                elif isinstance(event, engine.Finished):
-                    stats = event.stats
+            answered = answer(found, request)
             found.engine().close()  # the writer thread has stored the prefix
-            assert stats is not None
-            return "".join(parts), stats
+            return answered
         finally:
             found.close()
 
@@ -301,14 +298,28 @@ def test_chat_image_command_attaches_to_the_next_message(
     assert "2 images encoded in" in shown
 
 
+def saved_chat(loaded: engine.LoadedModel, image: Path, path: Path) -> Path:
+    """A chat of one turn about ``image``, saved to ``path``."""
+    session = ChatSession(loaded)
+    session.options = Options(GREEDY, max_tokens=2)
+    list(session.ask("look", [read_image(image)]))
+    session.save(path)
+    return path
+
+
+def blind_chat() -> ChatSession:
+    """A chat with a text model."""
+    from tests.scripted import ScriptedModel
+
+    model = ScriptedModel([b"hi"], chat_template=CHATML_TEMPLATE)
+    text = engine.LoadedModel(name="t", path=Path("t.gguf"), model=model, load_s=0.1)  # type: ignore[arg-type]
+    return ChatSession(text)
+
+
 def test_a_saved_chat_keeps_its_images(
     loaded: engine.LoadedModel, pictures: list[Path], tmp_path: Path
 ) -> None:
-    session = ChatSession(loaded)
-    session.options = Options(GREEDY, max_tokens=6)
-    list(session.ask("look", [read_image(pictures[0])]))
-    session.save(tmp_path / "chat.json")
-    saved = json.loads((tmp_path / "chat.json").read_text())
+    saved = json.loads(saved_chat(loaded, pictures[0], tmp_path / "chat.json").read_text())
     assert base64.b64decode(saved["messages"][0]["images"][0]) == pictures[0].read_bytes()
     other = ChatSession(loaded)
     other.load(tmp_path / "chat.json")
@@ -317,12 +328,9 @@ def test_a_saved_chat_keeps_its_images(
 
 def test_a_chat_with_a_text_model_refuses_the_image_command(tmp_path: Path) -> None:
     from localrun.cli.chat import ChatUI
-    from tests.scripted import ScriptedModel
 
     console = Console(width=160, record=True, color_system=None, force_terminal=False)
-    model = ScriptedModel([b"hi"], chat_template=CHATML_TEMPLATE)
-    loaded = engine.LoadedModel(name="t", path=Path("t.gguf"), model=model, load_s=0.1)  # type: ignore[arg-type]
-    ui = ChatUI(ChatSession(loaded), console, live=False)
+    ui = ChatUI(blind_chat(), console, live=False)
     lines = iter([f"/image {tmp_path}/x.png", "/bye"])
     ui.run(lambda prompt: next(lines))
     assert "this model reads no images" in console.export_text()
@@ -516,3 +524,83 @@ def test_a_pulled_vision_model_reads_a_picture(
     result = cli(["run", ref, "--verbose", "--max-tokens", "4", f"what is in {pictures[0]}"])
     assert result.exit_code == 0, result.stderr
     assert f"1 image, {IMAGE_TOKENS} tokens" in result.stderr
+
+
+def test_a_saved_chat_with_pictures_is_refused_by_a_text_model(
+    loaded: engine.LoadedModel, pictures: list[Path], tmp_path: Path
+) -> None:
+    path = saved_chat(loaded, pictures[0], tmp_path / "chat.json")
+    blind = blind_chat()
+    list(blind.ask("before"))
+    with pytest.raises(UsageError, match="holds pictures, and this model reads no images"):
+        blind.load(path)
+    assert [m.content for m in blind.messages] == ["before", "hi"]  # nothing lost
+
+
+def test_damaged_pictures_fail_in_one_line_and_print_nothing(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    import random
+
+    from localrun.images import decode_rgb
+
+    rng = random.Random(1)
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    refused = 0
+    for kind in ("PNG", "JPEG", "GIF", "BMP", "WEBP"):
+        out = io.BytesIO()
+        PIL.Image.fromarray(pixels).save(out, kind)
+        for _ in range(100):
+            data = bytearray(out.getvalue())
+            for _ in range(rng.randrange(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            try:
+                decode_rgb(Image(bytes(data), "damaged"))
+            except UsageError as e:
+                assert "cannot read the image damaged" in e.message or "megapixels" in e.message
+                refused += 1
+    assert refused > 50
+    eps = Image(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "x.eps")
+    with pytest.raises(UsageError, match="not a picture localrun reads"):
+        decode_rgb(eps)  # never handed to Ghostscript
+    assert capfd.readouterr() == ("", "")
+
+
+def test_too_many_pictures_or_too_much_text_are_refused_before_decoding(
+    server: Server, pictures: list[Path]
+) -> None:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        many = http.post(
+            "/api/generate",
+            json={"model": "seer", "prompt": "x", "images": [b64(pictures[0])] * 33},
+        )
+        assert many.status_code == 400 and "at most 32 go in one" in many.text
+        long = http.post(
+            "/api/generate",
+            json={"model": "seer", "raw": True, "prompt": "ab " * 200_000,
+                  "images": [b64(pictures[0])]},
+        )  # fmt: skip
+        assert long.status_code == 400 and "tokens but the context holds only" in long.text
+
+
+def test_other_answers_go_on_between_one_requests_pictures(
+    loaded: engine.LoadedModel, pictures: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = loaded.model
+    batch = loaded.engine()
+    plain = conversation_prompt(model, loaded.template, [Message("user", "the sky")])
+    other = batch.submit(plain.tokens, GREEDY, max_tokens=40, stop_at_eog=False)
+    real = model.eval_image  # type: ignore[attr-defined]
+    seen: list[int] = []
+
+    def eval_image(chunk: Any, seq: int, pos: int) -> Any:
+        seen.append(len(other.tokens))  # the other answer's length at each picture
+        return real(chunk, seq, pos)
+
+    monkeypatch.setattr(model, "eval_image", eval_image)
+    images = tuple(read_image(p) for p in pictures)
+    prompt = conversation_prompt(model, loaded.template, [Message("user", "x", images=images)])
+    _, stats = collect(batch.submit(prompt.tokens, GREEDY, max_tokens=2, images=prompt.images))
+    collect(other)
+    assert stats.images == 3 and len(seen) == 3
+    assert seen[0] < seen[1] < seen[2]  # a step of the other answer between pictures

@@ -131,7 +131,18 @@ def write_tiny_lora(path: Path, *, rank: int = 4, seed: int = 1) -> Path:
     return path
 
 
-def write_tiny_projector(path: Path, *, n_embd_text: int = N_EMBD, seed: int = 2) -> Path:
+def write_tiny_projector(
+    path: Path,
+    *,
+    n_embd_text: int = N_EMBD,
+    seed: int = 2,
+    image_size: int = 32,
+    patch_size: int = 8,
+    n_embd: int = 32,
+    n_head: int = 4,
+    n_ff: int = 64,
+    n_layer: int = 2,
+) -> Path:
     """Write a tiny random multimodal projector ("mmproj") GGUF to ``path`` and return it.
 
     It is a LLaVA-style projector (``clip.projector_type`` "mlp"): a two-block CLIP ViT
@@ -139,9 +150,9 @@ def write_tiny_projector(path: Path, *, n_embd_text: int = N_EMBD, seed: int = 2
     embedding width, so every image (resized to 32x32) becomes 16 image embeddings and
     no special text tokens are needed around them. libmtmd loads it beside a text model
     whose ``n_embd`` equals ``n_embd_text``; another width makes ``mtmd_init_from_file``
-    fail, which is how a test gets a mismatched projector.
+    fail, which is how a test gets a mismatched projector. The encoder's sizes can be raised
+    (a benchmark's ViT-S/14 at 224 pixels: 256 image tokens).
     """
-    image_size, patch_size, n_embd, n_head, n_ff, n_layer = 32, 8, 32, 4, 64, 2
     n_pos = (image_size // patch_size) ** 2
     rng = np.random.default_rng(seed)
 

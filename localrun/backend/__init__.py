@@ -75,7 +75,8 @@ class ImageCost:
     """What evaluating one image took."""
 
     encode_s: float  # the vision encoder (0 when the picture's embeddings were kept)
-    ok: bool = True  # False: the KV cache had no room (nothing was kept)
+    ok: bool = True  # False: the KV cache had no room (the picture's cells were dropped)
+    lost: bool = False  # and the sequence's other cells too (a cache that cannot be cut)
 
 
 FLASH_ATTN = ("auto", "on", "off")

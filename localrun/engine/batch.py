@@ -519,27 +519,31 @@ class BatchEngine:
         return False
 
     def _images(self) -> bool:
-        """Evaluate the images that come next in the prompts being read, one sequence at a
-        time (an image's embeddings cannot share a batch with tokens); False when the cache
-        had no room (the newest sequence was paused)."""
-        for seq in list(self._running):
-            while seq.pending and seq.pending[0] < 0:
-                chunk = seq.images[seq.pending[0]]
-                if not seq.prefill_started:
-                    seq.prefill_started = time.perf_counter()
-                try:
-                    cost = self.model.eval_image(chunk, cast(int, seq.slot), seq.cached)
-                except LocalrunError as e:  # this picture fails its request, not the others
-                    self._fail(seq, e)
-                    break
-                seq.stats.image_encode_s += cost.encode_s
-                if not cost.ok:
-                    self._pause_newest()
-                    return False
-                del seq.pending[: chunk.n_pos]
-                seq.cached += chunk.n_pos
-                if seq.cache_at and not seq.cache_done and seq.cached == seq.cache_at:
-                    self._keep_prefix(seq)
+        """Evaluate the image that comes next in one prompt being read: one a step (an
+        image's embeddings cannot share a batch with tokens, and an encoder takes long), so
+        that the other answers go on between pictures. False when the cache had no room (the
+        newest sequence was paused)."""
+        seq = next((s for s in self._running if s.pending and s.pending[0] < 0), None)
+        if seq is None:
+            return True
+        chunk = seq.images[seq.pending[0]]
+        if not seq.prefill_started:
+            seq.prefill_started = time.perf_counter()
+        try:
+            cost = self.model.eval_image(chunk, cast(int, seq.slot), seq.cached)
+        except LocalrunError as e:  # this picture fails its request, not the others
+            self._fail(seq, e)
+            return True
+        seq.stats.image_encode_s += cost.encode_s
+        if not cost.ok:
+            if cost.lost:  # its cells are gone: it reads its text again
+                seq.cached, seq.pending = 0, seq.text()
+            self._pause_newest()
+            return False
+        del seq.pending[: chunk.n_pos]
+        seq.cached += chunk.n_pos
+        if seq.cache_at and not seq.cache_done and seq.cached == seq.cache_at:
+            self._keep_prefix(seq)
         return True
 
     def _step(self) -> None:

@@ -345,6 +345,11 @@ class ChatSession:
                 f"{path} is not a saved localrun chat ({type(e).__name__})",
                 "load a file written by /save",
             ) from None
+        if not self.vision and any(m.images for m in messages):
+            raise UsageError(
+                f"{path} holds pictures, and this model reads no images",
+                "load it in a chat with a vision model",
+            )
         current, self.options = self.options, Options()
         try:  # the saved settings, checked as /set parameter checks them
             for name, value in params.items():

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from localrun.backend import ImageChunk, Model
-from localrun.errors import LocalrunError, PromptTooLongError, TemplateError
-from localrun.images import Image
+from localrun.errors import LocalrunError, PromptTooLongError, TemplateError, UsageError
+from localrun.images import MAX_IMAGES, Image
 from localrun.prompt.template import Message, render
 from localrun.prompt.tools import Tool
 
@@ -101,6 +101,20 @@ def _tokenize(
         )
     if not texts[-1]:
         texts[-1] = "\n"  # the model's next token needs a text token's logits after the image
+    return tokenize_with_images(model, texts, images, limit, parse_special=parse_special)
+
+
+def tokenize_with_images(
+    model: Model, texts: list[str], images: Sequence[Image], limit: int, *, parse_special: bool
+) -> Prompt:
+    """``texts[0]``, ``images[0]``, ``texts[1]``, ... as the model reads them, refused (before
+    a picture is decoded) when there are too many pictures or the text has over ``limit``
+    tokens."""
+    if len(images) > MAX_IMAGES:
+        raise UsageError(
+            f"the prompt has {len(images)} images; at most {MAX_IMAGES} go in one",
+            "send fewer pictures at a time",
+        )
     _count_bounded(model, "".join(texts), limit, parse_special=parse_special)
     tokens, chunks = model.tokenize_images(texts, images, parse_special=parse_special)
     return Prompt(tokens, chunks)

@@ -22,7 +22,12 @@ from localrun.engine.options import run_options
 from localrun.engine.stream import watched
 from localrun.engine.types import Called, Event, Finished, Stats, TextDelta
 from localrun.errors import UsageError
-from localrun.prompt.build import conversation_prompt, keep_point, tokenize_bounded
+from localrun.prompt.build import (
+    conversation_prompt,
+    keep_point,
+    tokenize_bounded,
+    tokenize_with_images,
+)
 from localrun.prompt.template import Message
 from localrun.prompt.tools import CallWatch, Tool, ToolCall, call_grammar, form_of
 from localrun.server.pool import ModelPool, Runner
@@ -205,10 +210,10 @@ def _tokens(
         limit = 2 * loaded.seq_ctx
         tokens = list(ask.context)
         if pictures:  # before the text, as Ollama puts them
-            read, images = model.tokenize_images(
-                [""] * len(pictures) + [ask.raw or "\n"], pictures, parse_special=True
-            )
-            tokens += read
+            texts = [""] * len(pictures) + [ask.raw or "\n"]
+            read = tokenize_with_images(model, texts, pictures, limit, parse_special=True)
+            tokens += read.tokens
+            images = read.images
         else:
             tokens += tokenize_bounded(model, ask.raw, limit, parse_special=True)
     else:

@@ -288,8 +288,9 @@ class LlamaCppModel:
     def eval_image(self, chunk: ImageChunk, seq: int, pos: int) -> ImageCost:
         assert self._projector is not None
         cost = self._projector.evaluate(chunk, seq, pos, self._n_batch)
-        if not cost.ok:
-            self.trim(seq, pos)  # a large image may have been put in part
+        if not cost.ok and not self.trim(seq, pos):  # a large image may have been put in part
+            self.forget(seq)
+            return ImageCost(cost.encode_s, ok=False, lost=True)
         return cost
 
     # -- steps: several sequences, for the batching engine ---------------------------

@@ -27,7 +27,7 @@ from typing import Any
 
 from localrun.backend import ImageChunk, ImageCost
 from localrun.backend.llamacpp import bindings, logs
-from localrun.errors import ModelLoadError, UsageError
+from localrun.errors import GenerationError, ModelLoadError, UsageError
 from localrun.images import Image, decode_rgb
 
 bindings.register()
@@ -41,6 +41,11 @@ mt.mtmd_helper_log_set(logs._log_callback, ctypes.c_void_p(0))
 # Encoded images kept for reuse (the same picture asked about again): the most bytes of
 # embeddings held. A 4B model's image is 256 x 2560 floats (2.6 MB).
 ENCODED_CACHE_BYTES = 64 * 1024**2
+# Decoded pictures kept for the next prompt that holds them (a chat sends its pictures again
+# each turn): the most bytes of RGB held.
+DECODED_CACHE_BYTES = 64 * 1024**2
+# Images whose ids are remembered (to give a clashing digest another id): about 240 bytes each.
+KNOWN_IDS = 65536
 
 
 class Projector:
@@ -61,10 +66,10 @@ class Projector:
         self.vision = bool(mt.mtmd_support_vision(handle))
         self.audio = bool(mt.mtmd_support_audio(handle))
         self._ids: dict[int, str] = {}  # the negative id of each image seen: its digest
-        self._by_digest: dict[str, int] = {}
+        self._by_digest: OrderedDict[str, int] = OrderedDict()  # least recently seen first
         self._lock = threading.Lock()
-        self._encoded: OrderedDict[str, Any] = OrderedDict()  # digest: its embeddings
-        self._encoded_bytes = 0
+        self._encoded = _Kept(ENCODED_CACHE_BYTES)  # digest: its embeddings (engine thread)
+        self._decoded = _Kept(DECODED_CACHE_BYTES)  # digest: (width, height, RGB)
         self._n_embd = int(lc.llama_model_n_embd_inp(model))
 
     def image_id(self, digest: str) -> int:
@@ -72,12 +77,16 @@ class Projector:
         with self._lock:
             found = self._by_digest.get(digest)
             if found is not None:
+                self._by_digest.move_to_end(digest)
                 return found
             token = -1 - int(digest[:8], 16) % (2**31 - 1)
             while token in self._ids:  # another image has it: the next free one
                 token = -1 - (-token) % (2**31 - 1)
             self._ids[token] = digest
             self._by_digest[digest] = token
+            if len(self._by_digest) > KNOWN_IDS:  # the oldest is forgotten; a clash with it
+                _, old = self._by_digest.popitem(last=False)  # is 1 in 2**31 a picture
+                del self._ids[old]
             return token
 
     def tokenize(
@@ -93,7 +102,7 @@ class Projector:
             )
         keep: list[Any] = []  # the ctypes objects the parts point to, alive until the call
         parts: list[Any] = []
-        bitmaps: list[Any] = []
+        bitmaps: dict[str, Any] = {}  # one per picture, however often it comes
         try:
             for i, text in enumerate(texts):
                 data = text.encode("utf-8")
@@ -102,9 +111,10 @@ class Projector:
                     keep.append(piece)
                     parts.append(mt.mtmd_input_part(ctypes.pointer(piece), None))
                 if i < len(images):
-                    bitmap = _bitmap(images[i])
-                    bitmaps.append(bitmap)
-                    parts.append(mt.mtmd_input_part(None, bitmap))
+                    image = images[i]
+                    if image.digest not in bitmaps:
+                        bitmaps[image.digest] = self._bitmap(image)
+                    parts.append(mt.mtmd_input_part(None, bitmaps[image.digest]))
             array = (ctypes.POINTER(mt.mtmd_input_part) * len(parts))(
                 *[ctypes.pointer(p) for p in parts]
             )
@@ -123,8 +133,23 @@ class Projector:
             finally:
                 mt.mtmd_input_chunks_free(chunks)
         finally:
-            for bitmap in bitmaps:
+            for bitmap in bitmaps.values():
                 mt.mtmd_bitmap_free(bitmap)
+
+    def _bitmap(self, image: Image) -> Any:
+        with self._lock:
+            decoded = self._decoded.get(image.digest)
+        if decoded is None:
+            decoded = decode_rgb(image)
+            with self._lock:
+                self._decoded.put(image.digest, decoded, len(decoded[2]))
+        width, height, rgb = decoded
+        data = (ctypes.c_uint8 * len(rgb)).from_buffer_copy(rgb)
+        bitmap = mt.mtmd_bitmap_init(width, height, data)
+        if not bitmap:
+            raise UsageError(f"llama.cpp could not take the image {image.name}", None)
+        mt.mtmd_bitmap_set_id(bitmap, image.digest.encode())
+        return bitmap
 
     def _read_chunks(
         self, chunks: Any, images: Sequence[Image]
@@ -164,9 +189,7 @@ class Projector:
         start = time.perf_counter()
         embd = self._encoded.get(chunk.digest)
         encode_s = 0.0
-        if embd is not None and embd.size == chunk.n_tokens * self._n_embd:
-            self._encoded.move_to_end(chunk.digest)
-        else:
+        if embd is None or embd.size != chunk.n_tokens * self._n_embd:
             logs.start()
             if mt.mtmd_encode_chunk(self._ctx, chunk.handle) != 0:
                 raise UsageError(
@@ -176,7 +199,7 @@ class Projector:
             out = mt.mtmd_get_output_embd(self._ctx)
             size = chunk.n_tokens * self._n_embd
             embd = np.ctypeslib.as_array(out, shape=(size,)).copy()
-            self._keep(chunk.digest, embd)
+            self._encoded.put(chunk.digest, embd, embd.nbytes)
             encode_s = time.perf_counter() - start
         new_pos = lc.llama_pos(0)
         pointer = embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
@@ -184,18 +207,14 @@ class Projector:
             self._ctx, self._lctx, chunk.handle, pointer, pos, seq, n_batch,
             ctypes.byref(new_pos), mt.mtmd_helper_post_decode_callback(), None,
         )  # fmt: skip
-        if rc != 0:
+        if rc == 1:
             return ImageCost(encode_s, ok=False)  # no room in the cache
+        if rc != 0:
+            raise GenerationError(
+                f"llama.cpp failed to evaluate the image {chunk.name} (code {rc})",
+                "LOCALRUN_DEBUG=1 shows llama.cpp's log",
+            )
         return ImageCost(encode_s)
-
-    def _keep(self, digest: str, embd: Any) -> None:
-        if embd.nbytes > ENCODED_CACHE_BYTES:
-            return
-        self._encoded[digest] = embd
-        self._encoded_bytes += embd.nbytes
-        while self._encoded_bytes > ENCODED_CACHE_BYTES:
-            _, old = self._encoded.popitem(last=False)
-            self._encoded_bytes -= old.nbytes
 
     def close(self) -> None:
         if self._ctx:
@@ -203,14 +222,29 @@ class Projector:
             self._ctx = None
 
 
-def _bitmap(image: Image) -> Any:
-    width, height, rgb = decode_rgb(image)
-    data = (ctypes.c_uint8 * len(rgb)).from_buffer_copy(rgb)
-    bitmap = mt.mtmd_bitmap_init(width, height, data)
-    if not bitmap:
-        raise UsageError(f"llama.cpp could not take the image {image.name}", None)
-    mt.mtmd_bitmap_set_id(bitmap, image.digest.encode())
-    return bitmap
+class _Kept:
+    """Values by digest, the least recently used dropped past a bound in bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, digest: str) -> Any:
+        found = self._items.get(digest)
+        if found is None:
+            return None
+        self._items.move_to_end(digest)
+        return found[0]
+
+    def put(self, digest: str, value: Any, size: int) -> None:
+        if size > self.limit or digest in self._items:
+            return
+        self._items[digest] = (value, size)
+        self._bytes += size
+        while self._bytes > self.limit:
+            _, (_, dropped) = self._items.popitem(last=False)
+            self._bytes -= dropped
 
 
 def _load_error(path: Path) -> ModelLoadError:
