@@ -32,7 +32,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -96,6 +95,8 @@ class Direct:
 
     def first_token(self, data: bytes) -> tuple[float, int]:
         """Seconds from the picture's bytes to the first token, and that token."""
+        import numpy as np
+
         lc, mt = self.lc, self.mt
         start = time.perf_counter()
         buffer = (ctypes.c_ubyte * len(data)).from_buffer_copy(data)
@@ -111,8 +112,7 @@ class Direct:
         )
         assert rc == 0, rc
         logits = lc.llama_get_logits_ith(self.ctx, -1)
-        row: Any = (ctypes.c_float * self.n_vocab).from_address(ctypes.addressof(logits.contents))
-        token = max(range(self.n_vocab), key=row.__getitem__)
+        token = int(np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
         seconds = time.perf_counter() - start
         mt.mtmd_input_chunks_free(chunks)
         mt.mtmd_bitmap_free(bitmap)
