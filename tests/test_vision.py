@@ -28,7 +28,7 @@ from localrun.backend import SamplingParams
 from localrun.engine.batch import collect, image_cut
 from localrun.engine.chat import ChatSession, Options
 from localrun.engine.prompt_cache import PromptCache
-from localrun.errors import ModelLoadError, UsageError
+from localrun.errors import ModelLoadError, PromptTooLongError, UsageError
 from localrun.images import Image, read_image, split_image_paths
 from localrun.models.resolve import Settings
 from localrun.prompt.build import conversation_prompt
@@ -604,3 +604,22 @@ def test_other_answers_go_on_between_one_requests_pictures(
     collect(other)
     assert stats.images == 3 and len(seen) == 3
     assert seen[0] < seen[1] < seen[2]  # a step of the other answer between pictures
+
+
+def test_a_picture_is_counted_by_the_cells_it_fills(
+    loaded: engine.LoadedModel, pictures: list[Path]
+) -> None:
+    from dataclasses import replace
+
+    model = loaded.model
+    prompt = conversation_prompt(
+        model, loaded.template, [Message("user", "x", images=(read_image(pictures[0]),))]
+    )
+    assert prompt.cells == len(prompt.tokens)  # a LLaVA projector: a cell a position
+    # An M-RoPE picture (Qwen2.5-VL's) takes fewer positions than the cells it fills.
+    ((token, chunk),) = prompt.images.items()
+    wide = {token: replace(chunk, n_tokens=chunk.n_pos + loaded.seq_ctx)}
+    with pytest.raises(
+        PromptTooLongError, match=f"is {len(prompt.tokens) + loaded.seq_ctx} tokens"
+    ):
+        loaded.engine().submit(prompt.tokens, GREEDY, images=wide)

@@ -48,6 +48,7 @@ from localrun.engine.types import (
     TextDelta,
 )
 from localrun.errors import GenerationError, LocalrunError, PromptTooLongError, UsageError
+from localrun.prompt.build import cells
 
 # A prefix shorter than this is not worth copying from another sequence.
 MIN_SHARED = 16
@@ -273,9 +274,9 @@ class BatchEngine:
             )
         if prompt[-1] < 0:
             raise UsageError("the prompt ends with an image", "add text after the image")
-        if len(prompt) >= self.seq_ctx:
+        if (n := cells(prompt, images)) >= self.seq_ctx:
             raise PromptTooLongError(
-                f"the prompt is {len(prompt)} tokens but the context holds only {self.seq_ctx}",
+                f"the prompt is {n} tokens but the context holds only {self.seq_ctx}",
                 "shorten the prompt, or raise the context with --ctx",
             )
         if sampling.grammar is not None and (error := self.model.grammar_error(sampling.grammar)):

@@ -185,7 +185,7 @@ class ChatSession:
         start = time.perf_counter()
         try:
             prompt, kept = self._fit()
-            check_fits(self.loaded, len(prompt.tokens))
+            check_fits(self.loaded, prompt.cells)
         except PromptTooLongError as e:
             self.messages.pop()  # the chat goes on, without the message that cannot fit
             raise PromptTooLongError(

@@ -73,7 +73,7 @@ def generate(loaded: LoadedModel, request: Request) -> Iterator[Event]:
     start = time.perf_counter()
     prompt = conversation_prompt(loaded.model, loaded.template, request.messages)
     tokens = prompt.tokens
-    check_fits(loaded, len(tokens))
+    check_fits(loaded, prompt.cells)
     # The prompt is read in chunks that end where its lasting part does, cache or not: the
     # numbers of a cold run, a warm run and a run without the cache are then the same.
     keep = keep_point(loaded.model, loaded.template, request.messages, tokens, request.document)
