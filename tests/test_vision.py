@@ -623,3 +623,33 @@ def test_a_picture_is_counted_by_the_cells_it_fills(
         PromptTooLongError, match=f"is {len(prompt.tokens) + loaded.seq_ctx} tokens"
     ):
         loaded.engine().submit(prompt.tokens, GREEDY, images=wide)
+
+
+def test_an_mrope_model_places_its_pictures_by_fewer_positions_than_cells(
+    tmp_path: Path, pictures: list[Path]
+) -> None:
+    """Qwen2-VL's kind: a picture takes fewer positions than the cells it fills, and the
+    engine's positions follow libmtmd's (the same answer again from the kept cells)."""
+    from tests.tinygguf import write_tiny_qwen2vl_model, write_tiny_qwen2vl_projector
+
+    found = engine.load_model(
+        "qwen-ish", n_ctx=512, n_threads=2, n_seq=2,
+        path=write_tiny_qwen2vl_model(tmp_path / "qwen2vl.gguf"),
+        settings=Settings(projector=write_tiny_qwen2vl_projector(tmp_path / "mmproj-q.gguf")),
+    )  # fmt: skip
+    found.prompt_cache = False
+    try:
+        image = (read_image(pictures[0]),)
+        prompt = conversation_prompt(
+            found.model, found.template, [Message("user", "x", images=image)]
+        )
+        (chunk,) = prompt.images.values()
+        assert chunk.n_pos < chunk.n_tokens
+        assert prompt.cells == len(prompt.tokens) + chunk.n_tokens - chunk.n_pos
+        first, stats = ask(found, "what is it", pictures[0])
+        assert stats.images == 1 and stats.image_tokens == chunk.n_tokens and first
+        again, repeated = ask(found, "what is it", pictures[0])
+        assert again == first and repeated.prompt_evaluated == 1
+        assert ask(found, "what is it", pictures[1])[0] != first
+    finally:
+        found.close()

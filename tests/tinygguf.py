@@ -202,3 +202,143 @@ def write_tiny_projector(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+QWEN2VL_ROPE_SECTIONS = [2, 3, 3, 0]  # M-RoPE: t, h, w (and unused) pairs of a 16-wide head
+
+
+def write_tiny_qwen2vl_model(path: Path, *, seed: int = 0) -> Path:
+    """Write a tiny random Qwen2-VL text model (llama.cpp arch "qwen2vl") to ``path``.
+
+    It is the llama model's vocabulary and sizes with Qwen2's attention biases and M-RoPE:
+    each head's rotary pairs are split among an image's time, height and width positions
+    (``rope.dimension_sections``), so an image takes fewer positions than it has embeddings.
+    ``<|vision_start|>`` and ``<|vision_end|>`` (which libmtmd puts around an image) are
+    control tokens, and the chat template is ChatML.
+    """
+    rng = np.random.default_rng(seed)
+    tokens, scores, types = _vocab()
+    for special in ("<|vision_start|>", "<|vision_end|>"):
+        tokens.append(special)
+        scores.append(0.0)
+        types.append(int(gguf.TokenType.CONTROL))
+    n_vocab = len(tokens)
+
+    w = gguf.GGUFWriter(str(path), "qwen2vl")
+    w.add_name("tiny-test-qwen2vl")
+    w.add_context_length(2048)
+    w.add_embedding_length(N_EMBD)
+    w.add_block_count(N_LAYER)
+    w.add_feed_forward_length(N_FF)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_HEAD)
+    w.add_rope_dimension_count(N_EMBD // N_HEAD)
+    w.add_rope_dimension_sections(QWEN2VL_ROPE_SECTIONS)
+    w.add_rope_freq_base(1000000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+    w.add_chat_template(CHATML_TEMPLATE)
+
+    def tensor(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.5).astype(np.float32))
+
+    tensor("token_embd.weight", n_vocab, N_EMBD)
+    w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+    tensor("output.weight", n_vocab, N_EMBD)
+    for i in range(N_LAYER):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        for part in ("attn_q", "attn_k", "attn_v"):
+            tensor(f"blk.{i}.{part}.weight", N_EMBD, N_EMBD)
+            tensor(f"blk.{i}.{part}.bias", N_EMBD)
+        tensor(f"blk.{i}.attn_output.weight", N_EMBD, N_EMBD)
+        tensor(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
+        tensor(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
+        tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_tiny_qwen2vl_projector(
+    path: Path,
+    *,
+    n_embd_text: int = N_EMBD,
+    seed: int = 2,
+    patch_size: int = 14,
+    n_embd: int = 32,
+    n_head: int = 4,
+    n_ff: int = 64,
+    n_layer: int = 2,
+) -> Path:
+    """Write a tiny random Qwen2-VL projector (``clip.projector_type`` "qwen2vl_merger").
+
+    A two-block ViT with M-RoPE over 14x14 patches (two patch convolutions, one per frame of
+    a video's pair; a still image goes through both) and a merger that joins each 2x2 of
+    patches into one embedding of the text model's width (``n_embd_text``). libmtmd resizes a
+    picture to a multiple of 28 pixels a side within its own bounds (at least 8 merged
+    tokens), and the image's chunk takes max(height, width) of its merged patches in
+    positions, not one per token: a 56x56 picture is read at 84x84, 9 tokens in 3 positions.
+    """
+    rng = np.random.default_rng(seed)
+    merge = 2
+
+    w = gguf.GGUFWriter(str(path), "clip")
+    w.add_name("tiny-test-qwen2vl-projector")
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_clip_has_vision_encoder(True)
+    w.add_clip_projector_type("qwen2vl_merger")
+    w.add_vision_image_size(patch_size * merge * 4)  # 112: only a nominal size here
+    w.add_vision_patch_size(patch_size)
+    w.add_vision_embedding_length(n_embd)
+    w.add_vision_feed_forward_length(n_ff)
+    w.add_vision_block_count(n_layer)
+    w.add_vision_head_count(n_head)
+    w.add_vision_attention_layernorm_eps(1e-6)
+    w.add_vision_projection_dim(n_embd_text)
+    w.add_vision_spatial_merge_size(merge)
+    w.add_vision_image_mean([0.48145466, 0.4578275, 0.40821073])
+    w.add_vision_image_std([0.26862954, 0.26130258, 0.27577711])
+
+    def tensor(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.1).astype(np.float32))
+
+    def norm(name: str, n: int) -> None:
+        w.add_tensor(f"{name}.weight", np.ones(n, dtype=np.float32))
+        w.add_tensor(f"{name}.bias", np.zeros(n, dtype=np.float32))
+
+    tensor("v.patch_embd.weight", n_embd, 3, patch_size, patch_size)
+    tensor("v.patch_embd.weight.1", n_embd, 3, patch_size, patch_size)
+    for i in range(n_layer):
+        norm(f"v.blk.{i}.ln1", n_embd)
+        norm(f"v.blk.{i}.ln2", n_embd)
+        for part in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            tensor(f"v.blk.{i}.{part}.weight", n_embd, n_embd)
+            tensor(f"v.blk.{i}.{part}.bias", n_embd)
+        tensor(f"v.blk.{i}.ffn_up.weight", n_ff, n_embd)
+        tensor(f"v.blk.{i}.ffn_up.bias", n_ff)
+        tensor(f"v.blk.{i}.ffn_down.weight", n_embd, n_ff)
+        tensor(f"v.blk.{i}.ffn_down.bias", n_embd)
+    n_merged = n_embd * merge * merge  # the merger's input: a 2x2 of patches side by side
+    norm("v.post_ln", n_embd)
+    tensor("mm.0.weight", n_merged, n_merged)
+    tensor("mm.0.bias", n_merged)
+    tensor("mm.2.weight", n_embd_text, n_merged)
+    tensor("mm.2.bias", n_embd_text)
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
