@@ -8,6 +8,7 @@ What they say is noise, which is all the tests need.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -56,20 +57,27 @@ def write_tiny_model(
     renamed: dict[str, str] | None = None,
     n_embd: int = N_EMBD,
     n_ff: int = N_FF,
+    arch: str = "llama",
+    specials: tuple[str, ...] = (),
+    rope_sections: list[int] | None = None,
 ) -> Path:
     """Write a tiny random llama model to ``path`` and return it.
 
     With ``split_max_tensors``, the model is split into shards named
     ``<stem>-0000N-of-0000M.gguf`` beside ``path`` (the form llama.cpp loads as one).
     ``renamed`` gives some tokens another text (a vocabulary of the same size, not the same).
+    ``arch`` "qwen2vl" gives Qwen2's attention biases and M-RoPE over ``rope_sections``;
+    ``specials`` are more control tokens, at the vocabulary's end.
     """
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocab()
-    tokens = [(renamed or {}).get(t, t) for t in tokens]
+    tokens = [(renamed or {}).get(t, t) for t in tokens] + list(specials)
+    scores += [0.0] * len(specials)
+    types += [int(gguf.TokenType.CONTROL)] * len(specials)
     n_vocab = len(tokens)
 
-    w = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
-    w.add_name("tiny-test-model")
+    w = gguf.GGUFWriter(str(path), arch, split_max_tensors=split_max_tensors)
+    w.add_name("tiny-test-model" if arch == "llama" else f"tiny-test-{arch}")
     w.add_context_length(n_ctx_train)
     w.add_embedding_length(n_embd)
     w.add_block_count(N_LAYER)
@@ -77,6 +85,8 @@ def write_tiny_model(
     w.add_head_count(N_HEAD)
     w.add_head_count_kv(N_HEAD)
     w.add_rope_dimension_count(n_embd // N_HEAD)
+    if rope_sections is not None:
+        w.add_rope_dimension_sections(rope_sections)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("llama")
@@ -101,6 +111,8 @@ def write_tiny_model(
         w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
         for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
             tensor(f"blk.{i}.{part}.weight", n_embd, n_embd)
+            if arch == "qwen2vl" and part != "attn_output":
+                tensor(f"blk.{i}.{part}.bias", n_embd)
         tensor(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
         tensor(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
         tensor(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
@@ -131,6 +143,47 @@ def write_tiny_lora(path: Path, *, rank: int = 4, seed: int = 1) -> Path:
     return path
 
 
+class _Encoder:
+    """What the projector kinds share: a CLIP GGUF writer with its vision keys, random
+    tensors, and a ViT's blocks."""
+
+    def __init__(self, path: Path, kind: str, seed: int, **keys: Any) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.w = w = gguf.GGUFWriter(str(path), "clip")
+        w.add_name(f"tiny-test-{kind}")
+        w.add_file_type(gguf.LlamaFileType.ALL_F32)
+        w.add_clip_has_vision_encoder(True)
+        w.add_clip_projector_type(kind)
+        for key, value in keys.items():  # add_vision_<key>
+            getattr(w, f"add_vision_{key}")(value)
+
+    def tensor(self, name: str, *shape: int) -> None:
+        self.w.add_tensor(name, (self.rng.standard_normal(shape) * 0.1).astype(np.float32))
+
+    def norm(self, name: str, n: int) -> None:
+        self.w.add_tensor(f"{name}.weight", np.ones(n, dtype=np.float32))
+        self.w.add_tensor(f"{name}.bias", np.zeros(n, dtype=np.float32))
+
+    def blocks(self, n_layer: int, n_embd: int, n_ff: int) -> None:
+        for i in range(n_layer):
+            self.norm(f"v.blk.{i}.ln1", n_embd)
+            self.norm(f"v.blk.{i}.ln2", n_embd)
+            for part in ("attn_q", "attn_k", "attn_v", "attn_out"):
+                self.tensor(f"v.blk.{i}.{part}.weight", n_embd, n_embd)
+                self.tensor(f"v.blk.{i}.{part}.bias", n_embd)
+            self.tensor(f"v.blk.{i}.ffn_up.weight", n_ff, n_embd)
+            self.tensor(f"v.blk.{i}.ffn_up.bias", n_ff)
+            self.tensor(f"v.blk.{i}.ffn_down.weight", n_embd, n_ff)
+            self.tensor(f"v.blk.{i}.ffn_down.bias", n_embd)
+
+    def write(self, path: Path) -> Path:
+        self.w.write_header_to_file()
+        self.w.write_kv_data_to_file()
+        self.w.write_tensors_to_file()
+        self.w.close()
+        return path
+
+
 def write_tiny_projector(
     path: Path,
     *,
@@ -153,55 +206,21 @@ def write_tiny_projector(
     fail, which is how a test gets a mismatched projector. The encoder's sizes can be raised
     (a benchmark's ViT-S/14 at 224 pixels: 256 image tokens).
     """
-    n_pos = (image_size // patch_size) ** 2
-    rng = np.random.default_rng(seed)
-
-    w = gguf.GGUFWriter(str(path), "clip")
-    w.add_name("tiny-test-projector")
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_clip_has_vision_encoder(True)
-    w.add_clip_projector_type("mlp")
-    w.add_vision_image_size(image_size)
-    w.add_vision_patch_size(patch_size)
-    w.add_vision_embedding_length(n_embd)
-    w.add_vision_feed_forward_length(n_ff)
-    w.add_vision_block_count(n_layer)
-    w.add_vision_head_count(n_head)
-    w.add_vision_attention_layernorm_eps(1e-5)
-    w.add_vision_projection_dim(n_embd_text)
-    w.add_vision_image_mean([0.5, 0.5, 0.5])
-    w.add_vision_image_std([0.5, 0.5, 0.5])
-
-    def tensor(name: str, *shape: int) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.1).astype(np.float32))
-
-    def norm(name: str, n: int) -> None:
-        w.add_tensor(f"{name}.weight", np.ones(n, dtype=np.float32))
-        w.add_tensor(f"{name}.bias", np.zeros(n, dtype=np.float32))
-
-    tensor("v.patch_embd.weight", n_embd, 3, patch_size, patch_size)
-    tensor("v.position_embd.weight", n_pos, n_embd)
-    norm("v.pre_ln", n_embd)
-    for i in range(n_layer):
-        norm(f"v.blk.{i}.ln1", n_embd)
-        norm(f"v.blk.{i}.ln2", n_embd)
-        for part in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            tensor(f"v.blk.{i}.{part}.weight", n_embd, n_embd)
-            tensor(f"v.blk.{i}.{part}.bias", n_embd)
-        tensor(f"v.blk.{i}.ffn_up.weight", n_ff, n_embd)
-        tensor(f"v.blk.{i}.ffn_up.bias", n_ff)
-        tensor(f"v.blk.{i}.ffn_down.weight", n_embd, n_ff)
-        tensor(f"v.blk.{i}.ffn_down.bias", n_embd)
-    tensor("mm.0.weight", n_embd_text, n_embd)
-    tensor("mm.0.bias", n_embd_text)
-    tensor("mm.2.weight", n_embd_text, n_embd_text)
-    tensor("mm.2.bias", n_embd_text)
-
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    e = _Encoder(
+        path, "mlp", seed, image_size=image_size, patch_size=patch_size,
+        embedding_length=n_embd, feed_forward_length=n_ff, block_count=n_layer,
+        head_count=n_head, attention_layernorm_eps=1e-5, projection_dim=n_embd_text,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )  # fmt: skip
+    e.tensor("v.patch_embd.weight", n_embd, 3, patch_size, patch_size)
+    e.tensor("v.position_embd.weight", (image_size // patch_size) ** 2, n_embd)
+    e.norm("v.pre_ln", n_embd)
+    e.blocks(n_layer, n_embd, n_ff)
+    e.tensor("mm.0.weight", n_embd_text, n_embd)
+    e.tensor("mm.0.bias", n_embd_text)
+    e.tensor("mm.2.weight", n_embd_text, n_embd_text)
+    e.tensor("mm.2.bias", n_embd_text)
+    return e.write(path)
 
 
 QWEN2VL_ROPE_SECTIONS = [2, 3, 3, 0]  # M-RoPE: t, h, w (and unused) pairs of a 16-wide head
@@ -216,59 +235,10 @@ def write_tiny_qwen2vl_model(path: Path, *, seed: int = 0) -> Path:
     ``<|vision_start|>`` and ``<|vision_end|>`` (which libmtmd puts around an image) are
     control tokens, and the chat template is ChatML.
     """
-    rng = np.random.default_rng(seed)
-    tokens, scores, types = _vocab()
-    for special in ("<|vision_start|>", "<|vision_end|>"):
-        tokens.append(special)
-        scores.append(0.0)
-        types.append(int(gguf.TokenType.CONTROL))
-    n_vocab = len(tokens)
-
-    w = gguf.GGUFWriter(str(path), "qwen2vl")
-    w.add_name("tiny-test-qwen2vl")
-    w.add_context_length(2048)
-    w.add_embedding_length(N_EMBD)
-    w.add_block_count(N_LAYER)
-    w.add_feed_forward_length(N_FF)
-    w.add_head_count(N_HEAD)
-    w.add_head_count_kv(N_HEAD)
-    w.add_rope_dimension_count(N_EMBD // N_HEAD)
-    w.add_rope_dimension_sections(QWEN2VL_ROPE_SECTIONS)
-    w.add_rope_freq_base(1000000.0)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_unk_token_id(0)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(True)
-    w.add_chat_template(CHATML_TEMPLATE)
-
-    def tensor(name: str, *shape: int) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.5).astype(np.float32))
-
-    tensor("token_embd.weight", n_vocab, N_EMBD)
-    w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-    tensor("output.weight", n_vocab, N_EMBD)
-    for i in range(N_LAYER):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        for part in ("attn_q", "attn_k", "attn_v"):
-            tensor(f"blk.{i}.{part}.weight", N_EMBD, N_EMBD)
-            tensor(f"blk.{i}.{part}.bias", N_EMBD)
-        tensor(f"blk.{i}.attn_output.weight", N_EMBD, N_EMBD)
-        tensor(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
-        tensor(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
-        tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
-
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return write_tiny_model(
+        path, chat_template=CHATML_TEMPLATE, seed=seed, arch="qwen2vl",
+        specials=("<|vision_start|>", "<|vision_end|>"), rope_sections=QWEN2VL_ROPE_SECTIONS,
+    )  # fmt: skip
 
 
 def write_tiny_qwen2vl_projector(
@@ -291,54 +261,22 @@ def write_tiny_qwen2vl_projector(
     tokens), and the image's chunk takes max(height, width) of its merged patches in
     positions, not one per token: a 56x56 picture is read at 84x84, 9 tokens in 3 positions.
     """
-    rng = np.random.default_rng(seed)
     merge = 2
-
-    w = gguf.GGUFWriter(str(path), "clip")
-    w.add_name("tiny-test-qwen2vl-projector")
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_clip_has_vision_encoder(True)
-    w.add_clip_projector_type("qwen2vl_merger")
-    w.add_vision_image_size(patch_size * merge * 4)  # 112: only a nominal size here
-    w.add_vision_patch_size(patch_size)
-    w.add_vision_embedding_length(n_embd)
-    w.add_vision_feed_forward_length(n_ff)
-    w.add_vision_block_count(n_layer)
-    w.add_vision_head_count(n_head)
-    w.add_vision_attention_layernorm_eps(1e-6)
-    w.add_vision_projection_dim(n_embd_text)
-    w.add_vision_spatial_merge_size(merge)
-    w.add_vision_image_mean([0.48145466, 0.4578275, 0.40821073])
-    w.add_vision_image_std([0.26862954, 0.26130258, 0.27577711])
-
-    def tensor(name: str, *shape: int) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.1).astype(np.float32))
-
-    def norm(name: str, n: int) -> None:
-        w.add_tensor(f"{name}.weight", np.ones(n, dtype=np.float32))
-        w.add_tensor(f"{name}.bias", np.zeros(n, dtype=np.float32))
-
-    tensor("v.patch_embd.weight", n_embd, 3, patch_size, patch_size)
-    tensor("v.patch_embd.weight.1", n_embd, 3, patch_size, patch_size)
-    for i in range(n_layer):
-        norm(f"v.blk.{i}.ln1", n_embd)
-        norm(f"v.blk.{i}.ln2", n_embd)
-        for part in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            tensor(f"v.blk.{i}.{part}.weight", n_embd, n_embd)
-            tensor(f"v.blk.{i}.{part}.bias", n_embd)
-        tensor(f"v.blk.{i}.ffn_up.weight", n_ff, n_embd)
-        tensor(f"v.blk.{i}.ffn_up.bias", n_ff)
-        tensor(f"v.blk.{i}.ffn_down.weight", n_embd, n_ff)
-        tensor(f"v.blk.{i}.ffn_down.bias", n_embd)
+    e = _Encoder(
+        path, "qwen2vl_merger", seed, image_size=patch_size * merge * 4,  # only nominal here
+        patch_size=patch_size, embedding_length=n_embd, feed_forward_length=n_ff,
+        block_count=n_layer, head_count=n_head, attention_layernorm_eps=1e-6,
+        projection_dim=n_embd_text, spatial_merge_size=merge,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )  # fmt: skip
+    e.tensor("v.patch_embd.weight", n_embd, 3, patch_size, patch_size)
+    e.tensor("v.patch_embd.weight.1", n_embd, 3, patch_size, patch_size)
+    e.blocks(n_layer, n_embd, n_ff)
     n_merged = n_embd * merge * merge  # the merger's input: a 2x2 of patches side by side
-    norm("v.post_ln", n_embd)
-    tensor("mm.0.weight", n_merged, n_merged)
-    tensor("mm.0.bias", n_merged)
-    tensor("mm.2.weight", n_embd_text, n_merged)
-    tensor("mm.2.bias", n_embd_text)
-
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    e.norm("v.post_ln", n_embd)
+    e.tensor("mm.0.weight", n_merged, n_merged)
+    e.tensor("mm.0.bias", n_merged)
+    e.tensor("mm.2.weight", n_embd_text, n_merged)
+    e.tensor("mm.2.bias", n_embd_text)
+    return e.write(path)
