@@ -113,6 +113,18 @@ class OutOfMemoryError(ModelLoadError):
     http_status = 507
 
 
+class NoVisionError(UsageError):
+    """Pictures for a model that reads none: no projector was loaded beside it."""
+
+    def __init__(
+        self,
+        model: str = "this model",
+        hint: str = "use a vision model (its Hub repository has an mmproj file), or name its "
+        "projector with PROJECTOR in a Modelfile",
+    ) -> None:
+        super().__init__(f"{model} reads no images: it has no projector (mmproj)", hint)
+
+
 class PromptTooLongError(LocalrunError):
     """The prompt does not fit in the context window."""
 

@@ -3,19 +3,14 @@
 Every way in (``--image``, a path in the prompt, ``/image`` in the chat, the APIs' base64
 ``images`` and ``image_url`` parts) makes an :class:`Image`: the file's bytes, checked
 against a size cap before they are read whole, and named for messages. Decoding is Pillow's
-(JPEG, PNG, WebP, GIF, BMP, TIFF...): it reads a picture's size from its header first, so a
-small file that would decode into billions of pixels is refused before it is decoded.
+(JPEG, PNG, WebP, GIF, BMP): it reads a picture's size from its header first, so a small
+file that would decode into billions of pixels is refused before it is decoded. Every command
+imports this module (the CLI's and the server's): its other imports wait until they are used.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import io
-import logging
 import re
-import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -46,6 +41,8 @@ class Image:
     @cached_property
     def digest(self) -> str:
         """The sha256 of its bytes: what the prompt cache and the engine know it by."""
+        import hashlib
+
         return hashlib.sha256(self.data).hexdigest()
 
 
@@ -81,6 +78,9 @@ def image_from_base64(text: str, name: str) -> Image:
         return image_from_data_url(text, name)
     if len(text) * 3 // 4 > MAX_IMAGE_BYTES + 3:
         raise _too_large(name, len(text) * 3 // 4)
+    import base64
+    import binascii
+
     try:
         # Line breaks and spaces are allowed, as Ollama's decoder allows them.
         data = base64.b64decode("".join(text.split()), validate=True)
@@ -130,6 +130,9 @@ def fetch_image(url: str, name: str, *, timeout: float = 30.0) -> Image:
 
 def data_url(image: Image) -> str:
     """The picture as a ``data:`` URL (its type read from its bytes)."""
+    import base64
+    import io
+
     import PIL.Image
 
     try:
@@ -144,6 +147,9 @@ def decode_rgb(image: Image) -> tuple[int, int, bytes]:
     """The picture's width, height and pixels (RGB, 8 bits each, rows top to bottom),
     upright by its EXIF orientation, at most :data:`MAX_SIDE` pixels a side (scaled down
     whole); a picture with transparency is put on white."""
+    import logging
+    import warnings
+
     # A damaged file makes Pillow warn and log on stderr: its one line is the error below.
     logging.getLogger("PIL").setLevel(logging.ERROR)
     with warnings.catch_warnings():
@@ -152,6 +158,8 @@ def decode_rgb(image: Image) -> tuple[int, int, bytes]:
 
 
 def _decode(image: Image) -> tuple[int, int, bytes]:
+    import io
+
     import PIL.Image
     import PIL.ImageOps
 

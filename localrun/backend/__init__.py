@@ -70,6 +70,19 @@ class ImageChunk:
     handle: object = field(repr=False)  # the backend's own chunk
 
 
+def image_counts(
+    tokens: Sequence[int], images: Mapping[int, ImageChunk]
+) -> list[tuple[ImageChunk, int]]:
+    """Each picture of ``images`` (by id) and how many times ``tokens`` hold it."""
+    return [(c, tokens.count(c.token) // c.n_pos) for c in images.values()]
+
+
+def cells(tokens: Sequence[int], images: Mapping[int, ImageChunk]) -> int:
+    """The KV cache cells ``tokens`` fill: a picture may fill more cells than the positions
+    it takes (M-RoPE models, such as Qwen2.5-VL's)."""
+    return len(tokens) + sum(n * (c.n_tokens - c.n_pos) for c, n in image_counts(tokens, images))
+
+
 @dataclass(frozen=True)
 class ImageCost:
     """What evaluating one image took."""
@@ -248,6 +261,8 @@ __all__ = [
     "Model",
     "SamplingParams",
     "StepModel",
+    "cells",
     "context_size",
+    "image_counts",
     "load",
 ]

@@ -19,7 +19,7 @@ from localrun.cli.output import format_remote_stats, format_stats
 from localrun.engine import CHAT, Stats
 from localrun.engine.chat import ChatEvent, ChatSession
 from localrun.engine.types import Called
-from localrun.errors import LocalrunError, UsageError
+from localrun.errors import LocalrunError, NoVisionError
 from localrun.gguf.reader import file_type_name
 from localrun.images import Image, read_image, split_image_paths
 
@@ -241,10 +241,7 @@ class ChatUI:
             self.console.print("Usage: /image FILE")
             return
         if not self.session.vision:
-            raise UsageError(
-                "this model reads no images: it has no projector (mmproj)",
-                "chat with a vision model",
-            )
+            raise NoVisionError(hint="chat with a vision model")
         name = parts[1].strip().strip("'\"")
         self.waiting.append(read_image(name.replace("\\ ", " ")))
         count = len(self.waiting)

@@ -85,17 +85,11 @@ def _quantized(
 ) -> Recipe:
     """``recipe`` with its own copy of ``base`` quantized to ``type_name``."""
     from localrun.backend.llamacpp.quantize import file_type
-    from localrun.cli.progress import counting
-    from localrun.cli.quantize import describe
-    from localrun.engine.quantize import quantize
+    from localrun.cli.quantize import quantize_shown
     from localrun.models import recipes
-    from localrun.system import physical_cores
 
     target = recipes.quantized_path(recipe.name, file_type(type_name)[0])
-    with counting(type_name.upper(), "tensors") as advance:
-        done = quantize(
-            base, target, type_name, threads=threads or physical_cores(),
-            allow_requantize=allow_requantize, imatrix=imatrix, progress=advance,
-        )  # fmt: skip
-    print(describe(done), file=sys.stderr)
+    quantize_shown(
+        base, target, type_name, imatrix=imatrix, threads=threads, allow_requantize=allow_requantize
+    )
     return recipes.set_weights(recipe, target)

@@ -12,12 +12,27 @@ from localrun.cli import app
 TYPE_HELP = "Q4_K_M, Q5_K_M, Q8_0, IQ4_XS... (llama.cpp's names; a wrong one lists them)"
 
 
-def describe(done: object) -> str:
-    """The closing line: what was written, and from what."""
-    from localrun.engine.quantize import Quantized
+def quantize_shown(
+    source: Path,
+    target: Path,
+    type_name: str,
+    *,
+    imatrix: Path | None,
+    threads: int | None,
+    allow_requantize: bool,
+) -> None:
+    """Quantize ``source`` into ``target`` with a progress bar over its tensors, then say
+    what was written, and from what (``quantize`` and ``create --quantize``)."""
+    from localrun.cli.progress import counting
+    from localrun.engine.quantize import quantize as run_quantize
     from localrun.files import human_size
+    from localrun.system import physical_cores
 
-    assert isinstance(done, Quantized)
+    with counting(type_name.upper(), "tensors") as advance:
+        done = run_quantize(
+            source, target, type_name, threads=threads or physical_cores(),
+            allow_requantize=allow_requantize, imatrix=imatrix, progress=advance,
+        )  # fmt: skip
     line = (
         f"wrote {done.path} ({done.type}, {human_size(done.size_after)}, "
         f"{done.bpw_after:.2f} bits a weight; from {done.source_type or 'its source'}, "
@@ -28,7 +43,7 @@ def describe(done: object) -> str:
             f"\nnote: requantized from {done.source_type}: quantizing the model's F16 or F32 "
             "file loses less"
         )
-    return line
+    print(line, file=sys.stderr)
 
 
 @app.command()
@@ -52,10 +67,8 @@ def quantize(
 
     Smaller and faster, at some cost in quality: 'localrun perplexity' measures it.
     """
-    from localrun.cli.progress import counting, resolve_or_pull
-    from localrun.engine.quantize import quantize as run_quantize
+    from localrun.cli.progress import resolve_or_pull
     from localrun.errors import UsageError
-    from localrun.system import physical_cores
 
     path = Path(source).expanduser()
     if not path.is_file():
@@ -67,9 +80,6 @@ def quantize(
         raise UsageError(f"{out} is a directory", "give OUT as a file name, such as m.gguf")
     if out.exists():
         raise UsageError(f"{out} exists already", "remove it first, or give another OUT")
-    with counting(type_name.upper(), "tensors") as advance:
-        done = run_quantize(
-            path, out, type_name, threads=threads or physical_cores(),
-            allow_requantize=allow_requantize, imatrix=imatrix, progress=advance,
-        )  # fmt: skip
-    print(describe(done), file=sys.stderr)
+    quantize_shown(
+        path, out, type_name, imatrix=imatrix, threads=threads, allow_requantize=allow_requantize
+    )

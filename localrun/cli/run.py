@@ -15,13 +15,13 @@ import typer
 from localrun.cli import app
 from localrun.cli.output import format_remote_stats, format_stats
 from localrun.cli.progress import resolve_or_pull
-from localrun.errors import GenerationError, UsageError
-from localrun.images import Image, read_image, split_image_paths
+from localrun.errors import GenerationError, NoVisionError, UsageError
 from localrun.system import physical_cores
 
 if TYPE_CHECKING:
     from localrun import engine
     from localrun.engine.chat import ChatSession
+    from localrun.images import Image
     from localrun.models.resolve import Settings
     from localrun.prompt.grammar import Constraint
     from localrun.remote.registry import Remote
@@ -284,6 +284,8 @@ def run(
             "interactive chat needs a terminal on stdout and --format text",
             "give a prompt for a one-shot answer, or run it in a terminal",
         )
+    from localrun.images import read_image
+
     pictures = [read_image(path) for path in image or ()]
     text = None
     if batch is None and (args or piped or not chat_mode):
@@ -301,11 +303,7 @@ def run(
         text, found = _prompt_images(text, args)
         pictures += found
     elif pictures:
-        raise UsageError(
-            f"{model} reads no images: it has no projector (mmproj)",
-            "use a vision model (its Hub repository has an mmproj file), or name its "
-            "projector with PROJECTOR in a Modelfile",
-        )
+        raise NoVisionError(model)
     opts = engine.run_options(
         resolved.settings if resolved is not None else settings,
         temperature=temperature,
@@ -443,6 +441,8 @@ def _prompt_images(text: str | None, args: list[str]) -> tuple[str | None, list[
     if text is None or not args:
         return text, []
     joined = " ".join(args)
+    from localrun.images import read_image, split_image_paths
+
     cleaned, paths = split_image_paths(joined)
     if not paths:
         return text, []

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from localrun.backend import ImageChunk, SamplingParams, StepModel
+from localrun.backend import ImageChunk, SamplingParams, StepModel, cells, image_counts
 from localrun.engine.draft import Drafter, common_prefix
 from localrun.engine.prompt_cache import MIN_TOKENS as MIN_KEEP
 from localrun.engine.prompt_cache import PromptCache
@@ -48,7 +48,6 @@ from localrun.engine.types import (
     TextDelta,
 )
 from localrun.errors import GenerationError, LocalrunError, PromptTooLongError, UsageError
-from localrun.prompt.build import cells
 
 # A prefix shorter than this is not worth copying from another sequence.
 MIN_SHARED = 16
@@ -132,8 +131,7 @@ class _Sequence:
         self.pending = list(self.prompt)
         self.matcher = StopMatcher(self.stop)
         self.stats.prompt_tokens = len(self.prompt)
-        for chunk in self.images.values():
-            n = self.prompt.count(chunk.token) // chunk.n_pos  # a picture may come twice
+        for chunk, n in image_counts(self.prompt, self.images):  # a picture may come twice
             self.stats.images += n
             self.stats.image_tokens += n * chunk.n_tokens
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from localrun.backend import ImageChunk, Model
+from localrun.backend import ImageChunk, Model, cells
 from localrun.errors import LocalrunError, PromptTooLongError, TemplateError, UsageError
 from localrun.images import MAX_IMAGES, Image
 from localrun.prompt.template import Message, render
@@ -39,16 +39,6 @@ class Prompt:
         """The KV cache cells it fills: a picture may fill more than the positions it takes
         (M-RoPE models, such as Qwen2.5-VL's)."""
         return cells(self.tokens, self.images)
-
-
-def cells(tokens: list[int], images: Mapping[int, ImageChunk]) -> int:
-    """The KV cache cells ``tokens`` fill, its pictures' (by their ids) counted in full."""
-    extra = sum(
-        tokens.count(c.token) // c.n_pos * (c.n_tokens - c.n_pos)
-        for c in images.values()
-        if c.n_tokens > c.n_pos
-    )
-    return len(tokens) + extra
 
 
 def conversation_tokens(

@@ -21,7 +21,7 @@ from localrun.engine.batch import Stream
 from localrun.engine.options import run_options
 from localrun.engine.stream import watched
 from localrun.engine.types import Called, Event, Finished, Stats, TextDelta
-from localrun.errors import UsageError
+from localrun.errors import NoVisionError, UsageError
 from localrun.prompt.build import (
     conversation_prompt,
     keep_point,
@@ -202,10 +202,7 @@ def _tokens(
     images: dict[int, ImageChunk] = {}
     pictures = [image for m in ask.messages for image in m.images]
     if pictures and not model.vision:
-        raise UsageError(
-            f"{ask.model} reads no images: it has no projector (mmproj)",
-            "send the request to a vision model, or without images",
-        )
+        raise NoVisionError(ask.model, "send the request to a vision model, or without images")
     if ask.raw is not None:
         limit = 2 * loaded.seq_ctx
         tokens = list(ask.context)

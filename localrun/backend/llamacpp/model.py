@@ -32,7 +32,7 @@ from localrun.backend.llamacpp.sampler import Chain, sampler_chain
 from localrun.errors import (
     GenerationError,
     ModelLoadError,
-    UsageError,
+    NoVisionError,
 )
 from localrun.gguf.reader import type_number
 
@@ -278,11 +278,7 @@ class LlamaCppModel:
         self, texts: Sequence[str], images: Sequence[Image], *, parse_special: bool
     ) -> tuple[list[int], dict[int, ImageChunk]]:
         if self._projector is None:
-            raise UsageError(
-                "this model reads no images: it has no projector (mmproj)",
-                "use a vision model (its Hub repository has an mmproj file), or name its "
-                "projector with PROJECTOR in a Modelfile",
-            )
+            raise NoVisionError()
         return self._projector.tokenize(texts, images, parse_special=parse_special)
 
     def eval_image(self, chunk: ImageChunk, seq: int, pos: int) -> ImageCost:

@@ -64,7 +64,6 @@ class Projector:
         self._lctx = ctx
         self.path = path
         self.vision = bool(mt.mtmd_support_vision(handle))
-        self.audio = bool(mt.mtmd_support_audio(handle))
         self._ids: dict[int, str] = {}  # the negative id of each image seen: its digest
         self._by_digest: OrderedDict[str, int] = OrderedDict()  # least recently seen first
         self._lock = threading.Lock()
