@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from pathlib import Path
+
+from localrun.errors import UsageError
 
 
 def write_atomic(path: Path, content: str | bytes) -> None:
@@ -25,6 +28,38 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def read_capped(path: str | Path, cap: int, what: str, hint: str) -> bytes:
+    """The bytes of the regular file ``path``, refused in one line if there are more than ``cap``.
+
+    ``what`` names the file in messages ("the grammar file"); ``hint`` says what to give
+    instead. A device (``/dev/zero``), a FIFO, a socket or a folder is refused before anything
+    is read: a FIFO is opened without waiting for a writer, so a FIFO with none cannot hang the
+    command. The cap is checked while reading, so a file that grows (or lies about its size,
+    as ``/proc`` files do) costs at most ``cap`` bytes of memory.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise UsageError(f"cannot read {what} {path}: {e.strerror}", hint) from None
+    chunks: list[bytes] = []
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+            raise UsageError(f"{what} {path} is {kind}", hint)
+        size = 0
+        while chunk := os.read(fd, min(1 << 20, cap + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > cap:
+                raise UsageError(f"{what} {path} is larger than {human_size(cap)}", hint)
+    except OSError as e:
+        raise UsageError(f"cannot read {what} {path}: {e.strerror}", hint) from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def human_size(n: float) -> str:
