@@ -54,21 +54,20 @@ def _too_large(name: str, size: int) -> PayloadTooLargeError:
 
 
 def read_image(path: str | Path) -> Image:
-    """The picture in file ``path``."""
+    """The picture in file ``path``: a regular file of at most :data:`MAX_IMAGE_BYTES`."""
+    from localrun.files import read_capped
+
     file = Path(path).expanduser()
     try:
-        size = file.stat().st_size
-        if file.is_dir():
-            raise UsageError(f"the image {path} is a folder", "name a picture file")
-        if size > MAX_IMAGE_BYTES:
-            raise _too_large(str(path), size)
-        data = file.read_bytes()
+        size = file.stat().st_size  # a stat, not an open: a FIFO cannot block it
     except FileNotFoundError:
         raise UsageError(f"no image at {path}", "check the path") from None
-    except PermissionError:
-        raise UsageError(f"cannot read the image {path}: permission denied", None) from None
-    except OSError as e:
-        raise UsageError(f"cannot read the image {path}: {e.strerror or e}", None) from None
+    except OSError:
+        size = 0  # read_capped says why it cannot be read
+    if file.is_file() and size > MAX_IMAGE_BYTES:
+        raise _too_large(str(path), size)  # as the server's 413, with the file's size
+    # What stat cannot promise (a device, a FIFO, a file still growing) read_capped refuses.
+    data = read_capped(file, MAX_IMAGE_BYTES, "the image", "name a picture file")
     return Image(data, str(path))
 
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import stat
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from localrun.errors import LocalrunError, UsageError
+from localrun.files import human_size
 
 T = TypeVar("T")
 
@@ -26,45 +29,121 @@ if TYPE_CHECKING:
     from localrun.remote.registry import Remote
 
 
-def _lines(source: str) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each non-blank line of the file, or of stdin for ``-``."""
-    stream: IO[str]
+# A line is one request: a prompt (the stdin prompt's cap is 16 MiB) and perhaps pictures
+# as data URLs (20 MB each, a third more in base64). Past this, the line is refused unread.
+MAX_LINE_BYTES = 64 * 1000**2
+_HINT = "give a JSON Lines file (one request a line), or - for standard input"
+_LINE_HINT = "see 'localrun run --help' for --batch"  # as parse_line's, for a line's own error
+
+
+class BatchLines:
+    """The requests of a batch file, or of stdin for ``-``: its non-blank lines, numbered.
+
+    Opened before the model loads, so that what cannot run is refused first: a path that is
+    not a regular file (a FIFO with no writer would hang, ``/dev/zero`` never ends), a file
+    that is not UTF-8 text, or one with no request at all. A file is read twice, once to count
+    its lines (the progress bar's total) and once as they are answered; stdin once, as it
+    comes. A line longer than :data:`MAX_LINE_BYTES`, or (on stdin) not UTF-8, is that
+    line's error: the others still run.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.total: int | None = None  # stdin's is not known ahead
+        self._first: tuple[int, str | LocalrunError] | None = None
+        if source == "-":
+            self._stdin = _numbered(sys.stdin.buffer)
+            self._first = next(self._stdin, None)
+            empty = self._first is None
+        else:
+            self.total = self._count()
+            empty = self.total == 0
+        if empty:
+            raise UsageError(
+                f"the batch file {source} holds no request: it is empty or blank", _HINT
+            )
+
+    def _count(self) -> int:
+        total = 0
+        with _open(self.source) as stream:
+            for number, item in _numbered(stream):
+                if isinstance(item, _NotUtf8):  # a binary file, named by mistake
+                    raise UsageError(
+                        f"the batch file {self.source} is not UTF-8 text (line {number})", _HINT
+                    )
+                total += 1
+        return total
+
+    def __iter__(self) -> Iterator[tuple[int, str | LocalrunError]]:
+        if self.source == "-":
+            if self._first is not None:
+                yield self._first
+            yield from self._stdin
+            return
+        with _open(self.source) as stream:
+            yield from _numbered(stream)
+
+
+def _open(source: str) -> BinaryIO:
+    """The regular file ``source``, opened without waiting for a FIFO's writer."""
+    # As localrun.files.read_capped opens, for a file read a line at a time.
     try:
-        stream = sys.stdin if source == "-" else open(source, encoding="utf-8")  # noqa: SIM115
+        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
-        raise UsageError(
-            f"cannot read the batch file {source}: {e.strerror}", "check the path"
-        ) from None
-    try:
-        for number, text in enumerate(stream, 1):
-            if text.strip():
-                yield number, text
-    except UnicodeDecodeError:
-        raise UsageError(
-            f"the batch file {source} is not UTF-8 text", "give a JSON Lines file"
-        ) from None
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
+        raise UsageError(f"cannot read the batch file {source}: {e.strerror}", _HINT) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise UsageError(f"the batch file {source} is {kind}", _HINT)
+    return os.fdopen(fd, "rb")
+
+
+class _NotUtf8(UsageError):
+    """A line that is not UTF-8: on stdin its own error, in a file the whole file's."""
+
+
+def _numbered(stream: BinaryIO) -> Iterator[tuple[int, str | LocalrunError]]:
+    """(line number, text or that line's error) for each non-blank line of ``stream``."""
+    number = 0
+    while line := stream.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while (rest := stream.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass  # the rest of the line, read in bounded pieces and dropped
+            limit = human_size(MAX_LINE_BYTES)
+            yield number, UsageError(f"line {number}: longer than {limit}", _LINE_HINT)
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            yield number, _NotUtf8(f"line {number}: not UTF-8 text", _LINE_HINT)
+            continue
+        if text.strip():
+            yield number, text
 
 
 def _id_of(text: str) -> Any:
+    from localrun.engine.jobs import lone_surrogate
+
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # the line's own error says why
         return None
-    return data.get("id") if isinstance(data, dict) else None
+    job_id = data.get("id") if isinstance(data, dict) else None
+    return None if lone_surrogate(job_id) else job_id  # stdout takes only valid text
 
 
-def run_batch(loaded: engine.LoadedModel, source: str, opts: engine.RunOptions) -> int:
-    """Answer every line of ``source``; return how many lines failed."""
+def run_batch(loaded: engine.LoadedModel, lines: BatchLines, opts: engine.RunOptions) -> int:
+    """Answer every line of ``lines``; return how many lines failed."""
     from localrun.engine.jobs import parse_line
     from localrun.prompt.build import conversation_prompt
 
     batch = loaded.engine()  # stopped by loaded.close(): on Ctrl-C too, written lines stay
-    lines = list(_lines(source))
 
-    def submitted(number: int, text: str) -> tuple[int, Any, Answer]:
+    def submitted(number: int, text: str | LocalrunError) -> tuple[int, Any, Answer]:
+        if isinstance(text, LocalrunError):
+            return number, None, text
         job_id = _id_of(text)  # echoed back, even when the rest of the line is wrong
         try:
             job = parse_line(text, number, opts)
@@ -85,29 +164,43 @@ def run_batch(loaded: engine.LoadedModel, source: str, opts: engine.RunOptions) 
     # A few steps' worth of requests ahead of the one being written, not the whole file: a
     # line's pictures, read and made ready, hold megabytes each until answered.
     ahead = _ahead((submitted(n, t) for n, t in lines), AHEAD_PER_SEQUENCE * loaded.n_seq)
-    return _write_in_order(loaded.name, ahead, len(lines))
+    return _write_in_order(loaded.name, ahead, lines.total)
 
 
 AHEAD_PER_SEQUENCE = 4  # requests submitted per sequence slot, ahead of the writer
 
 
 def _ahead(items: Iterator[T], n: int) -> Iterator[T]:
-    """``items``, with ``n`` of them made before each is handed on."""
-    made: deque[T] = deque(itertools.islice(items, n))
+    """``items``, with ``n`` of them made before each is handed on. An exception making one
+    is raised once those made before it are handed on: their answers are written first."""
+    made: deque[T] = deque()
+    failure: Exception | None = None
+
+    def make(count: int) -> None:
+        nonlocal failure
+        try:
+            made.extend(itertools.islice(items, count))
+        except Exception as e:  # not Ctrl-C: that stops at once
+            failure = e
+
+    make(n)
     while made:
         first = made.popleft()
-        made.extend(itertools.islice(items, 1))
+        if failure is None:
+            make(1)
         yield first
+    if failure is not None:
+        raise failure
 
 
 def run_remote_batch(
     remote: Remote,
-    source: str,
+    lines: BatchLines,
     opts: engine.RunOptions,
     parallel: int | None,
     send: frozenset[str] = frozenset(),
 ) -> int:
-    """Answer every line of ``source`` on a remote engine, ``parallel`` at a time (8 by
+    """Answer every line of ``lines`` on a remote engine, ``parallel`` at a time (8 by
     default: its own scheduler batches them); return how many lines failed. The sampling
     settings sent are those in ``send`` (the flags given) and each line's own."""
     from concurrent.futures import ThreadPoolExecutor
@@ -117,7 +210,10 @@ def run_remote_batch(
     pool = ThreadPoolExecutor(max_workers=parallel or 8)
     entries: list[tuple[int, Any, Answer]] = []
     try:
-        for number, text in _lines(source):
+        for number, text in lines:
+            if isinstance(text, LocalrunError):
+                entries.append((number, None, text))
+                continue
             job_id = _id_of(text)
             try:
                 job = parse_line(text, number, opts)
@@ -161,7 +257,9 @@ def _collected(item: Stream | LocalrunError) -> Answer:
     return lambda: collect(item)
 
 
-def _write_in_order(model: str, entries: Iterable[tuple[int, Any, Answer]], total: int) -> int:
+def _write_in_order(
+    model: str, entries: Iterable[tuple[int, Any, Answer]], total: int | None
+) -> int:
     failed = 0
     progress = _Progress(total)
     with progress:
@@ -194,14 +292,14 @@ def _write_in_order(model: str, entries: Iterable[tuple[int, Any, Answer]], tota
 class _Progress:
     """done/total and the aggregate tokens per second, on stderr when it is a terminal."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int | None) -> None:
         self.total = total
         self.tokens = 0
         self.start = time.perf_counter()
         self._bar: Any = None
         self._task: Any = None
         self._context: AbstractContextManager[Any] = nullcontext()
-        if sys.stderr.isatty() and total:
+        if sys.stderr.isatty() and total != 0:  # None: stdin's, counted as it comes
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 

@@ -12,6 +12,9 @@ from localrun.cli import app
 from localrun.cli.run import gpu_layers_value, parse_gpu_layers
 
 DEFAULT_CTX = 512  # the window llama-perplexity is usually run with (-c 512)
+# The usual texts are a few MB (wikitext-2's test split is 1.3 MB); the whole text is
+# tokenized at once, about a quarter of a million tokens a MB, so the cap bounds that too.
+MAX_TEXT_BYTES = 100 * 1000**2
 
 
 @app.command()
@@ -44,13 +47,16 @@ def perplexity(
     from localrun.cli.progress import counting, resolve_or_pull
     from localrun.engine.perplexity import perplexity as measure
     from localrun.errors import UsageError
+    from localrun.files import read_capped
     from localrun.system import physical_cores
 
+    hint = "give a UTF-8 text file"
     try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        reason = getattr(e, "strerror", None) or "not UTF-8 text"
-        raise UsageError(f"cannot read {file}: {reason}", "give a UTF-8 text file") from None
+        text = read_capped(file, MAX_TEXT_BYTES, "the text file", hint).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"cannot read {file}: not UTF-8 text", hint) from None
+    if not text.strip():
+        raise UsageError(f"the text file {file} is {'blank' if text else 'empty'}", hint)
     names = [model] + ([compare] if compare is not None else [])
     paths = [resolve_or_pull(name).path for name in names]  # pulled before the clock starts
     results = []

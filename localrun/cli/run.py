@@ -275,6 +275,9 @@ def run(
             raise UsageError(
                 "--batch - reads standard input, which is a terminal", "pipe a file in"
             )
+        from localrun.cli.batchrun import BatchLines
+
+        batch_lines = BatchLines(batch)  # a file that cannot run is refused before the load
     piped = not sys.stdin.isatty()
     chat_mode = batch is None and (
         interactive or ctx.info_name == "chat" or (not args and not piped)
@@ -284,9 +287,6 @@ def run(
             "interactive chat needs a terminal on stdout and --format text",
             "give a prompt for a one-shot answer, or run it in a terminal",
         )
-    from localrun.images import read_image
-
-    pictures = [read_image(path) for path in image or ()]
     text = None
     if batch is None and (args or piped or not chat_mode):
         text = read_prompt(args, sys.stdin)
@@ -299,10 +299,15 @@ def run(
             "drop them, or run a local model",
         )
     resolved = resolve_or_pull(model) if remote is None else None
+    pictures: list[Image] = []
     if remote is not None or (resolved is not None and resolved.settings.projector is not None):
+        from localrun.images import read_image
+
+        # Read only once the model is known to take them: a text model refuses them unread.
+        pictures = [read_image(path) for path in image or ()]
         text, found = _prompt_images(text, args)
         pictures += found
-    elif pictures:
+    elif image:
         raise NoVisionError(model)
     opts = engine.run_options(
         resolved.settings if resolved is not None else settings,
@@ -334,7 +339,7 @@ def run(
         if batch is not None:
             from localrun.cli.batchrun import run_remote_batch
 
-            if run_remote_batch(remote, batch, opts, parallel, send):
+            if run_remote_batch(remote, batch_lines, opts, parallel, send):
                 raise typer.Exit(1)
             return
         if chat_mode:
@@ -400,7 +405,7 @@ def run(
         if batch is not None:
             from localrun.cli.batchrun import run_batch
 
-            if run_batch(loaded, batch, opts):
+            if run_batch(loaded, batch_lines, opts):
                 raise typer.Exit(1)
             return
         if chat_mode:

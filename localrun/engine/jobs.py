@@ -12,6 +12,7 @@ bad line is a :class:`UsageError` naming its line.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -70,8 +71,16 @@ def parse_line(text: str, line: int, defaults: RunOptions) -> Job:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise bad(f"not JSON ({e.msg})") from None
+    except RecursionError:  # Python's decoder recurses: a line of 100,000 '[' ends here
+        raise bad("JSON nested too deeply to read") from None
     if not isinstance(data, dict):
         raise bad("not a JSON object")
+    # Before any message repeats the line's text (a field's name, say), and before the text
+    # meets a UTF-8 encoder (the tokenizer's, stdout's), where it would fail outside this line.
+    for key, value in data.items():
+        half = lone_surrogate(key) or lone_surrogate(value)
+        if half is not None:
+            raise bad(f"{key!r} holds {half!r}, half of a UTF-16 surrogate pair, which is not text")
     unknown = sorted(set(data) - FIELDS)
     if unknown:
         raise bad(f"unknown field {unknown[0]!r}")
@@ -127,6 +136,28 @@ def parse_line(text: str, line: int, defaults: RunOptions) -> Job:
         raise bad(e.message) from None
     request = Request(tuple(messages), sampling, max_tokens, stop)
     return Job(line, data.get("id"), request)
+
+
+# JSON's \uXXXX escapes can name half of a UTF-16 pair alone, and Python's decoder gives it
+# back as a lone surrogate: a str that no UTF-8 encoder takes. Valid text never holds one.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate in a decoded JSON value's strings (keys too), or None."""
+    stack = [value]  # not recursion: a value may be nested as deeply as the decoder allows
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found:
+                return found.group()
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _messages(data: dict[str, Any], bad: Any) -> list[Message]:

@@ -53,7 +53,7 @@ def perplexity(
     tokens = model.tokenize(text, add_special=True, parse_special=False)
     if len(tokens) < 2 * n_ctx:
         raise UsageError(
-            f"the text is {len(tokens)} tokens: perplexity in windows of {n_ctx} needs at "
+            f"the text is {_tokens(len(tokens))}: perplexity in windows of {n_ctx} needs at "
             f"least {2 * n_ctx}",
             "give a longer text, or a smaller --ctx",
         )
@@ -107,3 +107,7 @@ def perplexity(
         seconds=seconds,
         tokens_per_s=windows * n_ctx / seconds if seconds > 0 else 0.0,
     )
+
+
+def _tokens(n: int) -> str:
+    return "1 token" if n == 1 else f"{n:,} tokens"

@@ -13,6 +13,7 @@ projector (GGUF architecture ``clip``) is checked when a model is created from i
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,27 +273,41 @@ def check_parameter(name: str, value: float | int) -> None:
     """Raise ValueError if a numeric parameter is out of its range (NaN and infinities are)."""
     low, high = _RANGES.get(name, (float("-inf"), float("inf")))
     if not low <= value <= high:  # False for NaN too
-        raise ValueError(f"{name} must be between {low:g} and {high:g}, not {value}")
+        raise ValueError(f"{name} must be between {_bound(low)} and {_bound(high)}, not {value}")
+
+
+def _bound(value: float) -> str:
+    """A range's end as a user types it: ``4294967294``, not ``%g``'s ``4.29497e+09``."""
+    return str(int(value)) if math.isfinite(value) and value == int(value) else f"{value:g}"
 
 
 def _error(source: str, number: int, what: str, hint: str) -> ModelfileError:
     return ModelfileError(f"{source}, line {number}: {what}", hint)
 
 
+# Real Modelfiles are 1-100 KB, a license their longest part; this holds a template at its
+# cap (MAX_TEMPLATE_CHARS, a million characters of up to 4 bytes) with room to spare.
+MAX_MODELFILE_BYTES = 10 * 1000**2
+
+
 def read(path: Path) -> Modelfile:
-    """Parse the Modelfile at ``path``."""
+    """Parse the Modelfile at ``path`` (a regular file of at most MAX_MODELFILE_BYTES)."""
+    from localrun.files import read_capped
+
     if path.is_dir():
         raise ModelfileError(
             f"{path} is a directory, not a Modelfile", "give the Modelfile's own path with -f"
         )
+    if not path.exists():
+        raise ModelfileError(f"no Modelfile at {path}", "give its path with -f")
+    # A device or a FIFO is refused unread, and the cap is kept while reading (/dev/zero).
+    data = read_capped(
+        path, MAX_MODELFILE_BYTES, "the Modelfile", "name a Modelfile (text) with -f"
+    )
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ModelfileError(f"no Modelfile at {path}", "give its path with -f") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = "\0"
-    except OSError as e:
-        raise ModelfileError(f"cannot read {path}: {e.strerror}", "check the file") from None
     if "\0" in text:
         raise ModelfileError(
             f"{path} is a binary file, not a Modelfile",
