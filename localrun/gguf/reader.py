@@ -23,6 +23,11 @@ from localrun.errors import HeaderTruncated, InvalidModelError
 from localrun.gguf.check import GGUF_MAGIC, check_model_file
 
 ARRAY_KEEP = 64  # arrays longer than this are summarised as ArrayInfo
+MAX_NESTING = 8  # arrays of arrays: GGUF writers nest one level at most
+# ggml's number of tensor types (its GGML_TYPE_COUNT, in the llama-cpp-python pinned: a test
+# checks it against the bindings). ggml's type tables are read at any index, unchecked: a type
+# past them reads other memory (a crash at 1000), so the reader refuses one before ggml sees it.
+GGML_TYPE_COUNT = 43
 
 _SCALARS: dict[int, str] = {
     0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
@@ -80,14 +85,18 @@ class _Cursor:
         self.buf = buf
         self.pos = 0
         self.path = path
+        self.depth = 0  # arrays inside arrays, now
+
+    def truncated(self) -> HeaderTruncated:
+        return HeaderTruncated(
+            f"{self.path} is truncated: its GGUF header ends at byte {len(self.buf)}",
+            "download or copy the model again",
+        )
 
     def take(self, fmt: str) -> Any:
         size = struct.calcsize(fmt)
         if self.pos + size > len(self.buf):
-            raise HeaderTruncated(
-                f"{self.path} is truncated: its GGUF header ends at byte {len(self.buf)}",
-                "download or copy the model again",
-            )
+            raise self.truncated()
         (value,) = struct.unpack_from(fmt, self.buf, self.pos)
         self.pos += size
         return value
@@ -96,7 +105,7 @@ class _Cursor:
         n = self.take("<Q")
         raw = self.buf[self.pos : self.pos + n]
         if len(raw) < n:
-            self.take(f"<{n}s")  # raises the truncation error
+            raise self.truncated()
         self.pos += n
         return bytes(raw).decode("utf-8", errors="replace")
 
@@ -110,10 +119,20 @@ class _Cursor:
             return self.string()
         if kind == _ARRAY:
             item, length = self.take("<I"), self.take("<Q")
-            if length > ARRAY_KEEP:
-                self.skip_array(item, length)
-                return ArrayInfo(item, length)
-            return [self.value(item) for _ in range(length)]
+            if self.depth >= MAX_NESTING:  # else a crafted file ends in a RecursionError
+                raise InvalidModelError(
+                    f"{self.path} has arrays nested more than {MAX_NESTING} deep at byte "
+                    f"{self.pos}",
+                    "the file is corrupted",
+                )
+            self.depth += 1
+            try:
+                if length > ARRAY_KEEP:
+                    self.skip_array(item, length)
+                    return ArrayInfo(item, length)
+                return [self.value(item) for _ in range(length)]
+            finally:
+                self.depth -= 1
         raise InvalidModelError(
             f"{self.path} has an unknown GGUF value type {kind} at byte {self.pos}",
             "the file is corrupted or from a newer GGUF version",
@@ -125,14 +144,17 @@ class _Cursor:
         elif item == _STRING:
             unpack, buf = struct.unpack_from, self.buf
             pos = self.pos
-            for _ in range(length):
-                pos += 8 + unpack("<Q", buf, pos)[0]
+            try:
+                for _ in range(length):
+                    pos += 8 + unpack("<Q", buf, pos)[0]
+            except struct.error:  # a string's length past the end: checked here, not per string
+                raise self.truncated() from None
             self.pos = pos
         else:
             for _ in range(length):
                 self.value(item)
         if self.pos > len(self.buf):
-            self.take("<B")  # raises the truncation error
+            raise self.truncated()
 
 
 def read_gguf(path: Path) -> GGUFInfo:
@@ -146,10 +168,7 @@ def read_gguf_prefix(data: bytes, name: str, size: int) -> GGUFInfo:
     """Parse a GGUF's header from its first bytes (``data``) when the whole file is ``size``
     bytes: a remote file's, read without downloading it. :class:`HeaderTruncated` when
     ``data`` ends inside the header (read more)."""
-    try:
-        return _parse(data, name, size, whole=False)
-    except struct.error:  # a string array's length read past the end
-        raise HeaderTruncated(f"{name}: the header goes past byte {len(data)}", None) from None
+    return _parse(data, name, size, whole=False)
 
 
 def _parse(buf: Any, path: Path | str, size: int, *, whole: bool = True) -> GGUFInfo:
@@ -167,10 +186,19 @@ def _parse(buf: Any, path: Path | str, size: int, *, whole: bool = True) -> GGUF
         name = c.string()
         dims = tuple(c.take("<Q") for _ in range(c.take("<I")))
         raw_tensors.append((name, dims, c.take("<I"), c.take("<Q")))
-    alignment = int(metadata.get("general.alignment", 32))
+    alignment = metadata.get("general.alignment", 32)
+    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0:
+        raise InvalidModelError(
+            f"{path} has an invalid general.alignment ({alignment!r})", "the file is corrupted"
+        )
     data_start = (c.pos + alignment - 1) // alignment * alignment
     tensors = []
     for name, dims, kind, offset in raw_tensors:
+        if not 0 <= kind < GGML_TYPE_COUNT:  # ggml reads its tables at any index given
+            raise InvalidModelError(
+                f"{path} has an unknown tensor type {kind} ({name})",
+                "the file is corrupted or from a newer llama.cpp",
+            )
         n = 1
         for d in dims:
             n *= d
@@ -215,7 +243,7 @@ def type_name(kind: int) -> str:
 
 def type_number(name: str) -> int:
     """ggml's number for a tensor type's name (``q8_0`` gives 8)."""
-    for kind in range(64):  # more than ggml has
+    for kind in range(GGML_TYPE_COUNT):
         if type_name(kind) == name:
             return kind
     raise ValueError(f"ggml has no type {name!r}")

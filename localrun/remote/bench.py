@@ -34,13 +34,14 @@ class Load:
     ttft_p99_s: float
     stream_rate: float  # tokens/s of one stream, the median
     errors: int
+    error: str | None = None  # the first failed stream's error message
 
     @property
     def aggregate(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {
+    def as_dict(self) -> dict[str, float | int | str]:
+        found: dict[str, float | int | str] = {
             "streams": self.streams,
             "aggregate_tokens_per_s": round(self.aggregate, 2),
             "stream_tokens_per_s": round(self.stream_rate, 2),
@@ -50,6 +51,9 @@ class Load:
             "seconds": round(self.seconds, 3),
             "errors": self.errors,
         }
+        if self.error is not None:
+            found["error"] = self.error
+        return found
 
 
 def _one(remote: Remote, tokens: int) -> Stats | LocalrunError:
@@ -82,6 +86,9 @@ def measure(
             done = list(pool.map(lambda _: _one(remote, tokens), range(n)))
         seconds = time.perf_counter() - start
         ok = [s for s in done if isinstance(s, Stats)]
+        failed = [e for e in done if isinstance(e, LocalrunError)]
+        if failed:
+            say(f"{len(failed)} of {n} streams failed; the first: {failed[0].line()}")
         ttfts = [s.ttft_s for s in ok]
         rates = [s.decode_tokens_per_s for s in ok if s.decode_tokens_per_s]
         results.append(
@@ -92,7 +99,8 @@ def measure(
                 ttft_p50_s=_percentile(ttfts, 0.5),
                 ttft_p99_s=_percentile(ttfts, 0.99),
                 stream_rate=statistics.median(rates) if rates else 0.0,
-                errors=len(done) - len(ok),
+                errors=len(failed),
+                error=failed[0].message if failed else None,
             )
         )
     return results

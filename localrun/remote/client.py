@@ -29,9 +29,10 @@ from localrun.engine.types import (
 from localrun.errors import GenerationError, LocalrunError, ModelNotFoundError, UsageError
 from localrun.images import data_url
 from localrun.prompt.template import Message
-from localrun.remote.registry import Remote
+from localrun.remote.registry import Remote, base_url
 
 TIMEOUT_S = 600.0  # a long answer from a busy engine
+DESCRIBE_TIMEOUT_S = 30.0
 
 
 def api_key(remote: Remote) -> str:
@@ -62,9 +63,7 @@ def generate(
     import openai
 
     start = time.perf_counter()
-    client = openai.OpenAI(
-        base_url=remote.url, api_key=api_key(remote), timeout=TIMEOUT_S, max_retries=0
-    )
+    client = _client(remote, TIMEOUT_S)
     s = request.sampling
     given = {name: getattr(s, name) for name in SAMPLING if name in send}
     # llama.cpp's and vLLM's own fields go in the body: other servers ignore them.
@@ -95,17 +94,19 @@ def generate(
         body["stop"] = list(request.stop)
     stats = Stats()
     first = last = 0.0
-    pieces = 0
+    pieces = chunks = 0
     finish: str | None = None
     usage: Any = None
+    started = False
     try:
         stream = client.chat.completions.create(**body)
+        started = True
         yield PromptEvaluated(0, 0, 0.0)
         for chunk in stream:
-            if chunk.usage is not None:
-                usage = chunk.usage
-            for choice in chunk.choices:
-                text = choice.delta.content if choice.delta else None
+            chunks += 1
+            if (found := getattr(chunk, "usage", None)) is not None:
+                usage = found
+            for text, reason in _choices(remote, chunk):
                 if text:
                     now = time.perf_counter()
                     if not first:
@@ -114,13 +115,19 @@ def generate(
                     last = now
                     pieces += 1
                     yield TextDelta(text, pieces)
-                if choice.finish_reason:
-                    finish = choice.finish_reason
+                if reason:
+                    finish = reason
     except openai.APIError as e:
-        raise _translated(remote, e, "the remote engine's stream broke off") from None
+        raise _translated(remote, e, waited=TIMEOUT_S, started=started) from None
+    except UnicodeDecodeError:  # the openai library decodes the stream's lines as UTF-8
+        raise _invalid(remote, "not UTF-8") from None
+    except json.JSONDecodeError:  # and reads each event's data as JSON
+        raise _invalid(remote, "an event's data is not JSON") from None
+    if not chunks:  # even an empty answer comes as chunks: a role, a finish reason
+        raise _invalid(remote, "no server-sent events of a chat completion")
     end = time.perf_counter()
-    stats.prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)  # evaluated: not known
-    stats.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0) or pieces
+    stats.prompt_tokens = _count(getattr(usage, "prompt_tokens", 0))  # evaluated: not known
+    stats.completion_tokens = _count(getattr(usage, "completion_tokens", 0)) or pieces
     stats.finish_reason = FinishReason.LENGTH if finish == "length" else FinishReason.STOP
     if first:
         stats.ttft_s = first - start
@@ -131,15 +138,69 @@ def generate(
     yield Finished(stats)
 
 
-def _translated(remote: Remote, error: Any, otherwise: str) -> LocalrunError:
-    """An ``openai`` error as localrun's one line: unreachable, a refused key, an unknown
-    model, another status, else ``otherwise`` (a stream that broke off, say)."""
+def _choices(remote: Remote, chunk: Any) -> Iterator[tuple[str | None, str | None]]:
+    """A chunk's pieces of text and finish reasons. The openai library builds its objects
+    without checking them (a field of the wrong type is kept as it came): checked here."""
+    choices = getattr(chunk, "choices", None)
+    if not isinstance(choices, list):
+        raise _invalid(remote, "a chunk has no list of choices")
+    for choice in choices:
+        if not hasattr(choice, "finish_reason"):
+            raise _invalid(remote, "a choice is not an object")
+        delta = getattr(choice, "delta", None)
+        text = getattr(delta, "content", None)
+        reason = choice.finish_reason
+        if not isinstance(text, str | None) or not isinstance(reason, str | None):
+            raise _invalid(remote, "a choice's content or finish_reason is not a string")
+        yield text, reason
+
+
+def _count(value: Any) -> int:
+    """A token count from the engine's usage; 0 (not known) if it is not a count."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _invalid(remote: Remote, why: str) -> GenerationError:
+    return GenerationError(
+        f"the answer of the remote engine at {remote.url} is not valid ({why})",
+        "check that the URL is an OpenAI-compatible API, such as vLLM's or llama-server's",
+    )
+
+
+def _translated(
+    remote: Remote, error: Any, *, waited: float, started: bool = False
+) -> LocalrunError:
+    """An ``openai`` error as localrun's one line: unreachable, not HTTP, broken off, a
+    refused key, an unknown model, another status, else the engine's error event.
+    ``waited``: the client's timeout; ``started``: the answer had begun (its status and
+    headers had come)."""
     import openai
 
+    if isinstance(error, openai.APITimeoutError):
+        return GenerationError(
+            f"the remote engine at {remote.url} did not answer within {waited:g} s",
+            "see the engine's own log; it may be overloaded",
+        )
     if isinstance(error, openai.APIConnectionError):
-        return LocalrunError(
-            f"cannot reach the remote engine at {remote.url}",
-            "check that it runs and that the URL is right: localrun remote list",
+        # The HTTP library's own error (httpx's or httpx2's, by the openai library's version:
+        # told by their shared class names) says whether the engine was reached at all.
+        cause = error.__cause__
+        kinds = {k.__name__ for k in type(cause).__mro__} if cause is not None else set()
+        if "ConnectError" in kinds or not kinds:
+            return LocalrunError(
+                f"cannot reach the remote engine at {remote.url}",
+                "check that it runs and that the URL is right: localrun remote list",
+            )
+        said = " ".join(str(cause).split())[:200] or type(cause).__name__
+        if started:
+            return GenerationError(
+                f"the remote engine's stream broke off: {said}", "see the engine's own log"
+            )
+        if "ProtocolError" in kinds:
+            return _invalid(remote, f"not HTTP: {said.rstrip('.')}")
+        return GenerationError(
+            f"the remote engine at {remote.url} gave no answer: {said}",
+            "check that the URL is an OpenAI-compatible API, and see the engine's own log",
         )
     if isinstance(error, openai.AuthenticationError):
         return LocalrunError(
@@ -156,7 +217,7 @@ def _translated(remote: Remote, error: Any, otherwise: str) -> LocalrunError:
             f"the remote engine at {remote.url} answered {error.status_code}: {_said(error)}",
             "see the engine's own log",
         )
-    return GenerationError(f"{otherwise}: {error.message}", "try again")
+    return GenerationError(f"the remote engine sent an error: {_said(error)}", "try again")
 
 
 def _said(error: Any) -> str:
@@ -175,21 +236,47 @@ def describe(remote: Remote) -> dict[str, Any]:
     whatever else it tells, such as vLLM's ``max_model_len``)."""
     import openai
 
-    client = openai.OpenAI(base_url=remote.url, api_key=api_key(remote), timeout=30, max_retries=0)
+    client = _client(remote, DESCRIBE_TIMEOUT_S)
     try:
         try:
-            found = client.models.retrieve(remote.model)
+            found = _fields(remote, client.models.retrieve(remote.model))
         except openai.NotFoundError:
             # Some engines (llama-server) list their models but do not look one up by id,
             # and answer whatever id a request names: say what they serve.
-            served = [m.model_dump(exclude_none=True) for m in client.models.list()]
+            served = [_fields(remote, m) for m in _listed(remote, client.models.list())]
             match = [m for m in served if m.get("id") == remote.model]
             if match:
-                return dict(match[0])
+                return match[0]
             return {"id": remote.model, "served": [m.get("id") for m in served]}
     except openai.APIError as e:
-        raise _translated(remote, e, f"the remote engine at {remote.url} answered") from None
-    return dict(found.model_dump(exclude_none=True))
+        raise _translated(remote, e, waited=DESCRIBE_TIMEOUT_S) from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _invalid(remote, "its model is not described in JSON") from None
+    return found
+
+
+def _fields(remote: Remote, model: Any) -> dict[str, Any]:
+    """A model object's fields. The openai library hands back what it could not read as a
+    model as it came (text, a list): refused here."""
+    if not hasattr(model, "model_dump"):
+        raise _invalid(remote, "a model is not described as an object")
+    return dict(model.model_dump(exclude_none=True, warnings=False))
+
+
+def _listed(remote: Remote, page: Any) -> list[Any]:
+    data = getattr(page, "data", None)
+    if not isinstance(data, list):
+        raise _invalid(remote, "its list of models is not a list")
+    return data
+
+
+def _client(remote: Remote, timeout: float) -> Any:
+    """The openai library's client for ``remote``. Its URL is checked again: a remote
+    registered before the checks were made may hold one the HTTP library cannot use."""
+    import openai
+
+    url = base_url(remote.url)
+    return openai.OpenAI(base_url=url, api_key=api_key(remote), timeout=timeout, max_retries=0)
 
 
 def _content(message: Message) -> str | list[dict[str, Any]]:

@@ -15,6 +15,9 @@ from localrun.files import write_atomic
 FILE = "remotes.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# A host name (letters of any script, digits, dots, hyphens) or an IPv6 address, as the HTTP
+# library takes it later: spaces and other characters would fail only at the first request.
+_HOST = re.compile(r"[\w.-]+|[0-9a-f:.]+(%[\w.-]+)?")
 
 
 @dataclass(frozen=True)
@@ -29,12 +32,22 @@ class Remote:
 
 def base_url(url: str) -> str:
     """The OpenAI API base of ``url`` (``http://host:port`` gets ``/v1``); refused unless it
-    is an http(s) URL with a host."""
-    parts = urlsplit(url.strip())
+    is an http(s) URL with a host, and a port (if any) from 1 to 65535."""
+    hint = "give the server's URL, such as http://host:8000"
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as e:  # a broken [IPv6] host
+        raise UsageError(f"{url!r} is not a valid URL ({e})", hint) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(
-            f"{url!r} is not an http(s) URL", "give the server's URL, such as http://host:8000"
-        )
+        raise UsageError(f"{url!r} is not an http(s) URL", hint)
+    try:
+        port = parts.port  # urllib's own check: digits, at most 65535
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise UsageError(f"{url!r} has no valid port: a port is a number from 1 to 65535", hint)
+    if not _HOST.fullmatch(parts.hostname):
+        raise UsageError(f"{url!r} has no valid host name ({parts.hostname!r})", hint)
     path = parts.path.rstrip("/")
     if not path.endswith("/v1"):
         path += "/v1"

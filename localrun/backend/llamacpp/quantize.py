@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import re
+import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,13 +25,18 @@ from pathlib import Path
 import numpy as np
 
 from localrun.backend.llamacpp import bindings, logs
-from localrun.errors import LocalrunError, UsageError
+from localrun.errors import InvalidModelError, LocalrunError, UsageError
+from localrun.files import human_size, read_capped
 
 bindings.register()
 
 import llama_cpp.llama_cpp as lc  # noqa: E402
 
 MiB = 1 << 20
+# The most of an importance matrix file read (it is read whole). It holds a float for each
+# input column of each weight matrix, per expert: about 25 MB for a dense 70B model, and
+# 1-2 GB for the mixtures of experts with hundreds of experts a layer (DeepSeek-V3, Kimi-K2).
+IMATRIX_CAP = 4 << 30
 # Names llama-quantize accepts besides the file types' own: the K-quants' aliases.
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 # Types llama.cpp can make but not name a file type of its own, or cannot make from a model.
@@ -165,48 +171,59 @@ def _failure(source: Path) -> LocalrunError:
 
 def read_imatrix(path: Path) -> dict[str, np.ndarray]:
     """An importance matrix file (GGUF, or the legacy ``.dat``): each weight's values, as
-    ``llama-quantize`` computes them (sums over counts)."""
-    try:
-        head = path.read_bytes()[:4]
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}", "check the --imatrix path") from None
-    try:
-        return _gguf_imatrix(path) if head == b"GGUF" else _legacy_imatrix(path)
-    except (ValueError, struct.error, KeyError, IndexError) as e:
+    ``llama-quantize`` computes them (sums over counts). Only a regular file is read, and no
+    more than :data:`IMATRIX_CAP` of it."""
+    hint = "give a file made by llama.cpp's llama-imatrix"
+    # A model file given by mistake is refused by its size, before gigabytes are read.
+    if (size := _regular_size(path)) is not None and size > IMATRIX_CAP:
         raise UsageError(
-            f"{path} is not an importance matrix ({e})",
-            "give a file made by llama.cpp's llama-imatrix",
-        ) from None
+            f"the importance matrix {path} is larger than {human_size(IMATRIX_CAP)}", hint
+        )
+    raw = read_capped(path, IMATRIX_CAP, "the importance matrix", hint)
+    try:
+        return _gguf_imatrix(raw, path) if raw[:4] == b"GGUF" else _legacy_imatrix(raw)
+    except InvalidModelError as e:  # the GGUF reader's, which speaks of models
+        raise UsageError(f"{path} is not an importance matrix: {e.message}", hint) from None
+    except (ValueError, struct.error, KeyError, IndexError) as e:
+        raise UsageError(f"{path} is not an importance matrix ({e})", hint) from None
 
 
-def _gguf_imatrix(path: Path) -> dict[str, np.ndarray]:
-    from localrun.gguf.reader import read_gguf
+def _regular_size(path: Path) -> int | None:
+    """The size of ``path`` if it is a regular file (``read_capped`` names the others)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_size if stat.S_ISREG(found.st_mode) else None
 
-    info = read_gguf(path)
+
+def _gguf_imatrix(raw: bytes, path: Path) -> dict[str, np.ndarray]:
+    from localrun.gguf.reader import read_gguf_prefix
+
+    info = read_gguf_prefix(raw, str(path), len(raw))
     tensors = {t.name: t for t in info.tensors}
-    data = np.memmap(path, dtype=np.uint8, mode="r")
     found: dict[str, np.ndarray] = {}
     for name, sums_info in tensors.items():
         if not name.endswith(".in_sum2"):
             continue
         weight = name.removesuffix(".in_sum2")
         counts_info = tensors[f"{weight}.counts"]
-        sums = _f32(data, sums_info.offset, sums_info.n_elements)
-        counts = _f32(data, counts_info.offset, counts_info.n_elements)
+        sums = _f32(raw, sums_info.offset, sums_info.n_elements)
+        counts = _f32(raw, counts_info.offset, counts_info.n_elements)
         per = sums.reshape(len(counts), -1)
-        values = np.where(counts[:, None] > 0, per / np.maximum(counts[:, None], 1e-30), 1.0)
+        with np.errstate(over="ignore", invalid="ignore"):  # the uncounted rows: 1.0, below
+            values = np.where(counts[:, None] > 0, per / np.maximum(counts[:, None], 1e-30), 1.0)
         found[weight] = values.reshape(-1).astype(np.float32)
     if not found:
         raise ValueError("no .in_sum2 tensors")
     return found
 
 
-def _f32(data: np.ndarray, offset: int, n: int) -> np.ndarray:
+def _f32(data: bytes, offset: int, n: int) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4", count=n, offset=offset).astype(np.float32)
 
 
-def _legacy_imatrix(path: Path) -> dict[str, np.ndarray]:
-    raw = path.read_bytes()
+def _legacy_imatrix(raw: bytes) -> dict[str, np.ndarray]:
     (n_entries,) = struct.unpack_from("<i", raw, 0)
     pos, found = 4, {}
     if not 0 < n_entries < 1_000_000:
@@ -217,6 +234,8 @@ def _legacy_imatrix(path: Path) -> dict[str, np.ndarray]:
         pos += 4 + length
         ncall, nval = struct.unpack_from("<ii", raw, pos)
         pos += 8
+        if length < 0 or nval < 0:  # numpy reads a count of -1 as "all the rest"
+            raise ValueError(f"a negative size at byte {pos}")
         values = np.frombuffer(raw, dtype="<f4", count=nval, offset=pos).astype(np.float32)
         pos += 4 * nval
         found[name] = values / ncall if ncall > 0 else values
