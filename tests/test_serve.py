@@ -395,3 +395,173 @@ def test_create_values_cannot_become_instructions(client: ollama.Client) -> None
     url = str(client._client.base_url).rstrip("/")
     r = httpx.post(url + "/api/create", json={"model": "sneaky", "from": MODEL, "license": 5})
     assert r.status_code == 400
+
+
+def _post(server: Server, path: str, body: str) -> httpx.Response:
+    """A body as written: JSON text with escapes the clients would not send."""
+    return httpx.post(server.url + path, content=body.encode(), timeout=60)
+
+
+def _error(r: httpx.Response) -> str:
+    error = r.json()["error"]
+    return str(error["message"] if isinstance(error, dict) else error)
+
+
+def test_a_lone_surrogate_is_a_400_naming_its_field(server: Server) -> None:
+    """JSON's escapes can write half of a UTF-16 pair, which is not text: refused where the
+    body is read, with the field's path, on every endpoint (each was a 500)."""
+    lone = r"\ud800"
+    chat = '[{"role": "user", "content": "a' + lone + '"}]'
+    for path, body, field in (
+        ("/api/generate", f'{{"model": "{MODEL}", "prompt": "{lone}"}}', "'prompt'"),
+        ("/api/generate", f'{{"model": "{MODEL}", "prompt": "x", "system": "{lone}"}}', "system"),
+        ("/api/generate", f'{{"model": "ti{lone}ny", "prompt": "x"}}', "'model'"),
+        ("/api/chat", f'{{"model": "{MODEL}", "messages": {chat}}}', "'messages[0].content'"),
+        ("/api/embed", f'{{"model": "{MODEL}", "input": ["a", "{lone}"]}}', "'input[1]'"),
+        ("/v1/completions", f'{{"model": "{MODEL}", "prompt": "{lone}"}}', "'prompt'"),
+        ("/v1/chat/completions", f'{{"model": "{MODEL}", "messages": {chat}}}', "messages[0]"),
+        ("/api/create", f'{{"model": "x{lone}", "from": "{MODEL}"}}', "'model'"),
+        ("/api/generate", f'{{"model": "{MODEL}", "prompt": "x", "{lone}": 1}}', "a key"),
+    ):
+        r = _post(server, path, body)
+        assert r.status_code == 400, (path, body, r.text)
+        assert field in _error(r) and "surrogate" in _error(r), (path, r.text)
+    # A pair is text (an emoji written as escapes, as json.dumps writes it), and so is NUL.
+    for prompt in ("\U0001f600", "a\x00b"):
+        body = json.dumps({"model": MODEL, "prompt": prompt, "stream": False, "options": FAST})
+        r = _post(server, "/api/generate", body)
+        assert r.status_code == 200 and r.json()["eval_count"] == 8, r.text
+
+
+def test_a_number_no_field_takes_is_a_400(server: Server) -> None:
+    """A 401-digit integer made float() overflow (a 500); 1e400 and NaN are not numbers."""
+    huge = "1" + "0" * 400
+    user = '"messages": [{"role": "user", "content": "x"}]'
+    hot = f'"prompt": "x", "options": {{"temperature": {huge}}}'
+    for path, fields, field in (
+        ("/api/generate", hot, "'options.temperature'"),
+        ("/api/generate", f'"keep_alive": {huge}', "'keep_alive'"),
+        ("/v1/chat/completions", f'"temperature": {huge}, {user}', "'temperature'"),
+        ("/api/generate", '"options": {"seed": 1e400}', "'options.seed'"),
+        ("/api/generate", '"options": {"top_p": NaN}', "'options.top_p'"),
+    ):
+        r = _post(server, path, f'{{"model": "{MODEL}", {fields}}}')
+        assert r.status_code == 400, (path, r.text)
+        assert field in _error(r), r.text
+
+
+def test_tool_calls_of_the_wrong_shape_are_400(server: Server) -> None:
+    """``"tool_calls": 5`` and arguments nested 100,000 deep were 500s."""
+    body = {"model": MODEL, "messages": [
+        {"role": "assistant", "content": "", "tool_calls": 5},
+        {"role": "user", "content": "x"},
+    ]}  # fmt: skip
+    r = httpx.post(server.url + "/api/chat", json=body)
+    assert r.status_code == 400 and "'messages[0].tool_calls' must be a list" in _error(r)
+    deep = "[" * 100_000
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": deep}}
+    body = {"model": MODEL, "messages": [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "user", "content": "x"},
+    ]}  # fmt: skip
+    r = httpx.post(server.url + "/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert "messages[0].tool_calls[0].function.arguments" in _error(r), r.text
+    call["function"]["arguments"] = json.dumps({"a": "\ud800"})  # the escape inside the string
+    r = httpx.post(server.url + "/v1/chat/completions", json=body)
+    assert r.status_code == 400 and "arguments.a' holds a lone" in _error(r), r.text
+
+
+def test_lengths_zero_and_unbounded(server: Server, client: ollama.Client) -> None:
+    """OpenAI's lengths are counts (-1 was "until the context is full"); 0 asks for nothing,
+    as Ollama answers it (one token came)."""
+    messages = [{"role": "user", "content": "hi"}]
+    for name in ("max_tokens", "max_completion_tokens"):
+        r = httpx.post(
+            server.url + "/v1/chat/completions",
+            json={"model": MODEL, "messages": messages, name: -1},
+        )
+        assert r.status_code == 400 and f"'{name}' must be 0 or more" in _error(r), r.text
+    r = httpx.post(
+        server.url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 0}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == "" and r.json()["usage"]["completion_tokens"] == 0
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+    nothing = client.generate(model=MODEL, prompt="hello there", options={"num_predict": 0})
+    assert nothing.response == "" and nothing.eval_count == 0
+    assert nothing.done_reason == "length" and nothing.prompt_eval_count
+    streamed = list(
+        client.chat(model=MODEL, messages=messages, options={"num_predict": 0}, stream=True)
+    )
+    assert len(streamed) == 1 and streamed[0].done and streamed[0].eval_count == 0
+
+
+def test_a_client_leaving_an_unbounded_answer_frees_its_slot(home: Path) -> None:
+    """num_predict -1 (Ollama's "until the context is full") stays, and is cancelled when its
+    client leaves: on a server of one slot, the next request runs at once.
+
+    Under the JSON grammar and this seed, the tiny model writes until its context is full
+    (4,095 tokens: about 8 s on an idle machine, longer under the other tests' load), so an
+    answer within a few seconds of the client leaving means the slot was freed."""
+    import time
+
+    from tests.tinygguf import write_tiny_model
+
+    write_tiny_model(home / "long.gguf", n_ctx_train=32768)
+    create_model(home, "tiny-long", f"FROM {home / 'long.gguf'}\n")
+    body = {
+        "model": "tiny-long",
+        "prompt": "x",
+        "format": "json",
+        "options": {"num_predict": -1, "seed": 2},
+    }
+    with serving(home, "--parallel", "1") as one:
+        with httpx.stream("POST", one.url + "/api/generate", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            for _ in range(20):
+                assert json.loads(next(lines))["done"] is False
+        left = time.monotonic()
+        r = httpx.post(
+            one.url + "/api/generate",
+            json={"model": "tiny-long", "prompt": "x", "stream": False, "options": FAST},
+            timeout=60,
+        )
+        assert r.status_code == 200 and r.json()["eval_count"] == 8
+        assert time.monotonic() - left < 4, "the answer ran on after its client left"
+
+
+def test_create_refuses_what_it_would_drop(server: Server, client: ollama.Client) -> None:
+    """An ADAPTER line or a second FROM (a projector) in a request's modelfile named files on
+    the server's disk: it was dropped in silence and the create answered success."""
+    for modelfile, said in (
+        (f"FROM {MODEL}\nADAPTER /etc/passwd\n", "ADAPTER /etc/passwd"),
+        (f"FROM {MODEL}\nFROM /etc/passwd\n", "a second FROM: /etc/passwd"),
+        (f"FROM {MODEL}\nPROJECTOR /etc/passwd\n", "PROJECTOR: /etc/passwd"),
+    ):
+        r = httpx.post(
+            server.url + "/api/create", json={"model": "dropped", "modelfile": modelfile}
+        )
+        assert r.status_code == 400 and said in _error(r), r.text
+    assert "dropped" not in [m.model for m in client.list().models]
+
+
+def test_a_prompt_too_long_names_the_requests_context_and_knob(server: Server) -> None:
+    """The context is the request's share (2048 here, of 4 x 2048), and the knob the API's
+    own: --ctx is a flag of the command line."""
+    r = httpx.post(
+        server.url + "/api/generate",
+        json={"model": MODEL, "prompt": "word " * 30_000, "options": FAST},
+        timeout=60,
+    )
+    assert r.status_code == 400, r.text
+    ctx = next(m["context_length"] for m in httpx.get(server.url + "/api/ps").json()["models"])
+    assert f"context of {ctx} tokens" in _error(r), r.text
+    assert "options.num_ctx" in _error(r) and "--ctx" not in _error(r), r.text
+    r = httpx.post(
+        server.url + "/api/generate",
+        json={"model": MODEL, "prompt": "w " * 3000, "raw": True, "options": FAST},
+        timeout=60,
+    )
+    assert r.status_code == 400 and f"holds only {ctx}" in _error(r), r.text
+    assert "options.num_ctx" in _error(r) and "--ctx" not in _error(r), r.text

@@ -200,3 +200,64 @@ def test_a_bug_is_a_500_with_one_line_and_the_server_goes_on(
     assert broken.status_code == 500 and "internal error: a bug" in broken.json()["error"]
     assert fine.status_code == 200
     assert "Traceback" not in caplog.text and "a bug" in caplog.text
+
+
+def test_a_request_head_that_never_ends_is_cut_off() -> None:
+    """A client that sends a header line a second and never ends them (slowloris) held its
+    connection for ever: uvicorn has no timer on a request's head. Here, uvicorn as localrun
+    configures it, with a head deadline short enough for a test."""
+    import asyncio
+    import socket
+    import threading
+    import time
+    from typing import Any
+
+    import uvicorn
+
+    from localrun.server.config import ServeConfig
+    from localrun.server.run import bind, uvicorn_config
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(1.0)  # an answer slower than the head deadline: never cut
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = ServeConfig(port=free_port())
+    sock = bind(config)
+    server = uvicorn.Server(uvicorn_config(app, head_timeout=0.5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{config.port}"
+        with httpx.Client() as c:  # one kept-alive connection, two answers slower than 0.5 s
+            assert c.get(url + "/").text == "ok" and c.get(url + "/").text == "ok"
+        with socket.create_connection(("127.0.0.1", config.port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            start = time.monotonic()
+            closed = False
+            for i in range(100):  # a header line every 0.1 s, never the blank line
+                try:
+                    s.sendall(b"X-Slow-%d: 1\r\n" % i)
+                except OSError:
+                    closed = True
+                    break
+                s.settimeout(0.1)
+                try:
+                    if s.recv(100) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    continue
+            assert closed and time.monotonic() - start < 5, "the head that never ends was kept"
+        with socket.create_connection(("127.0.0.1", config.port), timeout=10) as s:
+            s.settimeout(10)  # a connection that sends nothing at all is closed too
+            assert s.recv(100) == b""
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

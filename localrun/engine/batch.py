@@ -707,6 +707,9 @@ class BatchEngine:
             seq.outbox.put(FirstToken(now - seq.submitted))
         seq.last_at = now
         sampled = len(seq.generated) + 1
+        if seq.max_tokens == 0:  # the prompt read, and no token asked for (as Ollama's)
+            self._finish(seq, FinishReason.LENGTH)
+            return
         if seq.stop_at_eog and self.model.is_end(token):
             self._finish(seq, FinishReason.STOP, sampled=sampled)
             return

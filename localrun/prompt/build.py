@@ -49,20 +49,27 @@ def conversation_tokens(
 
 
 def conversation_prompt(
-    model: Model, template: str | None, messages: Sequence[Message], tools: Sequence[Tool] = ()
+    model: Model,
+    template: str | None,
+    messages: Sequence[Message],
+    tools: Sequence[Tool] = (),
+    *,
+    n_ctx: int | None = None,
 ) -> Prompt:
     """Tokenize a conversation, ready for the model's next answer.
 
     Chat models get their own template. Base models get the conversation as one text to
     continue: the system prompt, then each message, a blank line before each user turn. A
-    message's images come before its text, as Ollama puts them.
+    message's images come before its text, as Ollama puts them. ``n_ctx`` is the context the
+    prompt must fit (a sequence's share, where several share the model's); the model's whole
+    context if not given.
     """
-    limit = TOKENIZE_LIMIT_FACTOR * model.n_ctx
+    n_ctx = n_ctx or model.n_ctx
+    limit = TOKENIZE_LIMIT_FACTOR * n_ctx
     chars = sum(len(m.content) for m in messages)
-    if chars > MAX_CHARS_PER_TOKEN * model.n_ctx:
+    if chars > MAX_CHARS_PER_TOKEN * n_ctx:
         raise PromptTooLongError(
-            f"the prompt is {chars:,} characters, more than a context of {model.n_ctx} "
-            "tokens can hold",
+            f"the prompt is {chars:,} characters, more than a context of {n_ctx} tokens can hold",
             "shorten the prompt, or raise the context with --ctx",
         )
     images = [image for m in messages for image in m.images]
@@ -77,7 +84,7 @@ def conversation_prompt(
             if parts and m.role in ("system", "user"):
                 parts.append("\n\n")
             parts.append(m.content)
-        return _tokenize(model, "".join(parts), images, limit, parse_special=False)
+        return _tokenize(model, "".join(parts), images, limit, n_ctx, parse_special=False)
     bos, eos = model.bos_token, model.eos_token
     text = render(
         template,
@@ -86,7 +93,7 @@ def conversation_prompt(
         eos_token=model.token_text(eos) if eos is not None else "",
         tools=tools,
     )
-    prompt = _tokenize(model, text, images, limit, parse_special=True)
+    prompt = _tokenize(model, text, images, limit, n_ctx, parse_special=True)
     tokens = prompt.tokens
     # Templates usually write the BOS token themselves; do not let it appear twice.
     if bos is not None and len(tokens) >= 2 and tokens[0] == tokens[1] == bos:
@@ -95,10 +102,12 @@ def conversation_prompt(
 
 
 def _tokenize(
-    model: Model, text: str, images: list[Image], limit: int, *, parse_special: bool
+    model: Model, text: str, images: list[Image], limit: int, n_ctx: int, *, parse_special: bool
 ) -> Prompt:
     if not images:
-        return Prompt(tokenize_bounded(model, text, limit, parse_special=parse_special))
+        return Prompt(
+            tokenize_bounded(model, text, limit, parse_special=parse_special, n_ctx=n_ctx)
+        )
     texts = text.split(IMAGE_MARKER)
     if len(texts) != len(images) + 1:
         raise TemplateError(
@@ -107,36 +116,49 @@ def _tokenize(
         )
     if not texts[-1]:
         texts[-1] = "\n"  # the model's next token needs a text token's logits after the image
-    return tokenize_with_images(model, texts, images, limit, parse_special=parse_special)
+    return tokenize_with_images(
+        model, texts, images, limit, parse_special=parse_special, n_ctx=n_ctx
+    )
 
 
 def tokenize_with_images(
-    model: Model, texts: list[str], images: Sequence[Image], limit: int, *, parse_special: bool
+    model: Model,
+    texts: list[str],
+    images: Sequence[Image],
+    limit: int,
+    *,
+    parse_special: bool,
+    n_ctx: int | None = None,
 ) -> Prompt:
     """``texts[0]``, ``images[0]``, ``texts[1]``, ... as the model reads them, refused (before
     a picture is decoded) when there are too many pictures or the text has over ``limit``
-    tokens."""
+    tokens (``n_ctx``, the context the error names, is the model's if not given)."""
     if len(images) > MAX_IMAGES:
         raise UsageError(
             f"the prompt has {len(images)} images; at most {MAX_IMAGES} go in one",
             "send fewer pictures at a time",
         )
-    _count_bounded(model, "".join(texts), limit, parse_special=parse_special)
+    _count_bounded(model, "".join(texts), limit, parse_special=parse_special, n_ctx=n_ctx)
     tokens, chunks = model.tokenize_images(texts, images, parse_special=parse_special)
     return Prompt(tokens, chunks)
 
 
-def tokenize_bounded(model: Model, text: str, limit: int, *, parse_special: bool) -> list[int]:
+def tokenize_bounded(
+    model: Model, text: str, limit: int, *, parse_special: bool, n_ctx: int | None = None
+) -> list[int]:
     """Tokenize ``text``, refusing it without tokenizing it whole when it has over ``limit`` tokens.
 
     A tokenized prompt costs a Python int per token: a 20 MB text took 1.9 GB before it could
     be refused. A text long enough to be suspect is counted in slices first, each small.
+    ``n_ctx``, the context the error names, is the model's if not given.
     """
-    _count_bounded(model, text, limit, parse_special=parse_special)
+    _count_bounded(model, text, limit, parse_special=parse_special, n_ctx=n_ctx)
     return model.tokenize(text, add_special=True, parse_special=parse_special)
 
 
-def _count_bounded(model: Model, text: str, limit: int, *, parse_special: bool) -> None:
+def _count_bounded(
+    model: Model, text: str, limit: int, *, parse_special: bool, n_ctx: int | None = None
+) -> None:
     probe = PROBE_CHARS_PER_TOKEN * limit
     if len(text) > probe:
         counted = 0
@@ -146,7 +168,7 @@ def _count_bounded(model: Model, text: str, limit: int, *, parse_special: bool) 
             if counted > limit:
                 raise PromptTooLongError(
                     f"the prompt is more than {limit} tokens but the context holds only "
-                    f"{model.n_ctx}",
+                    f"{n_ctx or model.n_ctx}",
                     "shorten the prompt, or raise the context with --ctx",
                 )
 

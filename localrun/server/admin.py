@@ -106,7 +106,7 @@ class AdminAPI:
         from localrun.models.resolve import hub_ref_for
 
         self._allowed()
-        body = fields.parse_body(await request.body())
+        body = await fields.read_body(request)
         name = fields.model_name(body)
         ref = await asyncio.to_thread(hub_ref_for, name)
         progress = _Progress(asyncio.get_running_loop())
@@ -153,7 +153,7 @@ class AdminAPI:
         from localrun.models import recipes
 
         self._allowed()
-        body = fields.parse_body(await request.body())
+        body = await fields.read_body(request)
         name = fields.model_name(body)
         store.validate_name(name)
         await self.pool.unload(name)
@@ -175,7 +175,7 @@ class AdminAPI:
         from localrun.models.resolve import copy as copy_pulled
 
         self._allowed()
-        body = fields.parse_body(await request.body())
+        body = await fields.read_body(request)
         source = fields.model_name(body, "source")
         destination = fields.model_name(body, "destination")
 
@@ -195,7 +195,7 @@ class AdminAPI:
 
     async def create(self, request: Request) -> Response:
         self._allowed()
-        body = fields.parse_body(await request.body())
+        body = await fields.read_body(request)
         name = fields.model_name(body)
         for unsupported, why in (
             ("files", "uploading weights is not supported: pull them, and name them in 'from'"),
@@ -224,6 +224,22 @@ def _modelfile(body: dict[str, Any]) -> Any:
 
     text = fields.get(body, "modelfile", str)  # older clients send the Modelfile itself
     mf = parse(text, "the request's modelfile") if text else Modelfile()
+    # Files on the server's disk are not a client's to name: refused, not dropped in silence
+    # (a projector comes with its base model; an adapter localrun does not apply).
+    if mf.adapters:
+        raise UsageError(
+            f"the request's modelfile names an adapter (ADAPTER {mf.adapters[0]}): "
+            "a request cannot name files on the server",
+            "send the modelfile without ADAPTER lines",
+        )
+    if mf.projector is not None:
+        line = "a second FROM" if mf.projector_instruction == "FROM" else "PROJECTOR"
+        raise UsageError(
+            f"the request's modelfile names a projector ({line}: {mf.projector}): "
+            "a request cannot name files on the server",
+            "send the modelfile with one FROM and no PROJECTOR: a vision model's projector "
+            "comes with it when it is pulled",
+        )
     base = fields.get(body, "from", str) or mf.from_
     if not base:
         raise UsageError("the request names no model to build on", 'add "from": MODEL')
@@ -238,9 +254,6 @@ def _modelfile(body: dict[str, Any]) -> Any:
     else:
         resolve_served(base)
     mf.from_ = base
-    # Files on the server's disk are not a client's to name: a projector comes with its base.
-    mf.adapters = []
-    mf.projector = None
     if (system := fields.get(body, "system", str)) is not None:
         mf.system = system
     if (template := fields.get(body, "template", str)) is not None:
@@ -262,9 +275,11 @@ def _modelfile(body: dict[str, Any]) -> Any:
             else:
                 mf.parameters[name] = v
     for i, m in enumerate(fields.get(body, "messages", list, [])):
+        where = f"messages[{i}]"
         if not isinstance(m, dict):
-            raise UsageError(f"messages[{i}] must be an object with 'role' and 'content'")
-        mf.messages.append((fields.get(m, "role", str, ""), fields.get(m, "content", str, "")))
+            raise UsageError(f"{where} must be an object with 'role' and 'content'")
+        role = fields.get(m, "role", str, "", where=where)
+        mf.messages.append((role, fields.get(m, "content", str, "", where=where)))
     license_ = body.get("license")
     if license_ is not None:
         texts = [license_] if isinstance(license_, str) else license_

@@ -21,7 +21,7 @@ from localrun.engine.batch import Stream
 from localrun.engine.options import run_options
 from localrun.engine.stream import watched
 from localrun.engine.types import Called, Event, Finished, Stats, TextDelta
-from localrun.errors import NoVisionError, UsageError
+from localrun.errors import NoVisionError, PromptTooLongError, UsageError
 from localrun.prompt.build import (
     conversation_prompt,
     keep_point,
@@ -116,8 +116,10 @@ class Answer:
                 special=watch is not None,
                 images=read.images,
             )
-        except BaseException:
+        except BaseException as e:
             pool.release(runner, ask.keep_alive)
+            if isinstance(e, PromptTooLongError):
+                raise _for_api(e) from None
             raise
         load = load_s if load_s > 0.05 else 0.0
         return cls(pool, ask, runner, prompt, stream, load, len(read.images), watch=watch)
@@ -145,6 +147,16 @@ class Answer:
         if self.stats is None:
             self.stream.cancel()
         self.pool.release(self.runner, self.ask.keep_alive)
+
+
+def _for_api(error: PromptTooLongError) -> PromptTooLongError:
+    """A prompt too long, with the knob an API client has (the messages name the request's
+    own context: the sequence's share, not the whole model's)."""
+    return PromptTooLongError(
+        error.message,
+        "shorten the prompt, or ask for a larger context: options.num_ctx on the Ollama API, "
+        "or PARAMETER num_ctx in the model's Modelfile",
+    )
 
 
 def _offer(runner: Runner, ask: Ask) -> tuple[tuple[Tool, ...], CallWatch | None, str | None]:
@@ -203,16 +215,19 @@ def _tokens(
     pictures = [image for m in ask.messages for image in m.images]
     if pictures and not model.vision:
         raise NoVisionError(ask.model, "send the request to a vision model, or without images")
+    n_ctx = loaded.seq_ctx  # this request's context: its share of the model's
     if ask.raw is not None:
-        limit = 2 * loaded.seq_ctx
+        limit = 2 * n_ctx
         tokens = list(ask.context)
         if pictures:  # before the text, as Ollama puts them
             texts = [""] * len(pictures) + [ask.raw or "\n"]
-            read = tokenize_with_images(model, texts, pictures, limit, parse_special=True)
+            read = tokenize_with_images(
+                model, texts, pictures, limit, parse_special=True, n_ctx=n_ctx
+            )
             tokens += read.tokens
             images = read.images
         else:
-            tokens += tokenize_bounded(model, ask.raw, limit, parse_special=True)
+            tokens += tokenize_bounded(model, ask.raw, limit, parse_special=True, n_ctx=n_ctx)
     else:
         messages = list(ask.messages)
         if not any(m.role == "system" for m in messages):
@@ -222,7 +237,7 @@ def _tokens(
         if history:
             first_user = 1 if messages and messages[0].role == "system" else 0
             messages = messages[:first_user] + list(history) + messages[first_user:]
-        prompt = conversation_prompt(model, loaded.template, messages, tools)
+        prompt = conversation_prompt(model, loaded.template, messages, tools, n_ctx=n_ctx)
         tokens, images = list(ask.context) + prompt.tokens, prompt.images
         if not ask.context:
             keep = keep_point(model, loaded.template, messages, tokens, tools=tools)
@@ -319,7 +334,8 @@ async def embed(
         limit = runner.loaded.seq_ctx
 
         def tokens_of(text: str) -> list[int]:
-            tokens = tokenize_bounded(runner.loaded.model, text, 2 * limit, parse_special=False)
+            model = runner.loaded.model
+            tokens = tokenize_bounded(model, text, 2 * limit, parse_special=False, n_ctx=limit)
             return tokens[:limit] if truncate else tokens
 
         loop = asyncio.get_running_loop()

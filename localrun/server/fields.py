@@ -2,18 +2,45 @@
 
 Unknown fields are ignored, as Ollama and OpenAI do (clients send fields of newer API
 versions); a known field of the wrong type, or out of its range, is refused by name.
+
+What no field can use is refused once, here, as the body is read, and wherever it is in the
+body (known field or not): text that is not Unicode (a lone UTF-16 surrogate, such as
+``"\\ud800"``, which JSON's escapes can write and UTF-8 cannot), a number no field takes
+(past 64 bits, or not finite: ``1e400``, ``NaN``), and nesting deeper than any request needs.
+So nothing past this point meets them: a tokenizer, a float() or a recursive walk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
+
+from starlette.requests import Request
 
 from localrun.errors import UsageError
 from localrun.models.modelfile import PARAMETERS, check_parameter
 
 _TYPES: dict[type, str] = {str: "a string", bool: "true or false", int: "an integer"}
+
+# Deeper than any real request nests (a JSON schema at the grammar's limit of 64 levels takes
+# two of the body's each), and shallow enough that nothing recursive after the parser
+# (templates, json.dumps, copies) meets Python's recursion limit; its parser stops near 1,000.
+MAX_DEPTH = 256
+# No field takes a number past 64 bits (seeds, token ids, sizes); past it a float() overflows.
+_INT_BOUND = 1 << 64
+# A body this large is read in a worker thread, not on the event loop (32 MiB of small
+# numbers takes seconds to parse and check).
+_IN_THREAD = 1 << 16
+
+
+async def read_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, read and checked by :func:`parse_body`."""
+    raw = await request.body()
+    if len(raw) > _IN_THREAD:
+        return await asyncio.to_thread(parse_body, raw)
+    return parse_body(raw)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -22,29 +49,129 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError too
+    except RecursionError:
+        raise _too_deep("the request body") from None
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError too
         raise UsageError(f"the request body is not valid JSON: {e}", "send a JSON object") from None
     if not isinstance(body, dict):
         raise UsageError("the request body must be a JSON object", "send {...}")
+    check_values(body)
     return body
 
 
-def get(body: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
-    """``body[name]`` if present and not null, checked to be of ``kind``."""
+def json_text(text: str, where: str) -> Any:
+    """A JSON value carried in a string field (OpenAI's tool-call ``arguments``), read and
+    checked as a body is: its escapes can write what the body's own text could not."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise _too_deep(f"'{where}'") from None
+    except ValueError:
+        raise UsageError(f"'{where}' is not JSON", "send a JSON object as a string") from None
+    check_values(value, where)
+    return value
+
+
+def _path(parent: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else key
+
+
+# An entry of check_values' walk: the value, its parent's entry (None at the top), its key
+# or index there, its depth.
+_Entry = tuple[Any, Any, Any, int]
+
+
+def _spelled(entry: _Entry) -> str:
+    """The path of an entry, as a request's fields are named: ``messages[0].content``."""
+    keys: list[str | int] = []
+    while entry[1] is not None:
+        keys.append(entry[2])
+        entry = entry[1]
+    spelled = str(entry[2])
+    for key in reversed(keys):
+        spelled = _path(spelled, key)
+    return spelled[:200] or "the request body"
+
+
+def check_values(value: Any, where: str = "") -> None:
+    """Refuse, naming where it is, a lone surrogate in any string or key, a number no field
+    takes, or nesting past :data:`MAX_DEPTH`.
+
+    Iterative, so that the check itself cannot run out of stack; a path is spelled only for
+    the error.
+    """
+    stack: list[_Entry] = [(value, None, where, 0)]
+    while stack:
+        entry = stack.pop()
+        item, _, _, depth = entry
+        kind = type(item)
+        if kind is str:
+            _check_text(item, entry)
+        elif kind is dict or kind is list:
+            if depth >= MAX_DEPTH:
+                raise _too_deep(f"'{_spelled(entry)}'")
+            if kind is dict:
+                for key, sub in item.items():
+                    _check_text(key, entry, key=True)
+                    stack.append((sub, entry, key, depth + 1))
+            else:
+                stack.extend((sub, entry, i, depth + 1) for i, sub in enumerate(item))
+        elif kind is int:
+            if not -_INT_BOUND < item < _INT_BOUND:
+                raise UsageError(
+                    f"'{_spelled(entry)}' is a number of {len(str(abs(item)))} digits, "
+                    "larger than any field takes",
+                    "send a number that fits in 64 bits",
+                )
+        elif kind is float and not math.isfinite(item):
+            raise UsageError(
+                f"'{_spelled(entry)}' is not a finite number: {item}",
+                "send a number: JSON has no NaN or Infinity, and 1e400 is past a double",
+            )
+
+
+def _too_deep(what: str) -> UsageError:
+    return UsageError(f"{what} nests deeper than {MAX_DEPTH} levels", "send a flatter JSON value")
+
+
+def _check_text(text: str, entry: _Entry, *, key: bool = False) -> None:
+    """Refuse a string that holds a lone surrogate: it is not text, and has no UTF-8."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        where = f"a key in '{_spelled(entry)}'" if key else f"'{_spelled(entry)}'"
+        raise UsageError(
+            f"{where} holds a lone UTF-16 surrogate (\\u{ord(text[e.start]):04x}) at "
+            f"character {e.start}, which is not text",
+            "send valid Unicode: a \\ud800-\\udbff escape must be followed by a "
+            "\\udc00-\\udfff one",
+        ) from None
+
+
+def get(
+    body: dict[str, Any], name: str, kind: type, default: Any = None, *, where: str = ""
+) -> Any:
+    """``body[name]`` if present and not null, checked to be of ``kind``. ``where`` is the
+    path of ``body`` in the request (``messages[0]``), for the error."""
     value = body.get(name)
     if value is None:
         return default
+    field = _path(where, name)
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UsageError(f"'{name}' must be a number, not {json.dumps(value)[:40]}")
+            raise UsageError(f"'{field}' must be a number, not {json.dumps(value)[:40]}")
         if not math.isfinite(value):
-            raise UsageError(f"'{name}' must be a finite number")
+            raise UsageError(f"'{field}' must be a finite number")
         return float(value)
     if kind is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if (kind is not bool and isinstance(value, bool)) or not isinstance(value, kind):
         what = _TYPES.get(kind, "an object" if kind is dict else "a list")
-        raise UsageError(f"'{name}' must be {what}, not {json.dumps(value)[:40]}")
+        raise UsageError(f"'{field}' must be {what}, not {json.dumps(value)[:40]}")
     return value
 
 
@@ -88,7 +215,7 @@ def options(raw: Any) -> dict[str, Any]:
         raise UsageError("'options' must be an object", 'send "options": {"temperature": 0.7}')
     out: dict[str, Any] = {}
     for name, kind in OPTION_TYPES.items():
-        value = get(raw, name, kind)
+        value = get(raw, name, kind, where="options")
         if value is not None:
             in_range(name, value)
             out[name] = value

@@ -124,7 +124,7 @@ class OllamaAPI:
         return JSONResponse({"version": __version__})
 
     async def generate(self, request: Request) -> Response:
-        body = fields.parse_body(await request.body())
+        body = await fields.read_body(request)
         name = fields.model_name(body)
         _refuse_unsupported(body, "suffix", "template")
         prompt = fields.get(body, "prompt", str, "")
@@ -173,7 +173,7 @@ class OllamaAPI:
         return JSONResponse(last(stats) | {"response": text})
 
     async def chat(self, request: Request) -> Response:
-        body = fields.parse_body(await request.body())
+        body = await fields.read_body(request)
         name = fields.model_name(body)
         keep = fields.keep_alive(body.get("keep_alive"))
         tools = parse_tools(body.get("tools"))
@@ -235,7 +235,7 @@ class OllamaAPI:
         return "load"
 
     async def embed(self, request: Request) -> Response:
-        body = fields.parse_body(await request.body())
+        body = await fields.read_body(request)
         name = fields.model_name(body)
         texts = fields.texts(body.get("input"), "input")
         done = await embed(
@@ -259,7 +259,7 @@ class OllamaAPI:
 
     async def embeddings(self, request: Request) -> Response:
         """The older endpoint: one prompt, one ``embedding``."""
-        body = fields.parse_body(await request.body())
+        body = await fields.read_body(request)
         name = fields.model_name(body)
         prompt = fields.get(body, "prompt", str, "")
         if not prompt:
@@ -277,7 +277,7 @@ class OllamaAPI:
         return JSONResponse({"models": await asyncio.to_thread(catalog.tags)})
 
     async def show(self, request: Request) -> Response:
-        body = fields.parse_body(await request.body())
+        body = await fields.read_body(request)
         name = fields.model_name(body)
         return JSONResponse(await asyncio.to_thread(catalog.show, name))
 
@@ -310,17 +310,23 @@ class OllamaAPI:
 def _messages(raw: list[Any]) -> tuple[Message, ...]:
     out = []
     for i, m in enumerate(raw):
+        where = f"messages[{i}]"
         if not isinstance(m, dict):
-            raise UsageError(f"messages[{i}] must be an object with 'role' and 'content'")
-        role = fields.get(m, "role", str)
+            raise UsageError(f"{where} must be an object with 'role' and 'content'")
+        role = fields.get(m, "role", str, where=where)
         if role not in ROLES:
             raise UsageError(
-                f"messages[{i}] has the role {json.dumps(role)}", f"use one of {', '.join(ROLES)}"
+                f"{where} has the role {json.dumps(role)}", f"use one of {', '.join(ROLES)}"
             )
-        images = _images(m.get("images"), f"messages[{i}].images")
-        calls = tuple(_read_call(c, f"messages[{i}].tool_calls") for c in m.get("tool_calls") or [])
-        name = fields.get(m, "tool_name", str) or fields.get(m, "name", str)
-        content = fields.get(m, "content", str, "")
+        images = _images(m.get("images"), f"{where}.images")
+        calls = tuple(
+            _read_call(c, f"{where}.tool_calls[{j}]")
+            for j, c in enumerate(fields.get(m, "tool_calls", list, [], where=where))
+        )
+        name = fields.get(m, "tool_name", str, where=where) or fields.get(
+            m, "name", str, where=where
+        )
+        content = fields.get(m, "content", str, "", where=where)
         out.append(
             Message(role, content, calls, name=name if role == "tool" else None, images=images)
         )
@@ -344,7 +350,7 @@ def _read_call(raw: Any, where: str) -> ToolCall:
         raise UsageError(f"{where} must hold {{'function': {{'name': ..., 'arguments': ...}}}}")
     arguments = spec.get("arguments") or {}
     if not isinstance(arguments, dict):
-        raise UsageError(f"{where}: a function's arguments must be an object")
+        raise UsageError(f"'{where}.function.arguments' must be an object")
     return ToolCall(spec["name"], arguments)
 
 

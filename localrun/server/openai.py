@@ -82,26 +82,24 @@ def _message(m: Any, i: int, remote_images: bool = False) -> Message:
     where = f"messages[{i}]"
     if not isinstance(m, dict):
         raise UsageError(f"{where} must be an object")
-    role = fields.get(m, "role", str)
+    role = fields.get(m, "role", str, where=where)
     if role not in ROLES:
         raise UsageError(f"{where} has the role {json.dumps(role)}")
     calls = []
-    for j, c in enumerate(m.get("tool_calls") or []):
+    for j, c in enumerate(fields.get(m, "tool_calls", list, [], where=where)):
         spec = c.get("function") if isinstance(c, dict) else None
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise UsageError(f"{where}.tool_calls[{j}] must hold a function with a name")
+        at = f"{where}.tool_calls[{j}].function.arguments"
         raw = spec.get("arguments") or "{}"
-        try:
-            arguments = json.loads(raw) if isinstance(raw, str) else raw
-        except ValueError:
-            raise UsageError(f"{where}.tool_calls[{j}].function.arguments is not JSON") from None
+        arguments = fields.json_text(raw, at) if isinstance(raw, str) else raw
         if not isinstance(arguments, dict):
-            raise UsageError(f"{where}.tool_calls[{j}].function.arguments must be an object")
+            raise UsageError(f"'{at}' must be an object")
         given = c.get("id")
         ident = given if isinstance(given, str) and given else new_call_id()
         calls.append(ToolCall(spec["name"], arguments, ident))
-    tool_call_id = fields.get(m, "tool_call_id", str) if role == "tool" else None
-    name = fields.get(m, "name", str) if role == "tool" else None
+    tool_call_id = fields.get(m, "tool_call_id", str, where=where) if role == "tool" else None
+    name = fields.get(m, "name", str, where=where) if role == "tool" else None
     content, images = _content(m.get("content"), where, remote_images)
     return Message(ROLES[role], content, tuple(calls), tool_call_id, name, images)
 
@@ -118,7 +116,7 @@ def _content(value: Any, where: str, remote_images: bool) -> tuple[str, tuple[Im
     for j, part in enumerate(value):
         kind = part.get("type") if isinstance(part, dict) else type(part).__name__
         if kind == "text":
-            texts.append(fields.get(part, "text", str, ""))
+            texts.append(fields.get(part, "text", str, "", where=f"{where}.content[{j}]"))
         elif kind == "image_url":
             images.append(_image(part.get("image_url"), f"{where}.content[{j}]", remote_images))
         else:
@@ -175,6 +173,13 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
         if value is not None and ours not in options:
             if ours == "temperature" and value > 2:
                 raise UsageError(f"'temperature' must be between 0 and 2, not {value}")
+            if ours == "num_predict" and value < 0:
+                # Ollama's -1 ("until the context is full") is not OpenAI's: its lengths are
+                # counts. Left out, the answer runs until the model stops or the context fills.
+                raise UsageError(
+                    f"'{theirs}' must be 0 or more, not {value}",
+                    f"give a number of tokens, or leave '{theirs}' out for no limit",
+                )
             fields.in_range(ours, value)
             options[ours] = value
     if body.get("stop") is not None:
@@ -225,7 +230,7 @@ class OpenAIAPI:
         ]
 
     async def chat(self, request: Request) -> Response:
-        body = fields.parse_body(await request.body())
+        body = await fields.read_body(request)
         name = fields.model_name(body)
         raw = fields.get(body, "messages", list, [])
         if not raw:
@@ -301,7 +306,7 @@ class OpenAIAPI:
         )
 
     async def completions(self, request: Request) -> Response:
-        body = fields.parse_body(await request.body())
+        body = await fields.read_body(request)
         name = fields.model_name(body)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -333,7 +338,7 @@ class OpenAIAPI:
         return JSONResponse(chunk(text, _finish(stats)) | {"usage": _usage(stats)})
 
     async def embeddings(self, request: Request) -> Response:
-        body = fields.parse_body(await request.body())
+        body = await fields.read_body(request)
         name = fields.model_name(body)
         texts = fields.texts(
             body.get("input"),

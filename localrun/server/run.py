@@ -49,6 +49,79 @@ def bind(config: ServeConfig) -> socket.socket:
     return sock
 
 
+# A request's line and headers must arrive within this many seconds of the connection
+# opening (or of the answer before it on a kept-alive connection): a client that sends a
+# header a second, and never ends them, is cut off (slowloris). The body is not timed: it is
+# counted against --max-body as it arrives, and a picture may be large on a slow link.
+HEAD_TIMEOUT = 10.0
+# An idle kept-alive connection is closed after this many seconds (uvicorn's default, named
+# here so that it is stated where the other limits are).
+KEEP_ALIVE_TIMEOUT = 5
+
+
+def head_timed(timeout: float = HEAD_TIMEOUT) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol with a deadline on each request's head.
+
+    uvicorn (0.55, checked) has none: its keep-alive timer starts only after a response, and
+    every byte received cancels it, so a connection that trickles header lines stays open for
+    ever. h11 bounds an unfinished head's size (16 KiB), not its time.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadTimed(H11Protocol):
+        head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # the head is in: no more deadline
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()  # the next request's head
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self.head_timer = self.loop.call_later(timeout, self._expired)
+
+        def _disarm(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+
+        def _expired(self) -> None:
+            self.head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeadTimed
+
+
+def uvicorn_config(app: Any, *, head_timeout: float = HEAD_TIMEOUT) -> Any:
+    """How localrun runs uvicorn: its log on stderr, its timeouts, no Server header."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        http=head_timed(head_timeout),
+        log_config=_log_config(),
+        log_level="info",
+        timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+
+
 def _log_config() -> dict[str, Any]:
     """uvicorn's logging, all of it on stderr (its access log goes to stdout by default:
     stdout is for data), and localrun's own server log beside it."""
@@ -86,15 +159,7 @@ def serve(config: ServeConfig, preload: tuple[str, ...] = ()) -> None:
             file=sys.stderr,
             flush=True,
         )
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(config, pool),
-                log_config=_log_config(),
-                log_level="info",
-                timeout_graceful_shutdown=5,
-                server_header=False,
-            )
-        )
+        server = uvicorn.Server(uvicorn_config(create_app(config, pool)))
         await server.serve(sockets=[sock])
 
     try:
