@@ -98,7 +98,9 @@ class ScriptedModel:
         self.rows += len(tokens)
         return 0
 
-    def new_sampler(self, sampling: SamplingParams, history: list[int]) -> object:
+    def new_sampler(
+        self, sampling: SamplingParams, history: list[int], grammar: object | None = None
+    ) -> object:
         self.prompts.append(list(history))
         return _Script()
 

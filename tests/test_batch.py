@@ -69,10 +69,12 @@ def test_a_request_that_cannot_start_fails_alone(
     model = step_model(loaded)
     made = model.new_sampler
 
-    def new_sampler(sampling: SamplingParams, history: list[int]) -> object:
+    def new_sampler(
+        sampling: SamplingParams, history: list[int], grammar: object | None = None
+    ) -> object:
         if sampling.seed == 13:
             raise ValueError("no chain for seed 13")
-        return made(sampling, history)
+        return made(sampling, history, grammar)
 
     monkeypatch.setattr(model, "new_sampler", new_sampler)
     batch = BatchEngine(model)

@@ -184,11 +184,19 @@ class StepModel(Model, Protocol):
     ) -> int:
         """Decode one batch; 0 when done, 1 when the KV cache had no room (nothing changed)."""
 
-    def new_sampler(self, sampling: SamplingParams, history: list[int]) -> object:
-        """A sampler chain for one sequence, primed with its recent tokens."""
+    def new_sampler(
+        self, sampling: SamplingParams, history: list[int], grammar: object | None = None
+    ) -> object:
+        """A sampler chain for one sequence, primed with its recent tokens; with ``grammar``
+        (from :meth:`compile_grammar`, owned by the chain from then on) for
+        ``sampling.grammar``, which is otherwise compiled now."""
 
-    def grammar_error(self, grammar: str) -> str | None:
-        """Why llama.cpp cannot use ``grammar`` (GBNF) with this vocabulary; None if it can."""
+    def compile_grammar(self, grammar: str) -> object:
+        """``grammar`` (GBNF) made ready to sample with, in the caller's thread (any thread);
+        a UsageError says why llama.cpp cannot use it with this vocabulary."""
+
+    def free_grammar(self, grammar: object) -> None:
+        """Free a compiled grammar that no sampler chain took."""
 
     def logits(self, row: int) -> Sequence[float]:
         """The logits of ``row`` of the last batch (a view: valid until the next step)."""

@@ -105,6 +105,7 @@ class _Sequence:
     generated: list[int] = field(default_factory=list)
     paused_at: list[int] = field(default_factory=list)  # answer tokens when it was paused
     sampler: object | None = None
+    grammar: object | None = None  # compiled before admission; the sampler chain takes it
     prefill_started: float = 0.0
     first_at: float = 0.0
     last_at: float = 0.0
@@ -249,6 +250,7 @@ class BatchEngine:
         speculate: int = 0,
         special: bool = False,
         images: Mapping[int, ImageChunk] | None = None,
+        grammar: object | None = None,
     ) -> Stream:
         """Queue a prompt (as tokens) to answer; its events arrive on the returned stream.
 
@@ -258,7 +260,9 @@ class BatchEngine:
         worth keeping in the prompt cache on disk (a system prompt, a document); 0: none.
         With ``special``, control tokens the model writes come out as their text (the
         markers of a tool call, such as ``[TOOL_CALLS]``). ``images`` are the prompt's
-        pictures by the negative id whose runs stand for them in ``prompt``.
+        pictures by the negative id whose runs stand for them in ``prompt``. ``grammar`` is
+        ``sampling.grammar`` from :meth:`compile_grammar` (the engine owns it from now on);
+        without it, the grammar is compiled here, in the caller's thread.
         """
         if not prompt:
             raise UsageError("the prompt has no tokens", "give a non-empty prompt")
@@ -277,13 +281,12 @@ class BatchEngine:
                 f"the prompt is {n} tokens but the context holds only {self.seq_ctx}",
                 "shorten the prompt, or raise the context with --ctx",
             )
-        if sampling.grammar is not None and (error := self.model.grammar_error(sampling.grammar)):
-            raise UsageError(
-                f"llama.cpp cannot use the grammar: {error}", "see llama.cpp's GBNF guide"
-            )
+        if sampling.grammar is not None and grammar is None:
+            grammar = self.compile_grammar(sampling.grammar)
         outbox: queue.SimpleQueue[Event | BaseException] | _LoopOutbox
         outbox = _LoopOutbox(loop) if loop is not None else queue.SimpleQueue()
         seq = _Sequence(prompt, sampling, max_tokens, stop, stop_at_eog, outbox, images=images)
+        seq.grammar = grammar
         if self._keep_limit is not None:
             cache_at = min(cache_at, self._keep_limit)
         cache_at = image_cut(prompt, cache_at)
@@ -295,6 +298,12 @@ class BatchEngine:
             seq.submitted = submitted
         self._inbox.put(("submit", seq))
         return Stream(self, seq)
+
+    def compile_grammar(self, grammar: str) -> object:
+        """``grammar`` (GBNF) parsed by llama.cpp for :meth:`submit`, in the caller's thread:
+        off the engine thread, so that a large grammar never stalls the other answers. A
+        UsageError says why llama.cpp cannot use it."""
+        return self.model.compile_grammar(grammar)
 
     def embed(self, tokens: list[int], loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
         """The embedding of ``tokens``, computed by the engine thread between two steps in a
@@ -419,7 +428,8 @@ class BatchEngine:
                 self._restore(seq, slot)
                 if seq.sampler is None:
                     history = [t for t in seq.prompt if t >= 0] if seq.images else seq.prompt
-                    seq.sampler = self.model.new_sampler(seq.sampling, history)
+                    seq.sampler = self.model.new_sampler(seq.sampling, history, seq.grammar)
+                    seq.grammar = None
             except Exception as e:  # this request cannot start: it fails, the others go on
                 self.model.forget(slot)
                 self._free.append(slot)
@@ -605,8 +615,8 @@ class BatchEngine:
             if seq.drafts:
                 checked.add(id(seq))
                 self._verify(seq, index)
-            else:
-                self._sampled(seq, self.model.sample(seq.sampler, index))
+            elif (token := self._sample(seq, index)) is not None:
+                self._sampled(seq, token)
         seconds = time.perf_counter() - now
         for seq, before, guessed in decoding:
             if guessed is None:
@@ -614,6 +624,16 @@ class BatchEngine:
             seq.pace.add(guessed, seconds, seq.stats.completion_tokens - before)
             if guessed and not seq.quiet:
                 seq.quiet = seq.pace.pause()  # slower with guesses: plain decoding a while
+
+    def _sample(self, seq: _Sequence, row: int) -> int | None:
+        """The sequence's next token from ``row``; None when its sampling failed (a grammar
+        that allows no token, or costs too much to follow): that request fails, the others
+        go on."""
+        try:
+            return self.model.sample(seq.sampler, row)
+        except GenerationError as e:
+            self._fail(seq, e)
+            return None
 
     def _guess(self) -> dict[int, bool | None]:
         """This step's guesses for the sequences that speculate, within their limits: by the
@@ -669,7 +689,9 @@ class BatchEngine:
         accepted = 0
         for i in range(len(drafts) + 1):
             seq.cached = start + 1 + i  # the cells that hold tokens of the answer
-            token = self.model.sample(seq.sampler, index + i)
+            token = self._sample(seq, index + i)
+            if token is None:
+                return
             self._sampled(seq, token)
             if seq.finished:
                 break
@@ -776,6 +798,9 @@ class BatchEngine:
         if seq.sampler is not None:
             self.model.free_sampler(seq.sampler)
             seq.sampler = None
+        if seq.grammar is not None:  # never admitted
+            self.model.free_grammar(seq.grammar)
+            seq.grammar = None
         if flush:
             tail = seq.matcher.flush() + seq.decoder.decode(b"", final=True)
             if tail:

@@ -78,6 +78,7 @@ class Answer:
             )
         runner = await pool.acquire(ask.model, ask.options.get("num_ctx"))
         load_s = time.perf_counter() - start
+        compiled: object | None = None
         try:
             options = run_options(
                 runner.settings,
@@ -100,6 +101,9 @@ class Answer:
                 )
             if chosen is not None:
                 options = replace(options, sampling=replace(options.sampling, grammar=chosen))
+                # llama.cpp's parse takes up to a fraction of a second within the prompt
+                # layer's limits: off the event loop, and off the engine thread.
+                compiled = await asyncio.to_thread(runner.engine.compile_grammar, chosen)
             read = await asyncio.to_thread(
                 _tokens, runner, ask, options.system, options.history, tools
             )
@@ -115,8 +119,11 @@ class Answer:
                 speculate=runner.loaded.speculate,
                 special=watch is not None,
                 images=read.images,
+                grammar=compiled,
             )
         except BaseException as e:
+            if compiled is not None:  # the engine never took it
+                runner.engine.model.free_grammar(compiled)
             pool.release(runner, ask.keep_alive)
             if isinstance(e, PromptTooLongError):
                 raise _for_api(e) from None

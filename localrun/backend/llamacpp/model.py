@@ -33,6 +33,7 @@ from localrun.errors import (
     GenerationError,
     ModelLoadError,
     NoVisionError,
+    UsageError,
 )
 from localrun.gguf.reader import type_number
 
@@ -328,26 +329,38 @@ class LlamaCppModel:
             )
         return rc
 
-    def new_sampler(self, sampling: SamplingParams, history: list[int]) -> Chain:
+    def new_sampler(
+        self, sampling: SamplingParams, history: list[int], grammar: object | None = None
+    ) -> Chain:
         return sampler_chain(
-            sampling, history, n_vocab=self.n_vocab, n_ctx=self._n_ctx, vocab=self._vocab
+            sampling,
+            history,
+            n_vocab=self.n_vocab,
+            n_ctx=self._n_ctx,
+            vocab=self._vocab,
+            grammar=grammar,
         )
 
-    def grammar_error(self, grammar: str) -> str | None:
-        logs.start()
+    def compile_grammar(self, grammar: str) -> object:
+        logged: list[str] = []
         with logs.stderr_text() as printed:
-            handle = sampler.new_grammar(self._vocab, grammar)
+            handle = sampler.new_grammar(self._vocab, grammar, logged)
         if handle is not None:
-            lc.llama_sampler_free(handle)
-            return None
-        lines = [
-            line.strip() for text in printed + logs.recent_errors() for line in text.splitlines()
-        ]
+            return handle
+        lines = [line.strip() for text in printed + logged for line in text.splitlines()]
         found = next((line for line in lines if "error parsing grammar: " in line), None)
-        if found is None:
-            return "it does not parse"
-        reason = found.split("error parsing grammar: ", 1)[1]
-        return reason if len(reason) <= 80 else reason[:77] + "..."
+        if found is not None:
+            reason = found.split("error parsing grammar: ", 1)[1]
+        else:  # parsed, but refused: an undefined rule, left recursion, no root
+            reason = next((line for line in logged if "failed to parse" not in line), "")
+            reason = reason.removeprefix("llama_grammar_init_impl: ") or "it does not parse"
+        reason = reason if len(reason) <= 80 else reason[:77] + "..."
+        raise UsageError(
+            f"llama.cpp cannot use the grammar: {reason}", "see llama.cpp's GBNF guide"
+        )
+
+    def free_grammar(self, grammar: object) -> None:
+        lc.llama_sampler_free(grammar)
 
     def logits(self, row: int) -> Sequence[float]:
         pointer = lc.llama_get_logits_ith(self._ctx, row)

@@ -28,12 +28,13 @@ from __future__ import annotations
 import ctypes
 import importlib
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from localrun.backend import SamplingParams
-from localrun.backend.llamacpp import bindings
+from localrun.backend.llamacpp import bindings, logs
 from localrun.errors import GenerationError
 
 bindings.register()
@@ -42,6 +43,10 @@ import llama_cpp.llama_cpp as lc  # noqa: E402
 
 _FAR = 24.0  # logits below the best past which a grammar's candidates are not looked for
 _GRAMMAR_SETS = (256, 4096, 32768)  # the best candidates a grammar checks first
+# The most one token's grammar checks may be expected to take. llama.cpp checks every candidate
+# against every open alternative: a 4,000-value enum whose values begin alike took 10 s a
+# token over the whole vocabulary, and the engine thread (every other answer) waits meanwhile.
+GRAMMAR_TOKEN_BUDGET_S = 1.0
 _FIRST_MARGIN = 8.0  # logits; widened until the first cut fits inside, then adapted per token
 
 
@@ -65,20 +70,51 @@ class Chain:
     _mask: Any = field(default=None, repr=False)  # numpy bool array, one per logit
 
 
-def new_grammar(vocab: Any, grammar: str) -> Any:
-    """llama.cpp's grammar sampler for ``grammar`` (GBNF, root rule ``root``); None if it
-    cannot parse it (its log says why)."""
-    handle = lc.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-    return handle or None
+# llama.cpp's grammar parser recurses once per level of parentheses, about 420 bytes of stack a
+# level here (19,000 levels crashed an 8 MiB stack): grammars are parsed on a thread with a
+# stack of this size, whatever thread asks, so the prompt layer's cap of 1,024 levels
+# (localrun.prompt.grammar) leaves a margin of about 40 times.
+GRAMMAR_STACK = 16 << 20
+_STACK_SIZE_LOCK = threading.Lock()
+
+
+def new_grammar(vocab: Any, grammar: str, errors: list[str] | None = None) -> Any:
+    """llama.cpp's grammar sampler for ``grammar`` (GBNF, root rule ``root``), parsed on a
+    thread with a stack of ``GRAMMAR_STACK``; None if it cannot parse it. Then ``errors``
+    gets the lines llama.cpp logged as errors (its parser also writes to the process's
+    stderr directly: see ``logs.stderr_text``)."""
+    made: list[Any] = []
+
+    def parse() -> None:
+        logs.start()
+        made.append(lc.llama_sampler_init_grammar(vocab, grammar.encode(), b"root") or None)
+        if made[0] is None and errors is not None:
+            errors.extend(logs.recent_errors())
+
+    with _STACK_SIZE_LOCK:  # the size applies to every thread made meanwhile
+        previous = threading.stack_size(GRAMMAR_STACK)
+        try:
+            parser = threading.Thread(target=parse, name="localrun-grammar", daemon=True)
+            parser.start()
+        finally:
+            threading.stack_size(previous)
+    parser.join()
+    return made[0] if made else None
 
 
 def sampler_chain(
-    sampling: SamplingParams, history: list[int], *, n_vocab: int, n_ctx: int, vocab: Any = None
+    sampling: SamplingParams,
+    history: list[int],
+    *,
+    n_vocab: int,
+    n_ctx: int,
+    vocab: Any = None,
+    grammar: Any = None,
 ) -> Chain:
     """llama.cpp's sampler chain: penalties, top-k, top-p, min-p, temperature, seeded draw;
-    with a grammar, a grammar sampler beside it (see :func:`sample`)."""
-    grammar = None
-    if sampling.grammar is not None:
+    with a grammar, a grammar sampler beside it (see :func:`sample`): ``grammar``, built
+    before by :func:`new_grammar` (the chain owns it from now on), or built now."""
+    if grammar is None and sampling.grammar is not None:
         grammar = new_grammar(vocab, sampling.grammar)
         if grammar is None:
             raise ValueError("llama.cpp cannot parse the grammar")  # checked before: a bug
@@ -180,18 +216,23 @@ def _sample_allowed(chain: Chain, ctx: Any, row: int, n_vocab: int) -> int:
     - or the margin has reached ``FAR`` logits (times the temperature, when over 1): tokens
       below it would be drawn with a probability under e^-24 of the best one's.
 
-    A chain without a top-k (``top_k`` 0) checks the whole vocabulary.
+    A chain without a top-k (``top_k`` 0) checks the whole vocabulary. A check grows with the
+    candidates, so the next, larger set's is foreseen from the last one's time: one that
+    would take the token past ``GRAMMAR_TOKEN_BUDGET_S`` fails the answer instead.
     """
     import numpy as np
 
     logits = np.frombuffer(_logits_view(ctx, row, n_vocab), np.float32)
     best = float(logits.max())
+    start = time.perf_counter()
+    checked = 0  # candidates in the last set checked
     if chain.keep and np.isfinite(best):
         far = _FAR * max(chain.temperature, 1.0)
         recent = np.fromiter(chain.recent, np.int32) if chain.recent else None
         for n in _GRAMMAR_SETS:
             if n >= n_vocab // 4:
                 break
+            _within_budget(start, checked, n)
             ids = np.argpartition(logits, -n)[-n:]  # the n best: all above some margin
             candidates = _candidates(chain, n)
             candidates["id"] = ids
@@ -200,6 +241,7 @@ def _sample_allowed(chain: Chain, ctx: Any, row: int, n_vocab: int) -> int:
             margin = best - float(candidates["logit"].min())
             array = _array(candidates)
             lc.llama_sampler_apply(chain.grammar, ctypes.byref(array))
+            checked = n
             allowed = np.isfinite(candidates["logit"])
             if not allowed.any():
                 continue
@@ -207,6 +249,7 @@ def _sample_allowed(chain: Chain, ctx: Any, row: int, n_vocab: int) -> int:
                 allowed &= ~np.isin(ids, recent)
             if np.count_nonzero(allowed) >= chain.keep or margin >= far:
                 return _pick(chain, candidates, array)
+    _within_budget(start, checked, n_vocab)
     candidates = _candidates(chain, n_vocab)
     candidates["id"] = np.arange(n_vocab, dtype=np.int32)
     candidates["logit"] = logits
@@ -214,6 +257,21 @@ def _sample_allowed(chain: Chain, ctx: Any, row: int, n_vocab: int) -> int:
     array = _array(candidates)
     lc.llama_sampler_apply(chain.grammar, ctypes.byref(array))
     return _pick(chain, candidates, array)
+
+
+def _within_budget(start: float, checked: int, n: int) -> None:
+    """Refuse to check ``n`` candidates when ``checked`` of them took so long since ``start``
+    that ``n`` would take this token past its budget."""
+    if not checked:
+        return
+    spent = time.perf_counter() - start
+    foreseen = spent * n / checked
+    if spent + foreseen > GRAMMAR_TOKEN_BUDGET_S:
+        raise GenerationError(
+            f"the grammar costs too much to follow: checking the next {n:,} candidate tokens "
+            f"would take about {foreseen:.1f} s",
+            "give the grammar fewer alternatives that begin alike (a smaller enum, say)",
+        )
 
 
 def _pick(chain: Chain, candidates: Any, array: Any) -> int:
