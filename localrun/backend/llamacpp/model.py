@@ -37,6 +37,9 @@ from localrun.errors import (
 )
 from localrun.gguf.reader import type_number
 
+# What one decode's output rows may hold while embedding (see LlamaCppModel.embed).
+EMBED_OUTPUT_BYTES = 32 << 20
+
 bindings.register()  # the ctypes bindings alone: 0.04 s instead of 0.13-0.3 s
 
 import llama_cpp.llama_cpp as lc  # noqa: E402
@@ -432,15 +435,23 @@ class LlamaCppModel:
     def embed(self, tokens: list[int], seq: int) -> list[float]:
         # Mean pooling over a causal model's last hidden states, as Ollama does for a
         # generative model; the context is switched to embeddings only for this.
+        #
+        # Every row read with embeddings on is an output row, and llama.cpp computes and keeps
+        # a row of logits for each (its output buffer, sized for the most rows one decode has
+        # asked for, never shrinks): 512 rows of a 262,144-token vocabulary held 1 GB more
+        # for as long as the model stayed loaded. So the text is read a few rows a decode,
+        # as many as EMBED_OUTPUT_BYTES hold.
         import numpy as np
 
         n_embd = int(lc.llama_model_n_embd(self._model))
+        per_row = (self.n_vocab + n_embd) * 4
+        step = max(1, min(self._n_batch, EMBED_OUTPUT_BYTES // per_row))
         total = np.zeros(n_embd, dtype=np.float64)
         self.forget(seq)
         lc.llama_set_embeddings(self._ctx, True)
         try:
-            for start in range(0, len(tokens), self._n_batch):
-                chunk = tokens[start : start + self._n_batch]
+            for start in range(0, len(tokens), step):
+                chunk = tokens[start : start + step]
                 n = len(chunk)
                 if self.decode_rows(chunk, list(range(start, start + n)), [seq] * n, [True] * n):
                     raise GenerationError(
