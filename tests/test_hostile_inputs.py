@@ -342,3 +342,13 @@ def test_show_reports_a_truncated_file(home: Path, tmp_path: Path) -> None:
     data = model.read_bytes()
     model.write_bytes(data[: len(data) - 1000])
     one_line_error(run(home, "show", str(model)), 1, "truncated")
+
+
+@pytest.mark.parametrize("flag", [None, "--system"])
+def test_text_that_is_not_utf8_is_refused_in_one_line(
+    home: Path, tiny_model: Path, flag: str | None
+) -> None:
+    text = os.fsdecode(b"hi \xff there")  # argv's bytes, as Python holds them
+    args = [flag, text, "hi"] if flag else [text]
+    done = run(home, "run", str(tiny_model), *args, "--max-tokens", "2")
+    one_line_error(done, 2, "the text is not valid UTF-8")  # was "this is a bug"

@@ -236,7 +236,13 @@ class LlamaCppModel:
     # -- tokens -----------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        data = text.encode("utf-8")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as e:  # bytes that were not UTF-8 (argv), a lone \ud800
+            raise UsageError(
+                f"the text is not valid UTF-8 (at character {e.start + 1:,})",
+                "give UTF-8 text (in JSON, a \\ud800-\\udfff escape only as one of a pair)",
+            ) from None
         capacity = len(data) + 8
         buf = (lc.llama_token * capacity)()
         n = lc.llama_tokenize(
