@@ -565,3 +565,35 @@ def test_a_prompt_too_long_names_the_requests_context_and_knob(server: Server) -
     )
     assert r.status_code == 400 and f"holds only {ctx}" in _error(r), r.text
     assert "options.num_ctx" in _error(r) and "--ctx" not in _error(r), r.text
+
+
+def test_grammars_that_once_killed_or_held_the_server_are_400s(
+    server: Server, client: ollama.Client, oai: openai.OpenAI
+) -> None:
+    """One request with a maxLength of 100,000,000 killed the server (SIGSEGV in llama.cpp's
+    grammar parser); an enum of 100,000 values kept a core busy for minutes after its client
+    left, and the requests after it waited."""
+    deep = "^" + "(" * 30_000 + "a" + ")" * 30_000 + "$"
+    for schema, message in (
+        ({"type": "string", "maxLength": 100_000_000}, "maxLength 100,000,000 (at $)"),
+        ({"enum": [f"value {i}" for i in range(100_000)]}, "enum (at $) has 100,000 values"),
+        ({"type": "string", "pattern": deep}, "it nests too deeply"),
+    ):
+        body = {"model": MODEL, "prompt": "hi", "format": schema}
+        r = _post(server, "/api/generate", json.dumps(body))
+        assert r.status_code == 400 and message in _error(r), r.text
+        with pytest.raises(openai.BadRequestError) as refused:
+            oai.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "hi"}],
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": schema},
+                },
+            )
+        assert message in str(refused.value)
+    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 8}}}
+    r = client.generate(
+        model=MODEL, prompt="hi", format=schema, options={"num_predict": 60, "seed": 1}
+    )
+    assert r.done and json.loads(r.response).keys() <= {"a"}  # and the server answers on

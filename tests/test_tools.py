@@ -330,3 +330,14 @@ def test_the_chat_offers_tools_and_shows_calls(qwen_tiny: Path, tmp_path: Path) 
             session.load_tools(bad)
     finally:
         loaded.close()
+
+
+@pytest.mark.parametrize("form", sorted(SAMPLES))
+def test_a_call_nested_past_pythons_stack_is_text_not_a_crash(form: str) -> None:
+    """A model may write brackets without end: that was a RecursionError mid-answer."""
+    deep = "[" * 100_000
+    text = SAMPLES[form][0].replace('"paris"', deep).replace('{"city": "rome"', deep)
+    _, calls = FORMS[form].parse(text, TOOLS)
+    assert all(c.name in {t.name for t in TOOLS} for c in calls)
+    as_string = '<tool_call>{"name": "get_time", "arguments": "' + deep + '"}</tool_call>'
+    assert FORMS["hermes"].parse(as_string, TOOLS)[1] == []

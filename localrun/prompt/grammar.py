@@ -311,7 +311,8 @@ def _convert(schema: dict[str, Any]) -> str:
         ) from None
     except RecursionError:
         raise UsageError(
-            "the schema cannot be turned into a grammar: it refers to itself too deeply",
+            "the schema cannot be turned into a grammar: it nests too deeply (a pattern's "
+            "parentheses, or $refs that lead back to themselves)",
             "simplify the schema",
         ) from None
     check_gbnf(grammar, "the schema's grammar")

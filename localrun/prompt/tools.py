@@ -179,7 +179,7 @@ def _call(obj: Any, keys: tuple[str, ...] = ("arguments", "parameters")) -> Tool
     if isinstance(args, str):  # some models write the arguments as a JSON string
         try:
             args = json.loads(args)
-        except ValueError:
+        except (ValueError, RecursionError):  # a model's text: nested past Python's stack too
             return None
     if not isinstance(args, dict):
         return None
@@ -200,7 +200,7 @@ def _json_values(text: str) -> tuple[list[Any], str]:
             return values, text[i:]
         try:
             value, i = decoder.raw_decode(text, i)
-        except ValueError:
+        except (ValueError, RecursionError):
             return values, text[i:]
         values.append(value)
 
