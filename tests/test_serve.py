@@ -111,6 +111,8 @@ def test_a_path_is_not_a_model_name(client: ollama.Client, home: Path) -> None:
     with pytest.raises(ollama.ResponseError) as e:
         client.generate(model=str(gguf), prompt="x")
     assert e.value.status_code == 404
+    assert "a request names a model, never a file" in e.value.error  # not "pull /etc/..."
+    assert "pull" not in e.value.error
 
 
 def test_bad_options_are_400(client: ollama.Client) -> None:

@@ -63,17 +63,19 @@ def resolve_served(name: str) -> Resolved:
     from localrun.hub import store
     from localrun.models import recipes
 
+    # A path is never pulled: saying "pull /etc/passwd" would be nonsense.
+    hint = (
+        "a request names a model, never a file: GET /api/tags lists them"
+        if name.startswith(("/", ".", "~")) or name.endswith(".gguf")
+        else f"pull it first: POST /api/pull, or localrun pull {name}"
+    )
     known = name == DEMO or store.find(name) is not None or recipes.find(name) is not None
     if not known:
-        raise ModelNotFoundError(
-            f"model '{name}' not found", f"pull it first: localrun pull {name}"
-        )
+        raise ModelNotFoundError(f"model '{name}' not found", hint)
     try:
         return resolve(name)
     except NeedsPullError:  # a library name whose model is not pulled
-        raise ModelNotFoundError(
-            f"model '{name}' not found", f"pull it first: localrun pull {name}"
-        ) from None
+        raise ModelNotFoundError(f"model '{name}' not found", hint) from None
 
 
 def _size(path: Any, n_ctx: int, kv_type: str = "f16") -> int:
