@@ -30,25 +30,35 @@ def write_atomic(path: Path, content: str | bytes) -> None:
         raise
 
 
-def read_capped(path: str | Path, cap: int, what: str, hint: str) -> bytes:
-    """The bytes of the regular file ``path``, refused in one line if there are more than ``cap``.
+def open_regular(path: str | Path, what: str, hint: str) -> int:
+    """A file descriptor of the regular file ``path``, open for reading; else a one-line
+    UsageError naming ``what`` ("the grammar file") with ``hint``.
 
-    ``what`` names the file in messages ("the grammar file"); ``hint`` says what to give
-    instead. A device (``/dev/zero``), a FIFO, a socket or a folder is refused before anything
-    is read: a FIFO is opened without waiting for a writer, so a FIFO with none cannot hang the
-    command. The cap is checked while reading, so a file that grows (or lies about its size,
-    as ``/proc`` files do) costs at most ``cap`` bytes of memory.
+    A device (``/dev/zero``), a FIFO, a socket or a folder is refused before anything is read:
+    a FIFO is opened without waiting for a writer, so a FIFO with none cannot hang the command.
     """
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         raise UsageError(f"cannot read {what} {path}: {e.strerror}", hint) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise UsageError(f"{what} {path} is {kind}", hint)
+    return fd
+
+
+def read_capped(path: str | Path, cap: int, what: str, hint: str) -> bytes:
+    """The bytes of the regular file ``path`` (see :func:`open_regular`), refused in one line
+    if there are more than ``cap``.
+
+    The cap is checked while reading, so a file that grows (or lies about its size, as
+    ``/proc`` files do) costs at most ``cap`` bytes of memory.
+    """
+    fd = open_regular(path, what, hint)
     chunks: list[bytes] = []
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-            raise UsageError(f"{what} {path} is {kind}", hint)
         size = 0
         while chunk := os.read(fd, min(1 << 20, cap + 1 - size)):
             chunks.append(chunk)

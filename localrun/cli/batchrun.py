@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import stat
 import sys
 import time
 from collections import deque
@@ -19,7 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from localrun.errors import LocalrunError, UsageError
-from localrun.files import human_size
+from localrun.files import human_size, open_regular
 
 T = TypeVar("T")
 
@@ -86,17 +85,7 @@ class BatchLines:
 
 def _open(source: str) -> BinaryIO:
     """The regular file ``source``, opened without waiting for a FIFO's writer."""
-    # As localrun.files.read_capped opens, for a file read a line at a time.
-    try:
-        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise UsageError(f"cannot read the batch file {source}: {e.strerror}", _HINT) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-        raise UsageError(f"the batch file {source} is {kind}", _HINT)
-    return os.fdopen(fd, "rb")
+    return os.fdopen(open_regular(source, "the batch file", _HINT), "rb")
 
 
 class _NotUtf8(UsageError):
