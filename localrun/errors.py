@@ -35,6 +35,11 @@ class UsageError(LocalrunError):
     http_status = 400
 
 
+class NotTextError(UsageError):
+    """Bytes that are not UTF-8 text where text belongs (a batch line: on stdin that line's
+    error, in a file the whole file's)."""
+
+
 # -- models and their files ------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from localrun.errors import LocalrunError, UsageError
+from localrun.errors import LocalrunError, NotTextError, UsageError
 from localrun.files import human_size, open_regular
 
 T = TypeVar("T")
@@ -66,7 +66,7 @@ class BatchLines:
         total = 0
         with _open(self.source) as stream:
             for number, item in _numbered(stream):
-                if isinstance(item, _NotUtf8):  # a binary file, named by mistake
+                if isinstance(item, NotTextError):  # a binary file, named by mistake
                     raise UsageError(
                         f"the batch file {self.source} is not UTF-8 text (line {number})", _HINT
                     )
@@ -88,10 +88,6 @@ def _open(source: str) -> BinaryIO:
     return os.fdopen(open_regular(source, "the batch file", _HINT), "rb")
 
 
-class _NotUtf8(UsageError):
-    """A line that is not UTF-8: on stdin its own error, in a file the whole file's."""
-
-
 def _numbered(stream: BinaryIO) -> Iterator[tuple[int, str | LocalrunError]]:
     """(line number, text or that line's error) for each non-blank line of ``stream``."""
     number = 0
@@ -106,7 +102,7 @@ def _numbered(stream: BinaryIO) -> Iterator[tuple[int, str | LocalrunError]]:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
-            yield number, _NotUtf8(f"line {number}: not UTF-8 text", _LINE_HINT)
+            yield number, NotTextError(f"line {number}: not UTF-8 text", _LINE_HINT)
             continue
         if text.strip():
             yield number, text
