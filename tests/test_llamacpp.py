@@ -110,7 +110,13 @@ def test_unsupported_architecture_is_a_load_error(tmp_path: Path) -> None:
 
 
 def _reference_chain(
-    sampling: SamplingParams, history: list[int], *, n_vocab: int, n_ctx: int, vocab: object = None
+    sampling: SamplingParams,
+    history: list[int],
+    *,
+    n_vocab: int,
+    n_ctx: int,
+    vocab: object = None,
+    grammar: object = None,
 ) -> object:
     """The textbook order: penalties over the whole vocabulary, then the usual cuts."""
     import llama_cpp as lc
