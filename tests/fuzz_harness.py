@@ -1,20 +1,31 @@
 """Run many localrun command lines, each in a forked child, and report how each ended.
 
-Used by ``tests/test_fuzz.py``: ``python -m tests.fuzz_harness CASES.json RESULTS.json``. The
+Used by ``tests/test_fuzz.py`` and ``tests/test_fuzz_grammar.py``:
+``python -m tests.fuzz_harness CASES.json RESULTS.json [TIMEOUT [JOBS [MEMORY_MB]]]``. The
 parent imports localrun once; each case forks, so a case that aborts the process (a failed
 GGML_ASSERT) or eats memory is caught and measured on its own: ``os.wait4`` gives each
 child's exit status and peak memory. A case is ``{"steps": [[args...], ...], "stdin": str}``:
 its steps run in order in one child until one fails.
+
+Up to JOBS children run at once; the parent waits on their pidfds, so a child past TIMEOUT
+seconds is killed at its deadline (``timed_out`` in its result) without a timer thread.
+MEMORY_MB, when given, caps each child's data (``RLIMIT_DATA``): a case that would eat the
+machine fails on its own instead, as a signal or an error.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
+import select
+import signal
 import sys
 import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def _child(case: dict[str, Any], out_fd: int, err_fd: int, peak_fd: int) -> None:
@@ -43,45 +54,101 @@ def _child(case: dict[str, Any], out_fd: int, err_fd: int, peak_fd: int) -> None
     os._exit(code)
 
 
-def run_case(case: dict[str, Any], timeout: float) -> dict[str, Any]:
-    with (
-        tempfile.TemporaryFile() as out,
-        tempfile.TemporaryFile() as err,
-        tempfile.TemporaryFile() as peak,
-    ):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _child(case, out.fileno(), err.fileno(), peak.fileno())
-            finally:
-                os._exit(99)
-        import signal
-        import threading
+@dataclass
+class _Running:
+    index: int
+    case: dict[str, Any]
+    pid: int
+    pidfd: int
+    deadline: float
+    started: float
+    files: list[IO[bytes]] = field(default_factory=list)
+    timed_out: bool = False
 
-        timer = threading.Timer(timeout, os.kill, (pid, signal.SIGKILL))
-        timer.start()
-        _, status, _ = os.wait4(pid, 0)
-        timer.cancel()
-        out.seek(0)
-        err.seek(0)
-        peak.seek(0)
-        peak_kb = int(peak.read() or 0)
-        return {
-            **case,
-            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-            "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-            "peak_mb": peak_kb / 1024,
-            "stdout": out.read().decode(errors="replace"),
-            "stderr": err.read().decode(errors="replace"),
-        }
+
+def _start(index: int, case: dict[str, Any], timeout: float, memory_mb: int) -> _Running:
+    files: list[IO[bytes]] = [tempfile.TemporaryFile() for _ in range(3)]  # noqa: SIM115
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if memory_mb:
+                limit = memory_mb * 1024 * 1024
+                resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+            _child(case, *(f.fileno() for f in files))
+        finally:
+            os._exit(99)
+    now = time.monotonic()
+    return _Running(index, case, pid, os.pidfd_open(pid), now + timeout, now, files)
+
+
+def _finish(run: _Running) -> dict[str, Any]:
+    _, status, _ = os.wait4(run.pid, 0)
+    seconds = time.monotonic() - run.started
+    os.close(run.pidfd)
+    out, err, peak = run.files
+    for f in run.files:
+        f.seek(0)
+    peak_kb = int(peak.read() or 0)
+    result = {
+        **run.case,
+        "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+        "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+        "timed_out": run.timed_out,
+        "seconds": round(seconds, 3),
+        "peak_mb": peak_kb / 1024,
+        "stdout": out.read().decode(errors="replace"),
+        "stderr": err.read().decode(errors="replace"),
+    }
+    for f in run.files:
+        f.close()
+    return result
+
+
+def run_cases(
+    cases: list[dict[str, Any]], timeout: float, jobs: int = 1, memory_mb: int = 0
+) -> list[dict[str, Any]]:
+    """Each case's result, in the cases' order; up to ``jobs`` run at once."""
+    results: list[dict[str, Any]] = [{} for _ in cases]
+    waiting = list(enumerate(cases))[::-1]
+    running: dict[int, _Running] = {}
+    while waiting or running:
+        while waiting and len(running) < max(1, jobs):
+            index, case = waiting.pop()
+            run = _start(index, case, timeout, memory_mb)
+            running[run.pidfd] = run
+        soonest = min(run.deadline for run in running.values())
+        ready, _, _ = select.select(list(running), [], [], max(0.0, soonest - time.monotonic()))
+        for fd in ready:
+            run = running.pop(fd)
+            results[run.index] = _finish(run)
+        now = time.monotonic()
+        for run in running.values():
+            if run.deadline <= now and not run.timed_out:
+                run.timed_out = True
+                run.deadline = now + timeout  # its pidfd is ready once the kill lands
+                os.kill(run.pid, signal.SIGKILL)  # not yet waited for: the pid is still its
+    return results
+
+
+def run_case(case: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """One case's result."""
+    return run_cases([case], timeout)[0]
 
 
 def main() -> None:
-    import localrun.cli  # noqa: F401 - imported once, before the forks
+    # Imported once, before the forks: what a run imports lazily (llama.cpp's bindings, the
+    # engine) would take each child a fifth of a second again.
+    import localrun.backend.llamacpp.model
+    import localrun.backend.llamacpp.schema
+    import localrun.cli
+    import localrun.cli.run
+    import localrun.engine  # noqa: F401
 
     cases = json.loads(Path(sys.argv[1]).read_text())
     timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 60
-    results = [run_case(case, timeout) for case in cases]
+    jobs = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    memory_mb = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+    results = run_cases(cases, timeout, jobs, memory_mb)
     Path(sys.argv[2]).write_text(json.dumps(results))
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +204,25 @@ def test_harness_reports_each_case(value: str, tiny_model: Path, tmp_path: Path)
     (result,) = json.loads(result_file.read_text())
     assert result["code"] == 2 and result["signal"] is None
     assert result["stderr"].startswith("Error: ") and "--temperature" in result["stderr"]
+
+
+def test_harness_kills_a_case_past_its_deadline_and_runs_others_beside_it(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """The harness's deadline and its jobs: a server (which never ends by itself) is killed at
+    its deadline and reported so, while a case beside it runs to its end meanwhile."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cases = [
+        {"steps": [["serve", "--port", port]], "stdin": "", "home": str(tmp_path / "a")},
+        {"steps": [["run", str(tiny_model), "--temperature", "nan", "hi"]], "stdin": ""},
+    ]
+    case_file, result_file = tmp_path / "c.json", tmp_path / "r.json"
+    case_file.write_text(json.dumps(cases))
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "tests.fuzz_harness", str(case_file), str(result_file)]
+    subprocess.run([*command, "3", "2"], check=True, cwd=root, timeout=60)
+    served, refused = json.loads(result_file.read_text())
+    assert served["timed_out"] and served["signal"] == signal.SIGKILL
+    assert not refused["timed_out"] and refused["code"] == 2 and refused["seconds"] < 3
