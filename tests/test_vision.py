@@ -498,8 +498,9 @@ def test_a_client_cannot_name_a_projector_on_the_servers_disk(
             "/api/create",
             json={"model": "sneaky", "modelfile": f"FROM blind\nPROJECTOR {projector}\n"},
         )
-        assert r.status_code == 200, r.text
-    assert list(client.show("sneaky").capabilities or []) == ["completion"]
+        # Refused, not dropped in silence (it was a 200 without the projector once).
+        assert r.status_code == 400 and "names a projector (PROJECTOR" in r.text, r.text
+    assert not any((m.model or "").startswith("sneaky") for m in client.list().models)
     # A model made from a vision model keeps its base's projector.
     client.create(model="seer-too", from_="seer", system="Be brief.")
     assert list(client.show("seer-too").capabilities or []) == ["completion", "vision"]
