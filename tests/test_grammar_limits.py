@@ -22,14 +22,8 @@ from localrun.engine.batch import BatchEngine, collect
 from localrun.engine.types import FinishReason
 from localrun.errors import GenerationError, UsageError
 from localrun.prompt import grammar
-from localrun.prompt.grammar import (
-    MAX_ALTERNATIVES,
-    MAX_ENUM,
-    MAX_NESTING,
-    MAX_REPEAT,
-    MAX_RULES,
-    MAX_SCHEMA_REPEAT,
-)
+from localrun.prompt.gbnf import MAX_ALTERNATIVES, MAX_NESTING, MAX_REPEAT, MAX_RULES
+from localrun.prompt.schema import MAX_ENUM, MAX_SCHEMA_REPEAT
 from tests.proc import run
 
 

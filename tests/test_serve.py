@@ -579,7 +579,7 @@ def test_grammars_that_once_killed_or_held_the_server_are_400s(
     for schema, message in (
         ({"type": "string", "maxLength": 100_000_000}, "maxLength 100,000,000 (at $)"),
         ({"enum": [f"value {i}" for i in range(100_000)]}, "enum (at $) has 100,000 values"),
-        ({"type": "string", "pattern": deep}, "it nests too deeply"),
+        ({"type": "string", "pattern": deep}, "pattern (at $) nests too deeply"),
     ):
         body = {"model": MODEL, "prompt": "hi", "format": schema}
         r = _post(server, "/api/generate", json.dumps(body))

@@ -90,7 +90,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         ({"type": "string", "format": "email"}, "format 'email' (at $)"),
         ({"type": "array", "items": {"type": "text"}}, "type 'text' (at $.items)"),
         ({"anyOf": [{"type": "string"}, {"uniqueItems": True}]}, "'uniqueItems' (at $.anyOf[1])"),
-        ({"$ref": "#/$defs/missing"}, "cannot be turned into a grammar"),
+        ({"$ref": "#/$defs/missing"}, '$ref "#/$defs/missing" (at $) leads to no definition'),
+        ({"type": "string", "pattern": "^a+$", "maxLength": 3}, "cannot be enforced together"),
+        ({"type": "integer", "enum": [1, "two"]}, 'enum value "two" (at $) is not of its type'),
         ([1, 2], "a JSON schema must be an object"),
     ],
 )
@@ -152,7 +154,8 @@ def _ascii_strings(schema: Any) -> Any:
         return schema
     out = {k: _ascii_strings(v) for k, v in schema.items()}
     if out.get("type") == "string" and "maxLength" in out and "pattern" not in out:
-        out["pattern"] = f"^[a-z ]{{0,{out['maxLength']}}}$"
+        # the length goes into the pattern: a grammar cannot enforce both apart
+        out["pattern"] = f"^[a-z ]{{0,{out.pop('maxLength')}}}$"
     return out
 
 

@@ -1,0 +1,445 @@
+"""A JSON schema made ready for the converter: checked, and rewritten where it would err.
+
+llama-cpp-python's converter (llama.cpp's, in Python) reads one keyword of a schema and
+quietly drops the others: a ``$ref``, ``anyOf``, a list of types, ``const`` or ``enum``
+wins over whatever stands beside it, ``required`` names only what ``properties`` lists,
+``allOf`` merges objects' properties and nothing else, and a pattern's length bounds are left
+out. Its answers then broke their schemas. And it fails in its own words (a KeyError, an
+AttributeError) on schemas it cannot read. So :func:`prepare` returns a copy that means the
+same and that the converter reads whole, or refuses in one line, naming the keyword and
+where it is:
+
+- a list of types, and the keywords beside ``anyOf``/``oneOf``, go into each alternative;
+- ``true`` becomes ``{}``; keywords that only describe are dropped; what ``required`` names
+  and ``properties`` does not is added, as any value;
+- what cannot be rewritten is refused: keywords beside a ``$ref``, a ``const`` or ``enum``
+  value not of the schema's type, ``allOf`` of anything but objects, bounds a grammar cannot
+  hold (see :mod:`localrun.prompt.grammar`), contradictory bounds, a ``$ref`` that leads
+  nowhere, a pattern that is not a regular expression or that the converter misreads.
+
+A pattern's ``\\d``, ``\\w`` and ``\\s`` become the classes they stand for (``\\s`` as a
+space alone: JSON writes the other spaces escaped, which the pattern would not match).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from localrun.errors import UsageError
+
+MAX_SCHEMA_REPEAT = 1_000  # maxLength, minItems...: past this llama.cpp refuses the grammar
+MAX_ENUM = 4_000  # values of one enum (its grammar has a few alternatives more)
+MAX_DEPTH = 64  # schemas within schemas, and values within a const or an enum
+
+# What the converter enforces; the keywords that only describe (title, examples...) pass.
+ENFORCED = {
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems",
+    "minItems", "maxItems", "enum", "const", "oneOf", "anyOf", "allOf", "$ref", "$defs",
+    "definitions", "pattern", "format", "minLength", "maxLength",
+}  # fmt: skip
+DESCRIBING = {
+    "title", "description", "examples", "default", "$schema", "$id", "$comment", "deprecated",
+    "readOnly", "writeOnly", "$anchor", "contentMediaType", "contentEncoding", "strict",
+}  # fmt: skip
+FORMATS = {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
+TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
+
+_BOUNDS = ("minLength", "maxLength", "minItems", "maxItems")
+_SCHEMAS = ("properties", "$defs", "definitions")  # objects of schemas
+_LISTS = ("prefixItems", "oneOf", "anyOf", "allOf")  # lists of schemas
+_WINS = ("$ref", "anyOf", "oneOf", "const", "enum")  # what the converter reads alone
+_HINT = "see docs/user-guide.md (structured output) for what a schema may hold"
+
+
+def prepare(schema: Any) -> dict[str, Any]:
+    """The schema as the converter should see it, or a UsageError naming what is wrong."""
+    if isinstance(schema, bool) or not isinstance(schema, dict):
+        raise UsageError(
+            "a JSON schema must be an object", 'give one such as {"type": "object", ...}'
+        )
+    try:
+        json.dumps(schema, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(
+            "the schema holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape)",
+            "write text as valid Unicode",
+        ) from None
+    prepared = _Preparer(schema).visit(schema, "$", 0)
+    assert isinstance(prepared, dict)
+    # The converter follows a $ref at the top without reading the definitions beside it (the
+    # $refs inside them then lead nowhere): the top takes the place of what it refers to.
+    seen: set[str] = set()
+    while isinstance(ref := prepared.get("$ref"), str) and ref not in seen:
+        seen.add(ref)
+        target: Any = prepared
+        for part in ref[2:].split("/"):
+            target = target[part.replace("~1", "/").replace("~0", "~")]
+        definitions = {k: v for k, v in prepared.items() if k in _SCHEMAS[1:]}
+        prepared = {**target, **definitions}
+    if "$ref" in prepared:
+        raise UsageError(
+            "the schema's $ref (at $) leads only to $refs: it defines nothing",
+            "give one of its definitions a type or properties",
+        )
+    return prepared
+
+
+class _Preparer:
+    def __init__(self, root: dict[str, Any]) -> None:
+        self.root = root
+
+    def visit(self, schema: Any, where: str, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise UsageError(
+                f"the schema nests deeper than {MAX_DEPTH} levels at {where}",
+                "flatten the schema (a $ref to a definition can stand for a deep part)",
+            )
+        if schema is True:
+            return {}
+        if schema is False:
+            raise UsageError(
+                f"the schema at {where} is false, which no answer can match",
+                "remove it (false is allowed only as additionalProperties)",
+            )
+        if not isinstance(schema, dict):
+            raise UsageError(
+                f"the schema at {where} is not a schema (an object)", 'give {"type": ...}'
+            )
+        out: dict[str, Any] = {}
+        for key, value in schema.items():
+            if key in DESCRIBING:
+                continue
+            if key not in ENFORCED:
+                raise UsageError(
+                    f"the schema's '{key}' (at {where}) cannot be enforced by a grammar",
+                    f"remove '{key}' from the schema, and check that part of the answer yourself",
+                )
+            out[key] = self.keyword(key, value, where, depth)
+        self.check_together(out, where)
+        return self.rewrite(out, where, depth)
+
+    def keyword(self, key: str, value: Any, where: str, depth: int) -> Any:
+        """One keyword's value, checked (and its schemas prepared)."""
+        at = f"{where}.{key}"
+        if key in _BOUNDS:
+            return _bound(key, value, where)
+        if key in _SCHEMAS:
+            if not isinstance(value, dict):
+                raise UsageError(f"the schema's '{key}' (at {where}) must be an object", _HINT)
+            return {n: self.visit(sub, f"{at}.{n}", depth + 1) for n, sub in value.items()}
+        if key in _LISTS:
+            if not isinstance(value, list) or not value:
+                raise UsageError(
+                    f"the schema's '{key}' (at {where}) must be a non-empty list of schemas",
+                    _HINT,
+                )
+            return [self.visit(sub, f"{at}[{i}]", depth + 1) for i, sub in enumerate(value)]
+        if key == "items":
+            return self.visit(value, at, depth + 1)
+        if key == "additionalProperties":
+            return value if isinstance(value, bool) else self.visit(value, at, depth + 1)
+        if key == "type":
+            kinds = value if isinstance(value, list) else [value]
+            bad = [k for k in kinds if not isinstance(k, str) or k not in TYPES]
+            if bad or not kinds:
+                raise UsageError(
+                    f"the schema's type {(bad[0] if bad else value)!r} (at {where}) "
+                    "is not a JSON schema type",
+                    "types: " + ", ".join(sorted(TYPES)),
+                )
+            return value
+        if key == "required":
+            if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+                raise UsageError(
+                    f"the schema's 'required' (at {where}) must be a list of names", _HINT
+                )
+            return value
+        if key == "format":
+            if value not in FORMATS:
+                raise UsageError(
+                    f"the schema's format {str(value)[:40]!r} (at {where}) cannot be "
+                    "enforced by a grammar",
+                    "formats that can: " + ", ".join(sorted(FORMATS)) + "; or use a pattern",
+                )
+            return value
+        if key == "pattern":
+            return _pattern(value, where)
+        if key == "$ref":
+            return self.reference(value, where)
+        if key in ("enum", "const"):
+            values = value if key == "enum" else [value]
+            if not isinstance(values, list) or not values:
+                raise UsageError(
+                    f"the schema's enum (at {where}) must be a non-empty list of values", _HINT
+                )
+            if len(values) > MAX_ENUM:
+                raise UsageError(
+                    f"the schema's enum (at {where}) has {len(values):,} values, more than "
+                    f"the {MAX_ENUM:,} a grammar can hold here",
+                    "offer fewer values, or use a pattern",
+                )
+            for v in values:
+                _value_depth(v, f"{where}.{key}")
+            return value
+        raise AssertionError(key)  # every key of ENFORCED is handled above
+
+    def reference(self, ref: Any, where: str) -> str:
+        """A ``$ref`` must lead to a part of this schema (nothing is fetched)."""
+        target: Any = self.root
+        if isinstance(ref, str) and ref.startswith("#"):
+            for part in ref[1:].split("/")[1:] if ref != "#" else []:
+                part = part.replace("~1", "/").replace("~0", "~")
+                target = target.get(part) if isinstance(target, dict) else None
+            if isinstance(target, dict) and target is not self.root:
+                return ref
+        raise UsageError(
+            f"the schema's $ref {json.dumps(ref)[:60]} (at {where}) leads to no definition "
+            "in the schema",
+            'refer to one of its own definitions, as "#/$defs/NAME"; nothing is fetched',
+        )
+
+    def check_together(self, schema: dict[str, Any], where: str) -> None:
+        """Refuse keywords the converter would read one of, where no rewrite keeps both."""
+        for low, high in (("minLength", "maxLength"), ("minItems", "maxItems")):
+            if schema.get(low, 0) > schema.get(high, MAX_SCHEMA_REPEAT):
+                raise UsageError(
+                    f"the schema's {low} {schema[low]} is more than its {high} "
+                    f"{schema[high]} (at {where}): no answer can match",
+                    f"make {low} at most {high}",
+                )
+        if "pattern" in schema and ("minLength" in schema or "maxLength" in schema):
+            raise UsageError(
+                f"the schema's pattern and its minLength or maxLength (at {where}) cannot be "
+                "enforced together by a grammar",
+                "put the length into the pattern, as {m,n}",
+            )
+        beside = [k for k in schema if k not in ("$ref", "$defs", "definitions")]
+        if "$ref" in schema and beside:
+            others = ", ".join(beside)
+            raise UsageError(
+                f"the schema's $ref (at {where}) cannot go with {others}",
+                "put those keywords in the definition it refers to",
+            )
+        kinds = schema.get("type")
+        for key in ("const", "enum"):
+            if key not in schema:
+                continue
+            values = schema["enum"] if key == "enum" else [schema["const"]]
+            extra = [k for k in schema if k not in (key, "type")]
+            if extra:
+                raise UsageError(
+                    f"the schema's {key} (at {where}) cannot go with {', '.join(extra)}",
+                    f"the values of {key} are the whole answer: drop the other keywords",
+                )
+            if kinds is not None:
+                allowed = kinds if isinstance(kinds, list) else [kinds]
+                for v in values:
+                    if not any(_is_type(v, k) for k in allowed):
+                        raise UsageError(
+                            f"the schema's {key} value {json.dumps(v)[:40]} (at {where}) is "
+                            f"not of its type {json.dumps(kinds)}",
+                            "give values of the type, or drop the type",
+                        )
+        if "allOf" in schema:
+            for i, part in enumerate(schema["allOf"]):
+                if (
+                    not (set(part) <= {"type", "properties", "required", "$ref"})
+                    or part.get("type", "object") != "object"
+                ):
+                    raise UsageError(
+                        f"the schema's allOf[{i}] (at {where}) is not an object's properties: "
+                        "a grammar can join only those",
+                        "write the schema without allOf, or join objects' properties only",
+                    )
+            if schema.get("type", "object") != "object":
+                raise UsageError(
+                    f"the schema's allOf (at {where}) joins objects, but its type is "
+                    f"{json.dumps(schema['type'])}",
+                    "drop the type, or allOf",
+                )
+
+    def rewrite(self, schema: dict[str, Any], where: str, depth: int) -> dict[str, Any]:
+        """What the converter would drop, put where it reads it."""
+        required = schema.get("required")
+        if required and schema.get("type", "object") == "object":
+            properties = schema.setdefault("properties", {})
+            for name in required:
+                properties.setdefault(name, {})
+        if schema.get("items") == {}:  # any items: the converter reads {} as none given
+            del schema["items"]
+            schema.setdefault("type", "array")
+        kinds = schema.get("type")
+        if isinstance(kinds, list):
+            rest = {k: v for k, v in schema.items() if k != "type"}
+            if len(kinds) == 1:
+                return {**rest, "type": kinds[0]}
+            if "const" in rest or "enum" in rest:
+                return rest  # their values were checked against the types
+            alternatives = [{**rest, "type": kind} for kind in dict.fromkeys(kinds)]
+            schema = {"anyOf": [self.visit(a, where, depth) for a in alternatives]}
+        for key in ("anyOf", "oneOf"):
+            beside = {k: v for k, v in schema.items() if k not in (key, *_SCHEMAS[1:])}
+            if key in schema and beside:
+                rest = beside
+                merged = []
+                for i, alternative in enumerate(schema[key]):
+                    clash = set(rest) & set(alternative)
+                    if clash and any(rest[k] != alternative[k] for k in clash):
+                        raise UsageError(
+                            f"the schema's {key}[{i}] (at {where}) and the keywords beside "
+                            f"{key} both set {', '.join(sorted(clash))}",
+                            f"move those keywords into each alternative of {key}",
+                        )
+                    merged.append(self.visit({**rest, **alternative}, where, depth))
+                schema = {key: merged, **{k: schema[k] for k in _SCHEMAS[1:] if k in schema}}
+        return schema
+
+
+def _bound(key: str, value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(
+            f"the schema's '{key}' (at {where}) must be a whole number, 0 or more, not "
+            f"{json.dumps(value)[:20]}",
+            f"give {key} as a number such as 10",
+        )
+    if value > MAX_SCHEMA_REPEAT:
+        raise UsageError(
+            f"the schema's {key} {value:,} (at {where}) is more than the {MAX_SCHEMA_REPEAT:,} "
+            "a grammar can enforce",
+            f"lower {key} to at most {MAX_SCHEMA_REPEAT:,}, or drop it and check the length "
+            "yourself",
+        )
+    return value
+
+
+def _value_depth(value: Any, where: str) -> None:
+    """Refuse a const or enum value nested past MAX_DEPTH (the converter recurses into it)."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    for _ in range(MAX_DEPTH + 1):
+        if not level:
+            return
+        level = [
+            v
+            for item in level
+            for v in (item.values() if isinstance(item, dict) else item)
+            if isinstance(v, (dict, list))
+        ]
+    raise UsageError(
+        f"a value of the schema's {where} nests deeper than {MAX_DEPTH} levels",
+        "give a flatter value",
+    )
+
+
+def _is_type(value: Any, kind: str) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    python = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+    return isinstance(value, python[kind])
+
+
+# Shorthand classes, as explicit ones the converter passes on to llama.cpp (which knows none).
+_SHORTHAND = {"d": "0-9", "w": "a-zA-Z0-9_", "s": " "}
+_CONVERTER_UNESCAPES = set("[]()|{}*+?")  # outside a class, the converter reads these itself
+
+
+def _escaped(letter: str, in_class: bool, where: str) -> str:
+    """A pattern's escape ``\\letter`` as the converter and llama.cpp read it: shorthand
+    classes spelled out, other punctuation as a hex escape (llama.cpp knows no ``\\.``)."""
+    if letter in _SHORTHAND:
+        return _SHORTHAND[letter] if in_class else f"[{_SHORTHAND[letter]}]"
+    if letter.isalnum() and letter not in "tnrfv":
+        raise UsageError(
+            f"the schema's pattern (at {where}) uses \\{letter}, which a grammar cannot enforce",
+            "spell it out as a class, such as [^0-9] for \\D",
+        )
+    if (
+        letter in "tnrfv"
+        or (in_class and letter in "]\\")
+        or (not in_class and letter in _CONVERTER_UNESCAPES | {"\\"})
+    ):
+        return "\\" + letter
+    # A class of one: the converter splits a literal's last character off (for a repetition
+    # that may follow), which would cut a hex escape in two.
+    hexed = f"\\x{ord(letter):02X}" if ord(letter) < 256 else f"\\u{ord(letter):04X}"
+    return hexed if in_class else f"[{hexed}]"
+
+
+_QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(?:(,)\s*(\d*)\s*)?\}")
+
+
+def _pattern(value: Any, where: str) -> str:
+    """A pattern as the converter can read it: a regular expression, its shorthand classes
+    spelled out, its repetitions within what a grammar can hold."""
+    if not isinstance(value, str):
+        raise UsageError(
+            f"the schema's pattern (at {where}) must be a string", "give a regular expression"
+        )
+    try:
+        re.compile(value)
+    except RecursionError:
+        raise UsageError(
+            f"the schema's pattern (at {where}) nests too deeply for a grammar",
+            "flatten its parentheses",
+        ) from None
+    except (re.error, OverflowError) as e:
+        raise UsageError(
+            f"the schema's pattern (at {where}) is not a regular expression: {e}",
+            "fix the pattern",
+        ) from None
+    if not value.startswith("^") or not value.endswith("$") or value.endswith("\\$"):
+        raise UsageError(
+            f"the schema's pattern (at {where}) is not anchored at both ends (^...$): a "
+            "grammar can enforce only a whole-text pattern",
+            "write it as ^...$, with .* where any text may stand",
+        )
+    out: list[str] = []
+    # The most times anything inside each open group repeats, its inner repetitions
+    # multiplied in: ((a{0,9}){0,9}){0,9} keeps 729 ways open at once, and llama.cpp follows
+    # each of them (four levels of {0,20} ran for minutes).
+    inside = [1]
+    last = 1  # how many times the item before a quantifier repeats within itself
+    i, n, in_class = 0, len(value), False
+    while i < n:
+        c = value[i]
+        if c == "\\" and i + 1 < n:
+            out.append(_escaped(value[i + 1], in_class, where))
+            i, last = i + 2, 1
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class, last = True, 1
+        elif c == "(":
+            inside.append(1)
+        elif c == ")" and len(inside) > 1:
+            last = inside.pop()
+            inside[-1] = max(inside[-1], last)
+        elif c == "{" and (found := _QUANTIFIER.match(value, i)):
+            low, comma, high = found.groups()
+            if comma and low and high and int(low) > int(high):
+                raise UsageError(
+                    f"the schema's pattern (at {where}) repeats {found.group(0)}: its least "
+                    "is more than its most",
+                    "give {m,n} with m at most n",
+                )
+            times = last * max(int(high or low or 0), 1)
+            if times > MAX_SCHEMA_REPEAT:
+                within = f", {times:,} with the repetitions inside it" if last > 1 else ""
+                raise UsageError(
+                    f"the schema's pattern (at {where}) repeats {found.group(0)} times"
+                    f"{within}: a grammar can enforce at most {MAX_SCHEMA_REPEAT:,}",
+                    "lower the bounds, or use * or + and check the length yourself",
+                )
+            inside[-1] = max(inside[-1], times)
+            out.append(found.group(0))
+            i = found.end()
+            continue
+        else:
+            last = 1
+        out.append(c)
+        i += 1
+    return "".join(out)
