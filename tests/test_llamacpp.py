@@ -194,3 +194,31 @@ def test_concurrent_failed_loads_each_report_their_own_cause(
     assert len(seen["weird"]) == len(seen["cut"]) == 15
     assert all("no-such-arch" in m for m in seen["weird"]), seen["weird"]
     assert all("truncated or corrupted" in m for m in seen["cut"]), seen["cut"]
+
+
+def test_loading_starts_none_of_llamacpps_threads_in_the_loading_thread(tiny_model: Path) -> None:
+    """llama.cpp's threads are OpenMP's: a parallel region in the loading thread (the warm-up
+    decode) gave it a team of its own beside the engine thread's, and with more of OpenMP's
+    threads than cores libgomp put every worker to sleep between steps: decode on 2 threads
+    ran at 0.6 of llama-bench's. The warm-up runs on one thread, which starts none."""
+    import threading
+
+    from localrun.backend import LoadOptions, load
+
+    def threads() -> set[str]:
+        """The process's threads that Python did not start (numpy's import may run meanwhile)."""
+        python = {str(t.native_id) for t in threading.enumerate()}
+        return {p.name for p in Path("/proc/self/task").iterdir()} - python
+
+    loaded: list[object] = []
+    loader = threading.Thread(
+        target=lambda: loaded.append(load(LoadOptions(tiny_model, n_ctx=256, n_threads=4)))
+    )
+    before = threads()
+    loader.start()
+    loader.join()
+    try:
+        started = threads() - before - {str(loader.native_id)}
+        assert not started, f"loading left {len(started)} threads running"
+    finally:
+        loaded[0].close()  # type: ignore[attr-defined]

@@ -155,8 +155,15 @@ class LlamaCppModel:
         self._chat_template = raw.decode("utf-8", errors="replace") if raw else None
         # As llama.cpp's own tools do, one token through the model now: the weights are paged
         # in while loading, not during the first prompt (whose TTFT it would otherwise add to).
+        # On one thread: llama.cpp's threads are OpenMP's, and a parallel region here would
+        # give the loading thread a team of its own beside the engine thread's. With more of
+        # OpenMP's threads than cores, libgomp spins 1,000 times instead of 300,000 before a
+        # worker sleeps, so every decode step woke its workers from sleep: decode on 2 threads
+        # ran at 0.6 of llama-bench's (27.5 against 45.7 tokens/s), no faster than on 1.
+        lc.llama_set_n_threads(ctx, 1, 1)
         self.decode_rows([self.bos_token or 0], [0], [0], [False])
         self.forget(0)
+        lc.llama_set_n_threads(ctx, options.n_threads, options.n_threads)
 
     @staticmethod
     def _new_context(model: Any, n_ctx: int, options: LoadOptions) -> tuple[Any, list[str]]:
