@@ -201,7 +201,7 @@ def _sampled(
         _, stats = collect(stream)
         if kept is not None:
             kept.append(stats.accepted)
-        # The 6th and 7th: guessing starts after 4 plain steps (its pace to beat), at the 6th.
+        # The 6th and 7th: by then the answers have guessed a few steps (from the 2nd token).
         found[tuple(stream.tokens[5:])] += 1
     return found
 
@@ -228,7 +228,8 @@ def test_sampling_keeps_the_distribution(tiny_model: Path) -> None:
     finally:
         target.close()
         draft.close()
-    assert 50 < sum(kept) < 400  # guesses were checked: some kept, some not
+    # guesses were checked, some kept and some not (at most 6 of an answer's 7 tokens)
+    assert 50 < sum(kept) < 400 * 6 * 0.8
     stat, df = _chi_square(plain, guessed)
     assert stat < _critical(df), (stat, df, plain, guessed)
     # The test can tell another distribution: the same model at temperature 0.5.

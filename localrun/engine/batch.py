@@ -36,7 +36,7 @@ from localrun.backend import ImageChunk, SamplingParams, StepModel, cells, image
 from localrun.engine.draft import Drafter, common_prefix
 from localrun.engine.prompt_cache import MIN_TOKENS as MIN_KEEP
 from localrun.engine.prompt_cache import PromptCache
-from localrun.engine.speculative import Pace, lookup
+from localrun.engine.speculative import ROW_COST_CPU, Pace, lookup
 from localrun.engine.stream import StopMatcher
 from localrun.engine.types import (
     Event,
@@ -201,9 +201,13 @@ class BatchEngine:
         seq_ctx: int | None = None,
         prompt_cache: PromptCache | None = None,
         drafter: Drafter | None = None,
+        row_cost: float = ROW_COST_CPU,
+        draft_cost: float = 0.0,
     ) -> None:
         self.model = model
         self.drafter = drafter  # guesses by a draft model; None: by prompt lookup
+        # What a guess costs, in plain steps: a checked row, and a pass of the draft model.
+        self.row_cost, self.draft_cost = row_cost, draft_cost
         self.prompt_cache = prompt_cache if prompt_cache and prompt_cache.enabled else None
         # A model with sliding-window layers keeps its prefixes no longer than the window:
         # llama.cpp saves such a sequence without the cells the window has passed, and what
@@ -294,6 +298,7 @@ class BatchEngine:
         # Guesses come from text (the prompt's, or a draft model's that sees no pictures).
         seq.speculate = seq.k = max(0, speculate) if not images else 0
         seq.special = special
+        seq.pace = Pace(self.row_cost, self.draft_cost)
         if submitted is not None:
             seq.submitted = submitted
         self._inbox.put(("submit", seq))
@@ -563,11 +568,11 @@ class BatchEngine:
         budget = self.step_tokens
         now = time.perf_counter()
         asked = self._guess()
-        # The answers being decoded, how many tokens each had, and whether it guessed: timed.
-        decoding = [
-            (seq, seq.stats.completion_tokens, asked[id(seq)])
+        # The answers that guessed, how many tokens each had, and how many guesses it checks.
+        guessing = [
+            (seq, seq.stats.completion_tokens, len(seq.drafts))
             for seq in self._running
-            if id(seq) in asked
+            if asked.get(id(seq)) and seq.drafts
         ]
         # Decoding sequences first: one token each keeps every answer moving.
         for seq in sorted(self._running, key=lambda s: len(s.pending) > 1):
@@ -617,13 +622,10 @@ class BatchEngine:
                 self._verify(seq, index)
             elif (token := self._sample(seq, index)) is not None:
                 self._sampled(seq, token)
-        seconds = time.perf_counter() - now
-        for seq, before, guessed in decoding:
-            if guessed is None:
-                continue  # the draft read a long stretch first: a cost paid once, not timed
-            seq.pace.add(guessed, seconds, seq.stats.completion_tokens - before)
-            if guessed and not seq.quiet:
-                seq.quiet = seq.pace.pause()  # slower with guesses: plain decoding a while
+        for seq, before, drafted in guessing:
+            seq.pace.add(drafted, seq.stats.completion_tokens - before)
+            if not seq.quiet:
+                seq.quiet = seq.pace.pause()  # guessing gains too little: plain decoding a while
 
     def _sample(self, seq: _Sequence, row: int) -> int | None:
         """The sequence's next token from ``row``; None when its sampling failed (a grammar
@@ -653,8 +655,8 @@ class BatchEngine:
             if not (seq.speculate and seq.prompt_done and len(seq.pending) == 1):
                 continue
             asked[id(seq)] = False
-            if seq.pace.probing or room <= 0:
-                continue  # plain steps first, timed: the pace that guessing must beat
+            if room <= 0:
+                continue
             if seq.quiet:
                 seq.quiet -= 1
                 continue

@@ -68,10 +68,28 @@ class LoadedModel:
                 from localrun.engine.draft import Drafter
 
                 drafter = Drafter(cast(StepModel, self.draft.model), seq_ctx=self.draft.seq_ctx)
+            row_cost, draft_cost = self._guess_costs()
             self._engine = BatchEngine(
-                model, seq_ctx=self.seq_ctx, prompt_cache=cache, drafter=drafter
+                model,
+                seq_ctx=self.seq_ctx,
+                prompt_cache=cache,
+                drafter=drafter,
+                row_cost=row_cost,
+                draft_cost=draft_cost,
             )
         return self._engine
+
+    def _guess_costs(self) -> tuple[float, float]:
+        """What a guess costs, in plain steps, for the engine's counted pace: a checked row
+        (small where the whole model is on a GPU), and a draft pass (decode reads the
+        weights: the draft's size against the model's)."""
+        from localrun.engine.speculative import ROW_COST_CPU, ROW_COST_GPU
+
+        on_gpu = self.plan.n_layer > 0 and self.plan.offloaded > self.plan.n_layer
+        draft_cost = 0.0
+        if self.draft is not None and self.path.is_file() and self.draft.path.is_file():
+            draft_cost = self.draft.path.stat().st_size / max(self.path.stat().st_size, 1)
+        return (ROW_COST_GPU if on_gpu else ROW_COST_CPU), draft_cost
 
     @property
     def template(self) -> str | None:

@@ -42,53 +42,53 @@ def lookup(tokens: list[int], k: int) -> list[int]:
     return []
 
 
-PROBE = 4  # answer tokens decoded plainly first: the pace that guessing must beat
-JUDGE = 3  # steps with guesses before guessing is judged against it (where it loses, it
-# loses by far: a few steps tell, and each trial costs what its steps lose)
-MARGIN = 0.9  # guessing pauses when it is slower than this share of the plain pace
-WINDOW_TOKENS = 64  # the pace is of about the last this many tokens each way
+JUDGE = 6  # steps with guesses before guessing is judged: an answer's first guesses are often
+# wrong (nothing to copy yet), and a pause then (16 steps, twice as long each time after)
+# would miss the copying that follows
+MARGIN = 0.9  # guessing pauses when it gains less than this: tokens per plain step's cost
+WINDOW_STEPS = 64.0  # the gain is of about the last this many steps' worth
+# What checking one guessed row adds to a step, as a share of a plain one-row step. Counted,
+# never timed: how many rows a step decodes changes llama.cpp's arithmetic (from 4 rows its
+# CPU kernels round differently), so a decision taken from wall-clock times gave the same
+# greedy request different texts from one run to the next. Measured on the demo model on
+# this CPU: prompt lookup on a copy task, timed before the count replaced the clock, kept 5.16
+# tokens a pass at 2.22 times the plain rate, so a pass of about 6 rows cost 2.3 plain steps:
+# 0.26 of a step a row. Another CPU will differ; this errs on neither side by much.
+ROW_COST_CPU = 0.25
+# Not measured here (no GPU): a GPU reads the weights once for all the rows, and a row's
+# arithmetic is small beside that.
+ROW_COST_GPU = 0.1
 
 
 @dataclass
 class Pace:
-    """How fast one answer comes with guesses and without, from its own decode steps.
+    """How much guessing gains one answer: the tokens its guessing steps gave, against what
+    those steps cost in plain steps (each guessed row ``row_cost``, each of the draft model's
+    passes ``draft_cost``). A plain step gives 1 token for a cost of 1; a sequence guesses
+    only while guessing gives more. Counts only, so the same request decides the same way
+    every time."""
 
-    Guesses can be often right and still not pay: a draft model whose pass costs half the
-    model's, or many rows a step on a backend where they cost much more than one. So the
-    engine times its steps, and a sequence guesses only while that is the faster way.
-    """
-
-    plain_s: float = 0.0
-    plain_n: float = 0.0
-    guess_s: float = 0.0
-    guess_n: float = 0.0
+    row_cost: float = ROW_COST_CPU
+    draft_cost: float = 0.0  # one pass of the draft model, as a share of the model's
+    gained: float = 0.0
+    cost: float = 0.0
     guess_steps: int = 0  # steps with guesses since the last judgement
     losses: int = 0  # times guessing was found the slower: each pause is twice the last
 
-    def add(self, guessed: bool, seconds: float, tokens: int) -> None:
-        """One decode step: its time, and the answer tokens it gave this sequence."""
-        if guessed:
-            self.guess_s, self.guess_n = self.guess_s + seconds, self.guess_n + tokens
-            self.guess_steps += 1
-            if self.guess_n > WINDOW_TOKENS:
-                self.guess_s, self.guess_n = self.guess_s / 2, self.guess_n / 2
-        else:
-            self.plain_s, self.plain_n = self.plain_s + seconds, self.plain_n + tokens
-            if self.plain_n > WINDOW_TOKENS:
-                self.plain_s, self.plain_n = self.plain_s / 2, self.plain_n / 2
-
-    @property
-    def probing(self) -> bool:
-        """Whether the plain pace is still being measured (guessing waits for it)."""
-        return self.plain_n < PROBE
+    def add(self, drafted: int, tokens: int) -> None:
+        """One step in which the sequence checked ``drafted`` guesses and gained ``tokens``."""
+        self.gained += tokens
+        self.cost += 1.0 + drafted * (self.row_cost + self.draft_cost)
+        self.guess_steps += 1
+        if self.cost > WINDOW_STEPS:
+            self.gained, self.cost = self.gained / 2, self.cost / 2
 
     def pause(self) -> int:
-        """Steps to decode plainly now, if guessing has been measurably slower; else 0."""
-        if self.guess_steps < JUDGE or self.plain_n < PROBE or self.guess_s <= 0:
-            return 0
-        if self.guess_n / self.guess_s >= MARGIN * self.plain_n / max(self.plain_s, 1e-9):
+        """Steps to decode plainly now, if guessing has gained less than plain steps would;
+        else 0."""
+        if self.guess_steps < JUDGE or self.cost <= 0 or self.gained >= MARGIN * self.cost:
             return 0
         self.losses += 1
-        self.guess_s = self.guess_n = 0.0
+        self.gained = self.cost = 0.0
         self.guess_steps = 0
-        return int(min(64 * 2 ** (self.losses - 1), 1024))
+        return int(min(16 * 2 ** (self.losses - 1), 1024))
