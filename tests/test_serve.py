@@ -599,3 +599,25 @@ def test_grammars_that_once_killed_or_held_the_server_are_400s(
         model=MODEL, prompt="hi", format=schema, options={"num_predict": 60, "seed": 1}
     )
     assert r.done and json.loads(r.response).keys() <= {"a"}  # and the server answers on
+
+
+def test_ignore_eos_goes_on_past_the_end_of_text(server: Server) -> None:
+    """llama-server's and vLLM's field, which load tests send so that every answer has its
+    full length: a grammar that ends at once makes the model end at once, unless it is set."""
+    body = {
+        "model": MODEL,
+        "prompt": "x",
+        "max_tokens": 12,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "a", "schema": {"const": 1}},
+        },
+    }
+    ended = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()
+    assert ended["choices"][0]["finish_reason"] == "stop", ended
+    assert ended["usage"]["completion_tokens"] < 12
+    full = httpx.post(server.url + "/v1/completions", json=body | {"ignore_eos": True}, timeout=60)
+    assert full.status_code == 200, full.text
+    assert full.json()["usage"]["completion_tokens"] == 12
+    assert full.json()["choices"][0]["finish_reason"] == "length"
+    assert full.json()["choices"][0]["text"].startswith(ended["choices"][0]["text"].strip())

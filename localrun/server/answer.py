@@ -47,6 +47,7 @@ class Ask:
     grammar: str | None = None  # GBNF the answer must match (a format, a response_format)
     tools: tuple[Tool, ...] = ()  # tools the model is offered
     tool_choice: str = "auto"  # auto, none, required, or the name of the tool to call
+    ignore_eos: bool = False  # go on past the model's end of text (llama-server's, vLLM's)
 
 
 @dataclass
@@ -113,6 +114,7 @@ class Answer:
                 options.sampling,
                 max_tokens=options.max_tokens,
                 stop=options.stop,
+                stop_at_eog=not ask.ignore_eos,
                 submitted=start,
                 loop=asyncio.get_running_loop(),
                 cache_at=keep,

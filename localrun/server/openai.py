@@ -251,6 +251,7 @@ class OpenAIAPI:
             grammar=_response_format(body),
             tools=tools,
             tool_choice=choice,
+            ignore_eos=fields.get(body, "ignore_eos", bool, False),
         )
         streaming, with_usage = fields.get(body, "stream", bool, False), _include_usage(body)
         answer = await Answer.begin(self.pool, ask)
@@ -317,7 +318,13 @@ class OpenAIAPI:
             raise UsageError("'suffix' and 'echo' are not supported", "send the request without")
         if fields.get(body, "best_of", int, 1) != 1:
             raise UsageError("'best_of' other than 1 is not supported")
-        ask = Ask(name, (Message("user", prompt),), _options(body), grammar=_response_format(body))
+        ask = Ask(
+            name,
+            (Message("user", prompt),),
+            _options(body),
+            grammar=_response_format(body),
+            ignore_eos=fields.get(body, "ignore_eos", bool, False),
+        )
         streaming, with_usage = fields.get(body, "stream", bool, False), _include_usage(body)
         answer = await Answer.begin(self.pool, ask)
         ident = "cmpl-" + secrets.token_hex(12)
