@@ -7,10 +7,15 @@ it to load, runs the load, and stops it; the order of the two flips every round.
 for each server, aggregate decode tokens/s (answer tokens / wall time of the load), p50 and
 p99 time to first token, and failed requests; then the ratios and the targets.
 
+``--burst``: the clients send their requests together, wait for all the answers, and send the
+next ones together (as a burst of users arriving at once, where the steady mode keeps each
+client busy). Every request asks for ``ignore_eos``, so that both servers write every answer
+to its full length.
+
 ``--soak SECONDS`` then runs localrun alone at N streams for that long and counts failures.
 
 Usage: python benchmarks/serve_load.py [--model demo] [--streams 8] [--requests 32]
-       [--tokens 64] [--threads 2] [--rounds 2] [--soak 300]
+       [--tokens 64] [--threads 2] [--rounds 2] [--burst] [--soak 300]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_tools import tool_for  # beside this script
+from machine import describe
 
 PROMPTS = [
     "The history of the city of Paris begins",
@@ -133,6 +139,7 @@ def one_request(
         "stream_options": {"include_usage": True},
         # Beyond OpenAI's fields; both servers take these names.
         "top_k": 40, "min_p": 0.0, "repeat_penalty": PENALTY[0], "repeat_last_n": 64,
+        "ignore_eos": True,
     }  # fmt: skip
     start = time.perf_counter()
     first = None
@@ -159,11 +166,21 @@ def one_request(
     return first, int(usage["completion_tokens"]) if usage else chunks
 
 
-def load(url: str, model: str, streams: int, requests: int, tokens: int, until: float = 0) -> Run:
-    """``streams`` clients at once, ``requests`` in all (or until the clock passes ``until``)."""
+def load(
+    url: str,
+    model: str,
+    streams: int,
+    requests: int,
+    tokens: int,
+    until: float = 0,
+    burst: bool = False,
+) -> Run:
+    """``streams`` clients at once, ``requests`` in all (or until the clock passes ``until``);
+    with ``burst``, each round of requests sent together."""
     run = Run()
     lock = threading.Lock()
     counter = iter(range(10**9))
+    together = threading.Barrier(streams)
 
     def client_loop(worker: int) -> None:
         # A new connection a request: llama-server closes idle keep-alive connections, and a
@@ -175,6 +192,8 @@ def load(url: str, model: str, streams: int, requests: int, tokens: int, until: 
                     n = next(counter)
                 if (until and time.monotonic() > until) or (not until and n >= requests):
                     return
+                if burst:
+                    together.wait(timeout=600)  # the round's requests leave together
                 try:
                     ttft, made = one_request(
                         client, url, model, PROMPTS[n % len(PROMPTS)], tokens, n
@@ -201,14 +220,18 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64, help="answer tokens a request")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--burst", action="store_true", help="requests sent together, in rounds")
     ap.add_argument("--soak", type=float, default=0, help="then localrun alone for this long")
     ap.add_argument("--repeat-penalty", type=float, default=1.1)
     args = ap.parse_args()
+    if args.burst:  # whole rounds: every client sends one request a round
+        args.requests = -(-args.requests // args.streams) * args.streams
     PENALTY[0] = args.repeat_penalty
     found = tool_for(args.model, "llama-server")
     if found is None:
         return 1
     binary, gguf = found
+    print(describe())
     home = tempfile.mkdtemp(prefix="serve-load-")
     if args.model == "demo":  # the demo model, assembled once in this home
         subprocess.run([sys.executable, "-m", "localrun", "show", "demo"], check=True,
@@ -223,7 +246,9 @@ def main() -> int:
                 url, proc = start_llama_server(binary, gguf, args.streams, args.threads)
             try:
                 load(url, args.model, args.streams, args.streams, 8)  # warm up
-                run = load(url, args.model, args.streams, args.requests, args.tokens)
+                run = load(
+                    url, args.model, args.streams, args.requests, args.tokens, burst=args.burst
+                )
             finally:
                 _stop(proc)
             results[name].append(run)
@@ -241,7 +266,11 @@ def main() -> int:
         decode = statistics.median(a.rate / b.rate for a, b in zip(ours, theirs, strict=True))
         p99 = statistics.median(a.p(0.99) / b.p(0.99) for a, b in zip(ours, theirs, strict=True))
         met = {True: "met", False: "MISSED"}
-        print(f"\n{args.streams} streams, {args.requests} requests of {args.tokens} tokens a run:")
+        mode = "in bursts" if args.burst else "steady"
+        print(
+            f"\n{args.streams} streams, {args.requests} requests of {args.tokens} tokens a run, "
+            f"{mode}:"
+        )
         print(
             f"aggregate decode, localrun / llama-server: median {decode:.3f} "
             f"(target >= {TARGETS['decode']}: {met[decode >= TARGETS['decode']]})"
