@@ -310,6 +310,10 @@ class BatchEngine:
         UsageError says why llama.cpp cannot use it."""
         return self.model.compile_grammar(grammar)
 
+    def free_grammar(self, grammar: object) -> None:
+        """Free a grammar from :meth:`compile_grammar` that was never submitted."""
+        self.model.free_grammar(grammar)
+
     def embed(self, tokens: list[int], loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
         """The embedding of ``tokens``, computed by the engine thread between two steps in a
         free sequence slot; a future of ``loop`` (a list of floats)."""

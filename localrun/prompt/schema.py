@@ -117,8 +117,12 @@ class _Preparer:
                     f"remove '{key}' from the schema, and check that part of the answer yourself",
                 )
             out[key] = self.keyword(key, value, where, depth)
-        self.check_together(out, where)
-        return self.rewrite(out, where, depth)
+        return self.settle(out, where)
+
+    def settle(self, schema: dict[str, Any], where: str) -> dict[str, Any]:
+        """A schema whose keywords are each prepared: checked together, and rewritten."""
+        self.check_together(schema, where)
+        return self.rewrite(schema, where)
 
     def keyword(self, key: str, value: Any, where: str, depth: int) -> Any:
         """One keyword's value, checked (and its schemas prepared)."""
@@ -260,7 +264,7 @@ class _Preparer:
                     "drop the type, or allOf",
                 )
 
-    def rewrite(self, schema: dict[str, Any], where: str, depth: int) -> dict[str, Any]:
+    def rewrite(self, schema: dict[str, Any], where: str) -> dict[str, Any]:
         """What the converter would drop, put where it reads it."""
         required = schema.get("required")
         if required and schema.get("type", "object") == "object":
@@ -278,21 +282,20 @@ class _Preparer:
             if "const" in rest or "enum" in rest:
                 return rest  # their values were checked against the types
             alternatives = [{**rest, "type": kind} for kind in dict.fromkeys(kinds)]
-            schema = {"anyOf": [self.visit(a, where, depth) for a in alternatives]}
+            schema = {"anyOf": [self.settle(a, where) for a in alternatives]}
         for key in ("anyOf", "oneOf"):
             beside = {k: v for k, v in schema.items() if k not in (key, *_SCHEMAS[1:])}
             if key in schema and beside:
-                rest = beside
                 merged = []
                 for i, alternative in enumerate(schema[key]):
-                    clash = set(rest) & set(alternative)
-                    if clash and any(rest[k] != alternative[k] for k in clash):
+                    clash = set(beside) & set(alternative)
+                    if clash and any(beside[k] != alternative[k] for k in clash):
                         raise UsageError(
                             f"the schema's {key}[{i}] (at {where}) and the keywords beside "
                             f"{key} both set {', '.join(sorted(clash))}",
                             f"move those keywords into each alternative of {key}",
                         )
-                    merged.append(self.visit({**rest, **alternative}, where, depth))
+                    merged.append(self.settle({**beside, **alternative}, where))
                 schema = {key: merged, **{k: schema[k] for k in _SCHEMAS[1:] if k in schema}}
         return schema
 

@@ -125,7 +125,7 @@ class Answer:
             )
         except BaseException as e:
             if compiled is not None:  # the engine never took it
-                runner.engine.model.free_grammar(compiled)
+                runner.engine.free_grammar(compiled)
             pool.release(runner, ask.keep_alive)
             if isinstance(e, PromptTooLongError):
                 raise _for_api(e) from None
