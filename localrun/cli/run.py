@@ -143,7 +143,7 @@ def run(
         None, "--seed", help="Random seed, 0 to 4294967294, for repeatable output; -1: random."
     ),
     max_tokens: int | None = typer.Option(
-        None, "--max-tokens", min=1, help="Stop after this many tokens."
+        None, "-n", "--max-tokens", min=1, help="Stop after this many tokens."
     ),
     stop: list[str] = typer.Option(None, "--stop", help="Stop at this text (repeatable)."),
     schema: str | None = typer.Option(
