@@ -1,8 +1,17 @@
-"""The chat view's renderables and loop, rendered into capture consoles (exact text)."""
+"""The chat view's renderables and loop, rendered into capture consoles (exact text); at
+the end, the view in a real terminal (tmux)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -78,6 +87,53 @@ def test_answer_view_prints_markdown_once() -> None:
             view.handle(TextDelta(piece, i + 1))
     assert exported(c) == "Title\n\nSome bold text.\n\n• item\n"
     assert view.state.phase == "decode" and view.state.tokens == 4
+
+
+def streamed(text: str, width: int = 60, piece: int = 7) -> str:
+    """``text`` drawn by an answer view on a console of ``width`` columns, fed in pieces of
+    ``piece`` characters as a model writes it; trailing spaces cut, indentation kept."""
+    c = Console(width=width, record=True, color_system=None, force_terminal=False)
+    view = AnswerView(c, AnswerState("CPU", 4096), live=False)
+    with view:
+        for i in range(0, len(text), piece):
+            view.handle(TextDelta(text[i : i + piece], i + 1))
+    return "\n".join(line.rstrip() for line in c.export_text().splitlines()) + "\n"
+
+
+def test_a_poem_keeps_its_lines() -> None:
+    poem = "Roses are red,\nViolets are blue,\nSugar is sweet,\nAnd so are you.\n"
+    assert streamed(poem) == poem
+
+
+def test_code_outside_a_fence_keeps_its_lines_and_indentation() -> None:
+    code = (
+        "def fib(n):\n"
+        "    if n == 0:\n"
+        "        return 0\n"
+        "    elif n == 1:  \n"  # trailing spaces go, as before any hard break
+        "        return 1\n"
+        "    return fib(n - 1) + fib(n - 2)\n"
+    )
+    assert streamed(code) == code.replace(":  \n", ":\n")
+
+
+def test_markdown_still_renders_with_line_breaks_kept() -> None:
+    text = (
+        "# Fibonacci\n\n"
+        "It is **simple**:\nadd the two before.\n\n"
+        "- one\n- two\n  and more\n\n"
+        "```python\nx = 1\n    y = 2\n```\n\n"
+        "A long line that is wrapped by the console because it is longer than sixty columns.\n"
+    )
+    shown = streamed(text)
+    assert "**" not in shown and "#" not in shown and "```" not in shown
+    lines = [line.strip() for line in shown.splitlines()]
+    assert lines[0] == "Fibonacci"  # a heading (centred), its marker gone
+    assert "It is simple:" in lines and "add the two before." in lines  # bold, two lines
+    assert "• one" in lines and "• two" in lines and "and more" in lines
+    assert " x = 1" in shown.splitlines() and "     y = 2" in shown.splitlines()  # the fence
+    assert "A long line that is wrapped by the console because it is" in lines
+    assert "longer than sixty columns." in lines  # a long line still wraps at the width
 
 
 def test_answer_view_without_wordwrap_streams_raw_text() -> None:
@@ -174,3 +230,125 @@ def test_control_characters_from_the_model_never_reach_the_terminal() -> None:
         out = c.export_text()
         assert "\x1b" not in out and "\x07" not in out and "\x00" not in out
         assert "hi ]0;pwned and [2J cleared" in out
+
+
+# -- in a real terminal -------------------------------------------------------------------
+
+TMUX = shutil.which("tmux")
+BIN = Path(sys.executable).parent
+
+
+class Terminal:
+    """A private tmux server (its own socket, no user configuration) running one command in
+    a pane of a fixed size; the pane is read back as text, polled with a deadline."""
+
+    def __init__(self, work: Path, width: int = 100, height: int = 40) -> None:
+        assert TMUX is not None
+        self.work, self.width, self.height = work, width, height
+        conf = work / "tmux.conf"
+        conf.write_text("set -g exit-empty off\nset -g remain-on-exit on\nset -g status off\n")
+        self.label = f"localrun-view-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.base = [TMUX, "-u", "-L", self.label, "-f", str(conf)]
+        self.done = work / "exit-status"
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(
+            [*self.base, *args], capture_output=True, text=True, check=True, timeout=10
+        ).stdout
+
+    def start(self, cmd: list[str], env: dict[str, str]) -> None:
+        """Run ``cmd`` with only ``env`` (and PATH, TERM, a UTF-8 locale); its exit status
+        goes to a file when it ends."""
+        env = {
+            "HOME": str(self.work),
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "TERM": "xterm-256color",
+            "LC_ALL": "C.UTF-8",
+            "LANG": "C.UTF-8",
+            **env,
+        }
+        script = f"{shlex.join(cmd)}; echo $? >{shlex.quote(str(self.done))}"
+        command = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), "bash", "--norc", "-c"]
+        size = ["-x", str(self.width), "-y", str(self.height)]
+        self.tmux("new-session", "-d", "-s", "view", *size, *command, script)
+
+    def screen(self) -> str:
+        """The pane, scrollback included, trailing spaces cut."""
+        text = self.tmux("capture-pane", "-p", "-S", "-", "-t", "view:0.0")
+        return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n")
+
+    def wait_exit(self, timeout: float, watch: Callable[[str], None] = lambda s: None) -> int:
+        """Poll until the command ended (``watch`` sees every screen meanwhile); its status."""
+        deadline = time.monotonic() + timeout
+        while not (self.done.exists() and self.done.read_text().strip()):
+            screen = self.screen()
+            watch(screen)
+            if time.monotonic() > deadline:
+                pytest.fail(f"the command did not end in {timeout:.0f} s; the pane:\n{screen}")
+            time.sleep(0.05)  # a poll interval, not a wait for something to happen
+        return int(self.done.read_text())
+
+    def kill(self) -> None:
+        subprocess.run([*self.base, "kill-server"], capture_output=True, check=False, timeout=10)
+        tmpdir = os.environ.get("TMUX_TMPDIR") or "/tmp"
+        with contextlib.suppress(OSError):  # kill-server leaves the socket file behind
+            (Path(tmpdir) / f"tmux-{os.getuid()}" / self.label).unlink()
+
+
+@contextlib.contextmanager
+def open_terminal(work: Path) -> Iterator[Terminal]:
+    """A terminal in ``work``, its tmux server killed at the end (skips without tmux)."""
+    if TMUX is None:
+        pytest.skip("tmux is not installed")
+    term = Terminal(work)
+    try:
+        yield term
+    finally:
+        term.kill()
+
+
+# An answer streamed into the live view, as ``localrun run`` draws one on a terminal.
+STREAM_SCRIPT = """
+import sys, time
+from rich.console import Console
+from localrun.cli.chatview import AnswerState, AnswerView
+from localrun.engine import FirstToken, TextDelta
+
+text = open(sys.argv[1]).read()
+view = AnswerView(Console(), AnswerState("CPU", 4096))
+with view:
+    view.handle(FirstToken(0.1))
+    for i in range(0, len(text), 5):
+        view.handle(TextDelta(text[i : i + 5], i + 1))
+        time.sleep(0.005)  # a model's pace, so that the live region is redrawn as it grows
+"""
+
+
+@pytest.mark.e2e
+def test_line_breaks_in_a_real_terminal(tmp_path: Path) -> None:
+    answer = tmp_path / "answer.md"
+    answer.write_text(
+        "Roses are red,\nViolets are blue,\nSugar is sweet,\nAnd so are you.\n\n"
+        "def fact(n):\n    if n == 0:\n        return 1\n    return n * fact(n - 1)\n\n"
+        "## Notes\n\nThis is **bold**, and a list:\n\n- one\n- two\n"
+    )
+    with open_terminal(tmp_path) as terminal:
+        terminal.start([sys.executable, "-c", STREAM_SCRIPT, str(answer)], {})
+        assert terminal.wait_exit(timeout=60) == 0, terminal.screen()
+        lines = terminal.screen().splitlines()
+    for line in (
+        "Roses are red,",
+        "Violets are blue,",
+        "Sugar is sweet,",
+        "And so are you.",
+        "def fact(n):",
+        "    if n == 0:",
+        "        return 1",
+        "    return n * fact(n - 1)",
+        "This is bold, and a list:",
+    ):
+        assert lines.count(line) == 1, (line, lines)  # once: the live region left no copy
+    assert any(line.strip() == "Notes" for line in lines)
+    assert [line.strip() for line in lines if "•" in line] == ["• one", "• two"]
+    shown = "\n".join(lines)
+    assert "**" not in shown and "#" not in shown and "prefill" not in shown

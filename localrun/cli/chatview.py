@@ -3,7 +3,8 @@
 Renderables are pure functions of state (tested with capture consoles). The answer is
 split into finished Markdown blocks, printed once above the live region, and the block
 still growing, re-rendered with the status line a few times a second: a long answer
-costs no more to draw than a short one.
+costs no more to draw than a short one. The Markdown keeps the model's own line breaks
+(a poem's lines, code written outside a fence), as its plain text does when piped.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
+from markdown_it import MarkdownIt
+from markdown_it.rules_inline import StateInline
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markdown import Markdown
@@ -25,6 +28,47 @@ from localrun.engine.chat import ChatEvent, Trimmed
 
 REFRESH_PER_SECOND = 8
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _line_break(state: StateInline, silent: bool) -> bool:
+    """markdown-it's ``newline`` rule as a terminal wants it: every line break inside a
+    paragraph is a hard break, and the next line keeps its indentation.
+
+    CommonMark joins a paragraph's lines (a soft break, which rich draws as a space) and
+    drops their leading spaces: a poem became one line, and code written outside a fence
+    lost its lines and its indentation. markdown-it's ``breaks`` option only changes how
+    its HTML renderer draws a soft break; rich reads the tokens, so the rule is replaced.
+    Trailing spaces go, as before a hard break in CommonMark.
+    """
+    if state.src[state.pos] != "\n":
+        return False
+    if not silent:
+        state.pending = state.pending.rstrip(" ")
+        state.push("hardbreak", "br", 0)
+    state.pos += 1
+    return True
+
+
+# One parser for every render (rich makes a new one for each Markdown, about a sixth of the
+# cost of drawing the growing block), configured as rich's own: CommonMark, tables and
+# strikethrough; only the line-break rule differs. A parse keeps its state apart, so the
+# live view's thread and the printing thread share it; its rule chains are compiled on
+# first use, here, before either thread can race to compile them.
+_PARSER = MarkdownIt().enable("strikethrough").enable("table")
+_PARSER.inline.ruler.at("newline", _line_break)
+_PARSER.parse("a\n*b*\n\n- c")
+_DEFAULTS = Markdown("").__dict__  # rich's settings for a Markdown: theme, justify, links
+
+
+class AnswerMarkdown(Markdown):
+    """rich's Markdown, parsed by the shared parser that keeps the model's line breaks."""
+
+    def __init__(self, markup: str) -> None:
+        # Not rich's __init__, which would build a parser of its own: its attributes, with
+        # rich's defaults, and the tokens of the shared parser (the tokens are all it reads).
+        self.__dict__.update(_DEFAULTS)
+        self.markup = markup
+        self.parsed = _PARSER.parse(markup)
 
 
 @dataclass
@@ -141,7 +185,7 @@ class AnswerView:
         self.state.now = time.perf_counter()
         status = status_line(self.state)
         if self.markdown and self.pending.strip():
-            return Group(Markdown(self.pending), status)
+            return Group(AnswerMarkdown(self.pending), status)
         return status
 
     def __enter__(self) -> AnswerView:
@@ -206,7 +250,7 @@ class AnswerView:
         Rendered one by one, blocks lose Markdown's spacing, and rich starts a list with
         a blank line of its own: trim the block's blank edges and space blocks evenly.
         """
-        lines = self.console.render_lines(Markdown(text.strip()), pad=False)
+        lines = self.console.render_lines(AnswerMarkdown(text.strip()), pad=False)
         while lines and not "".join(seg.text for seg in lines[0]).strip():
             lines.pop(0)
         if self._blocks:
