@@ -34,8 +34,10 @@ HELP = """Commands:
                               message are read too)
   /retry                      answer the last message again
   /clear                      forget the conversation (the system prompt stays)
-  /bye, /exit                 leave (Ctrl-D too)
+  /bye, /exit                 leave (Ctrl-D too; Ctrl-C clears the line, or stops an answer)
 Start and end a message with \"\"\" to write several lines."""
+
+EXIT_HINT = "Use Ctrl + d or /bye to exit."
 
 ReadLine = Callable[[str], str]
 
@@ -177,14 +179,23 @@ class ChatUI:
         self.console.print(Text("Type /? for help, /bye to leave.", style="dim"))
 
     def run(self, read: ReadLine) -> None:
-        """Read messages until /bye, Ctrl-D, or Ctrl-C at the prompt."""
+        """Read messages until /bye or Ctrl-D; Ctrl-C drops the line being typed."""
         self.read = read
+        hinted = False
         while True:
             try:
                 text = read_message(read)
-            except (EOFError, KeyboardInterrupt):
+            except EOFError:
                 self.console.print()
                 return
+            except KeyboardInterrupt:
+                # As in Ollama: Ctrl-C abandons the line (or the unfinished \"\"\" message) and
+                # the chat stays; leaving takes Ctrl-D or /bye, which the first Ctrl-C says.
+                self.console.print()
+                if not hinted:
+                    self.console.print(Text(EXIT_HINT, style="dim"))
+                    hinted = True
+                continue
             if not text.strip():
                 continue
             if text.lstrip().startswith("/"):
