@@ -21,6 +21,7 @@ from localrun.cli.chat import ChatUI, read_message
 from localrun.cli.chatview import AnswerState, AnswerView, split_markdown, status_line, summary_line
 from localrun.engine import FirstToken, LoadedModel, PromptEvaluated, Stats, TextDelta
 from localrun.engine.chat import ChatSession
+from localrun.engine.types import PrefillProgress
 from tests.scripted import ScriptedModel
 from tests.tinygguf import CHATML_TEMPLATE
 
@@ -42,6 +43,34 @@ def test_status_line_during_prefill_and_decode() -> None:
     assert status_line(state).plain == (
         "decode · TTFT 0.12 s · 20.0 tok/s · 11 tokens · ctx 41/4096 · CPU"
     )
+
+
+def test_status_line_shows_a_long_prompts_progress_and_rate() -> None:
+    state = AnswerState("CPU", 4096)
+    assert status_line(state).plain == "prefill · 0 prompt tokens · ctx 0/4096 · CPU"
+    state.prefill = PrefillProgress(prompt_tokens=1600, done=512, total=1600, seconds=1.0)
+    assert status_line(state).plain == "prefill · 512/1,600 tokens · 512 tok/s · ctx 512/4096 · CPU"
+    # A chat's later turn: 400 tokens were in the cache already; ctx counts them.
+    state.prefill = PrefillProgress(prompt_tokens=2000, done=1024, total=1600, seconds=2.0)
+    assert status_line(state).plain == (
+        "prefill · 1,024/1,600 tokens · 512 tok/s · ctx 1424/4096 · CPU"
+    )
+    state.prefill = PrefillProgress(prompt_tokens=1600, done=512, total=1600, seconds=0.0)
+    assert "512/1,600 tokens · … tok/s" in status_line(state).plain
+
+
+def test_answer_view_takes_prefill_progress_until_the_prompt_is_read() -> None:
+    view = AnswerView(console(), AnswerState("CPU", 4096), live=False)
+    with view:
+        for done in (512, 1024, 1536):
+            view.handle(PrefillProgress(1600, done, 1600, done / 500))
+            assert status_line(view.state).plain.startswith(f"prefill · {done:,}/1,600 tokens")
+        view.handle(PromptEvaluated(1600, 1600, 3.3))
+        assert status_line(view.state).plain == (
+            "prefill · 1600 prompt tokens · ctx 1600/4096 · CPU"
+        )
+        view.handle(FirstToken(3.4))
+        assert status_line(view.state).plain.startswith("decode · TTFT 3.40 s")
 
 
 def test_summary_line() -> None:

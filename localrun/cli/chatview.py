@@ -25,6 +25,7 @@ from rich.text import Text
 from localrun import engine
 from localrun.engine import Stats
 from localrun.engine.chat import ChatEvent, Trimmed
+from localrun.engine.types import PrefillProgress
 
 REFRESH_PER_SECOND = 8
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -79,6 +80,7 @@ class AnswerState:
     n_ctx: int
     phase: str = "prefill"
     prompt_tokens: int = 0
+    prefill: PrefillProgress | None = None  # how far a long prompt's reading has got
     ttft_s: float | None = None
     tokens: int = 0
     first_token_at: float = 0.0
@@ -93,18 +95,29 @@ class AnswerState:
 
 
 def status_line(state: AnswerState) -> Text:
-    """One line: phase, TTFT, live tok/s, tokens, context used, where the layers run."""
+    """One line: phase, TTFT, live tok/s, tokens, context used, where the layers run.
+
+    While a long prompt is read, its progress and rate: seconds of prefill then show
+    movement instead of a line that looks hung.
+    """
     parts = [state.phase]
     if state.ttft_s is not None:
         parts.append(f"TTFT {state.ttft_s:.2f} s")
-    rate = state.rate
+    used = state.prompt_tokens + state.tokens
+    progress = state.prefill
     if state.phase == "decode":
+        rate = state.rate
         parts.append(f"{rate:.1f} tok/s" if rate is not None else "… tok/s")
         parts.append(f"{state.tokens} tokens")
+    elif progress is not None:
+        parts.append(f"{progress.done:,}/{progress.total:,} tokens")
+        prefill_rate = progress.tokens_per_s
+        parts.append(f"{prefill_rate:,.0f} tok/s" if prefill_rate is not None else "… tok/s")
+        used = progress.prompt_tokens - progress.total + progress.done  # cached part included
     else:
         parts.append(f"{state.prompt_tokens} prompt tokens")
     if state.n_ctx:  # 0: a remote engine's, not known here
-        parts.append(f"ctx {state.prompt_tokens + state.tokens}/{state.n_ctx}")
+        parts.append(f"ctx {used}/{state.n_ctx}")
     parts.append(state.placement)
     return Text(" · ".join(parts), style="dim")
 
@@ -210,8 +223,11 @@ class AnswerView:
     def handle(self, event: ChatEvent) -> None:
         """Take one event from the engine or the chat session."""
         state = self.state
-        if isinstance(event, engine.PromptEvaluated):
+        if isinstance(event, PrefillProgress):
+            state.prefill = event
+        elif isinstance(event, engine.PromptEvaluated):
             state.prompt_tokens = event.prompt_tokens
+            state.prefill = None
         elif isinstance(event, engine.FirstToken):
             state.phase = "decode"
             state.ttft_s = event.ttft_s

@@ -43,6 +43,7 @@ from localrun.engine.types import (
     Finished,
     FinishReason,
     FirstToken,
+    PrefillProgress,
     PromptEvaluated,
     Stats,
     TextDelta,
@@ -562,6 +563,8 @@ class BatchEngine:
         seq.cached += chunk.n_pos
         if seq.cache_at and not seq.cache_done and seq.cached == seq.cache_at:
             self._keep_prefix(seq)
+        if not seq.prompt_done:  # text always follows a picture: this was not the last chunk
+            self._progress(seq)
         return True
 
     def _step(self) -> None:
@@ -616,6 +619,8 @@ class BatchEngine:
             seq.cached += n
             if seq.cache_at and not seq.cache_done and seq.cached == seq.cache_at:
                 self._keep_prefix(seq)
+            if not seq.prompt_done and seq.pending:
+                self._progress(seq)
         checked: set[int] = set()
         for index, (seq, _, _, wants) in enumerate(rows):
             if not wants or seq.finished or id(seq) in checked:
@@ -630,6 +635,15 @@ class BatchEngine:
             seq.pace.add(drafted, seq.stats.completion_tokens - before)
             if not seq.quiet:
                 seq.quiet = seq.pace.pause()  # guessing gains too little: plain decoding a while
+
+    def _progress(self, seq: _Sequence) -> None:
+        """A chunk of the prompt was read and more follows: say how far reading has got, so
+        that a long prompt's seconds of prefill show movement. The last chunk sends none
+        (PromptEvaluated follows it), so a prompt read in one step costs nothing here."""
+        seconds = time.perf_counter() - seq.prefill_started - seq.stats.image_encode_s
+        total = len(seq.prompt) - seq.reused
+        done = min(max(0, seq.cached - seq.reused), total)
+        seq.outbox.put(PrefillProgress(len(seq.prompt), done, total, max(0.0, seconds)))
 
     def _sample(self, seq: _Sequence, row: int) -> int | None:
         """The sequence's next token from ``row``; None when its sampling failed (a grammar

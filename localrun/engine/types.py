@@ -114,6 +114,28 @@ class PromptEvaluated:
 
 
 @dataclass(frozen=True)
+class PrefillProgress:
+    """Part of a long prompt has been read: ``done`` of the ``total`` tokens it has to
+    evaluate (tokens reused from a cache count in neither), ``seconds`` after reading began;
+    ``prompt_tokens`` is the whole prompt's length, cached part included.
+
+    Sent after each chunk of the prompt but the last, which PromptEvaluated follows: a prompt
+    read in one step (most of a chat's turns) sends none. Readers that do not show progress
+    ignore it, like any event they do not know.
+    """
+
+    prompt_tokens: int
+    done: int
+    total: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """The prefill rate so far; None before there is a time to divide by."""
+        return self.done / self.seconds if self.seconds > 0 else None
+
+
+@dataclass(frozen=True)
 class FirstToken:
     """The first token was sampled, ``ttft_s`` after the request."""
 
@@ -143,4 +165,4 @@ class Called:
     calls: tuple[ToolCall, ...]
 
 
-Event = PromptEvaluated | FirstToken | TextDelta | Finished
+Event = PrefillProgress | PromptEvaluated | FirstToken | TextDelta | Finished
