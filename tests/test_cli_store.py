@@ -13,6 +13,8 @@ import pytest
 from localrun.hub import pull
 from tests.hub import FakeHub, Faults, fake_gguf
 
+SMOLLM2 = "smollm2:135m"  # packaged: listed wherever its package is installed
+
 MiB = 1 << 20
 
 
@@ -54,10 +56,13 @@ def test_list_show_cp_rm(cli: Any, pulled: FakeHub) -> None:
     assert cli(["cp", "hf.co/org/tiny-GGUF", "tiny"]).exit_code == 0
     table = cli(["list"]).stdout.splitlines()
     assert table[0].split() == ["NAME", "ID", "SIZE", "QUANT", "MODIFIED"]
-    assert [row.split()[0] for row in table[1:]] == ["hf.co/org/tiny-GGUF", "tiny"]
+    # The chat model that comes with the test extras is here too (packaged, not pulled).
+    names = [row.split()[0] for row in table[1:]]
+    assert names == ["hf.co/org/tiny-GGUF", "smollm2:135m", "tiny"]
     assert "Q4_K_M" in table[1] and "just now" in table[1]
-    entries = json.loads(cli(["list", "--json"]).stdout)
+    entries = [e for e in json.loads(cli(["list", "--json"]).stdout) if e["name"] != SMOLLM2]
     assert entries[0]["id"] == entries[1]["id"] and entries[0]["quant"] == "Q4_K_M"
+    assert entries[0]["source"] == "pulled" and entries[1]["source"] == "pulled"
 
     facts = json.loads(cli(["show", "tiny", "--json"]).stdout)
     expected = {
@@ -75,7 +80,7 @@ def test_list_show_cp_rm(cli: Any, pulled: FakeHub) -> None:
     assert removed.stderr == "removed hf.co/org/tiny-GGUF (0 B freed)\n"  # "tiny" keeps it
     assert cli(["run", "tiny", "--max-tokens", "1", "hi"]).exit_code == 0
     assert "freed" in cli(["rm", "tiny"]).stderr
-    assert cli(["list", "--json"]).stdout.strip() == "[]"
+    assert [e["name"] for e in json.loads(cli(["list", "--json"]).stdout)] == [SMOLLM2]
 
 
 def test_show_of_a_model_not_pulled(cli: Any) -> None:
@@ -86,7 +91,7 @@ def test_show_of_a_model_not_pulled(cli: Any) -> None:
 
 def test_rm_unknown(cli: Any) -> None:
     result = cli(["rm", "nothing-here"])
-    assert result.exit_code == 1 and "not pulled" in result.stderr
+    assert result.exit_code == 1 and "model 'nothing-here' not found" in result.stderr
     assert "localrun list" in result.stderr
 
 
@@ -111,7 +116,7 @@ def test_errors_are_one_line(cli: Any, hub: FakeHub) -> None:
         (["pull", "hf.co/org/m:Q4_K_M"], 1, "has no Q4_K_M GGUF; it has Q8_0"),
         (["pull", "hf.co/org/none"], 1, "not found on the Hub"),
         (["pull", "hf.co/../../etc"], 2, "not a valid repository"),
-        (["cp", "hf.co/org/none", "x"], 1, "not pulled"),
+        (["cp", "hf.co/org/none", "x"], 1, "not found"),
     ]
     for args, code, needle in cases:
         result = cli(args)

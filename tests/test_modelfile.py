@@ -10,8 +10,8 @@ import pytest
 
 from localrun import engine
 from localrun.errors import GoTemplateError, ModelfileError
-from localrun.hub.refs import parse_hub_ref
-from localrun.models import recipes
+from localrun.hub.refs import parse_hub_ref, quant_of
+from localrun.models import packaged, recipes
 from localrun.models.gotemplate import is_go_template, to_jinja
 from localrun.models.modelfile import Modelfile, parse
 from localrun.models.resolve import resolve
@@ -219,7 +219,7 @@ def test_create_show_round_trip(cli: Any, modelfile_dir: Path) -> None:
     assert cli(["show", "terse", "--license"]).stdout == "Apache 2.0\nwith notes\n"
     assert cli(["show", "terse", "--template"]).stdout.startswith("{{ if .System }}")
     listed = json.loads(cli(["list", "--json"]).stdout)
-    assert {e["name"] for e in listed} == {"terse", "terse2"}
+    assert {e["name"] for e in listed if e["source"] == "created"} == {"terse", "terse2"}
     assert cli(["rm", "terse2"]).stderr == "removed terse2 (its base model is kept)\n"
 
 
@@ -259,11 +259,11 @@ def test_library_recipes_parse_and_name_real_references() -> None:
     assert len(lib) >= 13 and "demo" in lib
     for name, recipe in lib.items():
         assert recipe.description, name
-        if name == "demo":
-            assert recipe.modelfile.from_ == "demo"
+        if name in packaged.names():  # comes in a Python package
+            assert recipe.modelfile.from_ == name
             continue
         ref = parse_hub_ref(recipe.modelfile.from_)
-        assert ref.quant, f"{name} names no quant"
+        assert ref.quant or (ref.filename and quant_of(ref.filename)), f"{name} names no quant"
         assert ref.repo.lower().endswith("-gguf"), name
         assert "temperature" in recipe.modelfile.parameters, name
     for family in ("llama3.2", "qwen2.5", "qwen3", "gemma3", "phi4", "mistral", "smollm2"):
@@ -278,8 +278,14 @@ def test_library_json_and_short_names(cli: Any) -> None:
     from localrun.models.resolve import hub_ref_for
 
     assert hub_ref_for("qwen2.5:0.5b") == "hf.co/Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M"
+    # Not pulled: described from its recipe, with the command that gets it.
     result = cli(["show", "qwen2.5:0.5b"])
-    assert result.exit_code == 1 and "pull it with: localrun pull qwen2.5:0.5b" in result.stderr
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("Model qwen2.5:0.5b (in the library, not pulled)")
+    assert "hf.co/Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M" in result.stdout
+    assert "localrun pull qwen2.5:0.5b" in result.stdout
+    facts = json.loads(cli(["show", "llama3.2", "--json"]).stdout)  # a family's default size
+    assert facts["name"] == "llama3.2:3b" and facts["pulled"] is False
 
 
 def test_adapter_is_applied_at_load(cli: Any, tmp_path: Path, tiny_model: Path) -> None:
@@ -307,8 +313,9 @@ def test_hub_from_is_pulled_on_create(cli: Any, tmp_path: Path, tiny_model: Path
         (tmp_path / "Modelfile").write_text("FROM hf.co/org/tiny-GGUF\nSYSTEM be brief\n")
         result = cli(["create", "brief", "-f", str(tmp_path / "Modelfile")])
         assert result.exit_code == 0, result.stderr
-        names = [e["name"] for e in json.loads(cli(["list", "--json"]).stdout)]
-        assert names == ["hf.co/org/tiny-GGUF", "brief"]
+        listed = json.loads(cli(["list", "--json"]).stdout)
+        names = [e["name"] for e in listed if e["source"] != "packaged"]
+        assert names == ["brief", "hf.co/org/tiny-GGUF"]
         (tmp_path / "Nope").write_text("FROM hf.co/org/absent-GGUF\n")
         failed = cli(["create", "nope", "-f", str(tmp_path / "Nope")])
         assert failed.exit_code == 1 and "not found on the Hub" in failed.stderr

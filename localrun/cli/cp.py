@@ -11,11 +11,11 @@ from localrun.cli import app
 
 @app.command()
 def cp(
-    src: str = typer.Argument(..., help="A pulled model."),
+    src: str = typer.Argument(..., help="A pulled, created, library or packaged model."),
     dst: str = typer.Argument(..., help="The new name."),
 ) -> None:
-    """Give a pulled model another name (no files are copied)."""
-    from localrun.models.resolve import copy
+    """Give a model another name (no weights are copied)."""
+    from localrun.models import catalog
 
-    copied = copy(src, dst)
-    print(f"copied {src} to {copied.name}", file=sys.stderr)
+    copied = catalog.copy(src, dst)
+    print(f"copied {src} to {copied}", file=sys.stderr)

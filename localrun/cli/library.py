@@ -20,6 +20,7 @@ def library(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
             "name": r.name,
             "from": r.modelfile.from_,
             "description": r.description,
+            "aliases": list(r.aliases),
             "parameters": r.modelfile.parameters,
         }
         for r in recipes.library().values()

@@ -1,20 +1,16 @@
-"""``localrun list``: the models in the local store."""
+"""``localrun list``: the models here, as the catalog has them."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-from typing import TYPE_CHECKING
 
 import typer
 
 from localrun.cli import app
 from localrun.cli.output import table
 from localrun.files import human_size
-
-if TYPE_CHECKING:
-    from localrun.hub import store
 
 
 def _ago(when: float) -> str:
@@ -26,81 +22,55 @@ def _ago(when: float) -> str:
     return "just now"
 
 
-def _base(ref: str) -> store.Manifest | None:
-    """The pulled model a created one stands on, if it is a pulled one."""
-    from localrun.hub import store
-
-    return store.find(ref)
+# What stops a model that cannot run, by its kind, as the table marks it.
+_marks = {"pulled": " (files missing)", "created": " (base missing)"}
 
 
 @app.command("list")
 def list_models(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """List pulled and created models, and registered remote engines."""
-    from localrun.hub import store
-    from localrun.models import recipes
+    """List the models here (pulled, created, packaged) and registered remote engines."""
+    from localrun.models import catalog
     from localrun.remote import registry
 
-    manifests = store.all_manifests()
-    made = [(r, _base(r.modelfile.from_)) for r in recipes.created()]
+    models = catalog.entries()
     remotes = sorted(registry.remotes().values(), key=lambda r: r.name)
     if as_json:
-        entries = [
+        entries: list[dict[str, object]] = [
             {
-                "name": m.name,
-                "id": m.id,
-                "size": m.size,
-                "quant": m.quant,
-                "modified": m.pulled_at,
-                "repo": m.repo,
-                "commit": m.commit,
-                "path": str(m.model_path),
-                "missing_files": m.missing_files,
+                "name": e.name,
+                "source": e.source,
+                "id": e.id,
+                "size": e.size,
+                "quant": e.quant,
+                "modified": e.modified,
+                "path": str(e.path) if e.path else None,
+                **({"from": e.parent} if e.source == catalog.CREATED else {}),
+                **(
+                    {"repo": m.repo, "commit": m.commit, "missing_files": m.missing_files}
+                    if (m := e.manifest) is not None
+                    else {}
+                ),
+                **({"problem": e.problem} if e.problem else {}),
             }
-            for m in manifests
-        ]
-        entries += [
-            {
-                "name": r.name,
-                "id": base.id if base else None,
-                "size": base.size if base else None,
-                "quant": base.quant if base else None,
-                "modified": r.created_at,
-                "from": r.modelfile.from_,
-            }
-            for r, base in made
+            for e in models
         ]
         entries += [{"name": r.name, "remote": r.url, "model": r.model} for r in remotes]
         print(json.dumps(entries, indent=2))
         return
-    for m in manifests:
-        if m.missing_files:
-            print(
-                f"Warning: {m.name} is missing its files (deleted, or removed as corrupt); "
-                f"repair it with: localrun pull {m.hub_ref}",
-                file=sys.stderr,
-            )
+    for e in models:
+        if e.problem:
+            print(f"Warning: {e.name} {e.problem}", file=sys.stderr)
     rows = [
         (
-            m.name + (" (files missing)" if m.missing_files else ""),
-            m.id,
-            human_size(m.size),
-            m.quant or "-",
-            _ago(m.pulled_at),
+            e.name + (_marks.get(e.source, " (cannot run)") if e.problem else ""),
+            e.id,
+            human_size(e.size) if e.size else "-",
+            e.quant or "-",
+            _ago(e.modified),
         )
-        for m in manifests
-    ]
-    # Created models, with their base's figures when the base is pulled.
-    rows += [
-        (
-            r.name,
-            base.id if base else "-",
-            human_size(base.size) if base else "-",
-            (base.quant or "-") if base else "-",
-            _ago(r.created_at),
-        )
-        for r, base in made
+        for e in models
     ]
     # Remote engines: the model they serve is theirs, and so are its figures.
     rows += [(r.name, "remote", "-", "-", f"{r.model} at {r.url}") for r in remotes]

@@ -39,9 +39,14 @@ def pull(
     --quant auto) picks the largest quantization that fits this machine's GPU, else its memory.
     """
     from localrun.hub.pull import pull as pull_model
+    from localrun.models.packaged import packaged_with
     from localrun.models.resolve import hub_ref_for
 
     for ref in refs:
+        if (package := packaged_with(ref)) is not None:
+            print(f"{ref}: comes with the Python package {package}, nothing to pull",
+                  file=sys.stderr)  # fmt: skip
+            continue
         text = _with_quant(hub_ref_for(ref), quant)
         if dry_run or text.upper().rsplit("@", 1)[0].endswith(":AUTO"):
             chosen = _chosen(text, dry_run, as_json)

@@ -11,15 +11,11 @@ from localrun.files import human_size
 
 
 @app.command()
-def rm(refs: list[str] = typer.Argument(..., help="Names or references of pulled models.")) -> None:
+def rm(refs: list[str] = typer.Argument(..., help="Names of pulled or created models.")) -> None:
     """Remove models; files no other model uses are deleted."""
-    from localrun.hub import store
-    from localrun.models import recipes
+    from localrun.models import catalog
 
     for ref in refs:
-        if store.load(ref) is None and recipes.remove(ref):
-            print(f"removed {ref} (its base model is kept)", file=sys.stderr)
-            continue
-        manifest = store.find(ref) or store.require(ref)
-        freed = store.remove(manifest.name)
-        print(f"removed {manifest.name} ({human_size(freed)} freed)", file=sys.stderr)
+        name, freed = catalog.remove(ref)
+        kept = "its base model is kept" if freed is None else f"{human_size(freed)} freed"
+        print(f"removed {name} ({kept})", file=sys.stderr)

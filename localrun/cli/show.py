@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -11,6 +12,9 @@ from localrun.cli import app
 from localrun.cli.output import table
 from localrun.errors import UsageError
 from localrun.files import human_count, human_size
+
+if TYPE_CHECKING:
+    from localrun.models.recipes import Recipe
 
 
 @app.command()
@@ -32,7 +36,7 @@ def show(
 
     Architecture, size, quantization and where it is; or parts of its Modelfile.
     """
-    from localrun.models.facts import model_facts, modelfile_of
+    from localrun.models.facts import model_facts, modelfile_of, unpulled_recipe
     from localrun.remote import registry
 
     if quants:
@@ -67,6 +71,9 @@ def show(
             value = mf.system if system else mf.template if template else "\n".join(mf.license)
             print(value if value else "(none)")
         return
+    if (recipe := unpulled_recipe(ref)) is not None:
+        _unpulled(recipe, as_json)
+        return
     facts = model_facts(ref)
     if as_json:
         print(json.dumps(facts.as_dict(), indent=2))
@@ -89,6 +96,26 @@ def show(
         what = ", ".join((human_size(p.size), *p.modalities))
         rows.append(("projector", f"{Path(p.path).name} ({what})"))
     print(f"Model {facts.name}")
+    print("  " + table(("", ""), rows).replace("\n", "\n  ").lstrip())
+
+
+def _unpulled(recipe: Recipe, as_json: bool) -> None:
+    """A library model that is not pulled: what its recipe says (its GGUF is not here)."""
+    mf = recipe.modelfile
+    settings = [f"{k} {v}" for k, v in mf.parameters.items()]
+    if as_json:
+        print(json.dumps({"name": recipe.name, "pulled": False, "from": mf.from_,
+                          "description": recipe.description, "parameters": mf.parameters,
+                          "aliases": list(recipe.aliases)}, indent=2))  # fmt: skip
+        return
+    rows = [
+        ("description", recipe.description or "-"),
+        ("from", mf.from_),
+        ("parameters", ", ".join(settings) or "-"),
+        *([("also called", ", ".join(recipe.aliases))] if recipe.aliases else []),
+        ("get it with", f"localrun pull {recipe.name}"),
+    ]
+    print(f"Model {recipe.name} (in the library, not pulled)")
     print("  " + table(("", ""), rows).replace("\n", "\n  ").lstrip())
 
 

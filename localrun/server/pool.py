@@ -23,7 +23,7 @@ from localrun.engine.batch import BatchEngine
 from localrun.engine.load import LoadedModel, default_parallel, load_model, speculate
 from localrun.engine.options import run_options
 from localrun.errors import BusyError, ModelLoadError, ModelNotFoundError, NeedsPullError
-from localrun.models.resolve import DEMO, Resolved, Settings, resolve
+from localrun.models.resolve import Resolved, Settings, resolve
 from localrun.server.config import ServeConfig
 from localrun.system import physical_cores, physical_memory
 
@@ -61,21 +61,25 @@ def resolve_served(name: str) -> Resolved:
     Never a path: a request must not make the server open files of its choosing.
     """
     from localrun.hub import store
-    from localrun.models import recipes
+    from localrun.models import names, packaged, recipes
 
-    # A path is never pulled: saying "pull /etc/passwd" would be nonsense.
-    hint = (
-        "a request names a model, never a file: GET /api/tags lists them"
-        if name.startswith(("/", ".", "~")) or name.endswith(".gguf")
-        else f"pull it first: POST /api/pull, or localrun pull {name}"
+    asked, name = name, names.canonical(name)
+    known = (
+        name in packaged.names() or store.find(name) is not None or recipes.find(name) is not None
     )
-    known = name == DEMO or store.find(name) is not None or recipes.find(name) is not None
-    if not known:
-        raise ModelNotFoundError(f"model '{name}' not found", hint)
+    if asked.startswith(("/", ".", "~")) or asked.endswith(".gguf"):
+        # A path is never pulled: saying "pull /etc/passwd" would be nonsense.
+        hint = "a request names a model, never a file: GET /api/tags lists them"
+    elif known:  # a library model, not pulled
+        hint = f"pull it first: POST /api/pull, or localrun pull {name}"
+    else:
+        hint = names.did_you_mean(asked)
     try:
-        return resolve(name)
+        if known:
+            return resolve(name)
     except NeedsPullError:  # a library name whose model is not pulled
-        raise ModelNotFoundError(f"model '{name}' not found", hint) from None
+        pass
+    raise ModelNotFoundError(f"model '{asked}' not found", hint)
 
 
 def _size(path: Any, n_ctx: int, kv_type: str = "f16") -> int:
