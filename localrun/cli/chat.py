@@ -19,16 +19,24 @@ from localrun.cli.output import format_remote_stats, format_stats
 from localrun.engine import CHAT, Stats
 from localrun.engine.chat import ChatEvent, ChatSession
 from localrun.engine.types import Called
-from localrun.errors import LocalrunError, NoVisionError
+from localrun.errors import LocalrunError, NoVisionError, UsageError
 from localrun.gguf.reader import file_type_name
 from localrun.images import Image, read_image, split_image_paths
 
 HELP = """Commands:
   /set parameter NAME VALUE   change a generation setting (see /show parameters)
+  /set parameter num_ctx N    load the model again with a context of N tokens (the
+                              conversation is kept)
   /set system TEXT            set the system prompt
+  /set format json            answer in JSON (a JSON object); /set noformat: free text
   /set verbose | quiet        full statistics after each answer, or one summary line
-  /show info | parameters | system | template | stats
-  /save FILE, /load FILE      write or read the conversation as JSON
+  /set wordwrap | nowordwrap  answers as Markdown, wrapped; or raw text as it comes
+  /show info | parameters | system | template | modelfile | stats
+  /save NAME                  save the conversation as a model (localrun run NAME goes
+                              on from it; localrun list shows it)
+  /load NAME                  switch to a model, and its messages, system and parameters
+  /save FILE, /load FILE      write or read the conversation as JSON (a FILE has a / in it
+                              or ends in .json)
   /tools FILE                 offer the model the tools in a JSON file (its calls are shown)
   /image FILE                 a picture for the next message (vision models; paths in a
                               message are read too)
@@ -162,12 +170,17 @@ class ChatUI:
 
         if isinstance(self.session, RemoteChatSession):
             return format_remote_stats(stats)
-        return format_stats(stats, self.session.loaded)
+        return format_stats(stats, self.session.loaded, self.session.threads)
 
     # -- the loop ----------------------------------------------------------------------
 
     def greet(self) -> None:
         self.console.print(Text(self.session.greeting(), style="dim"))
+        self._completion_note()
+        self.console.print(Text("Type /? for help, /bye to leave.", style="dim"))
+        self.replay()
+
+    def _completion_note(self) -> None:
         if self._mode() != CHAT:
             self.console.print(
                 Text(
@@ -176,7 +189,15 @@ class ChatUI:
                     style="yellow",
                 )
             )
-        self.console.print(Text("Type /? for help, /bye to leave.", style="dim"))
+
+    def replay(self) -> None:
+        """The conversation so far, as Ollama shows a model's MESSAGEs when it starts."""
+        for message in self.session.messages:
+            if message.role == "user":
+                self.console.print(Text(f">>> {message.content}"))
+            elif message.role == "assistant":
+                self.console.print(Text(message.content))
+                self.console.print()
 
     def run(self, read: ReadLine) -> None:
         """Read messages until /bye or Ctrl-D; Ctrl-C drops the line being typed."""
@@ -261,18 +282,62 @@ class ChatUI:
 
     def _set(self, line: str, args: list[str]) -> None:
         what = args[0].lower() if args else ""
-        if what == "parameter" and len(args) == 3:
+        if what == "parameter" and len(args) == 3 and args[1].lower() == "num_ctx":
+            self._resize(args[2])
+        elif what == "parameter" and len(args) == 3:
             name = self.session.set_parameter(args[1], args[2])
             self.console.print(f"Set parameter '{name}' to '{args[2]}'.")
         elif what == "system" and len(args) >= 2:
             self.session.system = line.split(maxsplit=2)[2]
             self.console.print("Set system message.")
+        elif what == "format" and len(args) == 2:
+            self.session.set_format(args[1])
+            self.console.print(f"Set format to '{args[1].lower()}' mode.")
+        elif what == "noformat" and len(args) == 1:
+            self.session.set_format(None)
+            self.console.print("Disabled format.")
         elif what in ("verbose", "quiet") and len(args) == 1:
             self.verbose = what == "verbose"
             self.console.print(f"Set '{what}' mode.")
+        elif what in ("wordwrap", "nowordwrap") and len(args) == 1:
+            self.wordwrap = what == "wordwrap"
+            self.console.print(f"Set '{what}' mode.")
         else:
             self.console.print(
-                "Usage: /set parameter NAME VALUE, /set system TEXT, /set verbose, /set quiet"
+                "Usage: /set parameter NAME VALUE, /set system TEXT, /set format json, "
+                "/set noformat, /set verbose, /set quiet, /set wordwrap, /set nowordwrap",
+                highlight=False,
+            )
+
+    def _resize(self, value: str) -> None:
+        """/set parameter num_ctx N: the model loaded again, the conversation kept."""
+        self._local("/set parameter num_ctx")
+        with self._busy(f"Loading {self.session.name} again with a context of {value} tokens…"):
+            notes = self.session.resize(value)
+        for note in notes:
+            self.console.print(Text(note, style="yellow"))
+        seconds = self.session.loaded.load_s
+        self.console.print(
+            f"Set parameter 'num_ctx' to '{value}': the model was loaded again in "
+            f"{seconds:.2f} s, with a context of {self.session.n_ctx} tokens; the conversation "
+            "is kept.",
+            highlight=False,
+        )
+
+    def _busy(self, what: str) -> contextlib.AbstractContextManager[object]:
+        """A spinner while the model loads, on a terminal."""
+        if not self.live or not self.console.is_terminal:
+            return contextlib.nullcontext()
+        return self.console.status(what)
+
+    def _local(self, command: str) -> None:
+        """Refuse ``command`` in a chat with a remote engine: it loads the model here."""
+        from localrun.remote.chat import RemoteChatSession
+
+        if isinstance(self.session, RemoteChatSession):
+            raise UsageError(
+                f"{command} loads a model here; the remote engine loads its own",
+                "run a local model for it",
             )
 
     def _show(self, what: str) -> None:
@@ -312,20 +377,35 @@ class ChatUI:
                 highlight=False,
                 markup=False,
             )
+        elif what == "modelfile":
+            from localrun.models.facts import modelfile_of
+
+            text = modelfile_of(session.name).to_text()
+            self.console.print(text, highlight=False, markup=False, end="")
         elif what == "stats":
             if session.last_stats is None:
                 self.console.print("No answer yet.")
             else:
                 self.console.print(self._described(session.last_stats), highlight=False)
         else:
-            self.console.print("Usage: /show info | parameters | system | template | stats")
+            self.console.print(
+                "Usage: /show info | parameters | system | template | modelfile | stats",
+                highlight=False,
+            )
 
     def _file(self, name: str, line: str) -> None:
         parts = line.split(maxsplit=1)
         if len(parts) < 2:
-            self.console.print(f"Usage: {name} FILE")
+            self.console.print(f"Usage: {name} NAME, or {name} FILE")
             return
-        path = Path(parts[1].strip())
+        target = parts[1].strip()
+        if not is_chat_file(target):
+            if name == "/save":
+                self._save_model(target)
+            else:
+                self._load_model(target)
+            return
+        path = Path(target)
         if name == "/save":
             if path.expanduser().exists() and not self._confirm(f"{path} exists. Overwrite it?"):
                 self.console.print("Not saved.")
@@ -337,6 +417,46 @@ class ChatUI:
             n = len(self.session.messages)
             self.console.print(f"Loaded {n} messages from {path}.")
 
+    def _save_model(self, name: str) -> None:
+        """/save NAME: the conversation as a created model, as Ollama's /save makes one."""
+        from localrun.models import recipes
+
+        found = recipes.find(name)
+        if (
+            found is not None
+            and found.source == "created"
+            and not self._confirm(f"A model called '{name}' exists. Overwrite it?")
+        ):
+            self.console.print("Not saved.")
+            return
+        saved = self.session.save_model(name)
+        count = "1 message" if saved.messages == 1 else f"{saved.messages} messages"
+        self.console.print(
+            f"Created new model '{name}' with {count}: localrun run {name} goes on from here.",
+            highlight=False,
+        )
+        if saved.left_out:
+            self.console.print(
+                Text(
+                    f"({saved.left_out} pictures or tool results are not in it: a Modelfile "
+                    "holds only text; /save FILE.json keeps them)",
+                    style="yellow",
+                )
+            )
+
+    def _load_model(self, name: str) -> None:
+        """/load NAME: go on with that model and its conversation, as Ollama's /load does."""
+        self._local("/load NAME")
+        with self._busy(f"Loading {name}…"):
+            notes = self.session.switch(name)
+        for note in notes:
+            self.console.print(Text(note, style="yellow"), highlight=False)
+        n = len(self.session.messages)
+        count = "1 message" if n == 1 else f"{n} messages"
+        self.console.print(f"Loaded model '{name}' with {count}.", highlight=False)
+        self._completion_note()
+        self.replay()
+
     def _confirm(self, question: str) -> bool:
         try:
             answer = self.read(f"{question} [y/N] ")
@@ -344,6 +464,12 @@ class ChatUI:
             self.console.print()
             return False
         return answer.strip().lower() in ("y", "yes")
+
+
+def is_chat_file(target: str) -> bool:
+    """Whether /save and /load name a JSON file (a path, or a name ending in .json) rather
+    than a model."""
+    return "/" in target or os.sep in target or target.lower().endswith(".json")
 
 
 def reattach_terminal() -> None:

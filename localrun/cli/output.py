@@ -45,7 +45,11 @@ def format_stats(stats: Stats, loaded: LoadedModel, threads: int | None = None) 
             else []
         ),
         *([("projector", loaded.projector.name)] if loaded.projector is not None else []),
-        ("load time", f"{stats.load_s:.3f} s"),
+        # A chat's later answers did not wait for the load: the first one did.
+        (
+            "load time",
+            f"{stats.load_s:.3f} s" if stats.load_s else "- (loaded for an earlier answer)",
+        ),
         ("prompt tokens", f"{stats.prompt_tokens}{evaluated}"),
         *([("images", images_text(stats))] if stats.images else []),
         ("prefill", f"{stats.prefill_s:.3f} s, {stats.prefill_tokens_per_s:.1f} tok/s"),

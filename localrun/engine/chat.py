@@ -8,21 +8,26 @@ for the prefix it has already evaluated, so only the new tokens are prefilled.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localrun.backend import SamplingParams
-from localrun.engine.load import LoadedModel
+from localrun.backend.llamacpp.offload import AUTO
+from localrun.engine.load import LoadedModel, load_model, speculate
+from localrun.engine.options import run_options
 from localrun.engine.stream import ANSWER_ROOM, check_fits, generate_tokens, watched
 from localrun.engine.types import Called, Event, Finished, Stats, TextDelta
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
 from localrun.files import write_atomic
 from localrun.images import Image, image_from_base64
-from localrun.models.modelfile import coerce_parameter
+from localrun.models import recipes
+from localrun.models.modelfile import Modelfile, coerce_parameter
+from localrun.models.resolve import Settings, resolve
 from localrun.prompt.build import (
     MIN_KEEP,
     Prompt,
@@ -32,8 +37,13 @@ from localrun.prompt.build import (
 )
 from localrun.prompt.template import Message
 from localrun.prompt.tools import CallWatch, Tool, ToolCall, form_of, parse_tools
+from localrun.system import physical_cores
+
+if TYPE_CHECKING:
+    from localrun.backend.llamacpp.rpc import Endpoint
 
 HISTORY_FORMAT = "localrun-chat/1"
+FORMATS = ("json",)  # /set format: Ollama's one named format
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,49 @@ class Options:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How the chat's model was loaded: what ``/set parameter num_ctx`` and ``/load NAME``
+    load with again, and the threads ``/show stats`` reports."""
+
+    n_threads: int
+    n_ctx: int | None = None  # what was asked for (None: the model's default)
+    gpu_layers: str | int = AUTO
+    kv_type: str = "f16"
+    flash_attn: str = "auto"
+    repack: bool = True
+    workers: tuple[Endpoint, ...] = ()
+
+    @classmethod
+    def of(cls, loaded: LoadedModel) -> LoadSettings:
+        """What ``run`` loaded ``loaded`` with, as far as the loaded model tells: the
+        threads its settings and this machine give (``run``'s rule without flags), its
+        context and its cache type."""
+        try:
+            settings = resolve(loaded.name).settings
+        except LocalrunError:  # a model made in a test, or a file gone since
+            settings = Settings()
+        try:
+            threads = run_options(settings).threads
+        except LocalrunError:
+            threads = None
+        return cls(
+            n_threads=int(threads or physical_cores()),
+            n_ctx=loaded.model.n_ctx,
+            gpu_layers=AUTO,  # run's default: a --gpu-layers flag is not known here
+            kv_type=str(getattr(loaded.model, "kv_type", "f16")),
+        )
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What ``/save NAME`` made: the created model, and what its Modelfile could not hold."""
+
+    recipe: recipes.Recipe
+    messages: int  # MESSAGE lines written
+    left_out: int  # tool results and pictures: a Modelfile has no place for them
 
 
 # /set parameter NAME VALUE: run-flag names, with Ollama's Modelfile names as aliases.
@@ -78,6 +131,12 @@ def parameter_names() -> list[str]:
 class ChatSession:
     """A conversation: a system prompt, messages, and the options of the next answer."""
 
+    # Class-level defaults: a subclass that answers elsewhere (a remote engine) sets only
+    # what it uses in its own __init__.
+    changed: frozenset[str] = frozenset()  # parameters set in this chat: /save NAME keeps them
+    _load_settings: LoadSettings | None = None
+    _load_counted = False  # whether an answer has counted the load time yet
+
     def __init__(
         self,
         loaded: LoadedModel,
@@ -85,6 +144,7 @@ class ChatSession:
         system: str | None = None,
         options: Options | None = None,
         messages: list[Message] | None = None,
+        load: LoadSettings | None = None,
     ) -> None:
         self.loaded = loaded
         self.system = system
@@ -92,6 +152,19 @@ class ChatSession:
         self.messages: list[Message] = list(messages or [])
         self.last_stats: Stats | None = None
         self.tools: tuple[Tool, ...] = ()  # offered to the model (/tools FILE)
+        self._load_settings = load
+
+    @property
+    def load_settings(self) -> LoadSettings:
+        """How the model was loaded (told, else what the loaded model tells of it)."""
+        if self._load_settings is None:
+            self._load_settings = LoadSettings.of(self.loaded)
+        return self._load_settings
+
+    @property
+    def threads(self) -> int | None:
+        """The CPU threads the model runs on."""
+        return self.load_settings.n_threads
 
     def load_tools(self, path: Path) -> int:
         """Offer the tools defined in a JSON file (a list, in the form the APIs take)."""
@@ -212,6 +285,7 @@ class ChatSession:
         form = form_of(self.loaded.template) if self.tools else None
         watch = CallWatch(form, self.tools) if form is not None else None
         calls: list[ToolCall] = []
+        counts_load, self._load_counted = not self._load_counted, True
         try:
             for event in generate_tokens(
                 self.loaded,
@@ -230,6 +304,10 @@ class ChatSession:
                     elif isinstance(shown, Called):
                         calls = list(shown.calls)
                     elif isinstance(shown, Finished):
+                        if not counts_load:
+                            # The load was the first answer's wait, not this one's.
+                            shown.stats.total_s -= shown.stats.load_s
+                            shown.stats.load_s = 0.0
                         self.last_stats = shown.stats
                     yield shown
         finally:
@@ -252,6 +330,7 @@ class ChatSession:
             )
         if key == "stop":
             self.options.stop = (*self.options.stop, value)
+            self.changed = self.changed | {key}
             return key
         number: float | int | None = None
         if not (key == "seed" and value.lower() in ("random", "none", "-1")):
@@ -268,6 +347,7 @@ class ChatSession:
         else:
             changes: dict[str, Any] = {key: number}
             self.options.sampling = replace(self.options.sampling, **changes)
+        self.changed = self.changed | {key}
         return key
 
     def parameters(self) -> dict[str, object]:
@@ -281,7 +361,186 @@ class ChatSession:
         result["stop"] = list(self.options.stop)
         return result
 
+    def set_format(self, name: str | None) -> None:
+        """Hold the answers to a format (``json``: a JSON object, as Ollama's ``format``
+        asks for), or free them again (None)."""
+        from localrun.prompt import grammar
+
+        if name is None:
+            self.options.sampling = replace(self.options.sampling, grammar=None, schema=None)
+        elif name.lower() in FORMATS:
+            constraint = grammar.json_value(object_only=True)  # the server's "json", too
+            self.options.sampling = constraint.apply(self.options.sampling)
+        else:
+            raise UsageError(f"unknown format '{name}'", "/set format json, or /set noformat")
+
+    # -- loading again -----------------------------------------------------------------
+
+    def resize(self, n_ctx: str | int) -> list[str]:
+        """Load the model again with a context of ``n_ctx`` tokens (``/set parameter
+        num_ctx``); the conversation stays. Return what the load had to adjust."""
+        try:  # the range a Modelfile's num_ctx has
+            parsed = coerce_parameter("num_ctx", str(n_ctx))
+        except ValueError as e:
+            raise UsageError(str(e), "/set parameter num_ctx N, such as 8192") from None
+        assert isinstance(parsed, int)
+        current = self._current_settings()
+        loaded = self.loaded
+        method = "draft" if loaded.draft else "lookup" if loaded.speculate else "off"
+        draft = (loaded.draft.name, loaded.draft.path) if loaded.draft else None
+        notes = self._reload(loaded.name, loaded.path, current, parsed, method, draft)
+        self.changed = self.changed | {"num_ctx"}
+        return notes
+
+    def switch(self, name: str) -> list[str]:
+        """Go on with the model ``name`` and its Modelfile's messages, system prompt and
+        parameters (``/load NAME``, as Ollama's): the weights are loaded only if they
+        differ from the ones loaded. Return what the load had to adjust."""
+        resolved = resolve(name)
+        settings = resolved.settings
+        opts = run_options(settings)
+        current = self._current_settings()
+        notes: list[str] = []
+        same = (
+            resolved.path == self.loaded.path
+            and settings.adapters == current.adapters
+            and settings.projector == current.projector
+        )
+        asked = self.load_settings.n_ctx
+        if not same or (opts.n_ctx is not None and opts.n_ctx != asked):
+            draft = None
+            if opts.draft is not None:
+                found = resolve(opts.draft)
+                draft = (opts.draft, found.path)
+            notes = self._reload(name, resolved.path, settings, opts.n_ctx, opts.speculative, draft)
+        # Either way the chat is now this model's: its name, template and conversation.
+        self.loaded.name = name
+        self.loaded.template_override = settings.template
+        self.system = opts.system
+        self.options = Options(opts.sampling, opts.max_tokens, opts.stop)
+        self.messages = list(settings.messages)
+        self.changed = frozenset()
+        self.tools = ()  # offered to the other model's template: /tools again for this one
+        return notes
+
+    def _current_settings(self) -> Settings:
+        """The loaded model's settings (its adapters, projector, template), as loaded."""
+        try:
+            return resolve(self.loaded.name).settings
+        except LocalrunError:
+            return Settings(template=self.loaded.template_override, projector=self.loaded.projector)
+
+    def _reload(
+        self,
+        name: str,
+        path: Path,
+        settings: Settings,
+        n_ctx: int | None,
+        method: str,
+        draft: tuple[str, Path] | None,
+    ) -> list[str]:
+        """Free the model, then load ``path``; if that fails, load the one there was again
+        and raise. The loaded model is changed in place: whoever loaded it closes it."""
+        how = self.load_settings
+        old = self.loaded
+        back = (old.name, old.path, self._current_settings(), how.n_ctx)
+        back_draft = (old.draft.name, old.draft.path) if old.draft else None
+        back_method = "draft" if old.draft else "lookup" if old.speculate else "off"
+        # Freed first, as Ollama unloads before it loads: two copies may not fit.
+        old.close()
+        try:
+            new = self._load(name, path, settings, n_ctx, method, draft)
+        except LocalrunError:
+            name0, path0, settings0, n_ctx0 = back
+            _adopt(old, self._load(name0, path0, settings0, n_ctx0, back_method, back_draft))
+            raise
+        _adopt(old, new)
+        self._load_settings = replace(how, n_ctx=n_ctx)
+        self._load_counted = False  # the next answer waited for this load
+        return list(new.notes)
+
+    def _load(
+        self,
+        name: str,
+        path: Path,
+        settings: Settings,
+        n_ctx: int | None,
+        method: str,
+        draft: tuple[str, Path] | None,
+    ) -> LoadedModel:
+        how = self.load_settings
+        loaded = load_model(
+            name,
+            n_ctx=n_ctx,
+            n_threads=how.n_threads,
+            gpu_layers=how.gpu_layers,
+            path=path,
+            settings=settings,
+            workers=how.workers,
+            repack=how.repack,
+            kv_type=how.kv_type,
+            flash_attn=how.flash_attn,
+        )
+        loaded.prompt_cache = self.loaded.prompt_cache
+        try:
+            speculate(loaded, method, draft, n_threads=how.n_threads, gpu_layers=how.gpu_layers)
+        except BaseException:
+            loaded.close()
+            raise
+        return loaded
+
     # -- saving ------------------------------------------------------------------------
+
+    def save_model(self, name: str) -> Saved:
+        """Save the conversation as the created model ``name`` (``/save NAME``, as Ollama's):
+        ``FROM`` this model, with the chat's system prompt, the parameters set in it and a
+        ``MESSAGE`` per message. An existing created model of that name is replaced."""
+        recipes.check_new_name(name)
+        existing = recipes.find(name)
+        if existing is not None and existing.source != "created":
+            existing = None
+        if existing is not None and name == self.name:
+            # Saved over itself: FROM itself would be a loop, so the new one takes what
+            # the old one was made of, and keeps its own quantized weights.
+            mf = copy.deepcopy(existing.modelfile)
+        else:
+            mf = Modelfile(from_=self.name)
+        mf.parameters.update(self._changed_parameters())
+        if "stop" in self.changed:
+            mf.stop = list(self.options.stop)
+        if self.system is not None:
+            mf.system = self.system
+        mf.messages = []
+        left_out = 0
+        for m in self.messages:
+            if m.role not in ("system", "user", "assistant"):
+                left_out += 1  # a tool's result: a MESSAGE has no tool role
+                continue
+            left_out += len(m.images)
+            mf.messages.append((m.role, m.content))
+        recipe = recipes.record(name, mf, Path.cwd())  # replaces the old record, if any
+        if existing is not None and existing.weights is not None:
+            if name == self.name:
+                recipe = recipes.set_weights(recipe, Path(existing.weights))
+            else:
+                # The old model's own quantized weights belonged to it alone (as
+                # recipes.remove deletes them); removed only now that the new one is saved.
+                Path(existing.weights).unlink(missing_ok=True)
+        self.remember()
+        return Saved(recipe, len(mf.messages), left_out)
+
+    def _changed_parameters(self) -> dict[str, float | int | str]:
+        """The parameters set in this chat, under their Modelfile names."""
+        out: dict[str, float | int | str] = {}
+        current = self.parameters()
+        for key in sorted(self.changed - {"stop", "num_ctx"}):
+            value = current[key]
+            name = "num_predict" if key == "max_tokens" else key
+            # A random seed and no token limit are -1 in a Modelfile, as in Ollama's.
+            out[name] = value if isinstance(value, int | float | str) else -1
+        if "num_ctx" in self.changed and self.load_settings.n_ctx is not None:
+            out["num_ctx"] = self.load_settings.n_ctx
+        return out
 
     def save(self, path: Path) -> None:
         """Write the conversation as JSON (atomically: a crash leaves the old file whole)."""
@@ -363,6 +622,12 @@ class ChatSession:
             raise
         self.messages = messages
         self.system = system if isinstance(system, str) else None
+
+
+def _adopt(old: LoadedModel, new: LoadedModel) -> None:
+    """Make ``old`` the model ``new`` is: the chat's caller holds ``old`` and closes it."""
+    for f in fields(LoadedModel):
+        setattr(old, f.name, getattr(new, f.name))
 
 
 def _saved_message(m: dict[str, Any]) -> Message:
