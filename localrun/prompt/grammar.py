@@ -55,8 +55,12 @@ def json_value(*, object_only: bool = False) -> Constraint:
     return Constraint(_convert({"type": kinds}), what, schema=schema)
 
 
-def json_schema(schema: Any) -> Constraint:
-    """The grammar of a JSON schema; a UsageError names what it cannot enforce."""
+def json_schema(schema: Any, *, inside: bool = False) -> Constraint:
+    """The grammar of a JSON schema; a UsageError names what it cannot enforce.
+
+    The answer ends where the value does. With ``inside`` (a tool call's arguments, which more
+    text follows), the value may be followed by the spaces the converter allows.
+    """
     prepared = prepare(schema)
     text = json.dumps(schema)
     if len(text) > MAX_SCHEMA_BYTES:
@@ -64,7 +68,7 @@ def json_schema(schema: Any) -> Constraint:
             f"the JSON schema is {len(text):,} characters, more than {MAX_SCHEMA_BYTES:,}",
             "simplify the schema",
         )
-    return Constraint(_convert(prepared), "a JSON schema", schema=text)
+    return Constraint(_convert(prepared, end=not inside), "a JSON schema", schema=text)
 
 
 def gbnf(text: str, source: str) -> Constraint:
@@ -129,12 +133,14 @@ _ONE_SPACE = 'space ::= " "?'
 _LINES_SPACE = 'space ::= | " " | "\\n"{1,2} [ \\t]{0,20}'
 
 
-def _convert(schema: dict[str, Any]) -> str:
+def _convert(schema: dict[str, Any], *, end: bool = True) -> str:
     from localrun.backend.llamacpp.schema import json_schema_to_gbnf
 
     try:
         converted = json_schema_to_gbnf(schema)
         grammar = converted.replace(_LAX_CHAR, _STRICT_CHAR).replace(_ONE_SPACE, _LINES_SPACE)
+        if end:
+            grammar = ending_at_value(grammar)
     except (AssertionError, KeyError, TypeError, ValueError, re.error) as e:
         raise UsageError(
             f"the schema cannot be turned into a grammar: {e}",
@@ -148,3 +154,117 @@ def _convert(schema: dict[str, Any]) -> str:
         ) from None
     limits.check(grammar, "the schema's grammar")
     return grammar
+
+
+# -- the answer ends with its value ------------------------------------------------------------
+#
+# The converter ends every value's rule with ``space`` (so that values inside an object may be
+# followed by a line break and an indent), the top-level value's too: a small model then wrote
+# its answer's closing brace and up to two line breaks and twenty tabs after it, before the
+# grammar let it stop. The top-level value's tail is rewritten without that ``space``: after
+# the value only the end of the answer can come. llama.cpp's own converter (json-schema-to-
+# grammar.cpp) ends its root the same way as this one; no library strips it.
+
+_ITEM = re.compile(
+    r'\s*(?:(?P<literal>"(?:[^"\\]|\\.)*")|(?P<cls>\[(?:[^\]\\]|\\.)*\])'
+    r"|(?P<name>[a-zA-Z0-9-]+)|(?P<dot>\.)|(?P<open>\()|(?P<close>\))|(?P<bar>\|))"
+    r"(?P<times>\s*(?:[?*+]|\{[0-9, ]*\}))?"
+)
+
+_Seq = list[tuple[Any, str]]  # items: (text, or a group's alternatives) and their repetition
+
+
+def ending_at_value(grammar: str) -> str:
+    """``grammar`` (the converter's: one ``name ::= body`` a line) with its root's trailing
+    ``space`` rules left out, through copies of the rules at its tail (``object-end``...)."""
+    rules: dict[str, str] = {}
+    for line in grammar.splitlines():
+        name, sep, body = line.partition(" ::= ")
+        if not sep:
+            return grammar  # not the converter's layout: left as it is
+        rules[name] = body
+    if "root" not in rules or any(
+        re.search(r"(?<![\w-])root(?![\w-])", body) for body in rules.values()
+    ):
+        return grammar  # a root referred to inside itself: the converter never writes one
+    made: dict[str, str] = {}
+    new: dict[str, str] = {}
+
+    def ending(name: str) -> str:
+        if name not in made:
+            made[name] = copy = _free_name(f"{name}-end", rules)
+            new[copy] = _show(strip(_parse(rules[name])))
+        return made[name]
+
+    def strip(alternatives: list[_Seq]) -> list[_Seq]:
+        out = []
+        for seq in alternatives:
+            seq = list(seq)
+            if seq and not seq[-1][1]:  # an item repeated may be followed by itself: kept
+                item = seq[-1][0]
+                if item == "space":
+                    seq.pop()
+                elif isinstance(item, list):
+                    seq[-1] = (strip(item), "")
+                elif item in rules:
+                    seq[-1] = (ending(item), "")
+            out.append(seq)
+        return out
+
+    try:
+        root = _show(strip(_parse(rules["root"])))
+    except ValueError:
+        return grammar
+    rules["root"] = root
+    rules.update(new)
+    return "\n".join(f"{name} ::= {body}" for name, body in sorted(rules.items())) + "\n"
+
+
+def _free_name(name: str, rules: dict[str, str]) -> str:
+    while name in rules:
+        name += "-"
+    return name
+
+
+def _parse(body: str) -> list[_Seq]:
+    """A rule's body as its alternatives, each a sequence of items; a ValueError where it
+    holds what the converter does not write."""
+    alternatives, rest = _alternatives(body, 0)
+    if body[rest:].strip():
+        raise ValueError(body[rest:])
+    return alternatives
+
+
+def _alternatives(body: str, at: int) -> tuple[list[_Seq], int]:
+    alternatives: list[_Seq] = [[]]
+    while at < len(body) and body[at:].strip():
+        found = _ITEM.match(body, at)
+        if not found:
+            raise ValueError(body[at:])
+        if found["close"]:
+            return alternatives, at  # the caller takes the parenthesis
+        at = found.end()
+        if found["bar"]:
+            alternatives.append([])
+            continue
+        item: Any
+        if found["open"]:
+            item, at = _alternatives(body, at)
+            closing = _ITEM.match(body, at)
+            if not closing or not closing["close"]:
+                raise ValueError(body[at:])
+            at, times = closing.end(), (closing["times"] or "").strip()
+        else:
+            item, times = found.group(0).strip(), ""
+            if found["times"]:
+                item = item[: len(item) - len(found["times"].strip())].strip()
+                times = found["times"].strip()
+        alternatives[-1].append((item, times))
+    return alternatives, at
+
+
+def _show(alternatives: list[_Seq]) -> str:
+    def shown(item: Any, times: str) -> str:
+        return f"({_show(item)}){times}" if isinstance(item, list) else str(item) + times
+
+    return " | ".join(" ".join(shown(*part) for part in seq) for seq in alternatives)

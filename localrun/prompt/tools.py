@@ -362,7 +362,7 @@ def call_grammar(form: Form, tools: tuple[Tool, ...]) -> str:
     schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
     if form.in_list:
         schema = {"type": "array", "items": schema, "minItems": 1, "maxItems": 1}
-    body = grammars.json_schema(schema).grammar
+    body = grammars.json_schema(schema, inside=True).grammar
     body = re.sub(r"^root ::=", "tool-call ::=", body, count=1, flags=re.MULTILINE)
     literal = json.dumps  # a GBNF string literal is a JSON string here
     parts = [literal(form.prefix) if form.prefix else "", "tool-call"]
