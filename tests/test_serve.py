@@ -621,3 +621,23 @@ def test_ignore_eos_goes_on_past_the_end_of_text(server: Server) -> None:
     assert full.json()["usage"]["completion_tokens"] == 12
     assert full.json()["choices"][0]["finish_reason"] == "length"
     assert full.json()["choices"][0]["text"].startswith(ended["choices"][0]["text"].strip())
+
+
+def test_names_with_latest_and_one_catalog_for_the_cli_and_the_api(
+    client: ollama.Client, oai: openai.OpenAI, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ollama's clients add ':latest'; the API lists what `localrun list` lists."""
+    assert client.generate(model=MODEL + ":latest", prompt="x", options=FAST).eval_count == 8
+    assert oai.models.retrieve(MODEL + ":latest").id == MODEL
+    assert client.show(MODEL + ":latest").modelfile
+    with pytest.raises(ollama.ResponseError) as e:
+        client.generate(model="tinny", prompt="x")
+    assert e.value.status_code == 404 and f"did you mean {MODEL}" in e.value.error
+    from localrun.models import catalog
+
+    monkeypatch.setenv("LOCALRUN_HOME", str(home))  # the server's home, read here
+    here = {e.name: e for e in catalog.entries() if e.problem is None}
+    listed = {m.model: m for m in client.list().models}
+    assert set(listed) == set(here)
+    assert {m.id for m in oai.models.list()} == set(here)
+    assert listed[MODEL].size == here[MODEL].size and listed[MODEL].digest == here[MODEL].digest

@@ -204,7 +204,8 @@ class ChatSession:
 
     @property
     def template(self) -> str | None:
-        return self.loaded.model.chat_template
+        """The chat template in use: a Modelfile's TEMPLATE (Jinja), else the GGUF's own."""
+        return self.loaded.template
 
     @property
     def vision(self) -> bool:

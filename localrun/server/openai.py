@@ -369,9 +369,12 @@ class OpenAIAPI:
         return JSONResponse({"object": "list", "data": [_model(m) for m in listed]})
 
     async def model(self, request: Request) -> Response:
+        from localrun.models.names import canonical
+
         wanted = request.path_params["model"]
+        name = await asyncio.to_thread(canonical, wanted)  # NAME:latest is NAME
         for m in await asyncio.to_thread(catalog.listed):
-            if m.name == wanted:
+            if m.name == name:
                 return JSONResponse(_model(m))
         raise ModelNotFoundError(f"model '{wanted}' not found", "see GET /v1/models")
 
