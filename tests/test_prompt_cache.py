@@ -266,3 +266,31 @@ def test_a_restarted_server_starts_warm(tiny_chat_model: Path, tmp_path: Path) -
     (read,) = stored()
     assert read["last_used"] > entry["last_used"]  # the restarted server read it back
     assert first.message.content is not None and again.message.content is not None
+
+
+@pytest.mark.e2e
+def test_a_model_without_a_sliding_window_reads_back_the_whole_system_prompt(cli: object) -> None:
+    """SmolLM2-135M-Instruct (packaged): no sliding window, so a 1,000-token system prompt is read
+    back whole in the next process, not just a window of it as on the demo model, and the
+    answer is the one a cold run gives."""
+    import json
+
+    system = "You answer questions about this text. " + " ".join(
+        f"Stone {i} is {['red', 'blue', 'green'][i % 3]}." for i in range(160)
+    )
+
+    def run(question: str, *flags: str) -> dict[str, object]:
+        args = ["run", "smollm2:135m", "--system", system, question, "--format", "json",
+                "--temperature", "0", "-n", "6", *flags]  # fmt: skip
+        result = cli(args)  # type: ignore[operator]
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+    cold = run("Which stones are red?", "--no-prompt-cache")
+    run("Which stones are blue?")  # keeps the system prompt's state
+    warm = run("Which stones are red?")
+    stats = warm["stats"]
+    assert isinstance(stats, dict) and stats["prompt_tokens"] > 1000
+    # All but the question (and the template's turn around it) came from disk.
+    assert stats["prompt_from_disk"] >= stats["prompt_tokens"] - 20
+    assert warm["response"] == cold["response"]
