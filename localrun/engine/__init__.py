@@ -12,7 +12,7 @@ from localrun.engine.types import CHAT, COMPLETION, Event, Finished, FinishReaso
 from localrun.engine.workers import parse_endpoints
 
 # isort: split
-from localrun.engine.types import PromptEvaluated, Request, Stats, TextDelta
+from localrun.engine.types import PrefillProgress, PromptEvaluated, Request, Stats, TextDelta
 from localrun.prompt.template import Message
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "FirstToken",
     "LoadedModel",
     "Message",
+    "PrefillProgress",
     "PromptEvaluated",
     "Request",
     "RunOptions",
