@@ -165,13 +165,11 @@ def _convert(schema: dict[str, Any], *, end: bool = True) -> str:
 # the value only the end of the answer can come. llama.cpp's own converter (json-schema-to-
 # grammar.cpp) ends its root the same way as this one; no library strips it.
 
-_ITEM = re.compile(
-    r'\s*(?:(?P<literal>"(?:[^"\\]|\\.)*")|(?P<cls>\[(?:[^\]\\]|\\.)*\])'
-    r"|(?P<name>[a-zA-Z0-9-]+)|(?P<dot>\.)|(?P<open>\()|(?P<close>\))|(?P<bar>\|))"
-    r"(?P<times>\s*(?:[?*+]|\{[0-9, ]*\}))?"
-)
+_ATOM = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|[a-zA-Z0-9-]+|\.')
+_TIMES = re.compile(r"\s*([?*+]|\{[0-9, ]*\})")
 
-_Seq = list[tuple[Any, str]]  # items: (text, or a group's alternatives) and their repetition
+# A sequence's items: (text, repetition, whether the text is a group's inside, unparsed)
+_Seq = list[tuple[str, str, bool]]
 
 
 def ending_at_value(grammar: str) -> str:
@@ -184,7 +182,7 @@ def ending_at_value(grammar: str) -> str:
             return grammar  # not the converter's layout: left as it is
         rules[name] = body
     if "root" not in rules or any(
-        re.search(r"(?<![\w-])root(?![\w-])", body) for body in rules.values()
+        m.group(0) == "root" for body in rules.values() for m in _ATOM.finditer(body)
     ):
         return grammar  # a root referred to inside itself: the converter never writes one
     made: dict[str, str] = {}
@@ -193,26 +191,26 @@ def ending_at_value(grammar: str) -> str:
     def ending(name: str) -> str:
         if name not in made:
             made[name] = copy = _free_name(f"{name}-end", rules)
-            new[copy] = _show(strip(_parse(rules[name])))
+            new[copy] = _show(strip(_split(rules[name])))
         return made[name]
 
-    def strip(alternatives: list[_Seq]) -> list[_Seq]:
+    def strip(alternatives: list[_Seq], depth: int = 0) -> list[_Seq]:
         out = []
         for seq in alternatives:
             seq = list(seq)
             if seq and not seq[-1][1]:  # an item repeated may be followed by itself: kept
-                item = seq[-1][0]
-                if item == "space":
+                item, _, group = seq[-1]
+                if group and depth < _MAX_GROUPS:
+                    seq[-1] = (_show(strip(_split(item), depth + 1)), "", True)
+                elif item == "space":
                     seq.pop()
-                elif isinstance(item, list):
-                    seq[-1] = (strip(item), "")
-                elif item in rules:
-                    seq[-1] = (ending(item), "")
+                elif not group and item in rules:
+                    seq[-1] = (ending(item), "", False)
             out.append(seq)
         return out
 
     try:
-        root = _show(strip(_parse(rules["root"])))
+        root = _show(strip(_split(rules["root"])))
     except ValueError:
         return grammar
     rules["root"] = root
@@ -226,45 +224,59 @@ def _free_name(name: str, rules: dict[str, str]) -> str:
     return name
 
 
-def _parse(body: str) -> list[_Seq]:
-    """A rule's body as its alternatives, each a sequence of items; a ValueError where it
-    holds what the converter does not write."""
-    alternatives, rest = _alternatives(body, 0)
-    if body[rest:].strip():
-        raise ValueError(body[rest:])
-    return alternatives
+_MAX_GROUPS = 32  # groups within groups at a value's tail followed (the converter writes 1-2)
 
 
-def _alternatives(body: str, at: int) -> tuple[list[_Seq], int]:
+def _split(body: str) -> list[_Seq]:
+    """A rule's body as its alternatives, each a sequence of items; a group's inside is kept
+    as text (it may nest a thousand levels deep: a maxLength), split only when needed. A
+    ValueError where the body holds what the converter does not write."""
     alternatives: list[_Seq] = [[]]
-    while at < len(body) and body[at:].strip():
-        found = _ITEM.match(body, at)
-        if not found:
-            raise ValueError(body[at:])
-        if found["close"]:
-            return alternatives, at  # the caller takes the parenthesis
-        at = found.end()
-        if found["bar"]:
+    at, n = 0, len(body)
+    while True:
+        while at < n and body[at] in " \t":
+            at += 1
+        if at >= n:
+            return alternatives
+        if body[at] == "|":
             alternatives.append([])
+            at += 1
             continue
-        item: Any
-        if found["open"]:
-            item, at = _alternatives(body, at)
-            closing = _ITEM.match(body, at)
-            if not closing or not closing["close"]:
-                raise ValueError(body[at:])
-            at, times = closing.end(), (closing["times"] or "").strip()
+        group = body[at] == "("
+        if group:
+            start, at = at + 1, _closing(body, at)
+            text = body[start:at]
+            at += 1
+        elif found := _ATOM.match(body, at):
+            text, at = found.group(0), found.end()
         else:
-            item, times = found.group(0).strip(), ""
-            if found["times"]:
-                item = item[: len(item) - len(found["times"].strip())].strip()
-                times = found["times"].strip()
-        alternatives[-1].append((item, times))
-    return alternatives, at
+            raise ValueError(body[at:])
+        times = _TIMES.match(body, at)
+        if times:
+            at = times.end()
+        alternatives[-1].append((text, times.group(1) if times else "", group))
+
+
+def _closing(body: str, at: int) -> int:
+    """Where the group opened at ``at`` closes (literals and classes skipped)."""
+    depth = 0
+    while at < len(body):
+        c = body[at]
+        if c in '"[':
+            found = _ATOM.match(body, at)
+            if not found:
+                raise ValueError(body[at:])
+            at = found.end()
+            continue
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if depth == 0:
+            return at
+        at += 1
+    raise ValueError(body)
 
 
 def _show(alternatives: list[_Seq]) -> str:
-    def shown(item: Any, times: str) -> str:
-        return f"({_show(item)}){times}" if isinstance(item, list) else str(item) + times
+    def shown(text: str, times: str, group: bool) -> str:
+        return f"({text}){times}" if group else text + times
 
-    return " | ".join(" ".join(shown(*part) for part in seq) for seq in alternatives)
+    return " | ".join(" ".join(shown(*item) for item in seq) for seq in alternatives)
