@@ -214,3 +214,32 @@ def test_an_answer_whose_sampling_fails_fails_alone(
     finally:
         engine.close()
         model.close()
+
+
+def test_the_grammar_budget_counts_cpu_time_not_time_waiting_for_a_core(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a machine whose other processes take the cores, a check that waited for one must not
+    fail the answer: only the CPU time the grammar's checks take is foreseen."""
+    import ctypes
+    import time
+
+    from localrun.backend.llamacpp import sampler
+
+    def waits(grammar: object, array: object) -> None:
+        time.sleep(0.1)  # as if preempted: 0.1 s of the clock, almost no CPU
+
+    def works(grammar: object, array: object) -> None:
+        end = time.thread_time() + 0.1
+        while time.thread_time() < end:  # 0.1 s of this thread's CPU
+            pass
+
+    monkeypatch.setattr(sampler.lc, "llama_sampler_apply", waits)
+    cost = sampler._Cost()
+    cost.apply(None, ctypes.c_int(0), 256)
+    cost.check(4096)  # foreseen from CPU time: nothing like 16 x 0.1 s
+    monkeypatch.setattr(sampler.lc, "llama_sampler_apply", works)
+    cost = sampler._Cost()
+    cost.apply(None, ctypes.c_int(0), 256)
+    with pytest.raises(GenerationError, match="costs too much to follow"):
+        cost.check(4096)  # 16 x 0.1 s of real work is past the 1 s budget
