@@ -20,7 +20,7 @@ from localrun.system import physical_cores
 
 if TYPE_CHECKING:
     from localrun import engine
-    from localrun.engine.chat import ChatSession
+    from localrun.engine.chat import ChatSession, LoadSettings
     from localrun.images import Image
     from localrun.models.resolve import Settings
     from localrun.prompt.grammar import Constraint
@@ -409,9 +409,14 @@ def run(
                 raise typer.Exit(1)
             return
         if chat_mode:
+            from localrun.engine.chat import LoadSettings
+
+            # What /set parameter num_ctx and /load NAME load with again, as run loaded it.
+            again = LoadSettings(n_threads, opts.n_ctx, opts.gpu_layers, opts.kv_type,
+                                 opts.flash_attn, not no_repack, workers)  # fmt: skip
             _chat(
                 loaded, text, piped, opts, verbose=verbose, wordwrap=not nowordwrap,
-                images=pictures,
+                images=pictures, load=again,
             )  # fmt: skip
             return
         assert text is not None
@@ -490,10 +495,11 @@ def _chat(
     verbose: bool,
     wordwrap: bool,
     images: list[Image],
+    load: LoadSettings,
 ) -> None:
     from localrun.engine.chat import ChatSession
 
-    session = ChatSession(loaded)
+    session = ChatSession(loaded, load=load)
     _chat_session(session, text, piped, opts, verbose=verbose, wordwrap=wordwrap, images=images)
 
 
