@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -35,6 +36,36 @@ def physical_cores() -> int:
     if core:
         cores.add((physical, core))
     return max(1, min(len(cores), logical)) if cores else logical
+
+
+def busy_elsewhere(reads: int = 3) -> int:
+    """How many cores other processes keep busy now: the tasks ready to run besides this one
+    (the fourth field of /proc/loadavg), the least of a few reads 2 ms apart, so that a task
+    that runs for an instant is not taken for a busy core. 0 where the OS does not say."""
+    least = None
+    for i in range(reads):
+        try:
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+        others = running - 1  # this process is running while it reads
+        least = others if least is None else min(least, others)
+        if i + 1 < reads:
+            time.sleep(0.002)
+    return max(0, least or 0)
+
+
+def run_threads() -> tuple[int, int]:
+    """The threads a single answer should use by default, and the cores found busy.
+
+    One per physical core on an idle machine; a core fewer for each that other processes keep
+    busy. llama.cpp's threads wait for each other at every step, so one that must share its
+    core slows them all: beside one busy process on 2 cores, 2 threads decoded at 0.46x the
+    speed of 1 thread (and at 1.7x when the machine was idle), docs/performance.md.
+    """
+    cores = physical_cores()
+    busy = min(busy_elsewhere(), cores - 1)
+    return cores - busy, busy
 
 
 def physical_memory() -> int | None:

@@ -40,8 +40,44 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     )
     monkeypatch.setattr(engine, "load_model", load_model)
     monkeypatch.setattr(engine, "generate", generate)
-    monkeypatch.setattr("localrun.cli.run.physical_cores", lambda: 6)
+    monkeypatch.setattr("localrun.system.physical_cores", lambda: 6)
+    monkeypatch.setattr("localrun.system.busy_elsewhere", lambda: 0)
     return rec
+
+
+def test_the_default_threads_leave_the_cores_other_processes_keep_busy(
+    cli: Any, fake_engine: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("localrun.system.busy_elsewhere", lambda: 2)
+    result = cli(["run", "m.gguf", "hi", "--verbose"])
+    assert fake_engine.load_calls[-1]["n_threads"] == 4
+    assert "threads: 4, as other processes keep 2 of the 6 cores busy" in result.stderr
+    monkeypatch.setattr("localrun.system.busy_elsewhere", lambda: 9)  # never fewer than 1
+    assert cli(["run", "m.gguf", "hi"]).exit_code == 0
+    assert fake_engine.load_calls[-1]["n_threads"] == 1
+    assert cli(["run", "m.gguf", "hi", "--threads", "6"]).exit_code == 0
+    assert fake_engine.load_calls[-1]["n_threads"] == 6  # the flag wins
+
+
+def test_a_busy_process_is_seen_by_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real /proc/loadavg: a process spinning beside this one keeps a core busy."""
+    import subprocess
+    import sys
+    import time
+
+    from localrun import system
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while system.busy_elsewhere() < 1:  # until the spinner is scheduled
+            assert time.monotonic() < deadline, "the spinner never showed in /proc/loadavg"
+            time.sleep(0.05)
+        threads, busy = system.run_threads()
+        assert busy >= 1 and threads == max(1, system.physical_cores() - busy)
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_prompt_from_arguments(cli: Any, fake_engine: Recorder) -> None:

@@ -16,7 +16,7 @@ from localrun.cli import app
 from localrun.cli.output import format_remote_stats, format_stats
 from localrun.cli.progress import resolve_or_pull
 from localrun.errors import GenerationError, NoVisionError, UsageError
-from localrun.system import physical_cores
+from localrun.system import run_threads
 
 if TYPE_CHECKING:
     from localrun import engine
@@ -160,7 +160,11 @@ def run(
         None, "--ctx", min=1, help="Context size in tokens (default: the model's, at most 4096)."
     ),
     threads: int | None = typer.Option(
-        None, "--threads", min=1, max=512, help="CPU threads (default: the physical cores)."
+        None,
+        "--threads",
+        min=1,
+        max=512,
+        help="CPU threads (default: the physical cores other processes leave idle).",
     ),
     gpu_layers: str | None = typer.Option(
         None,
@@ -358,7 +362,13 @@ def run(
             _check_complete(done, constraint)
         return
     assert resolved is not None
-    n_threads = opts.threads or physical_cores()
+    n_threads = opts.threads
+    if not n_threads:
+        n_threads, busy = run_threads()
+        if busy and verbose:
+            cores = n_threads + busy
+            print(f"threads: {n_threads}, as other processes keep {busy} of the {cores} cores "
+                  "busy (--threads sets it)", file=sys.stderr)  # fmt: skip
     draft_model = None
     if opts.draft is not None:
         draft_model = (opts.draft, resolve_or_pull(opts.draft).path)
