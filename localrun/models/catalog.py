@@ -51,9 +51,16 @@ class Entry:
         return self.files[0] if self.files else None
 
 
-def _quant_of(path: Path) -> str | None:
+def _quant_of(path: Path, manifest: store.Manifest | None = None) -> str | None:
+    """The quantization: a pulled model's manifest or its file's name says it; else the
+    header does (which loads llama.cpp's bindings for the type names: 0.1-0.2 s of `list`)."""
     from localrun.gguf.reader import file_type_name, read_gguf
+    from localrun.hub.refs import quant_of
 
+    if manifest is not None and manifest.quant:
+        return manifest.quant
+    if (named := quant_of(path.name)) is not None:
+        return named
     try:
         file_type = read_gguf(path).metadata.get("general.file_type")
     except LocalrunError:  # unreadable now: listed all the same, without it
@@ -89,7 +96,7 @@ def _created(recipe: recipes.Recipe) -> Entry:
     what = hashlib.sha256((mf.to_text() + weights).encode()).hexdigest()
     size = sum(f.stat().st_size for f in made.files)
     parent = made.manifest.name if made.manifest and not recipe.weights else mf.from_
-    quant = _quant_of(made.path)
+    quant = _quant_of(made.path, made.manifest if not recipe.weights else None)
     return Entry(recipe.name, CREATED, made.files, size, what, quant, recipe.created_at, parent)
 
 
