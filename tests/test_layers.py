@@ -128,3 +128,48 @@ def test_the_check_catches_an_upward_import() -> None:
     assert violations("localrun.prompt.build", "from . import x") == []
     assert violations("localrun.errors", "from localrun.hub import store")
     assert violations("localrun.cli.run", "import rich\nfrom localrun import engine") == []
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_engine_has_no_import_cycle() -> None:
+    """Lazy imports included: a cycle (batch -> stream -> load -> batch once) means a module
+    that cannot be understood, or tested, without the others."""
+    engine = {name: path for name, path in _modules() if layer_of(name) == "engine"}
+    graph = {
+        name: {m for m in _imports(path.read_text(), name) if m in engine and m != name}
+        for name, path in engine.items()
+        if name != "localrun.engine"  # the package's exports import its modules, not a cycle
+    }
+    assert _cycles(graph) == []
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c"]]

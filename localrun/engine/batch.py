@@ -21,7 +21,6 @@ goes on where it stopped. Per-request state lives in :class:`_Sequence`, nowhere
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import itertools
 import queue
@@ -34,10 +33,10 @@ from typing import Any, cast
 
 from localrun.backend import ImageChunk, SamplingParams, StepModel, cells, image_counts
 from localrun.engine.draft import Drafter, common_prefix
+from localrun.engine.output import TextOut, timed
 from localrun.engine.prompt_cache import MIN_TOKENS as MIN_KEEP
 from localrun.engine.prompt_cache import PromptCache
 from localrun.engine.speculative import ROW_COST_CPU, Pace, lookup
-from localrun.engine.stream import StopMatcher
 from localrun.engine.types import (
     Event,
     Finished,
@@ -123,15 +122,12 @@ class _Sequence:
     images: dict[int, ImageChunk] = field(default_factory=dict)  # its pictures, by their id
     cache_done: bool = False  # cache_at was reached (and the state saved, if it was not)
     finished: bool = False
-    decoder: codecs.IncrementalDecoder = field(
-        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
-    )
-    matcher: StopMatcher = field(init=False)
+    out: TextOut = field(init=False)  # its text: UTF-8 across tokens, held at stop strings
     stats: Stats = field(default_factory=Stats)
 
     def __post_init__(self) -> None:
         self.pending = list(self.prompt)
-        self.matcher = StopMatcher(self.stop)
+        self.out = TextOut(self.stop)
         self.stats.prompt_tokens = len(self.prompt)
         for chunk, n in image_counts(self.prompt, self.images):  # a picture may come twice
             self.stats.images += n
@@ -758,7 +754,7 @@ class BatchEngine:
         seq.generated.append(token)
         stats.completion_tokens += 1
         piece = self.model.piece(token, True) if seq.special else self.model.piece(token)
-        text, stopped = seq.matcher.feed(seq.decoder.decode(piece))
+        text, stopped = seq.out.feed(piece)
         seq.outbox.put(TextDelta(text, stats.completion_tokens))
         if stopped:
             self._finish(seq, FinishReason.STOP, flush=False)
@@ -822,21 +818,13 @@ class BatchEngine:
             self.model.free_grammar(seq.grammar)
             seq.grammar = None
         if flush:
-            tail = seq.matcher.flush() + seq.decoder.decode(b"", final=True)
+            tail = seq.out.flush()
             if tail:
                 seq.outbox.put(TextDelta(tail, seq.stats.completion_tokens))
         stats = seq.stats
         stats.finish_reason = reason
-        end = time.perf_counter()
-        n = sampled or len(seq.generated)
-        if seq.first_at:
-            stats.ttft_s = seq.first_at - seq.submitted
-            stats.decode_s = seq.last_at - seq.first_at
-            if n > 1 and stats.decode_s > 0:
-                stats.decode_tokens_per_s = (n - 1) / stats.decode_s
-        if stats.prefill_s > 0:
-            stats.prefill_tokens_per_s = stats.prompt_evaluated / stats.prefill_s
-        stats.total_s = end - seq.submitted
+        timed(stats, start=seq.submitted, first=seq.first_at, last=seq.last_at,
+              sampled=sampled or len(seq.generated), end=time.perf_counter())  # fmt: skip
         seq.outbox.put(Finished(stats))
 
 

@@ -1,7 +1,8 @@
-"""One answer on the engine: the fit check, the stop-string matcher, and generate().
+"""One answer on the engine: the fit check, and generate().
 
-The per-request work (UTF-8 across tokens, stop strings, statistics) runs in the batching
-engine's sequence objects (:mod:`localrun.engine.batch`); this module is their caller's side.
+The per-request work runs in the batching engine's sequence objects
+(:mod:`localrun.engine.batch`), their text and figures in :mod:`localrun.engine.output`; this
+module is their caller's side.
 """
 
 from __future__ import annotations
@@ -34,38 +35,6 @@ def check_fits(loaded: LoadedModel, n_prompt: int) -> None:
     raise PromptTooLongError(
         f"the prompt is {n_prompt} tokens but the context holds only {n_ctx}", hint
     )
-
-
-class StopMatcher:
-    """Holds back text that might be the start of a stop string."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Return the text safe to emit and whether a stop string was reached."""
-        self.pending += text
-        if not self.stops:
-            out, self.pending = self.pending, ""
-            return out, False
-        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            out, self.pending = self.pending[:cut], ""
-            return out, True
-        hold = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.pending)), hold, -1):
-                if self.pending.endswith(s[:n]):
-                    hold = n
-                    break
-        out = self.pending[: len(self.pending) - hold]
-        self.pending = self.pending[len(out) :]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
 
 
 def generate(loaded: LoadedModel, request: Request) -> Iterator[Event]:

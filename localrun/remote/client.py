@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from localrun.engine.output import timed
 from localrun.engine.types import (
     Event,
     Finished,
@@ -129,12 +130,8 @@ def generate(
     stats.prompt_tokens = _count(getattr(usage, "prompt_tokens", 0))  # evaluated: not known
     stats.completion_tokens = _count(getattr(usage, "completion_tokens", 0)) or pieces
     stats.finish_reason = FinishReason.LENGTH if finish == "length" else FinishReason.STOP
-    if first:
-        stats.ttft_s = first - start
-        stats.decode_s = last - first
-        if stats.completion_tokens > 1 and stats.decode_s > 0:
-            stats.decode_tokens_per_s = (stats.completion_tokens - 1) / stats.decode_s
-    stats.total_s = end - start
+    # The same definitions as a local answer's (its prefill is not known: 0 here).
+    timed(stats, start=start, first=first, last=last, sampled=stats.completion_tokens, end=end)
     yield Finished(stats)
 
 
