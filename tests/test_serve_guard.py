@@ -90,7 +90,7 @@ def test_an_api_key_is_needed_by_every_request(home: Path) -> None:
         assert wrong.status_code == 401
         assert ollama.Client(host=s.url, headers={"Authorization": f"Bearer {KEY}"}).list()
         oai = openai.OpenAI(base_url=s.url + "/v1", api_key=KEY, max_retries=0)
-        assert [m.id for m in oai.models.list()] == ["tiny"]
+        assert "tiny" in [m.id for m in oai.models.list()]  # with the key, the list comes
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=s.url + "/v1", api_key="wrong", max_retries=0).models.list()
 
