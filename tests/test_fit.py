@@ -108,7 +108,7 @@ def test_show_quants_lists_files_and_where_each_runs(repo: FakeHub, cli: Any) ->
     table = cli(["show", f"hf.co/{REPO}", "--quants"])
     assert "QUANT" in table.stdout and "tiny-Q8_0.gguf" in table.stdout
     local = cli(["show", "demo", "--quants"])
-    assert local.exit_code == 2 and "'demo' is not a Hub reference" in local.stderr
+    assert local.exit_code == 2 and "'demo' comes in the Python package" in local.stderr
 
 
 def test_auto_counts_a_vision_models_projector(hub: FakeHub, files: dict[str, Path]) -> None:

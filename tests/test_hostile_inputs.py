@@ -231,7 +231,7 @@ def test_bad_names_cannot_be_created(
 @pytest.mark.parametrize("command", ["rm", "show"])
 def test_a_300_character_name_is_not_found(home: Path, command: str) -> None:
     line = one_line_error(run(home, command, "m" * 300), 1)
-    assert "not pulled" in line or "unknown model" in line
+    assert "not found" in line or "unknown model" in line
 
 
 def test_create_refuses_a_pulled_name_and_cp_a_created_one(

