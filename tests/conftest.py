@@ -13,6 +13,24 @@ from tests.hub import TEST_TOKEN, FakeHub
 from tests.test_real_templates import real_templates  # noqa: F401 - a fixture for all tests
 from tests.tinygguf import CHATML_TEMPLATE, write_tiny_model
 
+# Whole modules left out of the edit loop (`pytest -m "not slow"`): each starts servers,
+# terminals or other processes for most of its tests, or runs the fuzz cross-product. Tests that
+# run the real demo or packaged model are marked e2e, which counts as slow too; other slow
+# tests carry @pytest.mark.slow where they are.
+SLOW_MODULES = {
+    "test_chat_model", "test_chat_terminal", "test_docs_commands", "test_e2e", "test_fuzz",
+    "test_fuzz_grammar", "test_fuzz_http", "test_kv", "test_perplexity", "test_quantize",
+    "test_remote", "test_remote_llama_server", "test_rpc", "test_serve", "test_serve_demo",
+    "test_serve_guard", "test_serve_pull", "test_tui",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+        if module in SLOW_MODULES or item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def localrun_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

@@ -157,6 +157,7 @@ def test_bench_parallel_refuses_bad_counts(home: Path, tiny_model: Path) -> None
     assert done.code == 2 and "--parallel" in done.stderr
 
 
+@pytest.mark.slow
 def test_doctor_shows_the_default_parallel_for_the_demo_model(home: Path) -> None:
     before = json.loads(run(home, "doctor", "--json").stdout)
     assert before["parallel_demo"] is None  # the demo is not in this cache yet: not sized

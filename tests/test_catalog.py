@@ -20,6 +20,7 @@ from localrun.models.resolve import resolve
 SMOLLM2 = "smollm2:135m"
 
 
+@pytest.mark.slow
 def test_a_name_and_its_latest_tag_are_one_model(cli: Any, tiny_model: Path) -> None:
     assert names.canonical("demo:latest") == "demo"
     assert resolve("demo:latest").name == "demo"
@@ -59,6 +60,7 @@ def test_an_unknown_name_says_which_known_names_are_close(cli: Any) -> None:
     assert "did you mean" not in cli(["run", "zzzz", "hi"]).stderr
 
 
+@pytest.mark.slow
 def test_list_shows_what_ran_with_figures_and_cp_rm_take_every_kind(
     cli: Any, tiny_model: Path
 ) -> None:
@@ -152,6 +154,7 @@ def test_the_packaged_chat_model_is_checked_against_its_wheels_record(
     assert catalog.find(SMOLLM2) is not None and catalog.find(SMOLLM2).problem  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_the_packaged_chat_model_answers_as_a_chat(cli: Any) -> None:
     """SmolLM2-135M-Instruct through its own template: an answer, not a continuation."""
     result = cli(["run", SMOLLM2, "--format", "json", "-n", "8", "--seed", "1", "What is 2+2?"])

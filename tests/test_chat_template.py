@@ -62,6 +62,7 @@ ENDLESS = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["main thread", "worker thread"])
 def test_endless_template_is_stopped(where: str) -> None:
     import threading
@@ -93,6 +94,7 @@ def test_endless_template_is_stopped(where: str) -> None:
     assert render(CHATML_TEMPLATE, [Message("user", "x")]).endswith("assistant\n")
 
 
+@pytest.mark.slow
 def test_two_threads_rendering_at_once_are_stopped_separately() -> None:
     import threading
 

@@ -160,6 +160,7 @@ def test_after_verify_removes_a_corrupt_file_every_name_says_pull_again(
     assert "files missing" not in cli(["list"]).stdout
 
 
+@pytest.mark.slow
 def test_verify_checks_the_demo_model(cli: Any, localrun_home: Path) -> None:
     from localrun.models.demo import demo_model_path
 

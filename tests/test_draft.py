@@ -206,6 +206,7 @@ def _sampled(
     return found
 
 
+@pytest.mark.slow
 def test_sampling_keeps_the_distribution(tiny_model: Path) -> None:
     """400 answers each way, the draft guessing the most likely tokens: the joint
     distribution of the guessed positions is the same (and a changed one is told apart)."""
@@ -248,6 +249,7 @@ def _json_run(home: Path, *args: str) -> dict[str, Any]:
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow
 def test_run_and_a_modelfile_guess_with_a_draft_model(
     localrun_home: Path, tiny_model: Path
 ) -> None:
@@ -313,6 +315,7 @@ def test_batch_guesses_for_every_request(localrun_home: Path, tiny_model: Path) 
     assert len(out) == 4 and all(o["stats"]["drafted"] > 0 for o in out)
 
 
+@pytest.mark.slow
 def test_serve_guesses_and_says_so_in_the_usage(localrun_home: Path, tiny_model: Path) -> None:
     import openai
 

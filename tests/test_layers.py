@@ -173,3 +173,10 @@ def test_the_engine_has_no_import_cycle() -> None:
     }
     assert _cycles(graph) == []
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_slow_modules_exist() -> None:
+    from tests.conftest import SLOW_MODULES
+
+    tests = {p.stem for p in (PACKAGE.parent / "tests").glob("test_*.py")}
+    assert tests >= SLOW_MODULES, f"not test modules any more: {sorted(SLOW_MODULES - tests)}"

@@ -31,6 +31,7 @@ def demo_sizes(demo_path: Path) -> ModelSizes:
     return model_sizes(read_gguf(demo_path), 4096)
 
 
+@pytest.mark.slow
 def test_sizes_from_the_demo_models_tensor_table(demo_sizes: ModelSizes, demo_path: Path) -> None:
     info = read_gguf(demo_path)
     assert demo_sizes.n_layer == 18

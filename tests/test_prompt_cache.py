@@ -234,6 +234,7 @@ def test_a_saved_chat_is_read_back_by_a_later_session(
     assert none == 0 and from_disk > 200 and warm == cold
 
 
+@pytest.mark.slow
 def test_a_restarted_server_starts_warm(tiny_chat_model: Path, tmp_path: Path) -> None:
     import json
 

@@ -253,6 +253,7 @@ PET = {
 }
 
 
+@pytest.mark.slow
 def test_the_clients_get_json_that_follows_their_schemas(
     localrun_home: Path, tiny_chat_model: Path
 ) -> None:

@@ -221,6 +221,7 @@ def qwen_tiny(tmp_path_factory: pytest.TempPathFactory, real_templates: Path) ->
     )
 
 
+@pytest.mark.slow
 def test_the_clients_get_tool_calls(
     localrun_home: Path, qwen_tiny: Path, tiny_chat_model: Path
 ) -> None:
@@ -305,6 +306,7 @@ def test_the_clients_get_tool_calls(
             client.chat(model="plain", messages=said, tools=OPENAI_TOOLS)
 
 
+@pytest.mark.slow
 def test_the_chat_offers_tools_and_shows_calls(qwen_tiny: Path, tmp_path: Path) -> None:
     """/tools FILE: the tools reach the template, a call comes back as a Called event (here
     held to one by a grammar, as --grammar would), and the next turn renders it."""
