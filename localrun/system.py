@@ -64,6 +64,11 @@ def run_threads() -> tuple[int, int]:
     speed of 1 thread (and at 1.7x when the machine was idle), docs/performance.md.
     """
     cores = physical_cores()
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if allowed is not None and allowed < (os.cpu_count() or allowed):
+        # Held to some CPUs (taskset, a container's cpuset): /proc/loadavg counts the tasks
+        # of every CPU, so it cannot say how busy ours are. Take them all, as before.
+        return cores, 0
     busy = min(busy_elsewhere(), cores - 1)
     return cores - busy, busy
 

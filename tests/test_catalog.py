@@ -163,3 +163,45 @@ def test_the_packaged_chat_model_answers_as_a_chat(cli: Any) -> None:
     assert answer["mode"] == "chat" and answer["response"].strip()
     # Its template's system turn and the user's message, not the bare prompt, were read.
     assert answer["stats"]["prompt_tokens"] > 20  # the prompt alone is 7 tokens
+
+
+def test_what_a_review_found(cli: Any, tiny_model: Path) -> None:
+    """Each of these once gave a traceback, a 500, a wrong hint or a silent overwrite."""
+    from localrun.hub import store
+    from localrun.models.modelfile import Modelfile
+    from localrun.models.resolve import hub_ref_for
+
+    # A created model whose own quantized weights are gone: listed as such, and removable.
+    weights = tiny_model.with_name("gone.Q4_0.gguf")
+    weights.write_bytes(tiny_model.read_bytes())
+    quantized = recipes.record("quantized", Modelfile(from_=str(tiny_model)), Path.cwd())
+    recipes.set_weights(quantized, weights)
+    weights.unlink()
+    entries = {e["name"]: e for e in json.loads(cli(["list", "--json"]).stdout)}
+    assert "quantized weights of 'quantized' are gone" in entries["quantized"]["problem"]
+    assert cli(["rm", "quantized"]).exit_code == 0
+
+    # cp never replaces a created model (a conversation saved with /save, say).
+    recipes.record("saved", Modelfile(from_=str(tiny_model), system="kept"), Path.cwd())
+    refused = cli(["cp", "qwen2.5:0.5b", "saved"])
+    assert refused.exit_code == 2 and "a created model is called 'saved'" in refused.stderr
+    assert resolve("saved").settings.system == "kept"
+
+    # A created model FROM a family's name pulls what the family names.
+    recipes.record("fa", Modelfile(from_="llama3.2"), Path.cwd())
+    assert hub_ref_for("fa") == "hf.co/bartowski/Llama-3.2-3B-Instruct-GGUF:Q4_K_M"
+
+    # rm of a library model that is pulled removes its pulled files.
+    sha = "0" * 64
+    files = (store.ModelFile("t.gguf", 1, sha, sha),)
+    ref = "hf.co/bartowski/Llama-3.2-3B-Instruct-GGUF:Q4_K_M"
+    store.save(store.Manifest(ref, "bartowski/Llama-3.2-3B-Instruct-GGUF", None, "c" * 40,
+                              "Q4_K_M", files))  # fmt: skip
+    assert cli(["rm", "llama3.2"]).stderr.startswith(f"removed {ref} (")
+    assert store.find(ref) is None
+
+    # The demo before its first run is not "in the library but not pulled".
+    missing = cli(["rm", "demo"])
+    assert missing.exit_code == 1 and "run it once to put it here: localrun run demo" in (
+        missing.stderr
+    )

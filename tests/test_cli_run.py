@@ -313,3 +313,17 @@ def test_bare_command_prints_help(cli: Any) -> None:
     assert result.exit_code == 0
     assert result.stdout.startswith("Usage: localrun") and "run " in result.stdout
     assert result.stderr == ""
+
+
+def test_held_to_some_cpus_the_default_takes_them_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/proc/loadavg counts every CPU's tasks: under taskset or a cpuset it says nothing of
+    the CPUs this process may use."""
+    from localrun import system
+
+    monkeypatch.setattr(system, "physical_cores", lambda: 4)
+    monkeypatch.setattr(system, "busy_elsewhere", lambda: 20)
+    monkeypatch.setattr(system.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(system.os, "sched_getaffinity", lambda pid: set(range(4)))
+    assert system.run_threads() == (4, 0)
+    monkeypatch.setattr(system.os, "cpu_count", lambda: 4)  # every CPU: the count applies
+    assert system.run_threads() == (1, 3)

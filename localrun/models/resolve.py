@@ -87,6 +87,11 @@ def resolve(ref: str, _seen: tuple[str, ...] = ()) -> Resolved:
                 f"put it back, or create {ref} again with another PROJECTOR",
             )
         if recipe.weights is not None:  # its own quantization of its base
+            if not Path(recipe.weights).is_file():
+                raise ModelNotFoundError(
+                    f"the quantized weights of '{ref}' are gone: no file at {recipe.weights}",
+                    f"create {ref} again, or remove it: localrun rm {ref}",
+                )
             return Resolved(ref, (Path(recipe.weights),), _merge(base.settings, recipe))
         return Resolved(ref, base.files, _merge(base.settings, recipe), base.manifest, base.sha256)
     path = Path(ref).expanduser()
@@ -126,10 +131,11 @@ def hub_ref_for(name: str) -> str:
     seen = [name]
     recipe = recipes.find(name)
     while recipe is not None and not is_hub_ref(recipe.modelfile.from_):
-        if recipe.modelfile.from_ in seen:
+        base = names.canonical(recipe.modelfile.from_)  # FROM llama3.2: the library's 3b
+        if base in seen:
             break
-        seen.append(recipe.modelfile.from_)
-        recipe = recipes.find(recipe.modelfile.from_)
+        seen.append(base)
+        recipe = recipes.find(base)
     if recipe is not None and is_hub_ref(recipe.modelfile.from_):
         return recipe.modelfile.from_
     if name in packaged.names():

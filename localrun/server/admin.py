@@ -149,20 +149,15 @@ class AdminAPI:
 
     async def delete(self, request: Request) -> Response:
         from localrun.hub import store
-        from localrun.models import catalog, names
+        from localrun.models import catalog
 
         self._allowed()
         body = await fields.read_body(request)
-        store.validate_name(fields.model_name(body))
-        name = await asyncio.to_thread(names.canonical, fields.model_name(body))
-        await self.pool.unload(name)
-
-        def remove() -> None:
-            if catalog.find(name) is None:
-                raise ModelNotFoundError(f"model '{name}' not found", "see GET /api/tags")
-            catalog.remove(name)
-
-        await asyncio.to_thread(remove)
+        asked = fields.model_name(body)
+        store.validate_name(asked)
+        entry = await asyncio.to_thread(catalog.require, asked)  # a 404 when it is not here
+        await self.pool.unload(entry.name)  # runners go by the model's own name
+        await asyncio.to_thread(catalog.remove, entry.name)
         return Response(status_code=200)
 
     async def copy(self, request: Request) -> Response:
