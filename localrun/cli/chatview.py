@@ -25,7 +25,6 @@ from rich.text import Text
 from localrun import engine
 from localrun.engine import Stats
 from localrun.engine.chat import ChatEvent, Trimmed
-from localrun.engine.types import PrefillProgress
 
 REFRESH_PER_SECOND = 8
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -80,7 +79,7 @@ class AnswerState:
     n_ctx: int
     phase: str = "prefill"
     prompt_tokens: int = 0
-    prefill: PrefillProgress | None = None  # how far a long prompt's reading has got
+    prefill: engine.PrefillProgress | None = None  # how far a long prompt's reading has got
     ttft_s: float | None = None
     tokens: int = 0
     first_token_at: float = 0.0
@@ -223,7 +222,7 @@ class AnswerView:
     def handle(self, event: ChatEvent) -> None:
         """Take one event from the engine or the chat session."""
         state = self.state
-        if isinstance(event, PrefillProgress):
+        if isinstance(event, engine.PrefillProgress):
             state.prefill = event
         elif isinstance(event, engine.PromptEvaluated):
             state.prompt_tokens = event.prompt_tokens

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from localrun.backend import SamplingParams
 from localrun.backend.llamacpp.offload import AUTO
@@ -98,6 +98,18 @@ class LoadSettings:
             gpu_layers=AUTO,  # run's default: a --gpu-layers flag is not known here
             kv_type=str(getattr(loaded.model, "kv_type", "f16")),
         )
+
+
+class _Target(NamedTuple):
+    """What a load of the chat's model loads: the weights under a name, their settings, the
+    context asked for, and how answers guess ahead (a speculative method, a draft model)."""
+
+    name: str
+    path: Path
+    settings: Settings
+    n_ctx: int | None
+    method: str
+    draft: tuple[str, Path] | None
 
 
 @dataclass(frozen=True)
@@ -385,11 +397,7 @@ class ChatSession:
         except ValueError as e:
             raise UsageError(str(e), "/set parameter num_ctx N, such as 8192") from None
         assert isinstance(parsed, int)
-        current = self._current_settings()
-        loaded = self.loaded
-        method = "draft" if loaded.draft else "lookup" if loaded.speculate else "off"
-        draft = (loaded.draft.name, loaded.draft.path) if loaded.draft else None
-        notes = self._reload(loaded.name, loaded.path, current, parsed, method, draft)
+        notes = self._reload(self._now(n_ctx=parsed))
         self.changed = self.changed | {"num_ctx"}
         return notes
 
@@ -413,7 +421,8 @@ class ChatSession:
             if opts.draft is not None:
                 found = resolve(opts.draft)
                 draft = (opts.draft, found.path)
-            notes = self._reload(name, resolved.path, settings, opts.n_ctx, opts.speculative, draft)
+            target = _Target(name, resolved.path, settings, opts.n_ctx, opts.speculative, draft)
+            notes = self._reload(target)
         # Either way the chat is now this model's: its name, template and conversation.
         self.loaded.name = name
         self.loaded.template_override = settings.template
@@ -431,52 +440,40 @@ class ChatSession:
         except LocalrunError:
             return Settings(template=self.loaded.template_override, projector=self.loaded.projector)
 
-    def _reload(
-        self,
-        name: str,
-        path: Path,
-        settings: Settings,
-        n_ctx: int | None,
-        method: str,
-        draft: tuple[str, Path] | None,
-    ) -> list[str]:
-        """Free the model, then load ``path``; if that fails, load the one there was again
+    def _now(self, n_ctx: int | None) -> _Target:
+        """The model loaded now, as a load would load it again with a context of ``n_ctx``."""
+        loaded = self.loaded
+        method = "draft" if loaded.draft else "lookup" if loaded.speculate else "off"
+        draft = (loaded.draft.name, loaded.draft.path) if loaded.draft else None
+        return _Target(loaded.name, loaded.path, self._current_settings(), n_ctx, method, draft)
+
+    def _reload(self, target: _Target) -> list[str]:
+        """Free the model, then load ``target``; if that fails, load the one there was again
         and raise. The loaded model is changed in place: whoever loaded it closes it."""
         how = self.load_settings
         old = self.loaded
-        back = (old.name, old.path, self._current_settings(), how.n_ctx)
-        back_draft = (old.draft.name, old.draft.path) if old.draft else None
-        back_method = "draft" if old.draft else "lookup" if old.speculate else "off"
+        back = self._now(how.n_ctx)
         # Freed first, as Ollama unloads before it loads: two copies may not fit.
         old.close()
         try:
-            new = self._load(name, path, settings, n_ctx, method, draft)
+            new = self._load(target)
         except LocalrunError:
-            name0, path0, settings0, n_ctx0 = back
-            _adopt(old, self._load(name0, path0, settings0, n_ctx0, back_method, back_draft))
+            _adopt(old, self._load(back))
             raise
         _adopt(old, new)
-        self._load_settings = replace(how, n_ctx=n_ctx)
+        self._load_settings = replace(how, n_ctx=target.n_ctx)
         self._load_counted = False  # the next answer waited for this load
         return list(new.notes)
 
-    def _load(
-        self,
-        name: str,
-        path: Path,
-        settings: Settings,
-        n_ctx: int | None,
-        method: str,
-        draft: tuple[str, Path] | None,
-    ) -> LoadedModel:
+    def _load(self, target: _Target) -> LoadedModel:
         how = self.load_settings
         loaded = load_model(
-            name,
-            n_ctx=n_ctx,
+            target.name,
+            n_ctx=target.n_ctx,
             n_threads=how.n_threads,
             gpu_layers=how.gpu_layers,
-            path=path,
-            settings=settings,
+            path=target.path,
+            settings=target.settings,
             workers=how.workers,
             repack=how.repack,
             kv_type=how.kv_type,
@@ -484,7 +481,8 @@ class ChatSession:
         )
         loaded.prompt_cache = self.loaded.prompt_cache
         try:
-            speculate(loaded, method, draft, n_threads=how.n_threads, gpu_layers=how.gpu_layers)
+            speculate(loaded, target.method, target.draft, n_threads=how.n_threads,
+                      gpu_layers=how.gpu_layers)  # fmt: skip
         except BaseException:
             loaded.close()
             raise
