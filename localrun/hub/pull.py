@@ -18,6 +18,10 @@ lock (filelock, which it uses too). What it lacks, and this module (with
 The verified file is then placed in huggingface_hub's cache layout (blob, snapshot
 link, ref) and a manifest records the model under its name. A vision model's projector
 (``mmproj-*.gguf``) is pulled with its weights, by the same steps, and recorded with them.
+
+Over 400 lines because a pull is one sequence (plan, check room, fetch, verify, place,
+record) whose steps share its cleanup on failure; the transfer itself is in
+:mod:`localrun.hub.download`.
 """
 
 from __future__ import annotations

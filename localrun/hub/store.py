@@ -6,6 +6,9 @@ own tools understand it. A manifest (``<cache>/manifests/<name>.json``) records 
 files make up a named model (its weights, and a vision model's projector) and their
 published sha256; it is written only after every file is verified, so a listed model is
 always complete. Partial downloads wait in ``<cache>/partial`` to be resumed.
+
+Over 400 lines because the manifest's every reader and writer is here, so its format has one
+owner.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ that can make a large value, how large the value would be:
 Each render gets a :class:`Budget`: the largest single value, and the total text the
 checked operations may make. Time and Python-level growth (a loop making small objects) are
 bounded by the watchdog in :mod:`localrun.prompt.template`.
+
+Over 400 lines because every checked operation and filter is listed here, in one place a
+reader can audit against Jinja's list.
 """
 
 from __future__ import annotations
