@@ -27,6 +27,7 @@ from localrun.files import write_atomic
 from localrun.images import Image, image_from_base64
 from localrun.models import recipes
 from localrun.models.modelfile import Modelfile, coerce_parameter
+from localrun.models.parameters import chat_names
 from localrun.models.resolve import Settings, resolve
 from localrun.prompt.build import (
     MIN_KEEP,
@@ -122,18 +123,7 @@ class Saved:
 
 
 # /set parameter NAME VALUE: run-flag names, with Ollama's Modelfile names as aliases.
-_ALIASES = {
-    "temperature": "temperature",
-    "top_k": "top_k",
-    "top_p": "top_p",
-    "min_p": "min_p",
-    "repeat_penalty": "repeat_penalty",
-    "repeat_last_n": "repeat_last_n",
-    "seed": "seed",
-    "max_tokens": "max_tokens",
-    "num_predict": "max_tokens",
-    "stop": "stop",
-}
+_ALIASES = chat_names()
 
 
 def parameter_names() -> list[str]:

@@ -20,36 +20,17 @@ from localrun.engine.options import RunOptions
 from localrun.engine.types import Request
 from localrun.errors import LocalrunError, UsageError
 from localrun.images import Image, image_from_data_url, read_image
-from localrun.models.modelfile import check_parameter
+from localrun.models.parameters import TABLE, check
 from localrun.prompt.grammar import ANY_JSON, gbnf, json_schema, json_value
 from localrun.prompt.template import Message
 
-FIELDS = frozenset(
-    {
-        "id",
-        "prompt",
-        "messages",
-        "system",
-        "temperature",
-        "top_k",
-        "top_p",
-        "seed",
-        "max_tokens",
-        "stop",
-        "schema",
-        "grammar",
-        "images",
-    }
-)
 ROLES = ("system", "user", "assistant", "tool")
-# A line's sampling field, and the Modelfile parameter whose range it has.
-_NUMBERS = {
-    "temperature": ("temperature", float),
-    "top_k": ("top_k", int),
-    "top_p": ("top_p", float),
-    "seed": ("seed", int),
-    "max_tokens": ("num_predict", int),
-}
+# A line's sampling fields, and the parameters whose types and ranges they have.
+_NUMBERS = {p.batch: p for p in TABLE if p.batch and p.kind is not str}
+FIELDS = frozenset(
+    {"id", "prompt", "messages", "system", "schema", "grammar", "images"}
+    | {p.batch for p in TABLE if p.batch}
+)
 
 
 @dataclass(frozen=True)
@@ -96,18 +77,18 @@ def parse_line(text: str, line: int, defaults: RunOptions) -> Job:
         messages = [Message("system", system), *messages]
     sampling = defaults.sampling
     max_tokens = defaults.max_tokens
-    for field, (parameter, kind) in _NUMBERS.items():
+    for field, parameter in _NUMBERS.items():
         if field not in data:
             continue
-        value = data[field]
+        value, kind = data[field], parameter.kind
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad(f"{field!r} must be a number")
         if kind is int and value != int(value):
             raise bad(f"{field!r} must be a whole number")
         try:
-            check_parameter(parameter, kind(value))
+            check(parameter.name, kind(value))
         except ValueError as e:
-            raise bad(str(e).replace(parameter, field, 1)) from None
+            raise bad(str(e).replace(parameter.name, field, 1)) from None
         if field == "max_tokens":
             max_tokens = int(value) if value >= 0 else None
         elif field == "seed":

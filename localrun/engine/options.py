@@ -9,7 +9,8 @@ from localrun import config
 from localrun.backend import FLASH_ATTN, KV_TYPES, SamplingParams
 from localrun.backend.llamacpp.offload import AUTO
 from localrun.errors import UsageError
-from localrun.models.modelfile import SPECULATIVE, check_parameter
+from localrun.models import parameters
+from localrun.models.modelfile import SPECULATIVE
 from localrun.models.resolve import Settings
 from localrun.prompt.template import Message
 
@@ -140,24 +141,13 @@ def check_kv(kv_type: str, flash_attn: str) -> None:
         )
 
 
-# The run flags under their Modelfile parameter names: one set of ranges for both.
-FLAG_NAMES = {
-    "temperature": "--temperature",
-    "top_k": "--top-k",
-    "top_p": "--top-p",
-    "min_p": "--min-p",
-    "repeat_penalty": "--repeat-penalty",
-    "repeat_last_n": "--repeat-last-n",
-    "seed": "--seed",
-    "num_predict": "--max-tokens",
-    "num_ctx": "--ctx",
-    "num_thread": "--threads",
-}
+# The run flags under their Modelfile parameter names: one table of ranges for both.
+FLAG_NAMES = parameters.flag_names()
 
 
 def _check_flag(name: str, value: float | int) -> None:
     try:
-        check_parameter(name, value)
+        parameters.check(name, value)
     except ValueError as e:
         flag = FLAG_NAMES[name]
         raise UsageError(

@@ -13,58 +13,23 @@ projector (GGUF architecture ``clip``) is checked when a model is created from i
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localrun.backend import MAX_THREADS
 from localrun.errors import ModelfileError
+from localrun.models.parameters import BY_NAME, TABLE, check
 
 INSTRUCTIONS = (
     "FROM", "PARAMETER", "SYSTEM", "TEMPLATE", "MESSAGE", "ADAPTER", "PROJECTOR", "LICENSE",
 )  # fmt: skip
 ROLES = ("system", "user", "assistant")
 
-# Parameter -> type; the same settings as the run flags, under Ollama's names.
-PARAMETERS: dict[str, type] = {
-    "num_ctx": int,
-    "temperature": float,
-    "top_k": int,
-    "top_p": float,
-    "min_p": float,
-    "repeat_penalty": float,
-    "repeat_last_n": int,
-    "seed": int,
-    "stop": str,
-    "num_predict": int,
-    "num_gpu": int,
-    "num_thread": int,
-    "speculative": str,  # lookup, draft or off: how answers guess ahead (localrun's own)
-    "draft": str,  # the draft model for speculative decoding (localrun's own)
-    "kv_type": str,  # f16, q8_0 or q4_0: the KV cache's type (localrun's own)
-    "flash_attn": str,  # auto, on or off (localrun's own)
-}
-SPECULATIVE = ("lookup", "draft", "off")
-CHOICES = {
-    "speculative": SPECULATIVE,
-    "kv_type": ("f16", "q8_0", "q4_0"),
-    "flash_attn": ("auto", "on", "off"),
-}
-_RANGES: dict[str, tuple[float, float]] = {
-    "num_ctx": (1, 10_000_000),
-    "temperature": (0, 100),
-    "top_k": (0, 1_000_000),
-    "top_p": (0, 1),
-    "min_p": (0, 1),
-    "repeat_penalty": (0, 100),
-    "repeat_last_n": (-1, 1_000_000),
-    "num_predict": (-2, 10_000_000),
-    "num_gpu": (-1, 100_000),
-    "num_thread": (1, MAX_THREADS),  # ggml aborts the process above it
-    # -1: a random seed (as Ollama); llama.cpp's seeds are 32 bits, and 0xFFFFFFFF means random.
-    "seed": (-1, 0xFFFFFFFE),
-}
+# Parameter -> type; the same settings as the run flags, under Ollama's names (one table).
+PARAMETERS: dict[str, type] = {p.name: p.kind for p in TABLE}
+SPECULATIVE = BY_NAME["speculative"].choices
+CHOICES = {p.name: p.choices for p in TABLE if p.choices}
+check_parameter = check  # ValueError out of the range: the name the readers know
 
 
 @dataclass
@@ -241,13 +206,8 @@ def _parameter(mf: Modelfile, key: str, value: str, source: str, number: int) ->
     try:
         mf.parameters[name] = coerce_parameter(name, value)
     except ValueError as e:
-        hint = {
-            "speculative": "PARAMETER speculative lookup",
-            "draft": "PARAMETER draft MODEL",
-            "kv_type": "PARAMETER kv_type q8_0",
-            "flash_attn": "PARAMETER flash_attn auto",
-        }
-        raise _error(source, number, str(e), hint.get(name, f"PARAMETER {name} N")) from None
+        example = BY_NAME[name].example
+        raise _error(source, number, str(e), f"PARAMETER {name} {example}") from None
 
 
 def coerce_parameter(name: str, value: str) -> float | int | str:
@@ -267,18 +227,6 @@ def coerce_parameter(name: str, value: str) -> float | int | str:
         raise ValueError(f"{name} must be {article}, not '{value}'") from None
     check_parameter(name, parsed)
     return parsed
-
-
-def check_parameter(name: str, value: float | int) -> None:
-    """Raise ValueError if a numeric parameter is out of its range (NaN and infinities are)."""
-    low, high = _RANGES.get(name, (float("-inf"), float("inf")))
-    if not low <= value <= high:  # False for NaN too
-        raise ValueError(f"{name} must be between {_bound(low)} and {_bound(high)}, not {value}")
-
-
-def _bound(value: float) -> str:
-    """A range's end as a user types it: ``4294967294``, not ``%g``'s ``4.29497e+09``."""
-    return str(int(value)) if math.isfinite(value) and value == int(value) else f"{value:g}"
 
 
 def _error(source: str, number: int, what: str, hint: str) -> ModelfileError:

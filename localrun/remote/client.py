@@ -29,6 +29,7 @@ from localrun.engine.types import (
 )
 from localrun.errors import GenerationError, LocalrunError, ModelNotFoundError, UsageError
 from localrun.images import data_url
+from localrun.models.parameters import TABLE
 from localrun.prompt.template import Message
 from localrun.remote.registry import Remote, base_url
 
@@ -51,7 +52,11 @@ def api_key(remote: Remote) -> str:
     return key
 
 
-SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed")
+# The sampling settings a remote engine is sent (when the user gave them), and each one's
+# field: OpenAI's own in the body, llama.cpp's and vLLM's own (which other servers ignore) in
+# extra_body.
+_SENT = tuple(p for p in TABLE if p.remote)
+SAMPLING = tuple(p.name for p in _SENT)
 
 
 def generate(
@@ -66,15 +71,14 @@ def generate(
     start = time.perf_counter()
     client = _client(remote, TIMEOUT_S)
     s = request.sampling
-    given = {name: getattr(s, name) for name in SAMPLING if name in send}
-    # llama.cpp's and vLLM's own fields go in the body: other servers ignore them.
-    extra = {k: given[k] for k in ("top_k", "min_p", "repeat_penalty") if k in given}
+    given = [(p, getattr(s, p.name)) for p in _SENT if p.name in send]
+    extra = {p.llama_server[0]: value for p, value in given if p.llama_server}
     body: dict[str, Any] = {
         "model": remote.model,
         "messages": [{"role": m.role, "content": _content(m)} for m in request.messages],
         "stream": True,
         "stream_options": {"include_usage": True},
-        **{k: given[k] for k in ("temperature", "top_p", "seed") if given.get(k) is not None},
+        **{p.openai[0]: value for p, value in given if p.openai and value is not None},
     }
     if extra:
         body["extra_body"] = extra

@@ -22,6 +22,7 @@ from localrun.engine.options import run_options
 from localrun.engine.stream import watched
 from localrun.engine.types import Called, Event, Finished, Stats, TextDelta
 from localrun.errors import NoVisionError, PromptTooLongError, UsageError
+from localrun.models.parameters import per_request
 from localrun.prompt.build import (
     conversation_prompt,
     keep_point,
@@ -81,18 +82,8 @@ class Answer:
         load_s = time.perf_counter() - start
         compiled: object | None = None
         try:
-            options = run_options(
-                runner.settings,
-                temperature=ask.options.get("temperature"),
-                top_k=ask.options.get("top_k"),
-                top_p=ask.options.get("top_p"),
-                min_p=ask.options.get("min_p"),
-                repeat_penalty=ask.options.get("repeat_penalty"),
-                repeat_last_n=ask.options.get("repeat_last_n"),
-                seed=ask.options.get("seed"),
-                max_tokens=ask.options.get("num_predict"),
-                stop=ask.options.get("stop", ()),
-            )
+            given = {p.setting: ask.options.get(p.name) for p in per_request()}
+            options = run_options(runner.settings, **given, stop=ask.options.get("stop", ()))
             tools, watch, calls_grammar = _offer(runner, ask)
             chosen = calls_grammar or ask.grammar
             if calls_grammar and ask.grammar:

@@ -20,7 +20,7 @@ from typing import Any
 from starlette.requests import Request
 
 from localrun.errors import UsageError
-from localrun.models.modelfile import PARAMETERS, check_parameter
+from localrun.models.parameters import TABLE, check
 
 _TYPES: dict[type, str] = {str: "a string", bool: "true or false", int: "an integer"}
 
@@ -186,10 +186,7 @@ def model_name(body: dict[str, Any], key: str = "model") -> str:
 # The Ollama options localrun applies, with their types: a Modelfile's parameters, less those
 # that belong to loading (threads, GPU layers, speculative decoding) and stop (a list, read
 # on its own).
-_AT_LOAD = ("stop", "num_gpu", "num_thread", "speculative", "draft")
-OPTION_TYPES: dict[str, type] = {
-    name: kind for name, kind in PARAMETERS.items() if name not in _AT_LOAD
-}
+OPTION_TYPES: dict[str, type] = {p.name: p.kind for p in TABLE if p.ollama}
 MAX_INPUTS = 2048  # texts in one embedding request
 
 
@@ -228,7 +225,7 @@ def options(raw: Any) -> dict[str, Any]:
 def in_range(name: str, value: float | int) -> None:
     """Refuse a sampling setting outside its range (the same ranges as the run flags)."""
     try:
-        check_parameter(name, value)
+        check(name, value)
     except ValueError as e:
         raise UsageError(str(e), f"give {name} in range") from None
 

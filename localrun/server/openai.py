@@ -21,6 +21,7 @@ from starlette.routing import Route
 from localrun.engine.types import Called, Finished, FinishReason, Stats, TextDelta
 from localrun.errors import LocalrunError, ModelNotFoundError, UsageError
 from localrun.images import Image, fetch_image, image_from_data_url
+from localrun.models.parameters import openai_fields
 from localrun.prompt import grammar
 from localrun.prompt.template import Message
 from localrun.prompt.tools import ToolCall, new_call_id, parse_tools
@@ -156,20 +157,10 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("functions"):
         raise UsageError("'functions' is the old form of tools", "send them as 'tools'")
     options: dict[str, Any] = {}
-    for ours, theirs, kind in (
-        ("temperature", "temperature", float),
-        ("top_p", "top_p", float),
-        ("seed", "seed", int),
-        ("num_predict", "max_completion_tokens", int),
-        ("num_predict", "max_tokens", int),
-        # Beyond OpenAI's fields, the ones llama-server and vLLM also take.
-        ("top_k", "top_k", int),
-        ("min_p", "min_p", float),
-        ("repeat_penalty", "repeat_penalty", float),
-        ("repeat_penalty", "repetition_penalty", float),
-        ("repeat_last_n", "repeat_last_n", int),
-    ):
-        value = fields.get(body, theirs, kind)
+    # OpenAI's own fields, then those llama-server and vLLM also take.
+    for theirs, parameter in openai_fields():
+        ours = parameter.name
+        value = fields.get(body, theirs, parameter.kind)
         if value is not None and ours not in options:
             if ours == "temperature" and value > 2:
                 raise UsageError(f"'temperature' must be between 0 and 2, not {value}")
