@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from localrun.cli import main
 from tests.hub import TEST_TOKEN, FakeHub
-from tests.test_real_templates import real_templates  # noqa: F401 - a fixture for all tests
+from tests.templates import real_templates  # noqa: F401 - fixtures for all tests
+from tests.terminal import terminal, tmux, tui_home  # noqa: F401
 from tests.tinygguf import CHATML_TEMPLATE, write_tiny_model
 
 # Whole modules left out of the edit loop (`pytest -m "not slow"`): each starts servers,

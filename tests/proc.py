@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -112,3 +113,15 @@ def _watch_peak(pid: int, peak: list[int]) -> None:
             return
         peak[0] = max(peak[0], kb)
         time.sleep(0.005)
+
+
+def wait_for(
+    condition: Callable[[], object], timeout: float = 60, what: str = "the condition"
+) -> None:
+    """Poll ``condition()`` until it is true, within a generous bound."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)  # a poll interval, not a wait for something to happen
+    raise AssertionError(f"{what} did not happen within {timeout} s")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.proc import wait_for as wait_for  # the servers' tests poll with it too
+
 LOCALRUN = str(Path(sys.executable).parent / "localrun")
 
 
@@ -107,13 +109,3 @@ def create_model(home: Path, name: str, modelfile: str) -> None:
         [LOCALRUN, "create", name, "-f", str(path)], capture_output=True, env=env, timeout=120
     )
     assert proc.returncode == 0, proc.stderr.decode()
-
-
-def wait_for(condition: object, timeout: float = 60, what: str = "the condition") -> None:
-    """Poll ``condition()`` until it is true, within a generous bound."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout} s")

@@ -1,5 +1,5 @@
 """The chat's Ctrl-C and Ollama's commands in a real terminal (issue 30): ``localrun chat``
-driven in tmux, with the machinery of :mod:`tests.test_tui` (every wait polls the pane
+driven in tmux, with the machinery of :mod:`tests.terminal` (every wait polls the pane
 for a condition, with a deadline)."""
 
 from __future__ import annotations
@@ -11,11 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_tui
-from tests.test_tui import SUMMARY, OpenPane, Pane, chat_args, exit_status
-
-# test_tui's fixtures: a tmux server, a localrun home for the session, a terminal.
-terminal, tmux, tui_home = test_tui.terminal, test_tui.tmux, test_tui.tui_home
+from tests.terminal import SUMMARY, OpenPane, Pane, chat_args, exit_status
 
 pytestmark = pytest.mark.e2e
 

@@ -3,15 +3,8 @@ the end, the view in a real terminal (tmux)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shlex
-import shutil
-import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +16,7 @@ from localrun.engine import FirstToken, LoadedModel, PromptEvaluated, Stats, Tex
 from localrun.engine.chat import ChatSession
 from localrun.engine.types import PrefillProgress
 from tests.scripted import ScriptedModel
+from tests.terminal import open_terminal
 from tests.tinygguf import CHATML_TEMPLATE
 
 
@@ -262,79 +256,6 @@ def test_control_characters_from_the_model_never_reach_the_terminal() -> None:
 
 
 # -- in a real terminal -------------------------------------------------------------------
-
-TMUX = shutil.which("tmux")
-BIN = Path(sys.executable).parent
-
-
-class Terminal:
-    """A private tmux server (its own socket, no user configuration) running one command in
-    a pane of a fixed size; the pane is read back as text, polled with a deadline."""
-
-    def __init__(self, work: Path, width: int = 100, height: int = 40) -> None:
-        assert TMUX is not None
-        self.work, self.width, self.height = work, width, height
-        conf = work / "tmux.conf"
-        conf.write_text("set -g exit-empty off\nset -g remain-on-exit on\nset -g status off\n")
-        self.label = f"localrun-view-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.base = [TMUX, "-u", "-L", self.label, "-f", str(conf)]
-        self.done = work / "exit-status"
-
-    def tmux(self, *args: str) -> str:
-        return subprocess.run(
-            [*self.base, *args], capture_output=True, text=True, check=True, timeout=10
-        ).stdout
-
-    def start(self, cmd: list[str], env: dict[str, str]) -> None:
-        """Run ``cmd`` with only ``env`` (and PATH, TERM, a UTF-8 locale); its exit status
-        goes to a file when it ends."""
-        env = {
-            "HOME": str(self.work),
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "TERM": "xterm-256color",
-            "LC_ALL": "C.UTF-8",
-            "LANG": "C.UTF-8",
-            **env,
-        }
-        script = f"{shlex.join(cmd)}; echo $? >{shlex.quote(str(self.done))}"
-        command = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), "bash", "--norc", "-c"]
-        size = ["-x", str(self.width), "-y", str(self.height)]
-        self.tmux("new-session", "-d", "-s", "view", *size, *command, script)
-
-    def screen(self) -> str:
-        """The pane, scrollback included, trailing spaces cut."""
-        text = self.tmux("capture-pane", "-p", "-S", "-", "-t", "view:0.0")
-        return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n")
-
-    def wait_exit(self, timeout: float, watch: Callable[[str], None] = lambda s: None) -> int:
-        """Poll until the command ended (``watch`` sees every screen meanwhile); its status."""
-        deadline = time.monotonic() + timeout
-        while not (self.done.exists() and self.done.read_text().strip()):
-            screen = self.screen()
-            watch(screen)
-            if time.monotonic() > deadline:
-                pytest.fail(f"the command did not end in {timeout:.0f} s; the pane:\n{screen}")
-            time.sleep(0.05)  # a poll interval, not a wait for something to happen
-        return int(self.done.read_text())
-
-    def kill(self) -> None:
-        subprocess.run([*self.base, "kill-server"], capture_output=True, check=False, timeout=10)
-        tmpdir = os.environ.get("TMUX_TMPDIR") or "/tmp"
-        with contextlib.suppress(OSError):  # kill-server leaves the socket file behind
-            (Path(tmpdir) / f"tmux-{os.getuid()}" / self.label).unlink()
-
-
-@contextlib.contextmanager
-def open_terminal(work: Path) -> Iterator[Terminal]:
-    """A terminal in ``work``, its tmux server killed at the end (skips without tmux)."""
-    if TMUX is None:
-        pytest.skip("tmux is not installed")
-    term = Terminal(work)
-    try:
-        yield term
-    finally:
-        term.kill()
-
 
 # An answer streamed into the live view, as ``localrun run`` draws one on a terminal.
 STREAM_SCRIPT = """

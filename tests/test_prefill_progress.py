@@ -15,10 +15,10 @@ from localrun import engine
 from localrun.backend import LoadOptions, SamplingParams, load
 from localrun.cli.chatview import AnswerState, AnswerView, status_line
 from localrun.engine import Finished, FirstToken, LoadedModel, PromptEvaluated, Request
-from localrun.engine.batch import BatchEngine
+from localrun.engine.batch import BatchEngine, Job
 from localrun.engine.types import Event, PrefillProgress
 from tests.scripted import ScriptedModel
-from tests.test_chatview import open_terminal
+from tests.terminal import open_terminal
 
 # The demo model as the test machines keep it; assembled from the package where it is not.
 DEMO_CACHED = Path.home() / ".cache/localrun/demo/gemma-3-270m-q4_k_m.gguf"
@@ -46,7 +46,7 @@ def test_a_long_prompt_sends_progress_chunk_by_chunk_on_the_demo_model() -> None
     try:
         prompt = model.tokenize(TEXT * 2, add_special=True, parse_special=False)
         assert 64 < len(prompt) < 128
-        events = list(batch.submit(prompt, SamplingParams(seed=1), max_tokens=2))
+        events = list(batch.submit(Job(prompt, SamplingParams(seed=1), max_tokens=2)))
         progress = progress_of(events)
         chunks = -(-len(prompt) // 32)
         # One event after each chunk but the last, whose end PromptEvaluated says.
@@ -78,7 +78,7 @@ def test_a_long_prompt_sends_progress_chunk_by_chunk_on_the_demo_model() -> None
         # A later turn that starts with the cached prompt counts only what it reads.
         more = model.tokenize(" " + TEXT * 2, add_special=False, parse_special=False)
         turn = prompt + more
-        events = list(batch.submit(turn, SamplingParams(seed=1), max_tokens=1))
+        events = list(batch.submit(Job(turn, SamplingParams(seed=1), max_tokens=1)))
         progress = progress_of(events)
         evaluated = next(e for e in events if isinstance(e, PromptEvaluated)).evaluated
         assert evaluated == len(more)  # the first turn's cells were reused
@@ -87,7 +87,9 @@ def test_a_long_prompt_sends_progress_chunk_by_chunk_on_the_demo_model() -> None
 
         # A prompt read in one step sends none: a short prompt costs nothing more.
         short = prompt[:20]
-        assert progress_of(list(batch.submit(short, SamplingParams(seed=1), max_tokens=1))) == []
+        assert (
+            progress_of(list(batch.submit(Job(short, SamplingParams(seed=1), max_tokens=1)))) == []
+        )
     finally:
         batch.close()
         model.close()

@@ -29,7 +29,8 @@ from localrun.models import recipes
 from localrun.models.modelfile import parse
 from localrun.models.resolve import resolve
 from tests.hub import FakeHub, Faults
-from tests.test_pull import Recorder, gets, localrun_cmd, wait_for
+from tests.proc import wait_for
+from tests.pulling import Recorder, gets, localrun_cmd
 from tests.tinygguf import write_tiny_model
 
 MiB = 1 << 20

@@ -9,9 +9,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +18,11 @@ from localrun import paths
 from localrun.errors import CacheError, LocalrunError, NotGGUFError, QuantNotFoundError, UsageError
 from localrun.hub import pull, store
 from tests.hub import TEST_TOKEN, FakeHub, Faults, fake_gguf
+from tests.proc import wait_for
+from tests.pulling import Recorder, gets, localrun_cmd
 from tests.tinygguf import write_tiny_model
 
 MiB = 1 << 20
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-        self.starts: list[tuple[str, int, int]] = []
-        self.advanced = 0
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-
-    def start_file(self, name: str, total: int, done: int) -> None:
-        self.starts.append((name, total, done))
-
-    def advance(self, n: int) -> None:
-        self.advanced += n
-
-    def end_file(self) -> None:
-        pass
-
-
-def gets(hub: FakeHub, filename: str) -> list[Any]:
-    return [r for r in hub.requests if r.method == "GET" and r.path.endswith("/" + filename)]
 
 
 # -- references and choices ---------------------------------------------------------
@@ -202,24 +178,6 @@ def test_server_ignoring_range_restarts_cleanly(hub: FakeHub) -> None:
     (store.partial_dir() / f"{blob}.part").write_bytes(data[:MiB])
     hub.faults = Faults(ignore_range=True)
     assert pull.pull("hf.co/org/m").manifest.model_path.read_bytes() == data
-
-
-def localrun_cmd(home: Path, hub: FakeHub, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "LOCALRUN_HOME": str(home), "HF_ENDPOINT": hub.url}
-    return subprocess.Popen(
-        [sys.executable, "-m", "localrun", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env=env,
-    )
-
-
-def wait_for(condition: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def partial_size() -> int:
