@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import select
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,8 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 LOCALRUN = str(Path(sys.executable).parent / "localrun")
+PR_CAPBSET_DROP = 24  # <linux/prctl.h>
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2  # <linux/capability.h>
 
 
 @pytest.fixture(scope="session")
@@ -25,13 +29,22 @@ def e2e_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def localrun(
-    home: Path, *args: str, stdin: str | bytes = b"", timeout: float = 120
+    home: Path,
+    *args: str,
+    stdin: str | bytes = b"",
+    timeout: float = 120,
+    preexec: Callable[[], None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LOCALRUN_HOME": str(home)}
     env.pop("LOCALRUN_DEBUG", None)
     data = stdin.encode() if isinstance(stdin, str) else stdin
     proc = subprocess.run(
-        [LOCALRUN, *args], input=data, capture_output=True, env=env, timeout=timeout
+        [LOCALRUN, *args],
+        input=data,
+        capture_output=True,
+        env=env,
+        timeout=timeout,
+        preexec_fn=preexec,
     )
     return subprocess.CompletedProcess(
         proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode()
@@ -168,12 +181,39 @@ def test_truncated_gguf(e2e_home: Path, tmp_path: Path) -> None:
     one_line_error(localrun(e2e_home, "run", str(cut), "hi"), 1, "truncated or corrupted")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable(e2e_home: Path, tmp_path: Path, tiny_model: Path) -> None:
-    path = tmp_path / "locked.gguf"
+def as_a_user() -> None:
+    """In a child of root, before exec: drop the capabilities by which root reads and searches
+    any file whatever its mode, so that the command meets permissions as any user does."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+@pytest.mark.parametrize(
+    ("locked", "needle"), [("file", "cannot read"), ("folder", "permission denied: ")]
+)
+def test_unreadable(
+    e2e_home: Path, tmp_path: Path, tiny_model: Path, locked: str, needle: str
+) -> None:
+    """A model file this user may not read (mode 000), or in a folder it may not search: one
+    line that says so. As root too (CI runs as root): the command runs without root's power
+    to read any file, as any other user would."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    path = folder / "m.gguf"
     path.write_bytes(tiny_model.read_bytes())
-    path.chmod(0)
-    one_line_error(localrun(e2e_home, "run", str(path), "hi"), 1, "permission denied")
+    (path if locked == "file" else folder).chmod(0)
+    try:
+        probe = [sys.executable, "-c", f"open({str(path)!r}, 'rb')"]
+        tried = subprocess.run(probe, capture_output=True, text=True, preexec_fn=as_a_user)
+        assert "PermissionError" in tried.stderr, "the file is readable: nothing to test"
+        proc = localrun(e2e_home, "run", str(path), "hi", preexec=as_a_user)
+        one_line_error(proc, 1, "permission denied", str(path), needle)
+    finally:
+        folder.chmod(0o700)  # so that pytest can remove it
 
 
 def test_prompt_longer_than_context(e2e_home: Path) -> None:
