@@ -32,7 +32,7 @@ from typing import Any
 
 from localrun.backend import LoadOptions, SamplingParams, load
 from localrun.backend.llamacpp import sampler
-from localrun.engine.batch import BatchEngine, collect
+from localrun.engine.batch import BatchEngine, Job, collect
 from localrun.models.resolve import resolve
 
 lc = sampler.lc
@@ -105,8 +105,8 @@ def main() -> None:
         return args.n / (time.perf_counter() - start)
 
     def answer() -> float:
-        stream = engine.submit(prompt, SamplingParams(seed=1), max_tokens=args.n + 1,
-                               stop_at_eog=False)  # fmt: skip
+        stream = engine.submit(Job(prompt, SamplingParams(seed=1), max_tokens=args.n + 1,
+                               stop_at_eog=False))  # fmt: skip
         return collect(stream)[1].decode_tokens_per_s
 
     times: dict[str, list[float]] = {"per-step pool": [], "persistent pool": [],

@@ -36,8 +36,9 @@ def one(model: str, kv_type: str, n_ctx: int, threads: int) -> dict[str, float]:
     """The figures of one type, in this process."""
     from localrun import engine
     from localrun.backend import SamplingParams
-    from localrun.engine.batch import collect
+    from localrun.engine.batch import Job, collect
     from localrun.engine.perplexity import perplexity
+    from localrun.engine.runner import runner_of
 
     text = "\n\n".join(path.read_text() for path in TEXTS)
     loaded = engine.load_model(model, n_ctx=n_ctx, n_threads=threads, kv_type=kv_type)
@@ -46,11 +47,11 @@ def one(model: str, kv_type: str, n_ctx: int, threads: int) -> dict[str, float]:
         tokens = loaded.model.tokenize(text, add_special=True, parse_special=False)
         prompt = tokens[: n_ctx - 128]
         sampling = SamplingParams(temperature=0.0)
-        _, stats = collect(loaded.engine().submit(prompt, sampling, max_tokens=64))
+        _, stats = collect(runner_of(loaded).engine.submit(Job(prompt, sampling, max_tokens=64)))
         # The peak of answering (weights, cache, compute), before perplexity's logits.
         status = Path("/proc/self/status").read_text().splitlines()
         peak_kb = int(next(line.split()[1] for line in status if line.startswith("VmHWM")))
-        loaded.engine().close()
+        runner_of(loaded).stop()
         measured = perplexity(loaded, text, n_ctx)
         kv_bytes = int(getattr(loaded.model, "kv_bytes", 0))
     finally:

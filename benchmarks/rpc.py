@@ -23,7 +23,8 @@ from typing import Any
 from localrun import engine
 from localrun.backend import SamplingParams
 from localrun.backend.llamacpp import rpc
-from localrun.engine.batch import collect
+from localrun.engine.batch import Job, collect
+from localrun.engine.runner import runner_of
 from localrun.errors import WorkerError
 
 PROMPT = (
@@ -86,7 +87,7 @@ def main() -> None:
         for one in loaded.values():
             one.prompt_cache = False
             tokens = one.model.tokenize(PROMPT, add_special=True, parse_special=False)
-            collect(one.engine().submit(tokens, sampling, max_tokens=4))  # warm
+            collect(runner_of(one).engine.submit(Job(tokens, sampling, max_tokens=4)))  # warm
         for r in range(args.rounds):
             order = list(loaded) if r % 2 == 0 else list(reversed(loaded))
             for kind in order:
@@ -95,7 +96,9 @@ def main() -> None:
                 text_in = f"Story {r + 1}{kind[0]}.\n{PROMPT}"
                 tokens = one.model.tokenize(text_in, add_special=True, parse_special=False)
                 before = wire_bytes(args.port)
-                text, stats = collect(one.engine().submit(tokens, sampling, max_tokens=args.n))
+                text, stats = collect(
+                    runner_of(one).engine.submit(Job(tokens, sampling, max_tokens=args.n))
+                )
                 moved = (wire_bytes(args.port) - before) / max(1, stats.completion_tokens)
                 rates[kind]["prefill"].append(stats.prefill_tokens_per_s)
                 rates[kind]["decode"].append(stats.decode_tokens_per_s)

@@ -28,7 +28,7 @@ from typing import Any
 from llama_tools import CACHE, build_tool  # beside this script
 
 from localrun.backend import LoadOptions, SamplingParams, load
-from localrun.engine.batch import BatchEngine, collect
+from localrun.engine.batch import BatchEngine, Job, collect
 from localrun.engine.draft import Drafter, check_vocabulary
 from localrun.models.resolve import resolve
 
@@ -86,9 +86,9 @@ def compare(engine: BatchEngine, model: Any, args: argparse.Namespace, label: st
             for k in (0, args.k) if r % 2 == 0 else (args.k, 0):
                 # A warm-up answer first, so both read the prompt the same way (from the
                 # slot's kept cells) and differ only in how they decode.
-                collect(engine.submit(prompt, greedy, max_tokens=1))
-                stream = engine.submit(prompt, greedy, max_tokens=args.n, speculate=k,
-                                       stop_at_eog=False)  # fmt: skip
+                collect(engine.submit(Job(prompt, greedy, max_tokens=1)))
+                stream = engine.submit(Job(prompt, greedy, max_tokens=args.n, speculate=k,
+                                       stop_at_eog=False))  # fmt: skip
                 _, stats = collect(stream)
                 runs[k] = (stream.tokens, stats)
             plain, spec = runs[0], runs[args.k]
@@ -119,7 +119,7 @@ def plain_rate(model: Any, args: argparse.Namespace) -> float:
     try:
         prompt = model.tokenize(TASKS["free"], add_special=True, parse_special=False)
         greedy = SamplingParams(temperature=0.0)
-        _, stats = collect(engine.submit(prompt, greedy, max_tokens=args.n, stop_at_eog=False))
+        _, stats = collect(engine.submit(Job(prompt, greedy, max_tokens=args.n, stop_at_eog=False)))
         return float(stats.decode_tokens_per_s)
     finally:
         engine.close()

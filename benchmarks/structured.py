@@ -16,7 +16,7 @@ import statistics
 from typing import Any
 
 from localrun.backend import LoadOptions, SamplingParams, load
-from localrun.engine.batch import BatchEngine, collect
+from localrun.engine.batch import BatchEngine, Job, collect
 from localrun.models.resolve import resolve
 from localrun.prompt import grammar
 
@@ -55,12 +55,12 @@ def main() -> None:
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     try:
         prompt = model.tokenize(PROMPT, add_special=True, parse_special=False)
-        collect(engine.submit(prompt, SamplingParams(temperature=0.0), max_tokens=1))  # warm
+        collect(engine.submit(Job(prompt, SamplingParams(temperature=0.0), max_tokens=1)))  # warm
         for r in range(args.rounds):
             order = list(kinds) if r % 2 == 0 else list(reversed(kinds))
             for kind in order:
                 sampling = SamplingParams(temperature=0.0, grammar=kinds[kind])
-                text, stats = collect(engine.submit(prompt, sampling, max_tokens=args.n))
+                text, stats = collect(engine.submit(Job(prompt, sampling, max_tokens=args.n)))
                 rates[kind].append(stats.decode_tokens_per_s)
                 print(
                     f"round {r + 1} {kind}: {stats.decode_tokens_per_s:.1f} tok/s, "

@@ -9,7 +9,7 @@ import pytest
 
 from localrun import backend, engine
 from localrun.backend import SamplingParams, StepModel
-from localrun.engine.batch import BatchEngine, collect
+from localrun.engine.batch import BatchEngine, Job, collect
 from localrun.engine.types import Finished, FinishReason, TextDelta
 from localrun.errors import LocalrunError, PromptTooLongError
 
@@ -39,7 +39,9 @@ def run_all(
     batch = BatchEngine(step_model(loaded), **kw)  # type: ignore[arg-type]
     try:
         streams = [
-            batch.submit(tokens_of(loaded, p), GREEDY, max_tokens=max_tokens, stop_at_eog=False)
+            batch.submit(
+                Job(tokens_of(loaded, p), GREEDY, max_tokens=max_tokens, stop_at_eog=False)
+            )
             for p in prompts
         ]
         return [collect(s) for s in streams]
@@ -80,8 +82,8 @@ def test_a_request_that_cannot_start_fails_alone(
     batch = BatchEngine(model)
     try:
         prompt = tokens_of(loaded, "the sky is")
-        bad = batch.submit(prompt, SamplingParams(seed=13), max_tokens=4)
-        good = batch.submit(prompt, GREEDY, max_tokens=4, stop_at_eog=False)
+        bad = batch.submit(Job(prompt, SamplingParams(seed=13), max_tokens=4))
+        good = batch.submit(Job(prompt, GREEDY, max_tokens=4, stop_at_eog=False))
         with pytest.raises(LocalrunError, match="no chain for seed 13"):
             collect(bad)
         assert collect(good)[1].completion_tokens == 4
@@ -116,7 +118,7 @@ def test_a_request_does_not_depend_on_its_neighbours(loaded: engine.LoadedModel)
 def test_cancel_frees_the_sequence_at_the_next_step(loaded: engine.LoadedModel) -> None:
     batch = BatchEngine(step_model(loaded))
     try:
-        long = batch.submit(tokens_of(loaded, "the sky"), GREEDY, max_tokens=5000)
+        long = batch.submit(Job(tokens_of(loaded, "the sky"), GREEDY, max_tokens=5000))
         events = iter(long)
         first_text = next(e for e in events if isinstance(e, TextDelta))
         assert first_text is not None
@@ -127,7 +129,7 @@ def test_cancel_frees_the_sequence_at_the_next_step(loaded: engine.LoadedModel) 
         assert finished.stats.finish_reason == FinishReason.CANCELLED
         assert finished.stats.completion_tokens < 5000
         # Four more requests fit: the cancelled one's slot is free again.
-        more = [batch.submit(tokens_of(loaded, p), GREEDY, max_tokens=4) for p in PROMPTS[:4]]
+        more = [batch.submit(Job(tokens_of(loaded, p), GREEDY, max_tokens=4)) for p in PROMPTS[:4]]
         assert all(collect(s)[1].completion_tokens == 4 for s in more)
     finally:
         batch.close()
@@ -137,8 +139,10 @@ def test_cancel_frees_the_sequence_at_the_next_step(loaded: engine.LoadedModel) 
 def test_cancel_from_another_thread_while_waiting(loaded: engine.LoadedModel) -> None:
     batch = BatchEngine(step_model(loaded))
     try:
-        busy = [batch.submit(tokens_of(loaded, p), GREEDY, max_tokens=200) for p in PROMPTS[:4]]
-        queued = batch.submit(tokens_of(loaded, "hello"), GREEDY, max_tokens=200)
+        busy = [
+            batch.submit(Job(tokens_of(loaded, p), GREEDY, max_tokens=200)) for p in PROMPTS[:4]
+        ]
+        queued = batch.submit(Job(tokens_of(loaded, "hello"), GREEDY, max_tokens=200))
         threading.Thread(target=queued.cancel).start()
         _, stats = collect(queued)
         assert stats.finish_reason == FinishReason.CANCELLED
@@ -164,10 +168,12 @@ def test_a_full_cache_pauses_and_resumes_without_losing_text(tiny_model: Path) -
         batch = BatchEngine(model)
         streams = [
             batch.submit(
-                model.tokenize(p, add_special=True, parse_special=False),
-                GREEDY,
-                max_tokens=150,
-                stop_at_eog=False,
+                Job(
+                    model.tokenize(p, add_special=True, parse_special=False),
+                    GREEDY,
+                    max_tokens=150,
+                    stop_at_eog=False,
+                )
             )
             for p in PROMPTS[:4]
         ]
@@ -188,7 +194,7 @@ def test_a_prompt_longer_than_the_context_is_refused_at_once(tiny_model: Path) -
     batch = BatchEngine(step_model(small), seq_ctx=small.seq_ctx)
     try:
         with pytest.raises(PromptTooLongError):
-            batch.submit(tokens_of(small, "a " * 400), GREEDY)
+            batch.submit(Job(tokens_of(small, "a " * 400), GREEDY))
     finally:
         batch.close()
         small.close()
@@ -201,19 +207,19 @@ def test_a_prompt_that_starts_like_a_finished_one_reads_only_the_rest(
     batch = BatchEngine(step_model(loaded))
     try:
         first_prompt = tokens_of(loaded, "the sky is blue and")
-        first = batch.submit(first_prompt, GREEDY, max_tokens=6, stop_at_eog=False)
+        first = batch.submit(Job(first_prompt, GREEDY, max_tokens=6, stop_at_eog=False))
         _, stats = collect(first)
         assert stats.prompt_evaluated == len(first_prompt)
         # The next turn: the whole conversation so far, then new text.
         follow = first_prompt + first.tokens + tokens_of(loaded, "why")[1:]
-        second = batch.submit(follow, GREEDY, max_tokens=4, stop_at_eog=False)
+        second = batch.submit(Job(follow, GREEDY, max_tokens=4, stop_at_eog=False))
         _, stats = collect(second)
         # Everything but the answer's last token (sampled, never read back) and the new text.
         assert stats.prompt_evaluated == len(follow) - (len(first_prompt) + 5)
         assert stats.completion_tokens == 4
         # A different prompt shares only the BOS token: it reads (almost) everything.
         other = tokens_of(loaded, "hello world")
-        _, stats = collect(batch.submit(other, GREEDY, max_tokens=2))
+        _, stats = collect(batch.submit(Job(other, GREEDY, max_tokens=2)))
         assert stats.prompt_evaluated >= len(other) - 1
     finally:
         batch.close()
@@ -231,10 +237,10 @@ def test_a_request_copies_a_prefix_another_sequence_holds(loaded: engine.LoadedM
         b_prompt = tokens_of(loaded, SHARED + "hello world")
         common = next(i for i, (x, y) in enumerate(zip(a_prompt, b_prompt, strict=False)) if x != y)
         assert common > 40
-        a = batch.submit(a_prompt, GREEDY, max_tokens=60, stop_at_eog=False)
+        a = batch.submit(Job(a_prompt, GREEDY, max_tokens=60, stop_at_eog=False))
         events = iter(a)
         next(e for e in events if isinstance(e, TextDelta))  # A has read its prompt
-        b = batch.submit(b_prompt, GREEDY, max_tokens=8, stop_at_eog=False)
+        b = batch.submit(Job(b_prompt, GREEDY, max_tokens=8, stop_at_eog=False))
         _, b_stats = collect(b)
         assert b_stats.prompt_evaluated == len(b_prompt) - common
         assert b_stats.completion_tokens == 8

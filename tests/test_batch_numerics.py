@@ -80,7 +80,7 @@ def test_two_rows_are_exactly_the_lone_logits() -> None:
 def test_a_sliding_window_prefix_is_not_copied_once_its_source_moved_on() -> None:
     """Gemma 3 keeps only a 512-token window in most layers: a source that has gone past the
     shared part no longer holds all of it, so the newcomer reads its prompt itself."""
-    from localrun.engine.batch import BatchEngine, collect
+    from localrun.engine.batch import BatchEngine, Job, collect
     from localrun.engine.types import TextDelta
     from localrun.models.demo import demo_model_path
 
@@ -91,9 +91,9 @@ def test_a_sliding_window_prefix_is_not_copied_once_its_source_moved_on() -> Non
         a_prompt = model.tokenize(shared + " Then", add_special=True, parse_special=False)
         b_prompt = model.tokenize(shared + " Later", add_special=True, parse_special=False)
         greedy = SamplingParams(temperature=0)
-        a = iter(batch.submit(a_prompt, greedy, max_tokens=40, stop_at_eog=False))
+        a = iter(batch.submit(Job(a_prompt, greedy, max_tokens=40, stop_at_eog=False)))
         next(e for e in a if isinstance(e, TextDelta))
-        _, stats = collect(batch.submit(b_prompt, greedy, max_tokens=4, stop_at_eog=False))
+        _, stats = collect(batch.submit(Job(b_prompt, greedy, max_tokens=4, stop_at_eog=False)))
         assert stats.prompt_evaluated == len(b_prompt)  # no copy: read whole
         list(a)
     finally:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from localrun.backend import LoadOptions, SamplingParams, load
-from localrun.engine.batch import BatchEngine, collect
+from localrun.engine.batch import BatchEngine, Job, collect
 from localrun.engine.draft import Drafter, check_vocabulary
 from localrun.errors import ModelLoadError
 from tests.tinygguf import write_tiny_model
@@ -78,7 +78,7 @@ def _engine(target: Any, draft: Any | None, **drafter: Any) -> BatchEngine:
 
 
 def _answer(engine: BatchEngine, prompt: list[int], k: int, n: int = 48) -> tuple[list[int], Any]:
-    stream = engine.submit(prompt, GREEDY, max_tokens=n, stop_at_eog=False, speculate=k)
+    stream = engine.submit(Job(prompt, GREEDY, max_tokens=n, stop_at_eog=False, speculate=k))
     _, stats = collect(stream)
     return stream.tokens, stats
 
@@ -194,7 +194,7 @@ def _sampled(
     streams = []
     for seed in range(n):
         sampling = SamplingParams(temperature=temp, top_k=4, seed=seed, repeat_penalty=1.1)
-        stream = engine.submit(prompt, sampling, max_tokens=7, stop_at_eog=False, speculate=k)
+        stream = engine.submit(Job(prompt, sampling, max_tokens=7, stop_at_eog=False, speculate=k))
         streams.append(stream)
     found: Counter[Any] = Counter()
     for stream in streams:

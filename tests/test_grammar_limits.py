@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from localrun.backend import LoadOptions, SamplingParams, load
-from localrun.engine.batch import BatchEngine, collect
+from localrun.engine.batch import BatchEngine, Job, collect
 from localrun.engine.types import FinishReason
 from localrun.errors import GenerationError, UsageError
 from localrun.prompt import grammar
@@ -167,8 +167,8 @@ def test_a_grammar_too_costly_to_follow_fails_its_answer_alone() -> None:
         prefix = "the same long prefix that every value shares "
         costly = grammar.json_schema({"enum": [prefix + str(i) for i in range(MAX_ENUM)]})
         tokens = model.tokenize("hi", add_special=True, parse_special=False)
-        slow = engine.submit(tokens, SamplingParams(grammar=costly.grammar), max_tokens=40)
-        plain = engine.submit(tokens, SamplingParams(temperature=0.0), max_tokens=8)
+        slow = engine.submit(Job(tokens, SamplingParams(grammar=costly.grammar), max_tokens=40))
+        plain = engine.submit(Job(tokens, SamplingParams(temperature=0.0), max_tokens=8))
         with pytest.raises(GenerationError) as failed:
             collect(slow)
         assert failed.value.message.startswith("the grammar costs too much to follow")
@@ -205,8 +205,8 @@ def test_an_answer_whose_sampling_fails_fails_alone(
     engine = BatchEngine(model)
     try:
         tokens = model.tokenize("hi", add_special=True, parse_special=False)
-        nowhere = engine.submit(tokens, SamplingParams(seed=13), max_tokens=4)
-        plain = engine.submit(tokens, SamplingParams(temperature=0.0), max_tokens=4)
+        nowhere = engine.submit(Job(tokens, SamplingParams(seed=13), max_tokens=4))
+        plain = engine.submit(Job(tokens, SamplingParams(temperature=0.0), max_tokens=4))
         with pytest.raises(GenerationError, match="the grammar allows no token here"):
             collect(nowhere)
         assert collect(plain)[1].completion_tokens == 4

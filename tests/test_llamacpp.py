@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from localrun.backend import LoadOptions, SamplingParams, load
-from localrun.engine.batch import BatchEngine
+from localrun.engine.batch import BatchEngine, Job
 from localrun.engine.types import PromptEvaluated
 from localrun.errors import InvalidModelError, ModelLoadError
 
@@ -36,7 +36,7 @@ def test_default_context_is_the_smaller_of_trained_and_4096(
 
 def generate(batch: BatchEngine, prompt: list[int], n: int) -> tuple[PromptEvaluated, list[int]]:
     """n tokens after ``prompt``, through the engine: how much prompt it read, and the tokens."""
-    stream = batch.submit(prompt, SamplingParams(seed=5), max_tokens=n, stop_at_eog=False)
+    stream = batch.submit(Job(prompt, SamplingParams(seed=5), max_tokens=n, stop_at_eog=False))
     events = list(stream)
     evaluated = next(e for e in events if isinstance(e, PromptEvaluated))
     return evaluated, stream.tokens
@@ -148,7 +148,7 @@ def test_cheap_penalty_order_samples_exactly_as_the_textbook_order(
                 "the sky is blue the sky", add_special=True, parse_special=False
             )
             sampling = SamplingParams(temperature=1.2, top_k=8, repeat_penalty=3.0, seed=seed)
-            stream = batch.submit(prompt, sampling, max_tokens=80, stop_at_eog=False)
+            stream = batch.submit(Job(prompt, sampling, max_tokens=80, stop_at_eog=False))
             list(stream)
             return stream.tokens
         finally:

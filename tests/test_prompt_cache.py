@@ -12,7 +12,7 @@ import pytest
 
 from localrun.backend import LoadOptions, SamplingParams, load
 from localrun.engine import prompt_cache
-from localrun.engine.batch import BatchEngine
+from localrun.engine.batch import BatchEngine, Job
 from localrun.engine.prompt_cache import PromptCache
 
 GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)
@@ -24,7 +24,7 @@ def _answer(model_path: Path, prompt: list[int], keep: int, cache: bool) -> tupl
     store = PromptCache("test-model", model.layout()) if cache else None  # type: ignore[attr-defined]
     engine = BatchEngine(model, prompt_cache=store)  # type: ignore[arg-type]
     try:
-        stream = engine.submit(prompt, GREEDY, max_tokens=12, stop_at_eog=False, cache_at=keep)
+        stream = engine.submit(Job(prompt, GREEDY, max_tokens=12, stop_at_eog=False, cache_at=keep))
         events = list(stream)
         return stream.tokens, events[-1].stats.prompt_from_disk  # type: ignore[union-attr]
     finally:
@@ -94,7 +94,7 @@ def test_concurrent_writers_leave_one_good_entry(tiny_model: Path) -> None:
     model = load(LoadOptions(tiny_model, n_ctx=1024, n_threads=1))
     try:
         engine = BatchEngine(model)  # type: ignore[arg-type]
-        list(engine.submit(prompt[:keep], GREEDY, max_tokens=1, stop_at_eog=False))
+        list(engine.submit(Job(prompt[:keep], GREEDY, max_tokens=1, stop_at_eog=False)))
         engine.close()
         # The engine kept the slot's cells: what a save would copy.
         state = model.seq_state(0)  # type: ignore[attr-defined]

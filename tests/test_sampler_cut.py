@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 
 from localrun.backend import LoadOptions, SamplingParams, load
-from localrun.engine.batch import BatchEngine
+from localrun.engine.batch import BatchEngine, Job
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +31,8 @@ def _answers(native: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[list[list[i
     One sequence at a time: which rows share a step (and so which matrix kernel runs) would
     otherwise depend on when the engine thread picks each request up.
     """
+    import llama_cpp.llama_cpp as lc  # the bindings the sampler calls
+
     from localrun.backend.llamacpp import model as backend
     from localrun.backend.llamacpp import sampler
     from localrun.models.demo import demo_model_path
@@ -45,14 +47,14 @@ def _answers(native: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[list[list[i
     else:
         monkeypatch.setattr(backend, "sampler_chain", build)
     calls = 0
-    native_sample = sampler.lc.llama_sampler_sample
+    native_sample = lc.llama_sampler_sample
 
     def counted(*args: object) -> int:
         nonlocal calls
         calls += 1
         return int(native_sample(*args))
 
-    monkeypatch.setattr(sampler.lc, "llama_sampler_sample", counted)
+    monkeypatch.setattr(lc, "llama_sampler_sample", counted)
     model = load(LoadOptions(demo_model_path(), n_ctx=1024, n_threads=2))
     batch = BatchEngine(model)  # type: ignore[arg-type]
     try:
@@ -60,10 +62,12 @@ def _answers(native: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[list[list[i
         for settings in SETTINGS:
             for prompt in PROMPTS:
                 stream = batch.submit(
-                    model.tokenize(prompt, add_special=True, parse_special=False),
-                    settings,
-                    max_tokens=40,
-                    stop_at_eog=False,
+                    Job(
+                        model.tokenize(prompt, add_special=True, parse_special=False),
+                        settings,
+                        max_tokens=40,
+                        stop_at_eog=False,
+                    )
                 )
                 list(stream)
                 answers.append(stream.tokens)
@@ -89,7 +93,7 @@ def test_chain_without_a_top_k_reads_the_whole_vocabulary() -> None:
 
     def first_cut(**settings: float) -> int:
         chain = sampler_chain(SamplingParams(**settings), [], n_vocab=1000, n_ctx=512)  # type: ignore[arg-type]
-        from localrun.backend.llamacpp.sampler import lc
+        import llama_cpp.llama_cpp as lc  # the sampler loaded the bindings alone
 
         lc.llama_sampler_free(chain.handle)
         return chain.first_cut

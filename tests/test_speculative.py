@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from localrun.backend import LoadOptions, SamplingParams, load
-from localrun.engine.batch import BatchEngine, collect
+from localrun.engine.batch import BatchEngine, Job, collect
 from localrun.engine.speculative import Pace, lookup
 from tests.test_draft import Recorder, check_greedy_rule
 
@@ -52,7 +52,9 @@ def _answers(model_path: Path, prompt_text: str, speculate: int, n: int = 60) ->
     engine = BatchEngine(model)  # type: ignore[arg-type]
     try:
         prompt = model.tokenize(prompt_text, add_special=True, parse_special=False)
-        stream = engine.submit(prompt, GREEDY, max_tokens=n, stop_at_eog=False, speculate=speculate)
+        stream = engine.submit(
+            Job(prompt, GREEDY, max_tokens=n, stop_at_eog=False, speculate=speculate)
+        )
         _, stats = collect(stream)
         return [stream.tokens, stats]
     finally:
@@ -68,7 +70,7 @@ def test_checked_guesses_give_plain_decodings_tokens(
 ) -> None:
     """A drafter that knows plain decoding's answer but is wrong at every fifth token: what
     is kept, what is dropped and what the cache keeps must leave the answer as it was."""
-    import localrun.engine.batch as batch
+    import localrun.engine.speculator as speculator
 
     plain, _ = _answers(tiny_model, COPY, 0)
     prompt_len = len(_prompt_tokens(tiny_model))
@@ -78,7 +80,7 @@ def test_checked_guesses_give_plain_decodings_tokens(
         guesses = list(plain[done : done + k])  # type: ignore[index]
         return [g + 1 if (done + i) % 5 == 2 else g for i, g in enumerate(guesses)]
 
-    monkeypatch.setattr(batch, "lookup", oracle)
+    monkeypatch.setattr(speculator, "lookup", oracle)
     for k in (1, 2):
         answer, stats = _answers(tiny_model, COPY, k)
         assert answer == plain, k
@@ -137,7 +139,7 @@ def test_on_the_demo_model_many_guesses_keep_its_choices(
             engine = BatchEngine(recorder, drafter=drafter)  # type: ignore[arg-type]
             try:
                 stream = engine.submit(
-                    prompt, GREEDY, max_tokens=120, stop_at_eog=False, speculate=k
+                    Job(prompt, GREEDY, max_tokens=120, stop_at_eog=False, speculate=k)
                 )
                 _, stats = collect(stream)
             finally:
@@ -180,7 +182,7 @@ def test_the_same_greedy_request_gives_the_same_text_whatever_the_clock_says(
         def answer() -> tuple[str, int, int]:
             engine = BatchEngine(model)  # type: ignore[arg-type]
             try:
-                stream = engine.submit(prompt, GREEDY, max_tokens=80, speculate=8)
+                stream = engine.submit(Job(prompt, GREEDY, max_tokens=80, speculate=8))
                 text, stats = collect(stream)
                 return text, stats.drafted, stats.accepted
             finally:

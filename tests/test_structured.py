@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 
 from localrun.backend import LoadOptions, SamplingParams, load
-from localrun.engine.batch import BatchEngine, collect
+from localrun.engine.batch import BatchEngine, Job, collect
 from localrun.engine.types import FinishReason
 from localrun.errors import UsageError
 from localrun.prompt import grammar
@@ -133,7 +133,7 @@ def _answers(
         for _, schema, temperature in runs:
             made = grammar.json_schema(schema) if schema else grammar.json_value()
             sampling = SamplingParams(temperature=temperature, seed=3, grammar=made.grammar)
-            out.append(collect(engine.submit(tokens, sampling, max_tokens=300)))
+            out.append(collect(engine.submit(Job(tokens, sampling, max_tokens=300))))
         return out
     finally:
         engine.close()
@@ -377,7 +377,7 @@ def test_greedy_with_a_grammar_is_the_best_allowed_token(penalty: float) -> None
     engine = BatchEngine(model)
     try:
         sampling = SamplingParams(temperature=0.0, repeat_penalty=penalty, grammar=made.grammar)
-        collect(engine.submit(prompt, sampling, max_tokens=40))
+        collect(engine.submit(Job(prompt, sampling, max_tokens=40)))
     finally:
         engine.close()
         lc.llama_sampler_free(shadow)

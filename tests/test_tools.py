@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 
 from localrun.backend import LoadOptions, SamplingParams, load
-from localrun.engine.batch import BatchEngine, collect
+from localrun.engine.batch import BatchEngine, Job, collect
 from localrun.errors import UsageError
 from localrun.prompt.template import Message, render
 from localrun.prompt.tools import (
@@ -197,7 +197,7 @@ def test_a_required_call_is_a_call(form: str, tiny_model: Path) -> None:
             sampling = SamplingParams(
                 temperature=1.0, seed=seed, grammar=call_grammar(FORMS[form], (WEATHER,))
             )
-            text, _ = collect(engine.submit(prompt, sampling, max_tokens=200))
+            text, _ = collect(engine.submit(Job(prompt, sampling, max_tokens=200)))
             _, calls = FORMS[form].parse(text, TOOLS)
             assert len(calls) == 1 and calls[0].name == "get_weather", text
             jsonschema.validate(calls[0].arguments, WEATHER.parameters)

@@ -25,9 +25,10 @@ from rich.console import Console
 
 from localrun import engine
 from localrun.backend import SamplingParams
-from localrun.engine.batch import collect, image_cut
+from localrun.engine.batch import Job, collect, image_cut
 from localrun.engine.chat import ChatSession, Options
 from localrun.engine.prompt_cache import PromptCache
+from localrun.engine.runner import runner_of
 from localrun.errors import ModelLoadError, PromptTooLongError, UsageError
 from localrun.images import Image, read_image, split_image_paths
 from localrun.models.resolve import Settings
@@ -135,14 +136,15 @@ def test_sequences_with_images_in_one_batch_answer_as_alone(
         )
         for p in pictures[:2]
     ]
-    batch = loaded.engine()
+    batch = runner_of(loaded).engine
     alone = [
-        collect(batch.submit(p.tokens, GREEDY, max_tokens=8, images=p.images))[0] for p in prompts
+        collect(batch.submit(Job(p.tokens, GREEDY, max_tokens=8, images=p.images)))[0]
+        for p in prompts
     ]
     for slot in (0, 1):  # nothing kept from the runs alone: each reads its picture again
         batch.model.forget(slot)
-    batch._warm.clear()
-    streams = [batch.submit(p.tokens, GREEDY, max_tokens=8, images=p.images) for p in prompts]
+    batch.cells.warm.clear()
+    streams = [batch.submit(Job(p.tokens, GREEDY, max_tokens=8, images=p.images)) for p in prompts]
     assert [collect(s)[0] for s in streams] == alone
 
 
@@ -164,7 +166,7 @@ def test_the_prompt_cache_keeps_a_prefix_with_an_image_by_its_digest(
             ]
             request = engine.Request.of(question, history=history, sampling=GREEDY, max_tokens=4)
             answered = answer(found, request)
-            found.engine().close()  # the writer thread has stored the prefix
+            runner_of(found).stop()  # the writer thread has stored the prefix
             return answered
         finally:
             found.close()
@@ -197,9 +199,9 @@ def test_the_prompt_cache_names_an_image_prefix_by_its_digests(tmp_path: Path) -
 
 
 def test_submit_refuses_image_ids_it_was_not_given(loaded: engine.LoadedModel) -> None:
-    batch = loaded.engine()
+    batch = runner_of(loaded).engine
     with pytest.raises(UsageError, match="outside this model's vocabulary"):
-        batch.submit([1, -3, -3, 5], GREEDY)
+        batch.submit(Job([1, -3, -3, 5], GREEDY))
 
 
 # -- bad input -------------------------------------------------------------------------------
@@ -477,12 +479,12 @@ def test_a_picture_that_fails_fails_its_request_alone(
         return real(chunk, seq, pos)
 
     monkeypatch.setattr(model, "eval_image", eval_image)
-    batch = loaded.engine()
+    batch = runner_of(loaded).engine
     prompts = [
         conversation_prompt(model, loaded.template, [Message("user", "x", images=(read_image(p),))])
         for p in (pictures[2], pictures[0])
     ]
-    streams = [batch.submit(p.tokens, GREEDY, max_tokens=4, images=p.images) for p in prompts]
+    streams = [batch.submit(Job(p.tokens, GREEDY, max_tokens=4, images=p.images)) for p in prompts]
     with pytest.raises(UsageError, match="could not encode"):
         collect(streams[0])
     assert collect(streams[1])[1].completion_tokens == 4
@@ -588,9 +590,9 @@ def test_other_answers_go_on_between_one_requests_pictures(
     loaded: engine.LoadedModel, pictures: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = loaded.model
-    batch = loaded.engine()
+    batch = runner_of(loaded).engine
     plain = conversation_prompt(model, loaded.template, [Message("user", "the sky")])
-    other = batch.submit(plain.tokens, GREEDY, max_tokens=40, stop_at_eog=False)
+    other = batch.submit(Job(plain.tokens, GREEDY, max_tokens=40, stop_at_eog=False))
     real = model.eval_image  # type: ignore[attr-defined]
     seen: list[int] = []
 
@@ -601,7 +603,7 @@ def test_other_answers_go_on_between_one_requests_pictures(
     monkeypatch.setattr(model, "eval_image", eval_image)
     images = tuple(read_image(p) for p in pictures)
     prompt = conversation_prompt(model, loaded.template, [Message("user", "x", images=images)])
-    _, stats = collect(batch.submit(prompt.tokens, GREEDY, max_tokens=2, images=prompt.images))
+    _, stats = collect(batch.submit(Job(prompt.tokens, GREEDY, max_tokens=2, images=prompt.images)))
     collect(other)
     assert stats.images == 3 and len(seen) == 3
     assert seen[0] < seen[1] < seen[2]  # a step of the other answer between pictures
@@ -623,7 +625,7 @@ def test_a_picture_is_counted_by_the_cells_it_fills(
     with pytest.raises(
         PromptTooLongError, match=f"is {len(prompt.tokens) + loaded.seq_ctx} tokens"
     ):
-        loaded.engine().submit(prompt.tokens, GREEDY, images=wide)
+        runner_of(loaded).engine.submit(Job(prompt.tokens, GREEDY, images=wide))
 
 
 def test_an_mrope_model_places_its_pictures_by_fewer_positions_than_cells(

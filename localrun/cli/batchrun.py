@@ -122,9 +122,12 @@ def _id_of(text: str) -> Any:
 def run_batch(loaded: engine.LoadedModel, lines: BatchLines, opts: engine.RunOptions) -> int:
     """Answer every line of ``lines``; return how many lines failed."""
     from localrun.engine.jobs import parse_line
+    from localrun.engine.runner import runner_of
+    from localrun.engine.types import Job
     from localrun.prompt.build import conversation_prompt
 
-    batch = loaded.engine()  # stopped by loaded.close(): on Ctrl-C too, written lines stay
+    # Stopped by loaded.close(): on Ctrl-C too, written lines stay.
+    batch = runner_of(loaded).engine
 
     def submitted(number: int, text: str | LocalrunError) -> tuple[int, Any, Answer]:
         if isinstance(text, LocalrunError):
@@ -135,12 +138,14 @@ def run_batch(loaded: engine.LoadedModel, lines: BatchLines, opts: engine.RunOpt
             prompt = conversation_prompt(loaded.model, loaded.template, job.request.messages)
             request = job.request
             stream = batch.submit(
-                prompt.tokens,
-                request.sampling,
-                max_tokens=request.max_tokens,
-                stop=request.stop,
-                speculate=loaded.speculate,
-                images=prompt.images,
+                Job(
+                    prompt.tokens,
+                    request.sampling,
+                    max_tokens=request.max_tokens,
+                    stop=request.stop,
+                    speculate=loaded.speculate,
+                    images=prompt.images,
+                )
             )
             return number, job_id, _collected(stream)
         except LocalrunError as e:

@@ -171,7 +171,8 @@ def run_parallel(
     over the time until the last prompt is read. Decode: N one-token prompts, ``n`` tokens each;
     the aggregate is N * (n - 1) over the time from the first sampled token to the last.
     """
-    from localrun.engine.batch import collect
+    from localrun.engine.batch import Job, collect
+    from localrun.engine.runner import ModelRunner
 
     path = resolve(config.model).path
     rng = random.Random(config.seed)
@@ -192,7 +193,8 @@ def run_parallel(
             flash_attn=config.flash_attn,
         )
         placement = loaded.placement
-        batch = loaded.engine()
+        runner = ModelRunner(loaded)
+        batch = runner.engine
         try:
             vocab, bos = loaded.model.n_vocab, loaded.model.bos_token
             sampling = SamplingParams(seed=config.seed)
@@ -209,7 +211,7 @@ def run_parallel(
                             tokens[0] = bos
                         prompts.append(tokens)
                     streams = [
-                        batch.submit(t, sampling, max_tokens=gen_len, stop_at_eog=False)
+                        batch.submit(Job(t, sampling, max_tokens=gen_len, stop_at_eog=False))
                         for t in prompts
                     ]
                     stats = [collect(s)[1] for s in streams]
@@ -224,5 +226,5 @@ def run_parallel(
                     measure.load_s.append(loaded.load_s)
                 measures.append(measure)
         finally:
-            loaded.close()  # stops the engine first
+            runner.close()  # the engine first, then the model
     return BenchResult(config, placement, measures)

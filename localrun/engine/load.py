@@ -1,14 +1,18 @@
-"""Loading a model: the context it may have, the offload plan, and the out-of-memory retry."""
+"""Loading a model: the context it may have, the offload plan, and the out-of-memory retry.
+
+A loaded model only loads; the batching engine over it belongs to its runner
+(:mod:`localrun.engine.runner`).
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol
 
 from localrun import backend
-from localrun.backend import LoadOptions, Model, StepModel, context_size
+from localrun.backend import LoadOptions, Model, context_size
 from localrun.backend.llamacpp import offload
 from localrun.backend.llamacpp.offload import (
     AUTO,
@@ -28,7 +32,12 @@ from localrun.models.resolve import Settings, resolve
 
 if TYPE_CHECKING:
     from localrun.backend.llamacpp.rpc import Endpoint
-    from localrun.engine.batch import BatchEngine
+
+
+class Owner(Protocol):
+    """What runs on a loaded model and must stop before the model is freed."""
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -46,50 +55,13 @@ class LoadedModel:
     prompt_cache: bool = True  # keep evaluated prefixes on disk, and read them back
     speculate: int = 0  # speculative decoding: the most guesses a step (0: off)
     draft: LoadedModel | None = None  # the draft model that guesses (None: prompt lookup)
-    _engine: BatchEngine | None = field(default=None, repr=False, compare=False)
+    # What runs on this model (a runner's engine, engine.runner): stopped first by close().
+    owner: Owner | None = field(default=None, repr=False, compare=False)
 
     @property
     def seq_ctx(self) -> int:
         """The context each sequence may use: its share of the whole."""
         return self.model.n_ctx // self.n_seq
-
-    def engine(self) -> BatchEngine:
-        """The batching engine over this model (started on first use, stopped by close)."""
-        if self._engine is None:
-            from localrun.engine.batch import BatchEngine
-            from localrun.engine.prompt_cache import PromptCache, model_identity
-
-            model = cast(StepModel, self.model)
-            cache = None
-            if self.prompt_cache and self.path.is_file():
-                cache = PromptCache(model_identity(self.path), model.layout())
-            drafter = None
-            if self.draft is not None:
-                from localrun.engine.draft import Drafter
-
-                drafter = Drafter(cast(StepModel, self.draft.model), seq_ctx=self.draft.seq_ctx)
-            row_cost, draft_cost = self._guess_costs()
-            self._engine = BatchEngine(
-                model,
-                seq_ctx=self.seq_ctx,
-                prompt_cache=cache,
-                drafter=drafter,
-                row_cost=row_cost,
-                draft_cost=draft_cost,
-            )
-        return self._engine
-
-    def _guess_costs(self) -> tuple[float, float]:
-        """What a guess costs, in plain steps, for the engine's counted pace: a checked row
-        (small where the whole model is on a GPU), and a draft pass (decode reads the
-        weights: the draft's size against the model's)."""
-        from localrun.engine.speculative import ROW_COST_CPU, ROW_COST_GPU
-
-        on_gpu = self.plan.n_layer > 0 and self.plan.offloaded > self.plan.n_layer
-        draft_cost = 0.0
-        if self.draft is not None and self.path.is_file() and self.draft.path.is_file():
-            draft_cost = self.draft.path.stat().st_size / max(self.path.stat().st_size, 1)
-        return (ROW_COST_GPU if on_gpu else ROW_COST_CPU), draft_cost
 
     @property
     def template(self) -> str | None:
@@ -121,10 +93,10 @@ class LoadedModel:
         return CHAT if self.template else COMPLETION
 
     def close(self) -> None:
-        """Stop the engine (after its current step), then free the model."""
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+        """Stop what runs on the model (its engine, after its current step), then free it."""
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.stop()
         if self.draft is not None:
             self.draft.close()
             self.draft = None

@@ -2,11 +2,11 @@
 
 A decode step reads all the weights for one token; checking k guessed tokens in the same
 step costs about as much. When the guesses are often right, an answer advances several tokens
-a step. The engine (:mod:`localrun.engine.batch`) verifies them: it samples each checked row
-with the sequence's own chain, in order, and keeps a guess only when the sampled token is the
-guess. For a guess made without a distribution of its own (as here), that keeps exactly the
-distribution of plain decoding: the sampled token is accepted with its own probability, and
-when it is not the guess it is already a draw from what is left.
+a step. The engine's :class:`~localrun.engine.speculator.Speculator` verifies them: it samples
+each checked row with the sequence's own chain, in order, and keeps a guess only when the
+sampled token is the guess. For a guess made without a distribution of its own (as here),
+that keeps exactly the distribution of plain decoding: the sampled token is accepted with its
+own probability, and when it is not the guess it is already a draw from what is left.
 """
 
 from __future__ import annotations

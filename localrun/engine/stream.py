@@ -12,7 +12,8 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from localrun.backend import ImageChunk, SamplingParams, context_size
 from localrun.engine.load import LoadedModel
-from localrun.engine.types import Called, Event, Finished, Request, TextDelta
+from localrun.engine.runner import runner_of
+from localrun.engine.types import Called, Event, Finished, Job, Request, TextDelta
 from localrun.errors import PromptTooLongError
 from localrun.prompt.build import conversation_prompt, keep_point
 from localrun.prompt.tools import CallWatch
@@ -78,7 +79,7 @@ def generate_tokens(
     (sampled tokens - 1) / (time from the first to the last sampled token). If the caller
     stops reading (Ctrl-C), the request is cancelled and its sequence freed.
     """
-    stream = loaded.engine().submit(
+    job = Job(
         tokens,
         sampling,
         max_tokens=max_tokens,
@@ -88,8 +89,9 @@ def generate_tokens(
         cache_at=cache_at,
         speculate=loaded.speculate,
         special=special,
-        images=images,
+        images=images or {},
     )
+    stream = runner_of(loaded).engine.submit(job)
     finished = False
     try:
         for event in stream:

@@ -1,12 +1,12 @@
-"""What goes into the engine and what comes out: requests, events and statistics."""
+"""What goes into the engine and what comes out: requests, jobs, events and statistics."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from localrun.backend import SamplingParams
+from localrun.backend import ImageChunk, SamplingParams
 from localrun.images import Image
 from localrun.prompt.template import Message
 from localrun.prompt.tools import ToolCall
@@ -58,6 +58,34 @@ class Request:
         messages = [Message("system", system)] if system else []
         messages += [*history, Message("user", prompt, images=tuple(images))]
         return cls(tuple(messages), sampling or SamplingParams(), max_tokens, stop, document)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One answer for the batching engine to write: a prompt as tokens, and how to answer.
+
+    ``submitted`` is when the request began (``time.perf_counter()``), for its TTFT; None:
+    when it is submitted. ``cache_at`` is how many of the prompt's tokens are worth keeping in
+    the prompt cache on disk (a system prompt, a document); 0: none. ``speculate`` is the
+    most tokens to guess and check a step (0: plain decoding). With ``special``, control
+    tokens the model writes come out as their text (the markers of a tool call, such as
+    ``[TOOL_CALLS]``). ``images`` are the prompt's pictures by the negative id whose runs
+    stand for them in ``prompt``. ``grammar`` is ``sampling.grammar`` compiled beforehand by
+    the engine's ``compile_grammar`` (the engine owns it once submitted); None: compiled at
+    submission, in the caller's thread.
+    """
+
+    prompt: list[int]
+    sampling: SamplingParams
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_at_eog: bool = True
+    submitted: float | None = None
+    cache_at: int = 0
+    speculate: int = 0
+    special: bool = False
+    images: Mapping[int, ImageChunk] = field(default_factory=dict)
+    grammar: object | None = None
 
 
 @dataclass

@@ -20,7 +20,7 @@ from localrun.backend import ImageChunk
 from localrun.engine.batch import Stream
 from localrun.engine.options import run_options
 from localrun.engine.stream import watched
-from localrun.engine.types import Called, Event, Finished, Stats, TextDelta
+from localrun.engine.types import Called, Event, Finished, Job, Stats, TextDelta
 from localrun.errors import NoVisionError, PromptTooLongError, UsageError
 from localrun.models.parameters import per_request
 from localrun.prompt.build import (
@@ -100,20 +100,20 @@ class Answer:
                 _tokens, runner, ask, options.system, options.history, tools
             )
             prompt, keep = read.tokens, read.keep
-            stream = runner.engine.submit(
+            job = Job(
                 prompt,
                 options.sampling,
                 max_tokens=options.max_tokens,
                 stop=options.stop,
                 stop_at_eog=not ask.ignore_eos,
                 submitted=start,
-                loop=asyncio.get_running_loop(),
                 cache_at=keep,
                 speculate=runner.loaded.speculate,
                 special=watch is not None,
                 images=read.images,
                 grammar=compiled,
             )
+            stream = runner.engine.submit(job, loop=asyncio.get_running_loop())
         except BaseException as e:
             if compiled is not None:  # the engine never took it
                 runner.engine.free_grammar(compiled)

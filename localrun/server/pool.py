@@ -22,6 +22,7 @@ from localrun.backend import context_size
 from localrun.engine.batch import BatchEngine
 from localrun.engine.load import LoadedModel, default_parallel, load_model, speculate
 from localrun.engine.options import run_options
+from localrun.engine.runner import ModelRunner
 from localrun.errors import BusyError, ModelLoadError, ModelNotFoundError, NeedsPullError
 from localrun.models.resolve import Resolved, Settings, resolve
 from localrun.server.config import ServeConfig
@@ -38,7 +39,7 @@ class Runner:
 
     name: str
     num_ctx: int | None  # as requested: a request for another context gets another runner
-    loaded: LoadedModel
+    model: ModelRunner  # the loaded model and its engine, closed in that order
     settings: Settings
     digest: str
     size: int  # bytes: weights and KV cache
@@ -47,8 +48,12 @@ class Runner:
     expires_at: float | None = None  # wall-clock time of its unload; None: never
 
     @property
+    def loaded(self) -> LoadedModel:
+        return self.model.loaded
+
+    @property
     def engine(self) -> BatchEngine:
-        return self.loaded.engine()
+        return self.model.engine
 
     @property
     def context_length(self) -> int:
@@ -122,7 +127,7 @@ class ModelPool:
                 runner = self._runners.get(key)
                 if runner is not None and not runner.engine.alive and runner.active == 0:
                     del self._runners[key]  # its engine failed: load the model afresh
-                    await asyncio.to_thread(runner.loaded.close)
+                    await asyncio.to_thread(runner.model.close)
                     runner = None
                 if runner is not None:
                     return self._count(runner)
@@ -175,7 +180,7 @@ class ModelPool:
                     found = True
                     if runner.active == 0:
                         del self._runners[key]
-                        await asyncio.to_thread(runner.loaded.close)
+                        await asyncio.to_thread(runner.model.close)
             self._released.set()
             return found
 
@@ -186,7 +191,7 @@ class ModelPool:
         async with self._lock:
             runners, self._runners = list(self._runners.values()), {}
             for runner in runners:
-                await asyncio.to_thread(runner.loaded.close)
+                await asyncio.to_thread(runner.model.close)
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -222,14 +227,14 @@ class ModelPool:
                 return False
             key, runner = min(idle, key=lambda kr: kr[1].last_used)
             del self._runners[key]
-            await asyncio.to_thread(runner.loaded.close)
+            await asyncio.to_thread(runner.model.close)
 
     async def _start(self, resolved: Resolved, num_ctx: int | None) -> Runner:
         n_seq = self._parallel(resolved, num_ctx)
         threads = self.config.threads or physical_cores()
         kv_type, flash_attn = self._kv(resolved.settings)
 
-        def load() -> LoadedModel:
+        def load() -> ModelRunner:
             loaded = self._load(
                 resolved.name,
                 n_ctx=num_ctx,
@@ -242,20 +247,22 @@ class ModelPool:
             )
             try:
                 self._speculate(loaded, resolved.settings, threads)
-                loaded.engine()  # its thread starts now, not on the first request
+                runner = ModelRunner(loaded)
+                runner.start()  # its thread starts now, not on the first request
             except BaseException:
-                loaded.close()
+                loaded.close()  # its engine first, if it started
                 raise
-            return loaded
+            return runner
 
-        loaded = await asyncio.to_thread(load)
+        model = await asyncio.to_thread(load)
         try:
-            size = await asyncio.to_thread(_size, resolved.path, loaded.model.n_ctx, kv_type)
+            n_ctx = model.loaded.model.n_ctx
+            size = await asyncio.to_thread(_size, resolved.path, n_ctx, kv_type)
         except BaseException:
-            await asyncio.to_thread(loaded.close)
+            await asyncio.to_thread(model.close)
             raise
         digest = resolved.sha256 or ""
-        return Runner(resolved.name, num_ctx, loaded, resolved.settings, digest, size)
+        return Runner(resolved.name, num_ctx, model, resolved.settings, digest, size)
 
     def _speculate(self, loaded: LoadedModel, settings: Settings, threads: int) -> None:
         """Speculative decoding as the server's flags, else the model's Modelfile, say. A
