@@ -16,9 +16,8 @@ from starlette.responses import JSONResponse, Response
 from localrun.errors import LocalrunError
 from localrun.server.config import ServeConfig
 from localrun.server.guard import Guard, error_body
-from localrun.server.ollama import OllamaAPI
-from localrun.server.openai import OpenAIAPI
 from localrun.server.pool import ModelPool
+from localrun.server.routes import OllamaAPI, OpenAIAPI
 
 log = logging.getLogger("localrun.server")
 

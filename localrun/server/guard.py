@@ -39,20 +39,9 @@ log = logging.getLogger("localrun.server")
 
 def error_body(path: str, error: LocalrunError) -> dict[str, Any]:
     """An error in the shape of the API the path belongs to (OpenAI's or Ollama's)."""
-    text = error.message if not error.hint else f"{error.message} ({error.hint})"
-    if path.startswith("/v1/"):
-        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
-        return {
-            "error": {
-                "message": text,
-                "type": kind.get(error.http_status, "invalid_request_error")
-                if error.http_status < 500
-                else "server_error",
-                "param": None,
-                "code": None,
-            }
-        }
-    return {"error": text}
+    from localrun.server import ollama, openai  # the converters: after the guard's checks
+
+    return openai.error(error) if path.startswith("/v1/") else ollama.error(error)
 
 
 async def send_error(scope: Scope, send: Send, error: LocalrunError) -> None:

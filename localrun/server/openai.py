@@ -1,49 +1,47 @@
-"""The OpenAI API, as the ``openai`` client calls it, translated onto the engine.
+"""The OpenAI API's converter: request bodies to an :class:`Ask`, events to its objects.
 
 Streams are server-sent events: the first chunk carries the role, ``finish_reason`` comes
 in a chunk of its own, the usage in one more when ``stream_options.include_usage`` asks,
-then ``data: [DONE]``; one id across a stream. Errors take OpenAI's shape.
+then ``data: [DONE]``; one id across a stream. Errors take OpenAI's shape. Plain functions
+of the body and the events: the handlers are :mod:`.routes`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
-
-from localrun.engine.types import Called, Finished, FinishReason, Stats, TextDelta
-from localrun.errors import LocalrunError, ModelNotFoundError, UsageError
+from localrun.engine.types import FinishReason, Stats
+from localrun.errors import LocalrunError, UsageError
 from localrun.images import Image, fetch_image, image_from_data_url
 from localrun.models.parameters import openai_fields
 from localrun.prompt import grammar
 from localrun.prompt.template import Message
-from localrun.prompt.tools import ToolCall, new_call_id, parse_tools
+from localrun.prompt.tools import ToolCall, parse_tools
 from localrun.server import catalog, fields
-from localrun.server.answer import (
-    Answer,
-    AnswerResponse,
-    Ask,
-    cancel_on_disconnect,
-    collect,
-    embed,
-)
-from localrun.server.guard import error_body
-from localrun.server.pool import ModelPool
+from localrun.server.answer import Ask
+from localrun.server.stream import SSE, Done, Obj
+from localrun.server.wire import OPENAI_ROLES, read_call
 
-ROLES = {
-    "system": "system",
-    "developer": "system",
-    "user": "user",
-    "assistant": "assistant",
-    "tool": "tool",
-}
+WIRE = SSE
+_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
+
+
+def error(e: LocalrunError) -> Obj:
+    """An error in OpenAI's shape."""
+    text = e.message if not e.hint else f"{e.message} ({e.hint})"
+    kind = _ERROR_TYPES.get(e.http_status, "invalid_request_error")
+    return {
+        "error": {
+            "message": text,
+            "type": kind if e.http_status < 500 else "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
 
 
 def _usage(stats: Stats) -> dict[str, Any]:
@@ -84,25 +82,16 @@ def _message(m: Any, i: int, remote_images: bool = False) -> Message:
     if not isinstance(m, dict):
         raise UsageError(f"{where} must be an object")
     role = fields.get(m, "role", str, where=where)
-    if role not in ROLES:
+    if role not in OPENAI_ROLES:
         raise UsageError(f"{where} has the role {json.dumps(role)}")
-    calls = []
-    for j, c in enumerate(fields.get(m, "tool_calls", list, [], where=where)):
-        spec = c.get("function") if isinstance(c, dict) else None
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise UsageError(f"{where}.tool_calls[{j}] must hold a function with a name")
-        at = f"{where}.tool_calls[{j}].function.arguments"
-        raw = spec.get("arguments") or "{}"
-        arguments = fields.json_text(raw, at) if isinstance(raw, str) else raw
-        if not isinstance(arguments, dict):
-            raise UsageError(f"'{at}' must be an object")
-        given = c.get("id")
-        ident = given if isinstance(given, str) and given else new_call_id()
-        calls.append(ToolCall(spec["name"], arguments, ident))
+    calls = [
+        read_call(c, f"{where}.tool_calls[{j}]", "a function with a name", openai=True)
+        for j, c in enumerate(fields.get(m, "tool_calls", list, [], where=where))
+    ]
     tool_call_id = fields.get(m, "tool_call_id", str, where=where) if role == "tool" else None
     name = fields.get(m, "name", str, where=where) if role == "tool" else None
     content, images = _content(m.get("content"), where, remote_images)
-    return Message(ROLES[role], content, tuple(calls), tool_call_id, name, images)
+    return Message(OPENAI_ROLES[role], content, tuple(calls), tool_call_id, name, images)
 
 
 def _content(value: Any, where: str, remote_images: bool) -> tuple[str, tuple[Image, ...]]:
@@ -205,169 +194,177 @@ def _response_format(body: dict[str, Any]) -> str | None:
     )
 
 
-class OpenAIAPI:
-    """The handlers, over one pool of models."""
+def chat_ask(body: dict[str, Any], remote_images: bool = False) -> Ask:
+    """``/v1/chat/completions``' request. ``remote_images``: an image_url part's http(s)
+    URL is fetched (so, with it, call this off the event loop)."""
+    name = fields.model_name(body)
+    raw = fields.get(body, "messages", list, [])
+    if not raw:
+        raise UsageError("'messages' is empty", "send at least one message")
+    messages = [_message(m, i, remote_images) for i, m in enumerate(raw)]
+    tools = parse_tools(body.get("tools"))
+    choice = fields.tool_choice(body.get("tool_choice"))
+    return Ask(
+        name,
+        tuple(messages),
+        _options(body),
+        grammar=_response_format(body),
+        tools=tools,
+        tool_choice=choice,
+        ignore_eos=fields.get(body, "ignore_eos", bool, False),
+    )
 
-    def __init__(self, pool: ModelPool) -> None:
-        self.pool = pool
 
-    def routes(self) -> list[Route]:
-        return [
-            Route("/v1/chat/completions", self.chat, methods=["POST"]),
-            Route("/v1/completions", self.completions, methods=["POST"]),
-            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
-            Route("/v1/models", self.models, methods=["GET"]),
-            Route("/v1/models/{model:path}", self.model, methods=["GET"]),
-        ]
+def completion_ask(body: dict[str, Any]) -> Ask:
+    """``/v1/completions``' request: one prompt."""
+    name = fields.model_name(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise UsageError("'prompt' must be one non-empty string", "send one prompt a request")
+    if body.get("suffix") or fields.get(body, "echo", bool, False):
+        raise UsageError("'suffix' and 'echo' are not supported", "send the request without")
+    if fields.get(body, "best_of", int, 1) != 1:
+        raise UsageError("'best_of' other than 1 is not supported")
+    return Ask(
+        name,
+        (Message("user", prompt),),
+        _options(body),
+        grammar=_response_format(body),
+        ignore_eos=fields.get(body, "ignore_eos", bool, False),
+    )
 
-    async def chat(self, request: Request) -> Response:
-        body = await fields.read_body(request)
-        name = fields.model_name(body)
-        raw = fields.get(body, "messages", list, [])
-        if not raw:
-            raise UsageError("'messages' is empty", "send at least one message")
-        remote = self.pool.config.allow_remote_images
-        if remote:  # fetching waits on the network: not on the event loop
-            messages = await asyncio.to_thread(
-                lambda: [_message(m, i, remote) for i, m in enumerate(raw)]
-            )
-        else:
-            messages = [_message(m, i) for i, m in enumerate(raw)]
-        tools = parse_tools(body.get("tools"))
-        choice = fields.tool_choice(body.get("tool_choice"))
-        ask = Ask(
-            name,
-            tuple(messages),
-            _options(body),
-            grammar=_response_format(body),
-            tools=tools,
-            tool_choice=choice,
-            ignore_eos=fields.get(body, "ignore_eos", bool, False),
-        )
-        streaming, with_usage = fields.get(body, "stream", bool, False), _include_usage(body)
-        answer = await Answer.begin(self.pool, ask)
-        ident = "chatcmpl-" + secrets.token_hex(12)
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {
-                "id": ident,
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": name,
-                "system_fingerprint": "localrun",
-                "choices": [
-                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-                ],
-            }
+def streaming(body: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether the answer streams (OpenAI's default: it does not), and with its usage."""
+    stream = fields.get(body, "stream", bool, False)
+    options = fields.get(body, "stream_options", dict, {})
+    return stream, bool(fields.get(options, "include_usage", bool, False))
 
-        if streaming:
-            first = chunk({"role": "assistant", "content": ""})
-            return _sse(
-                request,
-                answer,
-                first,
-                lambda t: chunk({"content": t}),
-                lambda s: chunk({}, _finish(s, answer.calls)),
-                with_usage,
-                lambda calls: [
-                    chunk({"tool_calls": [_call(c) | {"index": i}]}) for i, c in enumerate(calls)
-                ],
-            )
-        text, stats = await collect(request.receive, answer)
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if answer.calls:
-            message["content"] = text or None
-            message["tool_calls"] = [_call(c) for c in answer.calls]
-        return JSONResponse(
-            {
-                "id": ident,
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": name,
-                "system_fingerprint": "localrun",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": message,
-                        "logprobs": None,
-                        "finish_reason": _finish(stats, answer.calls),
-                    }
-                ],
-                "usage": _usage(stats),
-            }
-        )
 
-    async def completions(self, request: Request) -> Response:
-        body = await fields.read_body(request)
-        name = fields.model_name(body)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt:
-            raise UsageError("'prompt' must be one non-empty string", "send one prompt a request")
-        if body.get("suffix") or fields.get(body, "echo", bool, False):
-            raise UsageError("'suffix' and 'echo' are not supported", "send the request without")
-        if fields.get(body, "best_of", int, 1) != 1:
-            raise UsageError("'best_of' other than 1 is not supported")
-        ask = Ask(
-            name,
-            (Message("user", prompt),),
-            _options(body),
-            grammar=_response_format(body),
-            ignore_eos=fields.get(body, "ignore_eos", bool, False),
-        )
-        streaming, with_usage = fields.get(body, "stream", bool, False), _include_usage(body)
-        answer = await Answer.begin(self.pool, ask)
-        ident = "cmpl-" + secrets.token_hex(12)
+@dataclass
+class ChatReply:
+    """``/v1/chat/completions``' objects: the role, content deltas, the calls, the finish
+    reason, the usage."""
 
-        def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
-            return {
-                "id": ident,
-                "object": "text_completion",
-                "created": int(time.time()),
-                "model": name,
-                "system_fingerprint": "localrun",
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-            }
+    model: str
+    include_usage: bool = False
+    ident: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
 
-        if streaming:
-            return _sse(request, answer, None, chunk, lambda s: chunk("", _finish(s)), with_usage)
-        text, stats = await collect(request.receive, answer)
-        return JSONResponse(chunk(text, _finish(stats)) | {"usage": _usage(stats)})
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> Obj:
+        return {
+            "id": self.ident,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.model,
+            "system_fingerprint": "localrun",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
 
-    async def embeddings(self, request: Request) -> Response:
-        body = await fields.read_body(request)
-        name = fields.model_name(body)
-        texts = fields.texts(
-            body.get("input"),
-            "input",
-            allow_empty=False,
-            hint="token arrays are not supported: send the text",
-        )
-        encoding = fields.get(body, "encoding_format", str, "float")
-        if encoding not in ("float", "base64"):
-            raise UsageError(f"'encoding_format' cannot be {encoding!r}", "use float or base64")
-        done = await embed(self.pool, name, texts, dimensions=fields.get(body, "dimensions", int))
-        data = [
-            {"object": "embedding", "index": i, "embedding": _encoded(v, encoding)}
-            for i, v in enumerate(done.vectors)
-        ]
-        usage = {"prompt_tokens": done.prompt_tokens, "total_tokens": done.prompt_tokens}
-        return JSONResponse({"object": "list", "data": data, "model": name, "usage": usage})
+    def opening(self) -> list[Obj]:
+        return [self._chunk({"role": "assistant", "content": ""})]
 
-    async def models(self, request: Request) -> Response:
-        listed = await asyncio.to_thread(catalog.listed)
-        return JSONResponse({"object": "list", "data": [_model(m) for m in listed]})
+    def piece(self, text: str) -> list[Obj]:
+        return [self._chunk({"content": text})]
 
-    async def model(self, request: Request) -> Response:
-        from localrun.models.names import canonical
+    def called(self, calls: tuple[ToolCall, ...]) -> list[Obj]:
+        return [self._chunk({"tool_calls": [_call(c) | {"index": i}]}) for i, c in enumerate(calls)]
 
-        wanted = request.path_params["model"]
-        name = await asyncio.to_thread(canonical, wanted)  # NAME:latest is NAME
-        for m in await asyncio.to_thread(catalog.listed):
-            if m.name == name:
-                return JSONResponse(_model(m))
-        raise ModelNotFoundError(f"model '{wanted}' not found", "see GET /v1/models")
+    def last(self, done: Done) -> list[Obj]:
+        def finish() -> Obj:
+            return self._chunk({}, _finish(done.stats, done.calls))
+
+        return [finish()] + ([_with_usage(finish(), done.stats)] if self.include_usage else [])
+
+    def whole(self, done: Done) -> Obj:
+        message: dict[str, Any] = {"role": "assistant", "content": done.text}
+        if done.calls:
+            message["content"] = done.text or None
+            message["tool_calls"] = [_call(c) for c in done.calls]
+        choice = {"index": 0, "message": message, "logprobs": None}
+        return {
+            "id": self.ident,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "system_fingerprint": "localrun",
+            "choices": [choice | {"finish_reason": _finish(done.stats, done.calls)}],
+            "usage": _usage(done.stats),
+        }
+
+    def error(self, e: LocalrunError) -> Obj:
+        return error(e)
+
+
+@dataclass
+class CompletionReply:
+    """``/v1/completions``' objects: text pieces, the finish reason, the usage."""
+
+    model: str
+    include_usage: bool = False
+    ident: str = field(default_factory=lambda: "cmpl-" + secrets.token_hex(12))
+
+    def _chunk(self, text: str, finish: str | None = None) -> Obj:
+        return {
+            "id": self.ident,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "system_fingerprint": "localrun",
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        }
+
+    def opening(self) -> list[Obj]:
+        return []
+
+    def piece(self, text: str) -> list[Obj]:
+        return [self._chunk(text)]
+
+    def called(self, calls: tuple[ToolCall, ...]) -> list[Obj]:
+        return []  # a completion offers no tools
+
+    def last(self, done: Done) -> list[Obj]:
+        def finish() -> Obj:
+            return self._chunk("", _finish(done.stats))
+
+        return [finish()] + ([_with_usage(finish(), done.stats)] if self.include_usage else [])
+
+    def whole(self, done: Done) -> Obj:
+        return self._chunk(done.text, _finish(done.stats)) | {"usage": _usage(done.stats)}
+
+    def error(self, e: LocalrunError) -> Obj:
+        return error(e)
+
+
+def _with_usage(chunk: Obj, stats: Stats) -> Obj:
+    """The stream's usage chunk (``stream_options.include_usage``): no choices."""
+    return chunk | {"choices": [], "usage": _usage(stats)}
+
+
+def embedding_request(body: dict[str, Any]) -> tuple[str, list[str], str]:
+    """``/v1/embeddings``' model, texts and encoding (float or base64)."""
+    name = fields.model_name(body)
+    texts = fields.texts(
+        body.get("input"),
+        "input",
+        allow_empty=False,
+        hint="token arrays are not supported: send the text",
+    )
+    encoding = fields.get(body, "encoding_format", str, "float")
+    if encoding not in ("float", "base64"):
+        raise UsageError(f"'encoding_format' cannot be {encoding!r}", "use float or base64")
+    return name, texts, encoding
+
+
+def embeddings(name: str, vectors: list[list[float]], encoding: str, tokens: int) -> Obj:
+    """``/v1/embeddings``' answer."""
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encoded(v, encoding)}
+        for i, v in enumerate(vectors)
+    ]
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return {"object": "list", "data": data, "model": name, "usage": usage}
 
 
 def _encoded(vector: list[float], encoding: str) -> list[float] | str:
@@ -385,49 +382,5 @@ def _encoded(vector: list[float], encoding: str) -> list[float] | str:
     return base64.b64encode(floats.tobytes()).decode()
 
 
-def _model(m: catalog.Listed) -> dict[str, Any]:
+def model(m: catalog.Listed) -> dict[str, Any]:
     return {"id": m.name, "object": "model", "created": int(m.modified), "owned_by": "localrun"}
-
-
-def _include_usage(body: dict[str, Any]) -> bool:
-    options = fields.get(body, "stream_options", dict, {})
-    return bool(fields.get(options, "include_usage", bool, False))
-
-
-def _event(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
-
-
-def _sse(
-    request: Request,
-    answer: Answer,
-    first: dict[str, Any] | None,
-    piece: Any,
-    finish: Any,
-    include_usage: bool,
-    called: Any = None,
-) -> StreamingResponse:
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            if first is not None:
-                yield _event(first)
-            async with cancel_on_disconnect(request.receive, answer):
-                async for event in answer.events():
-                    if isinstance(event, TextDelta) and event.text:
-                        yield _event(piece(event.text))
-                    elif isinstance(event, Called) and called is not None:
-                        for made in called(event.calls):
-                            yield _event(made)
-                    elif isinstance(event, Finished):
-                        yield _event(finish(event.stats))
-                        if include_usage:
-                            usage = finish(event.stats) | {
-                                "choices": [],
-                                "usage": _usage(event.stats),
-                            }
-                            yield _event(usage)
-            yield b"data: [DONE]\n\n"
-        except LocalrunError as e:
-            yield _event(error_body(request.url.path, e))
-
-    return AnswerResponse(answer, events(), "text/event-stream")
