@@ -320,3 +320,27 @@ def test_hub_from_is_pulled_on_create(cli: Any, tmp_path: Path, tiny_model: Path
         failed = cli(["create", "nope", "-f", str(tmp_path / "Nope")])
         assert failed.exit_code == 1 and "not found on the Hub" in failed.stderr
         assert [r.name for r in recipes.created()] == ["brief"]  # nothing half-made
+
+
+def test_every_surface_reads_a_parameters_range_from_the_one_table() -> None:
+    """top_k out of its range, said alike by a Modelfile, a flag, a --batch line, the Ollama
+    options and the OpenAI fields (each under its own name for it)."""
+    from localrun.engine.jobs import parse_line
+    from localrun.errors import UsageError
+    from localrun.models.parameters import BY_NAME
+    from localrun.models.resolve import Settings
+    from localrun.server import fields, openai
+
+    said = "must be between 0 and 1000000, not -1"
+    assert (BY_NAME["top_k"].low, BY_NAME["top_k"].high) == (0, 1_000_000)
+    with pytest.raises(ModelfileError, match=f"line 2: top_k {said}"):
+        parse("FROM x\nPARAMETER top_k -1\n")
+    with pytest.raises(UsageError, match=f"--top-k {said}"):
+        engine.run_options(Settings(), top_k=-1)
+    defaults = engine.run_options(Settings())
+    with pytest.raises(UsageError, match=f"line 1: top_k {said}"):
+        parse_line('{"prompt": "x", "top_k": -1}', 1, defaults)
+    with pytest.raises(UsageError, match=f"^top_k {said}"):
+        fields.options({"top_k": -1})
+    with pytest.raises(UsageError, match=f"^top_k {said}"):
+        openai.completion_ask({"model": "m", "prompt": "x", "top_k": -1})
