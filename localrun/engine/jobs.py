@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from localrun.backend import SamplingParams
 from localrun.engine.options import RunOptions
 from localrun.engine.types import Request
 from localrun.errors import LocalrunError, UsageError
@@ -48,6 +50,20 @@ def parse_line(text: str, line: int, defaults: RunOptions) -> Job:
     def bad(what: str) -> UsageError:
         return UsageError(f"line {line}: {what}", "see 'localrun run --help' for --batch")
 
+    data = _object(text, bad)
+    messages = _conversation(data, defaults.system, bad)
+    sampling, max_tokens = _numbers(data, defaults.sampling, defaults.max_tokens, bad)
+    stop = _stop(data, defaults.stop, bad)
+    sampling = _constraint(data, sampling, bad)
+    request = Request(tuple(messages), sampling, max_tokens, stop)
+    return Job(line, data.get("id"), request)
+
+
+Bad = Callable[[str], UsageError]  # a line's error, saying what is wrong
+
+
+def _object(text: str, bad: Bad) -> dict[str, Any]:
+    """The line's JSON object, its text checked and its fields known."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -65,18 +81,28 @@ def parse_line(text: str, line: int, defaults: RunOptions) -> Job:
     unknown = sorted(set(data) - FIELDS)
     if unknown:
         raise bad(f"unknown field {unknown[0]!r}")
+    return data
+
+
+def _conversation(data: dict[str, Any], system: str | None, bad: Bad) -> list[Message]:
+    """The line's messages, with its pictures and the system prompt (its own, or the run's)."""
     messages = _messages(data, bad)
     if "images" in data:
         last = max(i for i, m in enumerate(messages) if m.role == "user")
         pictures = _images(data["images"], bad)
         messages[last] = replace(messages[last], images=messages[last].images + pictures)
-    system = data.get("system", defaults.system)
+    system = data.get("system", system)
     if system is not None and not isinstance(system, str):
         raise bad("'system' must be a string")
     if system and not any(m.role == "system" for m in messages):
         messages = [Message("system", system), *messages]
-    sampling = defaults.sampling
-    max_tokens = defaults.max_tokens
+    return messages
+
+
+def _numbers(
+    data: dict[str, Any], sampling: SamplingParams, max_tokens: int | None, bad: Bad
+) -> tuple[SamplingParams, int | None]:
+    """The run's sampling settings and length, with the line's own over them."""
     for field, parameter in _NUMBERS.items():
         if field not in data:
             continue
@@ -95,28 +121,35 @@ def parse_line(text: str, line: int, defaults: RunOptions) -> Job:
             sampling = replace(sampling, seed=int(value) if value >= 0 else None)
         else:
             sampling = replace(sampling, **{field: kind(value)})
-    stop = defaults.stop
-    if "stop" in data:
-        given = data["stop"]
-        given = [given] if isinstance(given, str) else given
-        if not isinstance(given, list) or not all(isinstance(s, str) for s in given):
-            raise bad("'stop' must be a string or a list of strings")
-        stop = tuple(given)
+    return sampling, max_tokens
+
+
+def _stop(data: dict[str, Any], stop: tuple[str, ...], bad: Bad) -> tuple[str, ...]:
+    if "stop" not in data:
+        return stop
+    given = data["stop"]
+    given = [given] if isinstance(given, str) else given
+    if not isinstance(given, list) or not all(isinstance(s, str) for s in given):
+        raise bad("'stop' must be a string or a list of strings")
+    return tuple(given)
+
+
+def _constraint(data: dict[str, Any], sampling: SamplingParams, bad: Bad) -> SamplingParams:
+    """The sampling settings under the line's schema or grammar, if it gives one."""
     if "schema" in data and "grammar" in data:
         raise bad("give 'schema' or 'grammar', not both")
     if "grammar" in data and not isinstance(data["grammar"], str):
         raise bad("'grammar' must be a string (GBNF)")
     try:
         if data.get("schema") == ANY_JSON:
-            sampling = json_value().apply(sampling)
-        elif "schema" in data:
-            sampling = json_schema(data["schema"]).apply(sampling)
-        elif "grammar" in data:
-            sampling = gbnf(data["grammar"], "'grammar'").apply(sampling)
+            return json_value().apply(sampling)
+        if "schema" in data:
+            return json_schema(data["schema"]).apply(sampling)
+        if "grammar" in data:
+            return gbnf(data["grammar"], "'grammar'").apply(sampling)
     except UsageError as e:
         raise bad(e.message) from None
-    request = Request(tuple(messages), sampling, max_tokens, stop)
-    return Job(line, data.get("id"), request)
+    return sampling
 
 
 # JSON's \uXXXX escapes can name half of a UTF-16 pair alone, and Python's decoder gives it
@@ -141,7 +174,7 @@ def lone_surrogate(value: Any) -> str | None:
     return None
 
 
-def _messages(data: dict[str, Any], bad: Any) -> list[Message]:
+def _messages(data: dict[str, Any], bad: Bad) -> list[Message]:
     if ("prompt" in data) == ("messages" in data):
         raise bad("give either 'prompt' or 'messages'")
     if "prompt" in data:
@@ -165,7 +198,7 @@ def _messages(data: dict[str, Any], bad: Any) -> list[Message]:
     return messages
 
 
-def _images(given: Any, bad: Any) -> tuple[Image, ...]:
+def _images(given: Any, bad: Bad) -> tuple[Image, ...]:
     """A line's pictures: files (relative to where localrun runs), or data URLs."""
     if not isinstance(given, list) or not all(isinstance(i, str) for i in given):
         raise bad("'images' must be a list of picture files or data URLs")

@@ -114,51 +114,52 @@ def parse(text: str, source: str = "Modelfile") -> Modelfile:
             )
         if word in ("PARAMETER", "MESSAGE"):
             key, _, rest = rest.partition(" ")
-            rest = rest.strip()
-            value, i = _value(rest, lines, i, source, number)
+            value, i = _value(rest.strip(), lines, i, source, number)
             if word == "PARAMETER":
                 _parameter(mf, key, value, source, number)
             else:
-                role = key.lower()
-                if role not in ROLES:
-                    raise _error(
-                        source,
-                        number,
-                        f"unknown MESSAGE role '{key}'",
-                        "use system, user or assistant",
-                    )
-                mf.messages.append((role, value))
+                _message(mf, key, value, source, number)
             continue
         value, i = _value(rest, lines, i, source, number)
-        if word == "FROM" and not value:
-            raise _error(source, number, "FROM needs a model", "FROM hf.co/ORG/REPO or a path")
-        if word == "PROJECTOR" and not value:
-            raise _error(source, number, "PROJECTOR needs a file", "PROJECTOR ./mmproj-F16.gguf")
-        if word == "PROJECTOR" or (word == "FROM" and mf.from_):
-            # A later FROM is the projector, as in Ollama's Modelfiles.
-            if projector_line:
-                raise _error(
-                    source,
-                    number,
-                    f"a second projector (line {projector_line} names one already)",
-                    "a model takes one projector: keep one PROJECTOR, or one FROM after the first",
-                )
-            mf.projector, mf.projector_instruction, projector_line = value, word, number
-        elif word == "FROM":
-            mf.from_ = value
-        elif word == "SYSTEM":
-            mf.system = value
-        elif word == "TEMPLATE":
-            mf.template = value
-        elif word == "ADAPTER":
-            mf.adapters.append(value)
-        else:
-            mf.license.append(value)
+        projector_line = _instruction(mf, word, value, source, number, projector_line)
     if not mf.from_:
         raise ModelfileError(
             f"{source} has no FROM instruction", "start it with FROM and the base model"
         )
     return mf
+
+
+def _instruction(
+    mf: Modelfile, word: str, value: str, source: str, number: int, projector_line: int
+) -> int:
+    """An instruction of one value (FROM, PROJECTOR, SYSTEM...), into ``mf``. Returns the line
+    that names the projector (0: none yet)."""
+    if word == "FROM" and not value:
+        raise _error(source, number, "FROM needs a model", "FROM hf.co/ORG/REPO or a path")
+    if word == "PROJECTOR" and not value:
+        raise _error(source, number, "PROJECTOR needs a file", "PROJECTOR ./mmproj-F16.gguf")
+    if word == "PROJECTOR" or (word == "FROM" and mf.from_):
+        # A later FROM is the projector, as in Ollama's Modelfiles.
+        if projector_line:
+            raise _error(
+                source,
+                number,
+                f"a second projector (line {projector_line} names one already)",
+                "a model takes one projector: keep one PROJECTOR, or one FROM after the first",
+            )
+        mf.projector, mf.projector_instruction = value, word
+        return number
+    if word == "FROM":
+        mf.from_ = value
+    elif word == "SYSTEM":
+        mf.system = value
+    elif word == "TEMPLATE":
+        mf.template = value
+    elif word == "ADAPTER":
+        mf.adapters.append(value)
+    else:
+        mf.license.append(value)
+    return projector_line
 
 
 def _value(rest: str, lines: list[str], i: int, source: str, number: int) -> tuple[str, int]:
@@ -189,6 +190,15 @@ def _value(rest: str, lines: list[str], i: int, source: str, number: int) -> tup
             raise _error(source, number, "text after the quoted value", "remove it or quote all")
         return str(value), i
     return rest, i
+
+
+def _message(mf: Modelfile, key: str, value: str, source: str, number: int) -> None:
+    role = key.lower()
+    if role not in ROLES:
+        raise _error(
+            source, number, f"unknown MESSAGE role '{key}'", "use system, user or assistant"
+        )
+    mf.messages.append((role, value))
 
 
 def _parameter(mf: Modelfile, key: str, value: str, source: str, number: int) -> None:

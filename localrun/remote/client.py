@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from localrun.engine.output import timed
@@ -70,6 +71,29 @@ def generate(
 
     start = time.perf_counter()
     client = _client(remote, TIMEOUT_S)
+    body = _body(remote, request, send)
+    seen = _Seen(remote, start)
+    started = False
+    try:
+        stream = client.chat.completions.create(**body)
+        started = True
+        yield PromptEvaluated(0, 0, 0.0)
+        for chunk in stream:
+            yield from seen.read(chunk)
+    except openai.APIError as e:
+        raise _translated(remote, e, waited=TIMEOUT_S, started=started) from None
+    except UnicodeDecodeError:  # the openai library decodes the stream's lines as UTF-8
+        raise _invalid(remote, "not UTF-8") from None
+    except json.JSONDecodeError:  # and reads each event's data as JSON
+        raise _invalid(remote, "an event's data is not JSON") from None
+    if not seen.chunks:  # even an empty answer comes as chunks: a role, a finish reason
+        raise _invalid(remote, "no server-sent events of a chat completion")
+    yield Finished(seen.stats(time.perf_counter()))
+
+
+def _body(remote: Remote, request: Request, send: frozenset[str]) -> dict[str, Any]:
+    """The chat completion's request: the messages, the settings in ``send``, the length,
+    the stop strings, the answer's schema."""
     s = request.sampling
     given = [(p, getattr(s, p.name)) for p in _SENT if p.name in send]
     extra = {p.llama_server[0]: value for p, value in given if p.llama_server}
@@ -97,46 +121,50 @@ def generate(
         body["max_tokens"] = request.max_tokens
     if request.stop:
         body["stop"] = list(request.stop)
-    stats = Stats()
-    first = last = 0.0
-    pieces = chunks = 0
+    return body
+
+
+@dataclass
+class _Seen:
+    """What an answer's chunks have brought so far, timed here as they arrive."""
+
+    remote: Remote
+    start: float  # when the request was made
+    first: float = 0.0  # when its first piece of text came
+    last: float = 0.0  # and its last
+    pieces: int = 0
+    chunks: int = 0
     finish: str | None = None
     usage: Any = None
-    started = False
-    try:
-        stream = client.chat.completions.create(**body)
-        started = True
-        yield PromptEvaluated(0, 0, 0.0)
-        for chunk in stream:
-            chunks += 1
-            if (found := getattr(chunk, "usage", None)) is not None:
-                usage = found
-            for text, reason in _choices(remote, chunk):
-                if text:
-                    now = time.perf_counter()
-                    if not first:
-                        first = now
-                        yield FirstToken(now - start)
-                    last = now
-                    pieces += 1
-                    yield TextDelta(text, pieces)
-                if reason:
-                    finish = reason
-    except openai.APIError as e:
-        raise _translated(remote, e, waited=TIMEOUT_S, started=started) from None
-    except UnicodeDecodeError:  # the openai library decodes the stream's lines as UTF-8
-        raise _invalid(remote, "not UTF-8") from None
-    except json.JSONDecodeError:  # and reads each event's data as JSON
-        raise _invalid(remote, "an event's data is not JSON") from None
-    if not chunks:  # even an empty answer comes as chunks: a role, a finish reason
-        raise _invalid(remote, "no server-sent events of a chat completion")
-    end = time.perf_counter()
-    stats.prompt_tokens = _count(getattr(usage, "prompt_tokens", 0))  # evaluated: not known
-    stats.completion_tokens = _count(getattr(usage, "completion_tokens", 0)) or pieces
-    stats.finish_reason = FinishReason.LENGTH if finish == "length" else FinishReason.STOP
-    # The same definitions as a local answer's (its prefill is not known: 0 here).
-    timed(stats, start=start, first=first, last=last, sampled=stats.completion_tokens, end=end)
-    yield Finished(stats)
+
+    def read(self, chunk: Any) -> Iterator[Event]:
+        """A chunk's events: its text, FirstToken before the first."""
+        self.chunks += 1
+        if (found := getattr(chunk, "usage", None)) is not None:
+            self.usage = found
+        for text, reason in _choices(self.remote, chunk):
+            if text:
+                now = time.perf_counter()
+                if not self.first:
+                    self.first = now
+                    yield FirstToken(now - self.start)
+                self.last = now
+                self.pieces += 1
+                yield TextDelta(text, self.pieces)
+            if reason:
+                self.finish = reason
+
+    def stats(self, end: float) -> Stats:
+        stats = Stats()
+        stats.prompt_tokens = _count(getattr(self.usage, "prompt_tokens", 0))  # not known
+        stats.completion_tokens = _count(getattr(self.usage, "completion_tokens", 0))
+        stats.completion_tokens = stats.completion_tokens or self.pieces
+        reason = FinishReason.LENGTH if self.finish == "length" else FinishReason.STOP
+        stats.finish_reason = reason
+        # The same definitions as a local answer's (its prefill is not known: 0 here).
+        timed(stats, start=self.start, first=self.first, last=self.last,
+              sampled=stats.completion_tokens, end=end)  # fmt: skip
+        return stats
 
 
 def _choices(remote: Remote, chunk: Any) -> Iterator[tuple[str | None, str | None]]:

@@ -197,7 +197,7 @@ def _modelfile(body: dict[str, Any]) -> Any:
     """The Modelfile a create request describes, checked as a Modelfile is."""
     from localrun.hub import store
     from localrun.hub.refs import is_hub_ref
-    from localrun.models.modelfile import PARAMETERS, Modelfile, parse
+    from localrun.models.modelfile import Modelfile, parse
 
     text = fields.get(body, "modelfile", str)  # older clients send the Modelfile itself
     mf = parse(text, "the request's modelfile") if text else Modelfile()
@@ -236,39 +236,49 @@ def _modelfile(body: dict[str, Any]) -> Any:
     if (template := fields.get(body, "template", str)) is not None:
         mf.template = template
     for name, value in fields.get(body, "parameters", dict, {}).items():
-        if name not in PARAMETERS:
-            raise UsageError(
-                f"unknown parameter {json.dumps(name)[:40]}", f"use one of {', '.join(PARAMETERS)}"
-            )
-        values = value if name == "stop" and isinstance(value, list) else [value]
-        for v in values:
-            if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-                raise UsageError(f"parameter {name} cannot be {json.dumps(v)[:40]}")
-            if name != "stop" and isinstance(v, str) and len(v.splitlines()) > 1:
-                # Written unquoted (a number's text): a break would start an instruction.
-                raise UsageError(f"parameter {name} cannot hold a line break")
-            if name == "stop":
-                mf.stop.append(str(v))
-            else:
-                mf.parameters[name] = v
+        _parameter(mf, name, value)
     for i, m in enumerate(fields.get(body, "messages", list, [])):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise UsageError(f"{where} must be an object with 'role' and 'content'")
         role = fields.get(m, "role", str, "", where=where)
         mf.messages.append((role, fields.get(m, "content", str, "", where=where)))
-    license_ = body.get("license")
-    if license_ is not None:
-        texts = [license_] if isinstance(license_, str) else license_
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise UsageError("'license' must be a string or a list of strings")
-        mf.license = list(texts)
+    if body.get("license") is not None:
+        mf.license = _license(body["license"])
     # Read back as a Modelfile file is: each parameter's name, type and range checked.
     checked = parse(mf.to_text(), "the request")
     if checked.from_ != base or checked.adapters or checked.projector is not None:
         # nothing in a value became an instruction
         raise UsageError("the request's fields do not make a valid Modelfile")
     return checked
+
+
+def _parameter(mf: Any, name: str, value: Any) -> None:
+    """A create request's parameter (``stop`` may be a list), into ``mf``."""
+    from localrun.models.modelfile import PARAMETERS
+
+    if name not in PARAMETERS:
+        raise UsageError(
+            f"unknown parameter {json.dumps(name)[:40]}", f"use one of {', '.join(PARAMETERS)}"
+        )
+    values = value if name == "stop" and isinstance(value, list) else [value]
+    for v in values:
+        if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+            raise UsageError(f"parameter {name} cannot be {json.dumps(v)[:40]}")
+        if name != "stop" and isinstance(v, str) and len(v.splitlines()) > 1:
+            # Written unquoted (a number's text): a break would start an instruction.
+            raise UsageError(f"parameter {name} cannot hold a line break")
+        if name == "stop":
+            mf.stop.append(str(v))
+        else:
+            mf.parameters[name] = v
+
+
+def _license(value: Any) -> list[str]:
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise UsageError("'license' must be a string or a list of strings")
+    return list(texts)
 
 
 def _quantized(name: str, mf: Any, type_name: str) -> dict[str, Any]:
