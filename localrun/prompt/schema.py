@@ -17,17 +17,17 @@ where it is:
   hold (see :mod:`localrun.prompt.grammar`), contradictory bounds, a ``$ref`` that leads
   nowhere, a pattern that is not a regular expression or that the converter misreads.
 
-A pattern's ``\\d``, ``\\w`` and ``\\s`` become the classes they stand for (``\\s`` as a
-space alone: JSON writes the other spaces escaped, which the pattern would not match).
+A pattern is made ready by :mod:`localrun.prompt.pattern`.
 """
 
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Callable
 from typing import Any
 
 from localrun.errors import UsageError
+from localrun.prompt.pattern import pattern
 
 MAX_SCHEMA_REPEAT = 1_000  # maxLength, minItems...: past this llama.cpp refuses the grammar
 MAX_ENUM = 4_000  # values of one enum (its grammar has a few alternatives more)
@@ -126,9 +126,20 @@ class _Preparer:
 
     def keyword(self, key: str, value: Any, where: str, depth: int) -> Any:
         """One keyword's value, checked (and its schemas prepared)."""
-        at = f"{where}.{key}"
         if key in _BOUNDS:
             return _bound(key, value, where)
+        if key in _SCHEMAS or key in _LISTS or key in ("items", "additionalProperties"):
+            return self.subschemas(key, value, where, depth)
+        if key == "$ref":
+            return self.reference(value, where)
+        check = _CHECKS.get(key)
+        if check is None:
+            raise AssertionError(key)  # every key of ENFORCED is handled above
+        return check(key, value, where)
+
+    def subschemas(self, key: str, value: Any, where: str, depth: int) -> Any:
+        """A keyword's value that holds schemas, each prepared."""
+        at = f"{where}.{key}"
         if key in _SCHEMAS:
             if not isinstance(value, dict):
                 raise UsageError(f"the schema's '{key}' (at {where}) must be an object", _HINT)
@@ -140,54 +151,9 @@ class _Preparer:
                     _HINT,
                 )
             return [self.visit(sub, f"{at}[{i}]", depth + 1) for i, sub in enumerate(value)]
-        if key == "items":
-            return self.visit(value, at, depth + 1)
-        if key == "additionalProperties":
-            return value if isinstance(value, bool) else self.visit(value, at, depth + 1)
-        if key == "type":
-            kinds = value if isinstance(value, list) else [value]
-            bad = [k for k in kinds if not isinstance(k, str) or k not in TYPES]
-            if bad or not kinds:
-                raise UsageError(
-                    f"the schema's type {(bad[0] if bad else value)!r} (at {where}) "
-                    "is not a JSON schema type",
-                    "types: " + ", ".join(sorted(TYPES)),
-                )
+        if key == "additionalProperties" and isinstance(value, bool):
             return value
-        if key == "required":
-            if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
-                raise UsageError(
-                    f"the schema's 'required' (at {where}) must be a list of names", _HINT
-                )
-            return value
-        if key == "format":
-            if value not in FORMATS:
-                raise UsageError(
-                    f"the schema's format {str(value)[:40]!r} (at {where}) cannot be "
-                    "enforced by a grammar",
-                    "formats that can: " + ", ".join(sorted(FORMATS)) + "; or use a pattern",
-                )
-            return value
-        if key == "pattern":
-            return _pattern(value, where)
-        if key == "$ref":
-            return self.reference(value, where)
-        if key in ("enum", "const"):
-            values = value if key == "enum" else [value]
-            if not isinstance(values, list) or not values:
-                raise UsageError(
-                    f"the schema's enum (at {where}) must be a non-empty list of values", _HINT
-                )
-            if len(values) > MAX_ENUM:
-                raise UsageError(
-                    f"the schema's enum (at {where}) has {len(values):,} values, more than "
-                    f"the {MAX_ENUM:,} a grammar can hold here",
-                    "offer fewer values, or use a pattern",
-                )
-            for v in values:
-                _value_depth(v, f"{where}.{key}")
-            return value
-        raise AssertionError(key)  # every key of ENFORCED is handled above
+        return self.visit(value, at, depth + 1)  # items, additionalProperties
 
     def reference(self, ref: Any, where: str) -> str:
         """A ``$ref`` must lead to a part of this schema (nothing is fetched)."""
@@ -300,6 +266,51 @@ class _Preparer:
         return schema
 
 
+def _type(key: str, value: Any, where: str) -> Any:
+    kinds = value if isinstance(value, list) else [value]
+    bad = [k for k in kinds if not isinstance(k, str) or k not in TYPES]
+    if bad or not kinds:
+        raise UsageError(
+            f"the schema's type {(bad[0] if bad else value)!r} (at {where}) "
+            "is not a JSON schema type",
+            "types: " + ", ".join(sorted(TYPES)),
+        )
+    return value
+
+
+def _required(key: str, value: Any, where: str) -> Any:
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise UsageError(f"the schema's 'required' (at {where}) must be a list of names", _HINT)
+    return value
+
+
+def _format(key: str, value: Any, where: str) -> Any:
+    if value not in FORMATS:
+        raise UsageError(
+            f"the schema's format {str(value)[:40]!r} (at {where}) cannot be enforced by a grammar",
+            "formats that can: " + ", ".join(sorted(FORMATS)) + "; or use a pattern",
+        )
+    return value
+
+
+def _values(key: str, value: Any, where: str) -> Any:
+    """An enum's values, or a const's value."""
+    values = value if key == "enum" else [value]
+    if not isinstance(values, list) or not values:
+        raise UsageError(
+            f"the schema's enum (at {where}) must be a non-empty list of values", _HINT
+        )
+    if len(values) > MAX_ENUM:
+        raise UsageError(
+            f"the schema's enum (at {where}) has {len(values):,} values, more than "
+            f"the {MAX_ENUM:,} a grammar can hold here",
+            "offer fewer values, or use a pattern",
+        )
+    for v in values:
+        _value_depth(v, f"{where}.{key}")
+    return value
+
+
 def _bound(key: str, value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise UsageError(
@@ -344,105 +355,12 @@ def _is_type(value: Any, kind: str) -> bool:
     return isinstance(value, python[kind])
 
 
-# Shorthand classes, as explicit ones the converter passes on to llama.cpp (which knows none).
-_SHORTHAND = {"d": "0-9", "w": "a-zA-Z0-9_", "s": " "}
-_CONVERTER_UNESCAPES = set("[]()|{}*+?")  # outside a class, the converter reads these itself
-
-
-def _escaped(letter: str, in_class: bool, where: str) -> str:
-    """A pattern's escape ``\\letter`` as the converter and llama.cpp read it: shorthand
-    classes spelled out, other punctuation as a hex escape (llama.cpp knows no ``\\.``)."""
-    if letter in _SHORTHAND:
-        return _SHORTHAND[letter] if in_class else f"[{_SHORTHAND[letter]}]"
-    if letter.isalnum() and letter not in "tnrfv":
-        raise UsageError(
-            f"the schema's pattern (at {where}) uses \\{letter}, which a grammar cannot enforce",
-            "spell it out as a class, such as [^0-9] for \\D",
-        )
-    if (
-        letter in "tnrfv"
-        or (in_class and letter in "]\\")
-        or (not in_class and letter in _CONVERTER_UNESCAPES | {"\\"})
-    ):
-        return "\\" + letter
-    # A class of one: the converter splits a literal's last character off (for a repetition
-    # that may follow), which would cut a hex escape in two.
-    hexed = f"\\x{ord(letter):02X}" if ord(letter) < 256 else f"\\u{ord(letter):04X}"
-    return hexed if in_class else f"[{hexed}]"
-
-
-_QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(?:(,)\s*(\d*)\s*)?\}")
-
-
-def _pattern(value: Any, where: str) -> str:
-    """A pattern as the converter can read it: a regular expression, its shorthand classes
-    spelled out, its repetitions within what a grammar can hold."""
-    if not isinstance(value, str):
-        raise UsageError(
-            f"the schema's pattern (at {where}) must be a string", "give a regular expression"
-        )
-    try:
-        re.compile(value)
-    except RecursionError:
-        raise UsageError(
-            f"the schema's pattern (at {where}) nests too deeply for a grammar",
-            "flatten its parentheses",
-        ) from None
-    except (re.error, OverflowError) as e:
-        raise UsageError(
-            f"the schema's pattern (at {where}) is not a regular expression: {e}",
-            "fix the pattern",
-        ) from None
-    if not value.startswith("^") or not value.endswith("$") or value.endswith("\\$"):
-        raise UsageError(
-            f"the schema's pattern (at {where}) is not anchored at both ends (^...$): a "
-            "grammar can enforce only a whole-text pattern",
-            "write it as ^...$, with .* where any text may stand",
-        )
-    out: list[str] = []
-    # The most times anything inside each open group repeats, its inner repetitions
-    # multiplied in: ((a{0,9}){0,9}){0,9} keeps 729 ways open at once, and llama.cpp follows
-    # each of them (four levels of {0,20} ran for minutes).
-    inside = [1]
-    last = 1  # how many times the item before a quantifier repeats within itself
-    i, n, in_class = 0, len(value), False
-    while i < n:
-        c = value[i]
-        if c == "\\" and i + 1 < n:
-            out.append(_escaped(value[i + 1], in_class, where))
-            i, last = i + 2, 1
-            continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class, last = True, 1
-        elif c == "(":
-            inside.append(1)
-        elif c == ")" and len(inside) > 1:
-            last = inside.pop()
-            inside[-1] = max(inside[-1], last)
-        elif c == "{" and (found := _QUANTIFIER.match(value, i)):
-            low, comma, high = found.groups()
-            if comma and low and high and int(low) > int(high):
-                raise UsageError(
-                    f"the schema's pattern (at {where}) repeats {found.group(0)}: its least "
-                    "is more than its most",
-                    "give {m,n} with m at most n",
-                )
-            times = last * max(int(high or low or 0), 1)
-            if times > MAX_SCHEMA_REPEAT:
-                within = f", {times:,} with the repetitions inside it" if last > 1 else ""
-                raise UsageError(
-                    f"the schema's pattern (at {where}) repeats {found.group(0)} times"
-                    f"{within}: a grammar can enforce at most {MAX_SCHEMA_REPEAT:,}",
-                    "lower the bounds, or use * or + and check the length yourself",
-                )
-            inside[-1] = max(inside[-1], times)
-            out.append(found.group(0))
-            i = found.end()
-            continue
-        else:
-            last = 1
-        out.append(c)
-        i += 1
-    return "".join(out)
+# The keywords whose values hold no schemas: each one's check (which may rewrite it).
+_CHECKS: dict[str, Callable[[str, Any, str], Any]] = {
+    "type": _type,
+    "required": _required,
+    "format": _format,
+    "pattern": lambda key, value, where: pattern(value, where, MAX_SCHEMA_REPEAT),
+    "enum": _values,
+    "const": _values,
+}
