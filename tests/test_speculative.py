@@ -9,7 +9,7 @@ import pytest
 from localrun.backend import LoadOptions, SamplingParams, load
 from localrun.engine.batch import BatchEngine, Job, collect
 from localrun.engine.speculative import Pace, lookup
-from tests.test_draft import Recorder, check_greedy_rule
+from tests.speculation import Recorder, check_greedy_rule
 
 GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)
 
