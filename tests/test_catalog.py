@@ -128,11 +128,12 @@ def test_a_modelfile_template_makes_a_chat_model_in_every_description(
     api = api_show("templated")
     assert api["template"] == template and "tools" in api["capabilities"]
     from localrun import engine
+    from localrun.engine.answerer import LocalAnswerer
     from localrun.engine.chat import ChatSession
 
     loaded = engine.load_model("templated", n_ctx=256, n_threads=1)
     try:
-        session = ChatSession(loaded)
+        session = ChatSession(LocalAnswerer(loaded))
         assert session.mode == "chat" and session.template == resolve("templated").settings.template
     finally:
         loaded.close()

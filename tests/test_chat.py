@@ -15,6 +15,7 @@ from rich.console import Console
 from localrun.backend import SamplingParams
 from localrun.cli.chat import ChatUI, is_chat_file
 from localrun.engine import Finished, LoadedModel, TextDelta
+from localrun.engine.answerer import LocalAnswerer
 from localrun.engine.chat import ChatSession, LoadSettings, Options, Trimmed
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
 from localrun.models import recipes
@@ -28,7 +29,19 @@ from tests.tinygguf import CHATML_TEMPLATE
 
 def session(model: ScriptedModel, **kwargs: object) -> ChatSession:
     loaded = LoadedModel(name="m", path=Path("m.gguf"), model=model, load_s=0.1)
-    return ChatSession(loaded, **kwargs)  # type: ignore[arg-type]
+    return ChatSession(local(loaded, kwargs), **kwargs)  # type: ignore[arg-type]
+
+
+def local(loaded: LoadedModel, kwargs: dict[str, object]) -> LocalAnswerer:
+    """The model loaded here, with the load settings in ``kwargs`` (taken out of them)."""
+    how = kwargs.pop("load", None)
+    assert how is None or isinstance(how, LoadSettings)
+    return LocalAnswerer(loaded, how)
+
+
+def loaded_of(session: ChatSession) -> LoadedModel:
+    assert isinstance(session.model, LocalAnswerer)
+    return session.model.loaded
 
 
 def text_of(events: object) -> str:
@@ -187,7 +200,7 @@ def chat_ui(
     model = model or chat_model(n_ctx=2048)
     loaded = LoadedModel(name=name, path=Path(name), model=model, load_s=load_s)
     c = console()
-    return ChatUI(ChatSession(loaded, **kwargs), c, live=False), c  # type: ignore[arg-type]
+    return ChatUI(ChatSession(local(loaded, kwargs), **kwargs), c, live=False), c  # type: ignore[arg-type]
 
 
 def test_ctrl_c_at_the_prompt_drops_the_line_and_the_chat_goes_on() -> None:
@@ -224,7 +237,7 @@ def test_ctrl_c_during_an_answer_stops_it_and_keeps_the_chat() -> None:
 
 def test_only_the_first_answer_counts_the_load_time() -> None:
     s = session(chat_model())
-    s.loaded.load_s = 30.0  # far more than a scripted answer takes
+    loaded_of(s).load_s = 30.0  # far more than a scripted answer takes
     list(s.ask("one"))
     first = s.last_stats
     list(s.ask("two"))
@@ -341,7 +354,7 @@ def test_load_name_goes_on_with_the_saved_model_without_loading_it_again(
     def no_load(*args: object, **kwargs: object) -> LoadedModel:
         raise AssertionError("the same weights were loaded again")
 
-    monkeypatch.setattr("localrun.engine.chat.load_model", no_load)
+    monkeypatch.setattr("localrun.engine.reload.load_model", no_load)
     ui, c = chat_ui(name=str(tiny_chat_model))
     ui.run(reader("/load mychat", "/show system", "/show parameters", "more"))
     s = ui.session
@@ -364,10 +377,10 @@ def test_load_name_of_other_weights_loads_them_in_place(
         loads.append({"name": name, **kwargs})
         return LoadedModel(name=name, path=Path(str(kwargs["path"])), model=new_model, load_s=2.0)
 
-    monkeypatch.setattr("localrun.engine.chat.load_model", fake_load)
+    monkeypatch.setattr("localrun.engine.reload.load_model", fake_load)
     ui, c = chat_ui(name=str(tiny_chat_model), load=LoadSettings(n_threads=5, n_ctx=256))
-    old_model = ui.session.loaded.model
-    loaded = ui.session.loaded
+    old_model = loaded_of(ui.session).model
+    loaded = loaded_of(ui.session)
     ui.run(reader("hi", f"/load {tiny_model}"))
     assert "Loaded model" not in c.export_text()  # a path: the file form, not a model
     ui.run(reader("/load tiny-base"))
@@ -375,7 +388,9 @@ def test_load_name_of_other_weights_loads_them_in_place(
     recipes.record("tiny-base", Modelfile(from_=str(tiny_model)), Path.cwd())
     ui.run(reader("/load tiny-base", "go on"))
     assert old_model.closed  # type: ignore[attr-defined]
-    assert ui.session.loaded is loaded and loaded.model is new_model  # whoever loaded it closes it
+    assert (
+        loaded_of(ui.session) is loaded and loaded.model is new_model
+    )  # whoever loaded it closes it
     assert [(x["name"], x["path"], x["n_threads"]) for x in loads] == [("tiny-base", tiny_model, 5)]
     assert [m.content for m in ui.session.messages] == ["go on", "new"]
     assert "completion mode" in c.export_text()  # the tiny base model has no chat template
@@ -393,7 +408,7 @@ def test_num_ctx_loads_again_and_keeps_the_conversation(
         model = chat_model(n_ctx=int(str(kwargs["n_ctx"])))
         return LoadedModel(name=name, path=Path(str(kwargs["path"])), model=model, load_s=1.5)
 
-    monkeypatch.setattr("localrun.engine.chat.load_model", fake_load)
+    monkeypatch.setattr("localrun.engine.reload.load_model", fake_load)
     monkeypatch.chdir(tmp_path)
     ui, c = chat_ui(name=str(tiny_chat_model))
     ui.run(reader("hello", "/set parameter num_ctx 512", "/set parameter num_ctx lots",

@@ -13,6 +13,7 @@ from rich.console import Console
 from localrun.cli.chat import ChatUI, read_message
 from localrun.cli.chatview import AnswerState, AnswerView, split_markdown, status_line, summary_line
 from localrun.engine import FirstToken, LoadedModel, PromptEvaluated, Stats, TextDelta
+from localrun.engine.answerer import LocalAnswerer
 from localrun.engine.chat import ChatSession
 from localrun.engine.types import PrefillProgress
 from tests.scripted import ScriptedModel
@@ -170,7 +171,7 @@ def test_answer_view_without_wordwrap_streams_raw_text() -> None:
 def ui_for(model: ScriptedModel) -> tuple[ChatUI, Console]:
     loaded = LoadedModel(name="tiny", path=Path("tiny.gguf"), model=model, load_s=0.25)
     c = console()
-    return ChatUI(ChatSession(loaded), c, live=False), c
+    return ChatUI(ChatSession(LocalAnswerer(loaded)), c, live=False), c
 
 
 def script(*lines: str) -> object:

@@ -301,11 +301,12 @@ def test_save_asks_before_overwriting(tmp_path: Path, tiny_chat_model: Path) -> 
 
     from localrun import engine
     from localrun.cli.chat import ChatUI
+    from localrun.engine.answerer import LocalAnswerer
     from localrun.engine.chat import ChatSession
 
     loaded = engine.load_model(str(tiny_chat_model), n_threads=1, gpu_layers=0)
     try:
-        session = ChatSession(loaded)
+        session = ChatSession(LocalAnswerer(loaded))
         session.messages.append(engine.Message("user", "hello"))
         console = Console(file=open(os.devnull, "w"), width=80)  # noqa: SIM115
         ui = ChatUI(session, console, live=False)

@@ -196,6 +196,7 @@ def test_a_saved_chat_is_read_back_by_a_later_session(
     tiny_chat_model: Path, tmp_path: Path
 ) -> None:
     from localrun.engine import load_model
+    from localrun.engine.answerer import LocalAnswerer
     from localrun.engine.chat import ChatSession, Options
     from localrun.engine.types import Finished, TextDelta
 
@@ -204,7 +205,7 @@ def test_a_saved_chat_is_read_back_by_a_later_session(
     def session(cache: bool) -> tuple[object, ChatSession]:
         loaded = load_model(str(tiny_chat_model), n_threads=1, path=tiny_chat_model)
         loaded.prompt_cache = cache
-        return loaded, ChatSession(loaded, options=Options(GREEDY, max_tokens=8))
+        return loaded, ChatSession(LocalAnswerer(loaded), options=Options(GREEDY, max_tokens=8))
 
     def ask(chat: ChatSession, text: str) -> tuple[str, int]:
         parts, from_disk = [], -1

@@ -145,26 +145,26 @@ def test_a_chat_with_a_remote(
 ) -> None:
     """The chat's session over a remote engine: the whole conversation goes each turn, the
     history grows, /save and /load work, and an engine's refusal leaves the chat going."""
-    from localrun.engine.chat import Options
+    from localrun.engine.chat import ChatSession, Options
     from localrun.engine.types import Finished
     from localrun.errors import LocalrunError
-    from localrun.remote.chat import RemoteChatSession
+    from localrun.remote.answerer import RemoteAnswerer
     from localrun.remote.registry import Remote, base_url
 
     monkeypatch.setenv("KEY", "sesame")
     remote = Remote("far", base_url(server.url), "tiny", "KEY")
-    session = RemoteChatSession(remote, system="Be brief.", options=Options(max_tokens=5))
+    session = ChatSession(RemoteAnswerer(remote), system="Be brief.", options=Options(max_tokens=5))
     first = list(session.ask("hello"))
     assert isinstance(first[-1], Finished) and first[-1].stats.completion_tokens == 5
     session.set_parameter("temperature", "0")
-    assert "temperature" in session.send  # sent from now on; the engine's defaults until then
+    assert "temperature" in session.changed  # sent from now on; the engine's defaults until then
     list(session.ask("and again"))
     assert [m.role for m in session.messages] == ["user", "assistant", "user", "assistant"]
     # The second turn carried the first: the engine counted more prompt tokens.
     assert session.last_stats is not None and session.last_stats.prompt_tokens > 20
     path = tmp_path / "chat.json"
     session.save(path)
-    other = RemoteChatSession(remote)
+    other = ChatSession(RemoteAnswerer(remote))
     other.load(path)
     assert other.messages == session.messages and other.system == "Be brief."
     monkeypatch.setenv("KEY", "wrong")

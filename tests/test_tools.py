@@ -310,6 +310,7 @@ def test_the_clients_get_tool_calls(
 def test_the_chat_offers_tools_and_shows_calls(qwen_tiny: Path, tmp_path: Path) -> None:
     """/tools FILE: the tools reach the template, a call comes back as a Called event (here
     held to one by a grammar, as --grammar would), and the next turn renders it."""
+    from localrun.engine.answerer import LocalAnswerer
     from localrun.engine.chat import ChatSession, Options
     from localrun.engine.load import load_model
     from localrun.engine.types import Called, Finished
@@ -319,7 +320,9 @@ def test_the_chat_offers_tools_and_shows_calls(qwen_tiny: Path, tmp_path: Path) 
         file = tmp_path / "tools.json"
         file.write_text(json.dumps(OPENAI_TOOLS))
         held = call_grammar(FORMS["hermes"], (WEATHER,))
-        session = ChatSession(loaded, options=Options(SamplingParams(grammar=held), 200))
+        session = ChatSession(
+            LocalAnswerer(loaded), options=Options(SamplingParams(grammar=held), 200)
+        )
         assert session.load_tools(file) == 2
         events = list(session.ask("weather in paris?"))
         called = [e for e in events if isinstance(e, Called)]

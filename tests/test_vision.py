@@ -25,6 +25,7 @@ from rich.console import Console
 
 from localrun import engine
 from localrun.backend import SamplingParams
+from localrun.engine.answerer import LocalAnswerer
 from localrun.engine.batch import Job, collect, image_cut
 from localrun.engine.chat import ChatSession, Options
 from localrun.engine.prompt_cache import PromptCache
@@ -286,7 +287,7 @@ def test_chat_image_command_attaches_to_the_next_message(
     from localrun.cli.chat import ChatUI
 
     console = Console(width=160, record=True, color_system=None, force_terminal=False)
-    session = ChatSession(loaded)
+    session = ChatSession(LocalAnswerer(loaded))
     session.options = Options(GREEDY, max_tokens=6)
     ui = ChatUI(session, console, live=False)
     lines = iter([f"/image {pictures[0]}", "what is it", f"and this? {pictures[1]}", "/bye"])
@@ -302,7 +303,7 @@ def test_chat_image_command_attaches_to_the_next_message(
 
 def saved_chat(loaded: engine.LoadedModel, image: Path, path: Path) -> Path:
     """A chat of one turn about ``image``, saved to ``path``."""
-    session = ChatSession(loaded)
+    session = ChatSession(LocalAnswerer(loaded))
     session.options = Options(GREEDY, max_tokens=2)
     list(session.ask("look", [read_image(image)]))
     session.save(path)
@@ -315,7 +316,7 @@ def blind_chat() -> ChatSession:
 
     model = ScriptedModel([b"hi"], chat_template=CHATML_TEMPLATE)
     text = engine.LoadedModel(name="t", path=Path("t.gguf"), model=model, load_s=0.1)  # type: ignore[arg-type]
-    return ChatSession(text)
+    return ChatSession(LocalAnswerer(text))
 
 
 def test_a_saved_chat_keeps_its_images(
@@ -323,7 +324,7 @@ def test_a_saved_chat_keeps_its_images(
 ) -> None:
     saved = json.loads(saved_chat(loaded, pictures[0], tmp_path / "chat.json").read_text())
     assert base64.b64decode(saved["messages"][0]["images"][0]) == pictures[0].read_bytes()
-    other = ChatSession(loaded)
+    other = ChatSession(LocalAnswerer(loaded))
     other.load(tmp_path / "chat.json")
     assert other.messages[0].images[0].digest == read_image(pictures[0]).digest
 

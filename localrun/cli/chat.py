@@ -15,12 +15,11 @@ from rich.text import Text
 
 from localrun import paths
 from localrun.cli.chatview import AnswerState, AnswerView, summary_line
-from localrun.cli.output import format_remote_stats, format_stats
+from localrun.cli.output import format_figures
 from localrun.engine import CHAT, Stats
 from localrun.engine.chat import ChatEvent, ChatSession
 from localrun.engine.types import Called
 from localrun.errors import LocalrunError, NoVisionError, UsageError
-from localrun.gguf.reader import file_type_name
 from localrun.images import Image, read_image, split_image_paths
 
 HELP = """Commands:
@@ -166,11 +165,7 @@ class ChatUI:
 
     def _described(self, stats: Stats) -> str:
         """The full statistics of an answer, as --verbose prints them."""
-        from localrun.remote.chat import RemoteChatSession
-
-        if isinstance(self.session, RemoteChatSession):
-            return format_remote_stats(stats)
-        return format_stats(stats, self.session.loaded, self.session.threads)
+        return format_figures(self.session.model.described(stats, self.session.threads))
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -316,7 +311,7 @@ class ChatUI:
             notes = self.session.resize(value)
         for note in notes:
             self.console.print(Text(note, style="yellow"))
-        seconds = self.session.loaded.load_s
+        seconds = self.session.model.load_s
         self.console.print(
             f"Set parameter 'num_ctx' to '{value}': the model was loaded again in "
             f"{seconds:.2f} s, with a context of {self.session.n_ctx} tokens; the conversation "
@@ -332,38 +327,16 @@ class ChatUI:
 
     def _local(self, command: str) -> None:
         """Refuse ``command`` in a chat with a remote engine: it loads the model here."""
-        from localrun.remote.chat import RemoteChatSession
-
-        if isinstance(self.session, RemoteChatSession):
+        if not self.session.model.loads_here:
             raise UsageError(
                 f"{command} loads a model here; the remote engine loads its own",
                 "run a local model for it",
             )
 
     def _show(self, what: str) -> None:
-        from localrun.remote.chat import RemoteChatSession
-
         session = self.session
-        if what == "info" and isinstance(session, RemoteChatSession):
-            about = (("model", session.remote.model), ("engine", session.remote.url))
-            for key, value in about:
-                self.console.print(f"  {key:<13} {value}", highlight=False)
-        elif what == "info":
-            loaded = session.loaded
-            meta = loaded.model.metadata
-            file_type = meta.get("general.file_type")
-            quant = file_type_name(int(file_type)) if file_type else "?"
-            rows = [
-                ("model", loaded.name),
-                ("path", str(loaded.path)),
-                ("architecture", meta.get("general.architecture", "?")),
-                ("quantization", quant or "?"),
-                ("context", f"{loaded.model.n_ctx} (trained {loaded.model.n_ctx_train})"),
-                ("mode", loaded.mode),
-                ("layers", loaded.plan.describe()),
-                *([("projector", str(loaded.projector))] if loaded.projector else []),
-            ]
-            for key, value in rows:
+        if what == "info":
+            for key, value in session.model.about():
                 self.console.print(f"  {key:<13} {value}", highlight=False)
         elif what == "parameters":
             for name, setting in session.parameters().items():
@@ -420,9 +393,8 @@ class ChatUI:
     def _save_model(self, name: str) -> None:
         """/save NAME: the conversation as a created model, as Ollama's /save makes one."""
         from localrun.models import recipes
-        from localrun.remote.chat import RemoteChatSession
 
-        if isinstance(self.session, RemoteChatSession):
+        if not self.session.model.loads_here:
             raise UsageError(
                 "/save NAME makes a model here FROM the one in use; a remote engine's is not one",
                 "keep the conversation in a file: /save chat.json",

@@ -347,10 +347,11 @@ def run(
                 raise typer.Exit(1)
             return
         if chat_mode:
-            from localrun.remote.chat import RemoteChatSession
+            from localrun.engine.chat import ChatSession
+            from localrun.remote.answerer import RemoteAnswerer
 
             _chat_session(
-                RemoteChatSession(remote, send=send), text, piped, opts, verbose=verbose,
+                ChatSession(RemoteAnswerer(remote, send=send)), text, piped, opts, verbose=verbose,
                 wordwrap=not nowordwrap, images=pictures,
             )  # fmt: skip
             return
@@ -507,9 +508,10 @@ def _chat(
     images: list[Image],
     load: LoadSettings,
 ) -> None:
+    from localrun.engine.answerer import LocalAnswerer
     from localrun.engine.chat import ChatSession
 
-    session = ChatSession(loaded, load=load)
+    session = ChatSession(LocalAnswerer(loaded, load))
     _chat_session(session, text, piped, opts, verbose=verbose, wordwrap=wordwrap, images=images)
 
 

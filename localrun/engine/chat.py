@@ -1,8 +1,11 @@
-"""A multi-turn chat with a loaded model: history, parameters, context management.
+"""A multi-turn chat with any model: history, parameters, context management.
 
 The engine side of ``localrun run``'s interactive mode; the terminal view lives in the
-CLI. Each turn renders the whole conversation, and the backend reuses the KV cache
-for the prefix it has already evaluated, so only the new tokens are prefilled.
+CLI. The session holds the conversation and the settings of the next answer; the model
+answering is an :class:`~localrun.engine.answerer.Answerer`, loaded here or a remote
+engine, and the session never asks which. Each turn sends the whole conversation, and the
+engine reuses the KV cache for the prefix it has already evaluated, so only the new tokens
+are prefilled.
 """
 
 from __future__ import annotations
@@ -11,51 +14,28 @@ import base64
 import copy
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 from localrun.backend import SamplingParams
-from localrun.backend.llamacpp.offload import AUTO
-from localrun.engine.load import LoadedModel, load_model, speculate
-from localrun.engine.options import run_options
-from localrun.engine.stream import ANSWER_ROOM, check_fits, generate_tokens, watched
-from localrun.engine.types import Called, Event, Finished, Stats, TextDelta
+from localrun.engine.answerer import Answerer, ChatEvent, Trimmed
+from localrun.engine.reload import LoadSettings
+from localrun.engine.types import Called, Finished, Request, Stats, TextDelta
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
 from localrun.files import write_atomic
 from localrun.images import Image, image_from_base64
 from localrun.models import recipes
 from localrun.models.modelfile import Modelfile, coerce_parameter
 from localrun.models.parameters import chat_names
-from localrun.models.resolve import Settings, resolve
-from localrun.prompt.build import (
-    MIN_KEEP,
-    Prompt,
-    conversation_prompt,
-    conversation_tokens,
-    keep_point,
-)
 from localrun.prompt.template import Message
-from localrun.prompt.tools import CallWatch, Tool, ToolCall, form_of, parse_tools
-from localrun.system import physical_cores
+from localrun.prompt.tools import Tool, ToolCall, parse_tools
 
-if TYPE_CHECKING:
-    from localrun.backend.llamacpp.rpc import Endpoint
+__all__ = ["ChatEvent", "ChatSession", "LoadSettings", "Options", "Saved", "Trimmed"]
 
 HISTORY_FORMAT = "localrun-chat/1"
 FORMATS = ("json",)  # /set format: Ollama's one named format
-
-
-@dataclass(frozen=True)
-class Trimmed:
-    """Old messages were dropped so the conversation fits the context."""
-
-    dropped: int
-    kept: int
-
-
-ChatEvent = Event | Trimmed | Called
 
 
 @dataclass
@@ -65,52 +45,6 @@ class Options:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class LoadSettings:
-    """How the chat's model was loaded: what ``/set parameter num_ctx`` and ``/load NAME``
-    load with again, and the threads ``/show stats`` reports."""
-
-    n_threads: int
-    n_ctx: int | None = None  # what was asked for (None: the model's default)
-    gpu_layers: str | int = AUTO
-    kv_type: str = "f16"
-    flash_attn: str = "auto"
-    repack: bool = True
-    workers: tuple[Endpoint, ...] = ()
-
-    @classmethod
-    def of(cls, loaded: LoadedModel) -> LoadSettings:
-        """What ``run`` loaded ``loaded`` with, as far as the loaded model tells: the
-        threads its settings and this machine give (``run``'s rule without flags), its
-        context and its cache type."""
-        try:
-            settings = resolve(loaded.name).settings
-        except LocalrunError:  # a model made in a test, or a file gone since
-            settings = Settings()
-        try:
-            threads = run_options(settings).threads
-        except LocalrunError:
-            threads = None
-        return cls(
-            n_threads=int(threads or physical_cores()),
-            n_ctx=loaded.model.n_ctx,
-            gpu_layers=AUTO,  # run's default: a --gpu-layers flag is not known here
-            kv_type=str(getattr(loaded.model, "kv_type", "f16")),
-        )
-
-
-class _Target(NamedTuple):
-    """What a load of the chat's model loads: the weights under a name, their settings, the
-    context asked for, and how answers guess ahead (a speculative method, a draft model)."""
-
-    name: str
-    path: Path
-    settings: Settings
-    n_ctx: int | None
-    method: str
-    draft: tuple[str, Path] | None
 
 
 @dataclass(frozen=True)
@@ -133,49 +67,31 @@ def parameter_names() -> list[str]:
 class ChatSession:
     """A conversation: a system prompt, messages, and the options of the next answer."""
 
-    # Class-level defaults: a subclass that answers elsewhere (a remote engine) sets only
-    # what it uses in its own __init__.
-    changed: frozenset[str] = frozenset()  # parameters set in this chat: /save NAME keeps them
-    _load_settings: LoadSettings | None = None
-    _load_counted = False  # whether an answer has counted the load time yet
-
     def __init__(
         self,
-        loaded: LoadedModel,
+        model: Answerer,
         *,
         system: str | None = None,
         options: Options | None = None,
         messages: list[Message] | None = None,
-        load: LoadSettings | None = None,
     ) -> None:
-        self.loaded = loaded
+        self.model = model
         self.system = system
         self.options = options or Options()
         self.messages: list[Message] = list(messages or [])
         self.last_stats: Stats | None = None
         self.tools: tuple[Tool, ...] = ()  # offered to the model (/tools FILE)
-        self._load_settings = load
-
-    @property
-    def load_settings(self) -> LoadSettings:
-        """How the model was loaded (told, else what the loaded model tells of it)."""
-        if self._load_settings is None:
-            self._load_settings = LoadSettings.of(self.loaded)
-        return self._load_settings
+        self.changed: frozenset[str] = frozenset()  # parameters set here: /save NAME keeps them
+        self._load_counted = False  # whether an answer has counted the load time yet
 
     @property
     def threads(self) -> int | None:
-        """The CPU threads the model runs on."""
-        return self.load_settings.n_threads
+        """The CPU threads the model runs on (None: not known here)."""
+        return self.model.threads
 
     def load_tools(self, path: Path) -> int:
         """Offer the tools defined in a JSON file (a list, in the form the APIs take)."""
-        if form_of(self.loaded.template) is None:
-            raise UsageError(
-                f"{self.loaded.name} does not take tools (or writes calls in a form "
-                "localrun does not read)",
-                "use a model whose chat template takes tools, such as qwen2.5 or llama3.2",
-            )
+        self.model.check_tools()
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except OSError as e:
@@ -189,59 +105,38 @@ class ChatSession:
 
     @property
     def name(self) -> str:
-        return self.loaded.name
+        return self.model.name
 
     @property
     def placement(self) -> str:
-        return self.loaded.placement
+        return self.model.placement
 
     @property
     def n_ctx(self) -> int:
         """The context the answers share (0: not known here)."""
-        return self.loaded.model.n_ctx
+        return self.model.n_ctx
 
     @property
     def mode(self) -> str:
-        return self.loaded.mode
+        return self.model.mode
 
     @property
     def template(self) -> str | None:
         """The chat template in use: a Modelfile's TEMPLATE (Jinja), else the GGUF's own."""
-        return self.loaded.template
+        return self.model.template
 
     @property
     def vision(self) -> bool:
         """Whether the model reads images."""
-        return self.loaded.model.vision
+        return self.model.vision
 
     def greeting(self) -> str:
-        kv = f"; KV cache {self.loaded.kv_cache}" if self.loaded.kv_cache else ""
-        vision = "; reads images: /image FILE" if self.vision else ""
-        return f"{self.name} loaded in {self.loaded.load_s:.2f} s ({self.placement}{kv}{vision})"
+        return self.model.greeting()
 
     # -- the conversation ------------------------------------------------------------
 
     def _conversation(self, messages: list[Message]) -> list[Message]:
         return ([Message("system", self.system)] if self.system else []) + messages
-
-    def _fit(self) -> tuple[Prompt, list[Message]]:
-        """Tokens of the conversation, without the oldest turns if an answer would not fit."""
-        n_ctx = self.loaded.model.n_ctx
-        room = min(ANSWER_ROOM, n_ctx // 4)
-        kept = list(self.messages)
-        while True:
-            try:
-                prompt = conversation_prompt(
-                    self.loaded.model, self.loaded.template, self._conversation(kept), self.tools
-                )
-            except PromptTooLongError:
-                if len(kept) <= 1:
-                    raise
-                prompt = None  # far too long to count: drop the oldest turns
-            if prompt is not None and (len(prompt.tokens) + room <= n_ctx or len(kept) <= 1):
-                return prompt, kept
-            # Drop the oldest exchange (a user message and the answer to it).
-            del kept[: 2 if len(kept) > 2 and kept[1].role == "assistant" else 1]
 
     def ask(self, text: str, images: Sequence[Image] = ()) -> Iterator[ChatEvent]:
         """Add a user message (with ``images``, for a vision model) and answer it; the answer
@@ -257,11 +152,22 @@ class ChatSession:
             raise UsageError("there is no message to answer again", "ask something first")
         return self._answer()
 
+    def _request(self) -> Request:
+        return Request(
+            tuple(self._conversation(self.messages)),
+            self.options.sampling,
+            self.options.max_tokens,
+            self.options.stop,
+            tools=self.tools,
+            given=self.changed,
+        )
+
     def _answer(self) -> Iterator[ChatEvent]:
+        """Start the answer now (a message that cannot be answered is taken back at once),
+        and hand its events on as it comes."""
         start = time.perf_counter()
         try:
-            prompt, kept = self._fit()
-            check_fits(self.loaded, prompt.cells)
+            answering = self.model.start(self._request(), started=start, trim=True)
         except PromptTooLongError as e:
             self.messages.pop()  # the chat goes on, without the message that cannot fit
             raise PromptTooLongError(
@@ -270,52 +176,36 @@ class ChatSession:
         except LocalrunError:
             self.messages.pop()
             raise
-        dropped = len(self.messages) - len(kept)
-        self.messages = kept
-        # What comes back next turn (the system prompt and the turns so far) is kept on disk.
-        conversation = self._conversation(kept)
-        keep = keep_point(
-            self.loaded.model, self.loaded.template, conversation, prompt.tokens, tools=self.tools
-        )
-        return self._stream(prompt, dropped, start, keep)
+        return self._stream(answering)
 
-    def _stream(
-        self, prompt: Prompt, dropped: int, start: float, keep: int = 0
-    ) -> Iterator[ChatEvent]:
-        if dropped:
-            yield Trimmed(dropped, len(self.messages))
+    def _stream(self, answering: Iterable[ChatEvent]) -> Iterator[ChatEvent]:
         parts: list[str] = []
-        form = form_of(self.loaded.template) if self.tools else None
-        watch = CallWatch(form, self.tools) if form is not None else None
         calls: list[ToolCall] = []
+        refused = False
         counts_load, self._load_counted = not self._load_counted, True
         try:
-            for event in generate_tokens(
-                self.loaded,
-                prompt.tokens,
-                self.options.sampling,
-                max_tokens=self.options.max_tokens,
-                stop=self.options.stop,
-                start=start,
-                cache_at=keep,
-                special=watch is not None,
-                images=prompt.images,
-            ):
-                for shown in watched(watch, event):
-                    if isinstance(shown, TextDelta):
-                        parts.append(shown.text)
-                    elif isinstance(shown, Called):
-                        calls = list(shown.calls)
-                    elif isinstance(shown, Finished):
-                        if not counts_load:
-                            # The load was the first answer's wait, not this one's.
-                            shown.stats.total_s -= shown.stats.load_s
-                            shown.stats.load_s = 0.0
-                        self.last_stats = shown.stats
-                    yield shown
+            for event in answering:
+                if isinstance(event, Trimmed):
+                    del self.messages[: event.dropped]
+                elif isinstance(event, TextDelta):
+                    parts.append(event.text)
+                elif isinstance(event, Called):
+                    calls = list(event.calls)
+                elif isinstance(event, Finished):
+                    if not counts_load:
+                        # The load was the first answer's wait, not this one's.
+                        event.stats.total_s -= event.stats.load_s
+                        event.stats.load_s = 0.0
+                    self.last_stats = event.stats
+                yield event
+        except LocalrunError:
+            if not parts:  # not answered at all (an engine refused it): the question goes too
+                self.messages.pop()
+                refused = True
+            raise
         finally:
-            # Ctrl-C keeps what was written: it is part of the conversation now.
-            self.messages.append(Message("assistant", "".join(parts), tuple(calls)))
+            if not refused:  # Ctrl-C keeps what was written: it is part of the conversation
+                self.messages.append(Message("assistant", "".join(parts), tuple(calls)))
 
     def clear(self) -> None:
         """Forget the messages (the system prompt stays)."""
@@ -387,7 +277,8 @@ class ChatSession:
         except ValueError as e:
             raise UsageError(str(e), "/set parameter num_ctx N, such as 8192") from None
         assert isinstance(parsed, int)
-        notes = self._reload(self._now(n_ctx=parsed))
+        notes = self.model.reload(parsed)
+        self._load_counted = False  # the next answer waited for this load
         self.changed = self.changed | {"num_ctx"}
         return notes
 
@@ -395,88 +286,17 @@ class ChatSession:
         """Go on with the model ``name`` and its Modelfile's messages, system prompt and
         parameters (``/load NAME``, as Ollama's): the weights are loaded only if they
         differ from the ones loaded. Return what the load had to adjust."""
-        resolved = resolve(name)
-        settings = resolved.settings
-        opts = run_options(settings)
-        current = self._current_settings()
-        notes: list[str] = []
-        same = (
-            resolved.path == self.loaded.path
-            and settings.adapters == current.adapters
-            and settings.projector == current.projector
-        )
-        asked = self.load_settings.n_ctx
-        if not same or (opts.n_ctx is not None and opts.n_ctx != asked):
-            draft = None
-            if opts.draft is not None:
-                found = resolve(opts.draft)
-                draft = (opts.draft, found.path)
-            target = _Target(name, resolved.path, settings, opts.n_ctx, opts.speculative, draft)
-            notes = self._reload(target)
+        switched = self.model.switch(name)
+        if switched.reloaded:
+            self._load_counted = False  # the next answer waited for this load
         # Either way the chat is now this model's: its name, template and conversation.
-        self.loaded.name = name
-        self.loaded.template_override = settings.template
+        opts = switched.opts
         self.system = opts.system
         self.options = Options(opts.sampling, opts.max_tokens, opts.stop)
-        self.messages = list(settings.messages)
+        self.messages = list(switched.settings.messages)
         self.changed = frozenset()
         self.tools = ()  # offered to the other model's template: /tools again for this one
-        return notes
-
-    def _current_settings(self) -> Settings:
-        """The loaded model's settings (its adapters, projector, template), as loaded."""
-        try:
-            return resolve(self.loaded.name).settings
-        except LocalrunError:
-            return Settings(template=self.loaded.template_override, projector=self.loaded.projector)
-
-    def _now(self, n_ctx: int | None) -> _Target:
-        """The model loaded now, as a load would load it again with a context of ``n_ctx``."""
-        loaded = self.loaded
-        method = "draft" if loaded.draft else "lookup" if loaded.speculate else "off"
-        draft = (loaded.draft.name, loaded.draft.path) if loaded.draft else None
-        return _Target(loaded.name, loaded.path, self._current_settings(), n_ctx, method, draft)
-
-    def _reload(self, target: _Target) -> list[str]:
-        """Free the model, then load ``target``; if that fails, load the one there was again
-        and raise. The loaded model is changed in place: whoever loaded it closes it."""
-        how = self.load_settings
-        old = self.loaded
-        back = self._now(how.n_ctx)
-        # Freed first, as Ollama unloads before it loads: two copies may not fit.
-        old.close()
-        try:
-            new = self._load(target)
-        except LocalrunError:
-            _adopt(old, self._load(back))
-            raise
-        _adopt(old, new)
-        self._load_settings = replace(how, n_ctx=target.n_ctx)
-        self._load_counted = False  # the next answer waited for this load
-        return list(new.notes)
-
-    def _load(self, target: _Target) -> LoadedModel:
-        how = self.load_settings
-        loaded = load_model(
-            target.name,
-            n_ctx=target.n_ctx,
-            n_threads=how.n_threads,
-            gpu_layers=how.gpu_layers,
-            path=target.path,
-            settings=target.settings,
-            workers=how.workers,
-            repack=how.repack,
-            kv_type=how.kv_type,
-            flash_attn=how.flash_attn,
-        )
-        loaded.prompt_cache = self.loaded.prompt_cache
-        try:
-            speculate(loaded, target.method, target.draft, n_threads=how.n_threads,
-                      gpu_layers=how.gpu_layers)  # fmt: skip
-        except BaseException:
-            loaded.close()
-            raise
-        return loaded
+        return switched.notes
 
     # -- saving ------------------------------------------------------------------------
 
@@ -527,8 +347,8 @@ class ChatSession:
             name = "num_predict" if key == "max_tokens" else key
             # A random seed and no token limit are -1 in a Modelfile, as in Ollama's.
             out[name] = value if isinstance(value, int | float | str) else -1
-        if "num_ctx" in self.changed and self.load_settings.n_ctx is not None:
-            out["num_ctx"] = self.load_settings.n_ctx
+        if "num_ctx" in self.changed and self.model.asked_ctx is not None:
+            out["num_ctx"] = self.model.asked_ctx
         return out
 
     def save(self, path: Path) -> None:
@@ -552,31 +372,11 @@ class ChatSession:
         self.remember()
 
     def remember(self) -> None:
-        """Keep the conversation so far in the prompt cache: a later process that loads this
-        chat reads it back instead of evaluating it again.
-
-        The part kept is what any next question shares: the conversation as two different
-        next questions would render it, up to where they differ.
-        """
-        if not self.messages or not self.loaded.prompt_cache:
-            return
-        model, template = self.loaded.model, self.loaded.template
-        conversation = self._conversation(self.messages)
-        try:
-            one = conversation_prompt(model, template, [*conversation, Message("user", "a")])
-            two = conversation_tokens(model, template, [*conversation, Message("user", "b")])
-        except LocalrunError:
-            return  # too long to keep whole: the next turns keep what they read
-        keep = 0
-        for x, y in zip(one.tokens, two, strict=False):
-            if x != y:
-                break
-            keep += 1
-        if keep >= MIN_KEEP and len(one.tokens) < self.loaded.seq_ctx:
-            # Most of it is in the engine's cells already: only the rest is read, then kept.
-            for _ in generate_tokens(self.loaded, one.tokens, self.options.sampling,
-                                     max_tokens=1, cache_at=keep, images=one.images):  # fmt: skip
-                pass
+        """Keep the conversation so far where the model keeps prompts (the prompt cache of a
+        model loaded here): a later process that loads this chat reads it back instead of
+        evaluating it again."""
+        if self.messages:
+            self.model.remember(self._conversation(self.messages), self.options.sampling)
 
     def load(self, path: Path) -> None:
         """Replace the conversation with one saved by :meth:`save`."""
@@ -611,12 +411,6 @@ class ChatSession:
             raise
         self.messages = messages
         self.system = system if isinstance(system, str) else None
-
-
-def _adopt(old: LoadedModel, new: LoadedModel) -> None:
-    """Make ``old`` the model ``new`` is: the chat's caller holds ``old`` and closes it."""
-    for f in fields(LoadedModel):
-        setattr(old, f.name, getattr(new, f.name))
 
 
 def _saved_message(m: dict[str, Any]) -> Message:

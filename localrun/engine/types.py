@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from localrun.backend import ImageChunk, SamplingParams
 from localrun.images import Image
 from localrun.prompt.template import Message
-from localrun.prompt.tools import ToolCall
+from localrun.prompt.tools import Tool, ToolCall
 
 CHAT = "chat"
 COMPLETION = "completion"
@@ -39,6 +39,10 @@ class Request:
     max_tokens: int | None = None  # None: until the model stops or the context is full
     stop: tuple[str, ...] = ()
     document: str = ""  # where the last message begins with a document (piped text), that text
+    tools: tuple[Tool, ...] = ()  # offered to the model, which may answer with calls
+    # The sampling settings this request chose (a chat's /set, a --batch line's fields), with
+    # the command's flags: a remote engine is sent only those and keeps its own defaults.
+    given: frozenset[str] = frozenset()
 
     @classmethod
     def of(

@@ -1,0 +1,380 @@
+"""A model that answers messages, wherever it runs: the one interface of the chat and --batch.
+
+An :class:`Answerer` starts a request of messages and hands back an :class:`Answering`: its
+events, in order, and a way to cancel it from any thread. :class:`LocalAnswerer` answers with
+a model loaded here, on its batching engine; :class:`localrun.remote.answerer.RemoteAnswerer`
+with a remote engine's API. The chat session and ``run --batch`` take either and never ask
+which (Ollama's server does the same with its runners, llm with its models).
+
+This module is also the one place where a local answer's messages become prompt tokens: the
+conversation (with its pictures and the tools offered), the oldest turns left out when it does
+not fit, and the part worth keeping in the prompt cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from localrun.backend import SamplingParams
+from localrun.engine.load import LoadedModel
+from localrun.engine.reload import (
+    LoadSettings,
+    Switched,
+    current_settings,
+    now,
+    reload,
+    target_of,
+)
+from localrun.engine.runner import runner_of
+from localrun.engine.stream import ANSWER_ROOM, check_fits, watched
+from localrun.engine.types import Called, Event, Finished, Job, Request, Stats
+from localrun.errors import LocalrunError, PromptTooLongError, UsageError
+from localrun.prompt.build import (
+    MIN_KEEP,
+    Prompt,
+    conversation_prompt,
+    conversation_tokens,
+    keep_point,
+)
+from localrun.prompt.template import Message
+from localrun.prompt.tools import CallWatch, form_of
+
+
+@dataclass(frozen=True)
+class Trimmed:
+    """Old messages were dropped so the conversation fits the context."""
+
+    dropped: int
+    kept: int
+
+
+ChatEvent = Event | Trimmed | Called
+
+
+class Answering(Protocol):
+    """An answer under way: its events (text, the statistics last), and how to stop it."""
+
+    def __iter__(self) -> Iterator[ChatEvent]: ...
+
+    def cancel(self) -> None:
+        """Stop the answer; safe from any thread, and after it has ended."""
+
+
+class Answerer(Protocol):
+    """A model that answers conversations: loaded here, or behind a remote engine's API."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def placement(self) -> str:
+        """Where it runs, in words ("all 19 layers on the CPU", "remote http://...")."""
+
+    @property
+    def n_ctx(self) -> int:
+        """The context each answer has (0: not known here)."""
+
+    @property
+    def mode(self) -> str:
+        """``chat`` (the model's chat template) or ``completion``."""
+
+    @property
+    def template(self) -> str | None:
+        """The chat template in use, when known here."""
+
+    @property
+    def vision(self) -> bool:
+        """Whether it may be sent pictures."""
+
+    @property
+    def n_seq(self) -> int:
+        """How many answers it makes at once."""
+
+    @property
+    def load_s(self) -> float:
+        """How long its last load took (0: loaded elsewhere)."""
+
+    @property
+    def loads_here(self) -> bool:
+        """Whether it is loaded by this process (and can be loaded again, or saved FROM)."""
+
+    def greeting(self) -> str: ...
+
+    def about(self) -> list[tuple[str, str]]:
+        """What ``/show info`` lists: the model, where it runs."""
+
+    def described(self, stats: Stats, threads: int | None) -> list[tuple[str, str]]:
+        """The ``--verbose`` figures of an answer, named, in order."""
+
+    def check_tools(self) -> None:
+        """Refuse tools it cannot be offered (the one-line reason why)."""
+
+    def start(
+        self, request: Request, *, started: float | None = None, trim: bool = False
+    ) -> Answering:
+        """Begin answering ``request`` now (from ``started``, for its TTFT). With ``trim``,
+        the oldest turns are left out when the conversation does not fit (a
+        :class:`Trimmed` event comes first). A request refused before any work (too long,
+        tools it cannot take) raises here."""
+
+    def remember(self, conversation: Sequence[Message], sampling: SamplingParams) -> None:
+        """Keep what the next turn of ``conversation`` will read again (where it can)."""
+
+    @property
+    def threads(self) -> int | None:
+        """The CPU threads it answers on (None: not known here)."""
+
+    @property
+    def asked_ctx(self) -> int | None:
+        """The context it was loaded with when one was asked for (``num_ctx``)."""
+
+    def reload(self, n_ctx: int) -> list[str]:
+        """Load it again with a context of ``n_ctx`` tokens; what the load adjusted."""
+
+    def switch(self, name: str) -> Switched:
+        """Become the model ``name`` (loaded again only if its weights differ)."""
+
+
+class _Local:
+    """A local answer: the engine's stream, read through its tool-call watch."""
+
+    def __init__(
+        self, loaded: LoadedModel, job: Job, watch: CallWatch | None, dropped: Trimmed | None
+    ) -> None:
+        self._loaded = loaded
+        self._stream = runner_of(loaded).engine.submit(job)
+        self._watch = watch
+        self._dropped = dropped
+
+    def __iter__(self) -> Iterator[ChatEvent]:
+        if self._dropped is not None:
+            yield self._dropped
+        finished = False
+        try:
+            for event in self._stream:
+                if isinstance(event, Finished):
+                    finished = True
+                    event.stats.load_s = self._loaded.load_s
+                    event.stats.total_s += self._loaded.load_s
+                yield from watched(self._watch, event)
+        finally:
+            if not finished:
+                self._stream.cancel()  # the reader stopped (Ctrl-C): the sequence is freed
+
+    def cancel(self) -> None:
+        self._stream.cancel()
+
+
+class LocalAnswerer:
+    """Answers with a model loaded here, as one request among N on its batching engine."""
+
+    loads_here = True
+
+    def __init__(self, loaded: LoadedModel, load: LoadSettings | None = None) -> None:
+        self.loaded = loaded
+        self._how = load  # how it was loaded: how /load and num_ctx load again
+
+    @property
+    def load_settings(self) -> LoadSettings:
+        """How the model was loaded (told, else what the loaded model tells of it)."""
+        if self._how is None:
+            self._how = LoadSettings.of(self.loaded)
+        return self._how
+
+    @property
+    def threads(self) -> int | None:
+        return self.load_settings.n_threads
+
+    @property
+    def asked_ctx(self) -> int | None:
+        return self.load_settings.n_ctx
+
+    def reload(self, n_ctx: int) -> list[str]:
+        how = self.load_settings
+        notes = reload(self.loaded, how, now(self.loaded, n_ctx))
+        self._how = replace(how, n_ctx=n_ctx)
+        return notes
+
+    def switch(self, name: str) -> Switched:
+        """The weights are loaded only if they differ from the ones loaded (or the
+        Modelfile asks for another context)."""
+        target, opts, settings = target_of(name)
+        current = current_settings(self.loaded)
+        same = (
+            target.path == self.loaded.path
+            and settings.adapters == current.adapters
+            and settings.projector == current.projector
+        )
+        how = self.load_settings
+        reloaded = not same or (opts.n_ctx is not None and opts.n_ctx != how.n_ctx)
+        notes: list[str] = []
+        if reloaded:
+            notes = reload(self.loaded, how, target)
+            self._how = replace(how, n_ctx=target.n_ctx)
+        self.loaded.name = name
+        self.loaded.template_override = settings.template
+        return Switched(reloaded, notes, opts, settings)
+
+    # -- what the views show -------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def placement(self) -> str:
+        return self.loaded.placement
+
+    @property
+    def n_ctx(self) -> int:
+        return self.loaded.model.n_ctx
+
+    @property
+    def mode(self) -> str:
+        return self.loaded.mode
+
+    @property
+    def template(self) -> str | None:
+        return self.loaded.template
+
+    @property
+    def vision(self) -> bool:
+        return self.loaded.model.vision
+
+    @property
+    def n_seq(self) -> int:
+        return self.loaded.n_seq
+
+    @property
+    def load_s(self) -> float:
+        return self.loaded.load_s
+
+    def greeting(self) -> str:
+        loaded = self.loaded
+        kv = f"; KV cache {loaded.kv_cache}" if loaded.kv_cache else ""
+        vision = "; reads images: /image FILE" if self.vision else ""
+        return f"{self.name} loaded in {loaded.load_s:.2f} s ({self.placement}{kv}{vision})"
+
+    def about(self) -> list[tuple[str, str]]:
+        from localrun.gguf.reader import file_type_name
+
+        loaded = self.loaded
+        meta = loaded.model.metadata
+        file_type = meta.get("general.file_type")
+        quant = file_type_name(int(file_type)) if file_type else "?"
+        return [
+            ("model", loaded.name),
+            ("path", str(loaded.path)),
+            ("architecture", str(meta.get("general.architecture", "?"))),
+            ("quantization", quant or "?"),
+            ("context", f"{loaded.model.n_ctx} (trained {loaded.model.n_ctx_train})"),
+            ("mode", loaded.mode),
+            ("layers", loaded.plan.describe()),
+            *([("projector", str(loaded.projector))] if loaded.projector else []),
+        ]
+
+    def described(self, stats: Stats, threads: int | None) -> list[tuple[str, str]]:
+        from localrun.engine.figures import local_figures
+
+        return local_figures(stats, self.loaded, threads)
+
+    def check_tools(self) -> None:
+        if form_of(self.loaded.template) is None:
+            raise UsageError(
+                f"{self.loaded.name} does not take tools (or writes calls in a form "
+                "localrun does not read)",
+                "use a model whose chat template takes tools, such as qwen2.5 or llama3.2",
+            )
+
+    # -- answering -----------------------------------------------------------------------
+
+    def start(
+        self, request: Request, *, started: float | None = None, trim: bool = False
+    ) -> _Local:
+        started = time.perf_counter() if started is None else started
+        messages: Sequence[Message] = request.messages
+        dropped = None
+        if trim:
+            prompt, messages = self._fit(messages, request)
+            if len(messages) < len(request.messages):
+                dropped = Trimmed(len(request.messages) - len(messages), _turns(messages))
+        else:
+            prompt = self.prompt(messages, request)
+        check_fits(self.loaded, prompt.cells)
+        # The prompt is read in chunks that end where its lasting part does, cache or not: the
+        # numbers of a cold run, a warm run and a run without the cache are then the same.
+        keep = keep_point(self.loaded.model, self.loaded.template, messages, prompt.tokens,
+                          request.document, request.tools)  # fmt: skip
+        form = form_of(self.loaded.template) if request.tools else None
+        watch = CallWatch(form, request.tools) if form is not None else None
+        job = Job(
+            prompt.tokens,
+            request.sampling,
+            max_tokens=request.max_tokens,
+            stop=request.stop,
+            submitted=started,
+            cache_at=keep,
+            speculate=self.loaded.speculate,
+            special=watch is not None,
+            images=prompt.images,
+        )
+        return _Local(self.loaded, job, watch, dropped)
+
+    def prompt(self, messages: Sequence[Message], request: Request) -> Prompt:
+        """``messages`` as the model reads them, with the request's tools."""
+        return conversation_prompt(self.loaded.model, self.loaded.template, messages,
+                                   request.tools)  # fmt: skip
+
+    def _fit(self, messages: Sequence[Message], request: Request) -> tuple[Prompt, list[Message]]:
+        """The conversation's prompt, without its oldest turns if an answer would not fit
+        (the system prompt stays)."""
+        n_ctx = self.loaded.model.n_ctx
+        room = min(ANSWER_ROOM, n_ctx // 4)
+        system = [m for m in messages[:1] if m.role == "system"]
+        kept = list(messages[len(system) :])
+        while True:
+            try:
+                prompt: Prompt | None = self.prompt([*system, *kept], request)
+            except PromptTooLongError:
+                if len(kept) <= 1:
+                    raise
+                prompt = None  # far too long to count: drop the oldest turns
+            if prompt is not None and (len(prompt.tokens) + room <= n_ctx or len(kept) <= 1):
+                return prompt, [*system, *kept]
+            # Drop the oldest exchange (a user message and the answer to it).
+            del kept[: 2 if len(kept) > 2 and kept[1].role == "assistant" else 1]
+
+    def remember(self, conversation: Sequence[Message], sampling: SamplingParams) -> None:
+        """Keep the conversation so far in the prompt cache: a later process that loads it
+        reads it back instead of evaluating it again.
+
+        The part kept is what any next question shares: the conversation as two different
+        next questions would render it, up to where they differ.
+        """
+        loaded = self.loaded
+        if not conversation or not loaded.prompt_cache:
+            return
+        model, template = loaded.model, loaded.template
+        try:
+            one = conversation_prompt(model, template, [*conversation, Message("user", "a")])
+            two = conversation_tokens(model, template, [*conversation, Message("user", "b")])
+        except LocalrunError:
+            return  # too long to keep whole: the next turns keep what they read
+        keep = 0
+        for x, y in zip(one.tokens, two, strict=False):
+            if x != y:
+                break
+            keep += 1
+        if keep >= MIN_KEEP and len(one.tokens) < loaded.seq_ctx:
+            # Most of it is in the engine's cells already: only the rest is read, then kept.
+            job = Job(one.tokens, sampling, max_tokens=1, cache_at=keep, images=one.images)
+            for _ in _Local(loaded, job, None, None):
+                pass
+
+
+def _turns(messages: Sequence[Message]) -> int:
+    """The messages kept, not counting the system prompt."""
+    return sum(1 for m in messages if m.role != "system")

@@ -1,0 +1,135 @@
+"""A remote engine as an answerer: the chat and --batch use it as they use a local model.
+
+The engine keeps no state between requests: each turn sends the whole conversation, as any
+OpenAI client does, and the engine's own prefix cache (vLLM's, llama-server's) makes that
+cheap there. Nothing is tokenized here: an engine refuses a conversation too long for its
+context itself. Each answer is read in a thread of its own, so that answers started together
+(a --batch file) are made together by the engine's scheduler.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from localrun.backend import SamplingParams
+from localrun.engine.answerer import ChatEvent
+from localrun.engine.figures import remote_figures
+from localrun.engine.reload import Switched
+from localrun.engine.types import Finished, Request, Stats
+from localrun.errors import UsageError
+from localrun.prompt.template import Message
+from localrun.remote.client import generate
+from localrun.remote.registry import Remote
+
+DEFAULT_PARALLEL = 8  # answers read at once: the engine's own scheduler batches them
+
+
+class _Remote:
+    """One answer from the engine, read in a pool thread; its events wait in a queue."""
+
+    def __init__(self, pool: ThreadPoolExecutor, remote: Remote, request: Request,
+                 send: frozenset[str]) -> None:  # fmt: skip
+        self._events: queue.SimpleQueue[ChatEvent | BaseException | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        pool.submit(self._read, remote, request, send)
+
+    def _read(self, remote: Remote, request: Request, send: frozenset[str]) -> None:
+        try:
+            # Leaving the loop drops the generator as this returns: its connection is closed
+            # and the engine stops answering.
+            for event in generate(remote, request, send):
+                if self._stop.is_set():
+                    break
+                self._events.put(event)
+        except BaseException as e:  # handed to the reader, who raises it
+            self._events.put(e)
+        finally:
+            self._events.put(None)
+
+    def __iter__(self) -> Iterator[ChatEvent]:
+        try:
+            while (item := self._events.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Finished):
+                    return
+        finally:
+            self._stop.set()
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+
+class RemoteAnswerer:
+    """Answers with a remote engine's OpenAI-compatible API (vLLM, llama-server, another
+    localrun). Only the sampling settings chosen are sent: the engine keeps its own
+    defaults, or its model's, for the rest."""
+
+    loads_here = False
+    n_ctx = 0  # the engine's, not known here
+    mode = "chat"
+    template = None  # the engine's own, not known here
+    vision = True  # the engine says whether its model reads them
+    load_s = 0.0
+    threads = None  # the engine's
+    asked_ctx = None
+
+    def __init__(
+        self, remote: Remote, *, send: frozenset[str] = frozenset(), parallel: int | None = None
+    ) -> None:
+        self.remote = remote
+        self.send = send  # the sampling settings given to the command
+        self.n_seq = parallel or DEFAULT_PARALLEL
+        self._pool = ThreadPoolExecutor(max_workers=self.n_seq, thread_name_prefix="remote")
+
+    @property
+    def name(self) -> str:
+        return self.remote.name
+
+    @property
+    def placement(self) -> str:
+        return f"remote {self.remote.url}"
+
+    def greeting(self) -> str:
+        return f"{self.name}: {self.remote.model} at {self.remote.url}"
+
+    def about(self) -> list[tuple[str, str]]:
+        return [("model", self.remote.model), ("engine", self.remote.url)]
+
+    def described(self, stats: Stats, threads: int | None) -> list[tuple[str, str]]:
+        return remote_figures(stats)
+
+    def check_tools(self) -> None:
+        raise UsageError("tools with a remote engine are not supported yet", "use a local model")
+
+    def start(
+        self, request: Request, *, started: float | None = None, trim: bool = False
+    ) -> _Remote:
+        if request.tools:
+            self.check_tools()
+        send = self.send | request.given
+        return _Remote(self._pool, self.remote, request, send)
+
+    def remember(self, conversation: Sequence[Message], sampling: SamplingParams) -> None:
+        """Nothing to keep here: the engine has its own cache."""
+
+    def reload(self, n_ctx: int) -> list[str]:
+        raise _loads_here("a context size")
+
+    def switch(self, name: str) -> Switched:
+        raise _loads_here("another model")
+
+    def close(self) -> None:
+        """Stop reading: answers under way are dropped."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _loads_here(what: str) -> UsageError:
+    return UsageError(
+        f"loading {what} happens here; the remote engine loads its own",
+        "run a local model for it",
+    )
