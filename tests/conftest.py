@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from localrun.cli import main
+from tests.fuzz_harness import fuzz_seed, replay
 from tests.hub import TEST_TOKEN, FakeHub
 from tests.templates import real_templates  # noqa: F401 - fixtures for all tests
 from tests.terminal import terminal, tmux, tui_home  # noqa: F401
@@ -24,6 +25,18 @@ SLOW_MODULES = {
     "test_remote", "test_remote_llama_server", "test_rpc", "test_serve", "test_serve_demo",
     "test_serve_guard", "test_serve_pull", "test_tui",
 }  # fmt: skip
+
+
+def pytest_configure() -> None:
+    try:
+        fuzz_seed()
+    except ValueError as e:  # a mistyped LOCALRUN_FUZZ_SEED: said in one line, before any test
+        raise pytest.UsageError(str(e)) from None
+
+
+def pytest_report_header() -> str:
+    """The fuzz tests' seed, first thing in the output, so that any run can be replayed."""
+    return f"fuzz {replay()}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

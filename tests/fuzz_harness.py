@@ -11,21 +11,55 @@ Up to JOBS children run at once; the parent waits on their pidfds, so a child pa
 seconds is killed at its deadline (``timed_out`` in its result) without a timer thread.
 MEMORY_MB, when given, caps each child's data (``RLIMIT_DATA``): a case that would eat the
 machine fails on its own instead, as a signal or an error.
+
+The fuzz tests draw their cases from one seed per test session (:func:`fuzz_seed`): the
+``LOCALRUN_FUZZ_SEED`` environment variable's, else a fresh one. pytest's header names it, and
+so does each fuzz test's failure, so that a failure found by chance is replayed exactly.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import random
 import resource
 import select
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+SEED_ENV = "LOCALRUN_FUZZ_SEED"
+# One case per core this process may use (taskset and cpusets counted): the cases are
+# independent, and each is mostly one process's start and a small model's first decode.
+JOBS = len(os.sched_getaffinity(0))
+
+
+def read_seed(environ: Mapping[str, str]) -> int:
+    """The seed ``SEED_ENV`` gives, else a fresh random one."""
+    given = environ.get(SEED_ENV, "").strip()
+    if not given:
+        return random.SystemRandom().randrange(10**9)
+    try:
+        return int(given)
+    except ValueError:
+        raise ValueError(f"{SEED_ENV}={given!r} is not a whole number") from None
+
+
+@functools.cache
+def fuzz_seed() -> int:
+    """This test session's fuzz seed (read once: every fuzz test and the header share it)."""
+    return read_seed(os.environ)
+
+
+def replay() -> str:
+    """How to run the same cases again, for a failure's message."""
+    return f"seed {fuzz_seed()}: replay with {SEED_ENV}={fuzz_seed()}"
 
 
 def _child(case: dict[str, Any], out_fd: int, err_fd: int, peak_fd: int) -> None:
@@ -94,6 +128,7 @@ def _finish(run: _Running) -> dict[str, Any]:
         "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
         "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
         "timed_out": run.timed_out,
+        "started": run.started,  # time.monotonic(): an order among the cases
         "seconds": round(seconds, 3),
         "peak_mb": peak_kb / 1024,
         "stdout": out.read().decode(errors="replace"),

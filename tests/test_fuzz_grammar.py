@@ -9,8 +9,9 @@ schema is a valid JSON Schema), or text its grammar matches (checked against a r
 expression built beside each random regular grammar). An answer cut off by ``--max-tokens``
 is streamed before its error: that output is allowed.
 
-The cases come from one seed (``SEED``) and run in forked children, two at a time
-(``tests/fuzz_harness.py``): the values around each limit of :mod:`localrun.prompt.grammar`
+The cases come from the session's seed (``LOCALRUN_FUZZ_SEED`` replays one: pytest's header
+and a failure name it) and run in forked children, one per core (``tests/fuzz_harness.py``):
+the values around each limit of :mod:`localrun.prompt.grammar`
 (rules, alternatives, nesting, ``{m,n}``, schema bounds, enums, depth), wrong and hostile
 values in every schema keyword, odd bytes in grammar files, and random schemas and grammars
 built from every construct.
@@ -41,15 +42,14 @@ from localrun.prompt.gbnf import (
 )
 from localrun.prompt.grammar import MAX_SCHEMA_BYTES
 from localrun.prompt.schema import MAX_ENUM, MAX_SCHEMA_REPEAT
+from tests.fuzz_harness import JOBS, fuzz_seed, replay
 
-SEED = 20261207
 RANDOM_SCHEMAS = 90
 RANDOM_GRAMMARS = 80
-# One thread and a small context: two cases run at once on two cores, and a case's time is
-# mostly the model's first decode.
+# One thread and a small context: a case runs on each core, and a case's time is mostly the
+# model's first decode.
 RUN_FLAGS = ["--max-tokens", "40", "--threads", "1", "--ctx", "256"]
 CASE_TIMEOUT = 10  # seconds; the slowest correct case takes about 1 s
-JOBS = 2
 MEMORY_MB = 1536  # each child's data cap, so that a runaway case cannot take the machine
 PEAK_MB = 1024
 PROMPT = "the sky is blue"
@@ -122,17 +122,7 @@ class SchemaMaker:
         kind = rng.choice(leaves + (inner if depth < 4 else []))
         schema: dict[str, Any]
         if kind == "string":
-            schema = {"type": "string"}
-            choice = rng.randrange(4)
-            if choice == 1:
-                low = rng.randint(0, 4)
-                schema["minLength"] = low
-                if rng.random() < 0.7:
-                    schema["maxLength"] = low + rng.randint(0, 6)
-            elif choice == 2:
-                schema["pattern"] = rng.choice(PATTERNS)
-            elif choice == 3:
-                schema["format"] = rng.choice(FORMATS)
+            schema = self.string()
         elif kind in ("integer", "number", "boolean", "null"):
             schema = {"type": kind}
         elif kind == "enum":
@@ -142,28 +132,9 @@ class SchemaMaker:
         elif kind == "empty":
             schema = {}
         elif kind == "object":
-            names = rng.sample(NAMES, rng.randint(0, 4))
-            schema = {"type": "object", "properties": {n: self.schema(depth + 1) for n in names}}
-            if names and rng.random() < 0.7:
-                schema["required"] = rng.sample(names, rng.randint(1, len(names)))
-            extra = rng.randrange(4)
-            if extra == 1:
-                schema["additionalProperties"] = False
-            elif extra == 2:
-                schema["additionalProperties"] = True
-            elif extra == 3:
-                schema["additionalProperties"] = self.schema(depth + 1)
+            schema = self.object(depth)
         elif kind == "array":
-            schema = {"type": "array"}
-            if rng.random() < 0.3:
-                schema["prefixItems"] = [self.schema(depth + 1) for _ in range(rng.randint(1, 3))]
-            else:
-                schema["items"] = self.schema(depth + 1)
-                low = rng.randint(0, 3)
-                if rng.random() < 0.5:
-                    schema["minItems"] = low
-                if rng.random() < 0.5:
-                    schema["maxItems"] = low + rng.randint(0, 3)
+            schema = self.array(depth)
         elif kind in ("anyOf", "oneOf"):
             schema = {kind: [self.schema(depth + 1) for _ in range(rng.randint(1, 3))]}
         elif kind == "allOf":
@@ -175,6 +146,53 @@ class SchemaMaker:
             schema = {"$ref": "#/$defs/" + self.definition(depth + 1)}
         if rng.random() < 0.2:
             schema["description"] = rng.choice(STRINGS)
+        return schema
+
+    def string(self) -> dict[str, Any]:
+        rng = self.rng
+        schema: dict[str, Any] = {"type": "string"}
+        choice = rng.randrange(4)
+        if choice == 1:
+            low = rng.randint(0, 4)
+            schema["minLength"] = low
+            if rng.random() < 0.7:
+                schema["maxLength"] = low + rng.randint(0, 6)
+        elif choice == 2:
+            schema["pattern"] = rng.choice(PATTERNS)
+        elif choice == 3:
+            schema["format"] = rng.choice(FORMATS)
+        return schema
+
+    def object(self, depth: int) -> dict[str, Any]:
+        rng = self.rng
+        names = rng.sample(NAMES, rng.randint(0, 4))
+        schema: dict[str, Any] = {
+            "type": "object",
+            "properties": {n: self.schema(depth + 1) for n in names},
+        }
+        if names and rng.random() < 0.7:
+            schema["required"] = rng.sample(names, rng.randint(1, len(names)))
+        extra = rng.randrange(4)
+        if extra == 1:
+            schema["additionalProperties"] = False
+        elif extra == 2:
+            schema["additionalProperties"] = True
+        elif extra == 3:
+            schema["additionalProperties"] = self.schema(depth + 1)
+        return schema
+
+    def array(self, depth: int) -> dict[str, Any]:
+        rng = self.rng
+        schema: dict[str, Any] = {"type": "array"}
+        if rng.random() < 0.3:
+            schema["prefixItems"] = [self.schema(depth + 1) for _ in range(rng.randint(1, 3))]
+        else:
+            schema["items"] = self.schema(depth + 1)
+            low = rng.randint(0, 3)
+            if rng.random() < 0.5:
+                schema["minItems"] = low
+            if rng.random() < 0.5:
+                schema["maxItems"] = low + rng.randint(0, 3)
         return schema
 
     def object_part(self, depth: int) -> dict[str, Any]:
@@ -569,8 +587,8 @@ def _hostile_grammars() -> list[tuple[str, bytes, str | None]]:
 # -- the cases ------------------------------------------------------------------------------
 
 
-def cases(model: Path, chat_model: Path, base: Path) -> list[Case]:
-    rng = random.Random(SEED)
+def cases(model: Path, chat_model: Path, base: Path, seed: int) -> list[Case]:
+    rng = random.Random(seed)
     found: list[Case] = []
 
     def run(*args: str) -> list[str]:
@@ -725,7 +743,7 @@ def _describe(case: Case, result: dict[str, Any]) -> str:
 def test_schemas_and_grammars_survive_random_and_hostile_input(
     tiny_model: Path, tiny_chat_model: Path, tmp_path: Path
 ) -> None:
-    all_cases = cases(tiny_model, tiny_chat_model, tmp_path)
+    all_cases = cases(tiny_model, tiny_chat_model, tmp_path, fuzz_seed())
     results = run_harness(all_cases, tmp_path)
     by_problem: dict[str, list[str]] = collections.defaultdict(list)
     for case, result in zip(all_cases, results, strict=True):
@@ -735,11 +753,30 @@ def test_schemas_and_grammars_survive_random_and_hostile_input(
         f"{len(found)} x {why}:\n" + "\n".join(found[:6]) for why, found in by_problem.items()
     ]
     failed = sum(len(found) for found in by_problem.values())
-    assert not report, f"{failed} of {len(results)} cases (seed {SEED}):\n" + "\n".join(report)
+    assert not report, f"{failed} of {len(results)} cases ({replay()}):\n" + "\n".join(report)
     # Not all refused: random schemas and grammars must give answers that were checked.
     for note, made in (("random schema", RANDOM_SCHEMAS), ("random grammar", RANDOM_GRAMMARS)):
         answered = [r for c, r in zip(all_cases, results, strict=True) if c.note == note]
-        assert sum(r["code"] == 0 for r in answered) > made // 3, note
+        assert sum(r["code"] == 0 for r in answered) > made // 3, f"{note} ({replay()})"
+
+
+def test_a_seed_draws_the_same_cases_and_another_seed_others(tmp_path: Path) -> None:
+    """A failure's seed replays it exactly; another seed makes other random schemas and
+    grammars (and other wrong values here and there among the hostile ones)."""
+
+    def drawn(seed: int, name: str) -> list[Case]:
+        base = tmp_path / name / "cases"  # one name: a case's note may hold it
+        base.mkdir(parents=True)
+        found = cases(Path("m.gguf"), Path("chat.gguf"), base, seed)
+        return [
+            Case([a.replace(str(base), "BASE") for a in c.args], c.note, c.schema_text, c.regex)
+            for c in found
+        ]
+
+    one, again, other = drawn(1, "a"), drawn(1, "b"), drawn(2, "c")
+    assert again == one
+    assert other != one
+    assert len(other) == len(one) > RANDOM_SCHEMAS + RANDOM_GRAMMARS + 200
 
 
 def test_the_checks_tell_a_right_answer_from_a_wrong_one() -> None:
