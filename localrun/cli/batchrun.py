@@ -24,8 +24,7 @@ T = TypeVar("T")
 
 if TYPE_CHECKING:
     from localrun import engine
-    from localrun.engine.batch import Stream
-    from localrun.remote.registry import Remote
+    from localrun.engine.answerer import Answerer
 
 
 # A line is one request: a prompt (the stdin prompt's cap is 16 MiB) and perhaps pictures
@@ -119,45 +118,32 @@ def _id_of(text: str) -> Any:
     return None if lone_surrogate(job_id) else job_id  # stdout takes only valid text
 
 
-def run_batch(loaded: engine.LoadedModel, lines: BatchLines, opts: engine.RunOptions) -> int:
-    """Answer every line of ``lines``; return how many lines failed."""
+def run_batch(model: Answerer, lines: BatchLines, opts: engine.RunOptions) -> int:
+    """Answer every line of ``lines`` with ``model`` (loaded here, or a remote engine's);
+    return how many lines failed. A line's own sampling fields are sent to a remote engine
+    with the flags given; the others stay the engine's."""
     from localrun.engine.jobs import parse_line
-    from localrun.engine.runner import runner_of
-    from localrun.engine.types import Job
-    from localrun.prompt.build import conversation_prompt
 
-    # Stopped by loaded.close(): on Ctrl-C too, written lines stay.
-    batch = runner_of(loaded).engine
-
-    def submitted(number: int, text: str | LocalrunError) -> tuple[int, Any, Answer]:
+    def started(number: int, text: str | LocalrunError) -> tuple[int, Any, Answer]:
         if isinstance(text, LocalrunError):
             return number, None, text
         job_id = _id_of(text)  # echoed back, even when the rest of the line is wrong
         try:
-            job = parse_line(text, number, opts)
-            prompt = conversation_prompt(loaded.model, loaded.template, job.request.messages)
-            request = job.request
-            stream = batch.submit(
-                Job(
-                    prompt.tokens,
-                    request.sampling,
-                    max_tokens=request.max_tokens,
-                    stop=request.stop,
-                    speculate=loaded.speculate,
-                    images=prompt.images,
-                )
-            )
-            return number, job_id, _collected(stream)
+            request = parse_line(text, number, opts).request
+            # Nothing of a line is worth keeping in the prompt cache: each is read once.
+            answering = model.start(request, keep=False)
         except LocalrunError as e:
             return number, job_id, e
+        return number, job_id, lambda: _collect(answering)
 
     # A few steps' worth of requests ahead of the one being written, not the whole file: a
-    # line's pictures, read and made ready, hold megabytes each until answered.
-    ahead = _ahead((submitted(n, t) for n, t in lines), AHEAD_PER_SEQUENCE * loaded.n_seq)
-    return _write_in_order(loaded.name, ahead, lines.total)
+    # line's pictures, read and made ready, hold megabytes each until answered. (On Ctrl-C
+    # the caller closes the model, which stops what is under way; written lines stay.)
+    ahead = _ahead((started(n, t) for n, t in lines), AHEAD_PER_SEQUENCE * model.n_seq)
+    return _write_in_order(model.name, ahead, lines.total)
 
 
-AHEAD_PER_SEQUENCE = 4  # requests submitted per sequence slot, ahead of the writer
+AHEAD_PER_SEQUENCE = 4  # requests started per sequence the model answers at once
 
 
 def _ahead(items: Iterator[T], n: int) -> Iterator[T]:
@@ -183,68 +169,20 @@ def _ahead(items: Iterator[T], n: int) -> Iterator[T]:
         raise failure
 
 
-def run_remote_batch(
-    remote: Remote,
-    lines: BatchLines,
-    opts: engine.RunOptions,
-    parallel: int | None,
-    send: frozenset[str] = frozenset(),
-) -> int:
-    """Answer every line of ``lines`` on a remote engine, ``parallel`` at a time (8 by
-    default: its own scheduler batches them); return how many lines failed. The sampling
-    settings sent are those in ``send`` (the flags given) and each line's own."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from localrun.engine.jobs import parse_line
-
-    pool = ThreadPoolExecutor(max_workers=parallel or 8)
-    entries: list[tuple[int, Any, Answer]] = []
-    try:
-        for number, text in lines:
-            if isinstance(text, LocalrunError):
-                entries.append((number, None, text))
-                continue
-            job_id = _id_of(text)
-            try:
-                job = parse_line(text, number, opts)
-            except LocalrunError as e:
-                entries.append((number, job_id, e))
-                continue
-            own = frozenset(k for k in _SAMPLING if k in json.loads(text))
-            future = pool.submit(_remote_answer, remote, job.request, send | own)
-            entries.append((number, job_id, future.result))
-        return _write_in_order(remote.name, entries, len(entries))
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-_SAMPLING = ("temperature", "top_k", "top_p", "seed")  # a batch line's sampling fields
-
-
-def _remote_answer(
-    remote: Remote, request: engine.Request, send: frozenset[str]
-) -> tuple[str, engine.Stats]:
+def _collect(answering: Iterable[object]) -> tuple[str, engine.Stats]:
+    """An answer's whole text and its statistics."""
     from localrun.engine.types import Finished, TextDelta
-    from localrun.remote.client import generate
 
     parts: list[str] = []
-    for event in generate(remote, request, send):
+    for event in answering:
         if isinstance(event, TextDelta):
             parts.append(event.text)
         elif isinstance(event, Finished):
             return "".join(parts), event.stats
-    raise LocalrunError("the remote engine's stream ended without its statistics")
+    raise LocalrunError("the answer ended without its statistics")
 
 
 Answer = LocalrunError | Callable[[], "tuple[str, engine.Stats]"]  # an error, or its getter
-
-
-def _collected(item: Stream | LocalrunError) -> Answer:
-    if isinstance(item, LocalrunError):
-        return item
-    from localrun.engine.batch import collect
-
-    return lambda: collect(item)
 
 
 def _write_in_order(

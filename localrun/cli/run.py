@@ -341,10 +341,15 @@ def run(
         given = {name for name, value in flags.items() if value is not None}
         send = frozenset(given | (set(settings.parameters) & set(flags)))
         if batch is not None:
-            from localrun.cli.batchrun import run_remote_batch
+            from localrun.cli.batchrun import run_batch
+            from localrun.remote.answerer import RemoteAnswerer
 
-            if run_remote_batch(remote, batch_lines, opts, parallel, send):
-                raise typer.Exit(1)
+            answerer = RemoteAnswerer(remote, send=send, parallel=parallel)
+            try:
+                if run_batch(answerer, batch_lines, opts):
+                    raise typer.Exit(1)
+            finally:
+                answerer.close()
             return
         if chat_mode:
             from localrun.engine.chat import ChatSession
@@ -415,8 +420,9 @@ def run(
     try:
         if batch is not None:
             from localrun.cli.batchrun import run_batch
+            from localrun.engine.answerer import LocalAnswerer
 
-            if run_batch(loaded, batch_lines, opts):
+            if run_batch(LocalAnswerer(loaded), batch_lines, opts):
                 raise typer.Exit(1)
             return
         if chat_mode:

@@ -113,12 +113,18 @@ class Answerer(Protocol):
         """Refuse tools it cannot be offered (the one-line reason why)."""
 
     def start(
-        self, request: Request, *, started: float | None = None, trim: bool = False
+        self,
+        request: Request,
+        *,
+        started: float | None = None,
+        trim: bool = False,
+        keep: bool = True,
     ) -> Answering:
         """Begin answering ``request`` now (from ``started``, for its TTFT). With ``trim``,
         the oldest turns are left out when the conversation does not fit (a
-        :class:`Trimmed` event comes first). A request refused before any work (too long,
-        tools it cannot take) raises here."""
+        :class:`Trimmed` event comes first); with ``keep``, the part of the prompt that
+        later ones will repeat is kept where the model keeps prompts. A request refused
+        before any work (too long, tools it cannot take) raises here."""
 
     def remember(self, conversation: Sequence[Message], sampling: SamplingParams) -> None:
         """Keep what the next turn of ``conversation`` will read again (where it can)."""
@@ -292,7 +298,12 @@ class LocalAnswerer:
     # -- answering -----------------------------------------------------------------------
 
     def start(
-        self, request: Request, *, started: float | None = None, trim: bool = False
+        self,
+        request: Request,
+        *,
+        started: float | None = None,
+        trim: bool = False,
+        keep: bool = True,
     ) -> _Local:
         started = time.perf_counter() if started is None else started
         messages: Sequence[Message] = request.messages
@@ -306,8 +317,10 @@ class LocalAnswerer:
         check_fits(self.loaded, prompt.cells)
         # The prompt is read in chunks that end where its lasting part does, cache or not: the
         # numbers of a cold run, a warm run and a run without the cache are then the same.
-        keep = keep_point(self.loaded.model, self.loaded.template, messages, prompt.tokens,
-                          request.document, request.tools)  # fmt: skip
+        kept = 0
+        if keep:
+            kept = keep_point(self.loaded.model, self.loaded.template, messages, prompt.tokens,
+                              request.document, request.tools)  # fmt: skip
         form = form_of(self.loaded.template) if request.tools else None
         watch = CallWatch(form, request.tools) if form is not None else None
         job = Job(
@@ -316,7 +329,7 @@ class LocalAnswerer:
             max_tokens=request.max_tokens,
             stop=request.stop,
             submitted=started,
-            cache_at=keep,
+            cache_at=kept,
             speculate=self.loaded.speculate,
             special=watch is not None,
             images=prompt.images,

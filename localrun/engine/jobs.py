@@ -55,7 +55,9 @@ def parse_line(text: str, line: int, defaults: RunOptions) -> Job:
     sampling, max_tokens = _numbers(data, defaults.sampling, defaults.max_tokens, bad)
     stop = _stop(data, defaults.stop, bad)
     sampling = _constraint(data, sampling, bad)
-    request = Request(tuple(messages), sampling, max_tokens, stop)
+    # The line's own settings: a remote engine is sent these (and the flags given) only.
+    given = frozenset(p.name for field, p in _NUMBERS.items() if field in data)
+    request = Request(tuple(messages), sampling, max_tokens, stop, given=given)
     return Job(line, data.get("id"), request)
 
 

@@ -107,7 +107,12 @@ class RemoteAnswerer:
         raise UsageError("tools with a remote engine are not supported yet", "use a local model")
 
     def start(
-        self, request: Request, *, started: float | None = None, trim: bool = False
+        self,
+        request: Request,
+        *,
+        started: float | None = None,
+        trim: bool = False,
+        keep: bool = True,
     ) -> _Remote:
         if request.tools:
             self.check_tools()
