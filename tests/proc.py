@@ -30,11 +30,17 @@ class Done:
 
 
 def run(
-    home: Path, *args: str, stdin: bytes | None = b"", shell_suffix: str = "", timeout: float = 120
+    home: Path,
+    *args: str,
+    stdin: bytes | None = b"",
+    shell_suffix: str = "",
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
 ) -> Done:
-    """Run ``localrun ARGS``, and measure its own peak memory."""
-    env = {**os.environ, "LOCALRUN_HOME": str(home)}
-    env.pop("LOCALRUN_DEBUG", None)
+    """Run ``localrun ARGS`` (with ``env`` added to this environment), and measure its own
+    peak memory."""
+    full = {k: v for k, v in os.environ.items() if k != "LOCALRUN_DEBUG"}  # ours, not env's
+    full |= {"LOCALRUN_HOME": str(home), **(env or {})}
     if shell_suffix:  # redirections such as '<&-' need a shell
         quoted = " ".join(quote(a) for a in (LOCALRUN, *args))
         argv = ["/bin/sh", "-c", f"exec {quoted} {shell_suffix}"]
@@ -45,7 +51,7 @@ def run(
         stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=env,
+        env=full,
     )
     outputs: dict[str, bytes] = {}
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from localrun.hub import pull
+from localrun.errors import HubError
 from tests.hub import FakeHub, Faults, fake_gguf
 
 SMOLLM2 = "smollm2:135m"  # packaged: listed wherever its package is installed
@@ -44,7 +44,7 @@ def test_pull_passes_force(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
 
     def fake_pull(ref: str, *, force: bool, reporter: object) -> Any:
         seen.append((ref, force))
-        raise pull.HubError("stop here", "nothing")
+        raise HubError("stop here", "nothing")
 
     monkeypatch.setattr("localrun.hub.pull.pull", fake_pull)
     assert cli(["pull", "hf.co/a/b", "--force"]).exit_code == 1

@@ -9,8 +9,8 @@ import localrun
 from localrun import errors
 
 
-def _all_subclasses(cls: type) -> set[type]:
-    found = set()
+def _all_subclasses(cls: type[errors.LocalrunError]) -> set[type[errors.LocalrunError]]:
+    found: set[type[errors.LocalrunError]] = set()
     for sub in cls.__subclasses__():
         found |= {sub, *_all_subclasses(sub)}
     return found

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from localrun import engine
+from localrun.backend.llamacpp.model import LlamaCppModel
 from localrun.engine.perplexity import perplexity
 from tests.proc import run
 
@@ -36,6 +37,7 @@ def test_the_figure_is_its_definition(tiny_model: Path) -> None:
         text = TEXT.read_text()[:3000]
         result = perplexity(loaded, text, n_ctx, max_windows=3)
         model = loaded.model
+        assert isinstance(model, LlamaCppModel) and model.bos_token is not None
         tokens = model.tokenize(text, add_special=True, parse_special=False)
         nll, count = 0.0, 0
         for w in range(3):
@@ -84,7 +86,7 @@ def test_the_command_measures_and_compares(home: Path, tmp_path: Path) -> None:
 )
 def test_a_text_it_cannot_use_is_one_line(
     home: Path, tmp_path: Path, make: Callable[[Path], object], message: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     text = tmp_path / "t.txt"
     make(text)
     done = run(home, "perplexity", "demo", str(text))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,13 @@ import pytest
 
 from localrun.errors import (
     BrokenModelError,
+    CorruptDownloadError,
+    InsufficientSpaceError,
     InvalidModelError,
     ModelfileError,
     ModelNotFoundError,
     NeedsPullError,
+    NotGGUFError,
     UsageError,
 )
 from localrun.files import human_size
@@ -99,7 +103,7 @@ def test_projectors_are_never_weights() -> None:
     assert [c.files for c in gguf_choices(files)] == [("m-Q4_K_M.gguf",)]
     assert all(is_projector(f) for f in files[1:]) and not is_projector(files[0])
     # A repository of projectors alone offers no model, whatever quant is asked for.
-    with pytest.raises(pull.NotGGUFError, match="no GGUF model files"):
+    with pytest.raises(NotGGUFError, match="no GGUF model files"):
         choose(HubRef("o/r"), files[1:])
     with pytest.raises(UsageError, match="vision projector, not a model") as e:
         choose(HubRef("o/r", filename="mmproj-F16.gguf"), files)
@@ -195,12 +199,12 @@ def test_the_space_and_memory_checks_count_the_projector(
         free = both + pull.DISK_MARGIN - 1  # room for the weights, not for the projector too
 
     with monkeypatch.context() as m:
-        m.setattr(pull.shutil, "disk_usage", lambda p: Usage)
-        with pytest.raises(pull.InsufficientSpaceError, match="not enough disk space"):
+        m.setattr(shutil, "disk_usage", lambda p: Usage)
+        with pytest.raises(InsufficientSpaceError, match="not enough disk space"):
             pull.pull(REF)
     assert gets(vis, F16) == [] and gets(vis, "vis-Q4_K_M.gguf") == []
     monkeypatch.setattr(pull, "physical_memory", lambda: both - 1)
-    with pytest.raises(pull.InsufficientSpaceError, match="memory"):
+    with pytest.raises(InsufficientSpaceError, match="memory"):
         pull.pull(REF)
     assert pull.pull(REF, force=True).manifest.size == both
 
@@ -247,7 +251,7 @@ def test_a_corrupt_projector_download_is_refused(vis: FakeHub) -> None:
     assert m.projector is not None and m.projector_path is not None
     m.blob_path(m.projector).unlink()  # the weights stay: only the projector comes again
     vis.faults = Faults(wrong_bytes=True)
-    with pytest.raises(pull.CorruptDownloadError, match=F16):
+    with pytest.raises(CorruptDownloadError, match=F16):
         pull.pull(REF)
     assert store.require(REF).missing_files == [F16]
     assert list(store.partial_dir().glob("*.part")) == []
@@ -419,8 +423,9 @@ def test_create_refuses_what_is_not_a_projector(cli: Any, tmp_path: Path, tiny_m
         (tmp_path / "Modelfile").write_text(text)
         result = cli(["create", "x", "-f", str(tmp_path / "Modelfile")])
         assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
-        assert "Hint: " in result.stderr
-        return result.stderr
+        stderr: str = result.stderr
+        assert "Hint: " in stderr
+        return stderr
 
     missing = create(f"FROM {tiny_model}\nPROJECTOR ./mmproj-F16.gguf\n")
     assert f"PROJECTOR ./mmproj-F16.gguf: no projector file at {tmp_path}/mmproj-F16.gguf" in (

@@ -8,14 +8,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from localrun import paths
-from localrun.errors import CacheError, LocalrunError, NotGGUFError, QuantNotFoundError, UsageError
+from localrun.errors import (
+    CacheError,
+    CorruptDownloadError,
+    HubError,
+    InsufficientSpaceError,
+    LocalrunError,
+    NetworkError,
+    NotGGUFError,
+    QuantNotFoundError,
+    UsageError,
+)
 from localrun.hub import pull, store
 from tests.hub import TEST_TOKEN, FakeHub, Faults, fake_gguf
 from tests.proc import wait_for
@@ -103,7 +115,7 @@ def test_sharded_model_pulls_every_shard_and_loads_as_one(
 def test_wrong_bytes_are_caught_and_deleted(hub: FakeHub) -> None:
     hub.add_repo("org/m", {"m-Q4_K_M.gguf": fake_gguf(4000)})
     hub.faults = Faults(wrong_bytes=True)
-    with pytest.raises(pull.CorruptDownloadError) as e:
+    with pytest.raises(CorruptDownloadError) as e:
         pull.pull("hf.co/org/m")
     assert "corrupted download" in e.value.message and e.value.hint == "pull again"
     assert list(store.partial_dir().glob("*.part")) == []
@@ -147,10 +159,9 @@ def test_dropped_connection_is_resumed_within_the_run(hub: FakeHub) -> None:
 def test_connection_that_keeps_dropping_keeps_the_partial(
     hub: FakeHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from localrun.hub import download
 
     pauses: list[float] = []
-    monkeypatch.setattr(download.time, "sleep", pauses.append)  # no 1 s pauses in tests
+    monkeypatch.setattr(time, "sleep", pauses.append)  # no 1 s pauses in tests
     data = fake_gguf(12 * MiB)
     hub.add_repo("org/m", {"m-Q4_K_M.gguf": data})
     # What an earlier, interrupted pull left behind.
@@ -158,7 +169,7 @@ def test_connection_that_keeps_dropping_keeps_the_partial(
     part = store.partial_dir() / f"{hashlib.sha256(data).hexdigest()}.part"
     part.write_bytes(data[: 11 * MiB])
     hub.faults = Faults(drop_body=True)  # every connection drops before sending a byte
-    with pytest.raises(pull.NetworkError) as e:
+    with pytest.raises(NetworkError) as e:
         pull.pull("hf.co/org/m")
     assert e.value.hint and "resume" in e.value.hint
     assert pauses == [1, 1, 1, 1, 1]  # five retries, then it gives up
@@ -238,8 +249,8 @@ def test_refuses_when_the_disk_is_too_full(hub: FakeHub, monkeypatch: pytest.Mon
     class Usage:
         free = 100 * MiB
 
-    monkeypatch.setattr(pull.shutil, "disk_usage", lambda p: Usage)
-    with pytest.raises(pull.InsufficientSpaceError, match="not enough disk space") as e:
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage)
+    with pytest.raises(InsufficientSpaceError, match="not enough disk space") as e:
         pull.pull("hf.co/org/m")
     assert "LOCALRUN_HOME" in (e.value.hint or "")
     assert gets(hub, "m-Q4_K_M.gguf") == []
@@ -250,7 +261,7 @@ def test_model_bigger_than_memory_needs_force(
 ) -> None:
     hub.add_repo("org/m", {"m-Q4_K_M.gguf": fake_gguf(5000)})
     monkeypatch.setattr(pull, "physical_memory", lambda: 4000)
-    with pytest.raises(pull.InsufficientSpaceError, match="memory") as e:
+    with pytest.raises(InsufficientSpaceError, match="memory") as e:
         pull.pull("hf.co/org/m")
     assert "--force" in (e.value.hint or "")
     assert pull.pull("hf.co/org/m", force=True).manifest.size == 5000
@@ -260,7 +271,7 @@ def test_model_bigger_than_memory_needs_force(
 
 
 def test_repo_not_found(hub: FakeHub) -> None:
-    with pytest.raises(pull.HubError, match="repository org/nope not found"):
+    with pytest.raises(HubError, match="repository org/nope not found"):
         pull.pull("hf.co/org/nope")
 
 
@@ -268,7 +279,7 @@ def test_gated_repo_mentions_the_token_and_works_with_one(
     hub: FakeHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hub.add_repo("org/gated", {"m-Q4_K_M.gguf": fake_gguf(100)}, gated=True)
-    with pytest.raises(pull.HubError, match="gated") as e:
+    with pytest.raises(HubError, match="gated") as e:
         pull.pull("hf.co/org/gated")
     assert "HF_TOKEN" in (e.value.hint or "") and "hf auth login" in (e.value.hint or "")
     monkeypatch.setenv("HF_TOKEN", TEST_TOKEN)
@@ -277,7 +288,7 @@ def test_gated_repo_mentions_the_token_and_works_with_one(
 
 def test_revision_not_found_and_revision_pinned(hub: FakeHub) -> None:
     commit = hub.add_repo("org/m", {"m-Q4_K_M.gguf": fake_gguf(100)})
-    with pytest.raises(pull.HubError, match="revision 'v9' not found in org/m"):
+    with pytest.raises(HubError, match="revision 'v9' not found in org/m"):
         pull.pull("hf.co/org/m@v9")
     m = pull.pull(f"hf.co/org/m@{commit}").manifest
     assert m.commit == commit and m.name == f"hf.co/org/m@{commit}"
@@ -287,7 +298,7 @@ def test_revision_not_found_and_revision_pinned(hub: FakeHub) -> None:
 def test_hub_refusals(hub: FakeHub, status: int, needle: str) -> None:
     hub.add_repo("org/m", {"m-Q4_K_M.gguf": fake_gguf(100)})
     hub.faults = Faults(status=status)
-    with pytest.raises(pull.HubError, match=needle):
+    with pytest.raises(HubError, match=needle):
         pull.pull("hf.co/org/m")
 
 
@@ -298,7 +309,7 @@ def test_network_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    with pytest.raises(pull.NetworkError, match="cannot reach the Hub"):
+    with pytest.raises(NetworkError, match="cannot reach the Hub"):
         pull.pull("hf.co/org/m")
 
 
@@ -352,7 +363,7 @@ def test_pulled_model_runs_offline(
     result = cli(["run", "hf.co/org/tiny", "--max-tokens", "2", "hi"])
     assert result.exit_code == 0, result.stderr
     assert pull.pull("hf.co/org/tiny").up_to_date
-    with pytest.raises(pull.NetworkError, match="HF_HUB_OFFLINE"):
+    with pytest.raises(NetworkError, match="HF_HUB_OFFLINE"):
         pull.pull("hf.co/org/other")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     assert cli(["run", "hf.co/org/tiny", "--max-tokens", "1", "hi"]).exit_code == 0

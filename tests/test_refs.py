@@ -1,10 +1,8 @@
 import pytest
 
-from localrun.errors import UsageError
+from localrun.errors import NotGGUFError, QuantNotFoundError, UsageError
 from localrun.hub.refs import (
     HubRef,
-    NotGGUFError,
-    QuantNotFoundError,
     choose,
     gguf_choices,
     is_hub_ref,

@@ -80,8 +80,13 @@ def test_hello_tells_apart_what_is_wrong_with_a_worker() -> None:
     with pytest.raises(WorkerError, match=r"nothing listens at 127\.0\.0\.1:") as e:
         rpc.hello(rpc.Endpoint("127.0.0.1", free_port()))
     assert e.value.hint is not None and "localrun worker" in e.value.hint
+
     # Busy (a worker serves one client at a time): it accepts and says nothing.
-    silent = fake_worker(lambda conn: conn.recv(64) and time.sleep(2))
+    def silent_answer(conn: socket.socket) -> None:
+        conn.recv(64)
+        time.sleep(2)  # as a busy worker, which answers only its first client
+
+    silent = fake_worker(silent_answer)
     with silent as busy, pytest.raises(WorkerError, match=r"did not answer within 0\.5 s"):
         rpc.hello(busy, timeout=0.5)
     # Not a worker at all: an HTTP server, say.
@@ -212,21 +217,9 @@ def worker(home: Path) -> Iterator[Worker]:
 def answer(home: Path, *args: str, env: dict[str, str] | None = None) -> tuple[str, str]:
     """The demo model's greedy answer to PROMPT, and the --verbose report."""
     flags = ("--temperature", "0", "--max-tokens", "40", "--verbose", "--no-prompt-cache")
-    if env:
-        done = _run_env(home, env, "run", "demo", *flags, *args, PROMPT)
-    else:
-        done = run(home, "run", "demo", *flags, *args, PROMPT, timeout=300)
+    done = run(home, "run", "demo", *flags, *args, PROMPT, timeout=300, env=env)
     assert done.code == 0, done.stderr
     return done.stdout, done.stderr
-
-
-def _run_env(home: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, "LOCALRUN_HOME": str(home), **env}
-    done = subprocess.run(
-        [LOCALRUN, *args], capture_output=True, text=True, env=full, timeout=300, check=False
-    )
-    done.code = done.returncode  # type: ignore[attr-defined]
-    return done
 
 
 def test_a_model_split_with_a_loopback_worker_answers_as_it_does_alone(

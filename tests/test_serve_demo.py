@@ -40,7 +40,7 @@ def _answer(server: Server) -> str:
     r = ollama.Client(host=server.url).generate(
         model="demo", prompt=PROMPT, options={"num_predict": TOKENS, "seed": 1, "temperature": 0}
     )
-    assert r.eval_count == TOKENS
+    assert r.eval_count == TOKENS and r.response is not None
     return r.response
 
 
@@ -138,6 +138,7 @@ def test_a_model_that_is_answering_is_not_unloaded_for_another(
             waiter = threading.Thread(
                 target=lambda: other.append(
                     client.generate(model="tiny", prompt="x", options={"num_predict": 2}).response
+                    or ""
                 )
             )
             waiter.start()

@@ -135,11 +135,16 @@ def test_the_apis_answer_ends_with_the_value(localrun_home: Path) -> None:
     with seed 1: checked when this was written)."""
     import ollama
     import openai
+    from openai.types.chat import ChatCompletionMessageParam
+    from openai.types.shared_params import ResponseFormatJSONSchema
 
     from tests.served import serving
 
-    asked = [{"role": "user", "content": "A cat, as JSON:"}]
-    strict = {"type": "json_schema", "json_schema": {"name": "pet", "schema": PET}}
+    asked: list[ChatCompletionMessageParam] = [{"role": "user", "content": "A cat, as JSON:"}]
+    strict: ResponseFormatJSONSchema = {
+        "type": "json_schema",
+        "json_schema": {"name": "pet", "schema": PET},
+    }
     with serving(localrun_home, "--model", "demo", "--threads", "1") as server:
         streamed = ollama.Client(host=server.url).chat(
             model="demo", messages=asked, format=PET, stream=True,
@@ -148,7 +153,7 @@ def test_the_apis_answer_ends_with_the_value(localrun_home: Path) -> None:
         texts = ["".join(part.message.content or "" for part in streamed)]
         done = openai.OpenAI(base_url=server.url + "/v1", api_key="none").chat.completions.create(
             model="demo", messages=asked, max_tokens=48, seed=1,
-            response_format=strict,  # type: ignore[arg-type]
+            response_format=strict,
         )  # fmt: skip
         texts.append(done.choices[0].message.content or "")
     for text in texts:
