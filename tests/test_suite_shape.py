@@ -1,9 +1,9 @@
 """The test suite's own shape: what tests share lives in library modules, never in a test module.
 
-A test module that imports from another ``test_*`` module runs (or at least imports) that
-module's tests' machinery, makes pytest collect its fixtures twice, and ties two files that
-should move apart freely; the shared helpers live in ``tests/terminal.py``, ``tests/hub.py``,
-``tests/proc.py``, ``tests/pulling.py``, ``tests/served.py``, ``tests/templates.py`` and so on.
+A test module that imports from another ``test_*`` module ties two files that should move
+apart freely (and a fixture imported so is defined in both); the shared helpers live in
+``tests/terminal.py``, ``tests/hub.py``, ``tests/proc.py``, ``tests/pulling.py``,
+``tests/served.py``, ``tests/speculation.py``, ``tests/templates.py`` and so on.
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ import ast
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
-
-# Imports from a test module still there, each to be moved into a library module: (importer,
-# imported). test_speculative's are helper A's files, being rewritten for issue 31 right now.
-KNOWN: set[tuple[str, str]] = {("test_speculative", "test_draft")}
 
 
 def imported_test_modules(source: str) -> set[str]:
@@ -44,8 +40,7 @@ def test_no_test_module_imports_another() -> None:
         for imported in imported_test_modules(path.read_text())
         if imported != path.stem
     }
-    # (A pair of KNOWN that is gone is no failure: its owner may move it before this list.)
-    assert sorted(imports - KNOWN) == [], "move these helpers into a library module of tests/"
+    assert sorted(imports) == [], "move these helpers into a library module of tests/"
 
 
 def test_the_check_sees_every_form_of_import() -> None:
