@@ -5,6 +5,10 @@ the logits, makes its context with a fixed thread default, and prints to stderr.
 model offers steps to the batching engine (:mod:`localrun.engine.batch`): decode one
 ``llama_batch`` of rows from several sequences, then sample the rows that asked for logits
 with each sequence's native sampler chain (:mod:`.sampler`).
+
+Over 400 lines because it is one adapter over one llama.cpp model and context: its loading,
+tokens, pictures, steps and cache calls all hold the same ctypes pointers, which ``close``
+frees in one order; the sampler, the vision projector, the logs and the devices are apart.
 """
 
 from __future__ import annotations
@@ -82,6 +86,42 @@ class LlamaCppModel:
             )
         logs.start()
         sampler.preload()
+        model, ctx, kv_lines = self._open(options)
+        self._ctx = ctx
+        self.kv_type = options.kv_type
+        # What llama.cpp allocated for the KV cache (one line per cache: SWA layers apart).
+        self.kv_bytes = kv_buffer_bytes(kv_lines)
+        # The largest batch one llama_decode takes: prompts are fed in chunks of this size.
+        self._n_batch = int(lc.llama_n_batch(ctx))
+        self._adapters = [self._lora(model, path) for path in options.lora]
+        self._adapter_paths = list(options.lora)
+        if self._adapters:
+            arr = (lc.llama_adapter_lora_p_ctypes * len(self._adapters))(*self._adapters)
+            scales = (ctypes.c_float * len(self._adapters))(*([1.0] * len(self._adapters)))
+            lc.llama_set_adapters_lora(ctx, arr, len(self._adapters), scales)
+        self._mem = lc.llama_get_memory(ctx)
+        # llama.cpp rounds the context up (to a multiple of 256): read what it made.
+        self._n_ctx = int(lc.llama_n_ctx(ctx))
+        self._pieces: dict[int, bytes] = {}
+        self._metadata: dict[str, str] | None = None
+        self._n_seq_max = options.n_seq
+        self._n_swa = int(lc.llama_model_n_swa(model))  # 0: no sliding-window layers
+        # A recurrent state (Mamba, RWKV; hybrids have one too) is one per sequence: it cannot
+        # be cut at a position or copied in part.
+        self._recurrent = bool(lc.llama_model_is_recurrent(model)) or bool(
+            lc.llama_model_is_hybrid(model)
+        )
+        self._batch: Any = None  # the step API's llama_batch, made on first use
+        self._projector: Projector | None = None
+        if options.projector is not None:
+            self._attach_projector(options)
+        raw = lc.llama_model_chat_template(model, None)
+        self._chat_template = raw.decode("utf-8", errors="replace") if raw else None
+        self._warm_up(options.n_threads)
+
+    def _open(self, options: LoadOptions) -> tuple[Any, Any, list[str]]:
+        """The model and its context, and llama.cpp's lines about its KV buffers. Ctrl-C
+        stops the load (KeyboardInterrupt) once llama.cpp has returned."""
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
         mparams.use_extra_bufts = options.repack
@@ -114,56 +154,34 @@ class LlamaCppModel:
         if not ctx:
             lc.llama_model_free(model)
             raise logs.context_failure(requested)
-        self._ctx = ctx
-        self.kv_type = options.kv_type
-        # What llama.cpp allocated for the KV cache (one line per cache: SWA layers apart).
-        self.kv_bytes = kv_buffer_bytes(kv_lines)
-        # The largest batch one llama_decode takes: prompts are fed in chunks of this size.
-        self._n_batch = int(lc.llama_n_batch(ctx))
-        self._adapters = [self._lora(model, path) for path in options.lora]
-        self._adapter_paths = list(options.lora)
-        if self._adapters:
-            arr = (lc.llama_adapter_lora_p_ctypes * len(self._adapters))(*self._adapters)
-            scales = (ctypes.c_float * len(self._adapters))(*([1.0] * len(self._adapters)))
-            lc.llama_set_adapters_lora(ctx, arr, len(self._adapters), scales)
-        self._mem = lc.llama_get_memory(ctx)
-        # llama.cpp rounds the context up (to a multiple of 256): read what it made.
-        self._n_ctx = int(lc.llama_n_ctx(ctx))
-        self._pieces: dict[int, bytes] = {}
-        self._metadata: dict[str, str] | None = None
-        self._n_seq_max = options.n_seq
-        self._n_swa = int(lc.llama_model_n_swa(model))  # 0: no sliding-window layers
-        # A recurrent state (Mamba, RWKV; hybrids have one too) is one per sequence: it cannot
-        # be cut at a position or copied in part.
-        self._recurrent = bool(lc.llama_model_is_recurrent(model)) or bool(
-            lc.llama_model_is_hybrid(model)
-        )
-        self._batch: Any = None  # the step API's llama_batch, made on first use
-        self._projector: Projector | None = None
-        if options.projector is not None:
-            from localrun.backend.llamacpp.vision import Projector
+        return model, ctx, kv_lines
 
-            try:
-                self._projector = Projector(
-                    options.projector, model, ctx,
-                    n_threads=options.n_threads, gpu=options.n_gpu_layers > 0,
-                )  # fmt: skip
-            except BaseException:
-                self.close()
-                raise
-        raw = lc.llama_model_chat_template(model, None)
-        self._chat_template = raw.decode("utf-8", errors="replace") if raw else None
-        # As llama.cpp's own tools do, one token through the model now: the weights are paged
-        # in while loading, not during the first prompt (whose TTFT it would otherwise add to).
+    def _attach_projector(self, options: LoadOptions) -> None:
+        """The vision projector (mmproj) beside the model; a failure frees the model too."""
+        from localrun.backend.llamacpp.vision import Projector
+
+        assert options.projector is not None
+        try:
+            self._projector = Projector(
+                options.projector, self._model, self._ctx,
+                n_threads=options.n_threads, gpu=options.n_gpu_layers > 0,
+            )  # fmt: skip
+        except BaseException:
+            self.close()
+            raise
+
+    def _warm_up(self, n_threads: int) -> None:
+        """As llama.cpp's own tools do, one token through the model now: the weights are paged
+        in while loading, not during the first prompt (whose TTFT it would otherwise add to)."""
         # On one thread: llama.cpp's threads are OpenMP's, and a parallel region here would
         # give the loading thread a team of its own beside the engine thread's. With more of
         # OpenMP's threads than cores, libgomp spins 1,000 times instead of 300,000 before a
         # worker sleeps, so every decode step woke its workers from sleep: decode on 2 threads
         # ran at 0.6 of llama-bench's (27.5 against 45.7 tokens/s), no faster than on 1.
-        lc.llama_set_n_threads(ctx, 1, 1)
+        lc.llama_set_n_threads(self._ctx, 1, 1)
         self.decode_rows([self.bos_token or 0], [0], [0], [False])
         self.forget(0)
-        lc.llama_set_n_threads(ctx, options.n_threads, options.n_threads)
+        lc.llama_set_n_threads(self._ctx, n_threads, n_threads)
 
     @staticmethod
     def _new_context(model: Any, n_ctx: int, options: LoadOptions) -> tuple[Any, list[str]]:
