@@ -318,12 +318,85 @@ def test_bare_command_prints_help(cli: Any) -> None:
 def test_held_to_some_cpus_the_default_takes_them_all(monkeypatch: pytest.MonkeyPatch) -> None:
     """/proc/loadavg counts every CPU's tasks: under taskset or a cpuset it says nothing of
     the CPUs this process may use."""
+    import os
+
     from localrun import system
 
     monkeypatch.setattr(system, "physical_cores", lambda: 4)
     monkeypatch.setattr(system, "busy_elsewhere", lambda: 20)
-    monkeypatch.setattr(system.os, "cpu_count", lambda: 64)
-    monkeypatch.setattr(system.os, "sched_getaffinity", lambda pid: set(range(4)))
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the module localrun.system calls
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)))
     assert system.run_threads() == (4, 0)
-    monkeypatch.setattr(system.os, "cpu_count", lambda: 4)  # every CPU: the count applies
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # every CPU: the count applies
     assert system.run_threads() == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["hi", "--parallel", "2"], "--parallel goes with --batch"),
+        (["hi", "--batch", "requests.jsonl"], "--batch takes its prompts from the file"),
+        (["--batch", "requests.jsonl", "-i"], "--batch takes its prompts from the file"),
+        (["--batch", "requests.jsonl", "--image", "cat.png"], "--image goes with a prompt"),
+        (["hi", "--schema", "json", "--grammar", "g.gbnf"], "--schema and --grammar cannot go"),
+        (["hi", "-i"], "interactive chat needs a terminal on stdout"),
+    ],
+)
+def test_flags_that_cannot_go_together_are_refused_before_the_load(
+    cli: Any, fake_engine: Recorder, args: list[str], needle: str
+) -> None:
+    result = cli(["run", "m.gguf", *args])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0]
+    assert fake_engine.load_calls == [] and fake_engine.requests == []
+
+
+def test_chat_is_always_interactive(cli: Any, fake_engine: Recorder) -> None:
+    result = cli(["chat", "m.gguf", "hi"])  # a prompt, but chat: it needs a terminal
+    assert result.exit_code == 2 and "interactive chat needs a terminal" in result.stderr
+    assert fake_engine.load_calls == []
+
+
+COMMANDS = {  # each command that takes a shared flag, with what else it needs to parse
+    "run": ["run", "m.gguf", "hi"],
+    "chat": ["chat", "m.gguf"],
+    "serve": ["serve"],
+    "bench": ["bench", "m.gguf"],
+    "perplexity": ["perplexity", "m.gguf", "text.txt"],
+    "quantize": ["quantize", "in.gguf", "out.gguf", "Q4_K_M"],
+    "worker": ["worker"],
+    "create": ["create", "mine"],
+}
+SHARED = [  # a shared flag, a value out of its range, and the commands that take it
+    ("--threads", "0", list(COMMANDS)),
+    ("--threads", "513", list(COMMANDS)),
+    ("--gpu-layers", "most", ["run", "chat", "bench", "perplexity"]),
+    ("--ctx", "0", ["run", "chat", "bench", "perplexity"]),
+    ("--parallel", "65", ["run", "chat", "serve"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "command"),
+    [(flag, value, c) for flag, value, commands in SHARED for c in commands],
+)
+def test_a_shared_flag_is_checked_alike_by_every_command(
+    cli: Any, fake_engine: Recorder, flag: str, value: str, command: str
+) -> None:
+    """One definition each (localrun/cli/options.py): the same one-line usage error."""
+    result = cli([*COMMANDS[command], flag, value])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: Invalid value for ")
+    assert f"'{flag}'" in lines[0] and f"Hint: see 'localrun {command} --help'" in lines[0]
+    assert fake_engine.load_calls == []
+
+
+def test_run_help_lists_the_flags_by_what_they_decide(cli: Any) -> None:
+    """How to sample, what to answer, how to show it, then what to load and where."""
+    out = cli(["run", "--help"]).stdout
+    order = ["--system", "--grammar", "--interactive", "--parallel", "--format", "--nowordwrap"]
+    order += ["--ctx", "--threads", "--no-repack", "--rpc", "--endpoint"]
+    places = [out.index(f" {flag} ") for flag in order]
+    assert places == sorted(places)

@@ -8,9 +8,13 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from localrun.cli import app
+from localrun.cli import app, options
+
+# 'localrun --help' lists the commands as they were registered, and cli/__init__.py imports
+# their modules in alphabetical order: run (and chat) are registered here, by the first of
+# them, so that they head the list, where they have always been.
+from localrun.cli import run as _run  # noqa: F401
 from localrun.cli.output import table
-from localrun.cli.run import gpu_layers_value, parse_gpu_layers
 from localrun.system import physical_cores
 
 if TYPE_CHECKING:
@@ -29,34 +33,25 @@ def _sizes(value: str) -> tuple[int, ...]:
 
 @app.command()
 def bench(
-    model: str = typer.Argument(..., help="A model, as for run."),
+    model: str = options.model(),
     prefill: str = typer.Option("512", "-p", "--prefill", help="Prompt sizes, e.g. 128,512."),
     decode: str = typer.Option("128", "-n", "--decode", help="Tokens to generate, e.g. 128."),
     repetitions: int = typer.Option(5, "-r", "--repetitions", min=1, max=1000, help="Repetitions."),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, max=512, help="CPU threads (default: the physical cores)."
-    ),
-    ctx_size: int | None = typer.Option(None, "--ctx", min=1, help="Context size in tokens."),
-    gpu_layers: str | None = typer.Option(
-        None, "--gpu-layers", callback=parse_gpu_layers, help="auto, all or N. [default: auto]"
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    threads: int | None = options.threads(),
+    ctx_size: int | None = options.ctx(),
+    gpu_layers: str | None = options.gpu_layers(),
+    as_json: bool = options.as_json("Print one JSON object."),
     parallel: str | None = typer.Option(
         None,
         "--parallel",
         help="Sequences at once, e.g. 1,2,4,8: aggregate tokens/s through the batching engine "
         "(a remote engine: concurrent streams, up to 256).",
     ),
-    endpoint: str | None = typer.Option(
-        None, "--endpoint", metavar="URL", help="Measure MODEL on this OpenAI-compatible server."
-    ),
-    kv_type: str = typer.Option("f16", "--kv-type", help="The KV cache's type: f16, q8_0, q4_0."),
-    flash_attn: str = typer.Option("auto", "--flash-attn", help="Flash attention: auto, on, off."),
-    rpc: str | None = typer.Option(
-        None,
-        "--rpc",
-        metavar="HOST:PORT,...",
-        help="Split the model's layers with these RPC workers ('localrun worker'), as run does.",
+    endpoint: str | None = options.endpoint("Measure MODEL on this OpenAI-compatible server."),
+    kv_type: str = options.kv_type("The KV cache's type: f16, q8_0, q4_0.", default="f16"),
+    flash_attn: str = options.flash_attn("Flash attention: auto, on, off.", default="auto"),
+    rpc: str | None = options.rpc(
+        "Split the model's layers with these RPC workers ('localrun worker'), as run does."
     ),
 ) -> None:
     """Measure prefill and decode speed.
@@ -64,7 +59,7 @@ def bench(
     Prefill and decode tokens/s, TTFT and load time, as mean and standard deviation.
     """
     from localrun.cli.progress import resolve_or_pull
-    from localrun.cli.run import remote_named
+    from localrun.cli.target import remote_named
     from localrun.engine.bench import BenchConfig, run, run_parallel
     from localrun.engine.workers import parse_endpoints
 
@@ -89,7 +84,7 @@ def bench(
         repetitions=repetitions,
         threads=threads or physical_cores(),
         n_ctx=ctx_size,
-        gpu_layers=gpu_layers_value(gpu_layers) or "auto",
+        gpu_layers=options.gpu_layers_value(gpu_layers) or "auto",
         workers=parse_endpoints(rpc) if rpc else (),
         kv_type=kv_type,
         flash_attn=flash_attn,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from localrun.cli import app
+from localrun.cli import app, options
 from localrun.cli.progress import resolve_or_pull
 from localrun.cli.quantize import TYPE_HELP
 from localrun.errors import LocalrunError, UsageError
@@ -29,9 +29,7 @@ def create(
     imatrix: Path | None = typer.Option(
         None, "--imatrix", help="With --quantize: an importance matrix (llama-imatrix's)."
     ),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, max=512, help="With --quantize: CPU threads."
-    ),
+    threads: int | None = options.threads("With --quantize: CPU threads."),
     allow_requantize: bool = typer.Option(
         False, "--allow-requantize", help="With --quantize: from a file as coarse, or coarser."
     ),

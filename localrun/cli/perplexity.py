@@ -8,8 +8,7 @@ from typing import Any
 
 import typer
 
-from localrun.cli import app
-from localrun.cli.run import gpu_layers_value, parse_gpu_layers
+from localrun.cli import app, options
 
 DEFAULT_CTX = 512  # the window llama-perplexity is usually run with (-c 512)
 # The usual texts are a few MB (wikitext-2's test split is 1.3 MB); the whole text is
@@ -19,10 +18,10 @@ MAX_TEXT_BYTES = 100 * 1000**2
 
 @app.command()
 def perplexity(
-    model: str = typer.Argument(..., help="A model, as for run."),
+    model: str = options.model(),
     file: Path = typer.Argument(..., help="A text file (UTF-8)."),
-    ctx_size: int = typer.Option(
-        DEFAULT_CTX, "--ctx", min=8, help="Window size in tokens (each scores its second half)."
+    ctx_size: int = options.ctx(
+        "Window size in tokens (each scores its second half).", default=DEFAULT_CTX, least=8
     ),
     compare: str | None = typer.Option(
         None, "--compare", metavar="OTHER", help="Also OTHER on the same text, and the ratio."
@@ -30,13 +29,9 @@ def perplexity(
     windows: int | None = typer.Option(
         None, "--windows", min=1, help="At most this many windows (default: the whole text)."
     ),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, max=512, help="CPU threads (default: the physical cores)."
-    ),
-    gpu_layers: str | None = typer.Option(
-        None, "--gpu-layers", callback=parse_gpu_layers, help="auto, all or N. [default: auto]"
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    threads: int | None = options.threads(),
+    gpu_layers: str | None = options.gpu_layers(),
+    as_json: bool = options.as_json(),
 ) -> None:
     """Measure a model's perplexity over a text, as llama-perplexity does.
 
@@ -65,7 +60,7 @@ def perplexity(
             name,
             n_ctx=ctx_size,
             n_threads=threads or physical_cores(),
-            gpu_layers=gpu_layers_value(gpu_layers) or "auto",
+            gpu_layers=options.gpu_layers_value(gpu_layers) or "auto",
             path=path,
         )
         try:

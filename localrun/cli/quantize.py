@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from localrun.cli import app
+from localrun.cli import app, options
 
 TYPE_HELP = "Q4_K_M, Q5_K_M, Q8_0, IQ4_XS... (llama.cpp's names; a wrong one lists them)"
 
@@ -54,9 +54,7 @@ def quantize(
     imatrix: Path | None = typer.Option(
         None, "--imatrix", help="An importance matrix (llama-imatrix's): better low-bit types."
     ),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, max=512, help="CPU threads (default: the physical cores)."
-    ),
+    threads: int | None = options.threads(),
     allow_requantize: bool = typer.Option(
         False,
         "--allow-requantize",

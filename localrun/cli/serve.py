@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from localrun.cli import app
+from localrun.cli import app, options
 from localrun.errors import LocalrunError, UsageError
 
 
@@ -37,9 +37,7 @@ def serve(
     allow_admin: bool = typer.Option(
         False, "--allow-admin", help="Allow pull, delete, copy and create off loopback."
     ),
-    parallel: int | None = typer.Option(
-        None, "--parallel", min=1, max=64, help="Sequences per model. [default: from memory]"
-    ),
+    parallel: int | None = options.parallel("Sequences per model. [default: from memory]"),
     keep_alive: str = typer.Option(
         "5m", "--keep-alive", help="How long an idle model stays loaded (0: unload, -1: keep)."
     ),
@@ -50,39 +48,27 @@ def serve(
     max_body: int = typer.Option(
         32 * 1024 * 1024, "--max-body", min=1024, help="Largest request body in bytes; then 413."
     ),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, max=512, help="CPU threads (default: the physical cores)."
-    ),
+    threads: int | None = options.threads(),
     preload: list[str] = typer.Option(
         [], "--model", "-m", help="Load this model at start (a missing one stops the server)."
     ),
-    speculative: str | None = typer.Option(
-        None,
-        "--speculative",
-        help="Guess tokens ahead and check several a step: lookup, draft (--draft) or off. "
-        "[default: each model's Modelfile, else draft with --draft, else off]",
+    speculative: str | None = options.speculative(
+        "Guess tokens ahead and check several a step: lookup, draft (--draft) or off. "
+        "[default: each model's Modelfile, else draft with --draft, else off]"
     ),
-    draft: str | None = typer.Option(
-        None,
-        "--draft",
-        metavar="MODEL",
-        help="A draft model for the models that share its vocabulary (others go without).",
+    draft: str | None = options.draft(
+        "A draft model for the models that share its vocabulary (others go without)."
     ),
-    kv_type: str | None = typer.Option(
-        None,
-        "--kv-type",
-        help="Every model's KV cache type: f16, q8_0 or q4_0. "
-        "[default: each model's Modelfile, LOCALRUN_KV_TYPE, else f16]",
+    kv_type: str | None = options.kv_type(
+        "Every model's KV cache type: f16, q8_0 or q4_0. "
+        "[default: each model's Modelfile, LOCALRUN_KV_TYPE, else f16]"
     ),
-    flash_attn: str | None = typer.Option(
-        None, "--flash-attn", help="Flash attention: auto, on or off. [default: auto]"
+    flash_attn: str | None = options.flash_attn(
+        "Flash attention: auto, on or off. [default: auto]"
     ),
-    rpc: str | None = typer.Option(
-        None,
-        "--rpc",
-        metavar="HOST:PORT,...",
-        help="Split the models' layers with these RPC workers ('localrun worker' on other "
-        "machines), by free memory.",
+    rpc: str | None = options.rpc(
+        "Split the models' layers with these RPC workers ('localrun worker' on other "
+        "machines), by free memory."
     ),
     allow_remote_images: bool = typer.Option(
         False,
@@ -182,7 +168,7 @@ def _ask(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
 
 
 @app.command()
-def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def ps(as_json: bool = options.as_json()) -> None:
     """List the models a running server has loaded."""
     import time
 

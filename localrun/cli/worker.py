@@ -8,7 +8,7 @@ import time
 
 import typer
 
-from localrun.cli import app
+from localrun.cli import app, options
 from localrun.errors import WorkerError
 
 
@@ -18,9 +18,7 @@ def worker(
         "127.0.0.1", "--host", help="Address to listen on (off loopback, see the flag below)."
     ),
     port: int = typer.Option(50052, "--port", min=1, max=65535, help="TCP port."),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, max=512, help="CPU threads (default: the physical cores)."
-    ),
+    threads: int | None = options.threads(),
     cache: bool = typer.Option(
         True,
         "--cache/--no-cache",
