@@ -224,6 +224,8 @@ def test_the_grammar_budget_counts_cpu_time_not_time_waiting_for_a_core(
     import ctypes
     import time
 
+    import llama_cpp.llama_cpp as lc  # the bindings the sampler calls
+
     from localrun.backend.llamacpp import sampler
 
     def waits(grammar: object, array: object) -> None:
@@ -234,11 +236,11 @@ def test_the_grammar_budget_counts_cpu_time_not_time_waiting_for_a_core(
         while time.thread_time() < end:  # 0.1 s of this thread's CPU
             pass
 
-    monkeypatch.setattr(sampler.lc, "llama_sampler_apply", waits)
+    monkeypatch.setattr(lc, "llama_sampler_apply", waits)
     cost = sampler._Cost()
     cost.apply(None, ctypes.c_int(0), 256)
     cost.check(4096)  # foreseen from CPU time: nothing like 16 x 0.1 s
-    monkeypatch.setattr(sampler.lc, "llama_sampler_apply", works)
+    monkeypatch.setattr(lc, "llama_sampler_apply", works)
     cost = sampler._Cost()
     cost.apply(None, ctypes.c_int(0), 256)
     with pytest.raises(GenerationError, match="costs too much to follow"):

@@ -36,7 +36,7 @@ def _prompt(model_path: Path, words: int, seed: int = 0) -> list[int]:
     model = load(LoadOptions(model_path, n_ctx=1024, n_threads=1))
     try:
         text = " ".join(f"w{(i * 7 + seed) % 97}" for i in range(words))
-        return model.tokenize(text, add_special=True, parse_special=False)  # type: ignore[no-any-return]
+        return model.tokenize(text, add_special=True, parse_special=False)
     finally:
         model.close()
 

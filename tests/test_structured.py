@@ -178,7 +178,10 @@ def test_noise_from_a_tiny_model_comes_out_valid(tiny_model: Path) -> None:
 def test_the_demo_model_answers_every_schema_validly() -> None:
     from localrun.models.demo import demo_model_path
 
-    runs = [(name, schema, 0.8) for name, schema in SCHEMAS.items()] + [("any", None, 0.0)]
+    runs: list[tuple[str, dict[str, Any] | None, float]] = [
+        (name, schema, 0.8) for name, schema in SCHEMAS.items()
+    ]
+    runs.append(("any", None, 0.0))
     answers = _answers(demo_model_path(), "Here is the JSON describing my cat:\n", runs)
     for (name, schema, _), (text, stats) in zip(runs, answers, strict=True):
         assert stats.finish_reason is FinishReason.STOP, (name, text)
@@ -242,7 +245,7 @@ def test_batch_lines_take_a_schema(localrun_home: Path, tiny_model: Path) -> Non
 
 # -- through the server, with the real clients ---------------------------------------------
 
-PET = {
+PET: dict[str, Any] = {
     "type": "object",
     "properties": {
         "kind": {"enum": ["cat", "dog", "fish"]},
@@ -261,6 +264,8 @@ def test_the_clients_get_json_that_follows_their_schemas(
     import ollama
     import openai
     import pydantic
+    from openai.types.chat import ChatCompletionMessageParam
+    from openai.types.shared_params import ResponseFormatJSONSchema
 
     from tests.served import create_model, serving
 
@@ -272,18 +277,18 @@ def test_the_clients_get_json_that_follows_their_schemas(
     create_model(localrun_home, "tiny", f"FROM {tiny_chat_model}\n")
     with serving(localrun_home, "--model", "tiny") as server:
         client = ollama.Client(host=server.url)
-        said = [{"role": "user", "content": "a pet, as JSON"}]
+        said: list[ChatCompletionMessageParam] = [{"role": "user", "content": "a pet, as JSON"}]
         chat = client.chat(
             model="tiny", messages=said, format=PET, options={"num_predict": 200, "temperature": 0}
         )
-        _validate(chat.message.content, PET)
+        _validate(chat.message.content or "", PET)
         made = client.generate(
             model="tiny", prompt="hi", format="json", options={"num_predict": 300, "temperature": 0}
         )
-        assert isinstance(json.loads(made.response), dict)  # "json": an object
+        assert isinstance(json.loads(made.response or ""), dict)  # "json": an object
 
         oai = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
-        strict = {
+        strict: ResponseFormatJSONSchema = {
             "type": "json_schema",
             "json_schema": {"name": "pet", "schema": PET, "strict": True},
         }
@@ -323,11 +328,11 @@ def test_the_clients_get_json_that_follows_their_schemas(
         assert short.choices[0].finish_reason == "length"
         # What cannot be enforced is a 400 that names it, for both APIs.
         with pytest.raises(openai.BadRequestError, match="'minimum'"):
-            bad = {
+            bad: ResponseFormatJSONSchema = {
                 "type": "json_schema",
                 "json_schema": {"name": "n", "schema": {"type": "integer", "minimum": 1}},
             }
-            oai.chat.completions.create(model="tiny", messages=said, response_format=bad)  # type: ignore[arg-type]
+            oai.chat.completions.create(model="tiny", messages=said, response_format=bad)
         r = httpx.post(
             server.url + "/api/generate", json={"model": "tiny", "prompt": "x", "format": "yaml"}
         )
@@ -341,12 +346,12 @@ def test_greedy_with_a_grammar_is_the_best_allowed_token(penalty: float) -> None
     256 first, and must still pick the best token the grammar allows (after penalties)."""
     import ctypes
 
+    import llama_cpp.llama_cpp as lc  # the bindings the sampler calls
     import numpy as np
 
     from localrun.backend.llamacpp import sampler
     from localrun.models.demo import demo_model_path
 
-    lc = sampler.lc
     made = grammar.json_schema(SCHEMAS["nested object"])
     model: Any = load(LoadOptions(demo_model_path(), n_ctx=1024, n_threads=2))
     shadow = sampler.new_grammar(model._vocab, made.grammar)
@@ -367,7 +372,7 @@ def test_greedy_with_a_grammar_is_the_best_allowed_token(penalty: float) -> None
         array = lc.llama_token_data_array(data=pointer, size=len(data), selected=-1, sorted=False)
         lc.llama_sampler_apply(shadow, ctypes.byref(array))  # the whole vocabulary, checked
         allowed = data["logit"]
-        token = real_sample(chain, row)
+        token: int = real_sample(chain, row)
         checked.append((token, int(allowed.argmax())))
         lc.llama_sampler_accept(shadow, token)
         seen.append(token)

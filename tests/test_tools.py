@@ -228,18 +228,25 @@ def test_the_clients_get_tool_calls(
     import httpx
     import ollama
     import openai
+    from openai.types.chat import (
+        ChatCompletionFunctionToolParam,
+        ChatCompletionNamedToolChoiceParam,
+    )
 
     from tests.served import create_model, serving
 
     create_model(localrun_home, "qwen", f"FROM {qwen_tiny}\n")
     create_model(localrun_home, "plain", f"FROM {tiny_chat_model}\n")
     said: list[Any] = [{"role": "user", "content": "weather in paris?"}]
+    tools: list[ChatCompletionFunctionToolParam] = [
+        {"type": "function", "function": tool["function"]} for tool in OPENAI_TOOLS
+    ]
     with serving(localrun_home, "--model", "qwen") as server:
         oai = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
         done = oai.chat.completions.create(
             model="qwen",
             messages=said,
-            tools=OPENAI_TOOLS,
+            tools=tools,
             tool_choice="required",
             max_tokens=200,
             temperature=0,  # the tiny model's noise, the same each run, held to a call
@@ -247,14 +254,18 @@ def test_the_clients_get_tool_calls(
         choice = done.choices[0]
         assert choice.finish_reason == "tool_calls"
         call = (choice.message.tool_calls or [])[0]
-        assert call.function.name in ("get_weather", "get_time")  # type: ignore[union-attr]
-        json.loads(call.function.arguments)  # type: ignore[union-attr]
+        assert call.type == "function"
+        assert call.function.name in ("get_weather", "get_time")
+        json.loads(call.function.arguments)
         # A named function, streamed: the client puts the deltas back together.
-        named = {"type": "function", "function": {"name": "get_weather"}}
+        named: ChatCompletionNamedToolChoiceParam = {
+            "type": "function",
+            "function": {"name": "get_weather"},
+        }
         stream = oai.chat.completions.create(
             model="qwen",
             messages=said,
-            tools=OPENAI_TOOLS,
+            tools=tools,
             tool_choice=named,
             max_tokens=200,
             temperature=0,
@@ -278,9 +289,7 @@ def test_the_clients_get_tool_calls(
             {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
             {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'},
         ]
-        after = oai.chat.completions.create(
-            model="qwen", messages=back, tools=OPENAI_TOOLS, max_tokens=5
-        )  # type: ignore[arg-type]
+        after = oai.chat.completions.create(model="qwen", messages=back, tools=tools, max_tokens=5)
         assert after.choices[0].finish_reason in ("stop", "length", "tool_calls")
         # Ollama's shape, parsed by its client's own response model (its API has no
         # tool_choice; localrun takes it, as llama.cpp's server does).
