@@ -293,8 +293,8 @@ class BatchEngine:
         """``n`` of the sequence's pending tokens (or a picture's positions) are in its cells."""
         del seq.pending[:n]
         seq.cached += n
-        if seq.at_keep_point():
-            self.cells.keep_prefix(seq)
+        if seq.cache_at and not seq.cache_done and seq.cached == seq.cache_at:
+            self.cells.keep_prefix(seq)  # just the prompt's prefix worth keeping
         if not seq.prompt_done and seq.pending:
             seq.progress()
 

@@ -187,10 +187,6 @@ class Sequence:
             take = min(take, self.cache_at - self.cached)
         return take
 
-    def at_keep_point(self) -> bool:
-        """Whether its cells hold just the prompt's prefix worth keeping, not stored yet."""
-        return bool(self.cache_at) and not self.cache_done and self.cached == self.cache_at
-
     # -- its way out: events, text and figures ----------------------------------------------
 
     def progress(self) -> None:
@@ -205,15 +201,24 @@ class Sequence:
     def take(self, token: int, model: StepModel, seq_ctx: int) -> End | None:
         """Take a sampled ``token`` into the answer (the text of ``model``'s token); how the
         answer ends with it, or None: it goes on (with ``seq_ctx`` cells at the most)."""
-        self._sampled(time.perf_counter())
+        now = time.perf_counter()
+        if not self.first_at:
+            self._first(now)
+        self.last_at = now
         if self.max_tokens == 0:  # the prompt read, and no token asked for (as Ollama's)
             return End(FinishReason.LENGTH)
         if self.stop_at_eog and model.is_end(token):
             return End(FinishReason.STOP, sampled=len(self.generated) + 1)
-        piece = model.piece(token, True) if self.special else model.piece(token)
-        if self._add(token, piece):
+        self.generated.append(token)
+        stats = self.stats
+        stats.completion_tokens += 1
+        text, stopped = self.out.feed(
+            model.piece(token, True) if self.special else model.piece(token)
+        )
+        self.outbox.put(TextDelta(text, stats.completion_tokens))
+        if stopped:
             return End(FinishReason.STOP, flush=False)  # at a stop string
-        if self.max_tokens is not None and self.stats.completion_tokens >= self.max_tokens:
+        if self.max_tokens is not None and stats.completion_tokens >= self.max_tokens:
             return End(FinishReason.LENGTH)
         if self.cached >= seq_ctx:
             # Its share of the context is full: the token sampled from the last cell ends it.
@@ -221,30 +226,16 @@ class Sequence:
         self.pending.append(token)
         return None
 
-    def _sampled(self, now: float) -> None:
-        """A token was sampled at ``now``: the first one ends the prompt's reading."""
+    def _first(self, now: float) -> None:
+        """The first token was sampled at ``now``: the prompt's reading is over."""
         stats = self.stats
-        if not self.prompt_done:
-            self.prompt_done = True
-            stats.prompt_evaluated = len(self.prompt) - self.reused
-            # Encoding pictures is the vision encoder's time, counted apart.
-            stats.prefill_s = max(0.0, now - self.prefill_started - stats.image_encode_s)
-            self.outbox.put(
-                PromptEvaluated(len(self.prompt), stats.prompt_evaluated, stats.prefill_s)
-            )
-        if not self.first_at:
-            self.first_at = now
-            self.outbox.put(FirstToken(now - self.submitted))
-        self.last_at = now
-
-    def _add(self, token: int, piece: bytes) -> bool:
-        """Take ``token`` (its bytes ``piece``) into the answer and send the text that is
-        safe to show; whether a stop string was reached."""
-        self.generated.append(token)
-        self.stats.completion_tokens += 1
-        text, stopped = self.out.feed(piece)
-        self.outbox.put(TextDelta(text, self.stats.completion_tokens))
-        return stopped
+        self.prompt_done = True
+        stats.prompt_evaluated = len(self.prompt) - self.reused
+        # Encoding pictures is the vision encoder's time, counted apart.
+        stats.prefill_s = max(0.0, now - self.prefill_started - stats.image_encode_s)
+        self.outbox.put(PromptEvaluated(len(self.prompt), stats.prompt_evaluated, stats.prefill_s))
+        self.first_at = now
+        self.outbox.put(FirstToken(now - self.submitted))
 
     def end(self, end: End) -> None:
         """Send what was held back (unless at a stop string) and the statistics, last."""

@@ -1,8 +1,9 @@
 """One answer on the engine: the fit check, and generate().
 
 The per-request work runs in the batching engine's sequence objects
-(:mod:`localrun.engine.batch`), their text and figures in :mod:`localrun.engine.output`; this
-module is their caller's side.
+(:mod:`localrun.engine.sequence`), their text and figures in :mod:`localrun.engine.output`; this
+module is their caller's side: a :class:`~localrun.engine.types.Job` submitted to the engine of
+the loaded model's runner (:mod:`localrun.engine.runner`).
 """
 
 from __future__ import annotations
