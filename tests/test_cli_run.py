@@ -9,6 +9,7 @@ import pytest
 
 from localrun import engine
 from localrun.engine import Finished, LoadedModel, Request, Stats, TextDelta
+from localrun.engine.answerer import LocalAnswerer
 from localrun.errors import InvalidModelError
 from localrun.models.resolve import Resolved, Settings
 from tests.scripted import ScriptedModel
@@ -29,7 +30,7 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Recorder:
         rec.load_calls.append({"ref": ref, **kwargs})
         return LoadedModel(name=ref, path=Path(ref), model=rec.model, load_s=0.25)
 
-    def generate(loaded: LoadedModel, request: Request) -> Iterator[engine.Event]:
+    def generate(answerer: LocalAnswerer, request: Request, **_: Any) -> Iterator[engine.Event]:
         rec.requests.append(request)
         yield TextDelta("Hello")
         yield TextDelta(" there")
@@ -39,7 +40,7 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Recorder:
         "localrun.models.resolve.resolve", lambda ref: Resolved(ref, (Path("/m") / ref,))
     )
     monkeypatch.setattr(engine, "load_model", load_model)
-    monkeypatch.setattr(engine, "generate", generate)
+    monkeypatch.setattr(LocalAnswerer, "start", generate)
     monkeypatch.setattr("localrun.system.physical_cores", lambda: 6)
     monkeypatch.setattr("localrun.system.busy_elsewhere", lambda: 0)
     return rec
@@ -289,13 +290,13 @@ def test_interrupt_ends_the_line_and_exits_130(cli: Any, monkeypatch: pytest.Mon
     def load_model(ref: str, **kwargs: Any) -> LoadedModel:
         return LoadedModel(name=ref, path=Path(ref), model=rec.model, load_s=0.1)
 
-    def generate(loaded: LoadedModel, request: Request) -> Iterator[engine.Event]:
+    def generate(answerer: LocalAnswerer, request: Request, **_: Any) -> Iterator[engine.Event]:
         yield TextDelta("partial answ")
         raise KeyboardInterrupt
 
     monkeypatch.setattr("localrun.models.resolve.resolve", lambda ref: Resolved(ref, (Path(ref),)))
     monkeypatch.setattr(engine, "load_model", load_model)
-    monkeypatch.setattr(engine, "generate", generate)
+    monkeypatch.setattr(LocalAnswerer, "start", generate)
     result = cli(["run", "m.gguf", "hi"])
     assert result.exit_code == 130
     assert result.stdout == "partial answ\n"

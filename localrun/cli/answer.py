@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TextIO
 
 from localrun.cli.options import OutputFormat
@@ -14,16 +14,15 @@ from localrun.errors import GenerationError
 if TYPE_CHECKING:
     from localrun import engine
     from localrun.cli.runflags import Show
-    from localrun.cli.runload import Local
+    from localrun.engine.answerer import Answerer, ChatEvent
     from localrun.images import Image
     from localrun.prompt.grammar import Constraint
-    from localrun.remote.registry import Remote
 
 Described = Callable[["engine.Stats"], str]  # the --verbose block of an answer
 
 
-def answer_local(
-    local: Local,
+def answer(
+    model: Answerer,
     name: str,
     text: str,
     images: list[Image],
@@ -32,39 +31,18 @@ def answer_local(
     show: Show,
     constraint: Constraint | None,
 ) -> None:
-    """Answer ``text`` with a model loaded here (``document``: the piped part of it)."""
-    from localrun import engine
-    from localrun.cli.output import format_stats
+    """Answer ``text`` with ``model``, loaded here or a remote engine (``document``: the
+    piped part of the text)."""
+    from localrun.cli.output import format_figures
 
-    loaded = local.loaded
-    events = engine.generate(loaded, _request(text, opts, images, document))
-    described = (lambda stats: format_stats(stats, loaded, local.threads)) if show.verbose else None
+    events = model.start(_request(text, opts, images, document))
+    described: Described | None = None
+    if show.verbose:
+        described = lambda stats: format_figures(model.described(stats, model.threads))  # noqa: E731
+    mode = model.mode if model.loads_here else "remote"
     done = _shown(
-        events, show, name=name, mode=loaded.mode, placement=loaded.placement,
-        n_ctx=loaded.model.n_ctx, described=described,
-    )  # fmt: skip
-    if constraint is not None and done is not None:
-        _check_complete(done, constraint)
-
-
-def answer_remote(
-    remote: Remote,
-    text: str,
-    images: list[Image],
-    opts: engine.RunOptions,
-    send: frozenset[str],
-    show: Show,
-    constraint: Constraint | None,
-) -> None:
-    """Answer ``text`` with a remote engine, sending it only the sampler settings ``send``
-    names."""
-    from localrun.cli.output import format_remote_stats
-    from localrun.remote.client import generate
-
-    events = generate(remote, _request(text, opts, images), send)
-    done = _shown(
-        events, show, name=remote.name, mode="remote", placement=f"remote {remote.url}",
-        n_ctx=0, described=format_remote_stats if show.verbose else None,
+        events, show, name=name, mode=mode, placement=model.placement,
+        n_ctx=model.n_ctx, described=described,
     )  # fmt: skip
     if constraint is not None and done is not None:
         _check_complete(done, constraint)
@@ -106,7 +84,7 @@ def _request(
 
 
 def _shown(
-    events: Iterator[engine.Event],
+    events: Iterable[ChatEvent],
     show: Show,
     *,
     name: str,
@@ -136,7 +114,7 @@ def _check_complete(stats: engine.Stats, constraint: Constraint) -> None:
         )
 
 
-def _plain(events: Iterator[engine.Event], described: Described | None) -> engine.Stats:
+def _plain(events: Iterable[ChatEvent], described: Described | None) -> engine.Stats:
     from localrun import engine
 
     stream = Stream(sys.stdout)
@@ -154,7 +132,7 @@ def _plain(events: Iterator[engine.Event], described: Described | None) -> engin
 
 
 def _live(
-    events: Iterator[engine.Event],
+    events: Iterable[ChatEvent],
     placement: str,
     n_ctx: int,
     described: Described | None,
@@ -175,7 +153,7 @@ def _live(
 
 
 def _json(
-    events: Iterator[engine.Event], model: str, mode: str, described: Described | None
+    events: Iterable[ChatEvent], model: str, mode: str, described: Described | None
 ) -> engine.Stats:
     from localrun import engine
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from localrun import engine
     from localrun.cli.runflags import RunFlags
     from localrun.cli.runplan import Plan
+    from localrun.engine.answerer import Answerer
     from localrun.images import Image
     from localrun.models.resolve import Resolved, Settings
     from localrun.prompt.grammar import Constraint
@@ -258,7 +259,7 @@ def _options(
 
 
 def _go_remote(remote: Remote, settings: Settings, flags: RunFlags, plan: Plan) -> None:
-    from localrun.cli.runplan import Mode
+    from localrun.remote.answerer import RemoteAnswerer
 
     text, pictures = _pictures(plan, flags, takes=True)
     opts = _options(settings, flags, plan.constraint)
@@ -266,65 +267,66 @@ def _go_remote(remote: Remote, settings: Settings, flags: RunFlags, plan: Plan) 
     sampler = flags.sample.sampler()
     given = {name for name, value in sampler.items() if value is not None}
     send = frozenset(given | (set(settings.parameters) & set(sampler)))
-    if plan.mode is Mode.BATCH:
-        from localrun.cli.batchrun import run_batch
-        from localrun.remote.answerer import RemoteAnswerer
-
-        assert plan.lines is not None
-        answerer = RemoteAnswerer(remote, send=send, parallel=flags.ask.parallel)
-        try:
-            if run_batch(answerer, plan.lines, opts):
-                raise typer.Exit(1)
-        finally:
-            answerer.close()
-    elif plan.mode is Mode.CHAT:
-        from localrun.cli.runchat import chat
-        from localrun.engine.chat import ChatSession
-        from localrun.remote.answerer import RemoteAnswerer
-
-        session = ChatSession(RemoteAnswerer(remote, send=send))
-        chat(session, text, plan.piped, opts, flags.show, pictures)
-    else:
-        from localrun.cli.answer import answer_remote
-
-        assert text is not None
-        answer_remote(remote, text, pictures, opts, send, flags.show, plan.constraint)
+    answerer = RemoteAnswerer(remote, send=send, parallel=flags.ask.parallel)
+    try:
+        _answer(answerer, remote.name, plan, flags, opts, text, pictures)
+    finally:
+        answerer.close()
 
 
 def _go_local(resolved: Resolved, flags: RunFlags, plan: Plan) -> None:
     from localrun.cli.runload import load_local
     from localrun.cli.runplan import Mode
+    from localrun.engine.answerer import LocalAnswerer
+    from localrun.engine.chat import LoadSettings
 
     text, pictures = _pictures(plan, flags, takes=resolved.settings.projector is not None)
     opts = _options(resolved.settings, flags, plan.constraint)
-    show = flags.show
+    show, load = flags.show, flags.load
     local = load_local(
-        resolved, opts, flags.load,
+        resolved, opts, load,
         batch=plan.mode is Mode.BATCH,
         parallel=flags.ask.parallel,
         verbose=show.verbose,
         spinner=show.format is OutputFormat.text and sys.stdout.isatty() and sys.stderr.isatty(),
     )  # fmt: skip
     try:
-        if plan.mode is Mode.BATCH:
-            from localrun.cli.batchrun import run_batch
-            from localrun.engine.answerer import LocalAnswerer
-
-            assert plan.lines is not None
-            if run_batch(LocalAnswerer(local.loaded), plan.lines, opts):
-                raise typer.Exit(1)
-        elif plan.mode is Mode.CHAT:
-            from localrun.cli.runchat import chat_local
-
-            chat_local(local, text, plan.piped, opts, flags.load.repack, show, pictures)
-        else:
-            from localrun.cli.answer import answer_local
-            from localrun.cli.runinput import piped_part
-
-            assert text is not None
-            document = piped_part(text, flags.ask.words) if plan.piped else ""
-            answer_local(
-                local, flags.load.model, text, pictures, document, opts, show, plan.constraint
-            )
+        # What the chat's /set parameter num_ctx and /load NAME load with again.
+        again = LoadSettings(local.threads, opts.n_ctx, opts.gpu_layers, opts.kv_type,
+                             opts.flash_attn, load.repack, local.workers)  # fmt: skip
+        answerer = LocalAnswerer(local.loaded, again)
+        _answer(answerer, load.model, plan, flags, opts, text, pictures)
     finally:
         local.loaded.close()
+
+
+def _answer(
+    model: Answerer,
+    name: str,
+    plan: Plan,
+    flags: RunFlags,
+    opts: engine.RunOptions,
+    text: str | None,
+    pictures: list[Image],
+) -> None:
+    """Answer as the plan says, with any model: a batch file, the chat, or one answer."""
+    from localrun.cli.runplan import Mode
+
+    if plan.mode is Mode.BATCH:
+        from localrun.cli.batchrun import run_batch
+
+        assert plan.lines is not None
+        if run_batch(model, plan.lines, opts):
+            raise typer.Exit(1)
+    elif plan.mode is Mode.CHAT:
+        from localrun.cli.runchat import chat
+        from localrun.engine.chat import ChatSession
+
+        chat(ChatSession(model), text, plan.piped, opts, flags.show, pictures)
+    else:
+        from localrun.cli.answer import answer
+        from localrun.cli.runinput import piped_part
+
+        assert text is not None
+        document = piped_part(text, flags.ask.words) if plan.piped else ""
+        answer(model, name, text, pictures, document, opts, flags.show, plan.constraint)

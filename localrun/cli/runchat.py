@@ -8,28 +8,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from localrun import engine
     from localrun.cli.runflags import Show
-    from localrun.cli.runload import Local
     from localrun.engine.chat import ChatSession
     from localrun.images import Image
-
-
-def chat_local(
-    local: Local,
-    text: str | None,
-    piped: bool,
-    opts: engine.RunOptions,
-    repack: bool,
-    show: Show,
-    images: list[Image],
-) -> None:
-    """The chat over a model loaded here, which /load and /set parameter num_ctx load again."""
-    from localrun.engine.answerer import LocalAnswerer
-    from localrun.engine.chat import ChatSession, LoadSettings
-
-    # What /set parameter num_ctx and /load NAME load with again, as run loaded it.
-    again = LoadSettings(local.threads, opts.n_ctx, opts.gpu_layers, opts.kv_type,
-                         opts.flash_attn, repack, local.workers)  # fmt: skip
-    chat(ChatSession(LocalAnswerer(local.loaded, again)), text, piped, opts, show, images)
 
 
 def chat(

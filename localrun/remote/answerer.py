@@ -4,7 +4,7 @@ The engine keeps no state between requests: each turn sends the whole conversati
 OpenAI client does, and the engine's own prefix cache (vLLM's, llama-server's) makes that
 cheap there. Nothing is tokenized here: an engine refuses a conversation too long for its
 context itself. Each answer is read in a thread of its own, so that answers started together
-(a --batch file) are made together by the engine's scheduler.
+(a --batch file) are made together by the engine's scheduler, --parallel at a time.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from localrun.backend import SamplingParams
 from localrun.engine.answerer import ChatEvent
@@ -28,22 +27,28 @@ DEFAULT_PARALLEL = 8  # answers read at once: the engine's own scheduler batches
 
 
 class _Remote:
-    """One answer from the engine, read in a pool thread; its events wait in a queue."""
+    """One answer from the engine, read in a daemon thread (a reader still waiting on a
+    stalled engine never holds the process's exit); its events wait in a queue."""
 
-    def __init__(self, pool: ThreadPoolExecutor, remote: Remote, request: Request,
+    def __init__(self, slots: threading.BoundedSemaphore, remote: Remote, request: Request,
                  send: frozenset[str]) -> None:  # fmt: skip
         self._events: queue.SimpleQueue[ChatEvent | BaseException | None] = queue.SimpleQueue()
         self._stop = threading.Event()
-        pool.submit(self._read, remote, request, send)
+        args = (slots, remote, request, send)
+        threading.Thread(target=self._read, args=args, name="remote", daemon=True).start()
 
-    def _read(self, remote: Remote, request: Request, send: frozenset[str]) -> None:
+    def _read(self, slots: threading.BoundedSemaphore, remote: Remote, request: Request,
+              send: frozenset[str]) -> None:  # fmt: skip
         try:
-            # Leaving the loop drops the generator as this returns: its connection is closed
-            # and the engine stops answering.
-            for event in generate(remote, request, send):
+            with slots:  # --parallel answers at a time; the others wait their turn here
                 if self._stop.is_set():
-                    break
-                self._events.put(event)
+                    return
+                # Leaving the loop drops the generator as this returns: its connection is
+                # closed and the engine stops answering.
+                for event in generate(remote, request, send):
+                    if self._stop.is_set():
+                        break
+                    self._events.put(event)
         except BaseException as e:  # handed to the reader, who raises it
             self._events.put(e)
         finally:
@@ -84,7 +89,7 @@ class RemoteAnswerer:
         self.remote = remote
         self.send = send  # the sampling settings given to the command
         self.n_seq = parallel or DEFAULT_PARALLEL
-        self._pool = ThreadPoolExecutor(max_workers=self.n_seq, thread_name_prefix="remote")
+        self._slots = threading.BoundedSemaphore(self.n_seq)
 
     @property
     def name(self) -> str:
@@ -117,7 +122,7 @@ class RemoteAnswerer:
         if request.tools:
             self.check_tools()
         send = self.send | request.given
-        return _Remote(self._pool, self.remote, request, send)
+        return _Remote(self._slots, self.remote, request, send)
 
     def remember(self, conversation: Sequence[Message], sampling: SamplingParams) -> None:
         """Nothing to keep here: the engine has its own cache."""
@@ -129,8 +134,7 @@ class RemoteAnswerer:
         raise _loads_here("another model")
 
     def close(self) -> None:
-        """Stop reading: answers under way are dropped."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Nothing to free: each answer's reader ends with it (or with the process)."""
 
 
 def _loads_here(what: str) -> UsageError:
