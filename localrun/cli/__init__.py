@@ -39,7 +39,9 @@ def _root(
     """Run large language models on your own machine."""
 
 
-# Registering the commands; each module adds itself to ``app``.
+# Registering the commands; each module adds itself to ``app``, and '--help' lists them in
+# this order: run (and chat) first, where they have always been.
+from localrun.cli import run  # noqa: E402,F401, I001
 from localrun.cli import (  # noqa: E402,F401
     bench,
     cache,
@@ -53,7 +55,6 @@ from localrun.cli import (  # noqa: E402,F401
     quantize,
     remote,
     rm,
-    run,
     serve,
     show,
     worker,

@@ -9,11 +9,6 @@ from typing import TYPE_CHECKING
 import typer
 
 from localrun.cli import app, options
-
-# 'localrun --help' lists the commands as they were registered, and cli/__init__.py imports
-# their modules in alphabetical order: run (and chat) are registered here, by the first of
-# them, so that they head the list, where they have always been.
-from localrun.cli import run as _run  # noqa: F401
 from localrun.cli.output import table
 from localrun.system import physical_cores
 
