@@ -10,7 +10,6 @@ are prefilled.
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 import time
@@ -21,11 +20,11 @@ from typing import Any
 
 from localrun.backend import SamplingParams
 from localrun.engine.answerer import Answerer, ChatEvent, Trimmed
+from localrun.engine.history import read_history, write_history
 from localrun.engine.reload import LoadSettings
 from localrun.engine.types import Called, Finished, Request, Stats, TextDelta
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
-from localrun.files import write_atomic
-from localrun.images import Image, image_from_base64
+from localrun.images import Image
 from localrun.models import recipes
 from localrun.models.modelfile import Modelfile, coerce_parameter
 from localrun.models.parameters import chat_names
@@ -34,7 +33,6 @@ from localrun.prompt.tools import Tool, ToolCall, parse_tools
 
 __all__ = ["ChatEvent", "ChatSession", "LoadSettings", "Options", "Saved", "Trimmed"]
 
-HISTORY_FORMAT = "localrun-chat/1"
 FORMATS = ("json",)  # /set format: Ollama's one named format
 
 
@@ -353,22 +351,7 @@ class ChatSession:
 
     def save(self, path: Path) -> None:
         """Write the conversation as JSON (atomically: a crash leaves the old file whole)."""
-        data = {
-            "format": HISTORY_FORMAT,
-            "model": self.name,
-            "system": self.system,
-            "parameters": self.parameters(),
-            "messages": [_saved(m) for m in self.messages],
-        }
-        path = path.expanduser()
-        if path.is_dir():
-            raise LocalrunError(f"{path} is a directory", "give a file name to save to")
-        try:
-            write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-        except OSError as e:
-            raise LocalrunError(
-                f"cannot save to {path}: {e.strerror}", "choose another file"
-            ) from None
+        write_history(path, self.name, self.system, self.parameters(), self.messages)
         self.remember()
 
     def remember(self) -> None:
@@ -380,27 +363,15 @@ class ChatSession:
 
     def load(self, path: Path) -> None:
         """Replace the conversation with one saved by :meth:`save`."""
-        path = path.expanduser()
-        try:
-            data = json.loads(path.read_text())
-            messages = [_saved_message(m) for m in data["messages"]]
-            system = data.get("system")
-            params = data.get("parameters", {})
-        except FileNotFoundError:
-            raise LocalrunError(f"no such file: {path}", "give the path of a saved chat") from None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise LocalrunError(
-                f"{path} is not a saved localrun chat ({type(e).__name__})",
-                "load a file written by /save",
-            ) from None
-        if not self.vision and any(m.images for m in messages):
+        saved = read_history(path)
+        if not self.vision and any(m.images for m in saved.messages):
             raise UsageError(
-                f"{path} holds pictures, and this model reads no images",
+                f"{path.expanduser()} holds pictures, and this model reads no images",
                 "load it in a chat with a vision model",
             )
         current, self.options = self.options, Options()
         try:  # the saved settings, checked as /set parameter checks them
-            for name, value in params.items():
+            for name, value in saved.parameters.items():
                 if name == "stop":
                     for s in value or []:
                         self.set_parameter("stop", str(s))
@@ -409,35 +380,5 @@ class ChatSession:
         except BaseException:
             self.options = current
             raise
-        self.messages = messages
-        self.system = system if isinstance(system, str) else None
-
-
-def _saved_message(m: dict[str, Any]) -> Message:
-    """A message as :meth:`ChatSession.save` wrote it (its calls as templates read them)."""
-    calls = tuple(
-        ToolCall(str(c["function"]["name"]), dict(c["function"]["arguments"]), str(c["id"]))
-        for c in m.get("tool_calls") or ()
-    )
-    tool_call_id, name = m.get("tool_call_id"), m.get("name")
-    images = tuple(
-        image_from_base64(str(data), f"the saved chat's image {i + 1}")
-        for i, data in enumerate(m.get("images") or ())
-    )
-    return Message(
-        str(m["role"]),
-        str(m["content"]),
-        calls,
-        str(tool_call_id) if tool_call_id is not None else None,
-        str(name) if name is not None else None,
-        images,
-    )
-
-
-def _saved(m: Message) -> dict[str, Any]:
-    """A message as :meth:`ChatSession.save` writes it: its pictures in base64, as Ollama's
-    API sends them."""
-    out = m.as_template()
-    if m.images:
-        out["images"] = [base64.b64encode(image.data).decode() for image in m.images]
-    return out
+        self.messages = saved.messages
+        self.system = saved.system
