@@ -391,3 +391,9 @@ class LocalAnswerer:
 def _turns(messages: Sequence[Message]) -> int:
     """The messages kept, not counting the system prompt."""
     return sum(1 for m in messages if m.role != "system")
+
+
+def generate(loaded: LoadedModel, request: Request) -> Iterator[ChatEvent]:
+    """Answer a one-shot ``request`` with a model loaded here: text as it is produced, the
+    statistics last."""
+    return iter(LocalAnswerer(loaded).start(request))

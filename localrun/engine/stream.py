@@ -1,4 +1,7 @@
-"""One answer on the engine: the fit check, and generate().
+"""One answer on the engine, as tokens: the fit check, generate_tokens(), the tool-call watch.
+
+Messages become tokens in :mod:`localrun.engine.answerer`, whose ``generate`` answers a
+one-shot request.
 
 The per-request work runs in the batching engine's sequence objects
 (:mod:`localrun.engine.sequence`), their text and figures in :mod:`localrun.engine.output`; this
@@ -8,15 +11,13 @@ the loaded model's runner (:mod:`localrun.engine.runner`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping, Sequence
 
 from localrun.backend import ImageChunk, SamplingParams, context_size
 from localrun.engine.load import LoadedModel
 from localrun.engine.runner import runner_of
-from localrun.engine.types import Called, Event, Finished, Job, Request, TextDelta
+from localrun.engine.types import Called, Event, Finished, Job, TextDelta
 from localrun.errors import PromptTooLongError
-from localrun.prompt.build import conversation_prompt, keep_point
 from localrun.prompt.tools import CallWatch
 
 # Room for an answer: what a too-long prompt's hint adds, and what a chat keeps free.
@@ -36,27 +37,6 @@ def check_fits(loaded: LoadedModel, n_prompt: int) -> None:
         hint = f"raise the context, for example --ctx {needed}, or shorten the prompt"
     raise PromptTooLongError(
         f"the prompt is {n_prompt} tokens but the context holds only {n_ctx}", hint
-    )
-
-
-def generate(loaded: LoadedModel, request: Request) -> Iterator[Event]:
-    """Answer a one-shot ``request``: text as it is produced, the statistics last."""
-    start = time.perf_counter()
-    prompt = conversation_prompt(loaded.model, loaded.template, request.messages)
-    tokens = prompt.tokens
-    check_fits(loaded, prompt.cells)
-    # The prompt is read in chunks that end where its lasting part does, cache or not: the
-    # numbers of a cold run, a warm run and a run without the cache are then the same.
-    keep = keep_point(loaded.model, loaded.template, request.messages, tokens, request.document)
-    return generate_tokens(
-        loaded,
-        tokens,
-        request.sampling,
-        max_tokens=request.max_tokens,
-        stop=request.stop,
-        start=start,
-        cache_at=keep,
-        images=prompt.images,
     )
 
 
