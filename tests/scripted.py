@@ -9,10 +9,12 @@ With :meth:`ScriptedModel.hold`, the engine thread decodes only the steps a test
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from localrun.backend import SamplingParams
+from localrun.backend import ImageChunk, SamplingParams
+from localrun.errors import NoVisionError
+from localrun.images import Image
 
 FIRST = 100  # the first scripted answer token; its piece is pieces[0]
 FILLER = 99  # what comes after the pieces when the answer does not end: no text
@@ -79,6 +81,11 @@ class ScriptedModel:
         return self._chat_template
 
     vision = False  # a text model: it reads no images
+
+    def tokenize_images(
+        self, texts: Sequence[str], images: Sequence[Image], *, parse_special: bool
+    ) -> tuple[list[int], dict[int, ImageChunk]]:
+        raise NoVisionError()  # as a model loaded without a projector
 
     @property
     def bos_token(self) -> int | None:
