@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from localrun.backend import LoadOptions, SamplingParams, load
 from localrun.cli.chatview import AnswerState, AnswerView, status_line
 from localrun.engine import Finished, FirstToken, LoadedModel, PromptEvaluated, Request
 from localrun.engine.batch import BatchEngine, Job
-from localrun.engine.types import Event, PrefillProgress
+from localrun.engine.types import PrefillProgress
 from tests.scripted import ScriptedModel
 from tests.terminal import open_terminal
 
@@ -36,7 +37,7 @@ def demo_path() -> Path:
     return demo_model_path()
 
 
-def progress_of(events: list[Event]) -> list[PrefillProgress]:
+def progress_of(events: Sequence[object]) -> list[PrefillProgress]:
     return [e for e in events if isinstance(e, PrefillProgress)]
 
 

@@ -315,7 +315,7 @@ def blind_chat() -> ChatSession:
     from tests.scripted import ScriptedModel
 
     model = ScriptedModel([b"hi"], chat_template=CHATML_TEMPLATE)
-    text = engine.LoadedModel(name="t", path=Path("t.gguf"), model=model, load_s=0.1)  # type: ignore[arg-type]
+    text = engine.LoadedModel(name="t", path=Path("t.gguf"), model=model, load_s=0.1)
     return ChatSession(LocalAnswerer(text))
 
 
