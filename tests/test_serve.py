@@ -9,11 +9,13 @@ import concurrent.futures
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import ollama
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.served import Server, create_model, serving, wait_for
 
@@ -71,7 +73,7 @@ def test_chat_streaming_and_not(client: ollama.Client) -> None:
 
 def test_stop_strings_and_num_predict(client: ollama.Client) -> None:
     long = client.generate(model=MODEL, prompt="abc", options={"num_predict": 30, "seed": 3})
-    text = long.response
+    text = long.response or ""
     assert len(text) > 4
     stop = text[2:4]
     cut = client.generate(
@@ -136,7 +138,7 @@ def test_openai_chat_without_streaming(oai: openai.OpenAI) -> None:
 
 
 def test_openai_chat_streaming_with_usage(oai: openai.OpenAI) -> None:
-    messages = [{"role": "user", "content": "hi"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
     whole = oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, seed=1)
     chunks = list(
         oai.chat.completions.create(
@@ -192,7 +194,7 @@ def test_bad_json_and_wrong_types_are_400(server: Server) -> None:
 
 def test_concurrent_streams_of_one_prompt_give_one_text(client: ollama.Client) -> None:
     def one(_: int) -> str:
-        return client.generate(model=MODEL, prompt="the same", options=FAST).response
+        return client.generate(model=MODEL, prompt="the same", options=FAST).response or ""
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         texts = list(pool.map(one, range(4)))
@@ -335,7 +337,7 @@ def test_create_names_models_never_files(client: ollama.Client, home: Path) -> N
 
 
 def test_openai_requests_take_llama_server_sampling_fields(oai: openai.OpenAI) -> None:
-    messages = [{"role": "user", "content": "hi"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
     greedy = {"temperature": 0.0}
     plain = oai.chat.completions.create(
         model=MODEL, messages=messages, max_tokens=12, extra_body=greedy
@@ -385,7 +387,7 @@ def test_create_values_cannot_become_instructions(client: ollama.Client) -> None
         {"system": "x\u2028ADAPTER /etc/passwd"},
     ):
         try:
-            client.create(model="sneaky", from_=MODEL, **fields)  # type: ignore[arg-type]
+            client.create(model="sneaky", from_=MODEL, **fields)
         except ollama.ResponseError as e:
             assert e.status_code == 400, (fields, e.error)
             continue
@@ -461,7 +463,11 @@ def test_tool_calls_of_the_wrong_shape_are_400(server: Server) -> None:
     r = httpx.post(server.url + "/api/chat", json=body)
     assert r.status_code == 400 and "'messages[0].tool_calls' must be a list" in _error(r)
     deep = "[" * 100_000
-    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": deep}}
+    call: dict[str, Any] = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "f", "arguments": deep},
+    }
     body = {"model": MODEL, "messages": [
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "user", "content": "x"},
@@ -576,11 +582,12 @@ def test_grammars_that_once_killed_or_held_the_server_are_400s(
     grammar parser); an enum of 100,000 values kept a core busy for minutes after its client
     left, and the requests after it waited."""
     deep = "^" + "(" * 30_000 + "a" + ")" * 30_000 + "$"
-    for schema, message in (
+    refused_schemas: tuple[tuple[dict[str, object], str], ...] = (
         ({"type": "string", "maxLength": 100_000_000}, "maxLength 100,000,000 (at $)"),
         ({"enum": [f"value {i}" for i in range(100_000)]}, "enum (at $) has 100,000 values"),
         ({"type": "string", "pattern": deep}, "pattern (at $) nests too deeply"),
-    ):
+    )
+    for schema, message in refused_schemas:
         body = {"model": MODEL, "prompt": "hi", "format": schema}
         r = _post(server, "/api/generate", json.dumps(body))
         assert r.status_code == 400 and message in _error(r), r.text
@@ -594,11 +601,11 @@ def test_grammars_that_once_killed_or_held_the_server_are_400s(
                 },
             )
         assert message in str(refused.value)
-    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 8}}}
-    r = client.generate(
-        model=MODEL, prompt="hi", format=schema, options={"num_predict": 60, "seed": 1}
+    short = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 8}}}
+    answer = client.generate(
+        model=MODEL, prompt="hi", format=short, options={"num_predict": 60, "seed": 1}
     )
-    assert r.done and json.loads(r.response).keys() <= {"a"}  # and the server answers on
+    assert answer.done and json.loads(answer.response or "").keys() <= {"a"}  # answers on
 
 
 def test_ignore_eos_goes_on_past_the_end_of_text(server: Server) -> None:
