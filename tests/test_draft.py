@@ -12,11 +12,11 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from localrun.backend import LoadOptions, SamplingParams, load
+from localrun.backend import LoadOptions, SamplingParams, StepModel, load
 from localrun.engine.batch import BatchEngine, Job, collect
 from localrun.engine.draft import Drafter, check_vocabulary
 from localrun.errors import ModelLoadError
@@ -165,8 +165,9 @@ def _sampled(
 def test_sampling_keeps_the_distribution(tiny_model: Path) -> None:
     """400 answers each way, the draft guessing the most likely tokens: the joint
     distribution of the guessed positions is the same (and a changed one is told apart)."""
-    target = load(LoadOptions(tiny_model, n_ctx=8 * 64, n_threads=2, n_seq=8))
-    draft = load(LoadOptions(tiny_model, n_ctx=8 * 64, n_threads=2, n_seq=8))
+    # Loaded with several sequences: the engine's steps (as the runner casts it too).
+    target = cast(StepModel, load(LoadOptions(tiny_model, n_ctx=8 * 64, n_threads=2, n_seq=8)))
+    draft = cast(StepModel, load(LoadOptions(tiny_model, n_ctx=8 * 64, n_threads=2, n_seq=8)))
     try:
         prompt = target.tokenize(PROMPT, add_special=True, parse_special=False)
         engine = BatchEngine(target)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from localrun.backend import LoadOptions, SamplingParams, load
+from localrun.backend import LoadOptions, SamplingParams, StepModel, load
 from localrun.engine.batch import BatchEngine, Job, collect
 from localrun.engine.speculative import Pace, lookup
 from tests.speculation import Recorder, check_greedy_rule
@@ -90,7 +91,7 @@ def test_checked_guesses_give_plain_decodings_tokens(
 def _prompt_tokens(model_path: Path) -> list[int]:
     model = load(LoadOptions(model_path, n_ctx=2048, n_threads=2))
     try:
-        return model.tokenize(COPY, add_special=True, parse_special=False)  # type: ignore[no-any-return]
+        return model.tokenize(COPY, add_special=True, parse_special=False)
     finally:
         model.close()
 
@@ -128,7 +129,9 @@ def test_on_the_demo_model_many_guesses_keep_its_choices(
     copy = f"Here is some code:\n\n{code}Here is the same code again:\n\n"
     model = load(LoadOptions(demo_model_path(), n_ctx=2048, n_threads=2))
     draft = (
-        load(LoadOptions(demo_model_path(), n_ctx=2048, n_threads=2)) if "draft" in task else None
+        cast(StepModel, load(LoadOptions(demo_model_path(), n_ctx=2048, n_threads=2)))
+        if "draft" in task
+        else None
     )
     try:
         prompt = model.tokenize(STORY if draft else copy, add_special=True, parse_special=False)
@@ -136,7 +139,7 @@ def test_on_the_demo_model_many_guesses_keep_its_choices(
         for k in (0, 8):
             recorder = Recorder(model)
             drafter = Drafter(draft, seq_ctx=2048, p_min=0.0) if draft and k else None
-            engine = BatchEngine(recorder, drafter=drafter)  # type: ignore[arg-type]
+            engine = BatchEngine(recorder, drafter=drafter)
             try:
                 stream = engine.submit(
                     Job(prompt, GREEDY, max_tokens=120, stop_at_eog=False, speculate=k)
