@@ -14,7 +14,7 @@ from rich.console import Console
 
 from localrun.backend import SamplingParams
 from localrun.cli.chat import ChatUI, is_chat_file
-from localrun.engine import Finished, LoadedModel, TextDelta
+from localrun.engine import Finished, LoadedModel, Request, TextDelta
 from localrun.engine.answerer import LocalAnswerer
 from localrun.engine.chat import ChatSession, LoadSettings, Options, Trimmed
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
@@ -112,6 +112,32 @@ def test_old_turns_are_dropped_when_the_context_fills() -> None:
     prompt = bytes(t - 3 for t in model.prompts[-1][1:]).decode()
     assert "SYS" in prompt  # the system prompt stays
     assert len(model.prompts[-1]) + 64 <= 256
+
+
+def test_trimming_keeps_a_system_message_that_opens_the_conversation() -> None:
+    """A Modelfile's MESSAGE system (no SYSTEM): the turns after it go, as they went from what
+    the model was sent, and the history stays what the model reads."""
+    model = ScriptedModel([b"ok"], chat_template=CHATML_TEMPLATE, n_ctx=256)
+    s = session(model, messages=[Message("system", "SYS")])
+    for i in range(3):
+        list(s.ask(f"message {i} " + "x" * 40))
+    events = list(s.ask("last " + "y" * 40))
+    assert any(isinstance(e, Trimmed) for e in events)
+    assert s.messages[0] == Message("system", "SYS")
+    assert [m.role for m in s.messages[1:]] == ["user", "assistant"] * (len(s.messages) // 2)
+    sent = bytes(t - 3 for t in model.prompts[-1][1:]).decode()
+    kept = [m.content for m in s.messages[1:-1]]  # the answer came after the prompt was sent
+    assert all(text in sent for text in kept) and "message 0" not in sent
+
+
+def test_a_batch_answer_does_not_count_the_load() -> None:
+    from localrun.cli.batchrun import _collect
+
+    s = session(ScriptedModel([b"ok"]))
+    assert isinstance(s.model, LocalAnswerer)
+    s.model.loaded.load_s = 30.0
+    text, stats = _collect(s.model.start(Request.of("hi"), keep=False))
+    assert text == "ok" and stats.load_s == 0.0 and stats.total_s < 30.0
 
 
 def test_a_message_too_long_for_the_context_is_refused_and_the_chat_goes_on() -> None:

@@ -178,7 +178,11 @@ def _collect(answering: Iterable[object]) -> tuple[str, engine.Stats]:
         if isinstance(event, TextDelta):
             parts.append(event.text)
         elif isinstance(event, Finished):
-            return "".join(parts), event.stats
+            stats = event.stats
+            # The model was loaded once for the whole file: no line waited for it.
+            stats.total_s -= stats.load_s
+            stats.load_s = 0.0
+            return "".join(parts), stats
     raise LocalrunError("the answer ended without its statistics")
 
 

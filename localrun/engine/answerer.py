@@ -14,6 +14,7 @@ not fit, and the part worth keeping in the prompt cache.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -27,8 +28,10 @@ from localrun.engine.reload import (
     now,
     reload,
     target_of,
+    with_draft,
 )
 from localrun.engine.runner import runner_of
+from localrun.engine.sequence import Stream
 from localrun.engine.stream import ANSWER_ROOM, check_fits, watched
 from localrun.engine.types import Called, Event, Finished, Job, Request, Stats
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
@@ -154,6 +157,10 @@ class _Local:
         self._stream = runner_of(loaded).engine.submit(job)
         self._watch = watch
         self._dropped = dropped
+        # Submitted now, so that answers started together are made together (a --batch file);
+        # an answer dropped unread (a Ctrl-C before its first event) is cancelled when it goes.
+        self._done = [False]
+        weakref.finalize(self, _cancel_unless_done, self._stream, self._done)
 
     def __iter__(self) -> Iterator[ChatEvent]:
         if self._dropped is not None:
@@ -162,7 +169,7 @@ class _Local:
         try:
             for event in self._stream:
                 if isinstance(event, Finished):
-                    finished = True
+                    finished = self._done[0] = True
                     event.stats.load_s = self._loaded.load_s
                     event.stats.total_s += self._loaded.load_s
                 yield from watched(self._watch, event)
@@ -218,6 +225,7 @@ class LocalAnswerer:
         reloaded = not same or (opts.n_ctx is not None and opts.n_ctx != how.n_ctx)
         notes: list[str] = []
         if reloaded:
+            target = with_draft(target, opts)
             notes = reload(self.loaded, how, target)
             self._how = replace(how, n_ctx=target.n_ctx)
         self.loaded.name = name
@@ -386,6 +394,11 @@ class LocalAnswerer:
             job = Job(one.tokens, sampling, max_tokens=1, cache_at=keep, images=one.images)
             for _ in _Local(loaded, job, None, None):
                 pass
+
+
+def _cancel_unless_done(stream: Stream, done: list[bool]) -> None:
+    if not done[0]:
+        stream.cancel()
 
 
 def _turns(messages: Sequence[Message]) -> int:

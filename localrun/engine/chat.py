@@ -184,7 +184,11 @@ class ChatSession:
         try:
             for event in answering:
                 if isinstance(event, Trimmed):
-                    del self.messages[: event.dropped]
+                    # The oldest turns after the system prompt went: a system message that
+                    # opens the conversation itself (a Modelfile's MESSAGE) stays, as it was sent.
+                    first = 1 if not self.system and self.messages[:1] and \
+                        self.messages[0].role == "system" else 0  # fmt: skip
+                    del self.messages[first : first + event.dropped]
                 elif isinstance(event, TextDelta):
                     parts.append(event.text)
                 elif isinstance(event, Called):

@@ -95,14 +95,19 @@ def now(loaded: LoadedModel, n_ctx: int | None) -> Target:
 
 
 def target_of(name: str) -> tuple[Target, RunOptions, Settings]:
-    """What ``/load NAME`` would load, with the model's options and Modelfile settings."""
+    """What ``/load NAME`` would load, with the model's options and Modelfile settings (its
+    draft model is found by :func:`with_draft`, only when the weights are loaded)."""
     resolved = resolve(name)
     opts = run_options(resolved.settings)
-    draft = None
-    if opts.draft is not None:
-        draft = (opts.draft, resolve(opts.draft).path)
-    target = Target(name, resolved.path, resolved.settings, opts.n_ctx, opts.speculative, draft)
+    target = Target(name, resolved.path, resolved.settings, opts.n_ctx, opts.speculative, None)
     return target, opts, resolved.settings
+
+
+def with_draft(target: Target, opts: RunOptions) -> Target:
+    """``target`` with the draft model its options name, found."""
+    if opts.draft is None:
+        return target
+    return target._replace(draft=(opts.draft, resolve(opts.draft).path))
 
 
 def reload(loaded: LoadedModel, how: LoadSettings, target: Target) -> list[str]:
