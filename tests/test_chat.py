@@ -372,6 +372,21 @@ def test_save_name_refuses_a_library_models_name(tiny_chat_model: Path) -> None:
     assert recipes.created() == []
 
 
+def test_load_name_finds_a_draft_model_only_to_load_the_weights_again(
+    tiny_chat_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_load(*args: object, **kwargs: object) -> LoadedModel:
+        raise AssertionError("the same weights were loaded again")
+
+    monkeypatch.setattr("localrun.engine.reload.load_model", no_load)
+    mf = Modelfile(from_=str(tiny_chat_model))
+    mf.parameters["draft"] = "no-such-draft"
+    recipes.record("drafted", mf, Path.cwd())
+    ui, c = chat_ui(name=str(tiny_chat_model))
+    ui.run(reader("/load drafted"))
+    assert "Error" not in c.export_text() and ui.session.name == "drafted"
+
+
 def test_load_name_goes_on_with_the_saved_model_without_loading_it_again(
     tiny_chat_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
