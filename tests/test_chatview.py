@@ -256,6 +256,20 @@ def test_control_characters_from_the_model_never_reach_the_terminal() -> None:
         assert "hi ]0;pwned and [2J cleared" in out
 
 
+def test_a_replayed_conversation_reaches_the_terminal_without_control_characters() -> None:
+    """/load NAME shows the conversation again: a saved answer's escape sequences (the tiny
+    model writes random bytes) must not reach the terminal either, 8-bit ones included."""
+    from localrun.prompt.template import Message
+
+    ui, c = ui_for(ScriptedModel([b"x"]))
+    hostile = "a\x1bPq swallowed? \x9b2J b\x90c\x07"
+    ui.session.messages = [Message("user", hostile), Message("assistant", hostile)]
+    ui.replay()
+    out = c.export_text()
+    assert not any(ch in out for ch in "\x1b\x9b\x90\x07")
+    assert out.count("aPq swallowed? 2J bc") == 2
+
+
 # -- in a real terminal -------------------------------------------------------------------
 
 # An answer streamed into the live view, as ``localrun run`` draws one on a terminal.

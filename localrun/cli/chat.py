@@ -14,7 +14,7 @@ from rich.text import Text
 
 from localrun import paths
 from localrun.cli.chatcommands import Commands, ReadLine, is_chat_file
-from localrun.cli.chatview import AnswerState, AnswerView, summary_line
+from localrun.cli.chatview import AnswerState, AnswerView, safe_text, summary_line
 from localrun.engine import CHAT
 from localrun.engine.chat import ChatEvent, ChatSession
 from localrun.engine.types import Called
@@ -162,10 +162,11 @@ class ChatUI(Commands):
     def replay(self) -> None:
         """The conversation so far, as Ollama shows a model's MESSAGEs when it starts."""
         for message in self.session.messages:
+            # A saved conversation's text is as untrusted as a model's answer.
             if message.role == "user":
-                self.console.print(Text(f">>> {message.content}"))
+                self.console.print(Text(f">>> {safe_text(message.content)}"))
             elif message.role == "assistant":
-                self.console.print(Text(message.content))
+                self.console.print(Text(safe_text(message.content)))
                 self.console.print()
 
     def run(self, read: ReadLine) -> None:

@@ -27,7 +27,16 @@ from localrun.engine import Stats
 from localrun.engine.chat import ChatEvent, Trimmed
 
 REFRESH_PER_SECOND = 8
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Control characters but newline and tab, C1's too (U+0080-U+009F: some terminals read
+# U+009B as an escape sequence's start, as ESC [).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def safe_text(text: str) -> str:
+    """Untrusted text (a model's, a file's) as it may reach a terminal: without control
+    characters, which could clear the screen, retitle the window, fake a prompt, or start an
+    escape sequence that swallows what follows. Newlines and tabs stay."""
+    return _CONTROL.sub("", text)
 
 
 def _line_break(state: StateInline, silent: bool) -> bool:
@@ -250,7 +259,7 @@ class AnswerView:
     def _write(self, text: str) -> None:
         # Model output is untrusted: escape sequences in it must not drive the terminal
         # (clear the screen, retitle the window, fake a prompt). Keep newlines and tabs.
-        text = _CONTROL.sub("", text)
+        text = safe_text(text)
         if not self.markdown:
             self.console.out(text, end="", highlight=False)
             return
