@@ -1,14 +1,9 @@
-"""A model that answers messages, wherever it runs: the one interface of the chat and --batch.
+"""A model loaded here as an Answerer (:mod:`localrun.engine.answering`): LocalAnswerer.
 
-An :class:`Answerer` starts a request of messages and hands back an :class:`Answering`: its
-events, in order, and a way to cancel it from any thread. :class:`LocalAnswerer` answers with
-a model loaded here, on its batching engine; :class:`localrun.remote.answerer.RemoteAnswerer`
-with a remote engine's API. The chat session and ``run --batch`` take either and never ask
-which (Ollama's server does the same with its runners, llm with its models).
-
-This module is also the one place where a local answer's messages become prompt tokens: the
-conversation (with its pictures and the tools offered), the oldest turns left out when it does
-not fit, and the part worth keeping in the prompt cache.
+It answers on the model's batching engine, as one request among N. This module is also the
+one place where a local answer's messages become prompt tokens: the conversation (with its
+pictures and the tools offered), the oldest turns left out when it does not fit, and the part
+worth keeping in the prompt cache.
 """
 
 from __future__ import annotations
@@ -16,10 +11,10 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
-from typing import Protocol
+from dataclasses import replace
 
 from localrun.backend import SamplingParams
+from localrun.engine.answering import Answerer, Answering, ChatEvent, Trimmed
 from localrun.engine.load import LoadedModel
 from localrun.engine.reload import (
     LoadSettings,
@@ -33,7 +28,7 @@ from localrun.engine.reload import (
 from localrun.engine.runner import runner_of
 from localrun.engine.sequence import Stream
 from localrun.engine.stream import ANSWER_ROOM, check_fits, watched
-from localrun.engine.types import Called, Event, Finished, Job, Request, Stats
+from localrun.engine.types import Finished, Job, Request, Stats
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
 from localrun.prompt.build import (
     MIN_KEEP,
@@ -45,106 +40,8 @@ from localrun.prompt.build import (
 from localrun.prompt.template import Message
 from localrun.prompt.tools import CallWatch, form_of
 
-
-@dataclass(frozen=True)
-class Trimmed:
-    """Old messages were dropped so the conversation fits the context."""
-
-    dropped: int
-    kept: int
-
-
-ChatEvent = Event | Trimmed | Called
-
-
-class Answering(Protocol):
-    """An answer under way: its events (text, the statistics last), and how to stop it."""
-
-    def __iter__(self) -> Iterator[ChatEvent]: ...
-
-    def cancel(self) -> None:
-        """Stop the answer; safe from any thread, and after it has ended."""
-
-
-class Answerer(Protocol):
-    """A model that answers conversations: loaded here, or behind a remote engine's API."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def placement(self) -> str:
-        """Where it runs, in words ("all 19 layers on the CPU", "remote http://...")."""
-
-    @property
-    def n_ctx(self) -> int:
-        """The context each answer has (0: not known here)."""
-
-    @property
-    def mode(self) -> str:
-        """``chat`` (the model's chat template) or ``completion``."""
-
-    @property
-    def template(self) -> str | None:
-        """The chat template in use, when known here."""
-
-    @property
-    def vision(self) -> bool:
-        """Whether it may be sent pictures."""
-
-    @property
-    def n_seq(self) -> int:
-        """How many answers it makes at once."""
-
-    @property
-    def load_s(self) -> float:
-        """How long its last load took (0: loaded elsewhere)."""
-
-    @property
-    def loads_here(self) -> bool:
-        """Whether it is loaded by this process (and can be loaded again, or saved FROM)."""
-
-    def greeting(self) -> str: ...
-
-    def about(self) -> list[tuple[str, str]]:
-        """What ``/show info`` lists: the model, where it runs."""
-
-    def described(self, stats: Stats, threads: int | None) -> list[tuple[str, str]]:
-        """The ``--verbose`` figures of an answer, named, in order."""
-
-    def check_tools(self) -> None:
-        """Refuse tools it cannot be offered (the one-line reason why)."""
-
-    def start(
-        self,
-        request: Request,
-        *,
-        started: float | None = None,
-        trim: bool = False,
-        keep: bool = True,
-    ) -> Answering:
-        """Begin answering ``request`` now (from ``started``, for its TTFT). With ``trim``,
-        the oldest turns are left out when the conversation does not fit (a
-        :class:`Trimmed` event comes first); with ``keep``, the part of the prompt that
-        later ones will repeat is kept where the model keeps prompts. A request refused
-        before any work (too long, tools it cannot take) raises here."""
-
-    def remember(self, conversation: Sequence[Message], sampling: SamplingParams) -> None:
-        """Keep what the next turn of ``conversation`` will read again (where it can)."""
-
-    @property
-    def threads(self) -> int | None:
-        """The CPU threads it answers on (None: not known here)."""
-
-    @property
-    def asked_ctx(self) -> int | None:
-        """The context it was loaded with when one was asked for (``num_ctx``)."""
-
-    def reload(self, n_ctx: int) -> list[str]:
-        """Load it again with a context of ``n_ctx`` tokens; what the load adjusted."""
-
-    def switch(self, name: str) -> Switched:
-        """Become the model ``name`` (loaded again only if its weights differ)."""
+# The interface, where the callers that hold a LocalAnswerer look for it too.
+__all__ = ["Answerer", "Answering", "ChatEvent", "LocalAnswerer", "Trimmed", "generate"]
 
 
 class _Local:
