@@ -3,24 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from localrun.engine import LoadedModel, Stats
-
-
-def format_stats(stats: Stats, loaded: LoadedModel, threads: int | None = None) -> str:
-    """The ``--verbose`` block: every figure named plainly, one per line."""
-    from localrun.engine.figures import local_figures
-
-    return _aligned(local_figures(stats, loaded, threads))
-
-
-def format_remote_stats(stats: Stats) -> str:
-    """The ``--verbose`` block of a remote engine's answer: what can be measured from here."""
-    from localrun.engine.figures import remote_figures
-
-    return _aligned(remote_figures(stats))
 
 
 def format_figures(rows: Sequence[tuple[str, object]]) -> str:

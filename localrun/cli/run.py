@@ -268,10 +268,7 @@ def _go_remote(remote: Remote, settings: Settings, flags: RunFlags, plan: Plan) 
     given = {name for name, value in sampler.items() if value is not None}
     send = frozenset(given | (set(settings.parameters) & set(sampler)))
     answerer = RemoteAnswerer(remote, send=send, parallel=flags.ask.parallel)
-    try:
-        _answer(answerer, remote.name, plan, flags, opts, text, pictures)
-    finally:
-        answerer.close()
+    _answer(answerer, remote.name, plan, flags, opts, text, pictures)
 
 
 def _go_local(resolved: Resolved, flags: RunFlags, plan: Plan) -> None:

@@ -5,11 +5,11 @@ name is :mod:`localrun.models.resolve`; turning messages into tokens is
 :mod:`localrun.prompt.build`.
 """
 
-from localrun.engine.answerer import generate
+from localrun.engine.answerer import generate, generate_tokens
 from localrun.engine.load import LoadedModel, default_parallel, load_model, speculate
 from localrun.engine.options import FLAG_NAMES, RunOptions, run_options
 from localrun.engine.output import StopMatcher
-from localrun.engine.stream import check_fits, generate_tokens
+from localrun.engine.stream import check_fits
 from localrun.engine.types import CHAT, COMPLETION, Event, Finished, FinishReason, FirstToken
 from localrun.engine.workers import parse_endpoints
 

@@ -41,7 +41,15 @@ from localrun.prompt.template import Message
 from localrun.prompt.tools import CallWatch, form_of
 
 # The interface, where the callers that hold a LocalAnswerer look for it too.
-__all__ = ["Answerer", "Answering", "ChatEvent", "LocalAnswerer", "Trimmed", "generate"]
+__all__ = [
+    "Answerer",
+    "Answering",
+    "ChatEvent",
+    "LocalAnswerer",
+    "Trimmed",
+    "generate",
+    "generate_tokens",
+]
 
 
 class _Local:
@@ -307,3 +315,22 @@ def generate(loaded: LoadedModel, request: Request) -> Iterator[ChatEvent]:
     """Answer a one-shot ``request`` with a model loaded here: text as it is produced, the
     statistics last."""
     return iter(LocalAnswerer(loaded).start(request))
+
+
+def generate_tokens(
+    loaded: LoadedModel,
+    tokens: list[int],
+    sampling: SamplingParams,
+    *,
+    max_tokens: int | None = None,
+    stop: Sequence[str] = (),
+    start: float | None = None,
+    stop_at_eog: bool = True,
+    cache_at: int = 0,
+) -> Iterator[ChatEvent]:
+    """Generate after ``tokens`` (no messages: a benchmark's prompt) as one request among N,
+    the statistics last; TTFT runs from ``start``. If the caller stops reading, the request
+    is cancelled and its sequence freed."""
+    job = Job(tokens, sampling, max_tokens=max_tokens, stop=tuple(stop), stop_at_eog=stop_at_eog,
+              submitted=start, cache_at=cache_at, speculate=loaded.speculate)  # fmt: skip
+    return iter(_Local(loaded, job, None, None))

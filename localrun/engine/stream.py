@@ -1,4 +1,4 @@
-"""One answer on the engine, as tokens: the fit check, generate_tokens(), the tool-call watch.
+"""What an answer on the engine needs around it: the fit check, the tool-call watch.
 
 Messages become tokens in :mod:`localrun.engine.answerer`, whose ``generate`` answers a
 one-shot request.
@@ -11,12 +11,9 @@ the loaded model's runner (:mod:`localrun.engine.runner`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-
-from localrun.backend import ImageChunk, SamplingParams, context_size
+from localrun.backend import context_size
 from localrun.engine.load import LoadedModel
-from localrun.engine.runner import runner_of
-from localrun.engine.types import Called, Event, Finished, Job, TextDelta
+from localrun.engine.types import Called, Event, Finished, TextDelta
 from localrun.errors import PromptTooLongError
 from localrun.prompt.tools import CallWatch
 
@@ -38,52 +35,6 @@ def check_fits(loaded: LoadedModel, n_prompt: int) -> None:
     raise PromptTooLongError(
         f"the prompt is {n_prompt} tokens but the context holds only {n_ctx}", hint
     )
-
-
-def generate_tokens(
-    loaded: LoadedModel,
-    tokens: list[int],
-    sampling: SamplingParams,
-    *,
-    max_tokens: int | None = None,
-    stop: Sequence[str] = (),
-    start: float | None = None,
-    stop_at_eog: bool = True,
-    cache_at: int = 0,
-    special: bool = False,
-    images: Mapping[int, ImageChunk] | None = None,
-) -> Iterator[Event]:
-    """Generate after ``tokens`` on the model's batching engine, yielding events and the
-    statistics last: ``run`` and the chat are one request among N, like any other.
-
-    TTFT runs from ``start`` (the request) to the first sampled token; the decode rate is
-    (sampled tokens - 1) / (time from the first to the last sampled token). If the caller
-    stops reading (Ctrl-C), the request is cancelled and its sequence freed.
-    """
-    job = Job(
-        tokens,
-        sampling,
-        max_tokens=max_tokens,
-        stop=tuple(stop),
-        stop_at_eog=stop_at_eog,
-        submitted=start,
-        cache_at=cache_at,
-        speculate=loaded.speculate,
-        special=special,
-        images=images or {},
-    )
-    stream = runner_of(loaded).engine.submit(job)
-    finished = False
-    try:
-        for event in stream:
-            if isinstance(event, Finished):
-                finished = True
-                event.stats.load_s = loaded.load_s
-                event.stats.total_s += loaded.load_s
-            yield event
-    finally:
-        if not finished:
-            stream.cancel()
 
 
 def watched(watch: CallWatch | None, event: Event) -> list[Event | Called]:

@@ -133,9 +133,6 @@ class RemoteAnswerer:
     def switch(self, name: str) -> Switched:
         raise _loads_here("another model")
 
-    def close(self) -> None:
-        """Nothing to free: each answer's reader ends with it (or with the process)."""
-
 
 def _loads_here(what: str) -> UsageError:
     return UsageError(
