@@ -94,12 +94,22 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         ({"type": "string", "pattern": "^a+$", "maxLength": 3}, "cannot be enforced together"),
         ({"type": "integer", "enum": [1, "two"]}, 'enum value "two" (at $) is not of its type'),
         ([1, 2], "a JSON schema must be an object"),
+        ({"type": "string", "pattern": '^a"b$'}, "matches a quote, a backslash or a control"),
+        ({"type": "string", "pattern": "^a\\tb$"}, "matches a quote, a backslash or a control"),
+        ({"type": "string", "pattern": '^["\\\\]+$'}, "a class of nothing but characters"),
+        ({"type": "string", "pattern": "^\\D$"}, "uses \\D, which a grammar cannot enforce"),
     ],
 )
 def test_what_a_grammar_cannot_enforce_is_refused_by_name(schema: Any, message: str) -> None:
     with pytest.raises(UsageError) as e:
         grammar.json_schema(schema)
     assert message in e.value.message and e.value.hint
+
+
+def test_a_ref_at_the_top_to_an_empty_schema_is_any_value() -> None:
+    """Found by the fuzz run: the converter said "Unrecognized schema" in its own words."""
+    empty = grammar.json_schema({"$defs": {"d0": {}}, "$ref": "#/$defs/d0"})
+    assert empty.grammar == grammar.json_schema({}).grammar
 
 
 def test_a_property_may_be_called_like_a_keyword() -> None:
@@ -389,3 +399,31 @@ def test_greedy_with_a_grammar_is_the_best_allowed_token(penalty: float) -> None
         model.close()
     assert len(checked) >= 20
     assert all(token == best for token, best in checked), checked
+
+
+def test_a_grammar_never_counts_a_control_tokens_name_as_text(
+    tiny_model: Path, localrun_home: Path
+) -> None:
+    """llama.cpp's grammar reads ``<unk>`` as five characters of a string, which the answer
+    never shows: with this seed the tiny model wrote a string of at least four characters
+    as three (found by the fuzz run). A grammar that spells a control token out (a tool
+    call's ``[TOOL_CALLS]``) still lets it through."""
+    done = run(localrun_home, "run", str(tiny_model), "--seed", "548193", "-n", "40",
+               "--threads", "1", "--ctx", "256", "--schema",
+               '{"type": "string", "minLength": 4, "maxLength": 8}', "the sky is blue")  # fmt: skip
+    assert done.code == 0, done.stderr
+    assert 4 <= len(json.loads(done.stdout)) <= 8, done.stdout
+
+    from localrun.backend.llamacpp.sampler import free
+
+    model = load(LoadOptions(tiny_model, n_ctx=64, n_threads=1))
+    try:
+        ids = {text: token for token, text in model._specials()}  # type: ignore[attr-defined]
+        spelled = SamplingParams(grammar='root ::= "<|im_start|>" "a"')
+        chain = model.new_sampler(spelled, [])  # type: ignore[attr-defined]
+        try:
+            assert ids["<unk>"] in chain.blocked and ids["<|im_start|>"] not in chain.blocked
+        finally:
+            free(chain)
+    finally:
+        model.close()

@@ -80,6 +80,30 @@ def test_after_the_value_only_the_end_may_come(
     assert _after(demo, made.grammar, text) == {**dict.fromkeys(SPACES, False), "end": True}
 
 
+@pytest.mark.parametrize("pattern", ["^.{1,4}$", "^[^a]{1,5}$", '^[^"\\\\]{1,5}$', "^[ -~]+$"])
+def test_a_pattern_never_lets_through_what_json_escapes(demo: Any, pattern: str) -> None:
+    """A dot, a negated class or a range over printable ASCII let a control character through
+    raw (the tiny model wrote U+0010 into an answer a JSON parser then refused), and a quote
+    or backslash that would end the string or start an escape the pattern never meant."""
+    import llama_cpp as lc
+
+    from localrun.backend.llamacpp.sampler import _allows
+
+    handle = demo.compile_grammar(
+        grammar.json_schema({"type": "string", "pattern": pattern}).grammar
+    )
+    try:
+        (quote,) = demo.tokenize('"', add_special=False, parse_special=False)
+        lc.llama_sampler_accept(handle, quote)
+        allowed = {
+            text: _allows(handle, demo.tokenize(text, add_special=False, parse_special=False)[0])
+            for text in ['"', "\\", "\x10", "\t", "\n", "\x7f", "b"]
+        }
+    finally:
+        demo.free_grammar(handle)
+    assert allowed == {**dict.fromkeys(allowed, False), "b": True}
+
+
 def test_inside_a_larger_grammar_the_spaces_stay(demo: Any) -> None:
     """A tool call's arguments are followed by more text (``</tool_call>``): spaces before it
     stay allowed, as models write them."""

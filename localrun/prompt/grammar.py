@@ -125,10 +125,14 @@ def _read(value: str, cap: int, what: str, hint: str) -> str:
 # llama.cpp's are now:
 # - its string character lets control characters through, which JSON forbids raw (a parser
 #   refuses '"a<0x14>b"');
+# - its dot (a pattern's ".") lets through the same, and quotes and backslashes, which end
+#   the string or start an escape the pattern never meant;
 # - its space is one space at most, where models write JSON across lines with indents: every
 #   line break they would write was refused (and sampled again over the whole vocabulary).
 _LAX_CHAR = 'char ::= [^"\\\\] |'
 _STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+_LAX_DOT = "dot ::= [^\\x0A\\x0D]"
+_STRICT_DOT = 'dot ::= [^"\\\\\\x7F\\x00-\\x1F]'
 _ONE_SPACE = 'space ::= " "?'
 _LINES_SPACE = 'space ::= | " " | "\\n"{1,2} [ \\t]{0,20}'
 
@@ -138,7 +142,11 @@ def _convert(schema: dict[str, Any], *, end: bool = True) -> str:
 
     try:
         converted = json_schema_to_gbnf(schema)
-        grammar = converted.replace(_LAX_CHAR, _STRICT_CHAR).replace(_ONE_SPACE, _LINES_SPACE)
+        grammar = (
+            converted.replace(_LAX_CHAR, _STRICT_CHAR)
+            .replace(_LAX_DOT, _STRICT_DOT)
+            .replace(_ONE_SPACE, _LINES_SPACE)
+        )
         if end:
             grammar = ending_at_value(grammar)
     except (AssertionError, KeyError, TypeError, ValueError, re.error) as e:

@@ -77,7 +77,9 @@ def prepare(schema: Any) -> dict[str, Any]:
         for part in ref[2:].split("/"):
             target = target[part.replace("~1", "/").replace("~0", "~")]
         definitions = {k: v for k, v in prepared.items() if k in _SCHEMAS[1:]}
-        prepared = {**target, **definitions}
+        # An empty target (any value) stays empty: beside definitions the converter no
+        # longer knew it ("Unrecognized schema"), and nothing in it can refer to them.
+        prepared = {**target, **definitions} if target else {}
     if "$ref" in prepared:
         raise UsageError(
             "the schema's $ref (at $) leads only to $refs: it defines nothing",

@@ -30,6 +30,7 @@ import importlib
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,8 @@ class Chain:
     keep: int = 0  # how many candidates the chain's top-k keeps (1 greedy; 0: no top-k)
     temperature: float = 0.0
     recent: deque[int] | None = None  # with a grammar: the tokens its penalties look at
+    # With a grammar: the control tokens it must not let through (see sampler_chain).
+    blocked: frozenset[int] = frozenset()
     _buffer: Any = field(default=None, repr=False)  # numpy candidate array, grown as needed
     _mask: Any = field(default=None, repr=False)  # numpy bool array, one per logit
 
@@ -110,10 +113,16 @@ def sampler_chain(
     n_ctx: int,
     vocab: Any = None,
     grammar: Any = None,
+    specials: Sequence[tuple[int, str]] = (),
 ) -> Chain:
     """llama.cpp's sampler chain: penalties, top-k, top-p, min-p, temperature, seeded draw;
     with a grammar, a grammar sampler beside it (see :func:`sample`): ``grammar``, built
-    before by :func:`new_grammar` (the chain owns it from now on), or built now."""
+    before by :func:`new_grammar` (the chain owns it from now on), or built now.
+
+    llama.cpp's grammar reads a control token as its text (``<unk>``, ``<pad>``), which an
+    answer never shows: a string of four characters came out as three (an ``<unk>`` counted
+    for five). Of ``specials`` (control tokens and their texts), those whose text the grammar
+    does not spell out are never picked with it."""
     if grammar is None and sampling.grammar is not None:
         grammar = new_grammar(vocab, sampling.grammar)
         if grammar is None:
@@ -153,10 +162,14 @@ def sampler_chain(
     if grammar is not None and sampling.repeat_penalty != 1.0 and sampling.repeat_last_n != 0:
         last_n = sampling.repeat_last_n if sampling.repeat_last_n > 0 else n_ctx
         recent = deque(history[-last_n:], maxlen=last_n)
+    blocked: frozenset[int] = frozenset()
+    if grammar is not None:
+        blocked = frozenset(t for t, text in specials if text not in (sampling.grammar or ""))
     return Chain(
         chain,
         first_cut if first_cut < n_vocab else 0,
         grammar=grammar,
+        blocked=blocked,
         keep=keep if 0 < keep < n_vocab else 0,
         temperature=max(sampling.temperature, 0.0),
         recent=recent,
@@ -191,7 +204,7 @@ def free(chain: Chain) -> None:
 
 def _sample_with_grammar(chain: Chain, ctx: Any, row: int, n_vocab: int) -> int:
     token = _sample_cut(chain, ctx, row, n_vocab, accept=False) if chain.first_cut else None
-    if token is None or not _allows(chain.grammar, token):
+    if token is None or token in chain.blocked or not _allows(chain.grammar, token):
         token = _sample_allowed(chain, ctx, row, n_vocab)
     lc.llama_sampler_accept(chain.grammar, token)
     lc.llama_sampler_accept(chain.handle, token)
@@ -240,6 +253,7 @@ def _sample_allowed(chain: Chain, ctx: Any, row: int, n_vocab: int) -> int:
             margin = best - float(candidates["logit"].min())
             array = _array(candidates)
             cost.apply(chain.grammar, array, n)
+            _block(chain, candidates)
             allowed = np.isfinite(candidates["logit"])
             if not allowed.any():
                 continue
@@ -254,7 +268,17 @@ def _sample_allowed(chain: Chain, ctx: Any, row: int, n_vocab: int) -> int:
     candidates["p"] = 0.0
     array = _array(candidates)
     cost.apply(chain.grammar, array, n_vocab)
+    _block(chain, candidates)
     return _pick(chain, candidates, array)
+
+
+def _block(chain: Chain, candidates: Any) -> None:
+    """Rule out the chain's blocked tokens among ``candidates`` (as the grammar rules out)."""
+    import numpy as np
+
+    if chain.blocked:
+        blocked = np.isin(candidates["id"], np.fromiter(chain.blocked, np.int32))
+        candidates["logit"][blocked] = -np.inf
 
 
 class _Cost:
