@@ -11,11 +11,13 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 
+from localrun.engine.answerer import LocalAnswerer
+from localrun.engine.load import LoadedModel
 from localrun.engine.types import (
     Event,
     Finished,
@@ -108,6 +110,8 @@ class FakeEngine:
 class FakeLoaded:
     model: ScriptedModel
     speculate: int = 0
+    name: str = "tiny"
+    load_s: float = 0.0
 
     @property
     def template(self) -> str | None:
@@ -118,12 +122,28 @@ class FakeLoaded:
         return self.model.n_ctx
 
 
+class FakeAnswerer(LocalAnswerer):
+    """The server's own answerer, over a fake engine."""
+
+    def __init__(self, loaded: FakeLoaded, engine: FakeEngine) -> None:
+        super().__init__(cast(LoadedModel, loaded), counts_load=False)
+        self.fake = engine
+
+    @property
+    def engine(self) -> Any:
+        return self.fake
+
+
 @dataclass(eq=False)
 class FakeRunner:
     name: str
     loaded: FakeLoaded
     engine: FakeEngine
     settings: Settings = field(default_factory=Settings)
+
+    @property
+    def answerer(self) -> FakeAnswerer:
+        return FakeAnswerer(self.loaded, self.engine)
 
 
 class FakePool(ModelPool):
@@ -402,7 +422,7 @@ def test_the_converters_are_plain_functions_of_the_events() -> None:
 def test_requests_convert_to_asks_without_a_server() -> None:
     ask = ollama.generate_ask({"model": "tiny", "prompt": "Hi", "raw": True, "context": [4],
                                "options": {"seed": 7, "stop": ["\n"]}})  # fmt: skip
-    assert ask.raw == "Hi" and ask.context == (4,)
+    assert ask.raw and ask.messages[0].content == "Hi" and ask.context == (4,)
     assert ask.options == {"seed": 7, "stop": ("\n",)}
     assert ollama.generate_ask({"model": "tiny"}).messages == ()  # load only
     ask = openai.chat_ask({"model": "tiny", "messages": [{"role": "developer", "content": "x"}],

@@ -8,14 +8,24 @@ worth keeping in the prompt cache.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 
 from localrun.backend import SamplingParams
 from localrun.engine.answering import Answerer, Answering, ChatEvent, Trimmed
+from localrun.engine.batch import BatchEngine
 from localrun.engine.load import LoadedModel
+from localrun.engine.prompting import (
+    check_tools,
+    fitted,
+    messages_prompt,
+    offered,
+    raw_prompt,
+    turns,
+)
 from localrun.engine.reload import (
     LoadSettings,
     Switched,
@@ -27,9 +37,9 @@ from localrun.engine.reload import (
 )
 from localrun.engine.runner import runner_of
 from localrun.engine.sequence import Stream
-from localrun.engine.stream import ANSWER_ROOM, check_fits, watched
-from localrun.engine.types import Finished, Job, Request, Stats
-from localrun.errors import LocalrunError, PromptTooLongError, UsageError
+from localrun.engine.stream import check_fits, watched
+from localrun.engine.types import Event, Finished, Job, Request, Stats
+from localrun.errors import LocalrunError, UsageError
 from localrun.prompt.build import (
     MIN_KEEP,
     Prompt,
@@ -38,7 +48,7 @@ from localrun.prompt.build import (
     keep_point,
 )
 from localrun.prompt.template import Message
-from localrun.prompt.tools import CallWatch, form_of
+from localrun.prompt.tools import CallWatch
 
 # The interface, where the callers that hold a LocalAnswerer look for it too.
 __all__ = [
@@ -56,10 +66,20 @@ class _Local:
     """A local answer: the engine's stream, read through its tool-call watch."""
 
     def __init__(
-        self, loaded: LoadedModel, job: Job, watch: CallWatch | None, dropped: Trimmed | None
+        self,
+        loaded: LoadedModel,
+        job: Job,
+        watch: CallWatch | None,
+        dropped: Trimmed | None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        load_s: float = 0.0,
+        engine: BatchEngine | None = None,
     ) -> None:
         self._loaded = loaded
-        self._stream = runner_of(loaded).engine.submit(job)
+        self._load_s = load_s  # counted in the answer's statistics
+        engine = runner_of(loaded).engine if engine is None else engine
+        self._stream = engine.submit(job, loop=loop)
+        self._prompt = job.prompt
         self._watch = watch
         self._dropped = dropped
         # Submitted now, so that answers started together are made together (a --batch file);
@@ -67,23 +87,43 @@ class _Local:
         self._done = [False]
         weakref.finalize(self, _cancel_unless_done, self._stream, self._done)
 
+    def _shown(self, event: Event) -> list[ChatEvent]:
+        if isinstance(event, Finished):
+            self._done[0] = True
+            event.stats.load_s = self._load_s
+            event.stats.total_s += self._load_s
+        return list(watched(self._watch, event))
+
     def __iter__(self) -> Iterator[ChatEvent]:
         if self._dropped is not None:
             yield self._dropped
-        finished = False
         try:
             for event in self._stream:
-                if isinstance(event, Finished):
-                    finished = self._done[0] = True
-                    event.stats.load_s = self._loaded.load_s
-                    event.stats.total_s += self._loaded.load_s
-                yield from watched(self._watch, event)
+                yield from self._shown(event)
         finally:
-            if not finished:
+            if not self._done[0]:
                 self._stream.cancel()  # the reader stopped (Ctrl-C): the sequence is freed
+
+    async def __aiter__(self) -> AsyncIterator[ChatEvent]:
+        if self._dropped is not None:
+            yield self._dropped
+        try:
+            async for event in self._stream:
+                for shown in self._shown(event):
+                    yield shown
+        finally:
+            if not self._done[0]:
+                self._stream.cancel()  # the client left: the sequence is freed
 
     def cancel(self) -> None:
         self._stream.cancel()
+
+    def context(self) -> tuple[int, ...] | None:
+        """The prompt's tokens and the answer's (None with pictures: their ids are this
+        process's own)."""
+        if self._loaded.model.vision and min(self._prompt, default=0) < 0:
+            return None
+        return (*self._prompt, *self._stream.tokens)
 
 
 class LocalAnswerer:
@@ -91,9 +131,18 @@ class LocalAnswerer:
 
     loads_here = True
 
-    def __init__(self, loaded: LoadedModel, load: LoadSettings | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, load: LoadSettings | None = None, *, counts_load: bool = True
+    ) -> None:
         self.loaded = loaded
         self._how = load  # how it was loaded: how /load and num_ctx load again
+        # Whether its answers count the model's load (a server counts a request's wait).
+        self._counts_load = counts_load
+
+    @property
+    def engine(self) -> BatchEngine:
+        """The batching engine it answers on (its model's runner's)."""
+        return runner_of(self.loaded).engine
 
     @property
     def load_settings(self) -> LoadSettings:
@@ -201,12 +250,7 @@ class LocalAnswerer:
         return local_figures(stats, self.loaded, threads)
 
     def check_tools(self) -> None:
-        if form_of(self.loaded.template) is None:
-            raise UsageError(
-                f"{self.loaded.name} does not take tools (or writes calls in a form "
-                "localrun does not read)",
-                "use a model whose chat template takes tools, such as qwen2.5 or llama3.2",
-            )
+        check_tools(self.loaded)
 
     # -- answering -----------------------------------------------------------------------
 
@@ -217,61 +261,52 @@ class LocalAnswerer:
         started: float | None = None,
         trim: bool = False,
         keep: bool = True,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> _Local:
         started = time.perf_counter() if started is None else started
+        tools, watch, required = offered(self.loaded, request)
+        sampling = request.sampling
+        if required is not None:
+            if sampling.grammar is not None:
+                raise UsageError(
+                    "a required tool call and a response format cannot go together",
+                    "drop one of them",
+                )
+            sampling = replace(sampling, grammar=required)
+        request = replace(request, tools=tools)
         messages: Sequence[Message] = request.messages
         dropped = None
-        if trim:
-            prompt, messages = self._fit(messages, request)
+        if request.raw:
+            prompt = raw_prompt(self.loaded, request)
+        elif trim:
+            prompt, messages = fitted(self.loaded, messages, request)
             if len(messages) < len(request.messages):
-                dropped = Trimmed(len(request.messages) - len(messages), _turns(messages))
+                dropped = Trimmed(len(request.messages) - len(messages), turns(messages))
         else:
-            prompt = self.prompt(messages, request)
+            prompt = messages_prompt(self.loaded, messages, request)
+        if request.context:
+            prompt = Prompt([*request.context, *prompt.tokens], prompt.images)
         check_fits(self.loaded, prompt.cells)
         # The prompt is read in chunks that end where its lasting part does, cache or not: the
         # numbers of a cold run, a warm run and a run without the cache are then the same.
         kept = 0
-        if keep:
+        if keep and not request.raw and not request.context:
             kept = keep_point(self.loaded.model, self.loaded.template, messages, prompt.tokens,
-                              request.document, request.tools)  # fmt: skip
-        form = form_of(self.loaded.template) if request.tools else None
-        watch = CallWatch(form, request.tools) if form is not None else None
+                              request.document, tools)  # fmt: skip
         job = Job(
             prompt.tokens,
-            request.sampling,
+            sampling,
             max_tokens=request.max_tokens,
             stop=request.stop,
+            stop_at_eog=request.stop_at_eog,
             submitted=started,
             cache_at=kept,
             speculate=self.loaded.speculate,
             special=watch is not None,
             images=prompt.images,
         )
-        return _Local(self.loaded, job, watch, dropped)
-
-    def prompt(self, messages: Sequence[Message], request: Request) -> Prompt:
-        """``messages`` as the model reads them, with the request's tools."""
-        return conversation_prompt(self.loaded.model, self.loaded.template, messages,
-                                   request.tools)  # fmt: skip
-
-    def _fit(self, messages: Sequence[Message], request: Request) -> tuple[Prompt, list[Message]]:
-        """The conversation's prompt, without its oldest turns if an answer would not fit
-        (the system prompt stays)."""
-        n_ctx = self.loaded.model.n_ctx
-        room = min(ANSWER_ROOM, n_ctx // 4)
-        system = [m for m in messages[:1] if m.role == "system"]
-        kept = list(messages[len(system) :])
-        while True:
-            try:
-                prompt: Prompt | None = self.prompt([*system, *kept], request)
-            except PromptTooLongError:
-                if len(kept) <= 1:
-                    raise
-                prompt = None  # far too long to count: drop the oldest turns
-            if prompt is not None and (len(prompt.tokens) + room <= n_ctx or len(kept) <= 1):
-                return prompt, [*system, *kept]
-            # Drop the oldest exchange (a user message and the answer to it).
-            del kept[: 2 if len(kept) > 2 and kept[1].role == "assistant" else 1]
+        load_s = self.loaded.load_s if self._counts_load else 0.0
+        return _Local(self.loaded, job, watch, dropped, loop, load_s, self.engine)
 
     def remember(self, conversation: Sequence[Message], sampling: SamplingParams) -> None:
         """Keep the conversation so far in the prompt cache: a later process that loads it
@@ -297,18 +332,13 @@ class LocalAnswerer:
         if keep >= MIN_KEEP and len(one.tokens) < loaded.seq_ctx:
             # Most of it is in the engine's cells already: only the rest is read, then kept.
             job = Job(one.tokens, sampling, max_tokens=1, cache_at=keep, images=one.images)
-            for _ in _Local(loaded, job, None, None):
+            for _ in _Local(loaded, job, None, None, load_s=loaded.load_s):
                 pass
 
 
 def _cancel_unless_done(stream: Stream, done: list[bool]) -> None:
     if not done[0]:
         stream.cancel()
-
-
-def _turns(messages: Sequence[Message]) -> int:
-    """The messages kept, not counting the system prompt."""
-    return sum(1 for m in messages if m.role != "system")
 
 
 def generate(loaded: LoadedModel, request: Request) -> Iterator[ChatEvent]:
@@ -333,4 +363,4 @@ def generate_tokens(
     is cancelled and its sequence freed."""
     job = Job(tokens, sampling, max_tokens=max_tokens, stop=tuple(stop), stop_at_eog=stop_at_eog,
               submitted=start, cache_at=cache_at, speculate=loaded.speculate)  # fmt: skip
-    return iter(_Local(loaded, job, None, None))
+    return iter(_Local(loaded, job, None, None, load_s=loaded.load_s))

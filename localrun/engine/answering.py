@@ -9,7 +9,8 @@ and the one-shot answer take any Answerer and never ask which it is:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,8 +36,15 @@ class Answering(Protocol):
 
     def __iter__(self) -> Iterator[ChatEvent]: ...
 
+    def __aiter__(self) -> AsyncIterator[ChatEvent]:
+        """The events in the event loop the answer was started with."""
+
     def cancel(self) -> None:
         """Stop the answer; safe from any thread, and after it has ended."""
+
+    def context(self) -> tuple[int, ...] | None:
+        """The prompt's tokens and the answer's, once it has ended, for a later request to
+        continue (Ollama's ``context``); None where they are not known here."""
 
 
 class Answerer(Protocol):
@@ -95,8 +103,10 @@ class Answerer(Protocol):
         started: float | None = None,
         trim: bool = False,
         keep: bool = True,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> Answering:
-        """Begin answering ``request`` now (from ``started``, for its TTFT). With ``trim``,
+        """Begin answering ``request`` now (from ``started``, for its TTFT), its events read
+        with ``async for`` in ``loop`` when one is given. With ``trim``,
         the oldest turns are left out when the conversation does not fit (a
         :class:`Trimmed` event comes first); with ``keep``, the part of the prompt that
         later ones will repeat is kept where the model keeps prompts. A request refused

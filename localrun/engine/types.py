@@ -43,6 +43,14 @@ class Request:
     # The sampling settings this request chose (a chat's /set, a --batch line's fields), with
     # the command's flags: a remote engine is sent only those and keeps its own defaults.
     given: frozenset[str] = frozenset()
+    # An API's own: the last message's text read as it is, without the chat template
+    # (Ollama's raw), tokens the answer continues (Ollama's context), which tool the model
+    # must call (auto, none, required, or a tool's name), and whether to go on past the
+    # model's end of text (llama-server's and vLLM's ignore_eos).
+    raw: bool = False
+    context: tuple[int, ...] = ()
+    tool_choice: str = "auto"
+    stop_at_eog: bool = True
 
     @classmethod
     def of(

@@ -9,9 +9,11 @@ context itself. Each answer is read in a thread of its own, so that answers star
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
 
 from localrun.backend import SamplingParams
 from localrun.engine.answerer import ChatEvent
@@ -23,6 +25,7 @@ from localrun.prompt.template import Message
 from localrun.remote.client import generate
 from localrun.remote.registry import Remote
 
+Item = ChatEvent | BaseException | None  # an event, the reader's error, or the end
 DEFAULT_PARALLEL = 8  # answers read at once: the engine's own scheduler batches them
 
 
@@ -31,9 +34,17 @@ class _Remote:
     stalled engine never holds the process's exit); its events wait in a queue."""
 
     def __init__(self, slots: threading.BoundedSemaphore, remote: Remote, request: Request,
-                 send: frozenset[str]) -> None:  # fmt: skip
-        self._events: queue.SimpleQueue[ChatEvent | BaseException | None] = queue.SimpleQueue()
+                 send: frozenset[str], loop: asyncio.AbstractEventLoop | None) -> None:  # fmt: skip
         self._stop = threading.Event()
+        self._events: queue.SimpleQueue[Item] | asyncio.Queue[Item]
+        self._put: Callable[[Item], Any]
+        if loop is None:
+            self._events = queue.SimpleQueue()
+            self._put = self._events.put
+        else:  # handed to the loop's thread, where async for reads them
+            events: asyncio.Queue[Item] = asyncio.Queue()
+            self._events = events
+            self._put = lambda item: loop.call_soon_threadsafe(events.put_nowait, item)
         args = (slots, remote, request, send)
         threading.Thread(target=self._read, args=args, name="remote", daemon=True).start()
 
@@ -48,13 +59,14 @@ class _Remote:
                 for event in generate(remote, request, send):
                     if self._stop.is_set():
                         break
-                    self._events.put(event)
+                    self._put(event)
         except BaseException as e:  # handed to the reader, who raises it
-            self._events.put(e)
+            self._put(e)
         finally:
-            self._events.put(None)
+            self._put(None)
 
     def __iter__(self) -> Iterator[ChatEvent]:
+        assert isinstance(self._events, queue.SimpleQueue), "started with a loop: use async for"
         try:
             while (item := self._events.get()) is not None:
                 if isinstance(item, BaseException):
@@ -65,8 +77,23 @@ class _Remote:
         finally:
             self._stop.set()
 
+    async def __aiter__(self) -> AsyncIterator[ChatEvent]:
+        assert isinstance(self._events, asyncio.Queue), "started without a loop: use for"
+        try:
+            while (item := await self._events.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Finished):
+                    return
+        finally:
+            self._stop.set()
+
     def cancel(self) -> None:
         self._stop.set()
+
+    def context(self) -> None:
+        """The engine's tokens are not known here."""
 
 
 class RemoteAnswerer:
@@ -118,11 +145,17 @@ class RemoteAnswerer:
         started: float | None = None,
         trim: bool = False,
         keep: bool = True,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> _Remote:
         if request.tools:
             self.check_tools()
+        if request.raw or request.context:
+            raise UsageError(
+                "a raw prompt or a context of tokens cannot be sent to a remote engine",
+                "send messages",
+            )
         send = self.send | request.given
-        return _Remote(self._slots, self.remote, request, send)
+        return _Remote(self._slots, self.remote, request, send, loop)
 
     def remember(self, conversation: Sequence[Message], sampling: SamplingParams) -> None:
         """Nothing to keep here: the engine has its own cache."""

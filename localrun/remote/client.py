@@ -97,6 +97,8 @@ def _body(remote: Remote, request: Request, send: frozenset[str]) -> dict[str, A
     s = request.sampling
     given = [(p, getattr(s, p.name)) for p in _SENT if p.name in send]
     extra = {p.llama_server[0]: value for p, value in given if p.llama_server}
+    if not request.stop_at_eog:
+        extra["ignore_eos"] = True  # llama-server's and vLLM's
     body: dict[str, Any] = {
         "model": remote.model,
         "messages": [{"role": m.role, "content": _content(m)} for m in request.messages],

@@ -106,7 +106,7 @@ def generate_ask(body: dict[str, Any]) -> Ask:
         options=fields.options(body.get("options")),
         keep_alive=keep,
         system=fields.get(body, "system", str),
-        raw=prompt if raw else None,
+        raw=raw,
         context=tuple(context),
         grammar=_format(body),
     )

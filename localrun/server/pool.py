@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localrun.backend import context_size
+from localrun.engine.answerer import LocalAnswerer
 from localrun.engine.batch import BatchEngine
 from localrun.engine.load import LoadedModel, default_parallel, load_model, speculate
 from localrun.engine.options import run_options
@@ -58,6 +60,11 @@ class Runner:
     @property
     def context_length(self) -> int:
         return self.loaded.seq_ctx
+
+    @functools.cached_property
+    def answerer(self) -> LocalAnswerer:
+        """What starts its answers (the pool counts the time requests wait for a load)."""
+        return LocalAnswerer(self.loaded, counts_load=False)
 
 
 def resolve_served(name: str) -> Resolved:

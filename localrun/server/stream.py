@@ -82,9 +82,7 @@ SSE = Wire("text/event-stream", b"data: ", b"\n\n", b"data: [DONE]\n\n")  # Open
 
 def done_of(answer: Answer, stats: Stats, text: str = "") -> Done:
     """What the converters see of a finished answer."""
-    # An image's ids mean nothing to a client, nor sent back: no context with pictures.
-    context = None if answer.images else (*answer.prompt, *answer.tokens)
-    return Done(stats, text, answer.calls, context)
+    return Done(stats, text, answer.calls, answer.context())
 
 
 def chunks(reply: Reply, event: Event | Called, answer: Answer) -> list[Obj]:

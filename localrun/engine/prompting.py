@@ -1,0 +1,111 @@
+"""A request's prompt as a model loaded here reads it: the one place where a local answer's
+messages become tokens (the conversation with its pictures and the tools offered, the oldest
+turns left out when it does not fit, or an API's raw prompt), and the tools' watch and
+required call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from localrun.engine.load import LoadedModel
+from localrun.engine.stream import ANSWER_ROOM
+from localrun.engine.types import Request
+from localrun.errors import NoVisionError, PromptTooLongError, UsageError
+from localrun.prompt.build import (
+    TOKENIZE_LIMIT_FACTOR,
+    Prompt,
+    conversation_prompt,
+    tokenize_bounded,
+    tokenize_with_images,
+)
+from localrun.prompt.template import Message
+from localrun.prompt.tools import CallWatch, Tool, call_grammar, form_of
+
+
+def check_tools(loaded: LoadedModel) -> None:
+    """Refuse tools when the model's template has no place for them, or a form not read."""
+    template = loaded.template
+    if form_of(template) is None:
+        why = (
+            "writes tool calls in a form localrun does not read yet"
+            if template and "tools" in template
+            else "does not take tools: its chat template has no place for them"
+        )
+        raise UsageError(
+            f"{loaded.name} {why}",
+            "use a model that does (such as qwen2.5, llama3.2 or mistral), or send no tools",
+        )
+
+
+def offered(
+    loaded: LoadedModel, request: Request
+) -> tuple[tuple[Tool, ...], CallWatch | None, str | None]:
+    """The tools the prompt offers, the watch that reads calls out of the answer, and the
+    grammar of a required call (None when the call is the model's choice)."""
+    if not request.tools or request.tool_choice == "none":
+        return (), None, None
+    form = form_of(loaded.template)
+    if form is None:
+        check_tools(loaded)
+    assert form is not None
+    watch = CallWatch(form, request.tools)
+    if request.tool_choice == "auto":
+        return request.tools, watch, None
+    chosen = request.tools
+    if request.tool_choice != "required":
+        chosen = tuple(t for t in request.tools if t.name == request.tool_choice)
+        if not chosen:
+            raise UsageError(
+                f"tool_choice names {request.tool_choice!r}, which is not among the tools",
+                "name one of the tools, or use auto, none or required",
+            )
+    return request.tools, watch, call_grammar(form, chosen)
+
+
+def raw_prompt(loaded: LoadedModel, request: Request) -> Prompt:
+    """The last message's text as it is, special tokens read, its pictures first (as
+    Ollama puts them)."""
+    model, n_ctx = loaded.model, loaded.seq_ctx
+    last = request.messages[-1] if request.messages else Message("user", "")
+    limit = TOKENIZE_LIMIT_FACTOR * n_ctx
+    if last.images:
+        texts = [""] * len(last.images) + [last.content or "\n"]
+        return tokenize_with_images(model, texts, list(last.images), limit,
+                                    parse_special=True, n_ctx=n_ctx)  # fmt: skip
+    return Prompt(tokenize_bounded(model, last.content, limit, parse_special=True, n_ctx=n_ctx))
+
+
+def messages_prompt(loaded: LoadedModel, messages: Sequence[Message], request: Request) -> Prompt:
+    """``messages`` as the model reads them, with the request's tools."""
+    if not loaded.model.vision and any(m.images for m in messages):
+        raise NoVisionError(loaded.name, "use a vision model, or send no pictures")
+    return conversation_prompt(
+        loaded.model, loaded.template, messages, request.tools, n_ctx=loaded.seq_ctx
+    )
+
+
+def fitted(
+    loaded: LoadedModel, messages: Sequence[Message], request: Request
+) -> tuple[Prompt, list[Message]]:
+    """The conversation's prompt, without its oldest turns if an answer would not fit
+    (the system prompt stays)."""
+    n_ctx = loaded.model.n_ctx
+    room = min(ANSWER_ROOM, n_ctx // 4)
+    system = [m for m in messages[:1] if m.role == "system"]
+    kept = list(messages[len(system) :])
+    while True:
+        try:
+            prompt: Prompt | None = messages_prompt(loaded, [*system, *kept], request)
+        except PromptTooLongError:
+            if len(kept) <= 1:
+                raise
+            prompt = None  # far too long to count: drop the oldest turns
+        if prompt is not None and (len(prompt.tokens) + room <= n_ctx or len(kept) <= 1):
+            return prompt, [*system, *kept]
+        # Drop the oldest exchange (a user message and the answer to it).
+        del kept[: 2 if len(kept) > 2 and kept[1].role == "assistant" else 1]
+
+
+def turns(messages: Sequence[Message]) -> int:
+    """The messages kept, not counting the system prompt."""
+    return sum(1 for m in messages if m.role != "system")
