@@ -117,7 +117,10 @@ def bench(
 
 def _bench_remote(remote: Remote, parallel: str | None, decode: str, as_json: bool) -> None:
     """Concurrent streams against a remote engine: what a deployment serves under load."""
-    from localrun.remote.bench import measure
+    import openai  # noqa: F401 - imported before the clock starts, not in the first stream
+
+    from localrun.engine.loadbench import measure
+    from localrun.remote.answerer import RemoteAnswerer
 
     counts = _sizes(parallel) if parallel is not None else (1,)
     if not counts or any(not 1 <= n <= 256 for n in counts):
@@ -127,7 +130,7 @@ def _bench_remote(remote: Remote, parallel: str | None, decode: str, as_json: bo
         raise typer.BadParameter("-n takes one token count for a remote engine")
     show = sys.stderr.isatty() and not as_json
     say = (lambda s: print(s, file=sys.stderr)) if show else lambda s: None
-    loads = measure(remote, counts, tokens[0], say)
+    loads = measure(lambda n: RemoteAnswerer(remote, parallel=n), counts, tokens[0], say)
     if as_json:
         data = {"model": remote.name, "url": remote.url, "loads": [x.as_dict() for x in loads]}
         print(json.dumps(data, indent=2))

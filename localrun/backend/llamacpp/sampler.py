@@ -21,6 +21,11 @@ small without changing which token comes out:
 numpy is already a dependency of llama-cpp-python. It is imported in the background while a
 model loads (:func:`preload`), so that neither ``import`` of the backend nor the first token
 waits for it.
+
+Over 400 lines because the grammar's sampling belongs with the chain it runs beside: the cut
+to the candidates near the best, the control tokens it must not pick, and the guard on its
+cost all read the same candidate arrays, and splitting them apart would pass those arrays
+between modules on every token.
 """
 
 from __future__ import annotations

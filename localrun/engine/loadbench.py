@@ -1,9 +1,12 @@
-"""``localrun bench NAME --parallel 1,8,32`` on a remote engine: concurrent streams, timed here.
+"""Concurrent answers through any :class:`~localrun.engine.answering.Answerer`, timed here:
+``localrun bench NAME --parallel 1,8,32`` on a remote engine.
 
-Each count N starts N streams at once (threads: the work is the engine's), every one asking
-for the same number of tokens; the aggregate rate is all the tokens over the time from the
-first request to the last token, and TTFT is read per stream (p50 and p99). Failed streams
-are counted, not hidden: a deployment that drops requests under load is sized by that too.
+Each count N starts N answers at once through an Answerer that makes N at a time (a remote
+engine's streams, each read in a thread of its own; a local model's sequences, batched), each
+asking for the same number of tokens; the aggregate rate is all the tokens over the time from
+the first request to the last token, and TTFT is read per stream (p50 and p99). Failed
+streams are counted, not hidden: a deployment that drops requests under load is sized by that
+too.
 """
 
 from __future__ import annotations
@@ -11,14 +14,12 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from localrun.backend import SamplingParams
+from localrun.engine.answering import Answerer, Answering
 from localrun.engine.types import Finished, Request, Stats
 from localrun.errors import LocalrunError
-from localrun.remote.client import generate
-from localrun.remote.registry import Remote
 
 PROMPT = "Write a long story about a lighthouse keeper and the ships she guides home."
 
@@ -56,15 +57,24 @@ class Load:
         return found
 
 
-def _one(remote: Remote, tokens: int) -> Stats | LocalrunError:
+def _start(answerer: Answerer, tokens: int) -> Answering | LocalrunError:
     request = Request.of(PROMPT, sampling=SamplingParams(temperature=0.0), max_tokens=tokens)
     try:
-        for event in generate(remote, request):
+        return answerer.start(request, keep=False)
+    except LocalrunError as e:
+        return e
+
+
+def _finish(answering: Answering | LocalrunError) -> Stats | LocalrunError:
+    if isinstance(answering, LocalrunError):
+        return answering
+    try:
+        for event in answering:
             if isinstance(event, Finished):
                 return event.stats
     except LocalrunError as e:
         return e
-    return LocalrunError("the stream ended without its statistics")
+    return LocalrunError("the answer ended without its statistics")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -73,17 +83,21 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def measure(
-    remote: Remote, counts: tuple[int, ...], tokens: int, say: Callable[[str], None]
+    answerer_of: Callable[[int], Answerer],
+    counts: tuple[int, ...],
+    tokens: int,
+    say: Callable[[str], None],
 ) -> list[Load]:
-    """The figures for each count of concurrent streams."""
-    import openai  # noqa: F401 - imported before the clock starts, not in the first stream
-
+    """The figures for each count N of concurrent answers, through ``answerer_of(N)``."""
     results = []
     for n in counts:
-        say(f"{n} streams of {tokens} tokens on {remote.url}…")
+        answerer = answerer_of(n)
+        say(f"{n} streams of {tokens} tokens on {answerer.placement}…")
         start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            done = list(pool.map(lambda _: _one(remote, tokens), range(n)))
+        # All started before any is read: the answerer makes them together (their events
+        # wait in its queues), and each one's TTFT is timed where it is made.
+        started = [_start(answerer, tokens) for _ in range(n)]
+        done = [_finish(answering) for answering in started]
         seconds = time.perf_counter() - start
         ok = [s for s in done if isinstance(s, Stats)]
         failed = [e for e in done if isinstance(e, LocalrunError)]
