@@ -117,6 +117,7 @@ def _reference_chain(
     n_ctx: int,
     vocab: object = None,
     grammar: object = None,
+    specials: object = (),
 ) -> object:
     """The textbook order: penalties over the whole vocabulary, then the usual cuts."""
     import llama_cpp as lc
