@@ -136,7 +136,7 @@ def test_a_batch_answer_does_not_count_the_load() -> None:
     s = session(ScriptedModel([b"ok"]))
     assert isinstance(s.model, LocalAnswerer)
     s.model.loaded.load_s = 30.0
-    text, stats = _collect(s.model.start(Request.of("hi"), keep=False))
+    text, _, stats = _collect(s.model.start(Request.of("hi"), keep=False))
     assert text == "ok" and stats.load_s == 0.0 and stats.total_s < 30.0
 
 

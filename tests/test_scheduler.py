@@ -278,3 +278,30 @@ def test_a_failed_request_gives_back_its_cells_and_the_others_go_on() -> None:
     finally:
         model.go()
         engine.close()
+
+
+@pytest.mark.parametrize(("most", "opened"), [(2, False), (0, False), (3, True)])
+def test_a_thinking_budget_closes_the_trace_and_the_answer_goes_on(
+    most: int, opened: bool
+) -> None:
+    """After ``most`` trace tokens, the engine takes the closing marker's tokens instead of
+    sampled ones (as llama.cpp's --reasoning-budget does), and then samples again."""
+    from localrun.engine.budget import Budget
+
+    pieces = [b"<think>", b"a", b"b", b"c", b"d", b"</think>", b"ok"]
+    model = ScriptedModel(pieces, n_ctx=256)
+    start, end = (FIRST,), (FIRST + 5,)  # "<think>" and "</think>", one token each
+    if opened:  # the prompt opened the trace: the script starts inside it
+        model.pieces = pieces[1:]
+        end = (FIRST + 4,)
+    engine = BatchEngine(model)  # type: ignore[arg-type]
+    try:
+        budget = Budget(most, start, end, open=opened)
+        stream = engine.submit(Job(prompt(1, 4), SAMPLING, max_tokens=20, think_budget=budget))
+        text, stats = collect(stream)
+    finally:
+        engine.close()
+    trace = "abcd"[:most]
+    head = f"{trace}</think>" if opened else f"<think>{trace}</think>"
+    assert text.startswith(head), text
+    assert text.endswith("</think>ok") and stats.finish_reason is FinishReason.STOP

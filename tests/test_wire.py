@@ -431,3 +431,78 @@ def test_requests_convert_to_asks_without_a_server() -> None:
     assert ask.options == {"num_predict": 3, "repeat_penalty": 1.2}
     assert openai.streaming({"stream": True}) == (True, False)
     assert ollama.streaming({}) is True
+
+
+# A chat template whose model thinks (the <think> form), and an answer with a trace.
+THINK_TEMPLATE = (
+    "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
+    "{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}"
+)
+
+
+def thought() -> list[Event | BaseException]:
+    return [FirstToken(0.1), TextDelta("<think>", 1, 0.1), TextDelta("I should gre", 2, 0.2),
+            TextDelta("et.</thi", 3, 0.3), TextDelta("nk>\n\nHel", 4, 0.4),
+            TextDelta("lo", 5, 0.5), Finished(_stats())]  # fmt: skip
+
+
+def test_a_trace_comes_apart_on_both_apis() -> None:
+    thinks = serve(thought, THINK_TEMPLATE)
+    asked = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}]}
+    whole = thinks.post("/api/chat", asked | {"stream": False}).json()
+    assert whole["message"]["thinking"] == "I should greet."
+    assert whole["message"]["content"] == "Hello"
+    lines = _lines(thinks.post("/api/chat", asked))
+    assert "".join(x["message"].get("thinking", "") for x in lines) == "I should greet."
+    assert "".join(x["message"]["content"] for x in lines) == "Hello"
+    generated = thinks.post("/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False})
+    assert generated.json()["thinking"] == "I should greet."
+    # OpenAI's: reasoning_content deltas, and in the whole message.
+    events = _events(thinks.post("/v1/chat/completions", asked | {"stream": True}))
+    deltas = [e["choices"][0]["delta"] for e in events[1:-1]]
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "I should greet."
+    assert "".join(d.get("content", "") for d in deltas) == "Hello"
+    message = thinks.post("/v1/chat/completions", asked).json()["choices"][0]["message"]
+    assert (message["reasoning_content"], message["content"]) == ("I should greet.", "Hello")
+    # Asked for none, on a template that can switch it off: the switch reached the prompt.
+    thinks.post("/api/chat", asked | {"think": False, "stream": False})
+    assert thinks.engine.jobs[-1].prompt[-len("<think></think>") :] == list(
+        ScriptedModel([]).tokenize("<think></think>", add_special=False, parse_special=False)
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "think"),
+    [({"think": True}, True), ({"think": "high"}, "high"), ({"think": False}, False), ({}, None)],
+)
+def test_ollama_think_reaches_the_request(body: dict[str, Any], think: Any) -> None:
+    ask = ollama.chat_ask({"model": "tiny", "messages": [{"role": "user", "content": "x"}]} | body)
+    assert ask.think == think
+
+
+@pytest.mark.parametrize(
+    ("body", "think"),
+    [
+        ({"reasoning_effort": "none"}, False),
+        ({"reasoning_effort": "minimal"}, "low"),
+        ({"reasoning_effort": "medium"}, "medium"),
+        ({"reasoning": {"effort": "xhigh"}}, "high"),
+        ({}, None),
+    ],
+)
+def test_openai_reasoning_effort_reaches_the_request(body: dict[str, Any], think: Any) -> None:
+    ask = openai.chat_ask({"model": "tiny", "messages": [{"role": "user", "content": "x"}]} | body)
+    assert ask.think == think
+
+
+def test_bad_thinking_settings_are_refused_by_name(served: Served) -> None:
+    asked = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stream": False}
+    r = served.post("/api/chat", asked | {"think": "lots"})
+    assert r.status_code == 400 and "'think' cannot be" in r.json()["error"]
+    r = served.post("/v1/chat/completions", asked | {"reasoning_effort": 3})
+    assert r.status_code == 400 and "'reasoning_effort' cannot be" in r.json()["error"]["message"]
+    r = served.post("/api/chat", asked | {"think_budget": -1})
+    assert r.status_code == 400 and "think_budget" in r.json()["error"]
+    # A model that does not think is not asked to.
+    r = served.post("/api/chat", asked | {"think": True})
+    assert r.status_code == 400 and "does not think" in r.json()["error"]

@@ -60,6 +60,7 @@ def write_tiny_model(
     arch: str = "llama",
     specials: tuple[str, ...] = (),
     rope_sections: list[int] | None = None,
+    added: tuple[str, ...] = (),
 ) -> Path:
     """Write a tiny random llama model to ``path`` and return it.
 
@@ -67,13 +68,15 @@ def write_tiny_model(
     ``<stem>-0000N-of-0000M.gguf`` beside ``path`` (the form llama.cpp loads as one).
     ``renamed`` gives some tokens another text (a vocabulary of the same size, not the same).
     ``arch`` "qwen2vl" gives Qwen2's attention biases and M-RoPE over ``rope_sections``;
-    ``specials`` are more control tokens, at the vocabulary's end.
+    ``specials`` are more control tokens, at the vocabulary's end; ``added`` more tokens
+    after them that show as text (user-defined, as Qwen3's ``<think>`` is).
     """
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocab()
-    tokens = [(renamed or {}).get(t, t) for t in tokens] + list(specials)
-    scores += [0.0] * len(specials)
+    tokens = [(renamed or {}).get(t, t) for t in tokens] + list(specials) + list(added)
+    scores += [0.0] * (len(specials) + len(added))
     types += [int(gguf.TokenType.CONTROL)] * len(specials)
+    types += [int(gguf.TokenType.USER_DEFINED)] * len(added)
     n_vocab = len(tokens)
 
     w = gguf.GGUFWriter(str(path), arch, split_max_tensors=split_max_tensors)

@@ -1,11 +1,20 @@
 """One answer on its way out: streamed as plain text, shown live on a terminal, or one JSON
-object; the --verbose figures after it on stderr."""
+object; the --verbose figures after it on stderr.
+
+A thinking model's trace: on a terminal, the live view draws it dim, then folds it to one
+line (:mod:`.chatview`). Piped, stdout carries the answer alone, so that what reads it gets
+the answer whatever the model; the trace goes to stderr, dim, only when stderr is a terminal
+(someone watching), and nowhere otherwise. ``--format json`` puts it in a ``"thinking"``
+field beside ``"response"`` (left out when there was none). ``--hidethinking`` hides it
+everywhere but there.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING, TextIO
 
 from localrun.cli.options import OutputFormat
@@ -71,7 +80,7 @@ def _request(
     """The engine's request for one prompt, with the run's settings."""
     from localrun import engine
 
-    return engine.Request.of(
+    request = engine.Request.of(
         text,
         system=opts.system,
         history=opts.history,
@@ -81,6 +90,7 @@ def _request(
         document=document,
         images=images,
     )
+    return replace(request, think=opts.think)
 
 
 def _shown(
@@ -96,9 +106,10 @@ def _shown(
     """Show an answer as the flags ask; its statistics (None if the live view had none)."""
     if show.format is OutputFormat.json:
         return _json(events, name, mode, described)
+    thinking = not show.hidethinking
     if sys.stdout.isatty():
-        return _live(events, placement, n_ctx, described, show.wordwrap)
-    return _plain(events, described)
+        return _live(events, placement, n_ctx, described, show.wordwrap, thinking)
+    return _plain(events, described, thinking and sys.stderr.isatty())
 
 
 def _check_complete(stats: engine.Stats, constraint: Constraint) -> None:
@@ -114,21 +125,64 @@ def _check_complete(stats: engine.Stats, constraint: Constraint) -> None:
         )
 
 
-def _plain(events: Iterable[ChatEvent], described: Described | None) -> engine.Stats:
+def _plain(
+    events: Iterable[ChatEvent], described: Described | None, trace_to_stderr: bool = False
+) -> engine.Stats:
+    """The answer to stdout as it comes; the trace, if asked, dim to stderr (a terminal)."""
     from localrun import engine
+    from localrun.engine.types import ThinkingDelta
 
     stream = Stream(sys.stdout)
+    trace = _Trace() if trace_to_stderr else None
     try:
         for event in events:
-            if isinstance(event, engine.TextDelta) and event.text:
+            if isinstance(event, ThinkingDelta) and trace is not None:
+                trace.write(event.text)
+            elif isinstance(event, engine.TextDelta) and event.text:
+                if trace is not None:
+                    trace.end()
                 stream.write(event.text)
             elif isinstance(event, engine.Finished):
                 stats = event.stats
     finally:
+        if trace is not None:
+            trace.end()
         stream.end_line()
     if described is not None:
         print(described(stats), file=sys.stderr)
     return stats
+
+
+class _Trace:
+    """A piped answer's trace on stderr (a terminal): dim, under the live view's label,
+    ended by a blank line before the answer."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.open = False
+        self.done = False
+        self.line_open = False
+
+    def write(self, text: str) -> None:
+        from rich.text import Text
+
+        from localrun.cli.chatview import THINKING_LABEL, safe_text
+
+        if self.done or not text:
+            return
+        if not self.open:
+            self.console.print(Text(THINKING_LABEL, style="dim"))
+            self.open = True
+        text = safe_text(text)
+        self.console.out(text, style="dim", end="", highlight=False)
+        self.line_open = not text.endswith("\n")
+
+    def end(self) -> None:
+        if self.open and not self.done:
+            self.console.out("\n" if self.line_open else "")
+        self.done = True
 
 
 def _live(
@@ -137,13 +191,14 @@ def _live(
     n_ctx: int,
     described: Described | None,
     wordwrap: bool,
+    thinking: bool = True,
 ) -> engine.Stats | None:
     from rich.console import Console
 
     from localrun.cli.chatview import AnswerState, AnswerView
 
     state = AnswerState(placement, n_ctx)
-    view = AnswerView(Console(), state, markdown=wordwrap, live=wordwrap)
+    view = AnswerView(Console(), state, markdown=wordwrap, live=wordwrap, thinking=thinking)
     with view:
         for event in events:
             view.handle(event)
@@ -156,14 +211,21 @@ def _json(
     events: Iterable[ChatEvent], model: str, mode: str, described: Described | None
 ) -> engine.Stats:
     from localrun import engine
+    from localrun.engine.types import ThinkingDelta
 
     answer: list[str] = []
+    trace: list[str] = []
     for event in events:
         if isinstance(event, engine.TextDelta):
             answer.append(event.text)
+        elif isinstance(event, ThinkingDelta):
+            trace.append(event.text)
         elif isinstance(event, engine.Finished):
             stats = event.stats
-    result = {"model": model, "mode": mode, "response": "".join(answer), "stats": stats.as_dict()}
+    result: dict[str, object] = {"model": model, "mode": mode, "response": "".join(answer)}
+    if trace:
+        result["thinking"] = "".join(trace)
+    result["stats"] = stats.as_dict()
     print(json.dumps(result, ensure_ascii=False))
     if described is not None:
         print(described(stats), file=sys.stderr)

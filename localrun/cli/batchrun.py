@@ -169,24 +169,28 @@ def _ahead(items: Iterator[T], n: int) -> Iterator[T]:
         raise failure
 
 
-def _collect(answering: Iterable[object]) -> tuple[str, engine.Stats]:
-    """An answer's whole text and its statistics."""
-    from localrun.engine.types import Finished, TextDelta
+def _collect(answering: Iterable[object]) -> tuple[str, str, engine.Stats]:
+    """An answer's whole text, its trace (a thinking model's) and its statistics."""
+    from localrun.engine.types import Finished, TextDelta, ThinkingDelta
 
     parts: list[str] = []
+    trace: list[str] = []
     for event in answering:
         if isinstance(event, TextDelta):
             parts.append(event.text)
+        elif isinstance(event, ThinkingDelta):
+            trace.append(event.text)
         elif isinstance(event, Finished):
             stats = event.stats
             # The model was loaded once for the whole file: no line waited for it.
             stats.total_s -= stats.load_s
             stats.load_s = 0.0
-            return "".join(parts), stats
+            return "".join(parts), "".join(trace), stats
     raise LocalrunError("the answer ended without its statistics")
 
 
-Answer = LocalrunError | Callable[[], "tuple[str, engine.Stats]"]  # an error, or its getter
+# An error, or the getter of an answer's text, trace and statistics.
+Answer = LocalrunError | Callable[[], "tuple[str, str, engine.Stats]"]
 
 
 def _write_in_order(
@@ -198,7 +202,7 @@ def _write_in_order(
         for number, job_id, item in entries:
             if not isinstance(item, LocalrunError):
                 try:
-                    text, stats = item()
+                    text, thinking, stats = item()
                 except LocalrunError as e:
                     item = e
             if isinstance(item, LocalrunError):
@@ -212,6 +216,7 @@ def _write_in_order(
                     "id": job_id,
                     "model": model,
                     "response": text,
+                    **({"thinking": thinking} if thinking else {}),
                     "finish_reason": stats.finish_reason.value,
                     "stats": stats.as_dict(),
                 }

@@ -94,8 +94,10 @@ class ChatUI(Commands):
         verbose: bool = False,
         wordwrap: bool = True,
         live: bool = True,
+        hidethinking: bool = False,
     ) -> None:
         self.session = session
+        self.hidethinking = hidethinking  # a thinking model's trace is not drawn
         self.console = console
         self.placement = session.placement
         self.verbose = verbose
@@ -108,8 +110,9 @@ class ChatUI(Commands):
     def answer(self, events: Callable[[], Iterator[ChatEvent]]) -> None:
         """Draw one answer; Ctrl-C stops it and keeps what was written."""
         state = AnswerState(self.placement, self.session.n_ctx)
+        live = self.live and self.wordwrap
         view = AnswerView(
-            self.console, state, markdown=self.wordwrap, live=self.live and self.wordwrap
+            self.console, state, markdown=self.wordwrap, live=live, thinking=not self.hidethinking
         )
         interrupted = False
         called: Called | None = None

@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
+from localrun.cli.chatview import safe_text
 from localrun.cli.output import format_figures
 from localrun.engine import Stats
 from localrun.engine.chat import ChatEvent, ChatSession
@@ -28,8 +29,11 @@ HELP = """Commands:
   /set system TEXT            set the system prompt
   /set format json            answer in JSON (a JSON object); /set noformat: free text
   /set verbose | quiet        full statistics after each answer, or one summary line
+  /set think | nothink        a thinking model reasons first, or not; /set think low,
+                              medium or high: how much
   /set wordwrap | nowordwrap  answers as Markdown, wrapped; or raw text as it comes
   /show info | parameters | system | template | modelfile | stats
+  /show thinking, /thinking   the last answer's reasoning, in full (it is folded to one line)
   /save NAME                  save the conversation as a model (localrun run NAME goes
                               on from it; localrun list shows it)
   /load NAME                  switch to a model, and its messages, system and parameters
@@ -44,6 +48,7 @@ HELP = """Commands:
 Start and end a message with \"\"\" to write several lines."""
 
 ReadLine = Callable[[str], str]
+EFFORTS = ("low", "medium", "high")
 
 
 class Commands(ABC):
@@ -56,6 +61,7 @@ class Commands(ABC):
     wordwrap: bool
     live: bool
     waiting: list[Image]  # pictures for the next message (/image)
+    hidethinking: bool = False  # run's --hidethinking: the answers' views draw no trace
 
     @abstractmethod
     def answer(self, events: Callable[[], Iterator[ChatEvent]]) -> None:
@@ -95,6 +101,8 @@ class Commands(ABC):
                 self._set(line, args)
             elif name == "/show":
                 self._show(args[0].lower() if args else "")
+            elif name == "/thinking":
+                self._show("thinking")
             elif name in ("/save", "/load"):
                 self._file(name, line)
             elif name == "/image":
@@ -138,6 +146,8 @@ class Commands(ABC):
         elif what == "noformat" and len(args) == 1:
             self.session.set_format(None)
             self.console.print("Disabled format.")
+        elif what in ("think", "nothink") and len(args) <= 2:
+            self._think(what, args[1].lower() if len(args) == 2 else None)
         elif what in ("verbose", "quiet") and len(args) == 1:
             self.verbose = what == "verbose"
             self.console.print(f"Set '{what}' mode.")
@@ -147,9 +157,23 @@ class Commands(ABC):
         else:
             self.console.print(
                 "Usage: /set parameter NAME VALUE, /set system TEXT, /set format json, "
-                "/set noformat, /set verbose, /set quiet, /set wordwrap, /set nowordwrap",
+                "/set noformat, /set think [low|medium|high], /set nothink, /set verbose, "
+                "/set quiet, /set wordwrap, /set nowordwrap",
                 highlight=False,
             )
+
+    def _think(self, what: str, effort: str | None) -> None:
+        """/set think [EFFORT], /set nothink: the next answers' trace, as Ollama's chat."""
+        if what == "nothink" and effort is not None:
+            raise UsageError("/set nothink takes no value", "/set nothink")
+        if effort is not None and effort not in EFFORTS:
+            raise UsageError(f"/set think cannot be '{effort}'", "/set think low, medium or high")
+        self.session.think = False if what == "nothink" else (effort or True)
+        said = f"Set '{what}' mode"
+        self.console.print(f"{said}." if effort is None else f"{said} ({effort} effort).")
+        note = _thinking_note(self.session)
+        if note is not None:
+            self.console.print(Text(note, style="yellow"), highlight=False)
 
     def _resize(self, value: str) -> None:
         """/set parameter num_ctx N: the model loaded again, the conversation kept."""
@@ -188,6 +212,15 @@ class Commands(ABC):
         elif what == "parameters":
             for name, setting in session.parameters().items():
                 self.console.print(f"  {name:<15} {setting}", highlight=False)
+            if session.think is not None:
+                think = str(session.think).lower()
+                self.console.print(f"  {'think':<15} {think}", highlight=False)
+        elif what == "thinking":
+            if not session.last_thinking.strip():
+                self.console.print("No reasoning in the last answer.")
+            else:
+                trace = safe_text(session.last_thinking.strip("\n"))
+                self.console.print(Text(trace, style="dim"), highlight=False)
         elif what == "system":
             self.console.print(session.system or "(no system prompt)", highlight=False)
         elif what == "template":
@@ -209,7 +242,7 @@ class Commands(ABC):
                 self.console.print(self._described(session.last_stats), highlight=False)
         else:
             self.console.print(
-                "Usage: /show info | parameters | system | template | modelfile | stats",
+                "Usage: /show info | parameters | system | template | modelfile | stats | thinking",
                 highlight=False,
             )
 
@@ -290,6 +323,18 @@ class Commands(ABC):
             self.console.print()
             return False
         return answer.strip().lower() in ("y", "yes")
+
+
+def _thinking_note(session: ChatSession) -> str | None:
+    """The note for a model loaded here that cannot stop thinking (a remote engine's model
+    is not known here: none)."""
+    from localrun.engine.answerer import LocalAnswerer
+    from localrun.engine.prompting import thinking_note
+
+    model = session.model
+    if not isinstance(model, LocalAnswerer):
+        return None
+    return thinking_note(model.loaded, session.think)
 
 
 def is_chat_file(target: str) -> bool:

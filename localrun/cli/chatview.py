@@ -1,5 +1,12 @@
 """The live answer view: Markdown as it streams, and a status line with TTFT and tok/s.
 
+A thinking model's trace (ThinkingDelta) is drawn dim under a "Thinking…" label while it
+streams (its last lines, in the live region: a trace of thousands of tokens would not fit
+the screen), then folded to one dim line, "Thought for N tokens, X.X s", once the answer
+proper begins; the chat's ``/show thinking`` prints the last trace in full. Without a live
+region (--nowordwrap) the trace is printed dim as it comes, then the same line. Hidden
+(--hidethinking), nothing of it is drawn but the status line's "thinking" phase.
+
 Renderables are pure functions of state (tested with capture consoles). The answer is
 split into finished Markdown blocks, printed once above the live region, and the block
 still growing, re-rendered with the status line a few times a second: a long answer
@@ -16,7 +23,7 @@ from types import TracebackType
 
 from markdown_it import MarkdownIt
 from markdown_it.rules_inline import StateInline
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.segment import Segment, Segments
@@ -25,6 +32,7 @@ from rich.text import Text
 from localrun import engine
 from localrun.engine import Stats
 from localrun.engine.chat import ChatEvent, Trimmed
+from localrun.engine.types import ThinkingDelta
 
 REFRESH_PER_SECOND = 8
 # Control characters but newline and tab, C1's too (U+0080-U+009F: some terminals read
@@ -93,6 +101,7 @@ class AnswerState:
     tokens: int = 0
     first_token_at: float = 0.0
     now: float = 0.0
+    thinking_tokens: int = 0  # the trace's tokens so far
 
     @property
     def rate(self) -> float | None:
@@ -113,7 +122,7 @@ def status_line(state: AnswerState) -> Text:
         parts.append(f"TTFT {state.ttft_s:.2f} s")
     used = state.prompt_tokens + state.tokens
     progress = state.prefill
-    if state.phase == "decode":
+    if state.phase in ("decode", "thinking"):
         rate = state.rate
         parts.append(f"{rate:.1f} tok/s" if rate is not None else "… tok/s")
         parts.append(f"{state.tokens} tokens")
@@ -134,11 +143,14 @@ def summary_line(stats: Stats) -> Text:
     """After an answer: TTFT, prefill and decode rates, tokens, prompt tokens evaluated (a
     remote engine's answer has no prefill figures: they cannot be measured from outside)."""
     remote = stats.prefill_s == 0 and stats.prompt_evaluated == 0
+    thought = stats.thinking_tokens > 0
     parts = [
         f"TTFT {stats.ttft_s:.2f} s",
+        *([f"first answer token {stats.first_answer_s:.2f} s"] if thought else []),
         *([] if remote else [f"prefill {stats.prefill_tokens_per_s:.1f} tok/s"]),
         f"decode {stats.decode_tokens_per_s:.1f} tok/s",
-        f"{stats.completion_tokens} tokens",
+        f"{stats.completion_tokens} tokens"
+        + (f" ({stats.thinking_tokens} thinking)" if thought else ""),
         f"{stats.prompt_tokens} prompt tokens"
         if remote
         else f"{stats.prompt_evaluated} of {stats.prompt_tokens} prompt tokens evaluated",
@@ -176,17 +188,53 @@ def split_markdown(text: str) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
+THINKING_LABEL = "Thinking…"
+
+
+def folded_line(tokens: int, seconds: float) -> Text:
+    """A finished trace, folded to one line."""
+    return Text(f"Thought for {tokens} tokens, {seconds:.1f} s", style="dim")
+
+
+class TraceTail:
+    """The last lines of a growing trace, dim, as many as ``height``: the live region
+    must stay within the screen to be redrawn in place."""
+
+    def __init__(self, text: str, height: int) -> None:
+        self.text = text
+        self.height = height
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        lines = console.render_lines(Text(self.text, style="dim"), options, pad=False)
+        segments: list[Segment] = []
+        for line in lines[-self.height :]:
+            segments.extend(line)
+            segments.append(Segment.line())
+        yield Segments(segments)
+
+
 class AnswerView:
-    """Draws one answer: finished Markdown blocks printed once, the rest live."""
+    """Draws one answer: finished Markdown blocks printed once, the rest live; a thinking
+    model's trace before it, then folded (``thinking=False``: not drawn)."""
 
     def __init__(
-        self, console: Console, state: AnswerState, *, markdown: bool = True, live: bool = True
+        self,
+        console: Console,
+        state: AnswerState,
+        *,
+        markdown: bool = True,
+        live: bool = True,
+        thinking: bool = True,
     ) -> None:
         self.console = console
         self.state = state
         self.markdown = markdown
+        self.thinking = thinking
         self.pending = ""
         self.text_parts: list[str] = []
+        self.trace = ""  # the trace so far, as it may reach the terminal
+        self._trace_at: float | None = None  # when the trace began; None: no trace (yet)
+        self._folded = False
         self.stats: Stats | None = None
         self._blocks = 0
         self._live = (
@@ -205,6 +253,10 @@ class AnswerView:
     def __rich__(self) -> RenderableType:
         self.state.now = time.perf_counter()
         status = status_line(self.state)
+        if self.thinking and self.trace.strip() and not self._folded:
+            height = max(1, self.console.height - 4)  # the label, a status line that wraps
+            label = Text(THINKING_LABEL, style="dim")
+            return Group(label, TraceTail(self.trace.strip("\n"), height), status)
         if self.markdown and self.pending.strip():
             return Group(AnswerMarkdown(self.pending), status)
         return status
@@ -222,6 +274,7 @@ class AnswerView:
     ) -> None:
         if self._live is not None:
             self._live.stop()
+        self._fold()
         if self.markdown and self.pending.strip():
             self._print_block(self.pending)
         elif not self.markdown and self.text_parts and not "".join(self.text_parts).endswith("\n"):
@@ -240,9 +293,13 @@ class AnswerView:
             state.phase = "decode"
             state.ttft_s = event.ttft_s
             state.first_token_at = time.perf_counter()
+        elif isinstance(event, ThinkingDelta):
+            self._think(event)
         elif isinstance(event, engine.TextDelta):
             state.tokens = event.tokens
             if event.text:
+                self._fold()
+                state.phase = "decode"
                 self.text_parts.append(event.text)
                 self._write(event.text)
         elif isinstance(event, engine.Finished):
@@ -255,6 +312,34 @@ class AnswerView:
                     style="yellow",
                 )
             )
+
+    def _think(self, event: ThinkingDelta) -> None:
+        """A piece of the trace: in the live region, or printed as it comes without one."""
+        state = self.state
+        state.tokens = state.thinking_tokens = event.tokens
+        if self._folded or not event.text:
+            return
+        state.phase = "thinking"
+        if self._trace_at is None:
+            self._trace_at = time.perf_counter()
+            if self.thinking and self._live is None:
+                self.console.print(Text(THINKING_LABEL, style="dim"))
+        text = safe_text(event.text)
+        if self.thinking and self._live is None:
+            self.console.out(text, style="dim", end="", highlight=False)
+        self.trace += text
+
+    def _fold(self) -> None:
+        """The trace ended (the answer began, or the answer ended): one line for it."""
+        if self._folded or self._trace_at is None:
+            return
+        self._folded = True
+        if not self.thinking:
+            return
+        if self._live is None and not self.trace.endswith("\n"):
+            self.console.out("")
+        seconds = time.perf_counter() - self._trace_at
+        self.console.print(folded_line(self.state.thinking_tokens, seconds))
 
     def _write(self, text: str) -> None:
         # Model output is untrusted: escape sequences in it must not drive the terminal

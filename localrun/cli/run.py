@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
+from typer.core import TyperCommand
 
 from localrun.cli import app, options
 from localrun.cli.options import OutputFormat
@@ -23,14 +24,31 @@ if TYPE_CHECKING:
     from localrun.cli.runflags import RunFlags
     from localrun.cli.runplan import Plan
     from localrun.engine.answerer import Answerer
+    from localrun.engine.load import LoadedModel
     from localrun.images import Image
     from localrun.models.resolve import Resolved, Settings
     from localrun.prompt.grammar import Constraint
     from localrun.remote.registry import Remote
 
 
-@app.command("chat", help="Chat with a model: the same as run, always interactive.")
-@app.command()
+class _RunCommand(TyperCommand):
+    """run's command, reading a bare ``--think`` as ``--think=true``, as Ollama's flag does:
+    its value goes after ``=`` only, so ``run MODEL --think "why?"`` keeps its prompt (an
+    option with an optional value would take the prompt's first word for its own)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's own click's Context
+        end = args.index("--") if "--" in args else len(args)
+        args = [THINK_TRUE if i < end and a == "--think" else a for i, a in enumerate(args)]
+        return super().parse_args(ctx, args)
+
+
+THINK_TRUE = "--think=true"
+
+
+@app.command(
+    "chat", help="Chat with a model: the same as run, always interactive.", cls=_RunCommand
+)
+@app.command(cls=_RunCommand)
 def run(
     ctx: typer.Context,
     model: str = options.model(
@@ -101,6 +119,18 @@ def run(
     nowordwrap: bool = typer.Option(
         False, "--nowordwrap", help="Print the answer as it comes, without Markdown or wrapping."
     ),
+    think: str | None = typer.Option(
+        None,
+        "--think",
+        metavar="[=true|false|low|medium|high]",
+        help="A thinking model's reasoning: --think (on), --think=false (off), or an effort. "
+        "[default: the model's]",
+    ),
+    hidethinking: bool = typer.Option(
+        False,
+        "--hidethinking",
+        help="Let a thinking model think, without showing its reasoning (--format json keeps it).",
+    ),
     # What to load, and where
     ctx_size: int | None = options.ctx(
         "Context size in tokens (default: the model's, at most 4096)."
@@ -151,6 +181,7 @@ def run(
     """
     from localrun.cli.runflags import Ask, Load, RunFlags, Sample, Show
     from localrun.cli.runplan import check
+    from localrun.engine.options import think_value
 
     flags = RunFlags(
         ask=Ask(
@@ -172,8 +203,14 @@ def run(
             stop=tuple(stop or ()),
             schema=schema,
             grammar=grammar,
+            think=think_value(think),
         ),
-        show=Show(format=output_format, verbose=verbose, wordwrap=not nowordwrap),
+        show=Show(
+            format=output_format,
+            verbose=verbose,
+            wordwrap=not nowordwrap,
+            hidethinking=hidethinking,
+        ),
         load=Load(
             model=model,
             endpoint=endpoint,
@@ -252,6 +289,7 @@ def _options(
         draft=load.draft,
         kv_type=load.kv_type,
         flash_attn=load.flash_attn,
+        think=s.think,
     )
     if constraint is None:
         return opts
@@ -292,9 +330,20 @@ def _go_local(resolved: Resolved, flags: RunFlags, plan: Plan) -> None:
         again = LoadSettings(local.threads, opts.n_ctx, opts.gpu_layers, opts.kv_type,
                              opts.flash_attn, load.repack, local.workers)  # fmt: skip
         answerer = LocalAnswerer(local.loaded, again)
+        _thinking_note(local.loaded, opts.think)
         _answer(answerer, load.model, plan, flags, opts, text, pictures)
     finally:
         local.loaded.close()
+
+
+def _thinking_note(loaded: LoadedModel, think: bool | str | None) -> None:
+    """Say once, on stderr, that a model asked not to think cannot be told so (its trace
+    is then hidden). A remote engine's model is not known here: no note."""
+    from localrun.engine.prompting import thinking_note
+
+    note = thinking_note(loaded, think)
+    if note is not None:
+        print(f"Note: {note}", file=sys.stderr)
 
 
 def _answer(
@@ -319,7 +368,9 @@ def _answer(
         from localrun.cli.runchat import chat
         from localrun.engine.chat import ChatSession
 
-        chat(ChatSession(model), text, plan.piped, opts, flags.show, pictures)
+        session = ChatSession(model)
+        session.think = opts.think
+        chat(session, text, plan.piped, opts, flags.show, pictures)
     else:
         from localrun.cli.answer import answer
         from localrun.cli.runinput import piped_part

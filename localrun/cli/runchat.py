@@ -30,7 +30,8 @@ def chat(
     session.system = opts.system
     session.options = Options(opts.sampling, opts.max_tokens, opts.stop)
     session.messages = list(opts.history)
-    ui = ChatUI(session, Console(), verbose=show.verbose, wordwrap=show.wordwrap)
+    ui = ChatUI(session, Console(), verbose=show.verbose, wordwrap=show.wordwrap,
+                hidethinking=show.hidethinking)  # fmt: skip
     ui.greet()
     if text is not None and (text or images):
         ui.answer(lambda: session.ask(text, images))

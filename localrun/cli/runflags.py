@@ -38,6 +38,8 @@ class Sample:
     stop: tuple[str, ...]
     schema: str | None
     grammar: str | None
+    # --think: a thinking model's trace on or off, or an effort (None: the model's default)
+    think: bool | str | None = None
 
     def sampler(self) -> dict[str, float | int | None]:
         """The sampler's flags under their Modelfile names (which a remote engine takes)."""
@@ -58,6 +60,7 @@ class Show:
     format: OutputFormat
     verbose: bool  # timings after each answer, on stderr
     wordwrap: bool  # Markdown and wrapping on a terminal (--nowordwrap: as it comes)
+    hidethinking: bool = False  # a thinking model's trace is not shown (--format json keeps it)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from localrun.engine.prompting import (
     messages_prompt,
     offered,
     raw_prompt,
+    trace_budget,
+    trace_watch,
     turns,
 )
 from localrun.engine.reload import (
@@ -37,7 +39,7 @@ from localrun.engine.reload import (
 )
 from localrun.engine.runner import runner_of
 from localrun.engine.sequence import Stream
-from localrun.engine.stream import check_fits, watched
+from localrun.engine.stream import TraceWatch, check_fits, watched
 from localrun.engine.types import Event, Finished, Job, Request, Stats
 from localrun.errors import LocalrunError, UsageError
 from localrun.prompt.build import (
@@ -63,7 +65,8 @@ __all__ = [
 
 
 class _Local:
-    """A local answer: the engine's stream, read through its tool-call watch."""
+    """A local answer: the engine's stream, read through its trace's split (a thinking
+    model's) and its tool-call watch."""
 
     def __init__(
         self,
@@ -74,6 +77,7 @@ class _Local:
         loop: asyncio.AbstractEventLoop | None = None,
         load_s: float = 0.0,
         engine: BatchEngine | None = None,
+        trace: TraceWatch | None = None,
     ) -> None:
         self._loaded = loaded
         self._load_s = load_s  # counted in the answer's statistics
@@ -81,6 +85,7 @@ class _Local:
         self._stream = engine.submit(job, loop=loop)
         self._prompt = job.prompt
         self._watch = watch
+        self._trace = trace
         self._dropped = dropped
         # Submitted now, so that answers started together are made together (a --batch file);
         # an answer dropped unread (a Ctrl-C before its first event) is cancelled when it goes.
@@ -92,7 +97,8 @@ class _Local:
             self._done[0] = True
             event.stats.load_s = self._load_s
             event.stats.total_s += self._load_s
-        return list(watched(self._watch, event))
+        split = [event] if self._trace is None else self._trace.events(event)
+        return [shown for piece in split for shown in watched(self._watch, piece)]
 
     def __iter__(self) -> Iterator[ChatEvent]:
         if self._dropped is not None:
@@ -304,9 +310,13 @@ class LocalAnswerer:
             speculate=self.loaded.speculate,
             special=watch is not None,
             images=prompt.images,
+            think_budget=trace_budget(self.loaded, request, prompt),
         )
         load_s = self.loaded.load_s if self._counts_load else 0.0
-        return _Local(self.loaded, job, watch, dropped, loop, load_s, self.engine)
+        trace = trace_watch(self.loaded, request, prompt)
+        if trace is not None and trace.needs_special:
+            job = replace(job, special=True)  # its markers are special tokens: shown, then cut
+        return _Local(self.loaded, job, watch, dropped, loop, load_s, self.engine, trace)
 
     def remember(self, conversation: Sequence[Message], sampling: SamplingParams) -> None:
         """Keep the conversation so far in the prompt cache: a later process that loads it

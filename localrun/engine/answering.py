@@ -16,7 +16,7 @@ from typing import Protocol
 
 from localrun.backend import SamplingParams
 from localrun.engine.reload import Switched
-from localrun.engine.types import Called, Event, Request, Stats
+from localrun.engine.types import Called, Event, Request, Stats, ThinkingDelta
 from localrun.prompt.template import Message
 
 
@@ -28,7 +28,7 @@ class Trimmed:
     kept: int
 
 
-ChatEvent = Event | Trimmed | Called
+ChatEvent = Event | Trimmed | Called | ThinkingDelta
 
 
 class Answering(Protocol):

@@ -340,8 +340,9 @@ class BatchEngine:
         """Sample the sequence's next token from ``row`` and take it into its answer. None
         when its sampling failed (a grammar that allows no token, or costs too much to
         follow): that request fails, the others go on."""
+        forced = seq.spending.forced() if seq.spending else None  # a thinking budget's
         try:
-            token = self.model.sample(seq.sampler, row)
+            token = self.model.sample(seq.sampler, row) if forced is None else forced
         except GenerationError as e:
             self._fail(seq, e)
             return None

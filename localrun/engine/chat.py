@@ -22,7 +22,7 @@ from localrun.backend import SamplingParams
 from localrun.engine.answerer import Answerer, ChatEvent, Trimmed
 from localrun.engine.history import read_history, write_history
 from localrun.engine.reload import LoadSettings
-from localrun.engine.types import Called, Finished, Request, Stats, TextDelta
+from localrun.engine.types import Called, Finished, Request, Stats, TextDelta, ThinkingDelta
 from localrun.errors import LocalrunError, PromptTooLongError, UsageError
 from localrun.images import Image
 from localrun.models import recipes
@@ -81,6 +81,10 @@ class ChatSession:
         self.tools: tuple[Tool, ...] = ()  # offered to the model (/tools FILE)
         self.changed: frozenset[str] = frozenset()  # parameters set here: /save NAME keeps them
         self._load_counted = False  # whether an answer has counted the load time yet
+        # A thinking model's trace: as run's --think and /set think ask (None: the model's
+        # default); the last answer's, kept apart from the history for /show thinking.
+        self.think: bool | str | None = None
+        self.last_thinking = ""
 
     @property
     def threads(self) -> int | None:
@@ -158,6 +162,7 @@ class ChatSession:
             self.options.stop,
             tools=self.tools,
             given=self.changed,
+            think=self.think,
         )
 
     def _answer(self) -> Iterator[ChatEvent]:
@@ -178,6 +183,7 @@ class ChatSession:
 
     def _stream(self, answering: Iterable[ChatEvent]) -> Iterator[ChatEvent]:
         parts: list[str] = []
+        trace: list[str] = []  # the history keeps the answer proper only, as Ollama's does
         calls: list[ToolCall] = []
         refused = False
         counts_load, self._load_counted = not self._load_counted, True
@@ -191,6 +197,8 @@ class ChatSession:
                     del self.messages[first : first + event.dropped]
                 elif isinstance(event, TextDelta):
                     parts.append(event.text)
+                elif isinstance(event, ThinkingDelta):
+                    trace.append(event.text)
                 elif isinstance(event, Called):
                     calls = list(event.calls)
                 elif isinstance(event, Finished):
@@ -206,6 +214,7 @@ class ChatSession:
                 refused = True
             raise
         finally:
+            self.last_thinking = "".join(trace)
             if not refused:  # Ctrl-C keeps what was written: it is part of the conversation
                 self.messages.append(Message("assistant", "".join(parts), tuple(calls)))
 

@@ -21,6 +21,18 @@ def speculative(stats: Stats) -> str:
     )
 
 
+def thinking(stats: Stats) -> list[tuple[str, str]]:
+    """A thinking model's trace: its tokens (counted in the generated tokens too), and when
+    the answer proper began, which a trace delays past the TTFT (none: no trace)."""
+    if not stats.thinking_tokens:
+        return []
+    first = f"{stats.first_answer_s:.3f} s" if stats.first_answer_s else "- (no answer text)"
+    return [
+        ("thinking tokens", f"{stats.thinking_tokens} (of the generated tokens)"),
+        ("time to first answer token", first),
+    ]
+
+
 def local_figures(stats: Stats, loaded: LoadedModel, threads: int | None) -> list[tuple[str, str]]:
     """The ``--verbose`` figures of an answer made here: every figure named plainly."""
     mode = loaded.mode
@@ -59,6 +71,7 @@ def local_figures(stats: Stats, loaded: LoadedModel, threads: int | None) -> lis
         ("prefill", f"{stats.prefill_s:.3f} s, {stats.prefill_tokens_per_s:.1f} tok/s"),
         ("TTFT", f"{stats.ttft_s:.3f} s"),
         ("generated tokens", str(stats.completion_tokens)),
+        *thinking(stats),
         *([("speculative", speculative(stats))] if stats.drafted else []),
         ("decode", f"{stats.decode_s:.3f} s, {stats.decode_tokens_per_s:.1f} tok/s"),
         ("total time", f"{stats.total_s:.3f} s"),
@@ -85,6 +98,7 @@ def remote_figures(stats: Stats) -> list[tuple[str, str]]:
         ("prompt tokens", str(stats.prompt_tokens or "-")),
         ("TTFT", f"{stats.ttft_s:.3f} s"),
         ("generated tokens", str(stats.completion_tokens)),
+        *thinking(stats),
         ("decode", f"{stats.decode_s:.3f} s, {stats.decode_tokens_per_s:.1f} tok/s"),
         ("total time", f"{stats.total_s:.3f} s"),
         ("finish reason", str(stats.finish_reason)),

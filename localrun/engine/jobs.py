@@ -2,7 +2,8 @@
 
 A line is ``{"prompt": "..."}`` or ``{"messages": [{"role": ..., "content": ...}, ...]}``,
 optionally with ``system``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``max_tokens``,
-``stop``, ``schema`` (a JSON schema, or ``"json"`` for any JSON value) or ``grammar`` (GBNF),
+``stop``, ``think`` (true, false, low, medium or high: a thinking model's trace), ``schema``
+(a JSON schema, or ``"json"`` for any JSON value) or ``grammar`` (GBNF),
 ``images`` (picture files, or data URLs, for a vision model: they go with the last user
 message; a message may carry its own ``images`` too), and an ``id`` that is echoed back.
 The run's options (flags over the Modelfile) are the defaults; a line's own fields win. A
@@ -30,7 +31,7 @@ ROLES = ("system", "user", "assistant", "tool")
 # A line's sampling fields, and the parameters whose types and ranges they have.
 _NUMBERS = {p.batch: p for p in TABLE if p.batch and p.kind is not str}
 FIELDS = frozenset(
-    {"id", "prompt", "messages", "system", "schema", "grammar", "images"}
+    {"id", "prompt", "messages", "system", "schema", "grammar", "images", "think"}
     | {p.batch for p in TABLE if p.batch}
 )
 
@@ -57,7 +58,8 @@ def parse_line(text: str, line: int, defaults: RunOptions) -> Job:
     sampling = _constraint(data, sampling, bad)
     # The line's own settings: a remote engine is sent these (and the flags given) only.
     given = frozenset(p.name for field, p in _NUMBERS.items() if field in data)
-    request = Request(tuple(messages), sampling, max_tokens, stop, given=given)
+    think = _think(data, defaults.think, bad)
+    request = Request(tuple(messages), sampling, max_tokens, stop, given=given, think=think)
     return Job(line, data.get("id"), request)
 
 
@@ -124,6 +126,16 @@ def _numbers(
         else:
             sampling = replace(sampling, **{field: kind(value)})
     return sampling, max_tokens
+
+
+def _think(data: dict[str, Any], think: bool | str | None, bad: Bad) -> bool | str | None:
+    """The line's ``think`` (as the Ollama API's: a bool or an effort), else the run's."""
+    if "think" not in data:
+        return think
+    value = data["think"]
+    if not isinstance(value, bool) and value not in ("low", "medium", "high"):
+        raise bad('\'think\' must be true, false, "low", "medium" or "high"')
+    return value  # type: ignore[no-any-return]
 
 
 def _stop(data: dict[str, Any], stop: tuple[str, ...], bad: Bad) -> tuple[str, ...]:

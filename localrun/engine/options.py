@@ -31,6 +31,23 @@ class RunOptions:
     draft: str | None = None  # the draft model, with speculative "draft"
     kv_type: str = "f16"  # the KV cache's type: f16, q8_0 or q4_0
     flash_attn: str = "auto"
+    # A thinking model's trace: True, False, an effort (low, medium, high), or None (the
+    # model's default): --think, else the Modelfile's PARAMETER think.
+    think: bool | str | None = None
+
+
+THINK_VALUES = ("true", "false", "low", "medium", "high")
+
+
+def think_value(value: str | bool | None, where: str = "--think") -> bool | str | None:
+    """A thinking setting as typed (a flag's, a Modelfile's ``true``, ``false``, ``low``,
+    ``medium``, ``high``) as a Request takes it: a bool or an effort."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = value.strip().lower()
+    if text not in THINK_VALUES:
+        raise UsageError(f"{where} cannot be {value!r}", "use true, false, low, medium or high")
+    return {"true": True, "false": False}.get(text, text)
 
 
 def run_options(
@@ -53,6 +70,7 @@ def run_options(
     draft: str | None = None,
     kv_type: str | None = None,
     flash_attn: str | None = None,
+    think: bool | str | None = None,
 ) -> RunOptions:
     """Flags (not None) over the Modelfile's parameters over the defaults (Ollama's)."""
     p = settings.parameters
@@ -121,7 +139,12 @@ def run_options(
         draft=str(draft) if draft and method == "draft" else None,
         kv_type=kv,
         flash_attn=flash,
+        think=think if think is not None or "think" not in p else _modelfile_think(p["think"]),
     )
+
+
+def _modelfile_think(value: float | int | str) -> bool | str | None:
+    return think_value(str(value), "PARAMETER think")
 
 
 def check_kv(kv_type: str, flash_attn: str) -> None:

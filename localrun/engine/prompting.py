@@ -6,9 +6,12 @@ required call."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
+from localrun.engine.budget import Budget
 from localrun.engine.load import LoadedModel
-from localrun.engine.stream import ANSWER_ROOM
+from localrun.engine.stream import ANSWER_ROOM, TraceWatch
 from localrun.engine.types import Request
 from localrun.errors import NoVisionError, PromptTooLongError, UsageError
 from localrun.prompt.build import (
@@ -19,6 +22,14 @@ from localrun.prompt.build import (
     tokenize_with_images,
 )
 from localrun.prompt.template import Message
+from localrun.prompt.thinking import (
+    Splitter,
+    can_switch_off,
+    opens_in_prompt,
+    strip_trace,
+    switches,
+)
+from localrun.prompt.thinking import form_of as think_form
 from localrun.prompt.tools import CallWatch, Tool, call_grammar, form_of
 
 
@@ -79,9 +90,77 @@ def messages_prompt(loaded: LoadedModel, messages: Sequence[Message], request: R
     """``messages`` as the model reads them, with the request's tools."""
     if not loaded.model.vision and any(m.images for m in messages):
         raise NoVisionError(loaded.name, "use a vision model, or send no pictures")
-    return conversation_prompt(
-        loaded.model, loaded.template, messages, request.tools, n_ctx=loaded.seq_ctx
-    )
+    variables = thinking_variables(loaded, request.think)
+    form = think_form(loaded.template)
+    if form is not None:  # earlier answers' traces are not read again (a client sent them)
+        messages = [
+            replace(m, content=strip_trace(form, m.content))
+            if m.role == "assistant" and form.end in m.content
+            else m
+            for m in messages
+        ]
+    return conversation_prompt(loaded.model, loaded.template, messages, request.tools,
+                               n_ctx=loaded.seq_ctx, variables=variables)  # fmt: skip
+
+
+def thinking_variables(loaded: LoadedModel, think: bool | str | None) -> dict[str, Any]:
+    """The template's variables that switch a thinking model's trace as ``think`` asks
+    (None: the model's default, which some templates need told). Asking a model that does
+    not think to think is refused; asking one that cannot stop to stop is not (its trace is
+    still told apart, and the caller hides it: see :func:`thinking_note`)."""
+    template = loaded.template
+    form = think_form(template)
+    if form is None or template is None:
+        if think is None or think is False:
+            return {}
+        raise UsageError(
+            f"{loaded.name} does not think: its chat template writes no reasoning trace",
+            "drop the thinking setting, or use a thinking model such as qwen3 or deepseek-r1",
+        )
+    return switches(form, template, think)
+
+
+def thinking_note(loaded: LoadedModel, think: bool | str | None) -> str | None:
+    """What to tell a user who asked for no trace from a model that cannot be asked that."""
+    template = loaded.template
+    form = think_form(template)
+    if think is not False or form is None or template is None:
+        return None
+    if can_switch_off(form, template):
+        return None
+    return f"{loaded.name}'s chat template has no switch for thinking: its trace is hidden"
+
+
+# After the analysis channel's end, gpt-oss's answer opens its final channel itself.
+_HARMONY_FINAL = "<|start|>assistant<|channel|>final<|message|>"
+
+
+def trace_budget(loaded: LoadedModel, request: Request, prompt: Prompt) -> Budget | None:
+    """The engine's thinking budget for ``request`` (None: no budget asked, or a model that
+    does not think, or an answer held to a grammar, whose tokens the engine cannot force)."""
+    form = think_form(loaded.template)
+    if request.think_budget is None or form is None or request.raw:
+        return None
+    if request.sampling.grammar is not None:
+        return None
+    model = loaded.model
+    closing = form.end + (_HARMONY_FINAL if form.name == "harmony" else "")
+
+    def ids(text: str) -> tuple[int, ...]:
+        return tuple(model.tokenize(text, add_special=False, parse_special=True))
+
+    return Budget(max(0, request.think_budget), ids(form.start), ids(closing),
+                  open=opens_in_prompt(form, prompt.text))  # fmt: skip
+
+
+def trace_watch(loaded: LoadedModel, request: Request, prompt: Prompt) -> TraceWatch | None:
+    """The split of a thinking model's answer into its trace and the answer proper (None
+    for a model that does not think, or a raw prompt, which is the caller's to read)."""
+    form = think_form(loaded.template)
+    if form is None or request.raw:
+        return None
+    splitter = Splitter(form, in_trace=opens_in_prompt(form, prompt.text))
+    return TraceWatch(splitter, needs_special=form.needs_special)
 
 
 def fitted(

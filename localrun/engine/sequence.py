@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeAlias
 
 from localrun.backend import ImageChunk, SamplingParams, StepModel, cells, image_counts
+from localrun.engine.budget import Spending
 from localrun.engine.output import TextOut, timed
 from localrun.engine.prompt_cache import MIN_TOKENS as MIN_KEEP
 from localrun.engine.speculative import Pace
@@ -127,6 +128,7 @@ class Sequence:
     pace: Pace = field(default_factory=Pace)  # its speed with guesses and without
     cache_at: int = 0  # prompt tokens worth keeping on disk (a system prompt, a document)
     special: bool = False  # show control tokens' text (a tool call's markers)
+    spending: Spending | None = None  # a thinking budget's count, and what it forces
     images: dict[int, ImageChunk] = field(default_factory=dict)  # its pictures, by their id
     cache_done: bool = False  # cache_at was reached (and the state saved, if it was not)
     out: TextOut = field(init=False)  # its text: UTF-8 across tokens, held at stop strings
@@ -159,8 +161,12 @@ class Sequence:
         cache_at = min(job.cache_at, keep_limit) if keep_limit is not None else job.cache_at
         cache_at = image_cut(job.prompt, cache_at)
         seq.cache_at = cache_at if MIN_KEEP <= cache_at < len(job.prompt) else 0
-        # Guesses come from text (the prompt's, or a draft model's that sees no pictures).
+        # Guesses come from text (the prompt's, or a draft model's that sees no pictures); a
+        # thinking budget forces tokens one at a time, so its sequence does not guess.
         seq.speculate = seq.k = max(0, job.speculate) if not images else 0
+        if job.think_budget is not None:
+            seq.spending = Spending.of(job.think_budget)
+            seq.speculate = seq.k = 0
         if job.submitted is not None:
             seq.submitted = job.submitted
         return seq
@@ -215,7 +221,7 @@ class Sequence:
         text, stopped = self.out.feed(
             model.piece(token, True) if self.special else model.piece(token)
         )
-        self.outbox.put(TextDelta(text, stats.completion_tokens))
+        self.outbox.put(TextDelta(text, stats.completion_tokens, now - self.submitted))
         if stopped:
             return End(FinishReason.STOP, flush=False)  # at a stop string
         if self.max_tokens is not None and stats.completion_tokens >= self.max_tokens:
@@ -224,6 +230,8 @@ class Sequence:
             # Its share of the context is full: the token sampled from the last cell ends it.
             return End(FinishReason.LENGTH)
         self.pending.append(token)
+        if self.spending is not None:
+            self.spending.took(self.generated)
         return None
 
     def _first(self, now: float) -> None:
@@ -242,7 +250,8 @@ class Sequence:
         if end.flush:
             tail = self.out.flush()
             if tail:
-                self.outbox.put(TextDelta(tail, self.stats.completion_tokens))
+                at = time.perf_counter() - self.submitted
+                self.outbox.put(TextDelta(tail, self.stats.completion_tokens, at))
         stats = self.stats
         stats.finish_reason = end.reason
         timed(stats, start=self.submitted, first=self.first_at, last=self.last_at,

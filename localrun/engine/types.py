@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from localrun.backend import ImageChunk, SamplingParams
+from localrun.engine.budget import Budget
 from localrun.images import Image
 from localrun.prompt.template import Message
 from localrun.prompt.tools import Tool, ToolCall
@@ -51,6 +52,11 @@ class Request:
     context: tuple[int, ...] = ()
     tool_choice: str = "auto"
     stop_at_eog: bool = True
+    # A thinking model's trace: on (True, or an effort: low, medium, high), off (False), or
+    # as the model does by default (None); and the most tokens its trace may take (None: no
+    # bound), after which the engine closes the trace and the answer follows.
+    think: bool | str | None = None
+    think_budget: int | None = None
 
     @classmethod
     def of(
@@ -96,6 +102,7 @@ class Job:
     cache_at: int = 0
     speculate: int = 0
     special: bool = False
+    think_budget: Budget | None = None  # close a reasoning trace after so many tokens
     images: Mapping[int, ImageChunk] = field(default_factory=dict)
     grammar: object | None = None
 
@@ -122,6 +129,10 @@ class Stats:
     decode_tokens_per_s: float = 0.0
     total_s: float = 0.0
     finish_reason: FinishReason = FinishReason.STOP
+    # A thinking model's trace: its tokens (in completion_tokens too), and when the answer
+    # proper began, after the request (TTFT is the trace's first token; 0: no answer text).
+    thinking_tokens: int = 0
+    first_answer_s: float = 0.0
 
     @property
     def acceptance(self) -> float:
@@ -188,6 +199,16 @@ class TextDelta:
 
     text: str
     tokens: int = 0  # answer tokens so far
+    at: float = 0.0  # when it was made, in seconds after the request (0: not known)
+
+
+@dataclass(frozen=True)
+class ThinkingDelta:
+    """A piece of a thinking model's reasoning trace, apart from the answer (which comes in
+    TextDeltas); ``tokens`` counts the answer's tokens so far, the trace's included."""
+
+    text: str
+    tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,9 @@ TABLE: tuple[Parameter, ...] = (
     P("draft", str, example="MODEL"),
     P("kv_type", str, choices=("f16", "q8_0", "q4_0"), example="q8_0", ollama=True),
     P("flash_attn", str, choices=("auto", "on", "off"), example="auto", ollama=True),
+    # A thinking model's trace (run's --think, the chat's /set think, a --batch line's and
+    # the APIs' "think" field: a bool or an effort there, so not read from this table).
+    P("think", str, choices=("true", "false", "low", "medium", "high"), example="false"),
 )  # fmt: skip
 BY_NAME: dict[str, Parameter] = {p.name: p for p in TABLE}
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from localrun.backend import ImageChunk, Model, cells
 from localrun.errors import LocalrunError, PromptTooLongError, TemplateError, UsageError
@@ -33,6 +34,7 @@ class Prompt:
 
     tokens: list[int]
     images: dict[int, ImageChunk] = field(default_factory=dict)
+    text: str = ""  # as the template rendered it (empty for a base model's plain text)
 
     @property
     def cells(self) -> int:
@@ -55,8 +57,10 @@ def conversation_prompt(
     tools: Sequence[Tool] = (),
     *,
     n_ctx: int | None = None,
+    variables: Mapping[str, Any] | None = None,
 ) -> Prompt:
-    """Tokenize a conversation, ready for the model's next answer.
+    """Tokenize a conversation, ready for the model's next answer (``variables``: more of
+    the template's, such as a thinking switch).
 
     Chat models get their own template. Base models get the conversation as one text to
     continue: the system prompt, then each message, a blank line before each user turn. A
@@ -92,8 +96,10 @@ def conversation_prompt(
         bos_token=model.token_text(bos) if bos is not None else "",
         eos_token=model.token_text(eos) if eos is not None else "",
         tools=tools,
+        variables=variables,
     )
     prompt = _tokenize(model, text, images, limit, n_ctx, parse_special=True)
+    prompt.text = text
     tokens = prompt.tokens
     # Templates usually write the BOS token themselves; do not let it appear twice.
     if bos is not None and len(tokens) >= 2 and tokens[0] == tokens[1] == bos:

@@ -15,7 +15,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,8 +146,10 @@ def render(
     eos_token: str = "",
     add_generation_prompt: bool = True,
     tools: Sequence[Tool] = (),
+    variables: Mapping[str, Any] | None = None,
 ) -> str:
-    """Render ``messages`` with ``template``.
+    """Render ``messages`` with ``template``; ``variables`` are more of the template's
+    (a thinking switch such as ``enable_thinking``), never in place of the usual ones.
 
     A template that rejects the system role gets the system prompt folded into the
     first user message instead, as chat front ends commonly do. Without ``tools``, ``tools``
@@ -164,6 +166,7 @@ def render(
             f"(at most {MAX_TEMPLATE_CHARS:,})",
             "override it with a Modelfile TEMPLATE",
         )
+    extra = variables
     messages = _calls_as_text(template, messages)
     offered = [t.as_template() for t in tools]
     given = sum(len(m.content) for m in messages) + len(bos_token) + len(eos_token)
@@ -189,6 +192,7 @@ def render(
             "prompt": next((m.content for m in reversed(msgs) if m.role == "user"), ""),
             "response": "",
         }
+        variables = {**(extra or {}), **variables}
         set_budget(Budget(max_chars, 16 * max_chars))
         # Streamed, so that the prompt's length is checked as it grows.
         parts: list[str] = []

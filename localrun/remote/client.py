@@ -27,6 +27,7 @@ from localrun.engine.types import (
     Request,
     Stats,
     TextDelta,
+    ThinkingDelta,
 )
 from localrun.errors import GenerationError, LocalrunError, ModelNotFoundError, UsageError
 from localrun.images import data_url
@@ -62,8 +63,9 @@ SAMPLING = tuple(p.name for p in _SENT)
 
 def generate(
     remote: Remote, request: Request, send: frozenset[str] = frozenset(SAMPLING)
-) -> Iterator[Event]:
-    """Stream ``request``'s answer from ``remote``: the text as it comes, the statistics last.
+) -> Iterator[Event | ThinkingDelta]:
+    """Stream ``request``'s answer from ``remote``: the text as it comes (a thinking model's
+    trace apart, as the engine sends it), the statistics last.
 
     Only the sampling settings in ``send`` go with it (those the user gave): the others are
     the engine's own defaults, or its model's, not localrun's."""
@@ -99,12 +101,17 @@ def _body(remote: Remote, request: Request, send: frozenset[str]) -> dict[str, A
     extra = {p.llama_server[0]: value for p, value in given if p.llama_server}
     if not request.stop_at_eog:
         extra["ignore_eos"] = True  # llama-server's and vLLM's
+    # An effort is OpenAI's reasoning_effort (gpt-oss's template reads it too).
+    body_effort = {"reasoning_effort": request.think} if isinstance(request.think, str) else {}
+    if isinstance(request.think, bool):  # llama-server and vLLM pass these to the template
+        extra["chat_template_kwargs"] = {"enable_thinking": request.think}
     body: dict[str, Any] = {
         "model": remote.model,
         "messages": [{"role": m.role, "content": _content(m)} for m in request.messages],
         "stream": True,
         "stream_options": {"include_usage": True},
         **{p.openai[0]: value for p, value in given if p.openai and value is not None},
+        **body_effort,
     }
     if extra:
         body["extra_body"] = extra
@@ -138,21 +145,30 @@ class _Seen:
     chunks: int = 0
     finish: str | None = None
     usage: Any = None
+    thinking: int = 0  # pieces of a trace, to the last one
+    first_answer: float = 0.0  # seconds after the request, to the answer's first piece
 
-    def read(self, chunk: Any) -> Iterator[Event]:
+    def read(self, chunk: Any) -> Iterator[Event | ThinkingDelta]:
         """A chunk's events: its text, FirstToken before the first."""
         self.chunks += 1
         if (found := getattr(chunk, "usage", None)) is not None:
             self.usage = found
-        for text, reason in _choices(self.remote, chunk):
-            if text:
+        for text, trace, reason in _choices(self.remote, chunk):
+            for piece, kind in ((trace, ThinkingDelta), (text, TextDelta)):
+                if not piece:
+                    continue
                 now = time.perf_counter()
                 if not self.first:
                     self.first = now
                     yield FirstToken(now - self.start)
                 self.last = now
                 self.pieces += 1
-                yield TextDelta(text, self.pieces)
+                if kind is ThinkingDelta:
+                    self.thinking = self.pieces
+                    yield ThinkingDelta(piece, self.pieces)
+                else:
+                    self.first_answer = self.first_answer or now - self.start
+                    yield TextDelta(piece, self.pieces, now - self.start)
             if reason:
                 self.finish = reason
 
@@ -166,12 +182,17 @@ class _Seen:
         # The same definitions as a local answer's (its prefill is not known: 0 here).
         timed(stats, start=self.start, first=self.first, last=self.last,
               sampled=stats.completion_tokens, end=end)  # fmt: skip
+        details = getattr(self.usage, "completion_tokens_details", None)
+        stats.thinking_tokens = _count(getattr(details, "reasoning_tokens", 0)) or self.thinking
+        stats.first_answer_s = self.first_answer
         return stats
 
 
-def _choices(remote: Remote, chunk: Any) -> Iterator[tuple[str | None, str | None]]:
-    """A chunk's pieces of text and finish reasons. The openai library builds its objects
-    without checking them (a field of the wrong type is kept as it came): checked here."""
+def _choices(remote: Remote, chunk: Any) -> Iterator[tuple[str | None, str | None, str | None]]:
+    """A chunk's pieces of text, of a thinking model's trace (``reasoning_content``, as
+    llama-server and vLLM send it) and finish reasons. The openai library builds its
+    objects without checking them (a field of the wrong type is kept as it came): checked
+    here."""
     choices = getattr(chunk, "choices", None)
     if not isinstance(choices, list):
         raise _invalid(remote, "a chunk has no list of choices")
@@ -180,10 +201,11 @@ def _choices(remote: Remote, chunk: Any) -> Iterator[tuple[str | None, str | Non
             raise _invalid(remote, "a choice is not an object")
         delta = getattr(choice, "delta", None)
         text = getattr(delta, "content", None)
+        trace = getattr(delta, "reasoning_content", None)
         reason = choice.finish_reason
-        if not isinstance(text, str | None) or not isinstance(reason, str | None):
+        if not all(isinstance(x, str | None) for x in (text, trace, reason)):
             raise _invalid(remote, "a choice's content or finish_reason is not a string")
-        yield text, reason
+        yield text, trace, reason
 
 
 def _count(value: Any) -> int:

@@ -18,7 +18,15 @@ from starlette.responses import StreamingResponse
 
 from localrun.engine.answering import Answering, Trimmed
 from localrun.engine.options import RunOptions, run_options
-from localrun.engine.types import Called, Event, Finished, Request, Stats, TextDelta
+from localrun.engine.types import (
+    Called,
+    Event,
+    Finished,
+    Request,
+    Stats,
+    TextDelta,
+    ThinkingDelta,
+)
 from localrun.errors import PromptTooLongError, UsageError
 from localrun.models.parameters import per_request
 from localrun.prompt.build import tokenize_bounded
@@ -42,6 +50,8 @@ class Ask:
     tools: tuple[Tool, ...] = ()  # tools the model is offered
     tool_choice: str = "auto"  # auto, none, required, or the name of the tool to call
     ignore_eos: bool = False  # go on past the model's end of text (llama-server's, vLLM's)
+    think: bool | str | None = None  # a thinking model's trace: on, off, an effort; None: default
+    think_budget: int | None = None  # the most tokens the trace may take
 
 
 @dataclass
@@ -87,8 +97,9 @@ class Answer:
             raise
         return cls(pool, ask, runner, answering, load_s if load_s > 0.05 else 0.0)
 
-    async def events(self) -> AsyncIterator[Event | Called]:
-        """The answer's events; the request is cancelled if the reader stops early."""
+    async def events(self) -> AsyncIterator[Event | Called | ThinkingDelta]:
+        """The answer's events (a trace's only where it was not asked away); the request is
+        cancelled if the reader stops early."""
         try:
             async for event in self.answering:
                 if isinstance(event, Finished):
@@ -96,8 +107,11 @@ class Answer:
                     self.stats = event.stats
                 elif isinstance(event, Called):
                     self.calls = event.calls
-                if not isinstance(event, Trimmed):  # never asked for: the whole prompt is read
-                    yield event
+                if isinstance(event, Trimmed):  # never asked for: the whole prompt is read
+                    continue
+                if isinstance(event, ThinkingDelta) and self.ask.think is False:
+                    continue  # a model that cannot be asked not to think: its trace unshown
+                yield event
         finally:
             self.close()
 
@@ -140,6 +154,8 @@ def _request(ask: Ask, options: RunOptions) -> Request:
         raw=ask.raw,
         context=ask.context,
         stop_at_eog=not ask.ignore_eos,
+        think=ask.think if ask.think is not None else options.think,  # the Modelfile's
+        think_budget=ask.think_budget,
     )
 
 
@@ -195,18 +211,22 @@ class cancel_on_disconnect:
             self.task.cancel()
 
 
-async def collect(receive: Receive, answer: Answer) -> tuple[str, Stats]:
-    """The whole answer and its statistics (for a request that does not stream)."""
+async def collect(receive: Receive, answer: Answer) -> tuple[str, str, Stats]:
+    """The whole answer, its trace (a thinking model's, unless asked for none) and its
+    statistics (for a request that does not stream)."""
     parts: list[str] = []
+    trace: list[str] = []
     stats: Stats | None = None
     async with cancel_on_disconnect(receive, answer):
         async for event in answer.events():
             if isinstance(event, TextDelta):
                 parts.append(event.text)
+            elif isinstance(event, ThinkingDelta):
+                trace.append(event.text)
             elif isinstance(event, Finished):
                 stats = event.stats
     assert stats is not None
-    return "".join(parts), stats
+    return "".join(parts), "".join(trace), stats
 
 
 @dataclass(frozen=True)

@@ -303,3 +303,56 @@ def tool_choice(value: Any) -> str:
         f"'tool_choice' cannot be {json.dumps(value)[:60]}",
         'use "auto", "none", "required" or {"type": "function", "function": {"name": ...}}',
     )
+
+
+EFFORTS = ("low", "medium", "high")
+
+
+def think(value: Any, name: str = "think") -> bool | str | None:
+    """Ollama's ``think``: true, false, or an effort (low, medium, high); None if absent."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value in EFFORTS:
+        return value
+    raise UsageError(
+        f"'{name}' cannot be {json.dumps(value)[:40]}", "use true, false, low, medium or high"
+    )
+
+
+def reasoning_effort(body: dict[str, Any]) -> bool | str | None:
+    """OpenAI's ``reasoning_effort`` (or ``reasoning.effort``) as a thinking setting: none
+    turns it off, minimal is the least there is (low), xhigh and max the most (high)."""
+    value = body.get("reasoning_effort")
+    name = "reasoning_effort"
+    reasoning = body.get("reasoning")
+    if value is None and reasoning is not None:
+        if not isinstance(reasoning, dict):
+            raise UsageError("'reasoning' must be an object", 'send {"effort": "low"}')
+        value, name = reasoning.get("effort"), "reasoning.effort"
+    if value is None:
+        return None
+    if value == "none":
+        return False
+    if value == "minimal":
+        return "low"
+    if value in ("xhigh", "max"):
+        return "high"
+    if isinstance(value, str) and value in EFFORTS:
+        return value
+    raise UsageError(
+        f"'{name}' cannot be {json.dumps(value)[:40]}",
+        "use none, minimal, low, medium, high, xhigh or max",
+    )
+
+
+def think_budget(body: dict[str, Any]) -> int | None:
+    """``think_budget`` (localrun's, in both APIs): the most tokens a trace may take."""
+    value = body.get("think_budget")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+        raise UsageError(
+            "'think_budget' must be a whole number of tokens from 0 to 1000000",
+            "send the most tokens the reasoning trace may take",
+        )
+    return value

@@ -109,6 +109,8 @@ def generate_ask(body: dict[str, Any]) -> Ask:
         raw=raw,
         context=tuple(context),
         grammar=_format(body),
+        think=fields.think(body.get("think")),
+        think_budget=fields.think_budget(body),
     )
 
 
@@ -123,9 +125,9 @@ def chat_ask(body: dict[str, Any]) -> Ask:
     options = fields.options(body.get("options"))
     # tool_choice is not Ollama's; localrun takes it here too, as llama.cpp's server does.
     choice = fields.tool_choice(body.get("tool_choice"))
-    return Ask(
-        name, messages, options, keep, grammar=_format(body), tools=tools, tool_choice=choice
-    )
+    return Ask(name, messages, options, keep, grammar=_format(body), tools=tools,
+               tool_choice=choice, think=fields.think(body.get("think")),
+               think_budget=fields.think_budget(body))  # fmt: skip
 
 
 def loaded(ask: Ask, reason: str, *, chat: bool) -> Obj:
@@ -149,6 +151,9 @@ class GenerateReply:
     def piece(self, text: str) -> list[Obj]:
         return [self._piece(text)]
 
+    def thinking(self, text: str) -> list[Obj]:
+        return [self._piece("") | {"thinking": text}]
+
     def called(self, calls: tuple[ToolCall, ...]) -> list[Obj]:
         return []  # generate offers no tools
 
@@ -162,7 +167,8 @@ class GenerateReply:
         return [self._last(done)]
 
     def whole(self, done: Done) -> Obj:
-        return self._last(done) | {"response": done.text}
+        whole = self._last(done) | {"response": done.text}
+        return whole | ({"thinking": done.thinking} if done.thinking else {})
 
     def error(self, e: LocalrunError) -> Obj:
         return error(e)
@@ -188,6 +194,11 @@ class ChatReply:
     def piece(self, text: str) -> list[Obj]:
         return [self._piece(text)]
 
+    def thinking(self, text: str) -> list[Obj]:
+        made = self._piece("")
+        made["message"]["thinking"] = text
+        return [made]
+
     def called(self, calls: tuple[ToolCall, ...]) -> list[Obj]:
         made = self._piece("")
         made["message"]["tool_calls"] = [_call(c) for c in calls]
@@ -202,6 +213,8 @@ class ChatReply:
     def whole(self, done: Done) -> Obj:
         final = self._last(done)
         final["message"]["content"] = done.text
+        if done.thinking:
+            final["message"]["thinking"] = done.thinking
         if done.calls:
             final["message"]["tool_calls"] = [_call(c) for c in done.calls]
         return final

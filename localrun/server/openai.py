@@ -50,12 +50,15 @@ def _usage(stats: Stats) -> dict[str, Any]:
         "completion_tokens": stats.completion_tokens,
         "total_tokens": stats.prompt_tokens + stats.completion_tokens,
     }
+    details: dict[str, int] = {}
+    if stats.thinking_tokens:
+        details["reasoning_tokens"] = stats.thinking_tokens
     if stats.drafted:
         # Speculative decoding's guesses, in the fields OpenAI gives predicted outputs.
-        usage["completion_tokens_details"] = {
-            "accepted_prediction_tokens": stats.accepted,
-            "rejected_prediction_tokens": stats.drafted - stats.accepted,
-        }
+        details["accepted_prediction_tokens"] = stats.accepted
+        details["rejected_prediction_tokens"] = stats.drafted - stats.accepted
+    if details:
+        usage["completion_tokens_details"] = details
     return usage
 
 
@@ -212,6 +215,8 @@ def chat_ask(body: dict[str, Any], remote_images: bool = False) -> Ask:
         tools=tools,
         tool_choice=choice,
         ignore_eos=fields.get(body, "ignore_eos", bool, False),
+        think=fields.reasoning_effort(body),
+        think_budget=fields.think_budget(body),
     )
 
 
@@ -268,6 +273,9 @@ class ChatReply:
     def piece(self, text: str) -> list[Obj]:
         return [self._chunk({"content": text})]
 
+    def thinking(self, text: str) -> list[Obj]:
+        return [self._chunk({"reasoning_content": text})]  # llama-server's and vLLM's field
+
     def called(self, calls: tuple[ToolCall, ...]) -> list[Obj]:
         return [self._chunk({"tool_calls": [_call(c) | {"index": i}]}) for i, c in enumerate(calls)]
 
@@ -279,6 +287,8 @@ class ChatReply:
 
     def whole(self, done: Done) -> Obj:
         message: dict[str, Any] = {"role": "assistant", "content": done.text}
+        if done.thinking:
+            message["reasoning_content"] = done.thinking
         if done.calls:
             message["content"] = done.text or None
             message["tool_calls"] = [_call(c) for c in done.calls]
@@ -320,6 +330,9 @@ class CompletionReply:
 
     def piece(self, text: str) -> list[Obj]:
         return [self._chunk(text)]
+
+    def thinking(self, text: str) -> list[Obj]:
+        return []  # a completion has no field for it: only the answer is its text
 
     def called(self, calls: tuple[ToolCall, ...]) -> list[Obj]:
         return []  # a completion offers no tools

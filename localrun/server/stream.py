@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from localrun.engine.types import Called, Event, Finished, Stats, TextDelta
+from localrun.engine.types import Called, Event, Finished, Stats, TextDelta, ThinkingDelta
 from localrun.errors import LocalrunError
 from localrun.prompt.tools import ToolCall
 from localrun.server.answer import Answer, AnswerResponse, Ask, cancel_on_disconnect, collect
@@ -33,6 +33,7 @@ class Done:
     text: str = ""  # the whole answer, when it was not streamed
     calls: tuple[ToolCall, ...] = ()  # the tools it called
     context: tuple[int, ...] | None = None  # the prompt's and answer's tokens; None: pictures
+    thinking: str = ""  # a thinking model's whole trace, when it was not streamed
 
 
 class Reply(Protocol):
@@ -44,6 +45,10 @@ class Reply(Protocol):
 
     def piece(self, text: str) -> list[Obj]:
         """A piece of the answer's text."""
+        ...
+
+    def thinking(self, text: str) -> list[Obj]:
+        """A piece of a thinking model's trace."""
         ...
 
     def called(self, calls: tuple[ToolCall, ...]) -> list[Obj]:
@@ -80,15 +85,17 @@ NDJSON = Wire("application/x-ndjson", b"", b"\n")  # Ollama's: one object a line
 SSE = Wire("text/event-stream", b"data: ", b"\n\n", b"data: [DONE]\n\n")  # OpenAI's
 
 
-def done_of(answer: Answer, stats: Stats, text: str = "") -> Done:
+def done_of(answer: Answer, stats: Stats, text: str = "", thinking: str = "") -> Done:
     """What the converters see of a finished answer."""
-    return Done(stats, text, answer.calls, answer.context())
+    return Done(stats, text, answer.calls, answer.context(), thinking)
 
 
-def chunks(reply: Reply, event: Event | Called, answer: Answer) -> list[Obj]:
+def chunks(reply: Reply, event: Event | Called | ThinkingDelta, answer: Answer) -> list[Obj]:
     """An event's objects on the wire (none for the events an API does not show)."""
     if isinstance(event, TextDelta):
         return reply.piece(event.text) if event.text else []
+    if isinstance(event, ThinkingDelta):
+        return reply.thinking(event.text) if event.text else []
     if isinstance(event, Called):
         return reply.called(event.calls)
     if isinstance(event, Finished):
@@ -124,5 +131,5 @@ async def respond(
     answer = await Answer.begin(pool, ask)
     if streaming:
         return stream(request, answer, reply, wire)
-    text, stats = await collect(request.receive, answer)
-    return JSONResponse(reply.whole(done_of(answer, stats, text)))
+    text, thinking, stats = await collect(request.receive, answer)
+    return JSONResponse(reply.whole(done_of(answer, stats, text, thinking)))
