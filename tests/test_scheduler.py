@@ -281,9 +281,7 @@ def test_a_failed_request_gives_back_its_cells_and_the_others_go_on() -> None:
 
 
 @pytest.mark.parametrize(("most", "opened"), [(2, False), (0, False), (3, True)])
-def test_a_thinking_budget_closes_the_trace_and_the_answer_goes_on(
-    most: int, opened: bool
-) -> None:
+def test_a_thinking_budget_closes_the_trace_and_the_answer_goes_on(most: int, opened: bool) -> None:
     """After ``most`` trace tokens, the engine takes the closing marker's tokens instead of
     sampled ones (as llama.cpp's --reasoning-budget does), and then samples again."""
     from localrun.engine.budget import Budget

@@ -122,3 +122,36 @@ def test_asking_a_model_that_does_not_think_to_think_is_refused(tiny_chat_model:
         _answer(loaded, replace(request, think=False, max_tokens=2))  # nothing to turn off
     finally:
         loaded.close()
+
+
+def test_run_and_batch_lines_take_a_budget(
+    real_templates: Path, localrun_home: Path, tmp_path: Path
+) -> None:
+    """``run --think-budget``, a Modelfile's PARAMETER think_budget and a --batch line's
+    ``think_budget``: each closes the trace DeepSeek-R1's template opens, and the answer
+    follows; piped stdout has the answer only, --format json the trace beside it."""
+    import json
+
+    from tests.proc import run
+    from tests.served import create_model
+
+    template = (real_templates / R1).read_text(encoding="utf-8")
+    path = write_tiny_model(tmp_path / "r1.gguf", chat_template=template, n_ctx_train=4096,
+                            added=("<think>", "</think>"))  # fmt: skip
+    create_model(localrun_home, "r1", f"FROM {path}\nPARAMETER think_budget 3\n")
+    fixed = ("--seed", "3", "-n", "16")
+    whole = run(localrun_home, "run", "r1", *fixed, "--format", "json", "Hi")
+    assert whole.code == 0, whole.stderr
+    done = json.loads(whole.stdout)
+    assert done["thinking"] and done["response"] and done["stats"]["thinking_tokens"] == 4
+    flagged = run(localrun_home, "run", "r1", *fixed, "--think-budget", "5", "Hi")
+    assert flagged.code == 0 and flagged.stdout.strip(), flagged.stderr
+    assert flagged.stdout.rstrip("\n") != done["thinking"] + done["response"]
+    lines = tmp_path / "lines.jsonl"
+    line = {"prompt": "Hi", "seed": 3, "max_tokens": 16}
+    lines.write_text(json.dumps(line | {"think_budget": 2}) + "\n"
+                     + json.dumps(line | {"think_budget": -1}) + "\n")  # fmt: skip
+    batch = run(localrun_home, "run", "r1", "--batch", str(lines))
+    first, second = (json.loads(line) for line in batch.stdout.splitlines())
+    assert first["thinking"] and first["stats"]["thinking_tokens"] == 3
+    assert "think_budget" in second["error"]

@@ -45,7 +45,11 @@ def test_both_apis_give_the_trace_apart(localrun_home: Path, r1: Path) -> None:
         # think false: R1's template has no switch, so the trace is not shown at all.
         hidden = client.chat(model="r1", messages=hi, think=False, options=options)
         assert not hidden.message.thinking
-        # A budget of 3 tokens closes the trace; what follows is the answer.
+        # A budget of 3 tokens closes the trace; what follows is the answer: as an option
+        # (the real client), and as localrun's own field.
+        budgeted = client.chat(model="r1", messages=hi, think=True,
+                               options=options | {"think_budget": 3})  # fmt: skip
+        assert budgeted.message.thinking and budgeted.message.content
         body = {"model": "r1", "messages": hi, "stream": False, "think_budget": 3,
                 "options": options}  # fmt: skip
         answered = httpx.post(server.url + "/api/chat", json=body, timeout=120).json()

@@ -48,6 +48,8 @@ def answer(
     described: Described | None = None
     if show.verbose:
         described = lambda stats: format_figures(model.described(stats, model.threads))  # noqa: E731
+    if opts.think is False:  # asked for none: a trace the model writes anyway is not shown
+        show = replace(show, hidethinking=True)
     mode = model.mode if model.loads_here else "remote"
     done = _shown(
         events, show, name=name, mode=mode, placement=model.placement,
@@ -90,7 +92,7 @@ def _request(
         document=document,
         images=images,
     )
-    return replace(request, think=opts.think)
+    return replace(request, think=opts.think, think_budget=opts.think_budget)
 
 
 def _shown(

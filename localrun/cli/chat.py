@@ -107,12 +107,18 @@ class ChatUI(Commands):
 
     # -- answers -----------------------------------------------------------------------
 
+    @property
+    def thinking_shown(self) -> bool:
+        """Whether a trace is drawn: not with --hidethinking, nor after /set nothink (a
+        model that thinks anyway has its trace hidden, as the note said)."""
+        return not self.hidethinking and self.session.think is not False
+
     def answer(self, events: Callable[[], Iterator[ChatEvent]]) -> None:
         """Draw one answer; Ctrl-C stops it and keeps what was written."""
         state = AnswerState(self.placement, self.session.n_ctx)
         live = self.live and self.wordwrap
         view = AnswerView(
-            self.console, state, markdown=self.wordwrap, live=live, thinking=not self.hidethinking
+            self.console, state, markdown=self.wordwrap, live=live, thinking=self.thinking_shown
         )
         interrupted = False
         called: Called | None = None

@@ -157,7 +157,7 @@ class Commands(ABC):
         else:
             self.console.print(
                 "Usage: /set parameter NAME VALUE, /set system TEXT, /set format json, "
-                "/set noformat, /set think [low|medium|high], /set nothink, /set verbose, "
+                "/set noformat, /set think \\[low|medium|high], /set nothink, /set verbose, "
                 "/set quiet, /set wordwrap, /set nowordwrap",
                 highlight=False,
             )

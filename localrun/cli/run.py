@@ -126,6 +126,13 @@ def run(
         help="A thinking model's reasoning: --think (on), --think=false (off), or an effort. "
         "[default: the model's]",
     ),
+    think_budget: int | None = typer.Option(
+        None,
+        "--think-budget",
+        min=0,
+        max=1_000_000,
+        help="Close a thinking model's reasoning after N tokens; the answer follows.",
+    ),
     hidethinking: bool = typer.Option(
         False,
         "--hidethinking",
@@ -204,6 +211,7 @@ def run(
             schema=schema,
             grammar=grammar,
             think=think_value(think),
+            think_budget=think_budget,
         ),
         show=Show(
             format=output_format,
@@ -290,6 +298,7 @@ def _options(
         kv_type=load.kv_type,
         flash_attn=load.flash_attn,
         think=s.think,
+        think_budget=s.think_budget,
     )
     if constraint is None:
         return opts

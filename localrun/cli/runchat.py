@@ -28,7 +28,7 @@ def chat(
     from localrun.engine.chat import Options
 
     session.system = opts.system
-    session.options = Options(opts.sampling, opts.max_tokens, opts.stop)
+    session.options = Options(opts.sampling, opts.max_tokens, opts.stop, opts.think_budget)
     session.messages = list(opts.history)
     ui = ChatUI(session, Console(), verbose=show.verbose, wordwrap=show.wordwrap,
                 hidethinking=show.hidethinking)  # fmt: skip

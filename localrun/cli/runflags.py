@@ -40,6 +40,7 @@ class Sample:
     grammar: str | None
     # --think: a thinking model's trace on or off, or an effort (None: the model's default)
     think: bool | str | None = None
+    think_budget: int | None = None  # the most tokens a trace may take
 
     def sampler(self) -> dict[str, float | int | None]:
         """The sampler's flags under their Modelfile names (which a remote engine takes)."""

@@ -11,7 +11,6 @@ are prefilled.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -29,7 +28,7 @@ from localrun.models import recipes
 from localrun.models.modelfile import Modelfile, coerce_parameter
 from localrun.models.parameters import chat_names
 from localrun.prompt.template import Message
-from localrun.prompt.tools import Tool, ToolCall, parse_tools
+from localrun.prompt.tools import Tool, ToolCall, tools_file
 
 __all__ = ["ChatEvent", "ChatSession", "LoadSettings", "Options", "Saved", "Trimmed"]
 
@@ -43,6 +42,7 @@ class Options:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
+    think_budget: int | None = None  # the most tokens a thinking model's trace may take
 
 
 @dataclass(frozen=True)
@@ -94,13 +94,7 @@ class ChatSession:
     def load_tools(self, path: Path) -> int:
         """Offer the tools defined in a JSON file (a list, in the form the APIs take)."""
         self.model.check_tools()
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise UsageError(f"cannot read {path}: {e.strerror}", "give a JSON file") from None
-        except ValueError as e:
-            raise UsageError(f"{path} is not JSON: {e}", "give a JSON list of tools") from None
-        self.tools = parse_tools(raw, str(path))
+        self.tools = tools_file(path)
         return len(self.tools)
 
     # -- what the chat's view shows ----------------------------------------------------
@@ -163,6 +157,7 @@ class ChatSession:
             tools=self.tools,
             given=self.changed,
             think=self.think,
+            think_budget=self.options.think_budget,
         )
 
     def _answer(self) -> Iterator[ChatEvent]:
@@ -246,8 +241,9 @@ class ChatSession:
             except ValueError as e:
                 message = str(e).replace("num_predict", "max_tokens")
                 raise UsageError(message, f"/set parameter {key} N") from None
-        if key == "max_tokens":
-            self.options.max_tokens = None if number is None or number < 0 else int(number)
+        if key in ("max_tokens", "think_budget"):
+            whole = None if number is None or number < 0 else int(number)
+            setattr(self.options, key, whole)
         else:
             changes: dict[str, Any] = {key: number}
             self.options.sampling = replace(self.options.sampling, **changes)
@@ -262,6 +258,7 @@ class ChatSession:
             if f.name != "grammar"  # --schema or --grammar, not a setting to change here
         }
         result["max_tokens"] = self.options.max_tokens
+        result["think_budget"] = self.options.think_budget
         result["stop"] = list(self.options.stop)
         return result
 
@@ -303,7 +300,7 @@ class ChatSession:
         # Either way the chat is now this model's: its name, template and conversation.
         opts = switched.opts
         self.system = opts.system
-        self.options = Options(opts.sampling, opts.max_tokens, opts.stop)
+        self.options = Options(opts.sampling, opts.max_tokens, opts.stop, opts.think_budget)
         self.messages = list(switched.settings.messages)
         self.changed = frozenset()
         self.tools = ()  # offered to the other model's template: /tools again for this one

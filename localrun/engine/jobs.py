@@ -31,7 +31,7 @@ ROLES = ("system", "user", "assistant", "tool")
 # A line's sampling fields, and the parameters whose types and ranges they have.
 _NUMBERS = {p.batch: p for p in TABLE if p.batch and p.kind is not str}
 FIELDS = frozenset(
-    {"id", "prompt", "messages", "system", "schema", "grammar", "images", "think"}
+    {"id", "prompt", "messages", "system", "schema", "grammar", "images", "think", "think_budget"}
     | {p.batch for p in TABLE if p.batch}
 )
 
@@ -59,7 +59,9 @@ def parse_line(text: str, line: int, defaults: RunOptions) -> Job:
     # The line's own settings: a remote engine is sent these (and the flags given) only.
     given = frozenset(p.name for field, p in _NUMBERS.items() if field in data)
     think = _think(data, defaults.think, bad)
-    request = Request(tuple(messages), sampling, max_tokens, stop, given=given, think=think)
+    budget = _budget(data, defaults.think_budget, bad)
+    request = Request(tuple(messages), sampling, max_tokens, stop, given=given, think=think,
+                      think_budget=budget)  # fmt: skip
     return Job(line, data.get("id"), request)
 
 
@@ -126,6 +128,20 @@ def _numbers(
         else:
             sampling = replace(sampling, **{field: kind(value)})
     return sampling, max_tokens
+
+
+def _budget(data: dict[str, Any], budget: int | None, bad: Bad) -> int | None:
+    """The line's ``think_budget`` (the most tokens its trace may take), else the run's."""
+    if "think_budget" not in data:
+        return budget
+    value = data["think_budget"]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad("'think_budget' must be a whole number of tokens")
+    try:
+        check("think_budget", value)
+    except ValueError as e:
+        raise bad(str(e)) from None
+    return value
 
 
 def _think(data: dict[str, Any], think: bool | str | None, bad: Bad) -> bool | str | None:

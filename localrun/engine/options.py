@@ -34,6 +34,7 @@ class RunOptions:
     # A thinking model's trace: True, False, an effort (low, medium, high), or None (the
     # model's default): --think, else the Modelfile's PARAMETER think.
     think: bool | str | None = None
+    think_budget: int | None = None  # the most tokens a trace may take (None: no bound)
 
 
 THINK_VALUES = ("true", "false", "low", "medium", "high")
@@ -71,6 +72,7 @@ def run_options(
     kv_type: str | None = None,
     flash_attn: str | None = None,
     think: bool | str | None = None,
+    think_budget: int | None = None,
 ) -> RunOptions:
     """Flags (not None) over the Modelfile's parameters over the defaults (Ollama's)."""
     p = settings.parameters
@@ -86,6 +88,7 @@ def run_options(
         "num_predict": max_tokens,
         "num_ctx": n_ctx,
         "num_thread": threads,
+        "think_budget": think_budget,
     }
     for name, value in flags.items():
         if value is not None:
@@ -140,7 +143,12 @@ def run_options(
         kv_type=kv,
         flash_attn=flash,
         think=think if think is not None or "think" not in p else _modelfile_think(p["think"]),
+        think_budget=_whole(pick(think_budget, "think_budget", None)),
     )
+
+
+def _whole(value: float | int | str | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _modelfile_think(value: float | int | str) -> bool | str | None:

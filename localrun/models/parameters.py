@@ -85,6 +85,11 @@ TABLE: tuple[Parameter, ...] = (
     # A thinking model's trace (run's --think, the chat's /set think, a --batch line's and
     # the APIs' "think" field: a bool or an effort there, so not read from this table).
     P("think", str, choices=("true", "false", "low", "medium", "high"), example="false"),
+    # The most tokens a trace may take (as llama.cpp's --reasoning-budget): a Request's field,
+    # not a sampler's, so a --batch line's "think_budget" is read apart (engine/jobs.py).
+    P("think_budget", int, 0, 1_000_000, flag="--think-budget", chat=("think_budget",),
+      ollama=True, per_request=True,
+      help="Close a thinking model's reasoning after N tokens; the answer follows."),
 )  # fmt: skip
 BY_NAME: dict[str, Parameter] = {p.name: p for p in TABLE}
 

@@ -26,6 +26,7 @@ import re
 import secrets
 import string
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from localrun.errors import UsageError
@@ -368,3 +369,14 @@ def call_grammar(form: Form, tools: tuple[Tool, ...]) -> str:
     parts = [literal(form.prefix) if form.prefix else "", "tool-call"]
     parts.append(literal(form.suffix) if form.suffix else "")
     return "root ::= " + " ".join(p for p in parts if p) + "\n" + body
+
+
+def tools_file(path: Path) -> tuple[Tool, ...]:
+    """The tools defined in a JSON file (a list, in the form the APIs take)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}", "give a JSON file") from None
+    except ValueError as e:
+        raise UsageError(f"{path} is not JSON: {e}", "give a JSON list of tools") from None
+    return parse_tools(raw, str(path))

@@ -155,7 +155,7 @@ def _request(ask: Ask, options: RunOptions) -> Request:
         context=ask.context,
         stop_at_eog=not ask.ignore_eos,
         think=ask.think if ask.think is not None else options.think,  # the Modelfile's
-        think_budget=ask.think_budget,
+        think_budget=ask.think_budget if ask.think_budget is not None else options.think_budget,
     )
 
 
