@@ -155,3 +155,24 @@ def test_run_and_batch_lines_take_a_budget(
     first, second = (json.loads(line) for line in batch.stdout.splitlines())
     assert first["thinking"] and first["stats"]["thinking_tokens"] == 3
     assert "think_budget" in second["error"]
+
+
+def test_gpt_oss_channels_come_apart(real_templates: Path, tmp_path: Path) -> None:
+    """gpt-oss's harmony markers are control tokens: shown to the split (the answer is read
+    with them), then cut; the analysis channel is the trace, the final one the answer."""
+    template = (real_templates / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
+    # Not <|end|> nor <|return|>: a llama vocabulary reads those as the end of the answer
+    # (gpt-oss's own keeps <|end|> going), which the grammar may pick over their bytes.
+    specials = ("<|start|>", "<|channel|>", "<|message|>")
+    path = write_tiny_model(tmp_path / "oss.gguf", chat_template=template, n_ctx_train=4096,
+                            specials=specials)  # fmt: skip
+    loaded = engine.load_model(str(path), n_ctx=2048, n_threads=1)
+    try:
+        written = ("<|channel|>analysis<|message|>They greet me.<|end|>"
+                   "<|start|>assistant<|channel|>final<|message|>Hi!")  # fmt: skip
+        request = Request((Message("user", "Hi"),), _forced(written), max_tokens=300)
+        trace, text, events = _answer(loaded, request)
+        assert (trace, text) == ("They greet me.", "Hi!")
+        assert events[-1].stats.thinking_tokens > 0
+    finally:
+        loaded.close()
