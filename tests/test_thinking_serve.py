@@ -75,3 +75,25 @@ def test_both_apis_give_the_trace_apart(localrun_home: Path, r1: Path) -> None:
         message = done.choices[0].message
         assert getattr(message, "reasoning_content", None) == trace
         assert message.content == text
+
+
+def test_a_remote_engines_reasoning_content_stays_apart(localrun_home: Path, r1: Path) -> None:
+    """Another localrun serve as the remote engine: its reasoning_content deltas become the
+    trace here (apart in --format json, counted from its usage), and --think=false is sent
+    to it as the template's switch."""
+    import json
+
+    from tests.proc import run
+
+    create_model(localrun_home, "r1", f"FROM {r1}\nPARAMETER think_budget 3\n")
+    with serving(localrun_home, "--model", "r1") as server:
+        added = run(localrun_home, "remote", "add", "far", server.url, "--model", "r1")
+        assert added.code == 0, added.stderr
+        done = run(localrun_home, "run", "far", "--seed", "3", "-n", "12", "--format", "json",
+                   "Hi")  # fmt: skip
+        assert done.code == 0, done.stderr
+        answer = json.loads(done.stdout)
+        assert answer["thinking"] and answer["response"].strip()
+        assert answer["stats"]["thinking_tokens"] == 4 and answer["stats"]["first_answer_s"] > 0
+        piped = run(localrun_home, "run", "far", "--seed", "3", "-n", "12", "Hi")
+        assert piped.stdout.rstrip("\n") == answer["response"]

@@ -7,35 +7,24 @@ scripted events; the converters are also called as the plain functions they are.
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-import httpx
 import pytest
 
-from localrun.engine.answerer import LocalAnswerer
-from localrun.engine.load import LoadedModel
 from localrun.engine.types import (
     Event,
     Finished,
     FinishReason,
     FirstToken,
-    Job,
-    Stats,
     TextDelta,
 )
-from localrun.errors import GenerationError, LocalrunError, ModelNotFoundError, UsageError
-from localrun.models.resolve import Resolved, Settings
+from localrun.errors import GenerationError, LocalrunError, UsageError
+from localrun.models.resolve import Resolved
 from localrun.prompt.tools import ToolCall
 from localrun.server import ollama, openai
-from localrun.server.app import create_app
-from localrun.server.config import ServeConfig
-from localrun.server.pool import ModelPool
 from localrun.server.stream import NDJSON, SSE, Done
 from localrun.server.wire import read_call
+from tests.fakeserve import Served, events_of, hello, lines_of, serve, stats_of
 from tests.scripted import ScriptedModel
 
 # A chat template that offers tools and reads calls in the <tool_call> form.
@@ -53,163 +42,9 @@ WEATHER = {
 }
 
 
-def _stats(reason: FinishReason = FinishReason.STOP) -> Stats:
-    return Stats(prompt_tokens=5, completion_tokens=2, decode_s=0.5, total_s=1.0,
-                 finish_reason=reason)  # fmt: skip
-
-
-def hello() -> list[Event | BaseException]:
-    return [FirstToken(0.1), TextDelta("Hel", 1), TextDelta("", 1), TextDelta("lo", 2),
-            Finished(_stats())]  # fmt: skip
-
-
-class FakeStream:
-    """A request's scripted events (an exception in them is raised where it stands)."""
-
-    def __init__(self, events: list[Event | BaseException]) -> None:
-        self.events = events
-        self.cancelled = False
-
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        for event in self.events:
-            if isinstance(event, BaseException):
-                raise event
-            yield event
-
-    @property
-    def tokens(self) -> list[int]:
-        return [7, 8]
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeEngine:
-    """Takes jobs and answers each with the script."""
-
-    alive = True
-
-    def __init__(self, script: Callable[[], list[Event | BaseException]]) -> None:
-        self.script = script
-        self.jobs: list[Job] = []
-        self.streams: list[FakeStream] = []
-
-    def submit(self, job: Job, loop: Any = None) -> FakeStream:
-        self.jobs.append(job)
-        self.streams.append(FakeStream(self.script()))
-        return self.streams[-1]
-
-    def compile_grammar(self, grammar: str) -> object:
-        return object()
-
-    def free_grammar(self, compiled: object) -> None:
-        pass
-
-
-@dataclass
-class FakeLoaded:
-    model: ScriptedModel
-    speculate: int = 0
-    name: str = "tiny"
-    load_s: float = 0.0
-
-    @property
-    def template(self) -> str | None:
-        return self.model.chat_template
-
-    @property
-    def seq_ctx(self) -> int:
-        return self.model.n_ctx
-
-
-class FakeAnswerer(LocalAnswerer):
-    """The server's own answerer, over a fake engine."""
-
-    def __init__(self, loaded: FakeLoaded, engine: FakeEngine) -> None:
-        super().__init__(cast(LoadedModel, loaded), counts_load=False)
-        self.fake = engine
-
-    @property
-    def engine(self) -> Any:
-        return self.fake
-
-
-@dataclass(eq=False)
-class FakeRunner:
-    name: str
-    loaded: FakeLoaded
-    engine: FakeEngine
-    settings: Settings = field(default_factory=Settings)
-
-    @property
-    def answerer(self) -> FakeAnswerer:
-        return FakeAnswerer(self.loaded, self.engine)
-
-
-class FakePool(ModelPool):
-    """One model, "tiny", always loaded; what was asked of the pool is kept."""
-
-    def __init__(self, config: ServeConfig, runner: FakeRunner) -> None:
-        super().__init__(config)
-        self.runner = runner
-        self.calls: list[tuple[str, Any]] = []
-
-    async def acquire(self, name: str, num_ctx: int | None) -> Any:
-        if name != "tiny":
-            raise ModelNotFoundError(f"model '{name}' not found", "see GET /api/tags")
-        self.calls.append(("acquire", num_ctx))
-        return self.runner
-
-    def release(self, runner: Any, keep_alive: float | None) -> None:
-        self.calls.append(("release", keep_alive))
-
-    async def unload(self, name: str) -> bool:
-        self.calls.append(("unload", name))
-        return True
-
-
-@dataclass
-class Served:
-    pool: FakePool
-    engine: FakeEngine
-    post: Callable[[str, dict[str, Any]], httpx.Response]
-
-
 @pytest.fixture
 def served() -> Served:
     return serve(hello)
-
-
-def serve(script: Callable[[], list[Event | BaseException]], template: str | None = None) -> Served:
-    engine = FakeEngine(script)
-    runner = FakeRunner("tiny", FakeLoaded(ScriptedModel([], chat_template=template)), engine)
-    config = ServeConfig()
-    pool = FakePool(config, runner)
-
-    def post(path: str, body: dict[str, Any]) -> httpx.Response:
-        async def call() -> httpx.Response:
-            transport = httpx.ASGITransport(app=create_app(config, pool))
-            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
-                return await c.post(path, json=body)
-
-        return asyncio.run(call())
-
-    return Served(pool, engine, post)
-
-
-def _lines(r: httpx.Response) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in r.text.splitlines()]
-
-
-def _events(r: httpx.Response) -> list[Any]:
-    """A server-sent event stream's data: objects, and "[DONE]" as it is."""
-    assert r.text.endswith("\n\n")
-    found = []
-    for block in r.text.split("\n\n")[:-1]:
-        assert block.startswith("data: ")
-        data = block[len("data: ") :]
-        found.append(data if data == "[DONE]" else json.loads(data))
-    return found
 
 
 # -- Ollama ----------------------------------------------------------------------------
@@ -218,7 +53,7 @@ def _events(r: httpx.Response) -> list[Any]:
 def test_ollama_generate_streams_ndjson_pieces_then_the_timings(served: Served) -> None:
     r = served.post("/api/generate", {"model": "tiny", "prompt": "Hi", "keep_alive": "1m"})
     assert r.status_code == 200 and r.headers["content-type"] == NDJSON.media_type
-    lines = _lines(r)
+    lines = lines_of(r)
     assert [line["response"] for line in lines] == ["Hel", "lo", ""]  # empty pieces not sent
     assert [line["done"] for line in lines] == [False, False, True]
     last = lines[-1]
@@ -236,7 +71,7 @@ def test_ollama_chat_whole_and_streamed_say_the_same(served: Served) -> None:
     whole = served.post("/api/chat", asked | {"stream": False}).json()
     assert whole["message"] == {"role": "assistant", "content": "Hello"}
     assert whole["done"] is True and whole["done_reason"] == "stop"
-    lines = _lines(served.post("/api/chat", asked))
+    lines = lines_of(served.post("/api/chat", asked))
     assert "".join(line["message"]["content"] for line in lines) == "Hello"
     assert set(lines[-1]) == set(whole)
 
@@ -267,10 +102,10 @@ def test_ollama_errors_keep_their_status_and_shape(served: Served) -> None:
 
 def test_an_error_after_the_first_token_ends_the_stream_in_the_apis_shape() -> None:
     broken = serve(lambda: [TextDelta("Hel", 1), GenerationError("the backend failed", "retry")])
-    lines = _lines(broken.post("/api/generate", {"model": "tiny", "prompt": "Hi"}))
+    lines = lines_of(broken.post("/api/generate", {"model": "tiny", "prompt": "Hi"}))
     assert lines == [lines[0], {"error": "the backend failed (retry)"}]
     asked = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
-    events = _events(broken.post("/v1/chat/completions", asked))
+    events = events_of(broken.post("/v1/chat/completions", asked))
     assert "[DONE]" not in events  # the stream did not end as a whole answer does
     assert events[-1]["error"]["message"] == "the backend failed (retry)"
     assert events[-1]["error"]["type"] == "server_error"
@@ -299,7 +134,7 @@ def test_openai_chat_streams_server_sent_events_with_one_id(served: Served) -> N
              "stream_options": {"include_usage": True}}  # fmt: skip
     r = served.post("/v1/chat/completions", asked)
     assert r.headers["content-type"].startswith(SSE.media_type)
-    events = _events(r)
+    events = events_of(r)
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
     assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
@@ -316,7 +151,7 @@ def test_openai_chat_streams_server_sent_events_with_one_id(served: Served) -> N
 
 
 def test_openai_completion_whole_says_length(served: Served) -> None:
-    short = serve(lambda: [TextDelta("Hel", 1), Finished(_stats(FinishReason.LENGTH))])
+    short = serve(lambda: [TextDelta("Hel", 1), Finished(stats_of(FinishReason.LENGTH))])
     r = short.post("/v1/completions", {"model": "tiny", "prompt": ["Hi"], "max_tokens": 1})
     body = r.json()
     assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
@@ -367,7 +202,7 @@ CALL = '<tool_call>{"name": "weather", "arguments": {"city": "Oslo"}}</tool_call
 
 
 def test_tool_calls_on_both_apis() -> None:
-    called = serve(lambda: [TextDelta(CALL, 9), Finished(_stats())], TOOLS_TEMPLATE)
+    called = serve(lambda: [TextDelta(CALL, 9), Finished(stats_of())], TOOLS_TEMPLATE)
     asked = {"model": "tiny", "messages": [{"role": "user", "content": "Oslo?"}],
              "tools": [WEATHER]}  # fmt: skip
     whole = called.post("/api/chat", asked | {"stream": False}).json()
@@ -375,7 +210,7 @@ def test_tool_calls_on_both_apis() -> None:
     assert whole["message"]["tool_calls"] == [
         {"function": {"name": "weather", "arguments": {"city": "Oslo"}}}
     ]
-    events = _events(called.post("/v1/chat/completions", asked | {"stream": True}))
+    events = events_of(called.post("/v1/chat/completions", asked | {"stream": True}))
     calls = [e["choices"][0]["delta"]["tool_calls"] for e in events[1:-2]]
     assert len(calls) == 1 and calls[0][0]["index"] == 0
     assert calls[0][0]["function"] == {"name": "weather", "arguments": '{"city": "Oslo"}'}
@@ -401,13 +236,13 @@ def test_a_tool_call_sent_back_is_read_alike_by_both_apis() -> None:
 
 
 def test_the_converters_are_plain_functions_of_the_events() -> None:
-    done = Done(_stats(FinishReason.LENGTH), "Hello", (ToolCall("f", {}, "call_9"),), (1, 2))
+    done = Done(stats_of(FinishReason.LENGTH), "Hello", (ToolCall("f", {}, "call_9"),), (1, 2))
     chat = openai.ChatReply("tiny", include_usage=False, ident="chatcmpl-x")
     assert [c["choices"][0]["finish_reason"] for c in chat.last(done)] == ["tool_calls"]
     assert chat.whole(done)["choices"][0]["message"]["tool_calls"][0]["id"] == "call_9"
     generate = ollama.GenerateReply("tiny")
     assert generate.whole(done)["context"] == [1, 2]
-    assert "context" not in generate.whole(Done(_stats(), "Hi"))  # pictures: no ids sent back
+    assert "context" not in generate.whole(Done(stats_of(), "Hi"))  # pictures: no ids sent back
     assert generate.last(done)[0]["done_reason"] == "length"
     assert generate.called(done.calls) == [] and generate.opening() == []
     e: LocalrunError = UsageError("bad", "fix it")
@@ -443,7 +278,7 @@ THINK_TEMPLATE = (
 def thought() -> list[Event | BaseException]:
     return [FirstToken(0.1), TextDelta("<think>", 1, 0.1), TextDelta("I should gre", 2, 0.2),
             TextDelta("et.</thi", 3, 0.3), TextDelta("nk>\n\nHel", 4, 0.4),
-            TextDelta("lo", 5, 0.5), Finished(_stats())]  # fmt: skip
+            TextDelta("lo", 5, 0.5), Finished(stats_of())]  # fmt: skip
 
 
 def test_a_trace_comes_apart_on_both_apis() -> None:
@@ -452,13 +287,13 @@ def test_a_trace_comes_apart_on_both_apis() -> None:
     whole = thinks.post("/api/chat", asked | {"stream": False}).json()
     assert whole["message"]["thinking"] == "I should greet."
     assert whole["message"]["content"] == "Hello"
-    lines = _lines(thinks.post("/api/chat", asked))
+    lines = lines_of(thinks.post("/api/chat", asked))
     assert "".join(x["message"].get("thinking", "") for x in lines) == "I should greet."
     assert "".join(x["message"]["content"] for x in lines) == "Hello"
     generated = thinks.post("/api/generate", {"model": "tiny", "prompt": "Hi", "stream": False})
     assert generated.json()["thinking"] == "I should greet."
     # OpenAI's: reasoning_content deltas, and in the whole message.
-    events = _events(thinks.post("/v1/chat/completions", asked | {"stream": True}))
+    events = events_of(thinks.post("/v1/chat/completions", asked | {"stream": True}))
     deltas = [e["choices"][0]["delta"] for e in events[1:-1]]
     assert "".join(d.get("reasoning_content", "") for d in deltas) == "I should greet."
     assert "".join(d.get("content", "") for d in deltas) == "Hello"

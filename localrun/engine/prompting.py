@@ -103,6 +103,13 @@ def messages_prompt(loaded: LoadedModel, messages: Sequence[Message], request: R
                                n_ctx=loaded.seq_ctx, variables=variables)  # fmt: skip
 
 
+def prompt_tokens(loaded: LoadedModel, request: Request) -> int:
+    """How many tokens ``request``'s prompt is, as the model would read it (its tools
+    offered): an API's count of a request it is not asked to answer."""
+    tools, _, _ = offered(loaded, request)
+    return len(messages_prompt(loaded, request.messages, replace(request, tools=tools)).tokens)
+
+
 def thinking_variables(loaded: LoadedModel, think: bool | str | None) -> dict[str, Any]:
     """The template's variables that switch a thinking model's trace as ``think`` asks
     (None: the model's default, which some templates need told). Asking a model that does

@@ -129,6 +129,19 @@ class Answer:
         self.pool.release(self.runner, self.ask.keep_alive)
 
 
+async def count_tokens(pool: ModelPool, ask: Ask) -> int:
+    """The tokens of ``ask``'s prompt as its model would read them (loaded if need be)."""
+    from localrun.engine.prompting import prompt_tokens
+
+    runner = await pool.acquire(ask.model, ask.options.get("num_ctx"))
+    try:
+        options = run_options(runner.settings, stop=ask.options.get("stop", ()))
+        request = _request(ask, options)
+        return await asyncio.to_thread(prompt_tokens, runner.loaded, request)
+    finally:
+        pool.release(runner, ask.keep_alive)
+
+
 def _request(ask: Ask, options: RunOptions) -> Request:
     """The engine's request: the Modelfile's system prompt and messages around the asked
     ones (a request's own system prompt wins), its sampling with the asked grammar."""

@@ -23,6 +23,8 @@ log = logging.getLogger("localrun.server")
 
 
 def _json_error(request: Request, error: LocalrunError) -> Response:
+    # Why, in the server's log too: uvicorn's access line says only "400 Bad Request".
+    log.info("%s %s: %s", error.http_status, request.url.path, error.message)
     headers = {}
     retry = getattr(error, "retry_after", None)
     if retry is not None:
@@ -53,7 +55,7 @@ def create_app(config: ServeConfig, pool: ModelPool | None = None) -> Starlette:
                 CORSMiddleware,
                 allow_origins=list(config.allow_origins),
                 allow_methods=["GET", "POST", "DELETE", "HEAD", "OPTIONS"],
-                allow_headers=["Authorization", "Content-Type"],
+                allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
             )
         )
     # Unexpected errors are the guard's to answer (a 500 and one log line), not Starlette's,

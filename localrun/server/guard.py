@@ -39,8 +39,10 @@ log = logging.getLogger("localrun.server")
 
 def error_body(path: str, error: LocalrunError) -> dict[str, Any]:
     """An error in the shape of the API the path belongs to (OpenAI's or Ollama's)."""
-    from localrun.server import ollama, openai  # the converters: after the guard's checks
+    from localrun.server import anthropic, ollama, openai  # the converters: after the checks
 
+    if path.startswith("/v1/messages"):
+        return anthropic.error(error)
     return openai.error(error) if path.startswith("/v1/") else ollama.error(error)
 
 
@@ -134,11 +136,14 @@ class Guard:
         key = self.config.api_key
         if key and not preflight:
             given = headers.get("authorization", "")
-            # The header's own bytes (decoded as latin-1 above) against the key's UTF-8.
-            if not hmac.compare_digest(given.encode("latin-1"), f"Bearer {key}".encode()):
+            other = headers.get("x-api-key", "")  # Anthropic's clients send the key here
+            # The headers' own bytes (decoded as latin-1 above) against the key's UTF-8.
+            bearer = hmac.compare_digest(given.encode("latin-1"), f"Bearer {key}".encode())
+            if not bearer and not hmac.compare_digest(other.encode("latin-1"), key.encode()):
                 raise UnauthorizedError(
                     "this server needs an API key",
-                    "send the header 'Authorization: Bearer KEY' (OPENAI_API_KEY, OLLAMA_API_KEY)",
+                    "send the header 'Authorization: Bearer KEY' (OPENAI_API_KEY, OLLAMA_API_KEY)"
+                    " or 'x-api-key: KEY' (ANTHROPIC_API_KEY)",
                 )
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.config.max_body):

@@ -1,5 +1,5 @@
-"""The HTTP handlers of both APIs: read the body, convert it (:mod:`.ollama`,
-:mod:`.openai`), answer through the one writer (:mod:`.stream`)."""
+"""The HTTP handlers of every API: read the body, convert it (:mod:`.ollama`, :mod:`.openai`,
+:mod:`.anthropic`, :mod:`.responses`), answer through the one writer (:mod:`.stream`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from starlette.routing import Route
 from localrun import __version__
 from localrun.errors import ModelNotFoundError
 from localrun.gguf.reader import read_gguf
-from localrun.server import catalog, fields, ollama, openai
+from localrun.server import anthropic, catalog, fields, ollama, openai, responses
 from localrun.server.admin import AdminAPI
-from localrun.server.answer import Ask, embed
+from localrun.server.answer import Ask, count_tokens, embed
 from localrun.server.config import ServeConfig
 from localrun.server.pool import ModelPool, resolve_served
 from localrun.server.stream import respond
@@ -156,7 +156,36 @@ class OpenAIAPI:
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/models/{model:path}", self.model, methods=["GET"]),
+            Route("/v1/responses", self.responses, methods=["POST"]),
+            Route("/v1/messages", self.messages, methods=["POST"]),
+            Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
         ]
+
+    async def responses(self, request: Request) -> Response:
+        """OpenAI's Responses API (Codex's)."""
+        body = await fields.read_body(request)
+        if self.pool.config.allow_remote_images:  # fetching waits on the network: off the loop
+            ask = await asyncio.to_thread(responses.request_ask, body, True)
+        else:
+            ask = responses.request_ask(body)
+        reply = responses.ResponseReply(ask.model, body)
+        streaming = fields.get(body, "stream", bool, False)
+        return await respond(request, self.pool, ask, reply, responses.WIRE, streaming=streaming)
+
+    async def messages(self, request: Request) -> Response:
+        """Anthropic's Messages API (Claude Code's)."""
+        body = await fields.read_body(request)
+        ask = anthropic.request_ask(body)
+        reply = anthropic.MessageReply(ask.model)
+        streaming = fields.get(body, "stream", bool, False)
+        return await respond(request, self.pool, ask, reply, anthropic.WIRE, streaming=streaming)
+
+    async def count_tokens(self, request: Request) -> Response:
+        """Anthropic's token count of a request, as the model would read it."""
+        body = await fields.read_body(request)
+        ask = anthropic.request_ask(body | {"max_tokens": 1})
+        count = await count_tokens(self.pool, ask)
+        return JSONResponse({"input_tokens": count})
 
     async def chat(self, request: Request) -> Response:
         body = await fields.read_body(request)

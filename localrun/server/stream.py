@@ -76,13 +76,20 @@ class Wire:
     before: bytes  # each object's prefix
     after: bytes  # and suffix
     end: bytes = b""  # after the last object (not after an error)
+    named: bool = False  # each event named after its object's "type" (Anthropic's, Responses')
 
     def frame(self, obj: Obj) -> bytes:
-        return self.before + json.dumps(obj, ensure_ascii=False).encode() + self.after
+        data = self.before + json.dumps(obj, ensure_ascii=False).encode() + self.after
+        return (
+            b"event: " + str(obj.get("type", "error")).encode() + b"\n" + data
+            if self.named
+            else data
+        )
 
 
 NDJSON = Wire("application/x-ndjson", b"", b"\n")  # Ollama's: one object a line
 SSE = Wire("text/event-stream", b"data: ", b"\n\n", b"data: [DONE]\n\n")  # OpenAI's
+NAMED_SSE = Wire("text/event-stream", b"data: ", b"\n\n", named=True)  # typed events, no [DONE]
 
 
 def done_of(answer: Answer, stats: Stats, text: str = "", thinking: str = "") -> Done:
