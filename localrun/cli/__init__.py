@@ -48,6 +48,7 @@ from localrun.cli import (  # noqa: E402,F401
     cp,
     create,
     doctor,
+    launch,
     library,
     listing,
     perplexity,

@@ -49,6 +49,11 @@ def serve(
         32 * 1024 * 1024, "--max-body", min=1024, help="Largest request body in bytes; then 413."
     ),
     threads: int | None = options.threads(),
+    ctx_size: int | None = options.ctx(
+        "Each model's context when neither the request (num_ctx) nor its Modelfile says: "
+        "coding agents' first requests take 10,000-30,000 tokens. [default: the model's, "
+        "at most 4096]"
+    ),
     preload: list[str] = typer.Option(
         [], "--model", "-m", help="Load this model at start (a missing one stops the server)."
     ),
@@ -121,6 +126,7 @@ def serve(
         kv_type=kv_type,
         flash_attn=flash_attn,
         allow_remote_images=allow_remote_images,
+        n_ctx=ctx_size,
     )
     if rpc:
         from localrun.engine.workers import connect, parse_endpoints

@@ -34,6 +34,7 @@ class ServeConfig:
     draft: str | None = None  # the draft model for models that share its vocabulary
     kv_type: str | None = None  # every model's KV cache type; None: its Modelfile's, or config
     flash_attn: str | None = None
+    n_ctx: int | None = None  # a model's context when neither request nor Modelfile says
 
     @property
     def loopback(self) -> bool:

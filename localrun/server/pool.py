@@ -124,10 +124,11 @@ class ModelPool:
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._reap())
         resolved = await asyncio.to_thread(resolve_served, name)
-        if num_ctx is None and "num_ctx" in resolved.settings.parameters:
-            # The Modelfile's context: clients that cannot send Ollama's options (an agent
-            # on /v1) get what the model was made with, not the default 4096.
-            num_ctx = int(resolved.settings.parameters["num_ctx"])
+        if num_ctx is None:
+            # The Modelfile's context, else the server's --ctx: clients that cannot send
+            # Ollama's options (an agent on /v1) get what the model was made with, not 4096.
+            made = resolved.settings.parameters.get("num_ctx")
+            num_ctx = int(made) if made is not None else self.config.n_ctx
         key = (resolved.name, num_ctx)
         loaded = self._runners.get(key)
         if loaded is not None and loaded.engine.alive:
