@@ -229,3 +229,19 @@ def test_the_real_client_against_localrun_serve(localrun_home: Path, tiny_chat_m
         asked = {"model": "tiny", "max_tokens": 2, "messages": HI}
         bearer = httpx.post(server.url + "/v1/messages", headers=headers, json=asked, timeout=60)
         assert bearer.status_code == 200 and json.loads(bearer.text)["type"] == "message"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/messages", {"max_tokens": 2, "messages": HI}),
+        ("/v1/chat/completions", {"messages": HI}),
+        ("/v1/responses", {"input": "Hi"}),
+    ],
+)
+def test_a_request_on_v1_may_ask_for_its_context(path: str, body: dict[str, Any]) -> None:
+    """An agent's request may need more than the model's default: ``num_ctx`` on /v1 too (as
+    Ollama's options have it), which loads the model with that context."""
+    served = serve(hello)
+    assert served.post(path, {"model": "tiny", "num_ctx": 16384, **body}).status_code == 200
+    assert ("acquire", 16384) in served.pool.calls

@@ -48,7 +48,9 @@ P = Parameter
 # Ollama's defaults are SamplingParams'; the order is the Modelfile's reference order, and the
 # order in which the APIs check their fields (which error a request with two bad ones gets).
 TABLE: tuple[Parameter, ...] = (
+    # On /v1 too (localrun's own field there: an agent's request may need a larger context).
     P("num_ctx", int, 1, 10_000_000, keyword="n_ctx", flag="--ctx", ollama=True,
+      llama_server=("num_ctx",),
       help="Context size in tokens (default: the model's, at most 4096)."),
     P("temperature", float, 0, 100, flag="--temperature", chat=("temperature",),
       batch="temperature", ollama=True, per_request=True, openai=("temperature",), remote=True,

@@ -42,7 +42,7 @@ _ERROR_TYPES = {
 _FIELDS = {
     "model", "messages", "system", "max_tokens", "stop_sequences", "temperature", "top_p",
     "top_k", "tools", "tool_choice", "thinking", "stream", "metadata", "service_tier",
-    "think_budget", "container", "context_management", "output_config",
+    "think_budget", "container", "context_management", "output_config", "num_ctx",
 }  # fmt: skip
 _SIGNATURE = "localrun"  # a thinking block's signature: nothing is signed here
 
@@ -76,7 +76,7 @@ def request_ask(body: dict[str, Any]) -> Ask:
         raise UsageError("'messages' is empty", "send at least one message")
     options: dict[str, Any] = {"num_predict": max_tokens}
     for theirs, ours, kind in (("temperature", "temperature", float), ("top_p", "top_p", float),
-                               ("top_k", "top_k", int)):  # fmt: skip
+                               ("top_k", "top_k", int), ("num_ctx", "num_ctx", int)):  # fmt: skip
         value = fields.get(body, theirs, kind)
         if value is not None:
             fields.in_range(ours, value)
