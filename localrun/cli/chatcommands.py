@@ -21,6 +21,7 @@ from localrun.engine import Stats
 from localrun.engine.chat import ChatEvent, ChatSession
 from localrun.errors import LocalrunError, NoVisionError, UsageError
 from localrun.images import Image, read_image
+from localrun.prompt.thinking import EFFORTS
 
 HELP = """Commands:
   /set parameter NAME VALUE   change a generation setting (see /show parameters)
@@ -48,7 +49,6 @@ HELP = """Commands:
 Start and end a message with \"\"\" to write several lines."""
 
 ReadLine = Callable[[str], str]
-EFFORTS = ("low", "medium", "high")
 
 
 class Commands(ABC):

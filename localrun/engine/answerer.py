@@ -127,7 +127,7 @@ class _Local:
     def context(self) -> tuple[int, ...] | None:
         """The prompt's tokens and the answer's (None with pictures: their ids are this
         process's own)."""
-        if self._loaded.model.vision and min(self._prompt, default=0) < 0:
+        if min(self._prompt, default=0) < 0:  # a picture's run of ids
             return None
         return (*self._prompt, *self._stream.tokens)
 

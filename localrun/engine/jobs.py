@@ -26,6 +26,7 @@ from localrun.images import Image, image_from_data_url, read_image
 from localrun.models.parameters import TABLE, check
 from localrun.prompt.grammar import ANY_JSON, gbnf, json_schema, json_value
 from localrun.prompt.template import Message
+from localrun.prompt.thinking import EFFORTS
 
 ROLES = ("system", "user", "assistant", "tool")
 # A line's sampling fields, and the parameters whose types and ranges they have.
@@ -149,7 +150,7 @@ def _think(data: dict[str, Any], think: bool | str | None, bad: Bad) -> bool | s
     if "think" not in data:
         return think
     value = data["think"]
-    if not isinstance(value, bool) and value not in ("low", "medium", "high"):
+    if not isinstance(value, bool) and value not in EFFORTS:
         raise bad('\'think\' must be true, false, "low", "medium" or "high"')
     return value  # type: ignore[no-any-return]
 

@@ -13,6 +13,7 @@ from localrun.models import parameters
 from localrun.models.modelfile import SPECULATIVE
 from localrun.models.resolve import Settings
 from localrun.prompt.template import Message
+from localrun.prompt.thinking import EFFORTS
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class RunOptions:
     think_budget: int | None = None  # the most tokens a trace may take (None: no bound)
 
 
-THINK_VALUES = ("true", "false", "low", "medium", "high")
+THINK_VALUES = ("true", "false", *EFFORTS)
 
 
 def think_value(value: str | bool | None, where: str = "--think") -> bool | str | None:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from localrun.backend import MAX_THREADS
+from localrun.prompt.thinking import EFFORTS
 
 INF = math.inf
 
@@ -86,7 +87,7 @@ TABLE: tuple[Parameter, ...] = (
     P("flash_attn", str, choices=("auto", "on", "off"), example="auto", ollama=True),
     # A thinking model's trace (run's --think, the chat's /set think, a --batch line's and
     # the APIs' "think" field: a bool or an effort there, so not read from this table).
-    P("think", str, choices=("true", "false", "low", "medium", "high"), example="false"),
+    P("think", str, choices=("true", "false", *EFFORTS), example="false"),
     # The most tokens a trace may take (as llama.cpp's --reasoning-budget): a Request's field,
     # not a sampler's, so a --batch line's "think_budget" is read apart (engine/jobs.py).
     P("think_budget", int, 0, 1_000_000, flag="--think-budget", chat=("think_budget",),

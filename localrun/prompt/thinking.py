@@ -96,8 +96,10 @@ _H_CHANNEL_NAME = re.compile(r"<\|channel\|>\s*([A-Za-z_]+)")
 _OFF_UNLESS_GIVEN = re.compile(r"\{%-?\s*if\s+not\s+enable_thinking\s*-?%\}")
 
 
+@functools.lru_cache(maxsize=16)
 def form_of(template: str | None) -> ThinkForm | None:
-    """The thinking form ``template`` shows, or None for a template without thinking."""
+    """The thinking form ``template`` shows, or None for a template without thinking (asked
+    several times an answer, of the same few templates: kept)."""
     if not template:
         return None
     for form, signs in _SIGNS:

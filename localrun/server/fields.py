@@ -21,6 +21,7 @@ from starlette.requests import Request
 
 from localrun.errors import UsageError
 from localrun.models.parameters import TABLE, check
+from localrun.prompt.thinking import EFFORTS
 
 _TYPES: dict[type, str] = {str: "a string", bool: "true or false", int: "an integer"}
 
@@ -303,9 +304,6 @@ def tool_choice(value: Any) -> str:
         f"'tool_choice' cannot be {json.dumps(value)[:60]}",
         'use "auto", "none", "required" or {"type": "function", "function": {"name": ...}}',
     )
-
-
-EFFORTS = ("low", "medium", "high")
 
 
 def think(value: Any, name: str = "think") -> bool | str | None:
