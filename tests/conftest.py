@@ -52,6 +52,7 @@ def localrun_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     home = tmp_path / "localrun-home"
     monkeypatch.setenv("LOCALRUN_HOME", str(home))
     monkeypatch.delenv("LOCALRUN_DEBUG", raising=False)
+    monkeypatch.delenv("LOCALRUN_CONTEXT_LENGTH", raising=False)
     yield home
 
 

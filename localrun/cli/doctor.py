@@ -43,8 +43,11 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
             f"parallel          {r.parallel_demo} sequences at once for the demo model with "
             "--batch (half the memory after the weights, at most 8)"
         )
-    if r.kv_demo is not None:
+    if r.context_demo is not None:
+        print(f"context           the demo model's default here: {r.context_demo[1]}")
+    if r.kv_demo is not None and r.context_demo is not None:
         sizes = ", ".join(f"{kind} {human_size(size)}" for kind, size in r.kv_demo.items())
-        print(f"KV cache          the demo model's, 4096 tokens: {sizes} (--kv-type)")
+        tokens = r.context_demo[0]
+        print(f"KV cache          the demo model's, {tokens} tokens: {sizes} (--kv-type)")
     for name, version in r.packages.items():
         print(f"  {name:<17} {version}")

@@ -140,7 +140,8 @@ def run(
     ),
     # What to load, and where
     ctx_size: int | None = options.ctx(
-        "Context size in tokens (default: the model's, at most 4096)."
+        "Context size in tokens (default: the model's trained context where it fits memory, "
+        "at least 4096; LOCALRUN_CONTEXT_LENGTH sets it)."
     ),
     threads: int | None = options.threads(
         "CPU threads (default: the physical cores other processes leave idle)."

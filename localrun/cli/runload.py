@@ -82,6 +82,8 @@ def load_local(
     loaded.prompt_cache = flags.prompt_cache
     for note in loaded.notes:
         print(note, file=sys.stderr)
+    if verbose and loaded.context_reason:
+        print(loaded.context_reason, file=sys.stderr)
     if verbose and batch:
         print(f"parallel: {n_seq} sequences of {loaded.seq_ctx} tokens", file=sys.stderr)
     return Local(loaded, n_threads, workers)

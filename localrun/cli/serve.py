@@ -51,8 +51,8 @@ def serve(
     threads: int | None = options.threads(),
     ctx_size: int | None = options.ctx(
         "Each model's context when neither the request (num_ctx) nor its Modelfile says: "
-        "coding agents' first requests take 10,000-30,000 tokens. [default: the model's, "
-        "at most 4096]"
+        "coding agents' first requests take 10,000-30,000 tokens. [default: the model's "
+        "trained context where it fits memory, at least 4096; LOCALRUN_CONTEXT_LENGTH sets it]"
     ),
     preload: list[str] = typer.Option(
         [], "--model", "-m", help="Load this model at start (a missing one stops the server)."

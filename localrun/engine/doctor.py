@@ -28,7 +28,8 @@ class Report:
     cache_bytes: int
     packages: dict[str, str]
     parallel_demo: int | None  # --batch's default --parallel for the demo model, if installed
-    kv_demo: dict[str, int] | None  # the demo model's KV cache at 4096 tokens, by type
+    kv_demo: dict[str, int] | None  # the demo model's KV cache at its default context, by type
+    context_demo: tuple[int, str] | None  # the demo model's default context here, and why
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -66,23 +67,36 @@ def report() -> Report:
         packages={p: _version(p) for p in PACKAGES},
         parallel_demo=_parallel_demo(),
         kv_demo=_kv_demo(),
+        context_demo=_context_demo(),
     )
 
 
 def _kv_demo() -> dict[str, int] | None:
     """The demo model's KV cache for its default context, in each type (the planner's sizes,
     which are llama.cpp's)."""
-    from localrun.backend import KV_TYPES, context_size
+    from localrun.backend import KV_TYPES
     from localrun.backend.llamacpp.offload import model_sizes
+    from localrun.gguf.reader import read_gguf
+    from localrun.models.demo import cached_demo_path
+
+    path, chosen = cached_demo_path(), _context_demo()
+    if path is None or chosen is None:
+        return None
+    info = read_gguf(path)
+    return {t: sum(model_sizes(info, chosen[0], t).kv_per_layer) for t in KV_TYPES}
+
+
+def _context_demo() -> tuple[int, str] | None:
+    """The demo model's default context on this machine now (one sequence, f16), and why."""
+    from localrun.engine.context import default_context
     from localrun.gguf.reader import read_gguf
     from localrun.models.demo import cached_demo_path
 
     path = cached_demo_path()
     if path is None:
         return None
-    info = read_gguf(path)
-    n_ctx = context_size(None, int(info.arch_value("context_length") or 0))
-    return {t: sum(model_sizes(info, n_ctx, t).kv_per_layer) for t in KV_TYPES}
+    chosen = default_context(read_gguf(path))
+    return chosen.n_ctx, chosen.reason
 
 
 def _parallel_demo() -> int | None:

@@ -13,19 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from localrun.backend import context_size
-from localrun.backend.llamacpp.offload import (
-    COMPUTE_RESERVE,
-    GPU,
-    MARGIN_FRACTION,
-    MIN_MARGIN,
-    model_sizes,
-    usable_bytes,
-)
+from localrun.backend.llamacpp.offload import COMPUTE_RESERVE, model_sizes
+from localrun.engine.context import Room, room
 from localrun.errors import InsufficientSpaceError
 from localrun.files import human_size
 from localrun.hub.pull import Offer, offers, remote_header
 from localrun.hub.refs import HubRef
-from localrun.system import available_memory, physical_memory
 
 ON_GPU, PART_GPU, ON_CPU, TOO_BIG = "GPU", "GPU+CPU", "CPU", "does not fit"
 
@@ -49,34 +42,6 @@ class Fit:
     @property
     def label(self) -> str:
         return self.quant or self.files[0]
-
-
-@dataclass(frozen=True)
-class Room:
-    """What this machine can give a model now."""
-
-    gpu: int  # bytes the GPUs can take (free, less margins and their compute reserve)
-    gpus: tuple[str, ...]
-    ram: int  # bytes of memory free now, less a margin
-
-    def describe(self) -> str:
-        parts = [f"{human_size(self.ram)} of free memory"]
-        if self.gpus:
-            parts.insert(0, f"{human_size(self.gpu)} free on {' + '.join(self.gpus)}")
-        return " and ".join(parts)
-
-
-def room() -> Room:
-    """The GPUs' usable memory (as the offload planner counts it) and the free memory."""
-    from localrun.backend.llamacpp import devices
-
-    local = [d for d in devices.gpus() if not d.remote] if devices.supports_offload() else []
-    targets = [GPU(d.description or d.name, d.free_bytes, d.total_bytes) for d in local]
-    gpu = sum(max(0, usable_bytes(g) - COMPUTE_RESERVE) for g in targets)
-    total = physical_memory() or 0
-    free = available_memory() or total
-    ram = max(0, free - max(MIN_MARGIN, int(total * MARGIN_FRACTION)))
-    return Room(gpu, tuple(g.name for g in targets), ram)
 
 
 def judge(ref: HubRef, commit: str, offered: list[Offer], here: Room) -> list[Fit]:

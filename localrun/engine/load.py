@@ -55,6 +55,7 @@ class LoadedModel:
     prompt_cache: bool = True  # keep evaluated prefixes on disk, and read them back
     speculate: int = 0  # speculative decoding: the most guesses a step (0: off)
     draft: LoadedModel | None = None  # the draft model that guesses (None: prompt lookup)
+    context_reason: str | None = None  # why a default context is that long (None: asked for)
     # What runs on this model (a runner's engine, engine.runner): stopped first by close().
     owner: Owner | None = field(default=None, repr=False, compare=False)
 
@@ -136,7 +137,9 @@ def load_model(
     settings = settings or Settings()
     start = time.perf_counter()
     notes: list[str] = []
-    n_ctx = _fit_context(path, n_ctx, notes, n_seq, kv_type)
+    projector = settings.projector.stat().st_size if settings.projector else 0
+    per_seq, why = sequence_context(path, n_ctx, n_seq, kv_type, projector)
+    n_ctx = _fit_context(path, per_seq, notes, n_seq, kv_type)
     if workers:
         from localrun.engine.workers import connect
 
@@ -179,7 +182,9 @@ def load_model(
             remember(memory, layers)
             notes.append(f"remembered {layers} GPU layers for this model, context and device")
     elapsed = time.perf_counter() - start
-    return LoadedModel(ref, path, model, elapsed, plan, notes, settings.template, n_seq)
+    return LoadedModel(
+        ref, path, model, elapsed, plan, notes, settings.template, n_seq, context_reason=why
+    )
 
 
 LOOKUP_K = 8  # prompt lookup: the most guesses checked a step
@@ -224,21 +229,30 @@ def speculate(
     loaded.draft = found
 
 
+def sequence_context(
+    path: Path, n_ctx: int | None, n_seq: int = 1, kv_type: str = "f16", extra: int = 0
+) -> tuple[int, str | None]:
+    """Each sequence's context: ``n_ctx`` where asked, else the default that fits this
+    machine (engine/context.py), and why that long (None where asked)."""
+    if n_ctx is not None:
+        return n_ctx, None
+    from localrun.engine.context import default_context
+
+    chosen = default_context(read_gguf(path), n_seq, kv_type, extra=extra)
+    return chosen.n_ctx, chosen.reason
+
+
 def _fit_context(
-    path: Path, n_ctx: int | None, notes: list[str], n_seq: int = 1, kv_type: str = "f16"
-) -> int | None:
+    path: Path, n_ctx: int, notes: list[str], n_seq: int = 1, kv_type: str = "f16"
+) -> int:
     """The whole context to make: ``n_seq`` sequences of ``n_ctx`` tokens each.
 
     As Ollama does, a context over the model's trained length is lowered to it, with a
     note. A KV cache (all sequences') larger than the machine's memory is refused before
-    llama.cpp tries to allocate it. None: one sequence, the backend's default context.
+    llama.cpp tries to allocate it.
     """
-    if n_ctx is None and n_seq == 1:
-        return None
     info = read_gguf(path)
     trained = int(info.arch_value("context_length") or 0)
-    if n_ctx is None:
-        n_ctx = context_size(None, trained)
     if trained and n_ctx > trained:
         notes.append(
             f"context lowered from {n_ctx} to {trained} tokens, the most this model was trained for"
@@ -265,11 +279,13 @@ MAX_DEFAULT_PARALLEL = 8  # past 8, a CPU's aggregate decode gains little (docs/
 def default_parallel(path: Path, n_ctx: int | None, kv_type: str = "f16") -> int:
     """How many sequences to run at once when none is asked for: as many as half of this
     machine's memory holds, after the weights, each with its own context's KV cache, at most
-    ``MAX_DEFAULT_PARALLEL``."""
+    ``MAX_DEFAULT_PARALLEL``. Where no context is asked for, each is counted at the least a
+    default context is (the default then grows into the memory left: engine/context.py)."""
+    from localrun.engine.context import configured
     from localrun.system import physical_memory
 
     info = read_gguf(path)
-    per_seq = context_size(n_ctx, int(info.arch_value("context_length") or 0))
+    per_seq = context_size(n_ctx or configured(), int(info.arch_value("context_length") or 0))
     kv = sum(model_sizes(info, per_seq, kv_type).kv_per_layer) or 1
     weights = sum(t.n_bytes for t in info.tensors)
     budget = (physical_memory() or 0) // 2 - weights

@@ -52,7 +52,7 @@ TABLE: tuple[Parameter, ...] = (
     # On /v1 too (localrun's own field there: an agent's request may need a larger context).
     P("num_ctx", int, 1, 10_000_000, keyword="n_ctx", flag="--ctx", ollama=True,
       llama_server=("num_ctx",),
-      help="Context size in tokens (default: the model's, at most 4096)."),
+      help="Context size in tokens (default: the trained context where it fits, >= 4096)."),
     P("temperature", float, 0, 100, flag="--temperature", chat=("temperature",),
       batch="temperature", ollama=True, per_request=True, openai=("temperature",), remote=True,
       help="Sampling temperature; 0 is greedy. [default: 0.8]"),

@@ -22,7 +22,13 @@ from typing import Any
 from localrun.backend import context_size
 from localrun.engine.answerer import LocalAnswerer
 from localrun.engine.batch import BatchEngine
-from localrun.engine.load import LoadedModel, default_parallel, load_model, speculate
+from localrun.engine.load import (
+    LoadedModel,
+    default_parallel,
+    load_model,
+    sequence_context,
+    speculate,
+)
 from localrun.engine.options import run_options
 from localrun.engine.runner import ModelRunner
 from localrun.errors import BusyError, ModelLoadError, ModelNotFoundError, NeedsPullError
@@ -222,10 +228,11 @@ class ModelPool:
 
         trained = int(read_gguf(resolved.path).arch_value("context_length") or 0)
         n_seq = self._parallel(resolved, num_ctx)
-        per_seq = context_size(num_ctx, trained)
+        kv_type = self._kv(resolved.settings)[0]
+        per_seq = context_size(sequence_context(resolved.path, num_ctx, n_seq, kv_type)[0], trained)
         if trained:
             per_seq = min(per_seq, trained)  # as the load lowers it
-        return _size(resolved.path, per_seq * n_seq, self._kv(resolved.settings)[0])
+        return _size(resolved.path, per_seq * n_seq, kv_type)
 
     async def _make_room(self, need: int) -> bool:
         """Unload idle models, least recently used first, until ``need`` bytes fit."""
@@ -267,6 +274,8 @@ class ModelPool:
             return runner
 
         model = await asyncio.to_thread(load)
+        if model.loaded.context_reason:
+            log.info("%s: %s", resolved.name, model.loaded.context_reason)
         try:
             n_ctx = model.loaded.model.n_ctx
             size = await asyncio.to_thread(_size, resolved.path, n_ctx, kv_type)
