@@ -34,9 +34,9 @@ def _weights(info: GGUFInfo) -> int:
     return sum(t.n_bytes for t in info.tensors)
 
 
-def _ram_for(info: GGUFInfo, n_ctx: int, n_seq: int = 1, kv_type: str = "f16") -> Room:
+def _ram_for(info: GGUFInfo, n_ctx: int, kv_type: str = "f16") -> Room:
     """Free memory that holds the weights and exactly ``n_ctx`` tokens' cache, no more."""
-    need = _weights(info) + n_seq * _kv(info, n_ctx, kv_type) + COMPUTE_RESERVE
+    need = _weights(info) + _kv(info, n_ctx, kv_type) + COMPUTE_RESERVE
     return Room(gpu=0, gpus=(), ram=need)
 
 
@@ -76,12 +76,8 @@ def test_a_trained_context_that_is_no_power_of_two(tmp_path: Path) -> None:
     assert default_context(info, here=Room(0, (), short.ram - 1)).n_ctx == 32768
 
 
-def test_every_sequence_and_the_kv_type_count(long_model: Path) -> None:
+def test_the_kv_type_counts(long_model: Path) -> None:
     info = read_gguf(long_model)
-    four = _ram_for(info, 65536, n_seq=4)
-    assert default_context(info, 4, here=four).n_ctx == 65536
-    assert default_context(info, 8, here=four).n_ctx == 32768  # twice the sequences, half each
-    assert "for each of 8 sequences" in default_context(info, 8, here=four).reason
     # A q8_0 cache is about half an f16 one: room for 32768 f16 tokens holds 65536 of q8_0.
     room = _ram_for(info, 65536, kv_type="q8_0")
     assert default_context(info, kv_type="f16", here=room).n_ctx == 32768
@@ -139,3 +135,23 @@ def test_verbose_says_what_context_was_chosen(
     assert "context 8192 tokens, the longest that fits" in result.stderr
     quiet = cli(["run", str(long_model), "hello", "-n", "2"])  # type: ignore[operator]
     assert "longest that fits" not in quiet.stderr
+
+
+def test_sequences_share_a_default_context_and_each_may_use_all_of_it(
+    long_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = read_gguf(long_model)
+    monkeypatch.setattr(context, "room", lambda: _ram_for(info, 8192))
+    shared = load_model("long", n_threads=1, gpu_layers=0, path=long_model, n_seq=4)
+    try:
+        assert (shared.model.n_ctx, shared.seq_ctx, shared.shared) == (8192, 8192, True)
+        assert shared.context_reason is not None
+        assert shared.context_reason.endswith("its 4 sequences share it, each may use all of it")
+    finally:
+        shared.close()
+    # A context asked for is each sequence's own, as Ollama's num_ctx with parallel requests.
+    asked = load_model("long", n_ctx=1024, n_threads=1, gpu_layers=0, path=long_model, n_seq=4)
+    try:
+        assert (asked.model.n_ctx, asked.seq_ctx, asked.shared) == (4096, 1024, False)
+    finally:
+        asked.close()

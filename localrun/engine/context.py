@@ -1,7 +1,7 @@
 """The context a model gets when none is asked for, and the room this machine has for it.
 
 As Ollama and llama.cpp's ``--fit`` do: the context the model was trained for, where its
-weights and KV cache (at the KV type in use, for every sequence) fit the GPUs, or the memory
+weights and KV cache (at the KV type in use) fit the GPUs, or the memory
 free now on a machine without one; else the longest power of two that fits; never below
 ``MIN_DEFAULT`` tokens (nor above the trained context). ``LOCALRUN_CONTEXT_LENGTH``, or
 ``[context] length`` in the configuration file, sets the default instead, as
@@ -86,14 +86,13 @@ def configured() -> int | None:
 
 def default_context(
     info: GGUFInfo,
-    n_seq: int = 1,
     kv_type: str = "f16",
     *,
     extra: int = 0,
     here: Room | None = None,
 ) -> Chosen:
-    """Each of ``n_seq`` sequences' context when none is asked for (``extra``: bytes loaded
-    beside the weights, such as a vision projector)."""
+    """The context when none is asked for (``extra``: bytes loaded beside the weights, such
+    as a vision projector). A load's sequences share it (engine/load.py)."""
     trained = int(info.arch_value("context_length") or 0)
     if (asked := configured()) is not None:
         return Chosen(context_size(asked, 0), f"context {asked} tokens, set by {ENV}")
@@ -105,7 +104,7 @@ def default_context(
     weights = sum(t.n_bytes for t in info.tensors) + extra
 
     def kv(n_ctx: int) -> int:
-        return n_seq * sum(model_sizes(info, n_ctx, kv_type).kv_per_layer)
+        return sum(model_sizes(info, n_ctx, kv_type).kv_per_layer)
 
     if here.gpus and weights + kv(floor) <= here.gpu:
         budget, where = here.gpu, f"the {human_size(here.gpu)} free on {' + '.join(here.gpus)}"
@@ -114,17 +113,16 @@ def default_context(
     else:
         budget, where = max(0, here.ram - COMPUTE_RESERVE), f"{human_size(here.ram)} of free memory"
     fits = [n for n in _candidates(trained, floor) if weights + kv(n) <= budget]
-    sequences = f" for each of {n_seq} sequences" if n_seq > 1 else ""
     cache = f"its KV cache ({human_size(kv(trained))}, {kv_type})"
     if fits and fits[0] == trained:
         why = f"as the model was trained: {cache} and weights fit {where}"
-        return Chosen(trained, f"context {trained} tokens{sequences}, {why}")
+        return Chosen(trained, f"context {trained} tokens, {why}")
     longer = f"; the trained {trained} would need {human_size(kv(trained))} of KV cache"
     if fits:
         why = f"the longest that fits {where}{longer}"
-        return Chosen(fits[0], f"context {fits[0]} tokens{sequences}, {why}")
+        return Chosen(fits[0], f"context {fits[0]} tokens, {why}")
     why = f"the least a default is, though it does not fit {where}{longer}"
-    return Chosen(floor, f"context {floor} tokens{sequences}, {why}")
+    return Chosen(floor, f"context {floor} tokens, {why}")
 
 
 def _candidates(trained: int, floor: int) -> list[int]:

@@ -52,6 +52,9 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)  # what loading had to adjust, for people
     template_override: str | None = None  # a Modelfile's TEMPLATE, as Jinja
     n_seq: int = 1  # sequences the context holds (the batching engine's N)
+    # The sequences share one cache, each may use all of it (a default context, as
+    # llama-server's unified cache); else each has its share, n_ctx // n_seq (as Ollama).
+    shared: bool = False
     prompt_cache: bool = True  # keep evaluated prefixes on disk, and read them back
     speculate: int = 0  # speculative decoding: the most guesses a step (0: off)
     draft: LoadedModel | None = None  # the draft model that guesses (None: prompt lookup)
@@ -61,8 +64,8 @@ class LoadedModel:
 
     @property
     def seq_ctx(self) -> int:
-        """The context each sequence may use: its share of the whole."""
-        return self.model.n_ctx // self.n_seq
+        """The context each sequence may use: all of a shared cache, else its share."""
+        return self.model.n_ctx if self.shared else self.model.n_ctx // self.n_seq
 
     @property
     def template(self) -> str | None:
@@ -117,6 +120,7 @@ def load_model(
     repack: bool = True,
     kv_type: str = "f16",
     flash_attn: str = "auto",
+    shared: bool = False,
 ) -> LoadedModel:
     """Load a model with as many layers on the GPU(s) as fit (``gpu_layers``: auto, all, N).
 
@@ -125,7 +129,9 @@ def load_model(
     ``kv_type`` (f16, q8_0, q4_0) is the KV cache's type; the plan counts it at that size.
 
     ``n_seq`` sequences of ``n_ctx`` tokens each (the batching engine's N) share one KV cache
-    of ``n_seq * n_ctx`` cells, as Ollama's parallel requests do.
+    of ``n_seq * n_ctx`` cells, as Ollama's parallel requests do. Without ``n_ctx`` (or with
+    ``shared``), the cache holds the default context (engine/context.py), or ``n_ctx``, once,
+    and each sequence may use all of it, as llama-server's unified cache does.
 
     ``path`` skips resolving ``ref`` again when the caller already did. If a device runs
     out of memory, the load is retried with half the GPU layers, and the count that
@@ -139,7 +145,8 @@ def load_model(
     notes: list[str] = []
     projector = settings.projector.stat().st_size if settings.projector else 0
     per_seq, why = sequence_context(path, n_ctx, n_seq, kv_type, projector)
-    n_ctx = _fit_context(path, per_seq, notes, n_seq, kv_type)
+    shared = shared or n_ctx is None
+    n_ctx = _fit_context(path, per_seq, notes, 1 if shared else n_seq, kv_type)
     if workers:
         from localrun.engine.workers import connect
 
@@ -183,8 +190,9 @@ def load_model(
             notes.append(f"remembered {layers} GPU layers for this model, context and device")
     elapsed = time.perf_counter() - start
     return LoadedModel(
-        ref, path, model, elapsed, plan, notes, settings.template, n_seq, context_reason=why
-    )
+        ref, path, model, elapsed, plan, notes, settings.template, n_seq,
+        shared=shared and n_seq > 1, context_reason=why,
+    )  # fmt: skip
 
 
 LOOKUP_K = 8  # prompt lookup: the most guesses checked a step
@@ -219,6 +227,7 @@ def speculate(
         gpu_layers=gpu_layers,
         path=path,
         n_seq=loaded.n_seq,
+        shared=loaded.shared,
     )
     try:
         check_vocabulary(loaded.model, found.model, name)
@@ -233,13 +242,15 @@ def sequence_context(
     path: Path, n_ctx: int | None, n_seq: int = 1, kv_type: str = "f16", extra: int = 0
 ) -> tuple[int, str | None]:
     """Each sequence's context: ``n_ctx`` where asked, else the default that fits this
-    machine (engine/context.py), and why that long (None where asked)."""
+    machine (engine/context.py), which ``n_seq`` sequences share; and why that long (None
+    where asked)."""
     if n_ctx is not None:
         return n_ctx, None
     from localrun.engine.context import default_context
 
-    chosen = default_context(read_gguf(path), n_seq, kv_type, extra=extra)
-    return chosen.n_ctx, chosen.reason
+    chosen = default_context(read_gguf(path), kv_type, extra=extra)
+    share = f"; its {n_seq} sequences share it, each may use all of it" if n_seq > 1 else ""
+    return chosen.n_ctx, chosen.reason + share
 
 
 def _fit_context(

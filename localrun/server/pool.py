@@ -232,7 +232,8 @@ class ModelPool:
         per_seq = context_size(sequence_context(resolved.path, num_ctx, n_seq, kv_type)[0], trained)
         if trained:
             per_seq = min(per_seq, trained)  # as the load lowers it
-        return _size(resolved.path, per_seq * n_seq, kv_type)
+        # A default context is one cache the sequences share (engine/load.py).
+        return _size(resolved.path, per_seq * (n_seq if num_ctx is not None else 1), kv_type)
 
     async def _make_room(self, need: int) -> bool:
         """Unload idle models, least recently used first, until ``need`` bytes fit."""
