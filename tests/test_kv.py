@@ -53,7 +53,8 @@ def test_a_compressed_cache_is_smaller_and_lets_more_sequences_in(
 
 
 def test_the_flags_reach_the_cache_and_say_so(home: Path) -> None:
-    done = run(home, "run", "demo", "--kv-type", "q8_0", "--verbose", "--max-tokens", "4", "Hi")
+    done = run(home, "run", "demo", "--kv-type", "q8_0", "--ctx", "4096", "--verbose",
+               "--max-tokens", "4", "Hi")  # fmt: skip
     assert done.code == 0, done.stderr
     assert "KV cache:         40 MB q8_0, 4096 cells" in done.stderr
     refused = run(home, "run", "demo", "--kv-type", "q4_0", "--flash-attn", "off", "Hi")

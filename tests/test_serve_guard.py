@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 
 from localrun.server.config import host_and_port, is_loopback
 from localrun.server.fields import keep_alive
-from tests.served import LOCALRUN, Server, create_model, free_port, serving
+from tests.served import LOCALRUN, Background, Server, create_model, free_port, serving
 
 KEY = "s3cret-key"
 
@@ -110,6 +112,26 @@ def test_a_public_address_without_a_key_refuses_to_start(home: Path) -> None:
     # Nothing is bound: the check comes first.
     err = _serve_fails(home, "--host", "0.0.0.0", "--port", str(free_port()))
     assert "--api-key" in err and "0.0.0.0" in err
+
+
+def test_host_takes_localrun_hosts_forms(home: Path) -> None:
+    """``--host 127.0.0.1:PORT`` (as one types OLLAMA_HOST) listens there, on loopback: it was
+    once read as a host named "127.0.0.1:PORT", not loopback, and refused without a key."""
+    err = _serve_fails(home, "--host", "0.0.0.0:8080")
+    assert "serving on 0.0.0.0 would" in err
+    port = free_port()
+    server = Background(home, "serve", "--host", f"127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and server.proc.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                assert httpx.get(f"http://127.0.0.1:{port}/api/version", timeout=5).is_success
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"serve did not answer on {port}: {server.stderr}")
+    finally:
+        server.stop()
 
 
 def test_a_port_in_use_and_a_bad_host_are_one_line(server: Server, home: Path) -> None:

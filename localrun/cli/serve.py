@@ -81,6 +81,12 @@ def serve(
         help="Fetch the http(s) URLs of OpenAI image_url parts (off: only data URLs, so that "
         "clients cannot make the server fetch addresses on its network).",
     ),
+    metrics: bool = typer.Option(
+        False,
+        "--metrics",
+        help="Serve GET /metrics in Prometheus' text format: requests, tokens, TTFT, decode "
+        "rate, queue depth, KV cache use (behind --api-key like the rest).",
+    ),
 ) -> None:
     """Serve the Ollama and OpenAI APIs (clients, editors and chat front-ends).
 
@@ -91,6 +97,8 @@ def serve(
     from localrun.server.fields import keep_alive as seconds
 
     env_host, env_port = host_and_port(os.environ.get("LOCALRUN_HOST"))
+    if host is not None:  # --host takes LOCALRUN_HOST's forms too: 127.0.0.1:11435, a URL
+        host, env_port = host_and_port(host, env_port)
     try:
         keep = seconds(keep_alive)
     except LocalrunError as e:
@@ -127,6 +135,7 @@ def serve(
         flash_attn=flash_attn,
         allow_remote_images=allow_remote_images,
         n_ctx=ctx_size,
+        metrics=metrics,
     )
     if rpc:
         from localrun.engine.workers import connect, parse_endpoints

@@ -173,23 +173,43 @@ def trace_watch(loaded: LoadedModel, request: Request, prompt: Prompt) -> TraceW
 def fitted(
     loaded: LoadedModel, messages: Sequence[Message], request: Request
 ) -> tuple[Prompt, list[Message]]:
-    """The conversation's prompt, without its oldest turns if an answer would not fit
-    (the system prompt stays)."""
-    n_ctx = loaded.model.n_ctx
-    room = min(ANSWER_ROOM, n_ctx // 4)
-    system = [m for m in messages[:1] if m.role == "system"]
-    kept = list(messages[len(system) :])
-    while True:
+    """The conversation's prompt, without its oldest turns if an answer would not fit in
+    a sequence's context: the system prompt that opens it stays, and so does the newest
+    turn (the last user message and what follows it: calls, their results), whole. A turn
+    goes whole, so that no answer or tool result is left without what it answers."""
+    n_ctx = loaded.seq_ctx
+    room = min(ANSWER_ROOM, n_ctx // 4, request.max_tokens or n_ctx)
+    system = list(messages[:1]) if messages and messages[0].role == "system" else []
+    rest = messages[len(system) :]
+    # Where each turn begins: the conversation may begin at any of them.
+    starts = [0, *(i for i, m in enumerate(rest) if i and m.role == "user")]
+
+    def prompt_from(start: int) -> Prompt | None:
+        """The prompt from the turn at ``start`` on, if it leaves room for an answer."""
         try:
-            prompt: Prompt | None = messages_prompt(loaded, [*system, *kept], request)
+            prompt = messages_prompt(loaded, [*system, *rest[start:]], request)
         except PromptTooLongError:
-            if len(kept) <= 1:
-                raise
-            prompt = None  # far too long to count: drop the oldest turns
-        if prompt is not None and (len(prompt.tokens) + room <= n_ctx or len(kept) <= 1):
-            return prompt, [*system, *kept]
-        # Drop the oldest exchange (a user message and the answer to it).
-        del kept[: 2 if len(kept) > 2 and kept[1].role == "assistant" else 1]
+            return None  # far too long to count
+        return prompt if prompt.cells + room <= n_ctx else None
+
+    # Fewer turns are fewer tokens: the first turn to begin at is found by halving, so that
+    # an agent's conversation of hundreds of turns is tokenized a few times, not hundreds.
+    whole = prompt_from(0)
+    if whole is not None:
+        return whole, [*system, *rest]
+    found, start = None, starts[-1]
+    low, high = 1, len(starts) - 1
+    while low <= high:
+        middle = (low + high) // 2
+        prompt = prompt_from(starts[middle])
+        if prompt is not None:
+            found, start, high = prompt, starts[middle], middle - 1
+        else:
+            low = middle + 1
+    kept = [*system, *rest[start:]]
+    if found is None:  # the newest turn alone leaves no room: read as it is, or refused
+        found = messages_prompt(loaded, kept, request)
+    return found, kept
 
 
 def turns(messages: Sequence[Message]) -> int:

@@ -9,6 +9,7 @@ the client gets its HTTP status; what fails later ends the stream with an error.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,8 @@ from localrun.prompt.template import Message
 from localrun.prompt.tools import Tool, ToolCall
 from localrun.server.pool import ModelPool, Runner
 
+log = logging.getLogger("localrun.server")
+
 
 @dataclass(frozen=True)
 class Ask:
@@ -52,6 +55,9 @@ class Ask:
     ignore_eos: bool = False  # go on past the model's end of text (llama-server's, vLLM's)
     think: bool | str | None = None  # a thinking model's trace: on, off, an effort; None: default
     think_budget: int | None = None  # the most tokens the trace may take
+    # Leave the oldest turns out when the conversation does not fit (Ollama's truncate, the
+    # Responses API's truncation "auto"); False: a prompt too long is refused, never cut.
+    truncate: bool = False
 
 
 @dataclass
@@ -88,12 +94,13 @@ class Answer:
                 runner.answerer.start,
                 _request(ask, options),
                 started=start,
+                trim=ask.truncate,
                 loop=asyncio.get_running_loop(),
             )
         except BaseException as e:
             pool.release(runner, ask.keep_alive)
             if isinstance(e, PromptTooLongError):
-                raise _for_api(e) from None
+                raise _for_api(e, ask.truncate) from None
             raise
         return cls(pool, ask, runner, answering, load_s if load_s > 0.05 else 0.0)
 
@@ -107,13 +114,21 @@ class Answer:
                     self.stats = event.stats
                 elif isinstance(event, Called):
                     self.calls = event.calls
-                if isinstance(event, Trimmed):  # never asked for: the whole prompt is read
+                if isinstance(event, Trimmed):  # asked for (Ask.truncate): said in the log
+                    self._trimmed(event)
                     continue
                 if isinstance(event, ThinkingDelta) and self.ask.think is False:
                     continue  # a model that cannot be asked not to think: its trace unshown
                 yield event
         finally:
             self.close()
+
+    def _trimmed(self, event: Trimmed) -> None:
+        log.info(
+            "%s: %d of the conversation's oldest messages left out to fit a context of %d "
+            "tokens (%d kept, the system prompt aside)",
+            self.ask.model, event.dropped, self.runner.loaded.seq_ctx, event.kept,
+        )  # fmt: skip
 
     def context(self) -> tuple[int, ...] | None:
         """The prompt's tokens and the answer's (Ollama's ``context``), where known."""
@@ -172,13 +187,22 @@ def _request(ask: Ask, options: RunOptions) -> Request:
     )
 
 
-def _for_api(error: PromptTooLongError) -> PromptTooLongError:
-    """A prompt too long, with the knob an API client has (the messages name the request's
+def _for_api(error: PromptTooLongError, truncated: bool) -> PromptTooLongError:
+    """A prompt too long, with the knobs an API client has (the messages name the request's
     own context: the sequence's share, not the whole model's)."""
+    larger = (
+        "ask for a larger context: options.num_ctx on the Ollama API, num_ctx on /v1, or "
+        "PARAMETER num_ctx in the model's Modelfile"
+    )
+    if truncated:  # what is left (the system prompt, the newest turn) is too long still
+        return PromptTooLongError(
+            f"{error.message}, even with the oldest turns left out",
+            f"shorten the last message; or {larger}",
+        )
     return PromptTooLongError(
         error.message,
-        "shorten the prompt, or ask for a larger context: options.num_ctx on the Ollama API, "
-        "or PARAMETER num_ctx in the model's Modelfile",
+        f"shorten the prompt; {larger}; or let the server leave the oldest turns out "
+        '(truncate: true on /api/chat, truncation: "auto" on /v1/responses)',
     )
 
 

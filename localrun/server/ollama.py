@@ -111,6 +111,7 @@ def generate_ask(body: dict[str, Any]) -> Ask:
         grammar=_format(body),
         think=fields.think(body.get("think")),
         think_budget=fields.think_budget(body),
+        truncate=_truncate(body) and not raw,
     )
 
 
@@ -127,7 +128,15 @@ def chat_ask(body: dict[str, Any]) -> Ask:
     choice = fields.tool_choice(body.get("tool_choice"))
     return Ask(name, messages, options, keep, grammar=_format(body), tools=tools,
                tool_choice=choice, think=fields.think(body.get("think")),
-               think_budget=fields.think_budget(body))  # fmt: skip
+               think_budget=fields.think_budget(body), truncate=_truncate(body))  # fmt: skip
+
+
+def _truncate(body: dict[str, Any]) -> bool:
+    """Ollama's ``truncate``: leave the oldest turns out of a conversation too long for the
+    context (on /api/generate, a Modelfile's MESSAGE turns, as Ollama's generate does; the
+    prompt itself is never cut, where Ollama's runner cuts tokens out of its middle).
+    Ollama's default truncates; localrun's refuses a prompt too long unless asked."""
+    return bool(fields.get(body, "truncate", bool, False))
 
 
 def loaded(ask: Ask, reason: str, *, chat: bool) -> Obj:

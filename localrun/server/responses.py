@@ -6,12 +6,14 @@ A request's ``input`` is a string or a list of items: messages (their content a 
 ``function_call`` and its ``function_call_output``, and earlier ``reasoning`` items, which
 are not read again. ``instructions`` is the system prompt; ``tools`` are flat function tools
 (``{"type": "function", "name", "parameters"}``); ``text.format`` holds the answer to JSON or
-a schema. Nothing is stored (``previous_response_id`` is refused: the client sends the whole
-conversation). A stream is named server-sent events, each with a ``sequence_number``:
-``response.created``, ``response.in_progress``, then each output item's ``added``, its part's
-deltas and ``done`` (a trace's ``reasoning`` item, the text's ``message``, each call's
-``function_call``), and ``response.completed`` (or ``response.incomplete``) with the whole
-response. Errors before the stream take OpenAI's shape (:func:`localrun.server.openai.error`).
+a schema; ``truncation: "auto"`` leaves the oldest turns out of a conversation too long
+for the context (the default refuses it). Nothing is stored (``previous_response_id`` is
+refused: the client sends the whole conversation). A stream is named server-sent events,
+each with a ``sequence_number``: ``response.created``, ``response.in_progress``, then each
+output item's ``added``, its part's deltas and ``done`` (a trace's ``reasoning`` item, the
+text's ``message``, each call's ``function_call``), and ``response.completed`` (or
+``response.incomplete``) with the whole response. Errors before the stream take OpenAI's
+shape (:func:`localrun.server.openai.error`).
 
 Over 400 lines because the request's items and the stream's items are one API's two halves
 that share their shapes (a function_call read back is the one written); the request's half
@@ -71,7 +73,18 @@ def request_ask(body: dict[str, Any], remote_images: bool = False) -> Ask:
         tool_choice=_tool_choice(body.get("tool_choice")),
         think=fields.reasoning_effort(body),
         think_budget=fields.think_budget(body),
+        truncate=_truncation(body),
     )
+
+
+def _truncation(body: dict[str, Any]) -> bool:
+    """``truncation``: "auto" leaves the oldest turns out of a conversation too long for the
+    context (the instructions, the first system message, stay); "disabled", the default,
+    refuses it with a 400."""
+    value = body.get("truncation")
+    if value is None or value in ("auto", "disabled"):
+        return value == "auto"
+    raise UsageError(f"'truncation' cannot be {json.dumps(value)[:40]}", 'use "auto" or "disabled"')
 
 
 def _leading_system(messages: list[Message]) -> list[Message]:
