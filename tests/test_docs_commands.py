@@ -297,14 +297,3 @@ def test_the_extraction_reads_continuations_and_comments() -> None:
 
     block = 'a "x # y"   # z\n# only a comment\n\nb \\\n    --c\n'
     assert shell_lines(block) == [(0, 'a "x # y"'), (3, "b --c")]
-
-
-def test_blobs_get_the_plain_404_serve_md_describes(sandbox: Sandbox) -> None:
-    """docs/serve.md: uploading weights is not served; Ollama's blob routes are unknown paths."""
-    import httpx
-
-    digest = "sha256:" + "0" * 64
-    url = f"{sandbox.server.url}/api/blobs/{digest}"
-    assert httpx.head(url).status_code == 404
-    posted = httpx.post(url, content=b"GGUF")
-    assert (posted.status_code, posted.text) == (404, "Not Found")

@@ -21,6 +21,9 @@ SETTINGS = [
     SamplingParams(temperature=0.0, repeat_penalty=1.0),  # plain greedy
     SamplingParams(temperature=1.5, top_k=200, top_p=1.0, repeat_penalty=1.0, seed=7),
     SamplingParams(temperature=1.0, top_k=5, min_p=0.05, repeat_penalty=1.3, seed=3),
+    # OpenAI's penalties (only lowering: the cut holds), typical and XTC after the top-k.
+    SamplingParams(presence_penalty=0.8, frequency_penalty=0.4, seed=5),
+    SamplingParams(temperature=1.0, typical_p=0.7, xtc_probability=0.5, xtc_threshold=0.1, seed=9),
 ]
 PROMPTS = ["The history of the city of Paris begins", "A list of fruits: apple,"]
 
@@ -104,3 +107,8 @@ def test_chain_without_a_top_k_reads_the_whole_vocabulary() -> None:
     assert first_cut(top_k=0) == 0  # top-p over the whole distribution
     assert first_cut(repeat_last_n=-1) == 0  # penalties over the whole context
     assert first_cut(top_k=2000) == 0  # keeps the whole (1000-token) vocabulary
+    # What may raise a token, or lower any token of the context, leaves no cut to trust.
+    assert first_cut(presence_penalty=0.5, frequency_penalty=0.5) == 40 + 64
+    assert first_cut(presence_penalty=-0.5) == 0
+    assert first_cut(frequency_penalty=-0.1) == 0
+    assert first_cut(typical_p=0.5, xtc_probability=0.5) == 40 + 64  # after the top-k

@@ -82,7 +82,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 @pytest.mark.parametrize(
     ("schema", "message"),
     [
-        ({"type": "integer", "minimum": 3}, "the schema's 'minimum' (at $)"),
+        ({"type": "number", "minimum": 3}, "the schema's 'minimum' (at $)"),
         (
             {"type": "object", "properties": {"a": {"not": {"type": "string"}}}},
             "the schema's 'not' (at $.properties.a)",
@@ -210,7 +210,7 @@ def test_run_with_a_schema_and_its_errors(localrun_home: Path, tiny_model: Path)
     cut = run(localrun_home, "run", str(tiny_model), "--schema", schema, "--max-tokens", "2", "hi")
     assert cut.code == 1 and "before its JSON was complete" in cut.stderr
     for args, message in (
-        (["--schema", '{"type": "integer", "minimum": 1}'], "'minimum' (at $)"),
+        (["--schema", '{"type": "number", "minimum": 1}'], "'minimum' (at $)"),
         (["--schema", "json", "--grammar", "g.gbnf"], "cannot go together"),
         (["--grammar", str(tiny_model.parent / "none.gbnf")], "cannot read the grammar file"),
     ):
@@ -340,7 +340,7 @@ def test_the_clients_get_json_that_follows_their_schemas(
         with pytest.raises(openai.BadRequestError, match="'minimum'"):
             bad: ResponseFormatJSONSchema = {
                 "type": "json_schema",
-                "json_schema": {"name": "n", "schema": {"type": "integer", "minimum": 1}},
+                "json_schema": {"name": "n", "schema": {"type": "number", "minimum": 1}},
             }
             oai.chat.completions.create(model="tiny", messages=said, response_format=bad)
         r = httpx.post(

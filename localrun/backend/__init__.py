@@ -106,6 +106,21 @@ class SamplingParams:
     repeat_penalty: float = 1.1
     repeat_last_n: int = 64
     seed: int | None = None  # None: a fresh random seed
+    # OpenAI's penalties on the last repeat_last_n tokens: each time a token appeared, and
+    # once for having appeared (0: none; below 0, recent tokens are favoured).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    typical_p: float = 1.0  # locally typical sampling (1: off)
+    # DRY ("don't repeat yourself"): a token that would extend a repeat of at least
+    # dry_allowed_length tokens loses dry_multiplier * dry_base ** (length - allowed).
+    dry_multiplier: float = 0.0  # 0: off
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1  # tokens looked back at; -1: the whole context
+    # XTC ("exclude top choices"): with this probability, the tokens above xtc_threshold,
+    # but the least likely of them, are left out.
+    xtc_probability: float = 0.0  # 0: off
+    xtc_threshold: float = 0.1
     grammar: str | None = None  # GBNF (root rule "root"): the answer can only match it
     schema: str | None = (
         None  # the JSON schema (as JSON) that grammar enforces, if it came from one

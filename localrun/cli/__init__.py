@@ -58,6 +58,7 @@ from localrun.cli import (  # noqa: E402,F401
     rm,
     serve,
     show,
+    tokenize,
     worker,
 )
 

@@ -94,3 +94,8 @@ def endpoint(help: str) -> Any:
 
 def as_json(help: str = "Print JSON.") -> Any:
     return typer.Option(False, "--json", help=help)
+
+
+def penalty(flag: str, what: str) -> Any:
+    """OpenAI's presence and frequency penalties (-2 to 2, as the parameters table says)."""
+    return typer.Option(None, flag, min=-2.0, max=2.0, help=f"{what} (OpenAI's; 0: none).")

@@ -75,6 +75,12 @@ def run(
         min=0.0,
         help="Penalty for repeated tokens (1: none). [default: 1.1]",
     ),
+    presence_penalty: float | None = options.penalty(
+        "--presence-penalty", "Lower a token once it has appeared"
+    ),
+    frequency_penalty: float | None = options.penalty(
+        "--frequency-penalty", "Lower a token each time it has appeared"
+    ),
     seed: int | None = typer.Option(
         None, "--seed", help="Random seed, 0 to 4294967294, for repeatable output; -1: random."
     ),
@@ -206,6 +212,8 @@ def run(
             top_p=top_p,
             min_p=min_p,
             repeat_penalty=repeat_penalty,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
             seed=seed,
             max_tokens=max_tokens,
             stop=tuple(stop or ()),
@@ -287,6 +295,8 @@ def _options(
         top_p=s.top_p,
         min_p=s.min_p,
         repeat_penalty=s.repeat_penalty,
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
         seed=s.seed,
         max_tokens=s.max_tokens,
         stop=s.stop,

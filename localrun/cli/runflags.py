@@ -41,6 +41,8 @@ class Sample:
     # --think: a thinking model's trace on or off, or an effort (None: the model's default)
     think: bool | str | None = None
     think_budget: int | None = None  # the most tokens a trace may take
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
     def sampler(self) -> dict[str, float | int | None]:
         """The sampler's flags under their Modelfile names (which a remote engine takes)."""
@@ -50,6 +52,8 @@ class Sample:
             "top_p": self.top_p,
             "min_p": self.min_p,
             "repeat_penalty": self.repeat_penalty,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
             "seed": self.seed,
         }
 

@@ -311,6 +311,7 @@ class LocalAnswerer:
             special=watch is not None,
             images=prompt.images,
             think_budget=trace_budget(self.loaded, request, prompt),
+            logprobs=request.logprobs,
         )
         load_s = self.loaded.load_s if self._counts_load else 0.0
         trace = trace_watch(self.loaded, request, prompt)

@@ -346,7 +346,7 @@ class BatchEngine:
         except GenerationError as e:
             self._fail(seq, e)
             return None
-        end = seq.take(token, self.model, self.seq_ctx)
+        end = seq.take(token, self.model, self.seq_ctx, row)
         if end is not None:
             self._finish(seq, end)
         return token

@@ -61,6 +61,15 @@ def run_options(
     min_p: float | None = None,
     repeat_penalty: float | None = None,
     repeat_last_n: int | None = None,
+    presence_penalty: float | None = None,
+    frequency_penalty: float | None = None,
+    typical_p: float | None = None,
+    dry_multiplier: float | None = None,
+    dry_base: float | None = None,
+    dry_allowed_length: int | None = None,
+    dry_penalty_last_n: int | None = None,
+    xtc_probability: float | None = None,
+    xtc_threshold: float | None = None,
     seed: int | None = None,
     max_tokens: int | None = None,
     stop: tuple[str, ...] = (),
@@ -78,6 +87,17 @@ def run_options(
     """Flags (not None) over the Modelfile's parameters over the defaults (Ollama's)."""
     p = settings.parameters
     d = SamplingParams()
+    extra: dict[str, float | int | None] = {
+        "presence_penalty": presence_penalty,
+        "frequency_penalty": frequency_penalty,
+        "typical_p": typical_p,
+        "dry_multiplier": dry_multiplier,
+        "dry_base": dry_base,
+        "dry_allowed_length": dry_allowed_length,
+        "dry_penalty_last_n": dry_penalty_last_n,
+        "xtc_probability": xtc_probability,
+        "xtc_threshold": xtc_threshold,
+    }
     flags = {
         "temperature": temperature,
         "top_k": top_k,
@@ -85,6 +105,7 @@ def run_options(
         "min_p": min_p,
         "repeat_penalty": repeat_penalty,
         "repeat_last_n": repeat_last_n,
+        **extra,
         "seed": seed,
         "num_predict": max_tokens,
         "num_ctx": n_ctx,
@@ -131,6 +152,10 @@ def run_options(
             repeat_penalty=float(pick(repeat_penalty, "repeat_penalty", d.repeat_penalty)),
             repeat_last_n=int(pick(repeat_last_n, "repeat_last_n", d.repeat_last_n)),
             seed=None if chosen_seed is None or int(chosen_seed) < 0 else int(chosen_seed),
+            **{
+                name: type(getattr(d, name))(pick(value, name, getattr(d, name)))
+                for name, value in extra.items()
+            },
         ),
         max_tokens=None if predict is None or int(predict) < 0 else int(predict),
         stop=stop or settings.stop,

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, TypeAlias
 
 from localrun.backend import ImageChunk, SamplingParams, StepModel, cells, image_counts
 from localrun.engine.budget import Spending
+from localrun.engine.logprobs import logprobs
 from localrun.engine.output import TextOut, timed
 from localrun.engine.prompt_cache import MIN_TOKENS as MIN_KEEP
 from localrun.engine.speculative import Pace
@@ -129,6 +130,7 @@ class Sequence:
     cache_at: int = 0  # prompt tokens worth keeping on disk (a system prompt, a document)
     special: bool = False  # show control tokens' text (a tool call's markers)
     spending: Spending | None = None  # a thinking budget's count, and what it forces
+    logprobs: int | None = None  # each token's log probability, with so many alternatives
     images: dict[int, ImageChunk] = field(default_factory=dict)  # its pictures, by their id
     cache_done: bool = False  # cache_at was reached (and the state saved, if it was not)
     out: TextOut = field(init=False)  # its text: UTF-8 across tokens, held at stop strings
@@ -167,6 +169,9 @@ class Sequence:
         if job.think_budget is not None:
             seq.spending = Spending.of(job.think_budget)
             seq.speculate = seq.k = 0
+        seq.logprobs = job.logprobs
+        if job.logprobs is not None:
+            seq.speculate = seq.k = 0  # each token's logits are its own row's: one a step
         if job.submitted is not None:
             seq.submitted = job.submitted
         return seq
@@ -204,9 +209,10 @@ class Sequence:
         done = min(max(0, self.cached - self.reused), total)
         self.outbox.put(PrefillProgress(len(self.prompt), done, total, max(0.0, seconds)))
 
-    def take(self, token: int, model: StepModel, seq_ctx: int) -> End | None:
-        """Take a sampled ``token`` into the answer (the text of ``model``'s token); how the
-        answer ends with it, or None: it goes on (with ``seq_ctx`` cells at the most)."""
+    def take(self, token: int, model: StepModel, seq_ctx: int, row: int = -1) -> End | None:
+        """Take ``token``, sampled from ``row``'s logits, into the answer (the text of
+        ``model``'s token, and its log probability where asked); how the answer ends with
+        it, or None: it goes on (with ``seq_ctx`` cells at the most)."""
         now = time.perf_counter()
         if not self.first_at:
             self._first(now)
@@ -221,7 +227,8 @@ class Sequence:
         text, stopped = self.out.feed(
             model.piece(token, True) if self.special else model.piece(token)
         )
-        self.outbox.put(TextDelta(text, stats.completion_tokens, now - self.submitted))
+        probs = logprobs(model, row, token, self.logprobs) if self.logprobs is not None else None
+        self.outbox.put(TextDelta(text, stats.completion_tokens, now - self.submitted, probs))
         if stopped:
             return End(FinishReason.STOP, flush=False)  # at a stop string
         if self.max_tokens is not None and stats.completion_tokens >= self.max_tokens:

@@ -57,6 +57,9 @@ class Request:
     # bound), after which the engine closes the trace and the answer follows.
     think: bool | str | None = None
     think_budget: int | None = None
+    # Each answer token's log probability, with this many of the likeliest alternatives
+    # (OpenAI's logprobs and top_logprobs); None: none.
+    logprobs: int | None = None
 
     @classmethod
     def of(
@@ -105,6 +108,7 @@ class Job:
     think_budget: Budget | None = None  # close a reasoning trace after so many tokens
     images: Mapping[int, ImageChunk] = field(default_factory=dict)
     grammar: object | None = None
+    logprobs: int | None = None  # each token's log probability, and this many alternatives
 
 
 @dataclass
@@ -194,12 +198,31 @@ class FirstToken:
 
 
 @dataclass(frozen=True)
+class TokenProb:
+    """A token and its log probability: over the whole vocabulary, from the model's logits
+    before any sampler touched them (as llama-server and vLLM report them)."""
+
+    token: int
+    piece: bytes  # its text (part of a UTF-8 character, it may be)
+    logprob: float
+
+
+@dataclass(frozen=True)
+class Logprobs:
+    """The token the answer took, and the likeliest ones at its place, likeliest first."""
+
+    chosen: TokenProb
+    top: tuple[TokenProb, ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
     """A piece of the answer, ready to print (may be empty while a character is incomplete)."""
 
     text: str
     tokens: int = 0  # answer tokens so far
     at: float = 0.0  # when it was made, in seconds after the request (0: not known)
+    logprobs: Logprobs | None = None  # the token's, when the request asked (Job.logprobs)
 
 
 @dataclass(frozen=True)

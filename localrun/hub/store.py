@@ -7,14 +7,24 @@ files make up a named model (its weights, and a vision model's projector) and th
 published sha256; it is written only after every file is verified, so a listed model is
 always complete. Partial downloads wait in ``<cache>/partial`` to be resumed.
 
+Files a client uploads (Ollama's ``POST /api/blobs/sha256:HEX``) are kept as Ollama keeps
+them, in ``<cache>/blobs/sha256-HEX``; a created model that uses one names it by a link under
+its real file name, ``<cache>/named/sha256-HEX/NAME``. A blob with no link is used by no
+model: ``prune`` deletes it.
+
 Over 400 lines because the manifest's every reader and writer is here, so its format has one
-owner.
+owner, and the uploaded blobs share its cleanup (``remove``'s rule, ``prune``, ``disk_usage``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import secrets
+import shutil
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -22,7 +32,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from localrun import paths
-from localrun.errors import BrokenModelError, LocalrunError, NotPulledError, UsageError
+from localrun.errors import (
+    BrokenModelError,
+    LocalrunError,
+    ModelNotFoundError,
+    NotPulledError,
+    PayloadTooLargeError,
+    UsageError,
+)
 from localrun.files import write_atomic
 from localrun.hub.refs import HubRef, is_hub_ref, parse_hub_ref
 
@@ -323,7 +340,7 @@ class DiskUsage:
 
 def disk_usage() -> DiskUsage:
     """What the store uses on disk."""
-    blobs = sum(p.stat().st_size for p in _hub_blobs())
+    blobs = sum(p.stat().st_size for p in (*_hub_blobs(), *_uploads()))
     partial = _tree_size(partial_dir())
     demo = _tree_size(paths.cache_dir() / "demo")
     models = [(m.name, m.size) for m in all_manifests()]
@@ -401,8 +418,196 @@ def prune() -> PruneResult:
             freed += blob.stat().st_size
             blob.unlink()
             blob_count += 1
+    for blob in _uploads():
+        if not _named(blob):
+            freed += blob.stat().st_size
+            blob.unlink()
+            blob_count += 1
+    parts, part_bytes = _prune_uploads_in_progress()
     # Snapshot links left pointing at deleted blobs.
     for link in hub_dir().glob("models--*/snapshots/*/**/*"):
         if link.is_symlink() and not link.exists():
             link.unlink()
-    return PruneResult(partial_count, blob_count, freed)
+    return PruneResult(partial_count + parts, blob_count, freed + part_bytes)
+
+
+# -- uploaded blobs ---------------------------------------------------------------------------
+
+_DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
+UPLOAD_RESERVE = 1024**3  # an upload leaves this much of its disk free
+
+
+def upload_dir() -> Path:
+    """Uploaded files, named by their sha256 as Ollama names its blobs."""
+    return paths.cache_dir() / "blobs"
+
+
+def named_dir() -> Path:
+    """Each uploaded blob's links under the file names created models know it by."""
+    return paths.cache_dir() / "named"
+
+
+def upload_path(digest: str) -> Path:
+    """Where the blob ``sha256:HEX`` is kept (whether or not it is there)."""
+    match = _DIGEST.fullmatch(digest)
+    if match is None:
+        raise UsageError(
+            f"invalid digest format: {digest[:80]!r}",
+            "name a blob by its sha256, as sha256: and 64 hex digits",
+        )
+    return upload_dir() / f"sha256-{match.group(1).lower()}"
+
+
+def upload_room() -> int:
+    """How many bytes an upload may take: the free disk under the store, less a reserve."""
+    folder = upload_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return max(0, shutil.disk_usage(folder).free - UPLOAD_RESERVE)
+
+
+def too_large(size: int, room: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"the upload is {size} bytes or more, and the disk under localrun's store has room for "
+        f"{room} (keeping {UPLOAD_RESERVE // 1024**3} GiB free)",
+        "free some disk space, or point LOCALRUN_HOME at a larger disk",
+    )
+
+
+class BlobUpload:
+    """A blob being received: written beside the blobs under a name of its own, hashed as it
+    comes, renamed into place by :meth:`finish` only when its sha256 is the one announced.
+    :meth:`close` deletes whatever did not finish, so a mismatch, a client gone or a disk full
+    leaves nothing. ``write`` may run in a worker thread; ``close`` waits for it.
+
+    While it runs, a lock beside it tells ``prune`` to leave it alone.
+    """
+
+    def __init__(self, digest: str, limit: int) -> None:
+        from filelock import FileLock
+
+        self.path = upload_path(digest)
+        self.expected = self.path.name.removeprefix("sha256-")
+        self.limit = limit
+        self.size = 0
+        self.part = self.path.with_name(f"{self.path.name}.{secrets.token_hex(6)}.part")
+        self._hash = hashlib.sha256()
+        self._mutex = threading.Lock()
+        # Taken in one thread and let go in another (the server's worker and its loop).
+        self._lock = FileLock(str(self.part.with_suffix(".lock")), thread_local=False)
+        self.part.parent.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire(timeout=0)  # a name of its own: never held by another
+        try:
+            self._file = self.part.open("xb")
+        except BaseException:
+            self._release()
+            raise
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``; refused (413) past the limit, with nothing of it written."""
+        with self._mutex:
+            if self.size + len(data) > self.limit:
+                raise too_large(self.size + len(data), self.limit)
+            self._hash.update(data)
+            self._file.write(data)
+            self.size += len(data)
+
+    def finish(self) -> None:
+        """Put the blob in place, or raise (400) if its sha256 is not the announced one."""
+        with self._mutex:
+            got = self._hash.hexdigest()
+            if got != self.expected:
+                raise UsageError(
+                    f"digest mismatch, expected sha256:{self.expected}, got sha256:{got}",
+                    "send the file's own bytes, named by their sha256",
+                )
+            self._file.flush()
+            os.fsync(self._file.fileno())  # named by its content: whole before it has the name
+            self._file.close()
+            os.replace(self.part, self.path)
+
+    def close(self) -> None:
+        """Delete the temporary file if the blob was not put in place, and unlock."""
+        with self._mutex:
+            self._file.close()
+            self.part.unlink(missing_ok=True)
+            self._release()
+
+    def _release(self) -> None:
+        self._lock.release()
+        Path(self._lock.lock_file).unlink(missing_ok=True)
+
+
+def _uploads() -> Iterator[Path]:
+    folder = upload_dir()
+    if folder.is_dir():
+        yield from (p for p in folder.glob("sha256-*") if p.suffix not in (".part", ".lock"))
+
+
+def _named(blob: Path) -> bool:
+    """Whether a created model names the uploaded ``blob`` (it has a link)."""
+    folder = named_dir() / blob.name
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def _prune_uploads_in_progress() -> tuple[int, int]:
+    """Delete uploads a stopped server left half-written; (files, bytes)."""
+    from filelock import FileLock, Timeout
+
+    count = freed = 0
+    folder = upload_dir()
+    for part in folder.glob("*.part") if folder.is_dir() else ():
+        lock = FileLock(str(part.with_suffix(".lock")))
+        try:
+            lock.acquire(timeout=0)  # an upload in progress holds it
+        except Timeout:
+            continue
+        try:
+            freed += part.stat().st_size
+            part.unlink()
+            count += 1
+        finally:
+            lock.release()
+            part.with_suffix(".lock").unlink(missing_ok=True)
+    return count, freed
+
+
+def name_upload(digest: str, file_name: str) -> Path:
+    """The uploaded blob ``digest`` under ``file_name`` (a plain file name), for a created
+    model: a hard link (a symbolic one where the disk has none); no bytes are copied."""
+    blob = upload_path(digest)
+    if not blob.is_file():
+        raise ModelNotFoundError(
+            f"blob {digest} not found", f"upload the file first: POST /api/blobs/{digest}"
+        )
+    link = named_dir() / blob.name / file_name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.exists() and link.samefile(blob):
+        return link
+    tmp = link.with_name(f".{file_name}.{secrets.token_hex(6)}.tmp")
+    try:
+        os.link(blob, tmp)
+    except OSError:
+        tmp.symlink_to(blob)
+    os.replace(tmp, link)
+    return link
+
+
+def is_named_upload(path: Path) -> bool:
+    """Whether ``path`` is a link that :func:`name_upload` made."""
+    return path.parent.parent == named_dir() and _DIGEST.fullmatch(path.parent.name) is not None
+
+
+def release_upload(link: Path, *, delete_blob: bool = True) -> int:
+    """Remove a created model's link (:func:`name_upload`); with ``delete_blob``, the blob too
+    when no link to it is left, as ``remove`` deletes the files no other model uses. Returns
+    the bytes freed."""
+    if not is_named_upload(link):
+        return 0
+    link.unlink(missing_ok=True)
+    _remove_empty_parents(link.parent, stop=named_dir())
+    blob = upload_dir() / link.parent.name
+    if not delete_blob or not blob.is_file() or _named(blob):
+        return 0
+    size = blob.stat().st_size
+    blob.unlink()
+    return size

@@ -200,7 +200,8 @@ def copy(src: str, dst: str) -> str:
 
 def remove(ref: str) -> tuple[str, int | None]:
     """Remove a model: a pulled one's files no other model uses (the bytes freed are
-    returned), or a created one's recipe (None: its base is kept)."""
+    returned), or a created one's recipe (None: its base is kept), with the uploaded files
+    it was made of that no other model uses (their bytes)."""
     entry = require(ref)
     if entry.source == PACKAGED:
         package = packaged.package_of(entry.name)
@@ -209,6 +210,6 @@ def remove(ref: str) -> tuple[str, int | None]:
             f"remove it with: pip uninstall {package}",
         )
     if entry.source == CREATED:
-        recipes.remove(entry.name)
-        return entry.name, None
+        freed = recipes.remove(entry.name)  # uploads no other model uses: their bytes
+        return entry.name, freed or None
     return entry.name, store.remove(entry.name)

@@ -240,7 +240,10 @@ def record(name: str, mf: Modelfile, base_dir: Path) -> Recipe:
         raise ModelfileError(f"{name} cannot be FROM itself", "name another model in FROM")
     recipe = Recipe(name, mf, "created", created_at=time.time())
     recipe.jinja_template  # noqa: B018 - a template that cannot translate fails now, not at run
+    replaced = find(name)
     _save(recipe)
+    if replaced is not None and replaced.source == "created":
+        release_uploads(uploads_of(replaced))
     return recipe
 
 
@@ -277,13 +280,32 @@ def set_weights(recipe: Recipe, weights: Path) -> Recipe:
     return updated
 
 
-def remove(name: str) -> bool:
-    """Forget a created model, and its own quantized weights; False if there was none."""
+def remove(name: str) -> int | None:
+    """Forget a created model, its own quantized weights, and the uploaded files no other
+    model uses; the bytes of uploads freed, None if there was no such model."""
     path = _created_file(name)
     if path is None or not path.exists():
-        return False
+        return None
     recipe = _read_created(path)
     if recipe is not None and recipe.weights is not None:
         Path(recipe.weights).unlink(missing_ok=True)
     path.unlink()
-    return True
+    return release_uploads(uploads_of(recipe)) if recipe is not None else 0
+
+
+def uploads_of(recipe: Recipe) -> set[Path]:
+    """The uploaded files (``store.name_upload``'s links) a created model is made of."""
+    from localrun.hub import store
+
+    mf = recipe.modelfile
+    named = [mf.from_, *mf.adapters, mf.projector, mf.parameters.get("draft")]
+    return {Path(p) for p in named if isinstance(p, str) and store.is_named_upload(Path(p))}
+
+
+def release_uploads(links: set[Path], *, delete_blobs: bool = True) -> int:
+    """Let go of the uploaded files in ``links`` that no created model names any more (a copy
+    names its original's), and with ``delete_blobs`` of their blobs; the bytes freed."""
+    from localrun.hub import store
+
+    used = set().union(*(uploads_of(r) for r in created())) if links else set()
+    return sum(store.release_upload(p, delete_blob=delete_blobs) for p in links - used)

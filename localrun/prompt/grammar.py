@@ -5,8 +5,9 @@ The answer is sampled through llama.cpp's grammar sampler (see
 chosen, so the text parses whatever the model would have liked to write. A JSON schema is
 turned into a grammar by the converter that llama-cpp-python ships (the one llama.cpp's own
 server uses, in Python); localrun only checks first that the schema asks for nothing the
-converter would leave out. A grammar cannot count or compare numbers, so a schema with
-``minimum`` would get answers that break it: such a schema is refused, naming the keyword.
+converter would leave out. An integer's ``minimum`` and ``maximum`` become a grammar of its
+digits (:mod:`localrun.prompt.ranges`, as llama.cpp's own converter does now); what a grammar
+cannot hold (a fraction's bounds, ``multipleOf``...) is refused, naming the keyword.
 
 Every grammar, whatever its source, is held to what llama.cpp's grammar code can hold before
 llama.cpp sees it (:mod:`localrun.prompt.gbnf`, with the measurements), and every schema is
@@ -25,6 +26,7 @@ from localrun.backend import SamplingParams
 from localrun.errors import UsageError
 from localrun.files import read_capped
 from localrun.prompt import gbnf as limits
+from localrun.prompt import ranges
 from localrun.prompt.schema import TYPES, prepare
 
 ANY_JSON = "json"  # --schema json: any JSON value
@@ -141,7 +143,7 @@ def _convert(schema: dict[str, Any], *, end: bool = True) -> str:
     from localrun.backend.llamacpp.schema import json_schema_to_gbnf
 
     try:
-        converted = json_schema_to_gbnf(schema)
+        converted = ranges.expand(json_schema_to_gbnf(schema))
         grammar = (
             converted.replace(_LAX_CHAR, _STRICT_CHAR)
             .replace(_LAX_DOT, _STRICT_DOT)

@@ -11,46 +11,47 @@ where it is:
 
 - a list of types, and the keywords beside ``anyOf``/``oneOf``, go into each alternative;
 - ``true`` becomes ``{}``; keywords that only describe are dropped; what ``required`` names
-  and ``properties`` does not is added, as any value;
+  and ``properties`` does not is added, as ``additionalProperties`` has it; beside
+  ``properties``, ``additionalProperties`` is dropped (the answer keeps to the properties);
 - what cannot be rewritten is refused: keywords beside a ``$ref``, a ``const`` or ``enum``
   value not of the schema's type, ``allOf`` of anything but objects, bounds a grammar cannot
-  hold (see :mod:`localrun.prompt.grammar`), contradictory bounds, a ``$ref`` that leads
-  nowhere, a pattern that is not a regular expression or that the converter misreads.
+  hold (see :mod:`localrun.prompt.grammar`), contradictory bounds, a pattern or a format
+  beside a length, prefixItems of a count its minItems or maxItems rule out, a ``$ref`` that
+  leads nowhere, a pattern that is not a regular expression or that the converter misreads.
 
-A pattern is made ready by :mod:`localrun.prompt.pattern`.
+A pattern is made ready by :mod:`localrun.prompt.pattern`; an integer's bounds by
+:mod:`localrun.prompt.ranges`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Callable
 from typing import Any
 
 from localrun.errors import UsageError
-from localrun.prompt.pattern import pattern
-
-MAX_SCHEMA_REPEAT = 1_000  # maxLength, minItems...: past this llama.cpp refuses the grammar
-MAX_ENUM = 4_000  # values of one enum (its grammar has a few alternatives more)
-MAX_DEPTH = 64  # schemas within schemas, and values within a const or an enum
+from localrun.prompt import ranges
+from localrun.prompt.keywords import CHECKS, HINT, MAX_DEPTH, MAX_SCHEMA_REPEAT, bound, is_type
+from localrun.prompt.keywords import FORMATS as FORMATS
+from localrun.prompt.keywords import MAX_ENUM as MAX_ENUM
+from localrun.prompt.keywords import TYPES as TYPES
 
 # What the converter enforces; the keywords that only describe (title, examples...) pass.
 ENFORCED = {
     "type", "properties", "required", "additionalProperties", "items", "prefixItems",
     "minItems", "maxItems", "enum", "const", "oneOf", "anyOf", "allOf", "$ref", "$defs",
-    "definitions", "pattern", "format", "minLength", "maxLength",
+    "definitions", "pattern", "format", "minLength", "maxLength", *ranges.BOUNDS,
 }  # fmt: skip
 DESCRIBING = {
     "title", "description", "examples", "default", "$schema", "$id", "$comment", "deprecated",
     "readOnly", "writeOnly", "$anchor", "contentMediaType", "contentEncoding", "strict",
+    "discriminator",  # OpenAPI's, in pydantic's tagged unions: validators pass it by
 }  # fmt: skip
-FORMATS = {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
-TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
 
 _BOUNDS = ("minLength", "maxLength", "minItems", "maxItems")
 _SCHEMAS = ("properties", "$defs", "definitions")  # objects of schemas
 _LISTS = ("prefixItems", "oneOf", "anyOf", "allOf")  # lists of schemas
 _WINS = ("$ref", "anyOf", "oneOf", "const", "enum")  # what the converter reads alone
-_HINT = "see docs/user-guide.md (structured output) for what a schema may hold"
 
 
 def prepare(schema: Any) -> dict[str, Any]:
@@ -85,7 +86,10 @@ def prepare(schema: Any) -> dict[str, Any]:
             "the schema's $ref (at $) leads only to $refs: it defines nothing",
             "give one of its definitions a type or properties",
         )
-    return prepared
+    # Last, when each schema's type is known (a type beside anyOf reaches its alternatives).
+    bounded = ranges.integers(prepared, "$")
+    assert isinstance(bounded, dict)
+    return bounded
 
 
 class _Preparer:
@@ -129,12 +133,12 @@ class _Preparer:
     def keyword(self, key: str, value: Any, where: str, depth: int) -> Any:
         """One keyword's value, checked (and its schemas prepared)."""
         if key in _BOUNDS:
-            return _bound(key, value, where)
+            return bound(key, value, where)
         if key in _SCHEMAS or key in _LISTS or key in ("items", "additionalProperties"):
             return self.subschemas(key, value, where, depth)
         if key == "$ref":
             return self.reference(value, where)
-        check = _CHECKS.get(key)
+        check = CHECKS.get(key)
         if check is None:
             raise AssertionError(key)  # every key of ENFORCED is handled above
         return check(key, value, where)
@@ -144,13 +148,13 @@ class _Preparer:
         at = f"{where}.{key}"
         if key in _SCHEMAS:
             if not isinstance(value, dict):
-                raise UsageError(f"the schema's '{key}' (at {where}) must be an object", _HINT)
+                raise UsageError(f"the schema's '{key}' (at {where}) must be an object", HINT)
             return {n: self.visit(sub, f"{at}.{n}", depth + 1) for n, sub in value.items()}
         if key in _LISTS:
             if not isinstance(value, list) or not value:
                 raise UsageError(
                     f"the schema's '{key}' (at {where}) must be a non-empty list of schemas",
-                    _HINT,
+                    HINT,
                 )
             return [self.visit(sub, f"{at}[{i}]", depth + 1) for i, sub in enumerate(value)]
         if key == "additionalProperties" and isinstance(value, bool):
@@ -181,12 +185,8 @@ class _Preparer:
                     f"{schema[high]} (at {where}): no answer can match",
                     f"make {low} at most {high}",
                 )
-        if "pattern" in schema and ("minLength" in schema or "maxLength" in schema):
-            raise UsageError(
-                f"the schema's pattern and its minLength or maxLength (at {where}) cannot be "
-                "enforced together by a grammar",
-                "put the length into the pattern, as {m,n}",
-            )
+        self.check_text(schema, where)
+        self.check_tuple(schema, where)
         beside = [k for k in schema if k not in ("$ref", "$defs", "definitions")]
         if "$ref" in schema and beside:
             others = ", ".join(beside)
@@ -208,7 +208,7 @@ class _Preparer:
             if kinds is not None:
                 allowed = kinds if isinstance(kinds, list) else [kinds]
                 for v in values:
-                    if not any(_is_type(v, k) for k in allowed):
+                    if not any(is_type(v, k) for k in allowed):
                         raise UsageError(
                             f"the schema's {key} value {json.dumps(v)[:40]} (at {where}) is "
                             f"not of its type {json.dumps(kinds)}",
@@ -232,13 +232,52 @@ class _Preparer:
                     "drop the type, or allOf",
                 )
 
+    @staticmethod
+    def check_text(schema: dict[str, Any], where: str) -> None:
+        """The converter reads a pattern, or a format, and drops the lengths beside it."""
+        lengths = [k for k in ("minLength", "maxLength", "pattern") if k in schema]
+        if "pattern" in schema and len(lengths) > 1:
+            raise UsageError(
+                f"the schema's pattern and its minLength or maxLength (at {where}) cannot be "
+                "enforced together by a grammar",
+                "put the length into the pattern, as {m,n}",
+            )
+        if "format" in schema and lengths:
+            raise UsageError(
+                f"the schema's format and its {lengths[0]} (at {where}) cannot be enforced "
+                "together by a grammar",
+                f"drop {lengths[0]} (the format fixes the text), or the format",
+            )
+
+    @staticmethod
+    def check_tuple(schema: dict[str, Any], where: str) -> None:
+        """The converter writes prefixItems' items and no more: that count must be allowed."""
+        count = len(schema.get("prefixItems", []))
+        if count and not schema.get("minItems", 0) <= count <= schema.get("maxItems", count):
+            raise UsageError(
+                f"the schema's prefixItems (at {where}) are {count}, outside its minItems or "
+                "maxItems: a grammar here writes exactly the prefixItems",
+                "give as many prefixItems as the array must hold",
+            )
+
     def rewrite(self, schema: dict[str, Any], where: str) -> dict[str, Any]:
         """What the converter would drop, put where it reads it."""
         required = schema.get("required")
         if required and schema.get("type", "object") == "object":
             properties = schema.setdefault("properties", {})
-            for name in required:
-                properties.setdefault(name, {})
+            extra = schema.get("additionalProperties", True)
+            for name in (n for n in required if n not in properties):
+                if extra is False:
+                    raise UsageError(
+                        f"the schema requires '{name}' (at {where}), which is not among its "
+                        "properties, and its additionalProperties is false: no answer can match",
+                        f"add '{name}' to properties, or take it out of required",
+                    )
+                properties[name] = {} if extra is True else copy.deepcopy(extra)
+        if schema.get("properties") and schema.get("additionalProperties", False) is not False:
+            # The converter would write other names as any string, the properties' own too
+            # (with a value of the other schema): the answer keeps to the properties named.
+            del schema["additionalProperties"]
         if schema.get("items") == {}:  # any items: the converter reads {} as none given
             del schema["items"]
             schema.setdefault("type", "array")
@@ -266,103 +305,3 @@ class _Preparer:
                     merged.append(self.settle({**beside, **alternative}, where))
                 schema = {key: merged, **{k: schema[k] for k in _SCHEMAS[1:] if k in schema}}
         return schema
-
-
-def _type(key: str, value: Any, where: str) -> Any:
-    kinds = value if isinstance(value, list) else [value]
-    bad = [k for k in kinds if not isinstance(k, str) or k not in TYPES]
-    if bad or not kinds:
-        raise UsageError(
-            f"the schema's type {(bad[0] if bad else value)!r} (at {where}) "
-            "is not a JSON schema type",
-            "types: " + ", ".join(sorted(TYPES)),
-        )
-    return value
-
-
-def _required(key: str, value: Any, where: str) -> Any:
-    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
-        raise UsageError(f"the schema's 'required' (at {where}) must be a list of names", _HINT)
-    return value
-
-
-def _format(key: str, value: Any, where: str) -> Any:
-    if value not in FORMATS:
-        raise UsageError(
-            f"the schema's format {str(value)[:40]!r} (at {where}) cannot be enforced by a grammar",
-            "formats that can: " + ", ".join(sorted(FORMATS)) + "; or use a pattern",
-        )
-    return value
-
-
-def _values(key: str, value: Any, where: str) -> Any:
-    """An enum's values, or a const's value."""
-    values = value if key == "enum" else [value]
-    if not isinstance(values, list) or not values:
-        raise UsageError(
-            f"the schema's enum (at {where}) must be a non-empty list of values", _HINT
-        )
-    if len(values) > MAX_ENUM:
-        raise UsageError(
-            f"the schema's enum (at {where}) has {len(values):,} values, more than "
-            f"the {MAX_ENUM:,} a grammar can hold here",
-            "offer fewer values, or use a pattern",
-        )
-    for v in values:
-        _value_depth(v, f"{where}.{key}")
-    return value
-
-
-def _bound(key: str, value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UsageError(
-            f"the schema's '{key}' (at {where}) must be a whole number, 0 or more, not "
-            f"{json.dumps(value)[:20]}",
-            f"give {key} as a number such as 10",
-        )
-    if value > MAX_SCHEMA_REPEAT:
-        raise UsageError(
-            f"the schema's {key} {value:,} (at {where}) is more than the {MAX_SCHEMA_REPEAT:,} "
-            "a grammar can enforce",
-            f"lower {key} to at most {MAX_SCHEMA_REPEAT:,}, or drop it and check the length "
-            "yourself",
-        )
-    return value
-
-
-def _value_depth(value: Any, where: str) -> None:
-    """Refuse a const or enum value nested past MAX_DEPTH (the converter recurses into it)."""
-    level = [value] if isinstance(value, (dict, list)) else []
-    for _ in range(MAX_DEPTH + 1):
-        if not level:
-            return
-        level = [
-            v
-            for item in level
-            for v in (item.values() if isinstance(item, dict) else item)
-            if isinstance(v, (dict, list))
-        ]
-    raise UsageError(
-        f"a value of the schema's {where} nests deeper than {MAX_DEPTH} levels",
-        "give a flatter value",
-    )
-
-
-def _is_type(value: Any, kind: str) -> bool:
-    if kind == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    python = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
-    return isinstance(value, python[kind])
-
-
-# The keywords whose values hold no schemas: each one's check (which may rewrite it).
-_CHECKS: dict[str, Callable[[str, Any, str], Any]] = {
-    "type": _type,
-    "required": _required,
-    "format": _format,
-    "pattern": lambda key, value, where: pattern(value, where, MAX_SCHEMA_REPEAT),
-    "enum": _values,
-    "const": _values,
-}

@@ -1,8 +1,9 @@
-"""Model management over HTTP, as Ollama's clients call it: pull, delete, copy, create.
+"""Model management over HTTP, as Ollama's clients call it: pull, delete, copy, create, and
+the uploads create uses (``/api/blobs``, in :mod:`localrun.server.blobs`).
 
 Off on an address other than loopback unless the server was started with ``--allow-admin``.
-Every name is checked as the CLI checks it, a ``from`` must name a model (never a file), and
-nothing is written outside localrun's own store.
+Every name is checked as the CLI checks it, a ``from`` must name a model (never a file: a
+client's files come as uploads), and nothing is written outside localrun's own store.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from localrun.errors import (
     ModelNotFoundError,
     UsageError,
 )
-from localrun.server import fields
+from localrun.server import blobs, fields
 from localrun.server.config import ServeConfig
 from localrun.server.guard import error_body
 from localrun.server.pool import ModelPool, resolve_served
@@ -91,12 +92,13 @@ class AdminAPI:
             Route("/api/delete", self.delete, methods=["DELETE"]),
             Route("/api/copy", self.copy, methods=["POST"]),
             Route("/api/create", self.create, methods=["POST"]),
+            Route("/api/blobs/{digest}", self.blob, methods=["HEAD", "POST"]),
         ]
 
     def _allowed(self) -> None:
         if not self.config.admin:
             raise ForbiddenError(
-                "model management (pull, delete, copy, create) is off on this address",
+                "model management (pull, delete, copy, create, blobs) is off on this address",
                 "run it on the server's machine, or start the server with --allow-admin",
             )
 
@@ -170,44 +172,60 @@ class AdminAPI:
         await asyncio.to_thread(catalog.copy, source, destination)
         return Response(status_code=200)
 
+    async def blob(self, request: Request) -> Response:
+        """Ollama's HEAD (200 or 404) and POST (201 stored, 200 here already) of a blob."""
+        self._allowed()
+        digest = request.path_params["digest"]
+        if request.method == "HEAD":
+            await asyncio.to_thread(blobs.require, digest)
+            return Response(status_code=200)
+        stored = await blobs.receive(request, digest)
+        # A client gone mid-upload reads no answer; its log line says so.
+        return Response(status_code={True: 201, False: 200, None: 400}[stored])
+
     async def create(self, request: Request) -> Response:
         self._allowed()
         body = await fields.read_body(request)
         name = fields.model_name(body)
-        for unsupported, why in (
-            ("files", "uploading weights is not supported: pull them, and name them in 'from'"),
-            ("adapters", "uploading adapters is not supported"),
-        ):
+        for unsupported in ("remote_host", "renderer", "parser", "requires", "info",
+                            "draft_quantize"):  # fmt: skip
             if body.get(unsupported):
-                raise UsageError(why, f"send the request without '{unsupported}'")
+                raise UsageError(
+                    f"'{unsupported}' is not supported by localrun's create",
+                    f"send the request without '{unsupported}'",
+                )
         quantize = fields.get(body, "quantize", str)
-        mf = await asyncio.to_thread(_modelfile, body)
-        statuses: list[dict[str, Any]] = []
-        if quantize is None:
-            await asyncio.to_thread(_record, name, mf)
-        else:
-            statuses.append(await asyncio.to_thread(_quantized, name, mf, quantize))
+        uploads = await asyncio.to_thread(blobs.uploads_of, body)
+        try:
+            mf = await asyncio.to_thread(_modelfile, body, uploads)
+            statuses: list[dict[str, Any]] = []
+            if quantize is None:
+                await asyncio.to_thread(_record, name, mf)
+            else:
+                statuses.append(await asyncio.to_thread(_quantized, name, mf, quantize))
+        except BaseException:
+            _release(uploads.links)  # the uploads' links no model came to use
+            raise
         statuses.append({"status": "success"})
         if fields.get(body, "stream", bool, False):
             return Response(_lines(statuses), media_type=NDJSON)
         return JSONResponse(statuses[-1])
 
 
-def _modelfile(body: dict[str, Any]) -> Any:
-    """The Modelfile a create request describes, checked as a Modelfile is."""
-    from localrun.hub import store
-    from localrun.hub.refs import is_hub_ref
+def _modelfile(body: dict[str, Any], uploads: blobs.Uploads) -> Any:
+    """The Modelfile a create request describes, checked as a Modelfile is; its files, if
+    any, are the uploads the request names."""
     from localrun.models.modelfile import Modelfile, parse
 
     text = fields.get(body, "modelfile", str)  # older clients send the Modelfile itself
     mf = parse(text, "the request's modelfile") if text else Modelfile()
     # Files on the server's disk are not a client's to name: refused, not dropped in silence
-    # (a projector comes with its base model; an adapter localrun does not apply).
+    # (a client's own files come as uploads, named in 'files' and 'adapters').
     if mf.adapters:
         raise UsageError(
             f"the request's modelfile names an adapter (ADAPTER {mf.adapters[0]}): "
             "a request cannot name files on the server",
-            "send the modelfile without ADAPTER lines",
+            "upload the adapter (POST /api/blobs/DIGEST) and name it in 'adapters'",
         )
     if mf.projector is not None:
         line = "a second FROM" if mf.projector_instruction == "FROM" else "PROJECTOR"
@@ -217,19 +235,15 @@ def _modelfile(body: dict[str, Any]) -> Any:
             "send the modelfile with one FROM and no PROJECTOR: a vision model's projector "
             "comes with it when it is pulled",
         )
-    base = fields.get(body, "from", str) or mf.from_
-    if not base:
-        raise UsageError("the request names no model to build on", 'add "from": MODEL')
-    if base.startswith(("/", ".", "~")) or (base.lower().endswith(".gguf") and "/" in base):
-        raise UsageError(
-            f"'from' must name a model, not a file: {base}", "pull the file's model first"
-        )
-    if is_hub_ref(base):
-        found = store.find(base)
-        if found is None or found.missing_files:
-            raise ModelNotFoundError(f"model '{base}' not found", f"pull it first: {base}")
+    if uploads.weights is not None:
+        if fields.get(body, "from", str) or text:
+            raise UsageError(
+                "the request names its model twice: in 'files', and in 'from' or 'modelfile'",
+                "send the uploaded model in 'files', or a model here in 'from'",
+            )
+        base = str(uploads.weights)
     else:
-        resolve_served(base)
+        base = _base(fields.get(body, "from", str) or mf.from_)
     mf.from_ = base
     if (system := fields.get(body, "system", str)) is not None:
         mf.system = system
@@ -250,7 +264,36 @@ def _modelfile(body: dict[str, Any]) -> Any:
     if checked.from_ != base or checked.adapters or checked.projector is not None:
         # nothing in a value became an instruction
         raise UsageError("the request's fields do not make a valid Modelfile")
+    checked.adapters = [str(p) for p in uploads.adapters]  # the server's own paths
+    if uploads.projector is not None:
+        checked.projector = str(uploads.projector)
+    if uploads.draft is not None:
+        checked.parameters["draft"] = str(uploads.draft)
     return checked
+
+
+def _base(base: str) -> str:
+    """The model ``from`` names: one here, never a file."""
+    from localrun.hub import store
+    from localrun.hub.refs import is_hub_ref
+
+    if not base:
+        raise UsageError(
+            "the request names no model to build on",
+            'add "from": MODEL, or upload the model\'s GGUF and name it in "files"',
+        )
+    if _names_a_file(base):
+        raise UsageError(
+            f"'from' must name a model, not a file: {base}",
+            "pull the file's model first, or upload the file and name it in 'files'",
+        )
+    if is_hub_ref(base):
+        found = store.find(base)
+        if found is None or found.missing_files:
+            raise ModelNotFoundError(f"model '{base}' not found", f"pull it first: {base}")
+    else:
+        resolve_served(base)
+    return base
 
 
 def _parameter(mf: Any, name: str, value: Any) -> None:
@@ -268,10 +311,23 @@ def _parameter(mf: Any, name: str, value: Any) -> None:
         if name != "stop" and isinstance(v, str) and len(v.splitlines()) > 1:
             # Written unquoted (a number's text): a break would start an instruction.
             raise UsageError(f"parameter {name} cannot hold a line break")
+        if name == "draft" and isinstance(v, str) and _names_a_file(v):
+            raise UsageError(
+                f"parameter draft must name a model, not a file: {v[:80]}",
+                "upload the draft model's GGUF and name it in 'draft_files'",
+            )
         if name == "stop":
             mf.stop.append(str(v))
         else:
             mf.parameters[name] = v
+
+
+def _names_a_file(value: str) -> bool:
+    """Whether a Modelfile would read ``value`` as a path (``recipes``' FROM rule)."""
+    from localrun.hub.refs import is_hub_ref
+
+    looks = value.startswith(("/", ".", "~")) or value.lower().endswith(".gguf")
+    return looks and not is_hub_ref(value)
 
 
 def _license(value: Any) -> list[str]:
@@ -307,4 +363,10 @@ def _record(name: str, mf: Any) -> None:
     from localrun.models import recipes
 
     recipes.check_new_name(name)
-    recipes.record(name, mf, Path.cwd())  # no paths in it: nothing is read from there
+    recipes.record(name, mf, Path.cwd())  # its paths are absolute: nothing is read from there
+
+
+def _release(links: set[Path]) -> None:
+    from localrun.models import recipes
+
+    recipes.release_uploads(links, delete_blobs=False)  # kept for the client to try again

@@ -23,6 +23,7 @@ from localrun.engine.types import (
     Called,
     Event,
     Finished,
+    Logprobs,
     Request,
     Stats,
     TextDelta,
@@ -33,6 +34,7 @@ from localrun.models.parameters import per_request
 from localrun.prompt.build import tokenize_bounded
 from localrun.prompt.template import Message
 from localrun.prompt.tools import Tool, ToolCall
+from localrun.server import metrics
 from localrun.server.pool import ModelPool, Runner
 
 log = logging.getLogger("localrun.server")
@@ -55,6 +57,7 @@ class Ask:
     ignore_eos: bool = False  # go on past the model's end of text (llama-server's, vLLM's)
     think: bool | str | None = None  # a thinking model's trace: on, off, an effort; None: default
     think_budget: int | None = None  # the most tokens the trace may take
+    logprobs: int | None = None  # each token's log probability, with so many alternatives
     # Leave the oldest turns out when the conversation does not fit (Ollama's truncate, the
     # Responses API's truncation "auto"); False: a prompt too long is refused, never cut.
     truncate: bool = False
@@ -71,6 +74,9 @@ class Answer:
     load_s: float
     stats: Stats | None = None
     calls: tuple[ToolCall, ...] = ()  # once it has finished
+    # Its tokens' log probabilities, where asked: all of them (whole), or those whose text
+    # has not yet gone out (streamed).
+    probs: list[Logprobs] = field(default_factory=list)
     _closed: bool = False
 
     @classmethod
@@ -112,6 +118,7 @@ class Answer:
                 if isinstance(event, Finished):
                     event.stats.load_s = self.load_s  # this request's wait for the load
                     self.stats = event.stats
+                    metrics.answered(self.pool, self.runner.name, event.stats)
                 elif isinstance(event, Called):
                     self.calls = event.calls
                 if isinstance(event, Trimmed):  # asked for (Ask.truncate): said in the log
@@ -184,6 +191,7 @@ def _request(ask: Ask, options: RunOptions) -> Request:
         stop_at_eog=not ask.ignore_eos,
         think=ask.think if ask.think is not None else options.think,  # the Modelfile's
         think_budget=ask.think_budget if ask.think_budget is not None else options.think_budget,
+        logprobs=ask.logprobs,
     )
 
 
@@ -258,6 +266,8 @@ async def collect(receive: Receive, answer: Answer) -> tuple[str, str, Stats]:
         async for event in answer.events():
             if isinstance(event, TextDelta):
                 parts.append(event.text)
+                if event.logprobs is not None:
+                    answer.probs.append(event.logprobs)
             elif isinstance(event, ThinkingDelta):
                 trace.append(event.text)
             elif isinstance(event, Finished):

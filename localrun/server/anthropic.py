@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from localrun.engine.types import FinishReason, Stats
+from localrun.engine.types import FinishReason, Logprobs, Stats
 from localrun.errors import LocalrunError, UsageError
 from localrun.images import Image, image_from_data_url
 from localrun.prompt.template import Message
@@ -336,7 +337,7 @@ class MessageReply:
         self._open = None
         return [*out, {"type": "content_block_stop", "index": self._index}]
 
-    def piece(self, text: str) -> list[Obj]:
+    def piece(self, text: str, probs: Sequence[Logprobs] = ()) -> list[Obj]:
         delta = {"type": "text_delta", "text": text}
         return [*self._switch("text"),
                 {"type": "content_block_delta", "index": self._index, "delta": delta}]  # fmt: skip

@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from localrun.errors import LocalrunError
 from localrun.server.config import ServeConfig
@@ -61,8 +62,17 @@ def create_app(config: ServeConfig, pool: ModelPool | None = None) -> Starlette:
     # Unexpected errors are the guard's to answer (a 500 and one log line), not Starlette's,
     # which would log their tracebacks whatever LOCALRUN_DEBUG says.
     handlers: dict[Any, Any] = {LocalrunError: _handled}
+    routes = OllamaAPI(pool, config).routes() + OpenAIAPI(pool).routes()
+    if config.metrics:
+        from localrun.server.metrics import Counted, Metrics
+
+        metrics = Metrics(pool)
+        routes.append(Route("/metrics", metrics.page, methods=["GET"]))
+        # Outside the guard: what it refuses (401, 403, 413) is counted too.
+        paths = [r.path for r in routes if isinstance(r, Route)]
+        middleware.insert(0, Middleware(Counted, metrics=metrics, paths=paths))
     app = Starlette(
-        routes=OllamaAPI(pool, config).routes() + OpenAIAPI(pool).routes(),
+        routes=routes,
         middleware=middleware,
         exception_handlers=handlers,
         lifespan=lifespan,

@@ -34,6 +34,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+# Uploads of a model's weights (Ollama's POST /api/blobs/DIGEST), gigabytes: their handler
+# bounds them by the store's free disk (localrun.server.blobs), not by --max-body.
+UPLOADS = "/api/blobs/"
 log = logging.getLogger("localrun.server")
 
 
@@ -109,7 +112,8 @@ class Guard:
             await send(message)
 
         try:
-            await self.app(scope, self._counted(receive), tracked)
+            uploads = scope.get("path", "").startswith(UPLOADS)
+            await self.app(scope, receive if uploads else self._counted(receive), tracked)
         except Exception as e:  # a bug, not the client's fault: a 500, and the server goes on
             error = e if isinstance(e, LocalrunError) else _internal(scope, e)
             if not started:
@@ -146,6 +150,8 @@ class Guard:
                     " or 'x-api-key: KEY' (ANTHROPIC_API_KEY)",
                 )
         length = headers.get("content-length")
+        if scope.get("path", "").startswith(UPLOADS):
+            return
         if length is not None and (not length.isdigit() or int(length) > self.config.max_body):
             raise self._too_large()
 

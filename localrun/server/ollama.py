@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from localrun.engine.types import Stats
+from localrun.engine.types import Logprobs, Stats
 from localrun.errors import LocalrunError, UsageError
 from localrun.images import Image, image_from_base64
 from localrun.prompt import grammar
 from localrun.prompt.template import Message
 from localrun.prompt.tools import ToolCall, parse_tools
-from localrun.server import catalog, fields
+from localrun.server import catalog, fields, probs
 from localrun.server.answer import Ask, Embedded
 from localrun.server.stream import NDJSON, Done, Obj
 from localrun.server.wire import ROLES, read_call
@@ -112,6 +113,7 @@ def generate_ask(body: dict[str, Any]) -> Ask:
         think=fields.think(body.get("think")),
         think_budget=fields.think_budget(body),
         truncate=_truncate(body) and not raw,
+        logprobs=probs.asked(body),
     )
 
 
@@ -128,7 +130,8 @@ def chat_ask(body: dict[str, Any]) -> Ask:
     choice = fields.tool_choice(body.get("tool_choice"))
     return Ask(name, messages, options, keep, grammar=_format(body), tools=tools,
                tool_choice=choice, think=fields.think(body.get("think")),
-               think_budget=fields.think_budget(body), truncate=_truncate(body))  # fmt: skip
+               think_budget=fields.think_budget(body), truncate=_truncate(body),
+               logprobs=probs.asked(body))  # fmt: skip
 
 
 def _truncate(body: dict[str, Any]) -> bool:
@@ -157,8 +160,8 @@ class GenerateReply:
     def _piece(self, text: str) -> Obj:
         return {"model": self.model, "created_at": now(), "response": text, "done": False}
 
-    def piece(self, text: str) -> list[Obj]:
-        return [self._piece(text)]
+    def piece(self, text: str, tokens: Sequence[Logprobs] = ()) -> list[Obj]:
+        return [self._piece(text) | ({"logprobs": probs.entries(tokens)} if tokens else {})]
 
     def thinking(self, text: str) -> list[Obj]:
         return [self._piece("") | {"thinking": text}]
@@ -176,7 +179,7 @@ class GenerateReply:
         return [self._last(done)]
 
     def whole(self, done: Done) -> Obj:
-        whole = self._last(done) | {"response": done.text}
+        whole = self._last(done) | {"response": done.text} | _logprobs(done)
         return whole | ({"thinking": done.thinking} if done.thinking else {})
 
     def error(self, e: LocalrunError) -> Obj:
@@ -200,8 +203,8 @@ class ChatReply:
             "done": False,
         }
 
-    def piece(self, text: str) -> list[Obj]:
-        return [self._piece(text)]
+    def piece(self, text: str, tokens: Sequence[Logprobs] = ()) -> list[Obj]:
+        return [self._piece(text) | ({"logprobs": probs.entries(tokens)} if tokens else {})]
 
     def thinking(self, text: str) -> list[Obj]:
         made = self._piece("")
@@ -226,10 +229,15 @@ class ChatReply:
             final["message"]["thinking"] = done.thinking
         if done.calls:
             final["message"]["tool_calls"] = [_call(c) for c in done.calls]
-        return final
+        return final | _logprobs(done)
 
     def error(self, e: LocalrunError) -> Obj:
         return error(e)
+
+
+def _logprobs(done: Done) -> Obj:
+    """Ollama's ``logprobs`` of a whole answer: one object a token, where asked."""
+    return {"logprobs": probs.entries(done.logprobs)} if done.logprobs else {}
 
 
 def _messages(raw: list[Any]) -> tuple[Message, ...]:

@@ -11,17 +11,18 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from localrun.engine.types import FinishReason, Stats
+from localrun.engine.types import FinishReason, Logprobs, Stats
 from localrun.errors import LocalrunError, UsageError
 from localrun.images import Image, fetch_image, image_from_data_url
 from localrun.models.parameters import openai_fields
 from localrun.prompt import grammar
 from localrun.prompt.template import Message
 from localrun.prompt.tools import ToolCall, parse_tools
-from localrun.server import catalog, fields
+from localrun.server import catalog, fields, probs
 from localrun.server.answer import Ask
 from localrun.server.stream import SSE, Done, Obj
 from localrun.server.wire import OPENAI_ROLES, read_call
@@ -141,11 +142,6 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's sampling fields as the Ollama options they mean."""
     if fields.get(body, "n", int, 1) != 1:
         raise UsageError("'n' other than 1 is not supported", "ask for one choice per request")
-    for name in ("frequency_penalty", "presence_penalty"):
-        if fields.get(body, name, float, 0.0) != 0.0:
-            raise UsageError(f"'{name}' is not supported", "use the repeat_penalty option instead")
-    if fields.get(body, "logprobs", bool, False):
-        raise UsageError("'logprobs' is not supported yet", "send the request without it")
     if body.get("functions"):
         raise UsageError("'functions' is the old form of tools", "send them as 'tools'")
     options: dict[str, Any] = {}
@@ -217,6 +213,7 @@ def chat_ask(body: dict[str, Any], remote_images: bool = False) -> Ask:
         ignore_eos=fields.get(body, "ignore_eos", bool, False),
         think=fields.reasoning_effort(body),
         think_budget=fields.think_budget(body),
+        logprobs=probs.asked(body),
     )
 
 
@@ -238,6 +235,7 @@ def completion_ask(body: dict[str, Any]) -> Ask:
         _options(body),
         grammar=_response_format(body),
         ignore_eos=fields.get(body, "ignore_eos", bool, False),
+        logprobs=probs.asked_legacy(body),
     )
 
 
@@ -257,21 +255,26 @@ class ChatReply:
     include_usage: bool = False
     ident: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> Obj:
+    def _chunk(
+        self, delta: dict[str, Any], finish: str | None = None, tokens: Sequence[Logprobs] = ()
+    ) -> Obj:
+        logprobs = {"content": probs.entries(tokens), "refusal": None} if tokens else None
         return {
             "id": self.ident,
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": self.model,
             "system_fingerprint": "localrun",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            ],
         }
 
     def opening(self) -> list[Obj]:
         return [self._chunk({"role": "assistant", "content": ""})]
 
-    def piece(self, text: str) -> list[Obj]:
-        return [self._chunk({"content": text})]
+    def piece(self, text: str, tokens: Sequence[Logprobs] = ()) -> list[Obj]:
+        return [self._chunk({"content": text}, tokens=tokens)]
 
     def thinking(self, text: str) -> list[Obj]:
         return [self._chunk({"reasoning_content": text})]  # llama-server's and vLLM's field
@@ -292,7 +295,8 @@ class ChatReply:
         if done.calls:
             message["content"] = done.text or None
             message["tool_calls"] = [_call(c) for c in done.calls]
-        choice = {"index": 0, "message": message, "logprobs": None}
+        logprobs = {"content": probs.entries(done.logprobs), "refusal": None}
+        choice = {"index": 0, "message": message, "logprobs": logprobs if done.logprobs else None}
         return {
             "id": self.ident,
             "object": "chat.completion",
@@ -314,22 +318,25 @@ class CompletionReply:
     model: str
     include_usage: bool = False
     ident: str = field(default_factory=lambda: "cmpl-" + secrets.token_hex(12))
+    _offset: int = 0  # where the next piece begins in the answer (the text offsets' origin)
 
-    def _chunk(self, text: str, finish: str | None = None) -> Obj:
+    def _chunk(self, text: str, finish: str | None = None, tokens: Sequence[Logprobs] = ()) -> Obj:
+        logprobs = probs.legacy(tokens, self._offset) if tokens else None
+        self._offset += len(text)
         return {
             "id": self.ident,
             "object": "text_completion",
             "created": int(time.time()),
             "model": self.model,
             "system_fingerprint": "localrun",
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+            "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
         }
 
     def opening(self) -> list[Obj]:
         return []
 
-    def piece(self, text: str) -> list[Obj]:
-        return [self._chunk(text)]
+    def piece(self, text: str, tokens: Sequence[Logprobs] = ()) -> list[Obj]:
+        return [self._chunk(text, tokens=tokens)]
 
     def thinking(self, text: str) -> list[Obj]:
         return []  # a completion has no field for it: only the answer is its text
@@ -344,7 +351,8 @@ class CompletionReply:
         return [finish()] + ([_with_usage(finish(), done.stats)] if self.include_usage else [])
 
     def whole(self, done: Done) -> Obj:
-        return self._chunk(done.text, _finish(done.stats)) | {"usage": _usage(done.stats)}
+        chunk = self._chunk(done.text, _finish(done.stats), done.logprobs)
+        return chunk | {"usage": _usage(done.stats)}
 
     def error(self, e: LocalrunError) -> Obj:
         return error(e)
@@ -353,46 +361,6 @@ class CompletionReply:
 def _with_usage(chunk: Obj, stats: Stats) -> Obj:
     """The stream's usage chunk (``stream_options.include_usage``): no choices."""
     return chunk | {"choices": [], "usage": _usage(stats)}
-
-
-def embedding_request(body: dict[str, Any]) -> tuple[str, list[str], str]:
-    """``/v1/embeddings``' model, texts and encoding (float or base64)."""
-    name = fields.model_name(body)
-    texts = fields.texts(
-        body.get("input"),
-        "input",
-        allow_empty=False,
-        hint="token arrays are not supported: send the text",
-    )
-    encoding = fields.get(body, "encoding_format", str, "float")
-    if encoding not in ("float", "base64"):
-        raise UsageError(f"'encoding_format' cannot be {encoding!r}", "use float or base64")
-    return name, texts, encoding
-
-
-def embeddings(name: str, vectors: list[list[float]], encoding: str, tokens: int) -> Obj:
-    """``/v1/embeddings``' answer."""
-    data = [
-        {"object": "embedding", "index": i, "embedding": _encoded(v, encoding)}
-        for i, v in enumerate(vectors)
-    ]
-    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return {"object": "list", "data": data, "model": name, "usage": usage}
-
-
-def _encoded(vector: list[float], encoding: str) -> list[float] | str:
-    """A vector as floats, or as base64 of its little-endian float32s (what the openai
-    client asks for by default)."""
-    if encoding == "float":
-        return vector
-    import array
-    import base64
-    import sys
-
-    floats = array.array("f", vector)
-    if sys.byteorder != "little":
-        floats.byteswap()
-    return base64.b64encode(floats.tobytes()).decode()
 
 
 def model(m: catalog.Listed) -> dict[str, Any]:

@@ -25,10 +25,11 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from localrun.engine.types import FinishReason, Stats
+from localrun.engine.types import FinishReason, Logprobs, Stats
 from localrun.errors import LocalrunError, UsageError
 from localrun.images import Image
 from localrun.models.parameters import openai_fields
@@ -475,7 +476,7 @@ class ResponseReply:
         closed = self._event("response.output_item.done", output_index=opened.index, item=item)
         return [done, part_done, closed]
 
-    def piece(self, text: str) -> list[Obj]:
+    def piece(self, text: str, probs: Sequence[Logprobs] = ()) -> list[Obj]:
         out = self._switch("message")
         assert self._open is not None
         self._open.parts.append(text)

@@ -12,12 +12,13 @@ from starlette.routing import Route
 from localrun import __version__
 from localrun.errors import ModelNotFoundError
 from localrun.gguf.reader import read_gguf
-from localrun.server import anthropic, catalog, fields, ollama, openai, responses
+from localrun.server import anthropic, catalog, embeddings, fields, ollama, openai, responses
 from localrun.server.admin import AdminAPI
 from localrun.server.answer import Ask, count_tokens, embed
 from localrun.server.config import ServeConfig
 from localrun.server.pool import ModelPool, resolve_served
 from localrun.server.stream import respond
+from localrun.server.tokens import TokensAPI
 
 
 class OllamaAPI:
@@ -159,6 +160,7 @@ class OpenAIAPI:
             Route("/v1/responses", self.responses, methods=["POST"]),
             Route("/v1/messages", self.messages, methods=["POST"]),
             Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
+            *TokensAPI(self.pool).routes(),  # llama-server's and vLLM's /tokenize, /detokenize
         ]
 
     async def responses(self, request: Request) -> Response:
@@ -206,9 +208,9 @@ class OpenAIAPI:
 
     async def embeddings(self, request: Request) -> Response:
         body = await fields.read_body(request)
-        name, texts, encoding = openai.embedding_request(body)
+        name, texts, encoding = embeddings.embedding_request(body)
         done = await embed(self.pool, name, texts, dimensions=fields.get(body, "dimensions", int))
-        return JSONResponse(openai.embeddings(name, done.vectors, encoding, done.prompt_tokens))
+        return JSONResponse(embeddings.embeddings(name, done.vectors, encoding, done.prompt_tokens))
 
     async def models(self, request: Request) -> Response:
         listed = await asyncio.to_thread(catalog.listed)

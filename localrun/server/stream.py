@@ -9,14 +9,22 @@ brings its converter and names its wire.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from localrun.engine.types import Called, Event, Finished, Stats, TextDelta, ThinkingDelta
+from localrun.engine.types import (
+    Called,
+    Event,
+    Finished,
+    Logprobs,
+    Stats,
+    TextDelta,
+    ThinkingDelta,
+)
 from localrun.errors import LocalrunError
 from localrun.prompt.tools import ToolCall
 from localrun.server.answer import Answer, AnswerResponse, Ask, cancel_on_disconnect, collect
@@ -34,6 +42,7 @@ class Done:
     calls: tuple[ToolCall, ...] = ()  # the tools it called
     context: tuple[int, ...] | None = None  # the prompt's and answer's tokens; None: pictures
     thinking: str = ""  # a thinking model's whole trace, when it was not streamed
+    logprobs: tuple[Logprobs, ...] = ()  # each token's, where asked, when it was not streamed
 
 
 class Reply(Protocol):
@@ -43,8 +52,8 @@ class Reply(Protocol):
         """What a stream begins with, before any event."""
         ...
 
-    def piece(self, text: str) -> list[Obj]:
-        """A piece of the answer's text."""
+    def piece(self, text: str, probs: Sequence[Logprobs] = ()) -> list[Obj]:
+        """A piece of the answer's text (and its tokens' log probabilities, where asked)."""
         ...
 
     def thinking(self, text: str) -> list[Obj]:
@@ -94,13 +103,18 @@ NAMED_SSE = Wire("text/event-stream", b"data: ", b"\n\n", named=True)  # typed e
 
 def done_of(answer: Answer, stats: Stats, text: str = "", thinking: str = "") -> Done:
     """What the converters see of a finished answer."""
-    return Done(stats, text, answer.calls, answer.context(), thinking)
+    return Done(stats, text, answer.calls, answer.context(), thinking, tuple(answer.probs))
 
 
 def chunks(reply: Reply, event: Event | Called | ThinkingDelta, answer: Answer) -> list[Obj]:
     """An event's objects on the wire (none for the events an API does not show)."""
     if isinstance(event, TextDelta):
-        return reply.piece(event.text) if event.text else []
+        if event.logprobs is not None:
+            answer.probs.append(event.logprobs)
+        if not event.text:
+            return []  # a token's text held back: its log probability goes with the text
+        probs, answer.probs = answer.probs, []
+        return reply.piece(event.text, probs)
     if isinstance(event, ThinkingDelta):
         return reply.thinking(event.text) if event.text else []
     if isinstance(event, Called):

@@ -33,6 +33,7 @@ from localrun.backend import (
 )
 from localrun.backend.llamacpp import bindings, logs, sampler
 from localrun.backend.llamacpp.sampler import Chain, sampler_chain
+from localrun.backend.llamacpp.vocab import read_metadata, token_piece, tokenize
 from localrun.errors import (
     GenerationError,
     ModelLoadError,
@@ -229,7 +230,7 @@ class LlamaCppModel:
     @property
     def metadata(self) -> Mapping[str, str]:
         if self._metadata is None:
-            self._metadata = self._read_metadata()
+            self._metadata = read_metadata(self._model)
         return self._metadata
 
     @property
@@ -249,50 +250,16 @@ class LlamaCppModel:
     def token_text(self, token: int) -> str:
         return bytes(lc.llama_vocab_get_text(self._vocab, token)).decode("utf-8", "replace")
 
-    def _read_metadata(self) -> dict[str, str]:
-        result: dict[str, str] = {}
-        buf = ctypes.create_string_buffer(1024)
-        for i in range(int(lc.llama_model_meta_count(self._model))):
-            n = lc.llama_model_meta_key_by_index(self._model, i, buf, len(buf))
-            key = buf.value[:n].decode("utf-8", "replace")
-            n = lc.llama_model_meta_val_str_by_index(self._model, i, buf, len(buf))
-            result[key] = buf.value[:n].decode("utf-8", "replace")
-        return result
-
     # -- tokens -----------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        try:
-            data = text.encode("utf-8")
-        except UnicodeEncodeError as e:  # bytes that were not UTF-8 (argv), a lone \ud800
-            raise UsageError(
-                f"the text is not valid UTF-8 (at character {e.start + 1:,})",
-                "give UTF-8 text (in JSON, a \\ud800-\\udfff escape only as one of a pair)",
-            ) from None
-        capacity = len(data) + 8
-        buf = (lc.llama_token * capacity)()
-        n = lc.llama_tokenize(
-            self._vocab, data, len(data), buf, capacity, add_special, parse_special
-        )
-        if n < 0:
-            capacity = -n
-            buf = (lc.llama_token * capacity)()
-            n = lc.llama_tokenize(
-                self._vocab, data, len(data), buf, capacity, add_special, parse_special
-            )
-        return list(buf[:n])
+        return tokenize(self._vocab, text, add_special=add_special, parse_special=parse_special)
 
     def _piece(self, token: int, special: bool = False) -> bytes:
         key = ~token if special else token  # control tokens' text kept apart
         piece = self._pieces.get(key)
         if piece is None:
-            buf = ctypes.create_string_buffer(64)
-            n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
-            piece = buf.raw[:n]
-            self._pieces[key] = piece
+            piece = self._pieces[key] = token_piece(self._vocab, token, special)
         return piece
 
     @property

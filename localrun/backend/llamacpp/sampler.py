@@ -138,36 +138,40 @@ def sampler_chain(
     greedy = sampling.temperature <= 0
     keep = 1 if greedy else sampling.top_k  # how many candidates survive the top-k cut
     first_cut = keep if keep > 0 else 0
-    if sampling.repeat_penalty != 1.0 and sampling.repeat_last_n != 0:
-        last_n = sampling.repeat_last_n if sampling.repeat_last_n > 0 else n_ctx
+    penalised = _penalised(sampling)
+    last_n = sampling.repeat_last_n if sampling.repeat_last_n > 0 else n_ctx
+    dry = sampling.dry_multiplier > 0 and sampling.dry_penalty_last_n != 0
+    # What may raise a logit, or lower any token's (DRY: a token that extends a repeat of
+    # the whole context), leaves no cut of the best candidates sure to hold the chain's.
+    if dry or sampling.presence_penalty < 0 or sampling.frequency_penalty < 0:
         first_cut = 0
-        if keep > 0 and sampling.repeat_last_n > 0:
+    if penalised:
+        if first_cut and sampling.repeat_last_n > 0:
             first_cut = keep + last_n
             add(chain, lc.llama_sampler_init_top_k(first_cut))
+        elif first_cut:
+            first_cut = 0
         penalties = lc.llama_sampler_init_penalties(
-            n_vocab, last_n, sampling.repeat_penalty, 0.0, 0.0
-        )
+            n_vocab, last_n, sampling.repeat_penalty, sampling.frequency_penalty,
+            sampling.presence_penalty,
+        )  # fmt: skip
         add(chain, penalties)
+    if dry:
+        add(chain, _dry(vocab, sampling, n_ctx))
     if greedy:
         add(chain, lc.llama_sampler_init_greedy())
     else:
-        if sampling.top_k > 0:
-            add(chain, lc.llama_sampler_init_top_k(sampling.top_k))
-        if sampling.top_p < 1.0:
-            add(chain, lc.llama_sampler_init_top_p(sampling.top_p, 1))
-        if sampling.min_p > 0.0:
-            add(chain, lc.llama_sampler_init_min_p(sampling.min_p, 1))
-        add(chain, lc.llama_sampler_init_temp(sampling.temperature))
-        seed = lc.LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed & 0xFFFFFFFF
-        add(chain, lc.llama_sampler_init_dist(seed))
-    # Repetition penalties look at recent tokens, the prompt's included.
-    if sampling.repeat_last_n:
-        for token in history[-max(sampling.repeat_last_n, 0) or None :]:
-            lc.llama_sampler_accept(chain, token)
+        _add_samplers(chain, sampling)
+    # Penalties look at recent tokens, the prompt's included.
+    looked_at = _looked_back(sampling, n_ctx)
+    for token in history[-looked_at:] if looked_at else ():
+        lc.llama_sampler_accept(chain, token)
     recent = None
-    if grammar is not None and sampling.repeat_penalty != 1.0 and sampling.repeat_last_n != 0:
-        last_n = sampling.repeat_last_n if sampling.repeat_last_n > 0 else n_ctx
-        recent = deque(history[-last_n:], maxlen=last_n)
+    if grammar is not None and (penalised or dry):
+        window = max(last_n if penalised else 0, looked_at)
+        recent = deque(history[-window:], maxlen=window)
+    if grammar is not None and (sampling.presence_penalty < 0 or sampling.frequency_penalty < 0):
+        keep = 0  # a penalty that raises recent tokens: the grammar checks every candidate
     blocked: frozenset[int] = frozenset()
     if grammar is not None:
         blocked = _not_spelled(specials, sampling.grammar or "")
@@ -180,6 +184,59 @@ def sampler_chain(
         temperature=max(sampling.temperature, 0.0),
         recent=recent,
     )
+
+
+def _penalised(sampling: SamplingParams) -> bool:
+    """Whether llama.cpp's penalties sampler has anything to do."""
+    on = (sampling.repeat_penalty != 1.0 or sampling.presence_penalty != 0.0
+          or sampling.frequency_penalty != 0.0)  # fmt: skip
+    return on and sampling.repeat_last_n != 0
+
+
+def _looked_back(sampling: SamplingParams, n_ctx: int) -> int:
+    """How many of the latest tokens the penalties and DRY look at (0: none)."""
+    found = 0
+    if _penalised(sampling):
+        found = sampling.repeat_last_n if sampling.repeat_last_n > 0 else n_ctx
+    if sampling.dry_multiplier > 0 and sampling.dry_penalty_last_n != 0:
+        dry = sampling.dry_penalty_last_n
+        found = max(found, dry if dry > 0 else n_ctx)
+    return found
+
+
+# DRY's sequence breakers, llama.cpp's defaults: a repeat does not run on across them.
+_DRY_BREAKERS = (b"\n", b":", b'"', b"*")
+
+
+def _dry(vocab: Any, sampling: SamplingParams, n_ctx: int) -> Any:
+    if vocab is None:
+        raise ValueError("DRY needs the model's vocabulary")  # llama.cpp would crash
+    breakers = (ctypes.c_char_p * len(_DRY_BREAKERS))(*_DRY_BREAKERS)
+    last_n = sampling.dry_penalty_last_n if sampling.dry_penalty_last_n > 0 else n_ctx
+    return lc.llama_sampler_init_dry(
+        vocab, sampling.dry_multiplier, sampling.dry_base, sampling.dry_allowed_length,
+        last_n, breakers, len(_DRY_BREAKERS),
+    )  # fmt: skip
+
+
+def _add_samplers(chain: Any, sampling: SamplingParams) -> None:
+    """The cuts and the draw, in llama.cpp's own order: top-k, typical, top-p, min-p, XTC,
+    temperature, a seeded draw."""
+    add = lc.llama_sampler_chain_add
+    seed = lc.LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed & 0xFFFFFFFF
+    if sampling.top_k > 0:
+        add(chain, lc.llama_sampler_init_top_k(sampling.top_k))
+    if sampling.typical_p < 1.0:
+        add(chain, lc.llama_sampler_init_typical(sampling.typical_p, 1))
+    if sampling.top_p < 1.0:
+        add(chain, lc.llama_sampler_init_top_p(sampling.top_p, 1))
+    if sampling.min_p > 0.0:
+        add(chain, lc.llama_sampler_init_min_p(sampling.min_p, 1))
+    if sampling.xtc_probability > 0.0:
+        add(chain, lc.llama_sampler_init_xtc(
+            sampling.xtc_probability, sampling.xtc_threshold, 1, seed))  # fmt: skip
+    add(chain, lc.llama_sampler_init_temp(sampling.temperature))
+    add(chain, lc.llama_sampler_init_dist(seed))
 
 
 def sample(chain: Chain, ctx: Any, row: int, n_vocab: int) -> int:
@@ -336,11 +393,21 @@ def _pick(chain: Chain, candidates: Any, array: Any) -> int:
     import numpy as np
 
     lc.llama_sampler_apply(chain.handle, ctypes.byref(array))
-    if array.selected < 0 or not np.isfinite(candidates["logit"][array.selected]):
+    chosen = _selected(candidates, array)
+    if chosen < 0 or not np.isfinite(candidates["logit"][chosen]):
         raise GenerationError(
             "the grammar allows no token here", "check the grammar: every rule must lead on"
         )
-    return int(candidates["id"][array.selected])
+    return int(candidates["id"][chosen])
+
+
+def _selected(candidates: Any, array: Any) -> int:
+    """The index in ``candidates`` of the chain's choice: XTC drops the likeliest tokens by
+    moving the array's start past them, and ``selected`` counts from where it starts now."""
+    if array.selected < 0:
+        return -1
+    moved = ctypes.cast(array.data, ctypes.c_void_p).value or 0
+    return int(array.selected + (moved - candidates.ctypes.data) // candidates.itemsize)
 
 
 def _allows(grammar: Any, token: int) -> bool:
@@ -429,7 +496,7 @@ def _sample_cut(
     candidates["p"] = 0.0
     array = _array(candidates)
     lc.llama_sampler_apply(chain.handle, ctypes.byref(array))
-    token = int(candidates["id"][array.selected])
+    token = int(candidates["id"][_selected(candidates, array)])
     if accept:
         lc.llama_sampler_accept(chain.handle, token)
     return token
