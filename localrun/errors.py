@@ -169,8 +169,14 @@ class HubError(LocalrunError):
     http_status = 502
 
 
+class RegistryError(LocalrunError):
+    """An Ollama-style registry refused or failed a request, or sent what is not a model's."""
+
+    http_status = 502
+
+
 class NetworkError(LocalrunError):
-    """The Hub cannot be reached."""
+    """The Hub (or a registry) cannot be reached."""
 
     http_status = 503
 

@@ -53,6 +53,8 @@ def localrun_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     monkeypatch.setenv("LOCALRUN_HOME", str(home))
     monkeypatch.delenv("LOCALRUN_DEBUG", raising=False)
     monkeypatch.delenv("LOCALRUN_CONTEXT_LENGTH", raising=False)
+    # No test reaches a real registry: a name that is nowhere else fails at once, here.
+    monkeypatch.setenv("LOCALRUN_REGISTRY", "http://127.0.0.1:9")
     yield home
 
 

@@ -95,6 +95,12 @@ class ScriptedModel:
     def eos_token(self) -> int | None:
         return 2
 
+    @property
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        return None  # no fill-in-the-middle tokens
+
+    pooling: str | None = None  # a generative model, not an embedding model
+
     def token_text(self, token: int) -> str:
         return {1: "<s>", 2: "</s>"}.get(token, "?")
 
@@ -219,6 +225,12 @@ class ScriptedModel:
 
     def embed(self, tokens: list[int], seq: int) -> list[float]:
         return [float(len(tokens)), 0.0]
+
+    def embed_batch(self, texts: Sequence[Sequence[int]]) -> list[list[float]]:
+        raise AssertionError("a generative model embeds one text at a time")
+
+    def pair_tokens(self, query: str, document: str) -> list[int]:
+        raise AssertionError("a generative model reranks nothing")
 
     def copy_prefix(self, src: int, dst: int, n: int, src_len: int) -> bool:
         assert len(self.held[src]) == src_len, "the source holds other cells than told"

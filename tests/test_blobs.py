@@ -142,8 +142,10 @@ def test_a_client_gone_mid_upload_leaves_nothing(tiny_bytes: bytes) -> None:
     """As uvicorn tells the app: part of the body, then ``http.disconnect``."""
     digest = digest_of(tiny_bytes)
     app = create_app(ServeConfig())
-    half = [{"type": "http.request", "body": tiny_bytes[:1000], "more_body": True},
-            {"type": "http.disconnect"}]  # fmt: skip
+    half: list[dict[str, Any]] = [
+        {"type": "http.request", "body": tiny_bytes[:1000], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -159,7 +161,7 @@ def test_a_client_gone_mid_upload_leaves_nothing(tiny_bytes: bytes) -> None:
         "headers": [(b"host", b"127.0.0.1:11434"),
                     (b"content-length", str(len(tiny_bytes)).encode())],
     }  # fmt: skip
-    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 400  # read by nobody; not a 500
     assert leftovers() == []
 

@@ -100,6 +100,7 @@ def test_prompt_from_arguments(cli: Any, fake_engine: Recorder) -> None:
             "repack": True,
             "kv_type": "f16",
             "flash_attn": "auto",
+            "cpu_moe": 0,
         }
     ]
     assert fake_engine.model.closed
@@ -165,6 +166,7 @@ def test_flags_reach_the_engine(cli: Any, fake_engine: Recorder) -> None:
         "repack": True,
         "kv_type": "f16",
         "flash_attn": "auto",
+        "cpu_moe": 0,
     }
 
 

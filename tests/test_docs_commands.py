@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import pytest
 from scripts.doc_commands import DocCommand, commands
 from tests.hub import FakeHub
 from tests.served import Server, serving
+from tests.tiny_encoder import write_tiny_bert, write_tiny_reranker
 from tests.tinygguf import CHATML_TEMPLATE, write_tiny_model
 
 pytestmark = pytest.mark.e2e
@@ -186,9 +188,15 @@ def _hub_repos(hub: FakeHub, chat_model: bytes) -> None:
         quants.setdefault(repo, {"Q4_K_M", "Q8_0"}).add(
             (quant or "Q4_K_M").upper() if (quant or "").lower() != "auto" else "Q4_K_M"
         )
+    # What docs/embeddings.md pulls: a reranker is a reranker, an embedding model embeds.
+    with tempfile.TemporaryDirectory() as scratch:
+        reranker = write_tiny_reranker(Path(scratch) / "rerank.gguf").read_bytes()
+        embedder = write_tiny_bert(Path(scratch) / "embed.gguf").read_bytes()
     for repo, wanted in quants.items():
         stem = repo.split("/")[1].removesuffix("-GGUF")
-        hub.add_repo(repo, {f"{stem}-{q}.gguf": chat_model for q in sorted(wanted)})
+        kind = "rerank" if "rerank" in repo else "embed" if "embed" in repo else "chat"
+        model = {"rerank": reranker, "embed": embedder}.get(kind, chat_model)
+        hub.add_repo(repo, {f"{stem}-{q}.gguf": model for q in sorted(wanted)})
 
 
 def _all_docs() -> str:

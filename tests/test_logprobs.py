@@ -10,14 +10,11 @@ model in llama.cpp.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import httpx2
 import numpy as np
 import ollama
 import openai
@@ -26,11 +23,9 @@ from starlette.applications import Starlette
 
 from localrun.backend import LoadOptions, SamplingParams, load
 from localrun.engine.batch import BatchEngine
+from localrun.engine.sequence import SCORED_ROWS
 from localrun.engine.types import Job, TextDelta
-from localrun.models import recipes
-from localrun.server.app import create_app
-from localrun.server.config import ServeConfig
-from localrun.server.pool import ModelPool
+from tests.inprocess import oai, served
 
 T = TypeVar("T")
 
@@ -115,36 +110,14 @@ def test_penalties_are_llama_cpps_on_the_raw_logits(
         model.free_sampler(chain)
 
 
-def _served(home: Path, gguf: Path, use: Callable[[Starlette], Awaitable[T]]) -> T:
-    home.mkdir(parents=True, exist_ok=True)
-    modelfile = home / "Modelfile"
-    modelfile.write_text(f"FROM {gguf}\nPARAMETER num_ctx 1024\n")
-    recipes.create("tiny", modelfile)
-    config = ServeConfig(parallel=2, threads=1)
-
-    async def go() -> T:
-        pool = ModelPool(config)
-        try:
-            return await use(create_app(config, pool))
-        finally:
-            await pool.close()
-
-    return asyncio.run(go())
-
-
-def _oai(app: Starlette) -> openai.AsyncOpenAI:
-    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app))
-    return openai.AsyncOpenAI(base_url="http://127.0.0.1/v1", api_key="x", http_client=http)
-
-
-HI = [{"role": "user", "content": "why is the sky blue"}]
+HI: Any = [{"role": "user", "content": "why is the sky blue"}]
 
 
 def test_the_openai_client_reads_them_whole_and_streamed(
     localrun_home: Path, tiny_chat_model: Path
 ) -> None:
     async def use(app: Starlette) -> None:
-        client = _oai(app)
+        client = oai(app)
         # Greedy without the default repeat penalty: each token is the likeliest raw one.
         plain_greedy = {"repeat_penalty": 1.0}
         whole = await client.chat.completions.create(
@@ -187,12 +160,12 @@ def test_the_openai_client_reads_them_whole_and_streamed(
             model="tiny", messages=HI, max_tokens=3, presence_penalty=1.0, frequency_penalty=-0.5
         )
 
-    _served(localrun_home, tiny_chat_model, use)
+    served(localrun_home, {"tiny": tiny_chat_model}, use, parallel=2)
 
 
 def test_legacy_completions_give_parallel_lists(localrun_home: Path, tiny_chat_model: Path) -> None:
     async def use(app: Starlette) -> None:
-        done = await _oai(app).completions.create(
+        done = await oai(app).completions.create(
             model="tiny", prompt="the sky", max_tokens=8, temperature=0, logprobs=2
         )
         lists = done.choices[0].logprobs
@@ -201,7 +174,7 @@ def test_legacy_completions_give_parallel_lists(localrun_home: Path, tiny_chat_m
         assert all(len(top) == 2 for top in lists.top_logprobs or [])
         assert lists.text_offset == [len("".join(lists.tokens[:i])) for i in range(8)]
 
-    _served(localrun_home, tiny_chat_model, use)
+    served(localrun_home, {"tiny": tiny_chat_model}, use, parallel=2)
 
 
 def test_the_ollama_client_reads_them(localrun_home: Path, tiny_chat_model: Path) -> None:
@@ -220,7 +193,7 @@ def test_the_ollama_client_reads_them(localrun_home: Path, tiny_chat_model: Path
         entries = [e async for part in streamed for e in part.logprobs or []]
         assert len(entries) == 6 and all(e.logprob <= 0 for e in entries)
 
-    _served(localrun_home, tiny_chat_model, use)
+    served(localrun_home, {"tiny": tiny_chat_model}, use, parallel=2)
 
 
 def test_dry_lowers_the_token_that_would_extend_a_repeat(model: Any) -> None:
@@ -239,3 +212,93 @@ def test_dry_lowers_the_token_that_would_extend_a_repeat(model: Any) -> None:
             assert model.sample(chain, n - 1) == expected
         finally:
             model.free_sampler(chain)
+
+
+def test_echo_gives_the_prompts_own_figures_as_lm_eval_reads_them(
+    localrun_home: Path, tiny_chat_model: Path
+) -> None:
+    # Longer than the rows a step scores (32): read over several steps.
+    text = "the sky is blue and the world is why " * 6 + "hello"
+    # The figures recomputed apart, the prompt read in the engine's chunks of rows (another
+    # shape of batch takes other kernels, whose sums differ in the last bits).
+    reference: Any = load(LoadOptions(tiny_chat_model, n_ctx=512, n_threads=1))
+    try:
+        tokens = reference.tokenize(text, add_special=True, parse_special=True)
+        n = len(tokens)
+        expected = []
+        for start in range(0, n, SCORED_ROWS):
+            rows = tokens[start : start + SCORED_ROWS]
+            positions = list(range(start, start + len(rows)))
+            assert reference.decode_rows(rows, positions, [0] * len(rows), [True] * len(rows)) == 0
+            expected += [
+                float(_log_softmax(reference.logits(i))[tokens[p + 1]])
+                for i, p in enumerate(positions)
+                if p + 1 < n
+            ]
+    finally:
+        reference.close()
+
+    async def use(app: Starlette) -> None:
+        # lm-eval's loglikelihood request: echo the prompt, no answer, its figures.
+        done = await oai(app).completions.create(
+            model="tiny", prompt=text, echo=True, max_tokens=0, logprobs=1
+        )
+        choice = done.choices[0]
+        assert choice.text == text and done.usage is not None
+        lists = choice.logprobs
+        assert lists is not None and lists.token_logprobs is not None
+        assert len(lists.token_logprobs) == done.usage.prompt_tokens == n
+        assert lists.token_logprobs[0] is None and (lists.top_logprobs or [])[0] is None
+        assert lists.token_logprobs[1:] == pytest.approx(expected, abs=1e-5)
+        # Echoed with an answer: the prompt's figures, then the answer's, one list.
+        more = await oai(app).completions.create(
+            model="tiny", prompt=text, echo=True, max_tokens=3, logprobs=0
+        )
+        assert more.choices[0].text.startswith(text)
+        assert more.usage is not None
+        answered = more.usage.completion_tokens
+        lists = more.choices[0].logprobs
+        assert lists is not None and len(lists.token_logprobs or []) == n + answered
+        with pytest.raises(openai.BadRequestError, match="answered whole"):
+            await oai(app).completions.create(
+                model="tiny", prompt=text, echo=True, logprobs=1, max_tokens=1, stream=True
+            )
+
+    served(localrun_home, {"tiny": tiny_chat_model}, use, parallel=2)
+
+
+def test_logit_bias_bans_and_forces_tokens(model: Any) -> None:
+    prompt = model.tokenize("the sky is blue", add_special=True, parse_special=False)
+    n = len(prompt)
+    assert model.decode_rows(prompt, list(range(n)), [0] * n, [False] * (n - 1) + [True]) == 0
+    order = [int(t) for t in np.argsort(-np.array(model.logits(n - 1)), kind="stable")]
+    best, runner_up, least = order[0], order[1], order[-1]
+    for pairs, expected in (
+        ((), best),
+        (((best, -100.0),), runner_up),  # banned: the next one
+        (((least, 100.0),), least),  # the least likely, lifted past all
+    ):
+        sampling = SamplingParams(temperature=0.0, repeat_penalty=1.0, logit_bias=pairs)
+        chain = model.new_sampler(sampling, prompt)
+        try:
+            assert model.sample(chain, n - 1) == expected
+        finally:
+            model.free_sampler(chain)
+
+
+def test_logit_bias_on_the_api(localrun_home: Path, tiny_chat_model: Path) -> None:
+    async def use(app: Starlette) -> None:
+        client = oai(app)
+        await client.chat.completions.create(
+            model="tiny", messages=HI, max_tokens=2, logit_bias={"5": -100, "6": 3}
+        )
+        with pytest.raises(openai.BadRequestError, match="vocabulary has"):
+            await client.chat.completions.create(
+                model="tiny", messages=HI, max_tokens=2, logit_bias={"99999": 1}
+            )
+        with pytest.raises(openai.BadRequestError, match="'logit_bias' cannot hold"):
+            await client.chat.completions.create(
+                model="tiny", messages=HI, max_tokens=2, logit_bias={"5": 101}
+            )
+
+    served(localrun_home, {"tiny": tiny_chat_model}, use)

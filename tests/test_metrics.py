@@ -20,7 +20,7 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from localrun.backend import SamplingParams
+from localrun.backend import SamplingParams, StepModel
 from localrun.engine.batch import BatchEngine, Job
 from localrun.engine.types import Event, Finished, FirstToken, Stats, TextDelta
 from localrun.server.app import create_app
@@ -178,7 +178,7 @@ class OnePool:
 def held() -> Iterator[tuple[ScriptedModel, BatchEngine]]:
     model = ScriptedModel([b"x"], n_ctx=256, n_seq=2, end=False)
     model.hold()
-    engine = BatchEngine(model)
+    engine = BatchEngine(cast(StepModel, model))
     try:
         yield model, engine
     finally:
@@ -216,7 +216,7 @@ def test_scraping_while_the_engine_runs_never_fails() -> None:
     # Room for the long answers to run until cancelled, however fast this thread is next
     # to the engine's (with 8,192 cells they ended first on a busy machine).
     model = ScriptedModel([b"x"], n_ctx=4_000_000, n_seq=4, end=False)
-    engine = BatchEngine(model)
+    engine = BatchEngine(cast(StepModel, model))
     try:
         metrics = Metrics(cast(ModelPool, OnePool(HeldRunner(engine, active=0))))
         # Short answers come and go; every fourth runs on until it is cancelled.

@@ -344,3 +344,14 @@ def test_every_surface_reads_a_parameters_range_from_the_one_table() -> None:
         fields.options({"top_k": -1})
     with pytest.raises(UsageError, match=f"^top_k {said}"):
         openai.completion_ask({"model": "m", "prompt": "x", "top_k": -1})
+
+
+def test_what_is_fixed_at_load_is_refused_per_request_not_a_500() -> None:
+    """``options.kv_type`` once reached the range check as a string: a 500."""
+    from localrun.errors import UsageError
+    from localrun.server import fields
+
+    for name, value in (("kv_type", "q8_0"), ("flash_attn", "on")):
+        with pytest.raises(UsageError, match=f"options.{name} cannot change per request"):
+            fields.options({name: value})
+    assert fields.think("max") == "high"  # Ollama's most

@@ -7,6 +7,7 @@ that holds the chain's first top-k cut has to be found anew at every token.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,8 @@ SETTINGS = [
     # OpenAI's penalties (only lowering: the cut holds), typical and XTC after the top-k.
     SamplingParams(presence_penalty=0.8, frequency_penalty=0.4, seed=5),
     SamplingParams(temperature=1.0, typical_p=0.7, xtc_probability=0.5, xtc_threshold=0.1, seed=9),
+    # A bias that lowers tokens: the cut holds one more candidate for each.
+    SamplingParams(temperature=0.0, logit_bias=((236743, -100.0), (506, -5.0))),
 ]
 PROMPTS = ["The history of the city of Paris begins", "A list of fruits: apple,"]
 
@@ -94,8 +97,8 @@ def test_cut_samples_the_same_tokens_as_the_whole_vocabulary(
 def test_chain_without_a_top_k_reads_the_whole_vocabulary() -> None:
     from localrun.backend.llamacpp.sampler import sampler_chain
 
-    def first_cut(**settings: float) -> int:
-        chain = sampler_chain(SamplingParams(**settings), [], n_vocab=1000, n_ctx=512)  # type: ignore[arg-type]
+    def first_cut(**settings: Any) -> int:
+        chain = sampler_chain(SamplingParams(**settings), [], n_vocab=1000, n_ctx=512)
         import llama_cpp.llama_cpp as lc  # the sampler loaded the bindings alone
 
         lc.llama_sampler_free(chain.handle)
@@ -112,3 +115,5 @@ def test_chain_without_a_top_k_reads_the_whole_vocabulary() -> None:
     assert first_cut(presence_penalty=-0.5) == 0
     assert first_cut(frequency_penalty=-0.1) == 0
     assert first_cut(typical_p=0.5, xtc_probability=0.5) == 40 + 64  # after the top-k
+    assert first_cut(logit_bias=((3, -100.0), (4, -1.0))) == 40 + 64 + 2
+    assert first_cut(logit_bias=((3, 100.0),)) == 0  # a token lifted from anywhere

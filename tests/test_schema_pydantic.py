@@ -58,7 +58,7 @@ PET = Pet(
     toys=["ball"],
     counts={"naps": 3},
     born=datetime.date(2020, 2, 29),
-    seen=datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+    seen=datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
     tag=uuid.UUID(int=7),
     pair=(1, True),
     weight=4.5,
@@ -146,7 +146,7 @@ def test_a_fractions_bounds_are_refused_by_name() -> None:
     with pytest.raises(UsageError) as e:
         grammar.json_schema(Priced.model_json_schema())
     assert "'minimum' (at $.properties.price) bounds a number" in e.value.message
-    assert "integer" in e.value.hint
+    assert "integer" in (e.value.hint or "")
 
 
 @pytest.mark.slow

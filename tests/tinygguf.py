@@ -61,6 +61,7 @@ def write_tiny_model(
     specials: tuple[str, ...] = (),
     rope_sections: list[int] | None = None,
     added: tuple[str, ...] = (),
+    experts: int = 0,
 ) -> Path:
     """Write a tiny random llama model to ``path`` and return it.
 
@@ -69,7 +70,9 @@ def write_tiny_model(
     ``renamed`` gives some tokens another text (a vocabulary of the same size, not the same).
     ``arch`` "qwen2vl" gives Qwen2's attention biases and M-RoPE over ``rope_sections``;
     ``specials`` are more control tokens, at the vocabulary's end; ``added`` more tokens
-    after them that show as text (user-defined, as Qwen3's ``<think>`` is).
+    after them that show as text (user-defined, as Qwen3's ``<think>`` is). ``experts``
+    makes it a mixture of experts (as Mixtral, llama's architecture too): each layer's
+    feed-forward is that many experts, two used a token.
     """
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocab()
@@ -100,6 +103,9 @@ def write_tiny_model(
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_add_bos_token(True)
+    if experts:
+        w.add_expert_count(experts)
+        w.add_expert_used_count(2)
     if chat_template is not None:
         w.add_chat_template(chat_template)
 
@@ -116,6 +122,12 @@ def write_tiny_model(
             tensor(f"blk.{i}.{part}.weight", n_embd, n_embd)
             if arch == "qwen2vl" and part != "attn_output":
                 tensor(f"blk.{i}.{part}.bias", n_embd)
+        if experts:
+            tensor(f"blk.{i}.ffn_gate_inp.weight", experts, n_embd)
+            tensor(f"blk.{i}.ffn_gate_exps.weight", experts, n_ff, n_embd)
+            tensor(f"blk.{i}.ffn_up_exps.weight", experts, n_ff, n_embd)
+            tensor(f"blk.{i}.ffn_down_exps.weight", experts, n_embd, n_ff)
+            continue
         tensor(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
         tensor(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
         tensor(f"blk.{i}.ffn_down.weight", n_embd, n_ff)

@@ -49,6 +49,9 @@ class LoadOptions:
     kv_type: str = "f16"  # the KV cache's keys and values: f16, q8_0 or q4_0 (KV_TYPES)
     flash_attn: str = "auto"  # auto, on or off (a quantized V cache needs it)
     projector: Path | None = None  # a vision model's mmproj file, loaded beside it
+    # A mixture-of-experts model's experts kept in the CPU's memory for the first this many
+    # layers (-1: every layer), the rest of those layers on the GPU (llama.cpp's --n-cpu-moe).
+    cpu_moe: int = 0
 
 
 KV_TYPES = ("f16", "q8_0", "q4_0")
@@ -121,6 +124,9 @@ class SamplingParams:
     # but the least likely of them, are left out.
     xtc_probability: float = 0.0  # 0: off
     xtc_threshold: float = 0.1
+    # Added to tokens' logits before any other sampler (OpenAI's logit_bias: -100 to 100;
+    # -100 bans a token, 100 all but forces it): (token id, bias) pairs.
+    logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: str | None = None  # GBNF (root rule "root"): the answer can only match it
     schema: str | None = (
         None  # the JSON schema (as JSON) that grammar enforces, if it came from one
@@ -157,6 +163,10 @@ class Model(Protocol):
     def eos_token(self) -> int | None:
         """The end-of-sequence token id, if the model has one."""
 
+    @property
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """The fill-in-the-middle tokens (prefix, suffix, middle), if the model has them."""
+
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         """Turn text into token ids."""
 
@@ -185,6 +195,10 @@ class StepModel(Model, Protocol):
     sequence at some position, with or without logits), then samples the rows that asked for
     logits, each with its own sampler chain.
     """
+
+    # The pooling type its GGUF names ("mean", "cls", "last", "rank"): an embedding model
+    # (or a reranker, "rank"), loaded for that alone. None: a generative model.
+    pooling: str | None
 
     @property
     def n_seq_max(self) -> int:
@@ -253,8 +267,15 @@ class StepModel(Model, Protocol):
         """What decides whether saved cells fit this context (for the prompt cache's key)."""
 
     def embed(self, tokens: list[int], seq: int) -> list[float]:
-        """The text's embedding: its last hidden states averaged over its tokens and scaled
-        to length 1, read in sequence ``seq`` (emptied before and after)."""
+        """A generative model's embedding of a text: its last hidden states averaged over its
+        tokens and scaled to length 1, read in sequence ``seq`` (emptied before and after)."""
+
+    def embed_batch(self, texts: Sequence[Sequence[int]]) -> list[list[float]]:
+        """An embedding model's vectors of many texts (as many a decode as fit), pooled as
+        the model says and not scaled; a reranker's (``rank``) classifier outputs."""
+
+    def pair_tokens(self, query: str, document: str) -> list[int]:
+        """A reranker's input for one query and one document."""
 
     def copy_prefix(self, src: int, dst: int, n: int, src_len: int) -> bool:
         """Give empty sequence ``dst`` the first ``n`` positions of ``src`` (which holds

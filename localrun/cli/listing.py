@@ -29,12 +29,23 @@ _marks = {"pulled": " (files missing)", "created": " (base missing)"}
 @app.command("list")
 def list_models(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    outdated: bool = typer.Option(
+        False,
+        "--outdated",
+        help="Ask each pulled model's source (the Hub, a registry) whether it has a newer "
+        "version; nothing is downloaded (pull --all does).",
+    ),
 ) -> None:
     """List the models here (pulled, created, packaged) and registered remote engines."""
     from localrun.models import catalog
+    from localrun.models.updates import sources
     from localrun.remote import registry
 
+    if outdated:
+        _outdated(as_json)
+        return
     models = catalog.entries()
+    pulled = {s.name: s for s in sources()}
     remotes = sorted(registry.remotes().values(), key=lambda r: r.name)
     if as_json:
         entries: list[dict[str, object]] = [
@@ -50,6 +61,11 @@ def list_models(
                 **(
                     {"repo": m.repo, "commit": m.commit, "missing_files": m.missing_files}
                     if (m := e.manifest) is not None
+                    else {}
+                ),
+                **(
+                    {"pulled_from": s.ref, "revision": s.revision, "pulled_at": s.pulled_at}
+                    if (s := pulled.get(e.name)) is not None
                     else {}
                 ),
                 **({"problem": e.problem} if e.problem else {}),
@@ -75,3 +91,35 @@ def list_models(
     # Remote engines: the model they serve is theirs, and so are its figures.
     rows += [(r.name, "remote", "-", "-", f"{r.model} at {r.url}") for r in remotes]
     print(table(("NAME", "ID", "SIZE", "QUANT", "MODIFIED"), sorted(rows)))
+
+
+def _outdated(as_json: bool) -> None:
+    """The pulled models whose source has a newer version (and those it could not ask)."""
+    from localrun.models.updates import check, sources
+
+    checks = [check(s) for s in sources()]
+    if as_json:
+        print(json.dumps([{"name": c.source.name, "from": c.source.ref,
+                           "revision": c.source.revision, "latest": c.latest,
+                           "pulled_at": c.source.pulled_at, "outdated": c.outdated,
+                           "problem": c.problem} for c in checks], indent=2))  # fmt: skip
+        return
+    shown = [c for c in checks if c.outdated or c.problem]
+    for c in shown:
+        if c.problem:
+            print(f"Warning: {c.source.name}: cannot ask its source: {c.problem}", file=sys.stderr)
+    rows = [
+        (c.source.name, c.source.ref, c.source.short_revision, _ago(c.source.pulled_at),
+         _short(c.latest) if c.latest else "?")
+        for c in shown if c.outdated
+    ]  # fmt: skip
+    if rows:
+        print(table(("NAME", "FROM", "HERE", "PULLED", "LATEST"), rows))
+        print("bring them up to date with: localrun pull --all", file=sys.stderr)
+    elif not any(c.problem for c in checks):
+        print(f"all {len(checks)} pulled models are up to date", file=sys.stderr)
+
+
+def _short(revision: str) -> str:
+    prefix = "sha256:" if revision.startswith("sha256:") else ""
+    return prefix + revision.removeprefix("sha256:")[:12]

@@ -71,6 +71,29 @@ def flash_attn(help: str, default: str | None = None) -> Any:
     return typer.Option(default, "--flash-attn", help=help)
 
 
+def cpu_moe() -> Any:
+    return typer.Option(
+        False, "--cpu-moe", help="A mixture-of-experts model's experts in the CPU's memory, "
+        "the rest of its layers on the GPU (llama.cpp's --cpu-moe).",
+    )  # fmt: skip
+
+
+def n_cpu_moe() -> Any:
+    return typer.Option(
+        None, "--n-cpu-moe", min=0, metavar="N",
+        help="The experts of the first N layers in the CPU's memory (llama.cpp's --n-cpu-moe).",
+    )  # fmt: skip
+
+
+def experts_on_cpu(cpu_moe: bool, n_cpu_moe: int | None) -> int:
+    """The load's ``cpu_moe``: -1 every layer's experts, N the first N layers', 0 none."""
+    if cpu_moe and n_cpu_moe is not None:
+        from localrun.errors import UsageError
+
+        raise UsageError("--cpu-moe and --n-cpu-moe cannot go together", "give one of them")
+    return -1 if cpu_moe else n_cpu_moe or 0
+
+
 def rpc(
     help: str = "Split the model's layers with these RPC workers ('localrun worker' on other "
     "machines), by free memory.",

@@ -93,15 +93,21 @@ class PlainReporter:
 
 
 def resolve_or_pull(ref: str) -> Resolved:
-    """Resolve a model, pulling it first (with progress on stderr) if it is on the Hub only."""
+    """Resolve a model, pulling it first (with progress on stderr) if it is on the Hub (or a
+    registry, named by its host) only."""
     from localrun.errors import NeedsPullError
+    from localrun.hub import registry_names
     from localrun.hub.pull import pull
+    from localrun.models import fromregistry
     from localrun.models.resolve import resolve
 
     try:
         return resolve(ref)
     except NeedsPullError as e:
-        pull(e.ref, reporter=reporter(), refresh=False)
+        if registry_names.is_registry_name(e.ref):
+            fromregistry.pull(e.ref, reporter=reporter())
+        else:
+            pull(e.ref, reporter=reporter(), refresh=False)
         return resolve(ref)
 
 

@@ -1,4 +1,5 @@
-"""``localrun pull REF...``: download models from the Hugging Face Hub."""
+"""``localrun pull REF...``: download models from the Hugging Face Hub or an Ollama-style
+registry; ``pull --all`` brings every pulled model up to date."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from localrun.files import human_size
 @app.command()
 def pull(
     refs: list[str] = typer.Argument(
-        ...,
-        help="hf.co/ORG/REPO[:QUANT][@REVISION], hf.co/ORG/REPO/FILE.gguf, or a library name.",
+        None,
+        help="hf.co/ORG/REPO[:QUANT][@REVISION], hf.co/ORG/REPO/FILE.gguf, a library name, or "
+        "a registry name: ollama.com/library/MODEL[:TAG], or MODEL[:TAG] not in the library.",
+        show_default=False,
     ),
     force: bool = typer.Option(
         False, "--force", help="Pull even if the model cannot fit in this machine's memory."
@@ -32,20 +35,40 @@ def pull(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Only say what would be pulled, and where it would run."
     ),
+    all_: bool = typer.Option(
+        False, "--all", help="Bring every pulled model up to date with its source."
+    ),
 ) -> None:
-    """Download models from the Hugging Face Hub.
+    """Download models from the Hugging Face Hub or an Ollama-style registry.
 
-    Every file is checked against the Hub's sha256; interrupted pulls resume. REPO:auto (or
+    Every file is checked against its sha256; interrupted pulls resume. REPO:auto (or
     --quant auto) picks the largest quantization that fits this machine's GPU, else its memory.
+    Registry names go to LOCALRUN_REGISTRY (default https://registry.ollama.ai).
     """
+    from localrun.errors import UsageError
     from localrun.hub.pull import pull as pull_model
     from localrun.models.packaged import packaged_with
     from localrun.models.resolve import hub_ref_for
+    from localrun.models.updates import registry_target
 
+    if all_ or not refs:
+        if not all_ or refs or quant or dry_run:
+            raise UsageError("name the models to pull, or pull --all alone",
+                             "localrun pull NAME..., or: localrun pull --all")  # fmt: skip
+        _pull_all(as_json)
+        return
     for ref in refs:
         if (package := packaged_with(ref)) is not None:
             print(f"{ref}: comes with the Python package {package}, nothing to pull",
                   file=sys.stderr)  # fmt: skip
+            continue
+        if (target := registry_target(ref)) is not None:
+            if quant or dry_run:
+                raise UsageError(
+                    f"--quant and --dry-run are for Hub repositories, not '{ref}'",
+                    "a registry model's tag names its quantization: NAME:TAG",
+                )
+            _pull_registry(*target, force, as_json)
             continue
         text = _with_quant(hub_ref_for(ref), quant)
         if dry_run or text.upper().rsplit("@", 1)[0].endswith(":AUTO"):
@@ -130,3 +153,54 @@ def _chosen(text: str, dry_run: bool, as_json: bool) -> str | None:
         file=sys.stderr,
     )
     return None
+
+
+def _pull_registry(text: str, name: str, force: bool, as_json: bool) -> None:
+    """Pull a registry model, and say what came."""
+    from localrun.models.updates import pull_from_registry
+
+    result = pull_from_registry(text, name, reporter(), force=force)
+    size, digest = result.manifest.size, result.manifest.digest
+    if as_json:
+        record = {
+            "name": name,
+            "registry": result.manifest.name.full,
+            "digest": digest,
+            "size": size,
+            "up_to_date": result.up_to_date,
+            "downloaded_bytes": result.downloaded_bytes,
+            "resumed_bytes": result.resumed_bytes,
+            "transfer_s": result.transfer_seconds,
+            "total_s": result.seconds,
+        }
+        print(json.dumps(record))
+    if result.up_to_date:
+        print(f"{name}: up to date (manifest {digest[:19]})", file=sys.stderr)
+        return
+    resumed = f", resumed after {human_size(result.resumed_bytes)}" if result.resumed_bytes else ""
+    print(f"{name}: pulled {human_size(size)} in {result.seconds:.1f} s{resumed}, "
+          f"every layer's sha256 verified (manifest {digest[:19]})", file=sys.stderr)  # fmt: skip
+
+
+def _pull_all(as_json: bool) -> None:
+    """Pull every model that came from the Hub or a registry again; say what changed."""
+    from localrun.errors import LocalrunError
+    from localrun.models.updates import sources, update
+
+    found = sources()
+    if not found:
+        print("no pulled models to update", file=sys.stderr)
+        return
+    failed = 0
+    for source in found:
+        done = update(source, reporter())
+        failed += done.problem is not None
+        if as_json:
+            print(json.dumps({"name": source.name, "updated": done.updated,
+                              "problem": done.problem}))  # fmt: skip
+        what = (f"not updated: {done.problem}" if done.problem else
+                "updated" if done.updated else "up to date")  # fmt: skip
+        print(f"{source.name}: {what}", file=sys.stderr)
+    if failed:
+        raise LocalrunError(f"{failed} of {len(found)} models could not be updated",
+                            "see the lines above; pull again to retry them")  # fmt: skip

@@ -1,5 +1,8 @@
 """``localrun run MODEL [PROMPT...]``: answer a prompt, streaming the text to stdout.
 
+Over 400 lines because the command's flags are its parameters, typer's way: each flag is a
+few lines here, and the checks and the work are in the modules below.
+
 ``run`` gathers its flags (:mod:`.runflags`), checks them together (:mod:`.runplan`), picks
 a remote engine or a model loaded here (:mod:`.runload`), and goes to one answer
 (:mod:`.answer`), the chat (:mod:`.runchat`) or a batch file's requests (:mod:`.batchrun`).
@@ -162,6 +165,8 @@ def run(
     flash_attn: str | None = options.flash_attn(
         "Flash attention: auto, on or off (q8_0 and q4_0 caches need it). [default: auto]"
     ),
+    cpu_moe: bool = options.cpu_moe(),
+    n_cpu_moe: int | None = options.n_cpu_moe(),
     no_repack: bool = typer.Option(
         False,
         "--no-repack",
@@ -241,6 +246,7 @@ def run(
             rpc=rpc,
             repack=not no_repack,
             prompt_cache=not no_prompt_cache,
+            cpu_moe=options.experts_on_cpu(cpu_moe, n_cpu_moe),
         ),
         chat_command=ctx.info_name == "chat",
     )

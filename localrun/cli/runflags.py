@@ -84,6 +84,7 @@ class Load:
     rpc: str | None
     repack: bool
     prompt_cache: bool
+    cpu_moe: int = 0  # the first N layers' experts on the CPU (-1: every layer's)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ def load_local(
             repack=flags.repack,
             kv_type=opts.kv_type,
             flash_attn=opts.flash_attn,
+            cpu_moe=flags.cpu_moe,
         )
         try:
             engine.speculate(

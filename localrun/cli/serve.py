@@ -71,6 +71,8 @@ def serve(
     flash_attn: str | None = options.flash_attn(
         "Flash attention: auto, on or off. [default: auto]"
     ),
+    cpu_moe: bool = options.cpu_moe(),
+    n_cpu_moe: int | None = options.n_cpu_moe(),
     rpc: str | None = options.rpc(
         "Split the models' layers with these RPC workers ('localrun worker' on other "
         "machines), by free memory."
@@ -133,6 +135,7 @@ def serve(
         draft=draft,
         kv_type=kv_type,
         flash_attn=flash_attn,
+        cpu_moe=options.experts_on_cpu(cpu_moe, n_cpu_moe),
         allow_remote_images=allow_remote_images,
         n_ctx=ctx_size,
         metrics=metrics,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -95,8 +96,32 @@ def show(
     if (p := facts.projector) is not None:
         what = ", ".join((human_size(p.size), *p.modalities))
         rows.append(("projector", f"{Path(p.path).name} ({what})"))
+    rows += _origin_rows(facts.origin or {})
     print(f"Model {facts.name}")
     print("  " + table(("", ""), rows).replace("\n", "\n  ").lstrip())
+
+
+def _when(seconds: object) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(float(seconds)))  # type: ignore[arg-type]
+
+
+def _origin_rows(origin: dict[str, object]) -> list[tuple[str, str]]:
+    """Where the model came from: its Hub repository or registry manifest, and when."""
+    rows = []
+    if "repository" in origin:
+        rows += [
+            ("from", f"hf.co/{origin['repository']} at {origin['revision']}"),
+            ("commit", str(origin["commit"])),
+            ("file", str(origin["file"])),
+        ]
+    if "manifest" in origin:
+        rows += [("from", f"{origin['name']} ({origin['registry']})"),
+                 ("manifest", str(origin["manifest"]))]  # fmt: skip
+    if origin.get("pulled_at"):
+        rows.append(("pulled", _when(origin["pulled_at"])))
+    if origin.get("created") and "manifest" not in origin:
+        rows.append(("created", _when(origin["created"])))
+    return rows
 
 
 def _unpulled(recipe: Recipe, as_json: bool) -> None:

@@ -20,6 +20,7 @@ from localrun.engine.batch import BatchEngine
 from localrun.engine.load import LoadedModel
 from localrun.engine.prompting import (
     check_tools,
+    fill_in_prompt,
     fitted,
     messages_prompt,
     offered,
@@ -270,7 +271,12 @@ class LocalAnswerer:
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> _Local:
         started = time.perf_counter() if started is None else started
-        tools, watch, required = offered(self.loaded, request)
+        _check_bias(self.loaded, request.sampling)
+        # A request's own template (Ollama's, translated as a Modelfile's) reads its prompt.
+        loaded = self.loaded
+        if request.template is not None:
+            loaded = replace(loaded, template_override=request.template)
+        tools, watch, required = offered(loaded, request)
         sampling = request.sampling
         if required is not None:
             if sampling.grammar is not None:
@@ -282,22 +288,24 @@ class LocalAnswerer:
         request = replace(request, tools=tools)
         messages: Sequence[Message] = request.messages
         dropped = None
-        if request.raw:
-            prompt = raw_prompt(self.loaded, request)
+        if request.suffix:
+            prompt = fill_in_prompt(loaded, request)
+        elif request.raw:
+            prompt = raw_prompt(loaded, request)
         elif trim:
-            prompt, messages = fitted(self.loaded, messages, request)
+            prompt, messages = fitted(loaded, messages, request)
             if len(messages) < len(request.messages):
                 dropped = Trimmed(len(request.messages) - len(messages), turns(messages))
         else:
-            prompt = messages_prompt(self.loaded, messages, request)
+            prompt = messages_prompt(loaded, messages, request)
         if request.context:
             prompt = Prompt([*request.context, *prompt.tokens], prompt.images)
         check_fits(self.loaded, prompt.cells)
         # The prompt is read in chunks that end where its lasting part does, cache or not: the
         # numbers of a cold run, a warm run and a run without the cache are then the same.
         kept = 0
-        if keep and not request.raw and not request.context:
-            kept = keep_point(self.loaded.model, self.loaded.template, messages, prompt.tokens,
+        if keep and not (request.raw or request.suffix or request.context):
+            kept = keep_point(loaded.model, loaded.template, messages, prompt.tokens,
                               request.document, tools)  # fmt: skip
         job = Job(
             prompt.tokens,
@@ -310,11 +318,12 @@ class LocalAnswerer:
             speculate=self.loaded.speculate,
             special=watch is not None,
             images=prompt.images,
-            think_budget=trace_budget(self.loaded, request, prompt),
+            think_budget=trace_budget(loaded, request, prompt),
             logprobs=request.logprobs,
+            prompt_logprobs=request.prompt_logprobs,
         )
         load_s = self.loaded.load_s if self._counts_load else 0.0
-        trace = trace_watch(self.loaded, request, prompt)
+        trace = trace_watch(loaded, request, prompt)
         if trace is not None and trace.needs_special:
             job = replace(job, special=True)  # its markers are special tokens: shown, then cut
         return _Local(self.loaded, job, watch, dropped, loop, load_s, self.engine, trace)
@@ -375,3 +384,15 @@ def generate_tokens(
     job = Job(tokens, sampling, max_tokens=max_tokens, stop=tuple(stop), stop_at_eog=stop_at_eog,
               submitted=start, cache_at=cache_at, speculate=loaded.speculate)  # fmt: skip
     return iter(_Local(loaded, job, None, None, load_s=loaded.load_s))
+
+
+def _check_bias(loaded: LoadedModel, sampling: SamplingParams) -> None:
+    """A logit bias names tokens of this model's vocabulary (llama.cpp would read past it)."""
+    n_vocab = loaded.model.n_vocab
+    outside = [token for token, _ in sampling.logit_bias if token >= n_vocab]
+    if outside:
+        raise UsageError(
+            f"logit_bias names token {outside[0]}, but {loaded.name}'s vocabulary has "
+            f"{n_vocab} tokens",
+            f"give token ids below {n_vocab} (localrun tokenize {loaded.name} TEXT lists them)",
+        )

@@ -12,6 +12,11 @@ strings and limits; and releases what finished. When the cache has no room for a
 newest sequence is paused: its cells are dropped and it waits at the head of the queue to
 read its text again, so its answer goes on where it stopped. Per-request state lives in its
 :class:`~localrun.engine.sequence.Sequence`, whose status says where it is.
+
+Over 400 lines because the engine thread's loop is one piece of state: what it admits, the
+one step it builds and decodes, what it releases, and the embeddings it computes between
+steps all read and change the same queues and cells; the per-request parts are already in
+:mod:`.sequence`, :mod:`.cells` and :mod:`.speculator`.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class BatchEngine:
         draft_cost: float = 0.0,
     ) -> None:
         self.model = model
+        self._pooling = getattr(model, "pooling", None)  # an embedding model's (scripted: none)
         self.prompt_cache = prompt_cache if prompt_cache and prompt_cache.enabled else None
         self.n_seq = model.n_seq_max
         # The most one sequence may hold: its share of the cache (or all of it).
@@ -97,6 +103,11 @@ class BatchEngine:
         The engine owns ``job.grammar`` from now on."""
         if not job.prompt:
             raise UsageError("the prompt has no tokens", "give a non-empty prompt")
+        if self._pooling:
+            raise UsageError(
+                f"this model embeds texts ({self._pooling} pooling): it cannot chat",
+                "use /api/embed, /v1/embeddings, /v1/rerank, localrun embed or rerank",
+            )
         self._check_alive()
         check_prompt(job.prompt, job.images, self.model.n_vocab, self.seq_ctx)
         if job.sampling.grammar is not None and job.grammar is None:
@@ -121,9 +132,10 @@ class BatchEngine:
         free sequence slot; a future of ``loop`` (a list of floats)."""
         if not tokens:
             raise UsageError("the text to embed has no tokens", "give a non-empty text")
-        if len(tokens) > self.seq_ctx:
+        limit = self.model.n_batch if self._pooling else self.seq_ctx  # in one pass
+        if len(tokens) > limit:
             raise PromptTooLongError(
-                f"the text is {len(tokens)} tokens but the context holds only {self.seq_ctx}",
+                f"the text is {len(tokens)} tokens but the context holds only {limit}",
                 "shorten it, or let the server truncate it (truncate: true)",
             )
         self._check_alive()
@@ -204,7 +216,18 @@ class BatchEngine:
                 self._finish(item, End(FinishReason.CANCELLED))
 
     def _embed(self) -> None:
-        """Compute the waiting embeddings in a free slot (its kept cells give way)."""
+        """Compute the waiting embeddings: an embedding model's many texts a pass, a generative
+        model's one by one in a free slot (its kept cells give way)."""
+        while self._embeddings and self._pooling:
+            jobs = [
+                self._embeddings.popleft() for _ in range(min(len(self._embeddings), self.n_seq))
+            ]
+            try:
+                found: list[Any] = self.model.embed_batch([j.tokens for j in jobs])
+            except LocalrunError as e:
+                found = [e] * len(jobs)
+            for job, vector in zip(jobs, found, strict=True):
+                job.deliver(vector)
         while self._embeddings and self.cells.free:
             job = self._embeddings.popleft()
             slot = self.cells.for_embedding()
@@ -275,9 +298,10 @@ class BatchEngine:
             if budget == 0:
                 break
             take = seq.chunk(budget)
+            scored = seq.prompt_logprobs is not None and not seq.prompt_done
             for i in range(take):
                 last = i == take - 1 and take == len(seq.pending)
-                rows.append((seq, seq.pending[i], seq.cached + i, last))
+                rows.append((seq, seq.pending[i], seq.cached + i, last or scored))
             if seq.drafts:
                 # Guesses ride along, each row with logits: checked after the decode.
                 for j, guess in enumerate(seq.drafts):
@@ -301,8 +325,11 @@ class BatchEngine:
     def _sample_rows(self, rows: list[Row]) -> None:
         """Sample every sequence whose row asked for logits (a guessing one: all its rows)."""
         checked: set[int] = set()
-        for index, (seq, _, _, wants) in enumerate(rows):
+        for index, (seq, _, pos, wants) in enumerate(rows):
             if not wants or seq.finished or id(seq) in checked:
+                continue
+            if seq.scores(pos):
+                seq.score(self.model, index, pos)
                 continue
             seq.stats.passes += 1
             if seq.drafts:
@@ -362,6 +389,8 @@ class BatchEngine:
             return
         seq = max(self._running, key=lambda s: s.number)
         seq.paused_at.append(len(seq.generated))
+        if not seq.prompt_done:
+            seq.prompt_probs.clear()  # read again from the start
         self._release(seq, None)
         seq.pending = seq.text()  # read again: its answer goes on after it
         seq.cached = 0

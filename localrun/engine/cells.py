@@ -68,6 +68,9 @@ class Cells:
         own cells (``reused`` of them), another sequence's, or on disk."""
         self.free.remove(slot)
         seq.slot = slot
+        if seq.prompt_logprobs is not None and not seq.prompt_done:
+            self._take_prefix(seq, slot, 0)  # a scored prompt is read whole: each row's logits
+            return
         self._take_prefix(seq, slot, reused)
         self._share_prefix(seq, slot, running)
         self._restore(seq, slot)

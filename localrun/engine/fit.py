@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from localrun.backend import context_size
 from localrun.backend.llamacpp.offload import COMPUTE_RESERVE, model_sizes
-from localrun.engine.context import Room, room
+from localrun.engine.context import Room as Room
+from localrun.engine.context import room
 from localrun.errors import InsufficientSpaceError
 from localrun.files import human_size
 from localrun.hub.pull import Offer, offers, remote_header

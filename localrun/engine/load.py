@@ -121,6 +121,7 @@ def load_model(
     kv_type: str = "f16",
     flash_attn: str = "auto",
     shared: bool = False,
+    cpu_moe: int = 0,
 ) -> LoadedModel:
     """Load a model with as many layers on the GPU(s) as fit (``gpu_layers``: auto, all, N).
 
@@ -151,7 +152,7 @@ def load_model(
         from localrun.engine.workers import connect
 
         connect(workers)
-    plan, memory = _plan(path, n_ctx, gpu_layers, kv_type, settings.projector)
+    plan, memory = _plan(path, n_ctx, gpu_layers, kv_type, settings.projector, cpu_moe)
     layers = plan.n_gpu_layers
     while True:
         options = LoadOptions(
@@ -166,6 +167,7 @@ def load_model(
             kv_type=kv_type,
             flash_attn=flash_attn,
             projector=settings.projector,
+            cpu_moe=cpu_moe,
         )
         try:
             model = backend.load(options)
@@ -309,6 +311,7 @@ def _plan(
     request: str | int,
     kv_type: str = "f16",
     projector: Path | None = None,
+    cpu_moe: int = 0,
 ) -> tuple[Plan, str | None]:
     """The offload plan, and the key under which a working count is remembered. A vision
     model's projector goes to the first local GPU: its room is kept there."""
@@ -331,8 +334,11 @@ def _plan(
         targets[0] = replace(targets[0], free_bytes=max(0, targets[0].free_bytes - taken))
     cpu = next((d for d in gpu.devices() if d.type == "cpu"), None)
     here = GPU("CPU", cpu.free_bytes, cpu.total_bytes) if cpu is not None else None
-    key = memory_key(path, ctx, tuple(t.name for t in targets), kv_type)
-    sizes = model_sizes(info, ctx, kv_type)
+    # Experts kept on the CPU make another plan: its count is remembered apart.
+    layout = f"{kv_type}, experts of {cpu_moe} layers on the CPU" if cpu_moe else kv_type
+    key = memory_key(path, ctx, tuple(t.name for t in targets), layout)
+    # A MoE model's experts kept on the CPU leave the GPU only the rest of their layers.
+    sizes = model_sizes(info, ctx, kv_type).experts_on_cpu(cpu_moe)
     if request == AUTO and (count := remembered(key)) is not None:
         remembered_plan = offload.plan(sizes, targets, count, cpu=here)
         return replace(

@@ -86,6 +86,31 @@ def raw_prompt(loaded: LoadedModel, request: Request) -> Prompt:
     return Prompt(tokenize_bounded(model, last.content, limit, parse_special=True, n_ctx=n_ctx))
 
 
+def fill_in_prompt(loaded: LoadedModel, request: Request) -> Prompt:
+    """The last message's text and ``request.suffix`` put around the model's fill-in-the-
+    middle tokens, as llama-server's infill puts them: its prefix token, the text before, its
+    suffix token, the text after, its middle token; the answer is the middle."""
+    model, n_ctx = loaded.model, loaded.seq_ctx
+    fim = model.fim_tokens
+    if fim is None:
+        raise UsageError(
+            f"{loaded.name} cannot fill in the middle: its vocabulary has no prefix, suffix "
+            "and middle tokens",
+            "use a code model made for it (Qwen2.5-Coder, CodeLlama, StarCoder2, Codestral), "
+            "or send no suffix",
+        )
+    limit = TOKENIZE_LIMIT_FACTOR * n_ctx
+    before = request.messages[-1].content if request.messages else ""
+    head = tokenize_bounded(model, before, limit, parse_special=False, n_ctx=n_ctx)
+    tail = tokenize_bounded(model, request.suffix or "", limit, parse_special=False, n_ctx=n_ctx)
+    bos = model.bos_token
+    lead = [bos] if bos is not None and head[:1] == [bos] else []
+    if lead and tail[:1] == lead:
+        tail = tail[1:]
+    pre, suf, mid = fim
+    return Prompt([*lead, pre, *head[len(lead) :], suf, *tail, mid])
+
+
 def messages_prompt(loaded: LoadedModel, messages: Sequence[Message], request: Request) -> Prompt:
     """``messages`` as the model reads them, with the request's tools."""
     if not loaded.model.vision and any(m.images for m in messages):
@@ -146,7 +171,7 @@ def trace_budget(loaded: LoadedModel, request: Request, prompt: Prompt) -> Budge
     """The engine's thinking budget for ``request`` (None: no budget asked, or a model that
     does not think, or an answer held to a grammar, whose tokens the engine cannot force)."""
     form = think_form(loaded.template)
-    if request.think_budget is None or form is None or request.raw:
+    if request.think_budget is None or form is None or request.raw or request.suffix:
         return None
     if request.sampling.grammar is not None:
         return None
@@ -164,7 +189,7 @@ def trace_watch(loaded: LoadedModel, request: Request, prompt: Prompt) -> TraceW
     """The split of a thinking model's answer into its trace and the answer proper (None
     for a model that does not think, or a raw prompt, which is the caller's to read)."""
     form = think_form(loaded.template)
-    if form is None or request.raw:
+    if form is None or request.raw or request.suffix:
         return None
     splitter = Splitter(form, in_trace=opens_in_prompt(form, prompt.text))
     return TraceWatch(splitter, needs_special=form.needs_special)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 import queue
 import time
 from collections import deque
@@ -31,12 +32,18 @@ from localrun.engine.types import (
     FinishReason,
     FirstToken,
     Job,
+    Logprobs,
     PrefillProgress,
     PromptEvaluated,
     Stats,
     TextDelta,
+    TokenProb,
 )
 from localrun.errors import PromptTooLongError, UsageError
+
+# A scored prompt's rows a step (echo): llama.cpp keeps each row's logits, 1 MiB a row for a
+# 262,144-token vocabulary, in an output buffer that never shrinks.
+SCORED_ROWS = 32
 
 
 class Status(enum.Enum):
@@ -131,6 +138,8 @@ class Sequence:
     special: bool = False  # show control tokens' text (a tool call's markers)
     spending: Spending | None = None  # a thinking budget's count, and what it forces
     logprobs: int | None = None  # each token's log probability, with so many alternatives
+    prompt_logprobs: int | None = None  # the prompt's too: every prompt row gives logits
+    prompt_probs: list[Logprobs] = field(default_factory=list)  # those, as they are read
     images: dict[int, ImageChunk] = field(default_factory=dict)  # its pictures, by their id
     cache_done: bool = False  # cache_at was reached (and the state saved, if it was not)
     out: TextOut = field(init=False)  # its text: UTF-8 across tokens, held at stop strings
@@ -172,6 +181,9 @@ class Sequence:
         seq.logprobs = job.logprobs
         if job.logprobs is not None:
             seq.speculate = seq.k = 0  # each token's logits are its own row's: one a step
+        seq.prompt_logprobs = job.prompt_logprobs
+        if job.prompt_logprobs is not None:
+            seq.cache_at = 0  # read whole, never from a cache: each row's logits are needed
         if job.submitted is not None:
             seq.submitted = job.submitted
         return seq
@@ -191,6 +203,8 @@ class Sequence:
     def chunk(self, budget: int) -> int:
         """How many of its pending tokens it feeds a step that has room for ``budget``."""
         take = min(len(self.pending), budget)
+        if self.prompt_logprobs is not None and not self.prompt_done:
+            take = min(take, SCORED_ROWS)  # each row's logits are kept: a few rows a step
         if self.images:
             take = min(take, next((i for i, t in enumerate(self.pending) if t < 0), take))
         if self.cache_at and not self.cache_done and self.cached < self.cache_at:
@@ -215,7 +229,7 @@ class Sequence:
         it, or None: it goes on (with ``seq_ctx`` cells at the most)."""
         now = time.perf_counter()
         if not self.first_at:
-            self._first(now)
+            self._first(now, model)
         self.last_at = now
         if self.max_tokens == 0:  # the prompt read, and no token asked for (as Ollama's)
             return End(FinishReason.LENGTH)
@@ -241,14 +255,31 @@ class Sequence:
             self.spending.took(self.generated)
         return None
 
-    def _first(self, now: float) -> None:
+    def scores(self, pos: int) -> bool:
+        """Whether its row at ``pos`` is a prompt row read for its figures (echo), not one
+        to sample from."""
+        return self.prompt_logprobs is not None and pos < len(self.prompt) - 1
+
+    def score(self, model: StepModel, row: int, pos: int) -> None:
+        """The prompt token after ``pos``: its log probability from ``row``'s logits."""
+        assert self.prompt_logprobs is not None
+        following = self.prompt[pos + 1]
+        self.prompt_probs.append(logprobs(model, row, following, self.prompt_logprobs))
+
+    def _first(self, now: float, model: StepModel) -> None:
         """The first token was sampled at ``now``: the prompt's reading is over."""
         stats = self.stats
         self.prompt_done = True
         stats.prompt_evaluated = len(self.prompt) - self.reused
         # Encoding pictures is the vision encoder's time, counted apart.
         stats.prefill_s = max(0.0, now - self.prefill_started - stats.image_encode_s)
-        self.outbox.put(PromptEvaluated(len(self.prompt), stats.prompt_evaluated, stats.prefill_s))
+        scored: tuple[Logprobs, ...] = ()
+        if self.prompt_logprobs is not None:
+            first = TokenProb(self.prompt[0], model.piece(self.prompt[0]), math.nan)
+            scored = (Logprobs(first), *self.prompt_probs)
+        self.outbox.put(
+            PromptEvaluated(len(self.prompt), stats.prompt_evaluated, stats.prefill_s, scored)
+        )
         self.first_at = now
         self.outbox.put(FirstToken(now - self.submitted))
 

@@ -18,7 +18,7 @@ from typing import Protocol
 from localrun.backend import Model
 from localrun.engine.load import LoadedModel
 from localrun.engine.options import run_options
-from localrun.engine.prompting import messages_prompt, offered, raw_prompt
+from localrun.engine.prompting import fill_in_prompt, messages_prompt, offered, raw_prompt
 from localrun.engine.types import Request
 from localrun.errors import UsageError
 from localrun.models.resolve import Settings
@@ -113,7 +113,9 @@ def prompt_of(loaded: LoadedModel, request: Request) -> list[int]:
     chat template with the tools offered, a raw prompt as it is, Ollama's context first):
     the tokens whose count an answer reports as its prompt's."""
     tools, _, _ = offered(loaded, request)
-    if request.raw:
+    if request.suffix:
+        prompt = fill_in_prompt(loaded, request)
+    elif request.raw:
         prompt = raw_prompt(loaded, request)
     else:
         prompt = messages_prompt(loaded, request.messages, replace(request, tools=tools))

@@ -60,6 +60,11 @@ class Request:
     # Each answer token's log probability, with this many of the likeliest alternatives
     # (OpenAI's logprobs and top_logprobs); None: none.
     logprobs: int | None = None
+    # Fill in the middle: the last message's text is what comes before, this what comes
+    # after, and the answer is what goes between (OpenAI's and Ollama's suffix).
+    suffix: str | None = None
+    prompt_logprobs: int | None = None  # the prompt's tokens' log probabilities (echo)
+    template: str | None = None  # a request's own chat template (Jinja), over the model's
 
     @classmethod
     def of(
@@ -109,6 +114,7 @@ class Job:
     images: Mapping[int, ImageChunk] = field(default_factory=dict)
     grammar: object | None = None
     logprobs: int | None = None  # each token's log probability, and this many alternatives
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (read whole)
 
 
 @dataclass
@@ -166,6 +172,9 @@ class PromptEvaluated:
     prompt_tokens: int
     evaluated: int
     seconds: float
+    # Where asked (Job.prompt_logprobs): each prompt token's; the first's is NaN (nothing
+    # comes before it to give it a probability).
+    logprobs: tuple[Logprobs, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from localrun.errors import NeedsPullError
-from localrun.gguf.reader import file_type_name, read_gguf
+from localrun.gguf.reader import GGUFInfo, file_type_name, read_gguf
 from localrun.hub import store
-from localrun.models import names, packaged, recipes
+from localrun.models import names, packaged, recipes, updates
 from localrun.models.modelfile import Modelfile
 from localrun.models.resolve import Resolved, resolve
 
@@ -40,6 +40,9 @@ class ModelFacts:
     license: str | None
     projector: ProjectorFacts | None
     capabilities: tuple[str, ...]  # as Ollama names them: completion, vision, audio, tools
+    # Where it came from (Hub repository, revision, commit, file; or registry name and manifest
+    # digest) and when it was pulled or created; None for a file or a packaged model.
+    origin: dict[str, object] | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -87,7 +90,8 @@ def model_facts(ref: str) -> ModelFacts:
         chat_template=template is not None,
         license=meta.get("general.license"),
         projector=projector,
-        capabilities=capabilities(template, projector),
+        capabilities=capabilities(template, projector, pooling_of(info)),
+        origin=updates.origin(name, resolved.manifest),
     )
 
 
@@ -110,10 +114,25 @@ def projector_facts(path: Path | None) -> ProjectorFacts | None:
     return ProjectorFacts(str(path), path.stat().st_size, modalities)
 
 
-def capabilities(template: Any, projector: ProjectorFacts | None) -> tuple[str, ...]:
-    """What a model can be asked to do, as Ollama's ``show`` names it."""
+def capabilities(
+    template: Any, projector: ProjectorFacts | None, pooling: str | None = None
+) -> tuple[str, ...]:
+    """What a model can be asked to do, as Ollama's ``show`` names it: an embedding model
+    (its GGUF names a pooling type) only ``embedding``, a reranker (rank pooling) ``rerank``."""
+    if pooling is not None:
+        return ("rerank",) if pooling == "rank" else ("embedding",)
     tools = ("tools",) if isinstance(template, str) and "tools" in template else ()
     return ("completion", *(projector.modalities if projector else ()), *tools)
+
+
+POOLING = {1: "mean", 2: "cls", 3: "last", 4: "rank"}  # llama.cpp's llama_pooling_type
+
+
+def pooling_of(info: GGUFInfo) -> str | None:
+    """The pooling type an embedding model's GGUF names (``<arch>.pooling_type``), as
+    llama.cpp loads it; None for a generative model (none, or 0)."""
+    value = info.arch_value("pooling_type")
+    return POOLING.get(value) if isinstance(value, int) else None
 
 
 def _int(value: object) -> int | None:

@@ -36,6 +36,8 @@ class Recipe:
     created_at: float = 0.0
     weights: str | None = None  # its own quantized file (create --quantize), not FROM's
     aliases: tuple[str, ...] = ()  # other names of a library recipe (``llama3.2``, ``:latest``)
+    # Where a model pulled from a registry came from: registry, name, manifest digest, pulled_at.
+    origin: dict[str, str | float] | None = None
 
     @property
     def jinja_template(self) -> str | None:
@@ -104,7 +106,7 @@ def _read_created(path: Path) -> Recipe | None:
         return None  # one damaged record must not hide the others
     return Recipe(
         data["name"], mf, "created", created_at=data.get("created_at", 0.0),
-        weights=data.get("weights"),
+        weights=data.get("weights"), origin=data.get("origin"),
     )  # fmt: skip
 
 
@@ -227,8 +229,11 @@ def check_new_name(name: str) -> None:
             )
 
 
-def record(name: str, mf: Modelfile, base_dir: Path) -> Recipe:
-    """Save ``mf`` as the created model ``name``; paths in it are read from ``base_dir``."""
+def record(
+    name: str, mf: Modelfile, base_dir: Path, origin: dict[str, str | float] | None = None
+) -> Recipe:
+    """Save ``mf`` as the created model ``name``; paths in it are read from ``base_dir``.
+    ``origin`` says where a pulled one came from (:mod:`localrun.models.fromregistry`)."""
     check_new_name(name)
     mf.from_ = _resolve_from(mf.from_, base_dir)
     mf.adapters = [_resolve_from(a, base_dir) for a in mf.adapters]
@@ -238,7 +243,7 @@ def record(name: str, mf: Modelfile, base_dir: Path) -> Recipe:
         mf.parameters["draft"] = _resolve_from(draft, base_dir)
     if mf.from_ == name:
         raise ModelfileError(f"{name} cannot be FROM itself", "name another model in FROM")
-    recipe = Recipe(name, mf, "created", created_at=time.time())
+    recipe = Recipe(name, mf, "created", created_at=time.time(), origin=origin)
     recipe.jinja_template  # noqa: B018 - a template that cannot translate fails now, not at run
     replaced = find(name)
     _save(recipe)
@@ -257,6 +262,8 @@ def _save(recipe: Recipe) -> None:
     }
     if recipe.weights is not None:
         record["weights"] = recipe.weights
+    if recipe.origin is not None:
+        record["origin"] = recipe.origin
     try:
         write_atomic(path, json.dumps(record, indent=2))
     except OSError as e:

@@ -15,6 +15,7 @@ from localrun.errors import ModelNotFoundError, NeedsPullError, UsageError
 from localrun.gguf.check import check_model_file
 from localrun.hub import store
 from localrun.hub.refs import is_hub_ref
+from localrun.hub.registry_names import is_registry_name
 from localrun.models import names, packaged, recipes
 from localrun.prompt.template import Message
 
@@ -94,6 +95,8 @@ def resolve(ref: str, _seen: tuple[str, ...] = ()) -> Resolved:
                 )
             return Resolved(ref, (Path(recipe.weights),), _merge(base.settings, recipe))
         return Resolved(ref, base.files, _merge(base.settings, recipe), base.manifest, base.sha256)
+    if is_registry_name(ref):  # ollama.com/library/NAME: pulled as a created model, not yet here
+        raise NeedsPullError(ref, ref)
     path = Path(ref).expanduser()
     try:
         exists = path.exists()

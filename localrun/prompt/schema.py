@@ -31,9 +31,10 @@ from typing import Any
 
 from localrun.errors import UsageError
 from localrun.prompt import ranges
-from localrun.prompt.keywords import CHECKS, HINT, MAX_DEPTH, MAX_SCHEMA_REPEAT, bound, is_type
+from localrun.prompt.keywords import CHECKS, HINT, MAX_DEPTH, bound, is_type
 from localrun.prompt.keywords import FORMATS as FORMATS
 from localrun.prompt.keywords import MAX_ENUM as MAX_ENUM
+from localrun.prompt.keywords import MAX_SCHEMA_REPEAT as MAX_SCHEMA_REPEAT
 from localrun.prompt.keywords import TYPES as TYPES
 
 # What the converter enforces; the keywords that only describe (title, examples...) pass.

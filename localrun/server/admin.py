@@ -105,16 +105,23 @@ class AdminAPI:
     async def pull(self, request: Request) -> Response:
         from localrun.hub.pull import pull as pull_model
         from localrun.models.resolve import hub_ref_for
+        from localrun.models.updates import pull_from_registry, registry_target
 
         self._allowed()
         body = await fields.read_body(request)
         name = fields.model_name(body)
-        ref = await asyncio.to_thread(hub_ref_for, name)
+        # A registry name (ollama.com/library/NAME, or NAME not in the library) pulls from the
+        # registry; everything else from the Hub.
+        target = await asyncio.to_thread(registry_target, name)
+        ref = name if target is not None else await asyncio.to_thread(hub_ref_for, name)
         progress = _Progress(asyncio.get_running_loop())
 
         def work() -> None:
             try:
-                pull_model(ref, reporter=progress)
+                if target is not None:
+                    pull_from_registry(*target, reporter=progress)
+                else:
+                    pull_model(ref, reporter=progress)
             finally:
                 progress.loop.call_soon_threadsafe(progress.queue.put_nowait, None)
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.responses import StreamingResponse
 
@@ -24,6 +24,7 @@ from localrun.engine.types import (
     Event,
     Finished,
     Logprobs,
+    PromptEvaluated,
     Request,
     Stats,
     TextDelta,
@@ -57,6 +58,11 @@ class Ask:
     ignore_eos: bool = False  # go on past the model's end of text (llama-server's, vLLM's)
     think: bool | str | None = None  # a thinking model's trace: on, off, an effort; None: default
     think_budget: int | None = None  # the most tokens the trace may take
+    n: int = 1  # answers to the one prompt (OpenAI's n), each its own sequence and seed
+    suffix: str | None = None  # fill in the middle: the text after (the prompt is before)
+    template: str | None = None  # its own chat template (Jinja), over the model's
+    prompt_logprobs: int | None = None  # the prompt's tokens' log probabilities (echo)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs (OpenAI's)
     logprobs: int | None = None  # each token's log probability, with so many alternatives
     # Leave the oldest turns out when the conversation does not fit (Ollama's truncate, the
     # Responses API's truncation "auto"); False: a prompt too long is refused, never cut.
@@ -77,6 +83,7 @@ class Answer:
     # Its tokens' log probabilities, where asked: all of them (whole), or those whose text
     # has not yet gone out (streamed).
     probs: list[Logprobs] = field(default_factory=list)
+    prompt_probs: tuple[Logprobs, ...] = ()  # the prompt's, where asked (echo)
     _closed: bool = False
 
     @classmethod
@@ -121,6 +128,8 @@ class Answer:
                     metrics.answered(self.pool, self.runner.name, event.stats)
                 elif isinstance(event, Called):
                     self.calls = event.calls
+                elif isinstance(event, PromptEvaluated) and event.logprobs:
+                    self.prompt_probs = event.logprobs
                 if isinstance(event, Trimmed):  # asked for (Ask.truncate): said in the log
                     self._trimmed(event)
                     continue
@@ -179,6 +188,8 @@ def _request(ask: Ask, options: RunOptions) -> Request:
     sampling = options.sampling
     if ask.grammar is not None:
         sampling = replace(sampling, grammar=ask.grammar)
+    if ask.logit_bias:
+        sampling = replace(sampling, logit_bias=ask.logit_bias)
     return Request(
         tuple(messages),
         sampling,
@@ -192,6 +203,9 @@ def _request(ask: Ask, options: RunOptions) -> Request:
         think=ask.think if ask.think is not None else options.think,  # the Modelfile's
         think_budget=ask.think_budget if ask.think_budget is not None else options.think_budget,
         logprobs=ask.logprobs,
+        suffix=ask.suffix,
+        template=ask.template,
+        prompt_logprobs=ask.prompt_logprobs,
     )
 
 
@@ -217,11 +231,17 @@ def _for_api(error: PromptTooLongError, truncated: bool) -> PromptTooLongError:
 Receive = Callable[[], Awaitable[Any]]  # an ASGI receive channel
 
 
+class Closes(Protocol):
+    """What a response holds until it ends: an answer, or several (OpenAI's ``n``)."""
+
+    def close(self) -> None: ...
+
+
 class AnswerResponse(StreamingResponse):
     """A streamed answer that lets its model go however the response ends: even when the
     client left before the first byte, and the body was never read."""
 
-    def __init__(self, answer: Answer, body: AsyncIterator[bytes], media_type: str) -> None:
+    def __init__(self, answer: Closes, body: AsyncIterator[bytes], media_type: str) -> None:
         super().__init__(body, media_type=media_type)
         self.answer = answer
 
@@ -236,7 +256,7 @@ class cancel_on_disconnect:
     """While the body runs, a client that disconnects cancels ``answer`` (its sequence is
     freed at the engine's next step), whether or not anything is being sent to it."""
 
-    def __init__(self, receive: Receive, answer: Answer) -> None:
+    def __init__(self, receive: Receive, answer: Closes) -> None:
         self.receive = receive
         self.answer = answer
         self.task: asyncio.Task[None] | None = None
@@ -295,9 +315,15 @@ async def embed(
     keep_alive: float | None = None,
     truncate: bool = True,
     dimensions: int | None = None,
+    query: str | None = None,
 ) -> Embedded:
-    """Each text's embedding from ``model`` (computed by its engine, between steps)."""
-    import math
+    """Each text's embedding from ``model``, scaled to length 1 (``dimensions``: cut to its
+    first ones, then scaled again), computed by its engine between steps: an embedding
+    model's texts many at a pass. With ``query``, ``model`` is a reranker and each text a
+    document: its vector is the reranker's raw output, the first value its relevance score.
+    A text longer than the context is cut to it (Ollama's rule), or refused without
+    ``truncate``."""
+    from localrun.server.embeddings import cut, end_tokens, normalized
 
     start = time.perf_counter()
     if dimensions is not None and dimensions < 1:
@@ -305,24 +331,31 @@ async def embed(
     runner = await pool.acquire(model, (options or {}).get("num_ctx"))
     load_s = time.perf_counter() - start
     try:
-        limit = runner.loaded.seq_ctx
+        loaded = runner.engine.model
+        pooled = loaded.pooling
+        if query is not None and pooled != "rank":
+            raise UsageError(
+                f"{model} is not a reranker", "rerank with a model made for it (bge-reranker)"
+            )
+        # An embedding model reads each text in one pass (its batch: the trained context).
+        limit = loaded.n_batch if pooled else runner.loaded.seq_ctx
+
+        ending = end_tokens(loaded)
 
         def tokens_of(text: str) -> list[int]:
-            model = runner.loaded.model
-            tokens = tokenize_bounded(model, text, 2 * limit, parse_special=False, n_ctx=limit)
-            return tokens[:limit] if truncate else tokens
+            if query is not None:
+                tokens = loaded.pair_tokens(query, text)
+            else:
+                tokens = tokenize_bounded(loaded, text, 2 * limit, parse_special=False, n_ctx=limit)
+            return cut(tokens, limit, ending if truncate else None)
 
+        all_tokens = await asyncio.to_thread(lambda: [tokens_of(text) for text in texts])
         loop = asyncio.get_running_loop()
-        vectors, count = [], 0
-        for text in texts:
-            tokens = await asyncio.to_thread(tokens_of, text)
-            count += len(tokens)
-            vector: list[float] = await runner.engine.embed(tokens, loop)
-            if dimensions is not None and dimensions < len(vector):
-                vector = vector[:dimensions]
-                norm = math.sqrt(sum(x * x for x in vector)) or 1.0
-                vector = [x / norm for x in vector]
-            vectors.append(vector)
+        futures = [runner.engine.embed(tokens, loop) for tokens in all_tokens]
+        vectors: list[list[float]] = list(await asyncio.gather(*futures))
     finally:
         pool.release(runner, keep_alive)
+    if query is None:
+        vectors = [normalized(v, dimensions) for v in vectors]
+    count = sum(len(t) for t in all_tokens)
     return Embedded(vectors, count, load_s if load_s > 0.05 else 0.0, time.perf_counter() - start)

@@ -90,7 +90,13 @@ def tags() -> list[dict[str, Any]]:
 
 def show(name: str) -> dict[str, Any]:
     """``/api/show``: the Modelfile, parameters, template, details and metadata."""
-    from localrun.models.facts import capabilities, chat_template, modelfile_of, projector_facts
+    from localrun.models.facts import (
+        capabilities,
+        chat_template,
+        modelfile_of,
+        pooling_of,
+        projector_facts,
+    )
     from localrun.server.pool import resolve_served
 
     resolved = resolve_served(name)
@@ -103,7 +109,7 @@ def show(name: str) -> dict[str, Any]:
     }
     model_info["general.parameter_count"] = info.parameters
     projector = projector_facts(resolved.settings.projector)
-    able = capabilities(chat_template(resolved, info.metadata), projector)
+    able = capabilities(chat_template(resolved, info.metadata), projector, pooling_of(info))
     return {
         "modelfile": mf.to_text(),
         "parameters": "\n".join(parameters),

@@ -35,6 +35,7 @@ class ServeConfig:
     kv_type: str | None = None  # every model's KV cache type; None: its Modelfile's, or config
     flash_attn: str | None = None
     n_ctx: int | None = None  # a model's context when neither request nor Modelfile says
+    cpu_moe: int = 0  # a MoE model's experts on the CPU: the first N layers' (-1: all)
     metrics: bool = False  # serve GET /metrics (Prometheus' text format)
 
     @property

@@ -214,13 +214,36 @@ def options(raw: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, kind in OPTION_TYPES.items():
         value = get(raw, name, kind, where="options")
-        if value is not None:
-            in_range(name, value)
-            out[name] = value
+        if value is None:
+            continue
+        if kind is str:  # the KV cache's type and flash attention: fixed when it loads
+            raise UsageError(
+                f"options.{name} cannot change per request: the model's cache is made when it "
+                "loads",
+                f"set it with serve --{name.replace('_', '-')}, or PARAMETER {name} in the "
+                "model's Modelfile",
+            )
+        in_range(name, value)
+        out[name] = value
     stop = raw.get("stop")
     if stop is not None:
         out["stop"] = stops(stop, "options.stop")
     return out
+
+
+def logit_bias(body: dict[str, Any]) -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``logit_bias``: token ids (as strings) to a bias from -100 to 100."""
+    raw = get(body, "logit_bias", dict, {})
+    found = []
+    for key, bias in raw.items():
+        number = isinstance(bias, (int, float)) and not isinstance(bias, bool)
+        if not key.isdigit() or not number or not -100 <= bias <= 100:
+            raise UsageError(
+                f"'logit_bias' cannot hold {json.dumps(key)[:24]}: {json.dumps(bias)[:24]}",
+                'map token ids to a bias from -100 to 100, as {"1234": -100}',
+            )
+        found.append((int(key), float(bias)))
+    return tuple(found)
 
 
 def in_range(name: str, value: float | int) -> None:
@@ -312,6 +335,8 @@ def think(value: Any, name: str = "think") -> bool | str | None:
         return value
     if isinstance(value, str) and value in EFFORTS:
         return value
+    if value == "max":  # Ollama's most: the most there is here
+        return "high"
     raise UsageError(
         f"'{name}' cannot be {json.dumps(value)[:40]}", "use true, false, low, medium or high"
     )
@@ -337,6 +362,8 @@ def reasoning_effort(body: dict[str, Any]) -> bool | str | None:
         return "high"
     if isinstance(value, str) and value in EFFORTS:
         return value
+    if value == "max":  # Ollama's most: the most there is here
+        return "high"
     raise UsageError(
         f"'{name}' cannot be {json.dumps(value)[:40]}",
         "use none, minimal, low, medium, high, xhigh or max",

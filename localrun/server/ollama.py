@@ -17,6 +17,7 @@ from typing import Any
 from localrun.engine.types import Logprobs, Stats
 from localrun.errors import LocalrunError, UsageError
 from localrun.images import Image, image_from_base64
+from localrun.models.gotemplate import is_go_template, to_jinja
 from localrun.prompt import grammar
 from localrun.prompt.template import Message
 from localrun.prompt.tools import ToolCall, parse_tools
@@ -57,15 +58,18 @@ def timings(stats: Stats) -> dict[str, Any]:
     }
 
 
-def _refuse_unsupported(body: dict[str, Any], *names: str) -> None:
-    """Fields localrun does not do yet, refused rather than silently ignored."""
-    why = {
-        "suffix": "fill-in-the-middle (suffix) is not supported",
-        "template": "a per-request template is not supported: put it in a Modelfile",
-    }
-    for name in names:
-        if body.get(name):
-            raise UsageError(why[name], f"send the request without '{name}'")
+def _template(body: dict[str, Any], raw: bool) -> str | None:
+    """``/api/generate``'s own ``template`` (a Go template, translated as a Modelfile's
+    TEMPLATE is), over the model's for this request."""
+    text = fields.get(body, "template", str) or None
+    if text is None:
+        return None
+    if raw:
+        raise UsageError(
+            "'template' is not read with 'raw': a raw prompt is read as it is",
+            "send one of them",
+        )
+    return to_jinja(text) if is_go_template(text) else text
 
 
 def _format(body: dict[str, Any]) -> str | None:
@@ -91,7 +95,6 @@ def generate_ask(body: dict[str, Any]) -> Ask:
     """``/api/generate``'s request. With nothing to answer (no prompt, context or pictures)
     the Ask has no messages: the model is only loaded, or unloaded."""
     name = fields.model_name(body)
-    _refuse_unsupported(body, "suffix", "template")
     prompt = fields.get(body, "prompt", str, "")
     images = _images(body.get("images"), "images")
     keep = fields.keep_alive(body.get("keep_alive"))
@@ -101,6 +104,12 @@ def generate_ask(body: dict[str, Any]) -> Ask:
     if not prompt and not context and not images:
         return Ask(name, keep_alive=keep)
     raw = fields.get(body, "raw", bool, False)
+    suffix = fields.get(body, "suffix", str) or None
+    if suffix is not None and (raw or images or context):
+        raise UsageError(
+            "'suffix' fills in the middle of a plain prompt: not with 'raw', 'images' or 'context'",
+            "send the text before as 'prompt' and the text after as 'suffix'",
+        )
     return Ask(
         model=name,
         messages=(Message("user", prompt, images=images),),
@@ -114,6 +123,8 @@ def generate_ask(body: dict[str, Any]) -> Ask:
         think_budget=fields.think_budget(body),
         truncate=_truncate(body) and not raw,
         logprobs=probs.asked(body),
+        suffix=suffix,
+        template=_template(body, raw),
     )
 
 
@@ -261,9 +272,9 @@ def _messages(raw: list[Any]) -> tuple[Message, ...]:
             m, "name", str, where=where
         )
         content = fields.get(m, "content", str, "", where=where)
-        out.append(
-            Message(role, content, calls, name=name if role == "tool" else None, images=images)
-        )
+        answers = fields.get(m, "tool_call_id", str, where=where) if role == "tool" else None
+        out.append(Message(role, content, calls, answers, name if role == "tool" else None,
+                           images))  # fmt: skip
     return tuple(out)
 
 

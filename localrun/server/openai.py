@@ -12,12 +12,12 @@ import json
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from localrun.engine.types import FinishReason, Logprobs, Stats
 from localrun.errors import LocalrunError, UsageError
-from localrun.images import Image, fetch_image, image_from_data_url
+from localrun.images import Image
 from localrun.models.parameters import openai_fields
 from localrun.prompt import grammar
 from localrun.prompt.template import Message
@@ -25,7 +25,7 @@ from localrun.prompt.tools import ToolCall, parse_tools
 from localrun.server import catalog, fields, probs
 from localrun.server.answer import Ask
 from localrun.server.stream import SSE, Done, Obj
-from localrun.server.wire import OPENAI_ROLES, read_call
+from localrun.server.wire import OPENAI_ROLES, image_url, read_call
 
 WIRE = SSE
 _ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
@@ -86,8 +86,15 @@ def _message(m: Any, i: int, remote_images: bool = False) -> Message:
     if not isinstance(m, dict):
         raise UsageError(f"{where} must be an object")
     role = fields.get(m, "role", str, where=where)
+    if role == "function":  # the form before tools: a result without the call it answers
+        raise UsageError(
+            f'{where} has the old role "function"',
+            'send it as a "tool" message with the tool_call_id of the call it answers',
+        )
     if role not in OPENAI_ROLES:
-        raise UsageError(f"{where} has the role {json.dumps(role)}")
+        raise UsageError(
+            f"{where} has the role {json.dumps(role)}", f"use one of {', '.join(OPENAI_ROLES)}"
+        )
     calls = [
         read_call(c, f"{where}.tool_calls[{j}]", "a function with a name", openai=True)
         for j, c in enumerate(fields.get(m, "tool_calls", list, [], where=where))
@@ -109,10 +116,10 @@ def _content(value: Any, where: str, remote_images: bool) -> tuple[str, tuple[Im
     images: list[Image] = []
     for j, part in enumerate(value):
         kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-        if kind == "text":
-            texts.append(fields.get(part, "text", str, "", where=f"{where}.content[{j}]"))
+        if kind in ("text", "refusal"):  # an assistant's refusal, sent back, is its text
+            texts.append(fields.get(part, kind, str, "", where=f"{where}.content[{j}]"))
         elif kind == "image_url":
-            images.append(_image(part.get("image_url"), f"{where}.content[{j}]", remote_images))
+            images.append(image_url(part.get("image_url"), f"{where}.content[{j}]", remote_images))
         else:
             raise UsageError(
                 f"{where} has a part of type {json.dumps(kind)}",
@@ -121,27 +128,8 @@ def _content(value: Any, where: str, remote_images: bool) -> tuple[str, tuple[Im
     return "".join(texts), tuple(images)
 
 
-def _image(value: Any, where: str, remote: bool) -> Image:
-    """An image_url part's picture: a data URL, or (with --allow-remote-images) fetched."""
-    url = value.get("url") if isinstance(value, dict) else value
-    if not isinstance(url, str) or not url:
-        raise UsageError(f"{where}.image_url needs a url", "send data:image/png;base64,...")
-    if url.startswith("data:"):
-        return image_from_data_url(url, where)
-    if url.startswith(("http://", "https://")):
-        if not remote:
-            raise UsageError(
-                f"{where}: this server does not fetch images from URLs",
-                "send the picture as a data URL, or start the server with --allow-remote-images",
-            )
-        return fetch_image(url, where)
-    raise UsageError(f"{where}.image_url is not a data: or http(s) URL")
-
-
 def _options(body: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's sampling fields as the Ollama options they mean."""
-    if fields.get(body, "n", int, 1) != 1:
-        raise UsageError("'n' other than 1 is not supported", "ask for one choice per request")
     if body.get("functions"):
         raise UsageError("'functions' is the old form of tools", "send them as 'tools'")
     options: dict[str, Any] = {}
@@ -164,6 +152,16 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("stop") is not None:
         options["stop"] = fields.stops(body["stop"])
     return options
+
+
+def _n(body: dict[str, Any]) -> int:
+    """How many answers to the prompt (each its own sequence of the engine, and seed)."""
+    from localrun.server.choices import MAX_N
+
+    n = int(fields.get(body, "n", int, 1))
+    if not 1 <= n <= MAX_N:
+        raise UsageError(f"'n' must be between 1 and {MAX_N}, not {n}", "ask for fewer choices")
+    return n
 
 
 def _response_format(body: dict[str, Any]) -> str | None:
@@ -214,6 +212,8 @@ def chat_ask(body: dict[str, Any], remote_images: bool = False) -> Ask:
         think=fields.reasoning_effort(body),
         think_budget=fields.think_budget(body),
         logprobs=probs.asked(body),
+        n=_n(body),
+        logit_bias=fields.logit_bias(body),
     )
 
 
@@ -225,8 +225,13 @@ def completion_ask(body: dict[str, Any]) -> Ask:
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise UsageError("'prompt' must be one non-empty string", "send one prompt a request")
-    if body.get("suffix") or fields.get(body, "echo", bool, False):
-        raise UsageError("'suffix' and 'echo' are not supported", "send the request without")
+    echo = fields.get(body, "echo", bool, False)
+    top = probs.asked_legacy(body)
+    if echo and top is not None and fields.get(body, "stream", bool, False):
+        raise UsageError(
+            "'echo' with 'logprobs' is answered whole: the prompt's figures come at once",
+            "send stream: false",
+        )
     if fields.get(body, "best_of", int, 1) != 1:
         raise UsageError("'best_of' other than 1 is not supported")
     return Ask(
@@ -235,7 +240,13 @@ def completion_ask(body: dict[str, Any]) -> Ask:
         _options(body),
         grammar=_response_format(body),
         ignore_eos=fields.get(body, "ignore_eos", bool, False),
-        logprobs=probs.asked_legacy(body),
+        logprobs=top,
+        n=_n(body),
+        suffix=fields.get(body, "suffix", str) or None,
+        # Echoed, the prompt is read as it is (no chat template), as its figures are of it.
+        raw=echo,
+        prompt_logprobs=top if echo else None,
+        logit_bias=fields.logit_bias(body),
     )
 
 
@@ -254,6 +265,10 @@ class ChatReply:
     model: str
     include_usage: bool = False
     ident: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
+    index: int = 0  # which choice (OpenAI's n)
+
+    def choice(self, index: int) -> ChatReply:
+        return replace(self, index=index, include_usage=False)
 
     def _chunk(
         self, delta: dict[str, Any], finish: str | None = None, tokens: Sequence[Logprobs] = ()
@@ -266,7 +281,7 @@ class ChatReply:
             "model": self.model,
             "system_fingerprint": "localrun",
             "choices": [
-                {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+                {"index": self.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             ],
         }
 
@@ -296,7 +311,9 @@ class ChatReply:
             message["content"] = done.text or None
             message["tool_calls"] = [_call(c) for c in done.calls]
         logprobs = {"content": probs.entries(done.logprobs), "refusal": None}
-        choice = {"index": 0, "message": message, "logprobs": logprobs if done.logprobs else None}
+        choice = {
+            "index": self.index, "message": message, "logprobs": logprobs if done.logprobs else None
+        }  # fmt: skip
         return {
             "id": self.ident,
             "object": "chat.completion",
@@ -318,6 +335,12 @@ class CompletionReply:
     model: str
     include_usage: bool = False
     ident: str = field(default_factory=lambda: "cmpl-" + secrets.token_hex(12))
+    index: int = 0  # which choice (OpenAI's n)
+    echo: str | None = None  # the prompt, given back before the answer (OpenAI's echo)
+
+    def choice(self, index: int) -> CompletionReply:
+        return replace(self, index=index, include_usage=False)
+
     _offset: int = 0  # where the next piece begins in the answer (the text offsets' origin)
 
     def _chunk(self, text: str, finish: str | None = None, tokens: Sequence[Logprobs] = ()) -> Obj:
@@ -329,11 +352,13 @@ class CompletionReply:
             "created": int(time.time()),
             "model": self.model,
             "system_fingerprint": "localrun",
-            "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
+            "choices": [
+                {"index": self.index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+            ],
         }
 
     def opening(self) -> list[Obj]:
-        return []
+        return [self._chunk(self.echo)] if self.echo else []
 
     def piece(self, text: str, tokens: Sequence[Logprobs] = ()) -> list[Obj]:
         return [self._chunk(text, tokens=tokens)]
@@ -351,8 +376,9 @@ class CompletionReply:
         return [finish()] + ([_with_usage(finish(), done.stats)] if self.include_usage else [])
 
     def whole(self, done: Done) -> Obj:
-        chunk = self._chunk(done.text, _finish(done.stats), done.logprobs)
-        return chunk | {"usage": _usage(done.stats)}
+        text = (self.echo or "") + done.text
+        tokens = (*done.prompt_logprobs, *done.logprobs) if self.echo else done.logprobs
+        return self._chunk(text, _finish(done.stats), tokens) | {"usage": _usage(done.stats)}
 
     def error(self, e: LocalrunError) -> Obj:
         return error(e)

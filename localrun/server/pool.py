@@ -264,6 +264,7 @@ class ModelPool:
                 n_seq=n_seq,
                 kv_type=kv_type,
                 flash_attn=flash_attn,
+                cpu_moe=self.config.cpu_moe,
             )
             try:
                 self._speculate(loaded, resolved.settings, threads)

@@ -8,6 +8,7 @@ and the likeliest alternatives. OpenAI's legacy completions ask with the count a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,16 +51,22 @@ def entries(probs: Sequence[Logprobs]) -> list[dict[str, Any]]:
     return [_one(p.chosen) | {"top_logprobs": [_one(t) for t in p.top]} for p in probs]
 
 
+def _top(p: Logprobs) -> dict[str, float]:
+    return {_text(t.piece): t.logprob for t in p.top}
+
+
 def legacy(probs: Sequence[Logprobs], offset: int = 0) -> dict[str, Any]:
     """The legacy completions' lists: each token, its log probability, its alternatives (a
-    text-to-log-probability map), and where its text begins in the answer."""
+    text-to-log-probability map), and where its text begins in the answer. A prompt's first
+    token has no figure (NaN here): null, as OpenAI writes it."""
     offsets, at = [], offset
     for p in probs:
         offsets.append(at)
         at += len(_text(p.chosen.piece))
+    known = [(p, math.isfinite(p.chosen.logprob)) for p in probs]
     return {
         "tokens": [_text(p.chosen.piece) for p in probs],
-        "token_logprobs": [p.chosen.logprob for p in probs],
-        "top_logprobs": [{_text(t.piece): t.logprob for t in p.top} for p in probs],
+        "token_logprobs": [p.chosen.logprob if k else None for p, k in known],
+        "top_logprobs": [_top(p) if k else None for p, k in known],
         "text_offset": offsets,
     }

@@ -39,7 +39,7 @@ from localrun.prompt.tools import ToolCall, parse_tools
 from localrun.server import fields, openai
 from localrun.server.answer import Ask
 from localrun.server.stream import NAMED_SSE, Done, Obj
-from localrun.server.wire import OPENAI_ROLES
+from localrun.server.wire import OPENAI_ROLES, image_url
 
 WIRE = NAMED_SSE
 _ROLES = {k: v for k, v in OPENAI_ROLES.items() if k != "tool"}  # results: function_call_output
@@ -175,7 +175,7 @@ def _content(
         elif kind == "input_image":
             if part.get("image_url") is None:
                 raise UsageError(f"{at} has no image_url", "send the picture as a data: URL")
-            images.append(openai._image(part.get("image_url"), at, remote_images))
+            images.append(image_url(part.get("image_url"), at, remote_images))
         else:
             raise UsageError(
                 f"{at} is a part of type {json.dumps(kind)[:40]}",

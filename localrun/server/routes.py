@@ -155,6 +155,8 @@ class OpenAIAPI:
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            Route("/v1/rerank", self.rerank, methods=["POST"]),  # llama-server's and vLLM's
+            Route("/rerank", self.rerank, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/models/{model:path}", self.model, methods=["GET"]),
             Route("/v1/responses", self.responses, methods=["POST"]),
@@ -203,7 +205,8 @@ class OpenAIAPI:
         body = await fields.read_body(request)
         ask = openai.completion_ask(body)
         streaming, with_usage = openai.streaming(body)
-        reply = openai.CompletionReply(ask.model, with_usage)
+        echo = ask.messages[-1].content if ask.raw else None  # raw: it asked for echo
+        reply = openai.CompletionReply(ask.model, with_usage, echo=echo)
         return await respond(request, self.pool, ask, reply, openai.WIRE, streaming=streaming)
 
     async def embeddings(self, request: Request) -> Response:
@@ -211,6 +214,16 @@ class OpenAIAPI:
         name, texts, encoding = embeddings.embedding_request(body)
         done = await embed(self.pool, name, texts, dimensions=fields.get(body, "dimensions", int))
         return JSONResponse(embeddings.embeddings(name, done.vectors, encoding, done.prompt_tokens))
+
+    async def rerank(self, request: Request) -> Response:
+        """The documents by their relevance to a query, from a reranker (Jina's, Cohere's shape)."""
+        body = await fields.read_body(request)
+        name, query, documents, top_n, with_text = embeddings.rerank_request(body)
+        done = await embed(self.pool, name, documents, query=query)
+        scores = [v[0] for v in done.vectors]
+        return JSONResponse(
+            embeddings.reranked(name, documents, scores, top_n, with_text, done.prompt_tokens)
+        )
 
     async def models(self, request: Request) -> Response:
         listed = await asyncio.to_thread(catalog.listed)

@@ -43,6 +43,7 @@ class Done:
     context: tuple[int, ...] | None = None  # the prompt's and answer's tokens; None: pictures
     thinking: str = ""  # a thinking model's whole trace, when it was not streamed
     logprobs: tuple[Logprobs, ...] = ()  # each token's, where asked, when it was not streamed
+    prompt_logprobs: tuple[Logprobs, ...] = ()  # the prompt's tokens', where asked (echo)
 
 
 class Reply(Protocol):
@@ -103,7 +104,8 @@ NAMED_SSE = Wire("text/event-stream", b"data: ", b"\n\n", named=True)  # typed e
 
 def done_of(answer: Answer, stats: Stats, text: str = "", thinking: str = "") -> Done:
     """What the converters see of a finished answer."""
-    return Done(stats, text, answer.calls, answer.context(), thinking, tuple(answer.probs))
+    return Done(stats, text, answer.calls, answer.context(), thinking, tuple(answer.probs),
+                answer.prompt_probs)  # fmt: skip
 
 
 def chunks(reply: Reply, event: Event | Called | ThinkingDelta, answer: Answer) -> list[Obj]:
@@ -149,6 +151,10 @@ async def respond(
 ) -> Response:
     """Answer ``ask`` (what fails before the first token fails here, with its status), as a
     stream or in one object."""
+    if ask.n > 1:  # only OpenAI's converters ask for several, and their replies choose
+        from localrun.server.choices import respond_choices
+
+        return await respond_choices(request, pool, ask, reply, wire, streaming=streaming)  # type: ignore[arg-type]
     answer = await Answer.begin(pool, ask)
     if streaming:
         return stream(request, answer, reply, wire)

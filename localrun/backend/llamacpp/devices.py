@@ -124,6 +124,14 @@ def supports_rpc() -> bool:
     return RPC in backends()
 
 
+def cpu_buffer_type() -> int:
+    """The CPU's ``ggml_backend_buffer_type_t``: where a tensor overridden to the CPU goes."""
+    ggml, base = _ggml()
+    base.ggml_backend_dev_buffer_type.restype = ctypes.c_void_p
+    base.ggml_backend_dev_buffer_type.argtypes = [ctypes.c_void_p]
+    return int(base.ggml_backend_dev_buffer_type(ggml.ggml_backend_dev_by_type(0)))
+
+
 def system_info() -> str:
     """llama.cpp's one-line description of the CPU features it was built for."""
     return bytes(llama_cpp.llama_print_system_info()).decode().strip()

@@ -31,9 +31,9 @@ from localrun.backend import (
     SamplingParams,
     context_size,
 )
-from localrun.backend.llamacpp import bindings, logs, sampler
+from localrun.backend.llamacpp import bindings, embedding, logs, sampler
 from localrun.backend.llamacpp.sampler import Chain, sampler_chain
-from localrun.backend.llamacpp.vocab import read_metadata, token_piece, tokenize
+from localrun.backend.llamacpp.vocab import fim_tokens, read_metadata, token_piece, tokenize
 from localrun.errors import (
     GenerationError,
     ModelLoadError,
@@ -41,9 +41,6 @@ from localrun.errors import (
     UsageError,
 )
 from localrun.gguf.reader import type_number
-
-# What one decode's output rows may hold while embedding (see LlamaCppModel.embed).
-EMBED_OUTPUT_BYTES = 32 << 20
 
 bindings.register()  # the ctypes bindings alone: 0.04 s instead of 0.13-0.3 s
 
@@ -105,7 +102,7 @@ class LlamaCppModel:
         self._n_ctx = int(lc.llama_n_ctx(ctx))
         self._pieces: dict[int, bytes] = {}
         self._metadata: dict[str, str] | None = None
-        self._n_seq_max = options.n_seq
+        self._n_seq_max = int(lc.llama_n_seq_max(ctx))
         self._n_swa = int(lc.llama_model_n_swa(model))  # 0: no sliding-window layers
         # A recurrent state (Mamba, RWKV; hybrids have one too) is one per sequence: it cannot
         # be cut at a position or copied in part.
@@ -126,6 +123,9 @@ class LlamaCppModel:
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
         mparams.use_extra_bufts = options.repack
+        if options.cpu_moe:
+            self._overrides = _experts_on_cpu(options.cpu_moe)
+            mparams.tensor_buft_overrides = ctypes.addressof(self._overrides)
         if options.tensor_split:
             self._split = (ctypes.c_float * len(options.tensor_split))(*options.tensor_split)
             mparams.tensor_split = self._split
@@ -145,8 +145,10 @@ class LlamaCppModel:
             self._special_texts: list[tuple[int, str]] | None = None
             self._n_ctx_train = int(lc.llama_model_n_ctx_train(model))
             self.n_layer = int(lc.llama_model_n_layer(model))
+            # An embedding model (its GGUF names a pooling type) gets an embedding context.
+            self.pooling = embedding.pooling_of(model)
             requested = context_size(options.n_ctx, self._n_ctx_train)
-            ctx, kv_lines = self._new_context(model, requested, options)
+            ctx, kv_lines = self._new_context(model, requested, options, self.pooling)
             if stop.is_set():
                 if ctx:
                     lc.llama_free(ctx)
@@ -186,7 +188,9 @@ class LlamaCppModel:
         lc.llama_set_n_threads(self._ctx, n_threads, n_threads)
 
     @staticmethod
-    def _new_context(model: Any, n_ctx: int, options: LoadOptions) -> tuple[Any, list[str]]:
+    def _new_context(
+        model: Any, n_ctx: int, options: LoadOptions, pooling: str | None
+    ) -> tuple[Any, list[str]]:
         """The context, and llama.cpp's lines about its KV buffers."""
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = n_ctx
@@ -199,6 +203,8 @@ class LlamaCppModel:
         cparams.n_threads_batch = options.n_threads
         cparams.type_k = cparams.type_v = type_number(options.kv_type)
         cparams.flash_attn_type = {"auto": -1, "off": 0, "on": 1}[options.flash_attn]
+        if pooling is not None:
+            embedding.embedding_context(cparams, model, n_ctx)
         logs.start()
         seen: list[str] = []
         with logs.following(lambda line: seen.append(line) if "KV buffer" in line else None):
@@ -246,6 +252,10 @@ class LlamaCppModel:
     def eos_token(self) -> int | None:
         token = int(lc.llama_vocab_eos(self._vocab))
         return token if token >= 0 else None
+
+    @property
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        return fim_tokens(self._vocab)
 
     def token_text(self, token: int) -> str:
         return bytes(lc.llama_vocab_get_text(self._vocab, token)).decode("utf-8", "replace")
@@ -448,46 +458,16 @@ class LlamaCppModel:
             **({"projector": str(self.projector)} if self.projector is not None else {}),
         }
 
-    def embed(self, tokens: list[int], seq: int) -> list[float]:
-        # Mean pooling over a causal model's last hidden states, as Ollama does for a
-        # generative model; the context is switched to embeddings only for this.
-        #
-        # Every row read with embeddings on is an output row, and llama.cpp computes and keeps
-        # a row of logits for each (its output buffer, sized for the most rows one decode has
-        # asked for, never shrinks): 512 rows of a 262,144-token vocabulary held 1 GB more
-        # for as long as the model stayed loaded. So the text is read a few rows a decode,
-        # as many as EMBED_OUTPUT_BYTES hold.
-        import numpy as np
+    # -- embeddings (localrun.backend.llamacpp.embedding) ------------------------------
 
-        n_embd = int(lc.llama_model_n_embd(self._model))
-        per_row = (self.n_vocab + n_embd) * 4
-        step = max(1, min(self._n_batch, EMBED_OUTPUT_BYTES // per_row))
-        total = np.zeros(n_embd, dtype=np.float64)
-        self.forget(seq)
-        lc.llama_set_embeddings(self._ctx, True)
-        try:
-            for start in range(0, len(tokens), step):
-                chunk = tokens[start : start + step]
-                n = len(chunk)
-                if self.decode_rows(chunk, list(range(start, start + n)), [seq] * n, [True] * n):
-                    raise GenerationError(
-                        "no room in the model's cache for the text to embed",
-                        "retry when fewer requests are running, or embed a shorter text",
-                    )
-                address = ctypes.cast(lc.llama_get_embeddings(self._ctx), ctypes.c_void_p).value
-                if not address:
-                    raise GenerationError(
-                        "llama.cpp gave no embeddings for this model",
-                        "use another model for embeddings",
-                    )
-                rows: Any = (ctypes.c_float * (n * n_embd)).from_address(address)
-                total += np.frombuffer(rows, np.float32).reshape(n, n_embd).sum(axis=0)
-        finally:
-            lc.llama_set_embeddings(self._ctx, False)
-            self.forget(seq)
-        mean = total / max(len(tokens), 1)
-        norm = float(np.linalg.norm(mean))
-        return [float(x) for x in (mean / norm if norm else mean)]
+    def embed(self, tokens: list[int], seq: int) -> list[float]:
+        return embedding.mean_of_states(self, tokens, seq)
+
+    def embed_batch(self, texts: Sequence[Sequence[int]]) -> list[list[float]]:
+        return embedding.pooled(self, texts)
+
+    def pair_tokens(self, query: str, document: str) -> list[int]:
+        return embedding.pair_tokens(self, query, document)
 
     def copy_prefix(self, src: int, dst: int, n: int, src_len: int) -> bool:
         if (self._n_swa or self._recurrent) and src_len > n:
@@ -557,3 +537,25 @@ def kv_buffer_bytes(lines: Iterable[str]) -> int:
     return int(
         sum(float(m.group(1)) for line in lines if (m := _KV_BUFFER.search(line))) * (1 << 20)
     )
+
+
+class _Override(ctypes.Structure):
+    """llama.cpp's ``llama_model_tensor_buft_override``: tensors whose name matches a
+    pattern, and the buffer type they go to."""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def _experts_on_cpu(n: int) -> ctypes.Array[_Override]:
+    """Overrides that keep a MoE model's experts in the CPU's memory: every layer's (``n``
+    -1), or the first ``n`` layers' (llama.cpp's --cpu-moe and --n-cpu-moe patterns); the
+    list ends with an empty entry, as llama.cpp reads it."""
+    from localrun.backend.llamacpp.devices import cpu_buffer_type
+
+    experts = r"\.ffn_(up|down|gate)_(ch|)exps"
+    patterns = [experts] if n < 0 else [rf"blk\.{i}{experts}" for i in range(n)]
+    overrides = (_Override * (len(patterns) + 1))()
+    cpu = cpu_buffer_type()
+    for i, pattern in enumerate(patterns):
+        overrides[i].pattern, overrides[i].buft = pattern.encode(), cpu
+    return overrides

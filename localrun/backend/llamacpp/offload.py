@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from localrun import paths
@@ -30,6 +30,7 @@ COMPUTE_RESERVE = 384 * MiB  # graph buffers for a 512-token micro-batch
 MIN_MARGIN = 256 * MiB
 MARGIN_FRACTION = 0.05  # of each device's total memory: drivers and other processes
 _LAYER = re.compile(r"^blk\.(\d+)\.")
+_EXPERTS = re.compile(r"\.ffn_(up|down|gate)_(ch|)exps\.")  # a MoE layer's experts
 
 AUTO, ALL = "auto", "all"
 
@@ -42,6 +43,17 @@ class ModelSizes:
     kv_per_layer: tuple[int, ...]  # KV cache of each layer for the planned context
     output: int  # output layer (its weights; a tied embedding is duplicated there)
     n_vocab: int
+    experts: tuple[int, ...] = ()  # of each layer's weights, its experts' (a MoE model)
+
+    def experts_on_cpu(self, n: int) -> ModelSizes:
+        """The sizes a GPU holds when the first ``n`` layers' experts stay in the CPU's
+        memory (-1: every layer's)."""
+        if not n or not self.experts:
+            return self
+        kept = len(self.layers) if n < 0 else n
+        pairs = enumerate(zip(self.layers, self.experts, strict=True))
+        layers = tuple(w - (e if i < kept else 0) for i, (w, e) in pairs)
+        return replace(self, layers=layers)
 
     @property
     def n_layer(self) -> int:
@@ -58,12 +70,15 @@ def model_sizes(info: GGUFInfo, n_ctx: int, kv_type: str = "f16") -> ModelSizes:
     kind = type_number(kv_type)
     n_layer = int(info.arch_value("block_count") or 0)
     layers = [0] * n_layer
+    experts = [0] * n_layer
     output = 0
     embedding = 0
     for t in info.tensors:
         match = _LAYER.match(t.name)
         if match and int(match.group(1)) < n_layer:
             layers[int(match.group(1))] += t.n_bytes
+            if _EXPERTS.search(t.name):
+                experts[int(match.group(1))] += t.n_bytes
         elif t.name.startswith("output"):
             output += t.n_bytes
         elif t.name.startswith("token_embd."):
@@ -85,7 +100,7 @@ def model_sizes(info: GGUFInfo, n_ctx: int, kv_type: str = "f16") -> ModelSizes:
         )
     tokens = info.metadata.get("tokenizer.ggml.tokens")
     n_vocab = int(getattr(tokens, "length", 0) or (len(tokens) if isinstance(tokens, list) else 0))
-    return ModelSizes(tuple(layers), tuple(kv), output, n_vocab)
+    return ModelSizes(tuple(layers), tuple(kv), output, n_vocab, tuple(experts))
 
 
 def _per_layer(value: object, n_layer: int, default: int) -> list[int]:

@@ -137,27 +137,10 @@ def sampler_chain(
     add = lc.llama_sampler_chain_add
     greedy = sampling.temperature <= 0
     keep = 1 if greedy else sampling.top_k  # how many candidates survive the top-k cut
-    first_cut = keep if keep > 0 else 0
+    first_cut = _first_steps(chain, sampling, keep, n_vocab=n_vocab, n_ctx=n_ctx, vocab=vocab)
     penalised = _penalised(sampling)
     last_n = sampling.repeat_last_n if sampling.repeat_last_n > 0 else n_ctx
     dry = sampling.dry_multiplier > 0 and sampling.dry_penalty_last_n != 0
-    # What may raise a logit, or lower any token's (DRY: a token that extends a repeat of
-    # the whole context), leaves no cut of the best candidates sure to hold the chain's.
-    if dry or sampling.presence_penalty < 0 or sampling.frequency_penalty < 0:
-        first_cut = 0
-    if penalised:
-        if first_cut and sampling.repeat_last_n > 0:
-            first_cut = keep + last_n
-            add(chain, lc.llama_sampler_init_top_k(first_cut))
-        elif first_cut:
-            first_cut = 0
-        penalties = lc.llama_sampler_init_penalties(
-            n_vocab, last_n, sampling.repeat_penalty, sampling.frequency_penalty,
-            sampling.presence_penalty,
-        )  # fmt: skip
-        add(chain, penalties)
-    if dry:
-        add(chain, _dry(vocab, sampling, n_ctx))
     if greedy:
         add(chain, lc.llama_sampler_init_greedy())
     else:
@@ -170,8 +153,9 @@ def sampler_chain(
     if grammar is not None and (penalised or dry):
         window = max(last_n if penalised else 0, looked_at)
         recent = deque(history[-window:], maxlen=window)
-    if grammar is not None and (sampling.presence_penalty < 0 or sampling.frequency_penalty < 0):
-        keep = 0  # a penalty that raises recent tokens: the grammar checks every candidate
+    raised = sampling.presence_penalty < 0 or sampling.frequency_penalty < 0
+    if grammar is not None and (raised or sampling.logit_bias):
+        keep = 0  # logits moved where the grammar's cut cannot see: it checks every candidate
     blocked: frozenset[int] = frozenset()
     if grammar is not None:
         blocked = _not_spelled(specials, sampling.grammar or "")
@@ -184,6 +168,47 @@ def sampler_chain(
         temperature=max(sampling.temperature, 0.0),
         recent=recent,
     )
+
+
+def _first_steps(
+    chain: Any, sampling: SamplingParams, keep: int, *, n_vocab: int, n_ctx: int, vocab: Any
+) -> int:
+    """The chain's steps before its cuts (the logit bias, the penalties, DRY), and how many
+    of the best candidates the chain must be handed to pick as it would from them all (0:
+    all of them)."""
+    add = lc.llama_sampler_chain_add
+    first_cut = keep if keep > 0 else 0
+    last_n = sampling.repeat_last_n if sampling.repeat_last_n > 0 else n_ctx
+    dry = sampling.dry_multiplier > 0 and sampling.dry_penalty_last_n != 0
+    # What may raise a logit, or lower any token's (DRY: a token that extends a repeat of
+    # the whole context), leaves no cut of the best candidates sure to hold the chain's.
+    if dry or sampling.presence_penalty < 0 or sampling.frequency_penalty < 0:
+        first_cut = 0
+    if sampling.logit_bias:
+        add(chain, _bias(sampling.logit_bias, n_vocab))
+        if any(b > 0 for _, b in sampling.logit_bias):
+            first_cut = 0  # a token lifted may come from anywhere
+    if _penalised(sampling):
+        if first_cut and sampling.repeat_last_n > 0:
+            first_cut = keep + last_n  # a penalty only lowers: the best k are among these
+            add(chain, lc.llama_sampler_init_top_k(first_cut))
+        else:
+            first_cut = 0
+        add(chain, lc.llama_sampler_init_penalties(
+            n_vocab, last_n, sampling.repeat_penalty, sampling.frequency_penalty,
+            sampling.presence_penalty))  # fmt: skip
+    if dry:
+        add(chain, _dry(vocab, sampling, n_ctx))
+    # Each token the bias lowers leaves its place among the best to the next one.
+    return first_cut + len(sampling.logit_bias) if first_cut else 0
+
+
+def _bias(pairs: Sequence[tuple[int, float]], n_vocab: int) -> Any:
+    array = (lc.llama_logit_bias * len(pairs))()
+    for i, (token, bias) in enumerate(pairs):
+        array[i].token = token  # type: ignore[assignment]  # ctypes takes an int
+        array[i].bias = bias
+    return lc.llama_sampler_init_logit_bias(n_vocab, len(pairs), array)
 
 
 def _penalised(sampling: SamplingParams) -> bool:

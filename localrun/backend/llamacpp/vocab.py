@@ -58,6 +58,13 @@ def token_piece(vocab: Any, token: int, special: bool) -> bytes:
     return buf.raw[:n]
 
 
+def fim_tokens(vocab: Any) -> tuple[int, int, int] | None:
+    """``vocab``'s fill-in-the-middle tokens (prefix, suffix, middle), if it has all three."""
+    found = (lc.llama_vocab_fim_pre(vocab), lc.llama_vocab_fim_suf(vocab),
+             lc.llama_vocab_fim_mid(vocab))  # fmt: skip
+    return (int(found[0]), int(found[1]), int(found[2])) if min(found) >= 0 else None
+
+
 def read_metadata(model: Any) -> dict[str, str]:
     """The GGUF's metadata of ``model`` (a ``llama_model`` pointer), as strings."""
     result: dict[str, str] = {}
@@ -124,6 +131,10 @@ class Vocabulary:
     def eos_token(self) -> int | None:
         token = int(lc.llama_vocab_eos(self._vocab))
         return token if token >= 0 else None
+
+    @property
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        return fim_tokens(self._vocab)
 
     def token_text(self, token: int) -> str:
         return bytes(lc.llama_vocab_get_text(self._vocab, token)).decode("utf-8", "replace")
