@@ -26,7 +26,7 @@ SETTINGS = [
     SamplingParams(presence_penalty=0.8, frequency_penalty=0.4, seed=5),
     SamplingParams(temperature=1.0, typical_p=0.7, xtc_probability=0.5, xtc_threshold=0.1, seed=9),
     # A bias that lowers tokens: the cut holds one more candidate for each.
-    SamplingParams(temperature=0.0, logit_bias=((236743, -100.0), (506, -5.0))),
+    SamplingParams(temperature=1.0, top_k=20, seed=13, logit_bias=((506, -100.0), (236764, -2.0))),
 ]
 PROMPTS = ["The history of the city of Paris begins", "A list of fruits: apple,"]
 
