@@ -7,9 +7,7 @@ added to one and not the other fails here, so the table and the server stay in s
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,10 +15,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from localrun.models import recipes
-from localrun.server.app import create_app
-from localrun.server.config import ServeConfig
-from localrun.server.pool import ModelPool
+from tests.inprocess import served
 from tests.tinygguf import write_tiny_model
 
 T = TypeVar("T")
@@ -212,23 +207,6 @@ def _rows(heading: str, values: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _served(home: Path, gguf: Path, use: Callable[[Starlette], Awaitable[T]]) -> T:
-    home.mkdir(parents=True, exist_ok=True)
-    modelfile = home / "Modelfile"
-    modelfile.write_text(f"FROM {gguf}\nPARAMETER num_ctx 1024\n")
-    recipes.create("tiny", modelfile)
-    config = ServeConfig(parallel=4, threads=1)
-
-    async def go() -> T:
-        pool = ModelPool(config)
-        try:
-            return await use(create_app(config, pool))
-        finally:
-            await pool.close()
-
-    return asyncio.run(go())
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("fields") / "tiny.gguf"
@@ -251,7 +229,7 @@ def _check(home: Path, model: Path, sent: list[Sent]) -> None:
                     wrong.append(f"{path} {field} ({status}): {r.status_code} {r.text[:160]}")
         return wrong
 
-    wrong = _served(home, model, use)
+    wrong = served(home, {"tiny": model}, use, parallel=4)
     assert not wrong, "docs/serve.md's table and the server disagree:\n" + "\n".join(wrong)
 
 

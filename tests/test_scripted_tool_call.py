@@ -10,23 +10,16 @@ back the API's own way.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anthropic
 import httpx
-import httpx2
-import openai
 import pytest
 from starlette.applications import Starlette
 
-from localrun.models import recipes
-from localrun.server.app import create_app
-from localrun.server.config import ServeConfig
-from localrun.server.pool import ModelPool
+from tests.inprocess import oai, served
 from tests.scripted_gguf import QWEN3_TEMPLATE, write_scripted_model, write_tool_caller
 
 T = TypeVar("T")
@@ -48,34 +41,9 @@ def caller(real_templates: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
                              n_ctx_train=4096)  # fmt: skip
 
 
-def served(home: Path, gguf: Path, use: Callable[[Starlette], Awaitable[T]]) -> T:
-    """``use`` with the server's app, its pool loading ``gguf`` as "caller" (created in
-    ``home`` as ``localrun create`` does) in llama.cpp."""
-    home.mkdir(parents=True, exist_ok=True)
-    modelfile = home / "Modelfile"
-    modelfile.write_text(f"FROM {gguf}\nPARAMETER num_ctx 4096\n")
-    recipes.create("caller", modelfile)
-    config = ServeConfig(parallel=1, threads=1)
-
-    async def go() -> T:
-        pool = ModelPool(config)
-        try:
-            return await use(create_app(config, pool))
-        finally:
-            await pool.close()
-
-    return asyncio.run(go())
-
-
 def claude(app: Starlette) -> anthropic.AsyncAnthropic:
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
     return anthropic.AsyncAnthropic(base_url="http://127.0.0.1", api_key="x", http_client=http)
-
-
-def oai(app: Starlette) -> openai.AsyncOpenAI:
-    """The openai client (over its own httpx)."""
-    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app))
-    return openai.AsyncOpenAI(base_url="http://127.0.0.1/v1", api_key="x", http_client=http)
 
 
 def test_claude_codes_call_is_a_tool_use_block(localrun_home: Path, caller: Path) -> None:
@@ -97,7 +65,7 @@ def test_claude_codes_call_is_a_tool_use_block(localrun_home: Path, caller: Path
         ]
         return whole, streamed, await client.messages.create(messages=said, **asked)
 
-    whole, streamed, answered = served(localrun_home, caller, use)
+    whole, streamed, answered = served(localrun_home, {"caller": caller}, use, num_ctx=4096)
     for message in (whole, streamed):
         assert message.stop_reason == "tool_use"
         (block,) = message.content
@@ -124,7 +92,7 @@ def test_codexs_call_is_a_function_call_item(localrun_home: Path, caller: Path) 
             answered = await stream.get_final_response()
         return first, answered
 
-    first, answered = served(localrun_home, caller, use)
+    first, answered = served(localrun_home, {"caller": caller}, use, num_ctx=4096)
     [call] = first.output
     assert call.type == "function_call" and call.name == "Bash"
     assert json.loads(call.arguments) == COMMAND and first.output_text == ""
@@ -152,7 +120,7 @@ def test_opencodes_call_is_a_tool_call_delta(localrun_home: Path, caller: Path) 
                                                         tools=[bash])  # fmt: skip
         return chunks, answered
 
-    chunks, answered = served(localrun_home, caller, use)
+    chunks, answered = served(localrun_home, {"caller": caller}, use, num_ctx=4096)
     calls = [c for chunk in chunks for c in chunk.choices[0].delta.tool_calls or []]
     assert calls[0].function.name == "Bash"
     arguments = "".join(c.function.arguments or "" for c in calls)

@@ -33,7 +33,7 @@ from localrun.backend import (
 )
 from localrun.backend.llamacpp import bindings, embedding, logs, sampler
 from localrun.backend.llamacpp.sampler import Chain, sampler_chain
-from localrun.backend.llamacpp.vocab import fim_tokens, read_metadata, token_piece, tokenize
+from localrun.backend.llamacpp.vocab import VocabularyCalls, read_metadata
 from localrun.errors import (
     GenerationError,
     ModelLoadError,
@@ -73,7 +73,7 @@ def _interruptible() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-class LlamaCppModel:
+class LlamaCppModel(VocabularyCalls):
     """A llama.cpp model and context implementing :class:`localrun.backend.Model`."""
 
     def __init__(self, options: LoadOptions) -> None:
@@ -239,43 +239,6 @@ class LlamaCppModel:
             self._metadata = read_metadata(self._model)
         return self._metadata
 
-    @property
-    def chat_template(self) -> str | None:
-        return self._chat_template
-
-    @property
-    def bos_token(self) -> int | None:
-        token = int(lc.llama_vocab_bos(self._vocab))
-        return token if token >= 0 else None
-
-    @property
-    def eos_token(self) -> int | None:
-        token = int(lc.llama_vocab_eos(self._vocab))
-        return token if token >= 0 else None
-
-    @property
-    def fim_tokens(self) -> tuple[int, int, int] | None:
-        return fim_tokens(self._vocab)
-
-    def token_text(self, token: int) -> str:
-        return bytes(lc.llama_vocab_get_text(self._vocab, token)).decode("utf-8", "replace")
-
-    # -- tokens -----------------------------------------------------------------
-
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        return tokenize(self._vocab, text, add_special=add_special, parse_special=parse_special)
-
-    def _piece(self, token: int, special: bool = False) -> bytes:
-        key = ~token if special else token  # control tokens' text kept apart
-        piece = self._pieces.get(key)
-        if piece is None:
-            piece = self._pieces[key] = token_piece(self._vocab, token, special)
-        return piece
-
-    @property
-    def n_vocab(self) -> int:
-        return int(lc.llama_vocab_n_tokens(self._vocab))
-
     # -- images -----------------------------------------------------------------
 
     @property
@@ -363,7 +326,7 @@ class LlamaCppModel:
             odd |= lc.LLAMA_TOKEN_ATTR_UNUSED
             vocab = self._vocab
             self._special_texts = [
-                (t, self._piece(t, True).decode("utf-8", "replace"))
+                (t, self.piece(t, True).decode("utf-8", "replace"))
                 for t in range(self.n_vocab)
                 if lc.llama_vocab_get_attr(vocab, t) & odd and not lc.llama_vocab_is_eog(vocab, t)
             ]
@@ -414,9 +377,6 @@ class LlamaCppModel:
 
     def is_end(self, token: int) -> bool:
         return bool(lc.llama_vocab_is_eog(self._vocab, token))
-
-    def piece(self, token: int, special: bool = False) -> bytes:
-        return self._piece(token, special)
 
     def forget(self, seq: int) -> None:
         lc.llama_memory_seq_rm(self._mem, seq, -1, -1)

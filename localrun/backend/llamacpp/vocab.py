@@ -77,7 +77,52 @@ def read_metadata(model: Any) -> dict[str, str]:
     return result
 
 
-class Vocabulary:
+class VocabularyCalls:
+    """What a vocabulary answers, the same for a loaded model and a vocabulary alone; the
+    class that takes it sets ``_vocab`` (a ``llama_vocab`` pointer), ``_pieces`` (an empty
+    dict, the pieces kept as they are asked for) and ``_chat_template``."""
+
+    _vocab: Any
+    _pieces: dict[int, bytes]
+    _chat_template: str | None
+
+    @property
+    def chat_template(self) -> str | None:
+        return self._chat_template
+
+    @property
+    def bos_token(self) -> int | None:
+        token = int(lc.llama_vocab_bos(self._vocab))
+        return token if token >= 0 else None
+
+    @property
+    def eos_token(self) -> int | None:
+        token = int(lc.llama_vocab_eos(self._vocab))
+        return token if token >= 0 else None
+
+    @property
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        return fim_tokens(self._vocab)
+
+    def token_text(self, token: int) -> str:
+        return bytes(lc.llama_vocab_get_text(self._vocab, token)).decode("utf-8", "replace")
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return tokenize(self._vocab, text, add_special=add_special, parse_special=parse_special)
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        key = ~token if special else token  # control tokens' text kept apart
+        piece = self._pieces.get(key)
+        if piece is None:
+            piece = self._pieces[key] = token_piece(self._vocab, token, special)
+        return piece
+
+    @property
+    def n_vocab(self) -> int:
+        return int(lc.llama_vocab_n_tokens(self._vocab))
+
+
+class Vocabulary(VocabularyCalls):
     """A GGUF's vocabulary, chat template and metadata, as :class:`localrun.backend.Model`
     offers them (with :meth:`piece`), without the weights: nothing here can decode."""
 
@@ -117,41 +162,6 @@ class Vocabulary:
     @property
     def metadata(self) -> Mapping[str, str]:
         return self._metadata
-
-    @property
-    def chat_template(self) -> str | None:
-        return self._chat_template
-
-    @property
-    def bos_token(self) -> int | None:
-        token = int(lc.llama_vocab_bos(self._vocab))
-        return token if token >= 0 else None
-
-    @property
-    def eos_token(self) -> int | None:
-        token = int(lc.llama_vocab_eos(self._vocab))
-        return token if token >= 0 else None
-
-    @property
-    def fim_tokens(self) -> tuple[int, int, int] | None:
-        return fim_tokens(self._vocab)
-
-    def token_text(self, token: int) -> str:
-        return bytes(lc.llama_vocab_get_text(self._vocab, token)).decode("utf-8", "replace")
-
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        return tokenize(self._vocab, text, add_special=add_special, parse_special=parse_special)
-
-    def piece(self, token: int, special: bool = False) -> bytes:
-        key = ~token if special else token  # control tokens' text kept apart
-        piece = self._pieces.get(key)
-        if piece is None:
-            piece = self._pieces[key] = token_piece(self._vocab, token, special)
-        return piece
-
-    @property
-    def n_vocab(self) -> int:
-        return int(lc.llama_vocab_n_tokens(self._vocab))
 
     @property
     def vision(self) -> bool:
