@@ -290,8 +290,9 @@ def llama_embedding() -> Path:
 
 def their_vectors(binary: Path, model: Path, texts: list[str], normalize: int) -> list[list[float]]:
     """llama-embedding's vectors of ``texts``. Its log thread (which prints them) is not
-    flushed at exit: the array came out whole in about half the runs here, cut short or empty
-    in the others (its computing was done either way), so it is run until one is whole."""
+    flushed at exit: the array came out whole in about half the runs here, cut short, empty
+    or with a piece lost in its middle in the others (its computing was done either way), so
+    it is run until one is whole."""
     import json
     import os
     import subprocess
@@ -305,8 +306,11 @@ def their_vectors(binary: Path, model: Path, texts: list[str], normalize: int) -
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
         out = done.stdout.strip()
-        if out.startswith("[[") and out.endswith("]]"):
+        try:  # cut short, or with a piece lost in its middle: run it again
             found: list[list[float]] = json.loads(out)
+        except json.JSONDecodeError:
+            continue
+        if len(found) == len(texts) and len({len(v) for v in found}) == 1:
             return found
     raise AssertionError("llama-embedding printed no whole array in 30 runs")
 
