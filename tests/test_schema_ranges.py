@@ -207,3 +207,17 @@ def test_llama_cpp_takes_exactly_the_integers_in_range(tiny_model: Path) -> None
                 model.free_grammar(handle)
     finally:
         model.close()
+
+
+def test_an_array_of_any_items_keeps_its_bounds() -> None:
+    """``items: {}`` (any value) with ``maxItems`` 0 once let a fuzzed answer write
+    ``[ true ]`` (seed 635785903): the converter reads {} as no items given, and drops the
+    bounds with it. Its root rule now bounds the items (any value being recursive, the
+    answers are checked by the fuzz test, which ran the model under it)."""
+
+    def root(most: int) -> str:
+        gbnf = grammar.json_schema({"type": "array", "items": {}, "maxItems": most}).grammar
+        return next(line for line in gbnf.splitlines() if line.startswith("root ::="))
+
+    assert root(0) == 'root ::= "[" space "]"'
+    assert root(2) == 'root ::= "[" space (item ("," space item)?)? "]"'

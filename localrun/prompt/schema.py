@@ -282,6 +282,10 @@ class _Preparer:
         if schema.get("items") == {}:  # any items: the converter reads {} as none given
             del schema["items"]
             schema.setdefault("type", "array")
+            if "minItems" in schema or "maxItems" in schema:
+                # ... and then drops the bounds: any value, spelled out, keeps them.
+                anything = ["null", "boolean", "number", "string", "array", "object"]
+                schema["items"] = {"type": anything}
         kinds = schema.get("type")
         if isinstance(kinds, list):
             rest = {k: v for k, v in schema.items() if k != "type"}
