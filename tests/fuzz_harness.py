@@ -19,6 +19,7 @@ so does each fuzz test's failure, so that a failure found by chance is replayed 
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import json
 import os
@@ -74,6 +75,8 @@ def _child(case: dict[str, Any], out_fd: int, err_fd: int, peak_fd: int) -> None
     os.dup2(out_fd, 1)
     os.dup2(err_fd, 2)
     sys.stdin = open(0, closefd=False)  # noqa: SIM115
+    # A crash in native code (a signal) leaves its Python stack in the case's stderr.
+    faulthandler.enable(file=sys.stderr, all_threads=True)
     code = 0
     for step in case["steps"]:
         code = main(step)

@@ -161,7 +161,8 @@ def _small_or_invalid(value: str) -> bool:
 
 def _problem(result: dict[str, Any]) -> str | None:
     if result["signal"] is not None:
-        return f"killed by signal {result['signal']}"
+        # faulthandler's stack, innermost call first
+        return f"killed by signal {result['signal']} ({result['stderr'][:1500]!r})"
     if result["code"] not in (0, 1, 2):
         return f"exit code {result['code']}"
     if not 0 < result["peak_mb"] <= 1024:

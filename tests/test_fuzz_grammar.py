@@ -691,7 +691,8 @@ def problem(case: Case, result: dict[str, Any]) -> str | None:
     if result["timed_out"]:
         return f"a hang (killed after {CASE_TIMEOUT} s)"
     if result["signal"] is not None:
-        return f"killed by signal {result['signal']}"
+        # faulthandler's stack, innermost call first
+        return f"killed by signal {result['signal']} ({result['stderr'][:1500]!r})"
     if result["code"] not in (0, 1, 2):
         return f"exit code {result['code']}"
     if not 0 < result["peak_mb"] <= PEAK_MB:

@@ -20,7 +20,7 @@ small without changing which token comes out:
 
 numpy is already a dependency of llama-cpp-python. It is imported in the background while a
 model loads (:func:`preload`), so that neither ``import`` of the backend nor the first token
-waits for it.
+waits for it, without touching the environment llama.cpp reads meanwhile.
 
 Over 400 lines because the grammar's sampling belongs with the chain it runs beside: the cut
 to the candidates near the best, the control tokens it must not pick, and the guard on its
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import os
 import threading
 import time
 from collections import deque
@@ -56,9 +57,29 @@ GRAMMAR_TOKEN_BUDGET_S = 1.0
 _FIRST_MARGIN = 8.0  # logits; widened until the first cut fits inside, then adapted per token
 
 
-def preload() -> None:
-    """Start importing numpy in another thread (model loads release the GIL meanwhile)."""
-    threading.Thread(target=importlib.import_module, args=("numpy",), daemon=True).start()
+# What importing numpy sets in the process's environment for a moment, and unsets after:
+# OpenBLAS is then imported without pinning the main thread to one core. numpy 2 uses putenv
+# and unsetenv (numpy 1.26 set os.environ), which rewrite the C environment. llama.cpp reads
+# it (getenv) while it loads a model, in another thread: a getenv that met the rewrite read a
+# freed array and crashed the process (SIGSEGV in getenv("LLAMA_BATCH_DEBUG"), about one load
+# in a thousand here). Set beforehand, in this thread, numpy finds them set and leaves the
+# environment as it is.
+_NUMPY_SETS = {"OPENBLAS_MAIN_FREE": "1", "GOTOBLAS_MAIN_FREE": "1"}
+
+
+def numpy_environment() -> None:
+    """Set what importing numpy would set in the environment (see _NUMPY_SETS)."""
+    for key, value in _NUMPY_SETS.items():
+        os.environ.setdefault(key, value)
+
+
+def preload() -> threading.Thread:
+    """Start importing numpy in another thread (model loads release the GIL meanwhile),
+    with the environment numpy would set already set."""
+    numpy_environment()
+    thread = threading.Thread(target=importlib.import_module, args=("numpy",), daemon=True)
+    thread.start()
+    return thread
 
 
 @dataclass
