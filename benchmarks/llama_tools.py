@@ -22,11 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
 
 
-def build_tool(target: str, cache: Path = CACHE) -> Path:
+def build_tool(target: str, cache: Path = CACHE, *, vulkan: bool = False) -> Path:
     """The binary of a llama.cpp tool (``llama-bench``, ``llama-batched-bench``,
-    ``llama-server``), built once under ``cache`` (the tests keep theirs outside the clone)."""
+    ``llama-server``), built once under ``cache`` (the tests keep theirs outside the clone);
+    ``vulkan`` builds it with the Vulkan backend, as ``scripts/cmake_args.py --vulkan`` does."""
     version = importlib.metadata.version("llama-cpp-python")
-    build = cache / f"llama.cpp-{version}" / "build-no-amx"
+    build = cache / f"llama.cpp-{version}" / ("build-vulkan" if vulkan else "build-no-amx")
     binary = build / "bin" / target
     if binary.exists():
         return binary
@@ -53,7 +54,7 @@ def build_tool(target: str, cache: Path = CACHE) -> Path:
         "-DLLAMA_BUILD_EXAMPLES=OFF",
         "-DLLAMA_BUILD_SERVER=ON",  # llama-server, for serve_load.py (without its web UI)
         "-DLLAMA_BUILD_UI=OFF",
-        *_localrun_cmake_flags(),
+        *_localrun_cmake_flags(vulkan),
     ]
     subprocess.run(["cmake", "-S", str(source), "-B", str(build), *flags], check=True)
     jobs = str(os.cpu_count() or 2)
@@ -61,11 +62,12 @@ def build_tool(target: str, cache: Path = CACHE) -> Path:
     return binary
 
 
-def _localrun_cmake_flags() -> list[str]:
+def _localrun_cmake_flags(vulkan: bool = False) -> list[str]:
     """The flags localrun's own install builds llama.cpp with (scripts/cmake_args.py)."""
     import runpy
 
-    flags: list[str] = runpy.run_path(str(ROOT / "scripts" / "cmake_args.py"))["cmake_flags"]()
+    script = runpy.run_path(str(ROOT / "scripts" / "cmake_args.py"))
+    flags: list[str] = script["cmake_flags"](vulkan=vulkan)
     return flags
 
 

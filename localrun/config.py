@@ -61,6 +61,31 @@ def setting(section: str, key: str, env: str) -> str | None:
     return str(value)
 
 
+_UNITS = {"K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+
+
+def size(section: str, key: str, env: str, what: str) -> int | None:
+    """A setting that is a size: bytes, or a number with K, M, G or T (a trailing B allowed,
+    as in 2GB); None where it is not set. ``what`` names it in the error for another text."""
+    text = (setting(section, key, env) or "").strip()
+    if not text:
+        return None
+    number, unit = text.upper().rstrip("B"), 1
+    if number and number[-1] in _UNITS:
+        number, unit = number[:-1], _UNITS[number[-1]]
+    try:
+        value = int(float(number) * unit)
+    except (ValueError, OverflowError):  # "lots", "inf"
+        value = -1
+    if value < 0:
+        raise UsageError(
+            f"{what} {text!r} ({env}, or [{section}] {key} in the configuration file) "
+            "is not a size",
+            "give bytes, or a number with K, M or G (e.g. 2G)",
+        )
+    return value
+
+
 def reload() -> None:
     """Read the file again (tests; a long-running server after an edit)."""
     _file.cache_clear()

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from localrun.cli import main
 from tests.fuzz_harness import fuzz_seed, replay
 from tests.hub import TEST_TOKEN, FakeHub
+from tests.lavapipe import lavapipe, vulkan_python  # noqa: F401 - fixtures for all tests
 from tests.templates import real_templates  # noqa: F401 - fixtures for all tests
 from tests.terminal import terminal, tmux, tui_home  # noqa: F401
 from tests.tinygguf import CHATML_TEMPLATE, write_tiny_model

@@ -29,12 +29,20 @@ def free_port() -> int:
 class Background:
     """``localrun ARGS`` running in the background, its stderr collected as it comes."""
 
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        full_env = {**os.environ, "LOCALRUN_HOME": str(home), **(env or {})}
+    def __init__(
+        self,
+        home: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        program: tuple[str, ...] = (LOCALRUN,),
+    ) -> None:
+        """``program`` runs localrun: this venv's, or another build's Python with ``-m``."""
+        full_env = {**os.environ, "LOCALRUN_HOME": str(home)}
         full_env.pop("LOCALRUN_DEBUG", None)
         full_env.pop("LOCALRUN_HOST", None)
+        full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [LOCALRUN, *args],
+            [*program, *args],
             stdout=subprocess.DEVNULL,  # what runs here writes nothing there (logs: stderr)
             stderr=subprocess.PIPE,
             env=full_env,
@@ -68,11 +76,18 @@ class Background:
 class Server(Background):
     """A running server: its URL, its stderr so far, and a way to stop it."""
 
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        program: tuple[str, ...] = (LOCALRUN,),
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.home = home
-        super().__init__(home, "serve", "--port", str(self.port), *args, env=env)
+        super().__init__(home, "serve", "--port", str(self.port), *args, env=env,
+                         program=program)  # fmt: skip
 
     def wait_ready(self, timeout: float = 90) -> None:
         """Until ``GET /`` gets an answer, any answer (a server with a key answers 401), or
@@ -90,8 +105,13 @@ class Server(Background):
 
 
 @contextlib.contextmanager
-def serving(home: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
-    server = Server(home, *args, env=env)
+def serving(
+    home: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    program: tuple[str, ...] = (LOCALRUN,),
+) -> Iterator[Server]:
+    server = Server(home, *args, env=env, program=program)
     try:
         server.wait_ready()
         yield server

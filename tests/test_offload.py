@@ -10,7 +10,8 @@ import pytest
 from localrun import backend, engine
 from localrun.backend.llamacpp import offload
 from localrun.backend.llamacpp.offload import GPU, ModelSizes, model_sizes, plan
-from localrun.errors import OutOfMemoryError
+from localrun.errors import OutOfMemoryError, UsageError
+from localrun.files import human_size
 from localrun.gguf.reader import read_gguf
 
 GB = 10**9
@@ -76,6 +77,24 @@ def test_partial_fit_takes_as_many_as_fit(demo_sizes: ModelSizes) -> None:
     assert p.n_gpu_layers == 10
     assert cost(demo_sizes, p.n_gpu_layers) <= room < cost(demo_sizes, 11)
     assert p.reason == "10 of 19 fit in the free GPU memory"
+
+
+def test_a_gpu_memory_budget_caps_each_local_gpu_but_not_a_worker(
+    demo_sizes: ModelSizes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    budget = cost(demo_sizes, 7) + offload.COMPUTE_RESERVE + 1
+    monkeypatch.setenv(offload.BUDGET_ENV, str(budget))
+    big = gpu_with(10 * GB, "NVIDIA H100")
+    capped = plan(demo_sizes, [big])
+    assert capped.n_gpu_layers == 7
+    assert capped.reason == f"7 of 19 fit in the {human_size(budget)} of LOCALRUN_GPU_MEMORY"
+    worker = GPU("worker 10.0.0.2:50052", big.free_bytes, big.total_bytes, remote=True)
+    assert plan(demo_sizes, [worker]).n_gpu_layers == 19  # another machine's card
+    monkeypatch.setenv(offload.BUDGET_ENV, "1.5G")
+    assert offload.budget() == 1_500_000_000
+    monkeypatch.setenv(offload.BUDGET_ENV, "half")
+    with pytest.raises(UsageError, match=r"LOCALRUN_GPU_MEMORY.*not a size"):
+        plan(demo_sizes, [big])
 
 
 def test_nothing_fits(demo_sizes: ModelSizes) -> None:

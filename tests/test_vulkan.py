@@ -8,8 +8,8 @@ of its own (``tests/vulkan_build.py``); the tests run this clone's localrun in i
 ``PYTHONPATH``, in a subprocess.
 
 llama.cpp leaves devices of type CPU out unless ``GGML_VK_VISIBLE_DEVICES`` names them, so
-the tests name lavapipe's index. Where the Debian packages, the build or the driver cannot be
-had, the tests skip with one line saying which.
+the tests name lavapipe's index (``tests/lavapipe.py``). Where the Debian packages, the build
+or the driver cannot be had, the tests skip with one line saying which.
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ import numpy as np
 import pytest
 
 from tests import vulkan_build
+from tests.lavapipe import VulkanDevice, in_vulkan_build
 from tests.tinygguf import write_tiny_model
-
-Done = subprocess.CompletedProcess[str]
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 24
@@ -99,65 +98,11 @@ def test_llama_cpp_layer_settings_compile_with_the_installed_vulkan_headers(
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-@dataclass(frozen=True)
-class VulkanDevice:
-    """A physical device as ``vulkaninfo`` reports it."""
-
-    index: int  # the driver's order: what GGML_VK_VISIBLE_DEVICES counts
-    name: str
-    device_local_bytes: int  # the heaps llama.cpp adds up as the device's memory
-
-
-def _vulkaninfo_devices(text: str) -> list[VulkanDevice]:
-    """The devices of ``vulkaninfo``'s full output, with their device-local heaps."""
-    found = []
-    for index, block in re.findall(r"^GPU(\d+):\n(.*?)(?=^GPU\d+:|\Z)", text, re.M | re.S):
-        name = re.search(r"deviceName\s*=\s*(.+)", block)
-        heaps = block.split("memoryHeaps:", 1)[-1].split("memoryTypes:", 1)[0]
-        each = re.findall(r"size\s*=\s*(\d+).*?flags:(.*?)(?=memoryHeaps\[|\Z)", heaps, re.S)
-        local = sum(int(size) for size, flags in each if "DEVICE_LOCAL" in flags)
-        found.append(VulkanDevice(int(index), name.group(1).strip() if name else "?", local))
-    return found
-
-
-@pytest.fixture(scope="module")
-def lavapipe() -> VulkanDevice:
-    """Mesa's lavapipe as the Vulkan loader finds it."""
-    if shutil.which("vulkaninfo") is None:
-        pytest.skip(f"no vulkaninfo (Debian: apt-get install {vulkan_build.PACKAGES})")
-    info = subprocess.run(["vulkaninfo"], capture_output=True, text=True, timeout=60)
-    devices = [d for d in _vulkaninfo_devices(info.stdout) if d.name.startswith("llvmpipe")]
-    if not devices:
-        pytest.skip("no lavapipe in vulkaninfo (Debian: apt-get install mesa-vulkan-drivers)")
-    return devices[0]
-
-
-@pytest.fixture(scope="module")
-def vulkan_python() -> Path:
-    """The Python of the Vulkan build (built the first time)."""
-    try:
-        return vulkan_build.vulkan_python()
-    except vulkan_build.Unavailable as e:
-        pytest.skip(str(e))
-
-
-def _in_vulkan_build(python: Path, device: VulkanDevice, *args: str) -> Done:
-    """This clone's code run by the Vulkan build's Python, with lavapipe visible to llama.cpp."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "GGML_VK_VISIBLE_DEVICES": str(device.index),
-        "LOCALRUN_DEBUG": "1",  # llama.cpp's log on stderr: where the layers went
-    }
-    return subprocess.run([str(python), *args], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=ROOT)  # fmt: skip
-
-
 @pytest.mark.slow
 def test_doctor_lists_lavapipe_with_the_memory_llama_cpp_reports(
     lavapipe: VulkanDevice, vulkan_python: Path
 ) -> None:
-    done = _in_vulkan_build(vulkan_python, lavapipe, "-m", "localrun", "doctor", "--json")
+    done = in_vulkan_build(vulkan_python, lavapipe, "-m", "localrun", "doctor", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     assert report["gpu_offload"] is True
@@ -170,11 +115,24 @@ def test_doctor_lists_lavapipe_with_the_memory_llama_cpp_reports(
     assert 0 < device["free_bytes"] <= device["total_bytes"]
 
 
+@pytest.mark.slow
+def test_doctor_with_no_vulkan_device_visible_says_the_build_has_the_backend_but_found_none(
+    lavapipe: VulkanDevice, vulkan_python: Path
+) -> None:
+    """Without GGML_VK_VISIBLE_DEVICES, llama.cpp leaves lavapipe (a CPU-type device) out: the
+    build can offload, but there is nothing to offload to, and doctor says both."""
+    done = in_vulkan_build(vulkan_python, None, "-m", "localrun", "doctor")
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("GPU offload"))
+    assert line.split(None, 2)[2] == "built in, but llama.cpp found no GPU (see docs/gpu.md)"
+    assert not re.search(r"^  Vulkan", done.stdout, re.M)
+
+
 # Greedy decoding of one model, all layers on the device and none, in one process; each step's
 # token and logits. The two loads run one after the other, so llama.cpp's log says where each
-# put its layers in that order. Flash attention is off: Debian 12's lavapipe (Mesa 22.3)
-# crashes in its own queue thread on llama.cpp's flash-attention shader (SIGSEGV in
-# libvulkan_lvp.so), which "auto" picks on this device.
+# put its layers in that order. Flash attention is left to "auto", which localrun turns off on
+# lavapipe: Debian 12's (Mesa 22.3) crashes in its own queue thread on llama.cpp's
+# flash-attention shader (SIGSEGV in libvulkan_lvp.so), which llama.cpp's "auto" would pick.
 GREEDY = """
 import json, sys
 from pathlib import Path
@@ -183,7 +141,7 @@ from localrun.backend import LoadOptions, load
 path, steps = Path(sys.argv[1]), int(sys.argv[2])
 runs = {}
 for layers in (99, 0):
-    model = load(LoadOptions(path, n_ctx=256, n_threads=2, n_gpu_layers=layers, flash_attn="off"))
+    model = load(LoadOptions(path, n_ctx=256, n_threads=2, n_gpu_layers=layers))
     try:
         tokens = model.tokenize("why is the sky blue", add_special=True, parse_special=False)
         n = len(tokens)
@@ -216,7 +174,7 @@ def _greedy(python: Path, device: VulkanDevice | None, model: Path) -> Greedy:
         done = subprocess.run([str(python), "-c", GREEDY, str(model), str(STEPS)], env=env,
                               capture_output=True, text=True, timeout=300)  # fmt: skip
     else:
-        done = _in_vulkan_build(python, device, "-c", GREEDY, str(model), str(STEPS))
+        done = in_vulkan_build(python, device, "-c", GREEDY, str(model), str(STEPS))
     assert done.returncode == 0, done.stderr[-2000:]
     return Greedy(json.loads(done.stdout), done.stderr)
 

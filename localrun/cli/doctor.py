@@ -22,11 +22,16 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     if as_json:
         print(json.dumps(r.as_dict(), indent=2))
         return
-    offload = "yes" if r.gpu_offload else "no: this build has no GPU backend (see docs/gpu.md)"
+    offload = "no: this build has no GPU backend (see docs/gpu.md)"
+    if r.gpu_offload:
+        found = any(d["type"] in ("gpu", "igpu") for d in r.devices)
+        offload = "yes" if found else "built in, but llama.cpp found no GPU (see docs/gpu.md)"
     print(f"localrun          {r.localrun}")
     print(f"llama-cpp-python  {r.llama_cpp}")
     print(f"llama.cpp build   {r.system_info}")
     print(f"GPU offload       {offload}")
+    if r.gpu_budget is not None:
+        print(f"GPU budget        {human_size(r.gpu_budget)} on each GPU (LOCALRUN_GPU_MEMORY)")
     rpc = "yes: localrun worker, --rpc" if r.rpc else "no: built without it (see docs/scale.md)"
     print(f"RPC               {rpc}")
     print("devices")

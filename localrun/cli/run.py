@@ -156,7 +156,8 @@ def run(
         "CPU threads (default: the physical cores other processes leave idle)."
     ),
     gpu_layers: str | None = options.gpu_layers(
-        "Layers on the GPU: auto (as many as fit), all, or a number (0: CPU only). [default: auto]"
+        "Layers on the GPU: auto (as many as fit; LOCALRUN_GPU_MEMORY caps what each GPU may "
+        "give), all, or a number (0: CPU only). [default: auto]"
     ),
     kv_type: str | None = options.kv_type(
         "The KV cache's type: f16, q8_0 (about half the memory) or q4_0 (a quarter). "

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 from localrun import __version__, paths
 from localrun.backend.llamacpp import devices as gpu
+from localrun.backend.llamacpp.offload import budget
 from localrun.hub import store
 from localrun.system import physical_cores
 
@@ -19,7 +20,8 @@ class Report:
     localrun: str
     llama_cpp: str
     system_info: str
-    gpu_offload: bool
+    gpu_offload: bool  # the build has a GPU backend (see ``devices`` for one it found)
+    gpu_budget: int | None  # LOCALRUN_GPU_MEMORY: the most a load plans on each GPU
     rpc: bool  # llama.cpp's RPC backend: localrun worker and --rpc
     devices: list[dict[str, object]]
     threads: int
@@ -49,6 +51,7 @@ def report() -> Report:
         llama_cpp=_version("llama-cpp-python"),
         system_info=gpu.system_info(),
         gpu_offload=gpu.supports_offload(),
+        gpu_budget=budget(),
         rpc=gpu.supports_rpc(),
         devices=[
             {

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localrun import paths
-from localrun.errors import UsageError
 from localrun.files import write_atomic
 
 MAGIC = b"localrun-prompt-state-1\n"
@@ -47,24 +46,10 @@ def max_bytes() -> int:
     ``[prompt_cache] max`` in the configuration file, else 4 GB."""
     from localrun import config
 
-    text = (config.setting("prompt_cache", "max", "LOCALRUN_PROMPT_CACHE_MAX") or "").strip()
-    if not text:
-        return DEFAULT_MAX_BYTES
-    units = {"K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
-    number, unit = text.upper().rstrip("B"), 1
-    if number and number[-1] in units:
-        number, unit = number[:-1], units[number[-1]]
-    try:
-        value = int(float(number) * unit)
-    except (ValueError, OverflowError):  # "lots", "inf"
-        value = -1
-    if value < 0:
-        raise UsageError(
-            f"the prompt cache's bound {text!r} (LOCALRUN_PROMPT_CACHE_MAX, or [prompt_cache] "
-            "max in the configuration file) is not a size",
-            "give bytes, or a number with K, M or G (e.g. 2G); 0 turns the cache off",
-        )
-    return value
+    value = config.size(
+        "prompt_cache", "max", "LOCALRUN_PROMPT_CACHE_MAX", "the prompt cache's bound"
+    )
+    return DEFAULT_MAX_BYTES if value is None else value
 
 
 def model_identity(path: Path) -> str:

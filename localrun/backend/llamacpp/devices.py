@@ -11,7 +11,7 @@ import ctypes
 from dataclasses import dataclass
 from functools import cache
 
-from localrun.backend.llamacpp import bindings
+from localrun.backend.llamacpp import bindings, logs
 
 bindings.register()
 
@@ -62,6 +62,9 @@ def _ggml() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
     size_p = ctypes.POINTER(ctypes.c_size_t)
     base.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
+    # Registering the backends logs (Vulkan lists its devices): into localrun's log, which
+    # LOCALRUN_DEBUG=1 shows, not onto the user's screen.
+    logs.reclaim()
     llama_cpp.llama_backend_init()  # registers the backends built into this llama.cpp
     return ggml, base
 
@@ -104,6 +107,23 @@ def gpus() -> list[Device]:
     # Integrated GPUs only without a discrete one, and of one backend (seen by several).
     same = [d for d in integrated if d.backend == integrated[0].backend] if integrated else []
     return remote + discrete + (same if not discrete else [])
+
+
+# Drivers that llama.cpp's flash-attention kernels crash: Mesa's lavapipe (a Vulkan device
+# named "llvmpipe ...") of Mesa 22.3, Debian 12's, dies in its own queue thread (SIGSEGV in
+# libvulkan_lvp.so) on the first decode. It runs on the CPU, which flash attention would not
+# speed up anyway.
+FLASH_ATTN_CRASHES = ("llvmpipe",)
+
+
+def flash_attn_crashes() -> str | None:
+    """The description of a local GPU llama.cpp offloads to whose driver flash attention
+    crashes, or None."""
+    return next(
+        (d.description for d in gpus()
+         if not d.remote and d.description.startswith(FLASH_ATTN_CRASHES)),
+        None,
+    )  # fmt: skip
 
 
 def backends() -> list[str]:

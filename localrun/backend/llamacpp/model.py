@@ -19,6 +19,7 @@ import signal
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -120,6 +121,7 @@ class LlamaCppModel(VocabularyCalls):
     def _open(self, options: LoadOptions) -> tuple[Any, Any, list[str]]:
         """The model and its context, and llama.cpp's lines about its KV buffers. Ctrl-C
         stops the load (KeyboardInterrupt) once llama.cpp has returned."""
+        options = replace(options, flash_attn=_flash_attn(options))
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
         mparams.use_extra_bufts = options.repack
@@ -519,3 +521,22 @@ def _experts_on_cpu(n: int) -> ctypes.Array[_Override]:
     for i, pattern in enumerate(patterns):
         overrides[i].pattern, overrides[i].buft = pattern.encode(), cpu
     return overrides
+
+
+def _flash_attn(options: LoadOptions) -> str:
+    """The flash-attention setting llama.cpp gets: ``auto`` is off where layers go to a
+    device whose driver its kernels crash (:data:`devices.FLASH_ATTN_CRASHES`), and ``on``
+    there is refused rather than crashing the process."""
+    if options.flash_attn == "off" or options.n_gpu_layers == 0:
+        return options.flash_attn
+    from localrun.backend.llamacpp.devices import flash_attn_crashes
+
+    device = flash_attn_crashes()
+    if device is None:
+        return options.flash_attn
+    if options.flash_attn == "on":
+        raise ModelLoadError(
+            f"flash attention crashes the driver of {device} (Mesa's lavapipe)",
+            "use --flash-attn off or auto there",
+        )
+    return "off"

@@ -205,9 +205,32 @@ def _layers(first: int, last: int, n_layer: int) -> str:
 
 
 def usable_bytes(gpu: GPU) -> int:
-    """What a device can give the model: free memory less the margin."""
+    """What a device can give the model: free memory less the margin, and no more than the
+    budget the user set for a local GPU (:func:`budget`)."""
     margin = max(MIN_MARGIN, int(gpu.total_bytes * MARGIN_FRACTION))
-    return max(0, gpu.free_bytes - margin)
+    usable = max(0, gpu.free_bytes - margin)
+    cap = None if gpu.remote else budget()
+    return usable if cap is None else min(usable, cap)
+
+
+BUDGET_ENV = "LOCALRUN_GPU_MEMORY"
+
+
+def budget() -> int | None:
+    """The most a load may plan to use on each local GPU, its compute reserve included
+    (``LOCALRUN_GPU_MEMORY``, or ``[gpu] memory`` in the configuration file): for a card
+    shared with other programs; None where not set."""
+    from localrun import config
+
+    return config.size("gpu", "memory", BUDGET_ENV, "the GPU memory budget")
+
+
+def _room_words(gpus: list[GPU]) -> str:
+    local = [g for g in gpus if not g.remote]
+    cap = budget() if local else None
+    if cap is not None and any(g.free_bytes > cap for g in local):
+        return f"the {human_size(cap)} of {BUDGET_ENV}"
+    return "the free GPU memory"
 
 
 def _cost(sizes: ModelSizes, k: int) -> int:
@@ -257,9 +280,9 @@ def plan(
         elif k == n + 1:
             reason = "everything fits"
         elif k == 0:
-            reason = "not even one layer fits in the free GPU memory"
+            reason = f"not even one layer fits in {_room_words(gpus)}"
         else:
-            reason = f"{k} of {n + 1} fit in the free GPU memory"
+            reason = f"{k} of {n + 1} fit in {_room_words(gpus)}"
     if k == 0:
         return Plan(0, n, (), None, 0, reason)
     split = None
