@@ -15,9 +15,26 @@ import pytest
 
 from localrun.backend import LoadOptions, load
 from localrun.server.embeddings import cut, normalized, reranked
-from tests.tiny_encoder import write_tiny_bert, write_tiny_pooled_decoder, write_tiny_reranker
+from tests.tiny_encoder import (
+    write_tiny_bert,
+    write_tiny_jina_bert_v2,
+    write_tiny_nomic_bert,
+    write_tiny_pooled_decoder,
+    write_tiny_qwen3,
+    write_tiny_reranker,
+    write_tiny_xlm_roberta,
+)
 
 TEXTS = ["the sky is blue", "why is the sea green", "hello world", "a cat sat on the mat"]
+# Each tiny model by kind, and its pooling: BERT's three poolings and reranker, a llama
+# decoder, and each architecture docs/embeddings.md names (tests/tiny_encoder.py).
+POOLED = {
+    "mean": "mean", "cls": "cls", "last": "last", "rank": "rank", "decoder-last": "last",
+    "nomic-bert": "mean", "jina-bert-v2": "mean", "xlm-roberta": "cls",
+    "xlm-roberta-rank": "rank", "qwen3-last": "last", "qwen3-rank": "rank",
+}  # fmt: skip
+RERANKERS = [k for k, pooling in POOLED.items() if pooling == "rank"]
+PAIRS = [("what colour is the sky", "the sky is blue"), ("hello", "a cat sat on the mat")]
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -31,12 +48,20 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     found = {p: write_tiny_bert(d / f"bert-{p}.gguf", pooling=p) for p in ("mean", "cls", "last")}
     found["rank"] = write_tiny_reranker(d / "reranker.gguf")
     found["decoder-last"] = write_tiny_pooled_decoder(d / "decoder-last.gguf")
+    found["nomic-bert"] = write_tiny_nomic_bert(d / "nomic-bert.gguf")
+    found["jina-bert-v2"] = write_tiny_jina_bert_v2(d / "jina-bert-v2.gguf")
+    found["xlm-roberta"] = write_tiny_xlm_roberta(d / "bge-m3.gguf")
+    found["xlm-roberta-rank"] = write_tiny_xlm_roberta(d / "bge-reranker.gguf", pooling="rank")
+    found["qwen3-last"] = write_tiny_qwen3(d / "qwen3-embedding.gguf")
+    found["qwen3-rank"] = write_tiny_qwen3(d / "qwen3-reranker.gguf", pooling="rank")
+    # Trained on more than one micro-batch (512 tokens): a long text is read in chunks.
+    found["qwen3-long"] = write_tiny_qwen3(d / "qwen3-long.gguf", n_ctx_train=2048)
     return found
 
 
 @pytest.fixture(scope="module")
 def loaded(models: dict[str, Path]) -> Iterator[dict[str, Any]]:
-    out = {k: load(LoadOptions(p, n_threads=2)) for k, p in models.items()}
+    out = {k: load(LoadOptions(p, n_threads=2)) for k, p in models.items() if k in POOLED}
     yield out
     for m in out.values():
         m.close()
@@ -46,21 +71,42 @@ def _tokens(model: Any, texts: list[str]) -> list[list[int]]:
     return [model.tokenize(t, add_special=True, parse_special=False) for t in texts]
 
 
-@pytest.mark.parametrize("kind", ["mean", "cls", "last", "rank", "decoder-last"])
+@pytest.mark.parametrize("kind", POOLED)
 def test_the_ggufs_pooling_is_the_models_and_many_texts_a_pass_give_each_ones_alone(
     loaded: dict[str, Any], kind: str
 ) -> None:
     model = loaded[kind]
-    assert model.pooling == kind.removeprefix("decoder-")
+    assert model.pooling == POOLED[kind]
     tokens = _tokens(model, TEXTS)
     together = model.embed_batch(tokens)
     alone = [model.embed_batch([t])[0] for t in tokens]
-    width = 1 if kind == "rank" else 64  # a reranker gives its one score
+    # A reranker gives its classifier's outputs: one score, or Qwen3's "yes" and "no".
+    width = {"qwen3-rank": 2}.get(kind, 1) if kind in RERANKERS else 64
     assert [len(v) for v in together] == [width] * len(TEXTS)
     for a, b in zip(together, alone, strict=True):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
-    if kind != "rank":  # the texts differ, and so do their vectors
+    if kind not in RERANKERS:  # the texts differ, and so do their vectors
         assert cosine(together[0], together[1]) < 0.999
+
+
+@pytest.mark.parametrize("kind", POOLED)
+def test_show_names_each_architecture_an_embedding_model_or_a_reranker(
+    models: dict[str, Path], kind: str, cli: Any
+) -> None:
+    import json
+
+    from localrun.models.facts import model_facts
+
+    facts = model_facts(str(models[kind]))
+    said = "rerank" if kind in RERANKERS else "embedding"
+    assert facts.capabilities == (said,)
+    shown = cli(["show", str(models[kind])])
+    assert shown.exit_code == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    model = "reranker" if kind in RERANKERS else "embedding model"
+    assert f"  chat template      no ({model})" in lines  # not "completion mode"
+    assert f"  capabilities       {said}" in lines
+    assert json.loads(cli(["show", str(models[kind]), "--json"]).stdout)["capabilities"] == [said]
 
 
 def test_the_poolings_differ_on_one_model(models: dict[str, Path], loaded: dict[str, Any]) -> None:
@@ -90,12 +136,23 @@ def test_the_vectors_are_llama_cpp_pythons_own(models: dict[str, Path]) -> None:
 def test_a_reranker_reads_query_and_document_as_llama_server_joins_them(
     loaded: dict[str, Any],
 ) -> None:
-    """BERT's: [CLS] query [SEP] document (no EOS in its vocabulary)."""
+    """BERT's: [CLS] query [SEP] document (no EOS in its vocabulary); XLM-RoBERTa's
+    <s> query </s></s> document </s>; Qwen3-Reranker's: its rerank template filled in."""
+    from tests.tiny_encoder import QWEN3_RERANK_TEMPLATE
+
+    def plain(model: Any, text: str) -> list[int]:
+        return model.tokenize(text, add_special=False, parse_special=False)  # type: ignore[no-any-return]
+
+    q, d = PAIRS[0]
     model = loaded["rank"]
-    pair = model.pair_tokens("what colour is the sky", "the sky is blue")
-    query = model.tokenize("what colour is the sky", add_special=False, parse_special=False)
-    doc = model.tokenize("the sky is blue", add_special=False, parse_special=False)
-    assert pair == [2, *query, 3, *doc]
+    assert model.pair_tokens(q, d) == [2, *plain(model, q), 3, *plain(model, d)]
+    model = loaded["xlm-roberta-rank"]
+    assert model.pair_tokens(q, d) == [0, *plain(model, q), 2, 2, *plain(model, d), 2]
+    model = loaded["qwen3-rank"]
+    filled = QWEN3_RERANK_TEMPLATE.replace("{query}", q).replace("{document}", d)
+    expected = model.tokenize(filled, add_special=False, parse_special=True)
+    assert model.pair_tokens(q, d) == expected
+    assert model.token_text(expected[0]) == "<|im_start|>"  # a special token, not its letters
 
 
 def test_a_generative_model_is_mean_pooled_as_before(tmp_path: Path) -> None:
@@ -288,18 +345,24 @@ def llama_embedding() -> Path:
     return binary
 
 
-def their_vectors(binary: Path, model: Path, texts: list[str], normalize: int) -> list[list[float]]:
-    """llama-embedding's vectors of ``texts``. Its log thread (which prints them) is not
-    flushed at exit: the array came out whole in about half the runs here, cut short, empty
-    or with a piece lost in its middle in the others (its computing was done either way), so
-    it is run until one is whole."""
+def their_vectors(
+    binary: Path, model: Path, texts: list[str], normalize: int, n_ctx: int = 512
+) -> list[list[float]]:
+    """llama-embedding's vectors of ``texts`` (a reranker's pair: query TAB document). Its
+    log thread (which prints them) is not flushed at exit: the array came out whole in about
+    half the runs here, cut short, empty or with a piece lost in its middle in the others
+    (its computing was done either way), so it is run until one is whole. A rank model's
+    scores are its first values: the tool prints a whole vector's width from a row that holds
+    only the scores (what lies past them is whatever memory held, ``nan`` at times, read as
+    null here)."""
     import json
     import os
+    import re
     import subprocess
 
     for _ in range(30):
         done = subprocess.run(
-            [str(binary), "-m", str(model), "-p", "\n".join(texts), "-t", "2", "-c", "512",
+            [str(binary), "-m", str(model), "-p", "\n".join(texts), "-t", "2", "-c", str(n_ctx),
              "--embd-output-format", "array", "--embd-normalize", str(normalize)],
             capture_output=True, text=True, timeout=300,
             env={**os.environ, "LD_LIBRARY_PATH": str(binary.parent)},
@@ -307,7 +370,7 @@ def their_vectors(binary: Path, model: Path, texts: list[str], normalize: int) -
         assert done.returncode == 0, done.stderr[-2000:]
         out = done.stdout.strip()
         try:  # cut short, or with a piece lost in its middle: run it again
-            found: list[list[float]] = json.loads(out)
+            found: list[list[float]] = json.loads(re.sub(r"-?\b(nan|inf)\b", "null", out))
         except json.JSONDecodeError:
             continue
         if len(found) == len(texts) and len({len(v) for v in found}) == 1:
@@ -315,12 +378,7 @@ def their_vectors(binary: Path, model: Path, texts: list[str], normalize: int) -
     raise AssertionError("llama-embedding printed no whole array in 30 runs")
 
 
-@pytest.mark.slow
-def test_the_vectors_are_llama_embeddings_for_each_pooling(
-    models: dict[str, Path], loaded: dict[str, Any]
-) -> None:
-    """cosine >= 0.9999 with llama.cpp's own tool (its default --embd-normalize 2), for mean,
-    CLS and last pooling of an encoder, last pooling of a decoder, and a reranker's score."""
+def _built_llama_embedding() -> Path:
     import os
     import shutil
 
@@ -328,15 +386,89 @@ def test_the_vectors_are_llama_embeddings_for_each_pooling(
         if os.environ.get("CI"):
             pytest.fail("cmake is needed to build llama-embedding")
         pytest.skip("cmake is needed to build llama-embedding")
-    binary = llama_embedding()
-    for kind in ("mean", "cls", "last", "decoder-last"):
+    return llama_embedding()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", POOLED)
+def test_the_vectors_are_llama_embeddings_for_each_pooling(
+    models: dict[str, Path], loaded: dict[str, Any], kind: str
+) -> None:
+    """cosine >= 0.9999 with llama.cpp's own tool (its default --embd-normalize 2), for mean,
+    CLS and last pooling of an encoder, last pooling of a decoder, each architecture's form;
+    a reranker's scores within 1e-4, of texts and of query-document pairs."""
+    binary = _built_llama_embedding()
+    model = loaded[kind]
+    if kind not in RERANKERS:
         theirs = their_vectors(binary, models[kind], TEXTS, 2)
-        ours = loaded[kind].embed_batch(_tokens(loaded[kind], TEXTS))
+        ours = model.embed_batch(_tokens(model, TEXTS))
         for mine, their in zip(ours, theirs, strict=True):
             assert cosine(normalized(mine), their) >= 0.9999, kind
-    theirs = their_vectors(binary, models["rank"], TEXTS, -1)
-    scores = loaded["rank"].embed_batch(_tokens(loaded["rank"], TEXTS))
-    assert [s[0] for s in scores] == pytest.approx([t[0] for t in theirs], abs=1e-4)
+        return
+    theirs = their_vectors(binary, models[kind], TEXTS, -1)
+    scores = model.embed_batch(_tokens(model, TEXTS))
+    width = len(scores[0])  # the classifier's outputs: what the tool has beyond them is noise
+    assert [s for s in scores] == [pytest.approx(t[:width], abs=1e-4) for t in theirs]
+    if kind == "rank":
+        return  # llama-embedding ends a WordPiece pair with [SEP]; llama-server, as we, not
+    # A pair as llama-embedding joins it (its rerank template, or the separators).
+    theirs = their_vectors(binary, models[kind], [f"{q}\t{d}" for q, d in PAIRS], -1)
+    scores = model.embed_batch([model.pair_tokens(q, d) for q, d in PAIRS])
+    assert [s for s in scores] == [pytest.approx(t[:width], abs=1e-4) for t in theirs]
+
+
+LONG = "the sky is blue and the sea is green " * 140  # 1,262 tokens of the tiny Qwen3's
+
+
+def test_a_causal_last_token_model_reads_a_long_text_in_micro_batches(
+    models: dict[str, Path],
+) -> None:
+    """A causal model pooled by its last token keeps llama.cpp's ordinary micro-batch (512)
+    however long its trained context, and reads a longer text over several decodes: the same
+    vector as the whole text read in one micro-batch (llama-cpp-python's Llama, 2,048). An
+    encoder, and a causal model pooled by mean, still read a text in one micro-batch."""
+    import llama_cpp.llama_cpp as lc
+    from llama_cpp import Llama
+
+    ours: Any = load(LoadOptions(models["qwen3-long"], n_threads=2))
+    ref = Llama(str(models["qwen3-long"]), embedding=True, verbose=False, n_ctx=2048,
+                n_batch=2048, n_ubatch=2048, n_threads=2)  # fmt: skip
+    try:
+        assert (ours.n_batch, int(lc.llama_n_ubatch(ours._ctx))) == (2048, 512)
+        tokens = ours.tokenize(LONG, add_special=True, parse_special=False)
+        assert len(tokens) > 2 * 512  # three decodes
+        whole = ref.embed(LONG, normalize=False)
+        short = _tokens(ours, TEXTS[:2])
+        long_, *shorts = ours.embed_batch([tokens, *short])  # alone, then the short two
+        assert cosine(long_, whole) >= 0.9999
+        assert shorts == [pytest.approx(v, abs=1e-5) for v in ours.embed_batch(short)]
+    finally:
+        ours.close()
+        ref.close()
+    for path in (
+        write_tiny_bert(models["qwen3-long"].with_name("bert-2k.gguf")),
+        write_tiny_pooled_decoder(models["qwen3-long"].with_name("mean-2k.gguf"),
+                                  pooling="mean", n_ctx_train=2048),
+    ):  # fmt: skip
+        other: Any = load(LoadOptions(path, n_threads=2))
+        try:
+            assert int(lc.llama_n_ubatch(other._ctx)) == other.n_batch
+        finally:
+            other.close()
+
+
+@pytest.mark.slow
+def test_a_long_text_read_in_micro_batches_is_llama_embeddings(models: dict[str, Path]) -> None:
+    """The same long text as llama-embedding reads it (-c 2048: one call, which llama.cpp
+    splits into micro-batches of 512 itself)."""
+    binary = _built_llama_embedding()
+    ours: Any = load(LoadOptions(models["qwen3-long"], n_threads=2))
+    try:
+        mine = ours.embed_batch([ours.tokenize(LONG, add_special=True, parse_special=False)])
+    finally:
+        ours.close()
+    (theirs,) = their_vectors(binary, models["qwen3-long"], [LONG], 2, n_ctx=2048)
+    assert cosine(normalized(mine[0]), theirs) >= 0.9999
 
 
 def _rss_mb() -> float:

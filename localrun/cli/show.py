@@ -86,7 +86,7 @@ def show(
         ("context length", str(facts.context_length or "-")),
         ("embedding length", str(facts.embedding_length or "-")),
         ("layers", str(facts.layers or "-")),
-        ("chat template", "yes" if facts.chat_template else "no (completion mode)"),
+        ("chat template", _template_row(facts.chat_template, facts.capabilities)),
         ("capabilities", ", ".join(facts.capabilities)),
         ("license", facts.license or "-"),
         ("path", facts.path),
@@ -168,3 +168,12 @@ def _quants(ref: str, as_json: bool) -> None:
     ]  # fmt: skip
     print(f"{repo.repo}: here, {here.describe()}")
     print(table(("QUANT", "FILE", "SIZE", "NEEDS", "RUNS HERE"), rows))
+
+
+def _template_row(template: bool, capabilities: tuple[str, ...]) -> str:
+    """Whether the model has a chat template, and what it is without one."""
+    if template:
+        return "yes"
+    if "rerank" in capabilities:
+        return "no (reranker)"
+    return "no (embedding model)" if "embedding" in capabilities else "no (completion mode)"

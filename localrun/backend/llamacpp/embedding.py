@@ -6,8 +6,12 @@ made for it (Qwen3-Embedding's last-token pooling, Qwen3-Reranker's rank). Its c
 with llama.cpp's ``embeddings`` on and the model's own pooling, and many texts are read in one
 pass as separate sequences (:func:`pooled`), as ``llama-embedding`` does: an encoder (no KV
 cache) through ``llama_encode``, the pooled vector of each sequence read with
-``llama_get_embeddings_seq``. A generative model has no pooling type: its texts are the mean
-of its last hidden states (:func:`mean_of_states`), what Ollama gives for such a model.
+``llama_get_embeddings_seq``. An encoder reads a text in one micro-batch, so its context's
+micro-batch is as long as the longest text; a causal model pooled by its last token
+(Qwen3-Embedding, Qwen3-Reranker) keeps an ordinary micro-batch and reads a longer text over
+several decodes into its KV cache (:func:`reads_in_chunks`). A generative model has no
+pooling type: its texts are the mean of its last hidden states (:func:`mean_of_states`), what
+Ollama gives for such a model.
 
 Scaling to length 1 (``llama-embedding``'s default ``--embd-normalize 2``) and Matryoshka cuts
 are the caller's (:func:`normalized`): a rank model's score is read raw.
@@ -20,6 +24,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from localrun.backend import N_BATCH
 from localrun.backend.llamacpp import bindings
 from localrun.errors import GenerationError
 
@@ -58,16 +63,30 @@ def _meta(model: Any, key: str) -> str | None:
     return buffer.value.decode("utf-8", "replace") if n >= 0 else None
 
 
+def reads_in_chunks(model: Any) -> bool:
+    """Whether a text longer than a micro-batch can be read over several decodes: a causal
+    model (its GGUF does not say ``<arch>.attention.causal`` false) pooled by its last token
+    (``last``, or ``rank``, which llama.cpp takes from the last token of a causal model). Its
+    KV cache keeps what the earlier decodes read, and the last decode's pooled row is the
+    text's. Mean and CLS pooling are per micro-batch in llama.cpp: those read a text whole."""
+    arch = _meta(model, "general.architecture")
+    causal = _meta(model, f"{arch}.attention.causal") if arch else None
+    return pooling_of(model) in ("last", "rank") and causal != "false"
+
+
 def embedding_context(cparams: Any, model: Any, n_ctx: int) -> None:
     """Set what a context for an embedding model needs: embeddings on with the model's own
-    pooling, every sequence of a decode in one micro-batch (an encoder attends to the whole
-    text at once: llama.cpp refuses a text split over two) as long as the longest text the
-    model was trained on (its compute buffers are sized for it), and many sequences in one
-    cache."""
+    pooling, a batch as long as the longest text the model was trained on (what one call
+    reads), and many sequences in one cache. An encoder's micro-batch is as long (it attends
+    to the whole text at once: llama.cpp refuses a text split over two, and sizes its compute
+    buffers for it); a model that :func:`reads_in_chunks` keeps llama.cpp's ordinary one, as
+    llama-embedding does for a causal model: a decoder trained on 32,768 tokens would
+    otherwise get compute buffers for 32,768 tokens at once."""
     cparams.embeddings = True
     cparams.pooling_type = lc.LLAMA_POOLING_TYPE_UNSPECIFIED  # the GGUF's
     trained = int(lc.llama_model_n_ctx_train(model))
-    cparams.n_batch = cparams.n_ubatch = min(n_ctx, trained) if trained > 0 else n_ctx
+    cparams.n_batch = min(n_ctx, trained) if trained > 0 else n_ctx
+    cparams.n_ubatch = min(N_BATCH, cparams.n_batch) if reads_in_chunks(model) else cparams.n_batch
     cparams.n_seq_max = EMBED_SEQS
     cparams.kv_unified = True
 
@@ -90,30 +109,42 @@ def groups(lengths: Sequence[int], *, n_batch: int, n_seq: int, max_rows: int) -
 
 def pooled(model: LlamaCppModel, texts: Sequence[Sequence[int]]) -> list[list[float]]:
     """Each text's pooled vector, as the model's pooling gives it (not scaled): for a rank
-    model, its classifier's outputs (the first is the relevance score)."""
+    model, its classifier's outputs (the first is the relevance score). Texts are read many
+    a decode; a model that :func:`reads_in_chunks` reads a text longer than its micro-batch
+    alone, a micro-batch a decode, and the last decode gives its vector."""
     ctx, handle = model._ctx, model._model
     width = int(lc.llama_model_n_embd_out(handle))
     if model.pooling == "rank":
         width = min(width, max(1, int(lc.llama_model_n_cls_out(handle))))
-    per_row = (model.n_vocab + int(lc.llama_model_n_embd_out(handle))) * 4
-    plan = groups(
-        [len(t) for t in texts], n_batch=model.n_batch, n_seq=model.n_seq_max,
-        max_rows=EMBED_OUTPUT_BYTES // per_row,
-    )  # fmt: skip
-    batch = lc.llama_batch_init(model.n_batch, 0, 1)  # freed below: nothing kept
+    max_rows = EMBED_OUTPUT_BYTES // ((model.n_vocab + int(lc.llama_model_n_embd_out(handle))) * 4)
     memory = lc.llama_get_memory(ctx)  # None for an encoder: it has no KV cache
+    n_ubatch = int(lc.llama_n_ubatch(ctx))
+    # What the context does, not what the GGUF said: llama.cpp makes some archs non-causal.
+    chunked = bool(memory) and bool(lc.llama_get_causal_attn(ctx))
+    chunked = chunked and model.pooling in ("last", "rank")
+    # In chunks, a decode is no longer than the rows it may output either (a long text of a
+    # long vocabulary would otherwise keep a row of logits a token, for good).
+    step = max(1, min(n_ubatch, max_rows)) if chunked else n_ubatch
+    if not chunked and (longest := max((len(t) for t in texts), default=0)) > n_ubatch:
+        raise GenerationError(
+            f"a text to embed is {longest} tokens but this model reads at most {n_ubatch} at once",
+            "embed a shorter text",
+        )
+    plan = groups([len(t) for t in texts], n_batch=step, n_seq=model.n_seq_max, max_rows=max_rows)
+    batch = lc.llama_batch_init(step, 0, 1)  # freed below: nothing kept
     vectors: list[list[float]] = []
     try:
         for group in plan:
-            _fill(batch, [texts[i] for i in group])
             if memory:
                 lc.llama_memory_clear(memory, True)
-            rc = int(lc.llama_decode(ctx, batch) if memory else lc.llama_encode(ctx, batch))
-            if rc != 0:
-                raise GenerationError(
-                    f"llama.cpp failed to read {len(group)} texts to embed (code {rc})",
-                    "LOCALRUN_DEBUG=1 shows llama.cpp's log",
-                )
+            if len(texts[group[0]]) > step:  # alone in its group (groups() keeps it so)
+                tokens = texts[group[0]]
+                for start in range(0, len(tokens), step):
+                    _fill(batch, [tokens[start : start + step]], start)
+                    _decode(ctx, batch, memory, 1)
+            else:
+                _fill(batch, [texts[i] for i in group])
+                _decode(ctx, batch, memory, len(group))
             for seq in range(len(group)):
                 vectors.append(_row(lc.llama_get_embeddings_seq(ctx, seq), width))
     finally:
@@ -123,11 +154,21 @@ def pooled(model: LlamaCppModel, texts: Sequence[Sequence[int]]) -> list[list[fl
     return vectors
 
 
-def _fill(batch: Any, texts: Sequence[Sequence[int]]) -> None:
-    """The batch: each text a sequence of its own, every row an output row."""
+def _decode(ctx: Any, batch: Any, memory: Any, n_texts: int) -> None:
+    rc = int(lc.llama_decode(ctx, batch) if memory else lc.llama_encode(ctx, batch))
+    if rc != 0:
+        raise GenerationError(
+            f"llama.cpp failed to read {n_texts} texts to embed (code {rc})",
+            "LOCALRUN_DEBUG=1 shows llama.cpp's log",
+        )
+
+
+def _fill(batch: Any, texts: Sequence[Sequence[int]], first: int = 0) -> None:
+    """The batch: each text a sequence of its own from position ``first`` (a later chunk of
+    a text goes on where the last left off), every row an output row."""
     i = 0
     for seq, tokens in enumerate(texts):
-        for pos, token in enumerate(tokens):
+        for pos, token in enumerate(tokens, first):
             batch.token[i] = token
             batch.pos[i] = pos
             batch.n_seq_id[i] = 1
