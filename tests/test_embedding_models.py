@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from localrun.backend import LoadOptions, load
-from localrun.server.embeddings import cut, normalized, reranked
+from localrun.engine.embeds import cut, normalized
+from localrun.server.embeddings import reranked
 from tests.tiny_encoder import (
     write_tiny_bert,
     write_tiny_jina_bert_v2,
@@ -184,7 +185,7 @@ def test_show_gives_an_embedding_models_capabilities() -> None:
 
 
 def test_the_tokens_kept_at_a_cut_texts_end_are_the_tokenizers(loaded: dict[str, Any]) -> None:
-    from localrun.server.embeddings import end_tokens
+    from localrun.engine.embeds import end_tokens
 
     assert end_tokens(loaded["mean"]) == [3]  # BERT's [SEP]
     assert end_tokens(loaded["decoder-last"]) == [2]  # EOS, Qwen3-Embedding's habit
@@ -236,7 +237,8 @@ def test_the_endpoints_embed_rerank_and_refuse_a_chat(
     create_model(localrun_home, reranker, f"FROM {models['rank']}\n")
     docs = ["hello world", "the sky is blue", "a cat sat on the mat"]
     long = "the sky " * 400  # 800 words: past the 512-token context
-    embed, old, oai, short, rank, chat, wrong, shown, ranker, cut_, refused = _calls(
+    longer = "the sky " * 20_000  # past twice the context: was refused, where Ollama cuts it
+    embed, old, oai, short, rank, chat, wrong, shown, ranker, cut_, refused, far, far_doc = _calls(
         [
             ("/api/embed", {"model": bert, "input": TEXTS}),
             ("/api/embeddings", {"model": bert, "prompt": TEXTS[0]}),
@@ -249,8 +251,15 @@ def test_the_endpoints_embed_rerank_and_refuse_a_chat(
             ("/api/show", {"model": reranker}),
             ("/api/embed", {"model": bert, "input": long}),
             ("/api/embed", {"model": bert, "input": long, "truncate": False}),
+            ("/api/embed", {"model": bert, "input": longer}),
+            ("/v1/rerank", {"model": reranker, "query": "the sky", "documents": [long, longer]}),
         ]
     )
+    # The same first tokens, cut the same way: the same vector, however long the rest.
+    assert far.status_code == 200 and far.json()["prompt_eval_count"] == 512
+    assert far.json()["embeddings"] == cut_.json()["embeddings"]
+    scores = {r["index"]: r["relevance_score"] for r in far_doc.json()["results"]}
+    assert far_doc.status_code == 200 and scores[0] == pytest.approx(scores[1], abs=1e-6)
     assert cut_.status_code == 200 and cut_.json()["prompt_eval_count"] == 512
     assert refused.status_code == 400 and "context holds only 512" in refused.json()["error"]
     assert shown.json()["capabilities"] == ["embedding"]

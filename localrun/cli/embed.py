@@ -88,8 +88,8 @@ def vectors(
 ) -> list[list[float]]:
     """The texts' embeddings from a loaded model (with ``query``: a reranker's raw outputs
     for each text as a document), cut and scaled as the server's (localrun.server.answer)."""
+    from localrun.engine.embeds import end_tokens, normalized, text_tokens
     from localrun.errors import UsageError
-    from localrun.server.embeddings import cut, end_tokens, normalized
 
     model = cast("StepModel", loaded.model)  # llama.cpp's: it embeds
     pooling = model.pooling
@@ -97,16 +97,7 @@ def vectors(
         raise UsageError(f"{loaded.name} is not a reranker", "rerank with a model made for it")
     limit = model.n_batch if pooling is not None else model.n_ctx  # one pass
     ending = end_tokens(model)
-    tokens = [
-        cut(
-            model.pair_tokens(query, t)
-            if query is not None
-            else model.tokenize(t, add_special=True, parse_special=False),
-            limit,
-            ending if truncate else None,
-        )
-        for t in texts
-    ]
+    tokens = [text_tokens(model, t, limit, ending, truncate=truncate, query=query) for t in texts]
     if any(not t for t in tokens):
         raise UsageError("a text to embed has no tokens", "give non-empty texts")
     if pooling is not None:

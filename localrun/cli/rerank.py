@@ -26,8 +26,8 @@ def rerank(
     """
     from localrun.cli.embed import _load, vectors
     from localrun.cli.progress import resolve_or_pull
+    from localrun.engine.embeds import ranked
     from localrun.errors import UsageError
-    from localrun.server.embeddings import reranked
 
     if sys.stdin.isatty():
         raise UsageError(
@@ -41,7 +41,6 @@ def rerank(
         scores = [v[0] for v in vectors(loaded, documents, query=query)]
     finally:
         loaded.close()
-    for result in reranked(model, documents, scores, top_n, True, 0)["results"]:
-        print(json.dumps(
-            {**result, "document": result["document"]["text"]}, ensure_ascii=False
-        ))  # fmt: skip
+    for i in ranked(scores, top_n):
+        line = {"index": i, "relevance_score": scores[i], "document": documents[i]}
+        print(json.dumps(line, ensure_ascii=False))

@@ -32,7 +32,6 @@ from localrun.engine.types import (
 )
 from localrun.errors import PromptTooLongError, UsageError
 from localrun.models.parameters import per_request
-from localrun.prompt.build import tokenize_bounded
 from localrun.prompt.template import Message
 from localrun.prompt.tools import Tool, ToolCall
 from localrun.server import metrics
@@ -323,7 +322,7 @@ async def embed(
     document: its vector is the reranker's raw output, the first value its relevance score.
     A text longer than the context is cut to it (Ollama's rule), or refused without
     ``truncate``."""
-    from localrun.server.embeddings import cut, end_tokens, normalized
+    from localrun.engine.embeds import end_tokens, normalized, text_tokens
 
     start = time.perf_counter()
     if dimensions is not None and dimensions < 1:
@@ -343,11 +342,7 @@ async def embed(
         ending = end_tokens(loaded)
 
         def tokens_of(text: str) -> list[int]:
-            if query is not None:
-                tokens = loaded.pair_tokens(query, text)
-            else:
-                tokens = tokenize_bounded(loaded, text, 2 * limit, parse_special=False, n_ctx=limit)
-            return cut(tokens, limit, ending if truncate else None)
+            return text_tokens(loaded, text, limit, ending, truncate=truncate, query=query)
 
         all_tokens = await asyncio.to_thread(lambda: [tokens_of(text) for text in texts])
         loop = asyncio.get_running_loop()
