@@ -71,12 +71,12 @@ def _localrun_cmake_flags(vulkan: bool = False) -> list[str]:
     return flags
 
 
-def tool_for(model: str, target: str) -> tuple[Path, Path] | None:
+def tool_for(model: str, target: str, *, vulkan: bool = False) -> tuple[Path, Path] | None:
     """The built tool and the GGUF path of a localrun model name; None (said why) without cmake."""
     if shutil.which("cmake") is None:
         print(f"cmake is needed to build {target}", file=sys.stderr)
         return None
-    binary = build_tool(target)
+    binary = build_tool(target, vulkan=vulkan)
     shown = subprocess.run(
         [sys.executable, "-m", "localrun", "show", model, "--json"],
         check=True, capture_output=True, text=True,

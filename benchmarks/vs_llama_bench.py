@@ -6,13 +6,19 @@ no curl, and localrun's own from ``scripts/cmake_args.py``), cached in
 ``benchmarks/.cache``. Then runs it and ``localrun bench`` alternately, and prints the
 ratios of prefill (pp) and decode (tg) tokens/s, with the targets.
 
-Usage: python benchmarks/vs_llama_bench.py [--model demo] [--threads 2] [--rounds 3]
+With ``--vulkan`` both run every layer on a Vulkan device (``--vk-device``, the index
+``GGML_VK_VISIBLE_DEVICES`` takes: Mesa's lavapipe on a machine without a GPU): llama-bench
+built with ``-DGGML_VULKAN=ON`` from the same source, and localrun on the Vulkan build of
+llama-cpp-python the tests make (``tests/vulkan_build.py``), flash attention off on both.
+
+Usage: python benchmarks/vs_llama_bench.py [--model demo] [--threads 2] [--rounds 3] [--vulkan]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -20,17 +26,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_tools import tool_for  # beside this script
+from machine import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
 TARGETS = {"pp": 0.98, "tg": 0.97}
 
 
-def run_llama_bench(binary: Path, model: Path, threads: int, p: int, n: int) -> dict[str, float]:
+# How each side runs: on the CPU build, or (--vulkan) every layer on one Vulkan device.
+Side = dict[str, object]
+
+
+def run_llama_bench(
+    binary: Path, model: Path, threads: int, p: int, n: int, side: Side
+) -> dict[str, float]:
+    device = ["-ngl", "99", "-fa", "0"] if side.get("env") else []
     out = subprocess.run(
         [str(binary), "-m", str(model), "-t", str(threads), "-p", str(p), "-n", str(n),
-         "-r", "5", "-o", "json"],
-        check=True, capture_output=True, text=True,
+         "-r", str(side.get("repeats", 5)), "-o", "json", *device],
+        check=True, capture_output=True, text=True, env=_env(side),
     ).stdout  # fmt: skip
     rates: dict[str, float] = {}
     for test in json.loads(out):
@@ -39,14 +53,31 @@ def run_llama_bench(binary: Path, model: Path, threads: int, p: int, n: int) -> 
     return rates
 
 
-def run_localrun(model: str, threads: int, p: int, n: int) -> dict[str, float]:
+def run_localrun(model: str, threads: int, p: int, n: int, side: Side) -> dict[str, float]:
+    device = ["--gpu-layers", "all", "--flash-attn", "off"] if side.get("env") else []
     out = subprocess.run(
-        [sys.executable, "-m", "localrun", "bench", model, "--threads", str(threads),
-         "-p", str(p), "-n", str(n), "-r", "5", "--json"],
-        check=True, capture_output=True, text=True,
+        [str(side.get("python", sys.executable)), "-m", "localrun", "bench", model,
+         "--threads", str(threads), "-p", str(p), "-n", str(n),
+         "-r", str(side.get("repeats", 5)), "--json", *device],
+        check=True, capture_output=True, text=True, env=_env(side),
     ).stdout  # fmt: skip
     data = json.loads(out)
     return {"pp": data["prefill_tokens_per_s"], "tg": data["decode_tokens_per_s"]}
+
+
+def _env(side: Side) -> dict[str, str]:
+    extra = side.get("env")
+    return {**os.environ, **(extra if isinstance(extra, dict) else {})}
+
+
+def vulkan_side(device: str, repeats: int) -> Side:
+    """The Vulkan build's Python (built by the tests' helper the first time) and the device."""
+    sys.path.insert(0, str(ROOT))
+    from tests import vulkan_build
+
+    python = vulkan_build.vulkan_python()
+    env = {"GGML_VK_VISIBLE_DEVICES": device, "PYTHONPATH": str(ROOT)}
+    return {"python": python, "env": env, "repeats": repeats}
 
 
 def main() -> int:
@@ -56,21 +87,29 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("-p", type=int, default=512)
     parser.add_argument("-n", type=int, default=128)
+    parser.add_argument("--vulkan", action="store_true", help="every layer on a Vulkan device")
+    parser.add_argument("--vk-device", default="0", help="GGML_VK_VISIBLE_DEVICES (--vulkan)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs a side makes a round")
     args = parser.parse_args()
-    found = tool_for(args.model, "llama-bench")
+    print(describe())
+    side: Side = vulkan_side(args.vk_device, args.repeats) if args.vulkan else {}
+    side.setdefault("repeats", args.repeats)
+    found = tool_for(args.model, "llama-bench", vulkan=args.vulkan)
     if found is None:
         return 1
     binary, model_path = found
+    # The Vulkan build has no demo package: both read the same file by its path.
+    model = str(model_path) if args.vulkan else args.model
     ratios: dict[str, list[float]] = {"pp": [], "tg": []}
     for i in range(args.rounds):
         # The order flips every round: whichever runs second may find the machine in
         # another state (caches, other tenants), and that must not always favour one.
         if i % 2 == 0:
-            ref = run_llama_bench(binary, model_path, args.threads, args.p, args.n)
-            ours = run_localrun(args.model, args.threads, args.p, args.n)
+            ref = run_llama_bench(binary, model_path, args.threads, args.p, args.n, side)
+            ours = run_localrun(model, args.threads, args.p, args.n, side)
         else:
-            ours = run_localrun(args.model, args.threads, args.p, args.n)
-            ref = run_llama_bench(binary, model_path, args.threads, args.p, args.n)
+            ours = run_localrun(model, args.threads, args.p, args.n, side)
+            ref = run_llama_bench(binary, model_path, args.threads, args.p, args.n, side)
         for kind in ("pp", "tg"):
             ratios[kind].append(ours[kind] / ref[kind])
         print(

@@ -205,7 +205,7 @@ class OpenAIAPI:
         body = await fields.read_body(request)
         ask = openai.completion_ask(body)
         streaming, with_usage = openai.streaming(body)
-        echo = ask.messages[-1].content if ask.raw else None  # raw: it asked for echo
+        echo = ask.messages[-1].content if fields.get(body, "echo", bool, False) else None
         reply = openai.CompletionReply(ask.model, with_usage, echo=echo)
         return await respond(request, self.pool, ask, reply, openai.WIRE, streaming=streaming)
 
