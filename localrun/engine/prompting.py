@@ -101,14 +101,16 @@ def fill_in_prompt(loaded: LoadedModel, request: Request) -> Prompt:
         )
     limit = TOKENIZE_LIMIT_FACTOR * n_ctx
     before = request.messages[-1].content if request.messages else ""
-    head = tokenize_bounded(model, before, limit, parse_special=False, n_ctx=n_ctx)
-    tail = tokenize_bounded(model, request.suffix or "", limit, parse_special=False, n_ctx=n_ctx)
-    bos = model.bos_token
-    lead = [bos] if bos is not None and head[:1] == [bos] else []
-    if lead and tail[:1] == lead:
-        tail = tail[1:]
+    head, tail = (
+        tokenize_bounded(model, text, limit, parse_special=False, n_ctx=n_ctx, add_special=False)
+        for text in (before, request.suffix or "")
+    )
+    # What the vocabulary puts before a text (its BOS, where it adds one) leads; what it
+    # puts after one (an EOS) would end the prompt before the middle: left out.
+    added = model.tokenize("", add_special=True, parse_special=False)
+    lead = added[:1] if model.bos_token is not None and added[:1] == [model.bos_token] else []
     pre, suf, mid = fim
-    return Prompt([*lead, pre, *head[len(lead) :], suf, *tail, mid])
+    return Prompt([*lead, pre, *head, suf, *tail, mid])
 
 
 def messages_prompt(loaded: LoadedModel, messages: Sequence[Message], request: Request) -> Prompt:

@@ -150,7 +150,13 @@ def tokenize_with_images(
 
 
 def tokenize_bounded(
-    model: Model, text: str, limit: int, *, parse_special: bool, n_ctx: int | None = None
+    model: Model,
+    text: str,
+    limit: int,
+    *,
+    parse_special: bool,
+    n_ctx: int | None = None,
+    add_special: bool = True,
 ) -> list[int]:
     """Tokenize ``text``, refusing it without tokenizing it whole when it has over ``limit`` tokens.
 
@@ -159,7 +165,7 @@ def tokenize_bounded(
     ``n_ctx``, the context the error names, is the model's if not given.
     """
     _count_bounded(model, text, limit, parse_special=parse_special, n_ctx=n_ctx)
-    return model.tokenize(text, add_special=True, parse_special=parse_special)
+    return model.tokenize(text, add_special=add_special, parse_special=parse_special)
 
 
 def _count_bounded(
