@@ -60,6 +60,16 @@ def localrun_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
 
 
 @pytest.fixture(scope="session")
+def demo_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model's GGUF (Gemma 3 270M), taken from its package into a home of its own."""
+    from localrun.models.demo import demo_model_path
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("LOCALRUN_HOME", str(tmp_path_factory.mktemp("demo-home")))
+        return demo_model_path()
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random model without a chat template (runs in completion mode)."""
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf")

@@ -19,15 +19,6 @@ MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def demo_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from localrun.models.demo import demo_model_path
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setenv("LOCALRUN_HOME", str(tmp_path_factory.mktemp("demo-home")))
-        return demo_model_path()
-
-
-@pytest.fixture(scope="module")
 def demo_sizes(demo_path: Path) -> ModelSizes:
     return model_sizes(read_gguf(demo_path), 4096)
 

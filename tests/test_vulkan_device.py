@@ -31,15 +31,6 @@ PROMPT = "Why is the sky blue?"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from localrun.models.demo import demo_model_path
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setenv("LOCALRUN_HOME", str(tmp_path_factory.mktemp("demo-home")))
-        return demo_model_path()
-
-
-@pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("vulkan-device") / "tiny.gguf")
 
@@ -53,13 +44,13 @@ def localrun_on(
 
 
 def test_a_gpu_memory_budget_makes_a_partial_fit_that_llama_cpp_places_as_planned(
-    lavapipe: VulkanDevice, vulkan_python: Path, demo: Path, tmp_path: Path
+    lavapipe: VulkanDevice, vulkan_python: Path, demo_path: Path, tmp_path: Path
 ) -> None:
     # A budget that holds the demo model's last 10 layers of 19 (the output layer counted),
     # by the planner's own sizes: lavapipe's 2 GiB would hold them all.
-    sizes = model_sizes(read_gguf(demo), 512)
+    sizes = model_sizes(read_gguf(demo_path), 512)
     budget = offload.COMPUTE_RESERVE + offload._cost(sizes, 10) + MiB
-    done = localrun_on(vulkan_python, lavapipe, tmp_path, "run", str(demo), "--ctx", "512",
+    done = localrun_on(vulkan_python, lavapipe, tmp_path, "run", str(demo_path), "--ctx", "512",
                        "--max-tokens", "4", "--temperature", "0", "--verbose",
                        "--no-prompt-cache", PROMPT,
                        env={"LOCALRUN_GPU_MEMORY": str(budget)})  # fmt: skip
