@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Protocol
 
 import typer
 
@@ -78,33 +80,60 @@ def pull(
             text = chosen
         result = pull_model(text, force=force, reporter=reporter())
         m = result.manifest
-        if as_json:
-            record = {
-                "name": m.name,
-                "path": str(m.model_path),
-                "size": m.size,
-                "quant": m.quant,
-                "projector": m.projector.path if m.projector is not None else None,
-                "up_to_date": result.up_to_date,
-                "downloaded_bytes": result.downloaded_bytes,
-                "resumed_bytes": result.resumed_bytes,
-                "transfer_s": result.transfer_seconds,
-                "total_s": result.seconds,
-            }
-            print(json.dumps(record))
-        if result.up_to_date:
-            print(f"{m.name}: up to date ({m.quant or m.files[0].path})", file=sys.stderr)
-            continue
-        seconds = result.transfer_seconds
-        rate = result.downloaded_bytes / seconds / 1e6 if seconds else 0.0
-        resumed = (
-            f", resumed after {human_size(result.resumed_bytes)}" if result.resumed_bytes else ""
-        )
-        print(
-            f"{m.name}: pulled {human_size(m.size)} in {result.seconds:.1f} s "
-            f"(transfer {rate:.0f} MB/s{resumed}), sha256 verified",
-            file=sys.stderr,
-        )
+        projector = m.projector.path if m.projector is not None else None
+        facts = {"path": str(m.model_path), "quant": m.quant, "projector": projector}
+        _said(m.name, m.size, result, facts, as_json, m.quant or m.files[0].path, "sha256 verified")
+
+
+class _Pulled(Protocol):
+    """What a pull of either kind (the Hub's, a registry's) reports."""
+
+    @property
+    def up_to_date(self) -> bool: ...
+    @property
+    def downloaded_bytes(self) -> int: ...
+    @property
+    def resumed_bytes(self) -> int: ...
+    @property
+    def transfer_seconds(self) -> float: ...
+    @property
+    def seconds(self) -> float: ...
+
+
+def _said(
+    name: str,
+    size: int,
+    result: _Pulled,
+    facts: Mapping[str, object],
+    as_json: bool,
+    version: str,
+    verified: str,
+) -> None:
+    """A pull's outcome: a JSON line with ``--json`` (``facts`` in it), and a line on stderr
+    that names the ``version`` kept, or the transfer and how it was ``verified``."""
+    if as_json:
+        record = {
+            "name": name,
+            **facts,
+            "size": size,
+            "up_to_date": result.up_to_date,
+            "downloaded_bytes": result.downloaded_bytes,
+            "resumed_bytes": result.resumed_bytes,
+            "transfer_s": result.transfer_seconds,
+            "total_s": result.seconds,
+        }
+        print(json.dumps(record))
+    if result.up_to_date:
+        print(f"{name}: up to date ({version})", file=sys.stderr)
+        return
+    seconds = result.transfer_seconds
+    rate = result.downloaded_bytes / seconds / 1e6 if seconds else 0.0
+    resumed = f", resumed after {human_size(result.resumed_bytes)}" if result.resumed_bytes else ""
+    print(
+        f"{name}: pulled {human_size(size)} in {result.seconds:.1f} s "
+        f"(transfer {rate:.0f} MB/s{resumed}), {verified}",
+        file=sys.stderr,
+    )
 
 
 def _with_quant(text: str, quant: str | None) -> str:
@@ -160,26 +189,11 @@ def _pull_registry(text: str, name: str, force: bool, as_json: bool) -> None:
     from localrun.models.updates import pull_from_registry
 
     result = pull_from_registry(text, name, reporter(), force=force)
-    size, digest = result.manifest.size, result.manifest.digest
-    if as_json:
-        record = {
-            "name": name,
-            "registry": result.manifest.name.full,
-            "digest": digest,
-            "size": size,
-            "up_to_date": result.up_to_date,
-            "downloaded_bytes": result.downloaded_bytes,
-            "resumed_bytes": result.resumed_bytes,
-            "transfer_s": result.transfer_seconds,
-            "total_s": result.seconds,
-        }
-        print(json.dumps(record))
-    if result.up_to_date:
-        print(f"{name}: up to date (manifest {digest[:19]})", file=sys.stderr)
-        return
-    resumed = f", resumed after {human_size(result.resumed_bytes)}" if result.resumed_bytes else ""
-    print(f"{name}: pulled {human_size(size)} in {result.seconds:.1f} s{resumed}, "
-          f"every layer's sha256 verified (manifest {digest[:19]})", file=sys.stderr)  # fmt: skip
+    digest = result.manifest.digest
+    facts = {"registry": result.manifest.name.full, "digest": digest}
+    manifest = f"manifest {digest[:19]}"
+    _said(name, result.manifest.size, result, facts, as_json, manifest,
+          f"every layer's sha256 verified ({manifest})")  # fmt: skip
 
 
 def _pull_all(as_json: bool) -> None:
