@@ -308,22 +308,33 @@ def write_tiny_xlm_roberta(path: Path, *, pooling: str = "cls", seed: int = 11) 
                            tokenizer="unigram")  # fmt: skip
 
 
-def write_tiny_nomic_bert(path: Path, *, seed: int = 7) -> Path:
-    """nomic-embed-text's form (arch ``nomic-bert``): no position embeddings but rotary ones
-    (base 1000), each layer's Q, K and V in one ``attn_qkv`` matrix, a SwiGLU feed-forward
-    (``ffn_up``, ``ffn_gate``, ``ffn_down``), no biases inside the layers, mean pooling."""
-    n_ff = 3 * N_EMBD
-    w = _header(path, "nomic-bert", "tiny-test-nomic-bert", n_embd=N_EMBD, n_layer=N_LAYER,
+def _bert_kin(
+    path: Path, arch: str, n_ff: int, seed: int, rope_base: float | None = None
+) -> tuple[gguf.GGUFWriter, Tensor, Callable[[str, int], None]]:
+    """The start of a BERT-like encoder of ``arch`` pooled by mean: its header, a WordPiece
+    vocabulary, two token types, and the embeddings and their norm; ``rope_base`` for rotary
+    positions. The writer and the tensor makers, for the layers."""
+    w = _header(path, arch, f"tiny-test-{arch}", n_embd=N_EMBD, n_layer=N_LAYER,
                 n_head=N_HEAD, n_ff=n_ff, pooling="mean")  # fmt: skip
     w.add_layer_norm_eps(1e-12)
     w.add_causal_attention(False)
-    w.add_rope_freq_base(1000.0)
+    if rope_base is not None:
+        w.add_rope_freq_base(rope_base)
     w.add_token_type_count(2)
     n_tokens = _add_wordpiece(w)
     tensor, norm = _tensors(w, seed)
     tensor("token_embd.weight", n_tokens, N_EMBD)
     tensor("token_types.weight", 2, N_EMBD)
     norm("token_embd_norm", N_EMBD)
+    return w, tensor, norm
+
+
+def write_tiny_nomic_bert(path: Path, *, seed: int = 7) -> Path:
+    """nomic-embed-text's form (arch ``nomic-bert``): no position embeddings but rotary ones
+    (base 1000), each layer's Q, K and V in one ``attn_qkv`` matrix, a SwiGLU feed-forward
+    (``ffn_up``, ``ffn_gate``, ``ffn_down``), no biases inside the layers, mean pooling."""
+    n_ff = 3 * N_EMBD
+    w, tensor, norm = _bert_kin(path, "nomic-bert", n_ff, seed, rope_base=1000.0)
     for i in range(N_LAYER):
         tensor(f"blk.{i}.attn_qkv.weight", 3 * N_EMBD, N_EMBD)
         tensor(f"blk.{i}.attn_output.weight", N_EMBD, N_EMBD)
@@ -340,16 +351,7 @@ def write_tiny_jina_bert_v2(path: Path, *, seed: int = 9) -> Path:
     embeddings, two token types, the gated feed-forward's gate and up halves in one
     ``ffn_up`` twice the feed-forward length (llama.cpp runs it as GEGLU), mean pooling."""
     n_ff = 2 * N_EMBD
-    w = _header(path, "jina-bert-v2", "tiny-test-jina-bert-v2", n_embd=N_EMBD, n_layer=N_LAYER,
-                n_head=N_HEAD, n_ff=n_ff, pooling="mean")  # fmt: skip
-    w.add_layer_norm_eps(1e-12)
-    w.add_causal_attention(False)
-    w.add_token_type_count(2)
-    n_tokens = _add_wordpiece(w)
-    tensor, norm = _tensors(w, seed)
-    tensor("token_embd.weight", n_tokens, N_EMBD)
-    tensor("token_types.weight", 2, N_EMBD)
-    norm("token_embd_norm", N_EMBD)
+    w, tensor, norm = _bert_kin(path, "jina-bert-v2", n_ff, seed)
     for i in range(N_LAYER):
         for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
             tensor(f"blk.{i}.{part}.weight", N_EMBD, N_EMBD)
