@@ -229,8 +229,14 @@ class BatchEngine:
             for job, vector in zip(jobs, found, strict=True):
                 job.deliver(vector)
         while self._embeddings and self.cells.free:
-            job = self._embeddings.popleft()
+            job = self._embeddings[0]
             slot = self.cells.for_embedding()
+            # Room for the text's cells: kept ones give way; running answers' do not, so the
+            # text waits for them to end, as a request waits to be admitted.
+            room = self.cells.make_room(len(job.tokens), self._running, keep=slot)
+            if not room and self._running:
+                return
+            self._embeddings.popleft()
             try:
                 result: Any = self.model.embed(job.tokens, slot)
             except LocalrunError as e:
