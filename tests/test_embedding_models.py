@@ -354,13 +354,34 @@ def llama_embedding() -> Path:
     return binary
 
 
+# llama.cpp's tools print through a log thread that is never flushed at exit (its logger is
+# leaked on purpose): the process ended while the thread still held the array in 25 of 30 runs
+# of a reranker's two rows. Preloaded into llama-embedding, this makes the exit wait a moment,
+# which the thread uses to print the rest.
+LINGER = """
+#include <unistd.h>
+__attribute__((destructor)) static void linger(void) { usleep(300000); }
+"""
+
+
+def _linger(binary: Path) -> Path:
+    """The preloaded library of LINGER, compiled once beside ``binary``."""
+    import subprocess
+
+    library = binary.parent / "linger-at-exit.so"
+    if not library.exists():
+        source = binary.parent / "linger-at-exit.c"
+        source.write_text(LINGER)
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    return library
+
+
 def their_vectors(
     binary: Path, model: Path, texts: list[str], normalize: int, n_ctx: int = 512
 ) -> list[list[float]]:
-    """llama-embedding's vectors of ``texts`` (a reranker's pair: query TAB document). Its
-    log thread (which prints them) is not flushed at exit: the array came out whole in about
-    half the runs here, cut short, empty or with a piece lost in its middle in the others
-    (its computing was done either way), so it is run until one is whole. A rank model's
+    """llama-embedding's vectors of ``texts`` (a reranker's pair: query TAB document), run
+    with :data:`LINGER` and again until the array it prints is whole (cut short, empty or with
+    a piece lost in its middle, it had printed only part of what it computed). A rank model's
     scores are its first values: the tool prints a whole vector's width from a row that holds
     only the scores (what lies past them is whatever memory held, ``nan`` at times, read as
     null here)."""
@@ -369,12 +390,13 @@ def their_vectors(
     import re
     import subprocess
 
+    env = {**os.environ, "LD_LIBRARY_PATH": str(binary.parent),
+           "LD_PRELOAD": str(_linger(binary))}  # fmt: skip
     for _ in range(30):
         done = subprocess.run(
             [str(binary), "-m", str(model), "-p", "\n".join(texts), "-t", "2", "-c", str(n_ctx),
              "--embd-output-format", "array", "--embd-normalize", str(normalize)],
-            capture_output=True, text=True, timeout=300,
-            env={**os.environ, "LD_LIBRARY_PATH": str(binary.parent)},
+            capture_output=True, text=True, timeout=300, env=env,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
         out = done.stdout.strip()
