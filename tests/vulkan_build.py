@@ -3,7 +3,8 @@
 The tests' second build of the pinned llama-cpp-python: from its sdist, with the flags of
 ``scripts/cmake_args.py --vulkan``, installed into a virtual environment of its own under
 ``~/.cache/localrun-tests/vulkan-<version>`` (the CPU build in the project's ``.venv`` is not
-touched). That environment holds localrun's dependencies but not localrun: the tests run this
+touched). That environment holds localrun's dependencies (installed again when
+``pyproject.toml`` names others than it was given) but not localrun: the tests run this
 clone's code in it through ``PYTHONPATH``. pip's wheel cache is kept out of it (the wheel
 would otherwise be offered to the CPU install, which pip cannot tell apart).
 
@@ -76,6 +77,7 @@ def vulkan_python() -> Path:
     python = where / "venv" / "bin" / "python"
     with FileLock(str(where / "lock")):
         if _read(where / "built") == stamp(args) and python.exists():
+            _keep_dependencies(where, python)
             return python
         if _read(where / "failed") == stamp(args):
             raise Unavailable(
@@ -92,7 +94,22 @@ def vulkan_python() -> Path:
                 f"(log: {where / 'build.log'})"
             ) from None
         (where / "built").write_text(stamp(args))
+        (where / "dependencies").write_text("\n".join(_dependencies()))
     return python
+
+
+def _keep_dependencies(where: Path, python: Path) -> None:
+    """localrun's dependencies as pyproject.toml names them now, in a build made before one
+    was added (the build itself is kept: its stamp is its flags)."""
+    wanted = "\n".join(_dependencies())
+    if _read(where / "dependencies") == wanted:
+        return
+    done = subprocess.run([str(python), "-m", "pip", "install", "-q", *_dependencies()],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        raise Unavailable(f"cannot install localrun's dependencies into the Vulkan build: "
+                          f"{(done.stderr.strip().splitlines() or ['?'])[-1][:300]}")  # fmt: skip
+    (where / "dependencies").write_text(wanted)
 
 
 def stamp(args: str) -> str:
