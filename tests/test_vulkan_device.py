@@ -212,12 +212,14 @@ def test_an_rpc_worker_lends_lavapipe_to_a_cpu_client(
                  timeout=120)  # fmt: skip
         assert worker.proc.poll() is None, worker.stderr
         assert re.search(rf"lends Vulkan0 \({re.escape(lavapipe.name)}\)", worker.stderr)
+        # The client cannot see the worker's driver, whose flash attention crashes: it says so.
+        assert "clients must run with --flash-attn off" in worker.stderr
         endpoint = f"127.0.0.1:{port}"
         env = {"LOCALRUN_HOME": str(tmp_path / "client"), "LOCALRUN_DEBUG": "1"}
         done = subprocess.run(
             [LOCALRUN, "run", str(tiny), "--rpc", endpoint, "--gpu-layers", "all", "--ctx",
              "256", "--max-tokens", "8", "--temperature", "0", "--verbose", "--no-prompt-cache",
-             PROMPT],
+             "--flash-attn", "off", PROMPT],
             capture_output=True, text=True, env={**vulkan_env(None, debug=True), **env},
             timeout=300,
         )  # fmt: skip

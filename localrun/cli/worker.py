@@ -38,6 +38,7 @@ def worker(
     puts part of the model's layers here. Runs until Ctrl-C.
     """
     from localrun import paths
+    from localrun.backend.llamacpp.devices import FLASH_ATTN_CRASHES
     from localrun.engine.workers import PROTOCOL, Worker, parse_endpoints
     from localrun.files import human_size
     from localrun.system import physical_cores
@@ -67,6 +68,11 @@ def worker(
         )
     if server.cache_dir is not None:
         say(f"  tensor cache: {server.cache_dir}")
+    if any(d.description.startswith(FLASH_ATTN_CRASHES) for d in server.devices):
+        # A client cannot tell what device an RPC worker lends (llama.cpp's RPC backend says
+        # every operation runs there), so its flash attention "auto" turns it on.
+        say("  WARNING: flash attention crashes this driver (Mesa's lavapipe): clients must run "
+            "with --flash-attn off")  # fmt: skip
     if not endpoint.loopback:
         say("  WARNING: no authentication or encryption: whoever reaches this port can use it")
     where = endpoint if endpoint.host not in ("0.0.0.0", "::") else f"THIS-HOST:{port}"
