@@ -529,6 +529,13 @@ def _hostile_grammars() -> list[tuple[str, bytes, str | None]]:
         "nested repetitions at the limit", f"root ::= ([a-z]{{0,{MAX_REPEAT}}}){{0,{MAX_REPEAT}}}\n"
     )
     add("nested small repetitions", "root ::= (((([a]{0,20}){0,20}){0,20}){0,20})\n", "a*")
+    # Alternatives that match the same character, each repetition of them followed at once:
+    # two of the fuzz run's random grammars, one token's check 193 s (now refused).
+    add("alike alternatives within repetitions",
+        'root ::= "{" (((. | . | "a" | .) | (. | .) | (. | [^?])){0,3}){0,3}\n')  # fmt: skip
+    add("alike alternatives by rule",
+        'r0 ::= ("b" | (. | [^|+] | .))\nr1 ::= ([^z|] | [^[] "c" | r0){0,3}\n'
+        "root ::= ((. | (r0 | r1 | r0) | r1)){1,2} r1 r1\n")  # fmt: skip
     add("repetition {2,1}", "root ::= [a-z]{2,1}\n", NOTHING)
     for bad in ("{,5}", "{ 3 }", "{}", "{a}", "{-1}", "{3", "{1,2,3}"):
         add(f"repetition {bad}", f"root ::= [a-z]{bad}\n")
