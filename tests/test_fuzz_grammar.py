@@ -24,6 +24,8 @@ import json
 import os
 import random
 import re
+import select
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -662,6 +664,35 @@ def _any_of(schema: Any) -> Any:
     return schema
 
 
+MATCH_SECONDS = 10.0  # the most one answer's check against its regex may take
+
+
+def _matches(regex: str, texts: tuple[str, ...]) -> bool | None:
+    """Whether one of ``texts`` matches ``regex`` whole; None when Python's regex engine could
+    not tell within MATCH_SECONDS. A random grammar's ``. | .`` inside nested repetitions,
+    which llama.cpp follows in step, made ``re`` backtrack for minutes: the match runs in a
+    forked child, killed at its deadline."""
+    pid = os.fork()
+    if pid == 0:  # the child: its exit status is the answer
+        try:
+            os._exit(0 if any(re.fullmatch(regex, text) for text in texts) else 1)
+        finally:
+            os._exit(2)
+    pidfd = os.pidfd_open(pid)
+    try:
+        ready, _, _ = select.select([pidfd], [], [], MATCH_SECONDS)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(pidfd)
+    if not ready:
+        return None
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+    assert code in (0, 1), f"matching {regex!r:.80} failed in its child (status {status})"
+    return code == 0
+
+
 def _answer_problem(case: Case, stdout: str) -> str | None:
     """What is wrong with a complete answer (exit 0), or None."""
     answer = stdout[:-1] if stdout.endswith("\n") else stdout  # run ends a line it left open
@@ -671,7 +702,7 @@ def _answer_problem(case: Case, stdout: str) -> str | None:
         # (docs/user-guide.md, structured output), not a fault of the grammar's making.
         return None
     if case.regex is not None:
-        if not any(re.fullmatch(case.regex, text) for text in (stdout, answer)):
+        if _matches(case.regex, (stdout, answer)) is False:
             return "an answer its grammar does not match"
         return None
     if case.schema_text is None:
